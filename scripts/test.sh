@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole check, as CI runs it: formatting, lints (warnings are errors), the command
+# table's freshness, and every test (they start their own redis-server on free ports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/ensure-redis.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+if command -v python3 >/dev/null 2>&1; then
+  echo "== command table matches redis-server"
+  python3 scripts/gen-command-table.py --check
+fi
+echo "== cargo test"
+cargo test --all-targets

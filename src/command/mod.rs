@@ -1,0 +1,237 @@
+//! The command table: from a request's name to what Redis says about the command (arity,
+//! flags, ACL categories) and where its keys are.
+//!
+//! The table is generated from a real redis-server by `scripts/gen-command-table.py` (see
+//! `table.rs`), so key positions are Redis' own key specifications, not a hand-written list.
+//! [`key_positions`] follows the same algorithm as Redis' `getKeysUsingKeySpecs`.
+
+mod spec;
+#[rustfmt::skip]
+#[allow(dead_code)]
+pub mod table;
+
+use bytes::Bytes;
+
+pub use spec::{BeginSearch, CommandSpec, FindKeys, KeySpec};
+pub use table::*;
+
+/// What a request names, resolved against the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Command {
+    /// The command, or for a container (CLIENT, CONFIG, ...) its subcommand.
+    pub spec: &'static CommandSpec,
+    /// The container when `spec` is a subcommand.
+    pub parent: Option<&'static CommandSpec>,
+}
+
+impl Command {
+    pub fn has(&self, flag: u32) -> bool {
+        self.spec.flags & flag != 0
+    }
+
+    pub fn in_category(&self, acl: u32) -> bool {
+        self.spec.acl & acl != 0
+    }
+
+    /// Redis' full name: `get`, or `client|setname` for a subcommand.
+    pub fn full_name(&self) -> String {
+        let name = String::from_utf8_lossy(self.spec.name);
+        match self.parent {
+            Some(p) => format!("{}|{}", String::from_utf8_lossy(p.name), name),
+            None => name.into_owned(),
+        }
+    }
+
+    /// Does the argument count satisfy the command's arity?
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        let arity = self.spec.arity;
+        if arity >= 0 {
+            argc == arity as usize
+        } else {
+            argc >= arity.unsigned_abs() as usize
+        }
+    }
+}
+
+/// Why a request could not be resolved to a command.
+#[derive(Debug, Clone, Copy)]
+pub enum Unknown {
+    Command,
+    /// The container is known, its subcommand is not (`CLIENT FOO`).
+    Subcommand(&'static CommandSpec),
+}
+
+fn find(list: &'static [CommandSpec], name: &[u8]) -> Option<&'static CommandSpec> {
+    list.binary_search_by(|c| {
+        c.name
+            .iter()
+            .map(|b| b.to_ascii_lowercase())
+            .cmp(name.iter().map(|b| b.to_ascii_lowercase()))
+    })
+    .ok()
+    .map(|i| &list[i])
+}
+
+/// Resolves `args` (name first) against the table, subcommand included.
+pub fn lookup(args: &[Bytes]) -> Result<Command, Unknown> {
+    let spec = args
+        .first()
+        .and_then(|n| find(COMMANDS, n))
+        .ok_or(Unknown::Command)?;
+    if spec.subcommands.is_empty() {
+        return Ok(Command { spec, parent: None });
+    }
+    // A container needs its subcommand; with none, Redis answers with an arity error.
+    let Some(sub) = args.get(1) else {
+        return Ok(Command { spec, parent: None });
+    };
+    match find(spec.subcommands, sub) {
+        Some(s) => Ok(Command {
+            spec: s,
+            parent: Some(spec),
+        }),
+        None => Err(Unknown::Subcommand(spec)),
+    }
+}
+
+/// The key specs say the request cannot be well-formed (Redis would answer with an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyError {
+    /// The key-count argument is not a non-negative integer.
+    BadKeyCount,
+    /// Keys would lie past the arguments.
+    OutOfRange,
+    /// A spec Redis itself cannot follow (`BeginSearch::Unknown`).
+    Unknowable,
+}
+
+/// Pushes the argument index of every key of `cmd` in `args` onto `out`, in spec order, as
+/// Redis' `getKeysUsingKeySpecs` does. A spec whose keyword is absent contributes nothing.
+pub fn key_positions(cmd: &Command, args: &[Bytes], out: &mut Vec<usize>) -> Result<(), KeyError> {
+    let argc = args.len() as i64;
+    for spec in cmd.spec.key_specs {
+        let first = match spec.begin {
+            BeginSearch::Index(i) => i as i64,
+            BeginSearch::Keyword {
+                keyword,
+                start_from,
+            } => {
+                let found = if start_from > 0 {
+                    (start_from as i64..argc)
+                        .find(|&i| args[i as usize].eq_ignore_ascii_case(keyword))
+                } else {
+                    (1..argc + start_from as i64 + 1)
+                        .rev()
+                        .find(|&i| args[i as usize].eq_ignore_ascii_case(keyword))
+                };
+                match found {
+                    Some(i) => i + 1,
+                    None => continue,
+                }
+            }
+            BeginSearch::Unknown => return Err(KeyError::Unknowable),
+        };
+        let (first, last, step) = match spec.find {
+            FindKeys::Range {
+                last_key,
+                key_step,
+                limit,
+            } => {
+                let last = if last_key >= 0 {
+                    first + last_key as i64
+                } else if limit == 0 {
+                    argc + last_key as i64
+                } else {
+                    first + ((argc - first) / limit as i64 + last_key as i64)
+                };
+                (first, last, key_step as i64)
+            }
+            FindKeys::KeyNum {
+                key_num_idx,
+                first_key,
+                key_step,
+            } => {
+                let idx = first + key_num_idx as i64;
+                let n: i64 = args
+                    .get(idx as usize)
+                    .and_then(|a| std::str::from_utf8(a).ok())
+                    .and_then(|s| s.parse().ok())
+                    .filter(|&n| n >= 0)
+                    .ok_or(KeyError::BadKeyCount)?;
+                let start = first + first_key as i64;
+                (start, start + (n - 1) * key_step as i64, key_step as i64)
+            }
+            FindKeys::Unknown => return Err(KeyError::Unknowable),
+        };
+        if last < first {
+            // e.g. EVAL with numkeys 0: no keys, not an error.
+            continue;
+        }
+        if last >= argc || first >= argc || step <= 0 {
+            return Err(KeyError::OutOfRange);
+        }
+        let mut i = first;
+        while i <= last {
+            out.push(i as usize);
+            i += step;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<Bytes> {
+        s.split(' ').map(|a| Bytes::from(a.to_string())).collect()
+    }
+
+    fn keys(s: &str) -> Result<Vec<usize>, KeyError> {
+        let a = args(s);
+        let cmd = lookup(&a).expect("known command");
+        let mut out = Vec::new();
+        key_positions(&cmd, &a, &mut out).map(|_| out)
+    }
+
+    #[test]
+    fn table_is_sorted_for_binary_search() {
+        assert!(COMMANDS.windows(2).all(|w| w[0].name < w[1].name));
+        for c in COMMANDS {
+            assert!(c.subcommands.windows(2).all(|w| w[0].name < w[1].name));
+        }
+    }
+
+    #[test]
+    fn lookup_is_case_insensitive_and_finds_subcommands() {
+        let c = lookup(&args("ClIeNt SetName x")).unwrap();
+        assert_eq!(c.full_name(), "client|setname");
+        assert!(matches!(lookup(&args("nosuch")), Err(Unknown::Command)));
+        assert!(matches!(
+            lookup(&args("client nosuch")),
+            Err(Unknown::Subcommand(_))
+        ));
+    }
+
+    #[test]
+    fn key_positions_follow_redis_key_specs() {
+        assert_eq!(keys("GET k").unwrap(), vec![1]);
+        assert_eq!(keys("MSET a 1 b 2").unwrap(), vec![1, 3]);
+        assert_eq!(keys("MGET a b c").unwrap(), vec![1, 2, 3]);
+        assert_eq!(keys("BLPOP a b 0").unwrap(), vec![1, 2]);
+        assert_eq!(
+            keys("ZUNIONSTORE d 2 a b WEIGHTS 1 2").unwrap(),
+            vec![1, 3, 4]
+        );
+        assert_eq!(keys("XREAD COUNT 2 STREAMS s1 s2 0 0").unwrap(), vec![4, 5]);
+        assert_eq!(keys("EVAL s 2 a b x").unwrap(), vec![3, 4]);
+        assert_eq!(keys("EVAL s 0").unwrap(), Vec::<usize>::new());
+        assert_eq!(keys("LMPOP 2 a b LEFT").unwrap(), vec![2, 3]);
+        assert_eq!(keys("OBJECT ENCODING k").unwrap(), vec![2]);
+        assert_eq!(keys("GEORADIUS g 0 0 1 km STORE d").unwrap(), vec![1, 7]);
+        assert_eq!(keys("MIGRATE h 1 \"\" 0 5 KEYS a b").unwrap().len(), 3);
+        assert_eq!(keys("EVAL s x").unwrap_err(), KeyError::BadKeyCount);
+        assert_eq!(keys("EVAL s 3 a").unwrap_err(), KeyError::OutOfRange);
+        assert_eq!(keys("SORT k BY w").unwrap_err(), KeyError::Unknowable);
+    }
+}

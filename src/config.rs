@@ -1,0 +1,623 @@
+//! The TOML configuration: its shape (shared/DESIGN.md is the contract), parsing, and
+//! validation with errors that name the field and point at its line and column.
+//!
+//! Parsing is strict: unknown keys are rejected (`deny_unknown_fields`), and a setting whose
+//! feature respite does not have yet is refused with an error that says so, never silently
+//! ignored. Secrets live in [`Secret`], whose `Debug` prints `MASKED`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A value that must never reach a log line or a `Debug` dump.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub admin: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub defaults: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub shared: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<String>,
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Sidecar mode: connections that never AUTH act as this tenant.
+    pub default_tenant: Option<Spanned<String>>,
+    /// Largest bulk string a client may send (Redis' proto-max-bulk-len).
+    #[serde(default = "default_max_bulk_bytes")]
+    pub max_bulk_bytes: usize,
+    /// Most arguments in one request.
+    #[serde(default = "default_max_array_len")]
+    pub max_array_len: usize,
+    /// How long shutdown waits for in-flight commands before closing connections.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default = "default_upstream_url")]
+    pub url: Spanned<String>,
+    pub pool_size: Option<Spanned<u64>>,
+    pub connections: Option<Spanned<u64>>,
+    pub pinned_max: Option<Spanned<u64>>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_command_timeout_ms")]
+    pub command_timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: Spanned<String>,
+    pub password: Option<Secret>,
+    pub password_sha256: Option<Spanned<String>>,
+    pub quota_bytes: Option<Spanned<u64>>,
+    pub overage_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub allow_scripts: bool,
+    #[serde(default = "default_role")]
+    pub role: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt: Option<Spanned<JwtConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    pub hs256_secret: Option<Secret>,
+    pub rs256_public_key_file: Option<PathBuf>,
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default)]
+    pub leeway_seconds: u64,
+}
+
+fn default_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:6380".into())
+}
+fn default_max_clients() -> usize {
+    10_000
+}
+fn default_max_bulk_bytes() -> usize {
+    512 * 1024 * 1024
+}
+fn default_max_array_len() -> usize {
+    1024 * 1024
+}
+fn default_shutdown_grace_ms() -> u64 {
+    5_000
+}
+fn default_upstream_url() -> Spanned<String> {
+    Spanned::new(0..0, "redis://127.0.0.1:6379".into())
+}
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+fn default_command_timeout_ms() -> u64 {
+    5_000
+}
+fn default_role() -> Spanned<String> {
+    Spanned::new(0..0, "tenant".into())
+}
+fn default_tenant_claim() -> String {
+    "tenant_id".into()
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            max_clients: default_max_clients(),
+            default_tenant: None,
+            max_bulk_bytes: default_max_bulk_bytes(),
+            max_array_len: default_max_array_len(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: default_upstream_url(),
+            pool_size: None,
+            connections: None,
+            pinned_max: None,
+            connect_timeout_ms: default_connect_timeout_ms(),
+            command_timeout_ms: default_command_timeout_ms(),
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("url", &mask_url_password(self.url.get_ref()))
+            .field("pool_size", &self.pool_size)
+            .field("connections", &self.connections)
+            .field("pinned_max", &self.pinned_max)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("command_timeout_ms", &self.command_timeout_ms)
+            .finish()
+    }
+}
+
+/// The URL with its password (if any) replaced by `MASKED`, for logs and Debug output.
+pub fn mask_url_password(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("MASKED"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<not a URL>".to_string(),
+    }
+}
+
+/// One problem in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line and column, when the problem has a place in the file.
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((line, col)) => write!(f, "line {line}, column {col}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// All the problems found in one file.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Is `id` a valid tenant id: `[A-Za-z0-9_-]{1,64}` (no glob characters, no `{}`, no `:`).
+pub fn valid_tenant_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Where the upstream Redis is and how to log in to it, from `upstream.url`.
+#[derive(Debug, Clone)]
+pub struct UpstreamAddr {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub db: u32,
+}
+
+impl UpstreamAddr {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+        match url.scheme() {
+            "redis" => {}
+            "rediss" => return Err("rediss:// (TLS) is not built yet; use redis://".into()),
+            other => return Err(format!("scheme must be redis://, not {other}://")),
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or("the URL has no host")?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let decode = |s: &str| {
+            percent_decode(s)
+                .ok_or_else(|| "credentials are not valid percent-encoding".to_string())
+        };
+        let username = match url.username() {
+            "" => None,
+            u => Some(decode(u)?),
+        };
+        let password = url.password().map(decode).transpose()?.map(Secret);
+        let db = match url.path().trim_start_matches('/') {
+            "" => 0,
+            n => n
+                .parse()
+                .map_err(|_| format!("database {n:?} in the URL path is not a number"))?,
+        };
+        Ok(UpstreamAddr {
+            host,
+            port: url.port().unwrap_or(6379),
+            username,
+            password,
+            db,
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                at: None,
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text, returning every problem found.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                at: e.span().map(|s| line_col(text, s.start)),
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(
+                problems
+                    .into_iter()
+                    .map(|(span, message)| ConfigError {
+                        at: span.filter(|s| s.end > 0).map(|s| line_col(text, s.start)),
+                        message,
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Every semantic problem, each with the span of the value at fault when it has one.
+    fn validate(&self) -> Vec<(Option<Range<usize>>, String)> {
+        let mut errs = Vec::new();
+        let mut err = |span: Option<Range<usize>>, msg: String| errs.push((span, msg));
+        let not_yet = |what: &str, issue: &str| {
+            format!("{what} is not built yet ({issue}); remove it from the config")
+        };
+
+        if self.server.listen.get_ref().parse::<SocketAddr>().is_err() {
+            err(
+                Some(self.server.listen.span()),
+                format!(
+                    "server.listen: {:?} is not an address like 127.0.0.1:6380",
+                    self.server.listen.get_ref()
+                ),
+            );
+        }
+        if self.server.max_clients == 0 {
+            err(None, "server.max_clients must be at least 1".into());
+        }
+        if self.server.max_array_len == 0 || self.server.max_bulk_bytes == 0 {
+            err(
+                None,
+                "server.max_array_len and server.max_bulk_bytes must be at least 1".into(),
+            );
+        }
+        if let Err(e) = UpstreamAddr::parse(self.upstream.url.get_ref()) {
+            err(Some(self.upstream.url.span()), format!("upstream.url: {e}"));
+        }
+        if self.upstream.connect_timeout_ms == 0 || self.upstream.command_timeout_ms == 0 {
+            err(
+                None,
+                "upstream.connect_timeout_ms and upstream.command_timeout_ms must be above 0"
+                    .into(),
+            );
+        }
+        for (field, value) in [
+            ("upstream.pool_size", &self.upstream.pool_size),
+            ("upstream.connections", &self.upstream.connections),
+            ("upstream.pinned_max", &self.upstream.pinned_max),
+        ] {
+            if let Some(v) = value {
+                err(
+                    Some(v.span()),
+                    not_yet(field, "the multiplexed upstream comes with its own issue"),
+                );
+            }
+        }
+        if let Some(admin) = &self.admin {
+            err(
+                Some(admin.span()),
+                not_yet("[admin]", "metrics and health endpoints"),
+            );
+        }
+        if let Some(defaults) = &self.defaults {
+            err(Some(defaults.span()), not_yet("[defaults]", "byte quotas"));
+        }
+        if let Some(shared) = &self.shared {
+            err(
+                Some(shared.span()),
+                not_yet("[shared]", "shared market data"),
+            );
+        }
+
+        let jwt = self.auth.jwt.as_ref();
+        if let Some(jwt) = jwt {
+            let j = jwt.get_ref();
+            match (&j.hs256_secret, &j.rs256_public_key_file) {
+                (Some(_), Some(_)) | (None, None) => err(
+                    Some(jwt.span()),
+                    "auth.jwt: set exactly one of hs256_secret and rs256_public_key_file".into(),
+                ),
+                (Some(s), None) if s.expose().is_empty() => err(
+                    Some(jwt.span()),
+                    "auth.jwt.hs256_secret must not be empty".into(),
+                ),
+                (None, Some(path)) => {
+                    if let Err(e) = std::fs::read(path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|pem| {
+                            jsonwebtoken::DecodingKey::from_rsa_pem(&pem).map_err(|e| e.to_string())
+                        })
+                    {
+                        err(
+                            Some(jwt.span()),
+                            format!("auth.jwt.rs256_public_key_file {}: {e}", path.display()),
+                        );
+                    }
+                }
+                _ => {}
+            }
+            if j.tenant_claim.is_empty() {
+                err(
+                    Some(jwt.span()),
+                    "auth.jwt.tenant_claim must not be empty".into(),
+                );
+            }
+        }
+
+        let mut ids = HashSet::new();
+        let mut digests = HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let id = t.id.get_ref();
+            if !valid_tenant_id(id) {
+                err(
+                    Some(t.id.span()),
+                    format!("tenants[{i}].id: {id:?} must match [A-Za-z0-9_-]{{1,64}}"),
+                );
+            } else if !ids.insert(id.as_str()) {
+                err(
+                    Some(t.id.span()),
+                    format!("tenants[{i}].id: tenant {id:?} is defined twice"),
+                );
+            }
+            let digest = match (&t.password, &t.password_sha256) {
+                (Some(_), Some(h)) => {
+                    err(
+                        Some(h.span()),
+                        format!("tenants[{i}]: set password or password_sha256, not both"),
+                    );
+                    None
+                }
+                (Some(p), None) => Some(crate::auth::sha256(p.expose().as_bytes())),
+                (None, Some(h)) => match crate::auth::parse_sha256_hex(h.get_ref()) {
+                    Some(d) => Some(d),
+                    None => {
+                        err(
+                            Some(h.span()),
+                            format!("tenants[{i}].password_sha256 must be 64 hex digits"),
+                        );
+                        None
+                    }
+                },
+                (None, None) => {
+                    if jwt.is_none() {
+                        err(
+                            Some(t.id.span()),
+                            format!(
+                                "tenants[{i}] ({id}) has no password, password_sha256 or [auth.jwt]: \
+                                 nothing could authenticate it"
+                            ),
+                        );
+                    }
+                    None
+                }
+            };
+            // `AUTH <password>` names no tenant, so a password must pick exactly one.
+            if let Some(d) = digest {
+                if !digests.insert(d) {
+                    err(
+                        Some(t.id.span()),
+                        format!(
+                            "tenants[{i}] ({id}) has the same password as another tenant: \
+                             AUTH <password> could not tell them apart"
+                        ),
+                    );
+                }
+            }
+            for (field, value) in [
+                ("quota_bytes", &t.quota_bytes),
+                ("overage_bytes", &t.overage_bytes),
+            ] {
+                if let Some(v) = value {
+                    err(
+                        Some(v.span()),
+                        not_yet(&format!("tenants[{i}].{field}"), "byte quotas"),
+                    );
+                }
+            }
+            match t.role.get_ref().as_str() {
+                "tenant" => {}
+                "publisher" => err(
+                    Some(t.role.span()),
+                    not_yet(
+                        &format!("tenants[{i}].role = \"publisher\""),
+                        "shared market data",
+                    ),
+                ),
+                other => err(
+                    Some(t.role.span()),
+                    format!("tenants[{i}].role: {other:?} is not \"tenant\" or \"publisher\""),
+                ),
+            }
+        }
+        if let Some(d) = &self.server.default_tenant {
+            if !self.tenants.iter().any(|t| t.id.get_ref() == d.get_ref()) {
+                err(
+                    Some(d.span()),
+                    format!(
+                        "server.default_tenant: {:?} is not a tenant in [[tenants]]",
+                        d.get_ref()
+                    ),
+                );
+            }
+        }
+        errs
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .get_ref()
+            .parse()
+            .expect("validated in Config::parse")
+    }
+
+    pub fn upstream_addr(&self) -> UpstreamAddr {
+        UpstreamAddr::parse(self.upstream.url.get_ref()).expect("validated in Config::parse")
+    }
+
+    /// Applies the command line's `--listen` / `--upstream`, checking them like the file's.
+    pub fn override_with(
+        &mut self,
+        listen: Option<String>,
+        upstream: Option<String>,
+    ) -> Result<(), ConfigErrors> {
+        if let Some(l) = listen {
+            self.server.listen = Spanned::new(0..0, l);
+        }
+        if let Some(u) = upstream {
+            self.upstream.url = Spanned::new(0..0, u);
+        }
+        let problems = self.validate();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(
+                problems
+                    .into_iter()
+                    .map(|(_, message)| ConfigError { at: None, message })
+                    .collect(),
+            ))
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_is_masked() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "MASKED");
+    }
+
+    #[test]
+    fn upstream_url_with_credentials_and_db() {
+        let a = UpstreamAddr::parse("redis://app%40x:p%3Ass@10.0.0.1:6390/2").unwrap();
+        assert_eq!((a.host.as_str(), a.port, a.db), ("10.0.0.1", 6390, 2));
+        assert_eq!(a.username.as_deref(), Some("app@x"));
+        assert_eq!(a.password.unwrap().expose(), "p:ss");
+        assert!(UpstreamAddr::parse("http://x").is_err());
+        assert!(UpstreamAddr::parse("rediss://x")
+            .unwrap_err()
+            .contains("not built yet"));
+    }
+
+    #[test]
+    fn line_and_column() {
+        assert_eq!(line_col("a\nbc\nd", 3), (2, 2));
+        assert_eq!(line_col("abc", 0), (1, 1));
+    }
+}

@@ -1,0 +1,117 @@
+//! Every error a client can get from respite itself, and the one place each becomes the RESP
+//! reply shared/DESIGN.md promises (`-NOAUTH`, `-WRONGPASS`, `-NOPERM`, `-ERR upstream
+//! unavailable: ...`, `-ERR Protocol error: ...`) or the text Redis itself would send.
+
+use bytes::Bytes;
+
+use crate::protocol::Resp;
+
+/// Why Redis could not be reached or did not answer. `Display` is the part after
+/// `upstream unavailable: `.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum UpstreamError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("no reply within {0} ms")]
+    Timeout(u64),
+    #[error("connection to Redis lost")]
+    Closed,
+    #[error("Redis refused respite's login: {0}")]
+    Login(String),
+    #[error("Redis sent a malformed reply: {0}")]
+    Protocol(String),
+    #[error("reconnecting after a failure ({0})")]
+    Backoff(String),
+}
+
+/// An error answered by respite instead of (or before) Redis.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("NOAUTH Authentication required.")]
+    NoAuth,
+    #[error(
+        "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+         HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+         select the RESP protocol version at the same time"
+    )]
+    HelloNoAuth,
+    #[error("WRONGPASS invalid username-password pair or user is disabled.")]
+    WrongPass,
+    #[error("NOPERM this user has no permissions to run the '{command}' command: {why}")]
+    NoPerm { command: String, why: &'static str },
+    #[error("NOPROTO unsupported protocol version")]
+    NoProto,
+    #[error("ERR unknown command '{name}', with args beginning with: {args}")]
+    UnknownCommand { name: String, args: String },
+    #[error("ERR unknown subcommand '{sub}'. Try {container} HELP.")]
+    UnknownSubcommand { sub: String, container: String },
+    #[error("ERR wrong number of arguments for '{0}' command")]
+    WrongArity(String),
+    #[error("ERR syntax error")]
+    Syntax,
+    #[error("ERR value is not an integer or out of range")]
+    NotInteger,
+    #[error("ERR DB index is out of range")]
+    DbIndex,
+    #[error("ERR {0}")]
+    Unsupported(String),
+    #[error("ERR upstream unavailable: {0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("EXECABORT Transaction discarded because of previous errors.")]
+    ExecAbort,
+    #[error("ERR Protocol error: {0}")]
+    Protocol(String),
+    #[error("ERR {0}")]
+    Other(String),
+}
+
+impl Error {
+    /// The RESP error reply for this error.
+    pub fn to_resp(&self) -> Bytes {
+        Resp::error(&self.to_string())
+    }
+
+    /// Redis' text for an unknown command: the name and the first arguments, quoted.
+    pub fn unknown_command(args: &[Bytes]) -> Error {
+        let clip = |b: &[u8], n: usize| String::from_utf8_lossy(&b[..b.len().min(n)]).into_owned();
+        let mut rest = String::new();
+        for a in &args[1..] {
+            if rest.len() >= 128 {
+                break;
+            }
+            rest.push_str(&format!("'{}' ", clip(a, 128 - rest.len())));
+        }
+        Error::UnknownCommand {
+            name: clip(&args[0], 128),
+            args: rest,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_match_the_design() {
+        assert_eq!(
+            &Error::NoAuth.to_resp()[..],
+            b"-NOAUTH Authentication required.\r\n"
+        );
+        assert_eq!(
+            &Error::WrongPass.to_resp()[..],
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+        );
+        assert_eq!(
+            &Error::Upstream(UpstreamError::Timeout(5)).to_resp()[..],
+            b"-ERR upstream unavailable: no reply within 5 ms\r\n"
+        );
+        let args: Vec<Bytes> = ["foo", "a", "b"]
+            .map(|s| Bytes::from_static(s.as_bytes()))
+            .to_vec();
+        assert_eq!(
+            Error::unknown_command(&args).to_string(),
+            "ERR unknown command 'foo', with args beginning with: 'a' 'b' "
+        );
+    }
+}

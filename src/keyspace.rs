@@ -1,0 +1,258 @@
+//! Tenant-wide keyspace commands: DBSIZE, RANDOMKEY, FLUSHDB/FLUSHALL and the `# Keyspace`
+//! section of INFO. Redis answers these for the whole database; respite answers them for the
+//! tenant's namespace by walking it with `SCAN MATCH tenant:<id>:*`.
+//!
+//! They run on the session's own upstream connection after every earlier request has its
+//! reply (`Session::drain`), so they see exactly the writes the client made before them.
+//! The cost is a SCAN of the whole Redis keyspace (as `KEYS` costs in Redis), in steps of
+//! [`SCAN_COUNT`] so that Redis keeps serving other clients in between.
+
+use std::hash::{BuildHasher, Hasher};
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp3::types::RangeFrame;
+
+use crate::error::{Error, UpstreamError};
+use crate::local::Local;
+use crate::protocol::{encode_request, Resp};
+use crate::rewrite::all_keys;
+use crate::session::Session;
+
+const SCAN_COUNT: &[u8] = b"1000";
+
+/// A random u64 without a dependency: std's hasher keys are randomly seeded per process.
+fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+impl Session {
+    pub(crate) async fn keyspace(&mut self, local: Local) -> Bytes {
+        let result = match local {
+            Local::DbSize => self.count_keys().await.map(|n| Resp::int(n as i64)),
+            Local::RandomKey => self.random_key().await,
+            Local::Flush { lazy } => self.flush(lazy).await.map(|_| Resp::ok()),
+            Local::Info(sections) => self.info(&sections).await,
+            other => Ok(
+                Error::Other(format!("internal: {other:?} is not a keyspace command")).to_resp(),
+            ),
+        };
+        result.unwrap_or_else(|e| Error::Upstream(e).to_resp())
+    }
+
+    /// One SCAN step over the tenant's namespace: the next cursor and the keys as Redis
+    /// names them.
+    async fn scan_step(&mut self, cursor: &[u8]) -> Result<(Bytes, Vec<Bytes>), UpstreamError> {
+        let pattern = all_keys(&self.tenant.as_ref().expect("authenticated").prefix);
+        let frame = self
+            .call(&[b"SCAN", cursor, b"MATCH", &pattern, b"COUNT", SCAN_COUNT])
+            .await?;
+        let bad = || UpstreamError::Protocol("unexpected SCAN reply".into());
+        let elems = frame.elements().ok_or_else(bad)?;
+        let next = frame
+            .str_at(elems.first().ok_or_else(bad)?)
+            .map(Bytes::copy_from_slice)
+            .ok_or_else(bad)?;
+        let keys = match elems.get(1) {
+            Some(RangeFrame::Array { data, .. }) => data
+                .iter()
+                .filter_map(|k| frame.str_at(k).map(Bytes::copy_from_slice))
+                .collect(),
+            _ => return Err(bad()),
+        };
+        Ok((next, keys))
+    }
+
+    /// Sends one request per key in a single write and reads the replies.
+    async fn per_key(
+        &mut self,
+        command: &[u8],
+        keys: &[Bytes],
+    ) -> Result<Vec<crate::reply::Frame>, UpstreamError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The first through call() (which connects and times out); the rest pipelined
+        // behind it on the same connection.
+        let mut batch = BytesMut::new();
+        for k in &keys[1..] {
+            encode_request(&mut batch, [command, &k[..]].into_iter());
+        }
+        let first = self.call(&[command, &keys[0]]).await?;
+        let mut replies = vec![first];
+        if keys.len() > 1 {
+            let timeout = self.ctx.upstream.command_timeout;
+            let up = self.up.as_mut().ok_or(UpstreamError::Closed)?;
+            let work = async {
+                up.write_all(&batch).await?;
+                let mut out = Vec::with_capacity(keys.len() - 1);
+                for _ in 1..keys.len() {
+                    out.push(up.read_frame().await?);
+                }
+                Ok::<_, UpstreamError>(out)
+            };
+            match tokio::time::timeout(timeout, work).await {
+                Ok(Ok(rest)) => replies.extend(rest),
+                Ok(Err(e)) => {
+                    self.fail_upstream(e.clone());
+                    return Err(e);
+                }
+                Err(_) => {
+                    let e = UpstreamError::Timeout(self.ctx.upstream.command_timeout_ms());
+                    self.fail_upstream(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(replies)
+    }
+
+    /// (keys, keys with a TTL, sum of those TTLs in ms) over the tenant's namespace.
+    async fn count_keys_with_ttl(&mut self) -> Result<(u64, u64, u64), UpstreamError> {
+        let (mut keys, mut expires, mut ttl_sum) = (0u64, 0u64, 0u64);
+        let mut cursor = Bytes::from_static(b"0");
+        loop {
+            let (next, batch) = self.scan_step(&cursor).await?;
+            keys += batch.len() as u64;
+            for f in self.per_key(b"PTTL", &batch).await? {
+                if let RangeFrame::Number { data, .. } = f.tree {
+                    if data > 0 {
+                        expires += 1;
+                        ttl_sum += data as u64;
+                    }
+                }
+            }
+            if &next[..] == b"0" {
+                return Ok((keys, expires, ttl_sum));
+            }
+            cursor = next;
+        }
+    }
+
+    async fn count_keys(&mut self) -> Result<u64, UpstreamError> {
+        let mut n = 0;
+        let mut cursor = Bytes::from_static(b"0");
+        loop {
+            let (next, batch) = self.scan_step(&cursor).await?;
+            n += batch.len() as u64;
+            if &next[..] == b"0" {
+                return Ok(n);
+            }
+            cursor = next;
+        }
+    }
+
+    /// A key of the tenant's, picked at random: the scan starts at a random cursor and wraps.
+    async fn random_key(&mut self) -> Result<Bytes, UpstreamError> {
+        let prefix = self.tenant.as_ref().expect("authenticated").prefix.clone();
+        let start = (random_u64() % (1 << 32)).to_string();
+        let mut cursor = Bytes::from(start);
+        let mut wrapped = false;
+        loop {
+            let (next, batch) = self.scan_step(&cursor).await?;
+            if !batch.is_empty() {
+                let k = &batch[(random_u64() % batch.len() as u64) as usize];
+                return Ok(Resp::bulk(&k[prefix.len()..]));
+            }
+            if &next[..] == b"0" {
+                if wrapped {
+                    return Ok(Resp(self.protocol).null());
+                }
+                wrapped = true;
+            }
+            cursor = next;
+        }
+    }
+
+    /// Deletes every key of the tenant (UNLINK when `lazy`, as FLUSHDB ASYNC).
+    async fn flush(&mut self, lazy: bool) -> Result<(), UpstreamError> {
+        let del: &[u8] = if lazy { b"UNLINK" } else { b"DEL" };
+        let mut cursor = Bytes::from_static(b"0");
+        loop {
+            let (next, batch) = self.scan_step(&cursor).await?;
+            if !batch.is_empty() {
+                let mut args: Vec<&[u8]> = vec![del];
+                args.extend(batch.iter().map(|k| &k[..]));
+                self.call(&args).await?;
+            }
+            if &next[..] == b"0" {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// INFO from Redis, with its `# Keyspace` section replaced by the tenant's own.
+    async fn info(&mut self, sections: &[Bytes]) -> Result<Bytes, UpstreamError> {
+        let mut args: Vec<&[u8]> = vec![b"INFO"];
+        args.extend(sections.iter().map(|s| &s[..]));
+        let frame = self.call(&args).await?;
+        if frame.is_error() {
+            return Ok(frame.raw.clone());
+        }
+        let text = frame
+            .str_at(&frame.tree)
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .unwrap_or_default();
+        let wants_keyspace = sections.is_empty()
+            || sections.iter().any(|s| {
+                matches!(
+                    s.to_ascii_lowercase().as_slice(),
+                    b"keyspace" | b"default" | b"all" | b"everything"
+                )
+            });
+        let mut out = strip_section(&text, "# Keyspace");
+        if wants_keyspace {
+            let (keys, expires, ttl_sum) = self.count_keys_with_ttl().await?;
+            if !out.is_empty() && !out.ends_with("\r\n\r\n") {
+                out.push_str("\r\n");
+            }
+            out.push_str("# Keyspace\r\n");
+            if keys > 0 {
+                let avg = ttl_sum.checked_div(expires).unwrap_or(0);
+                out.push_str(&format!(
+                    "db0:keys={keys},expires={expires},avg_ttl={avg}\r\n"
+                ));
+            }
+        }
+        Ok(Resp(self.protocol).text(out.as_bytes()))
+    }
+}
+
+/// `text` without the INFO section that starts with `header`.
+fn strip_section(text: &str, header: &str) -> String {
+    let Some(start) = text.find(header) else {
+        return text.to_string();
+    };
+    let end = text[start..]
+        .find("\r\n\r\n")
+        .map_or(text.len(), |i| start + i + 4);
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..start]);
+    out.push_str(&text[end..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_keyspace_section() {
+        let info =
+            "# Server\r\nredis_version:7\r\n\r\n# Keyspace\r\ndb0:keys=9\r\n\r\n# Other\r\nx:1\r\n";
+        assert_eq!(
+            strip_section(info, "# Keyspace"),
+            "# Server\r\nredis_version:7\r\n\r\n# Other\r\nx:1\r\n"
+        );
+        assert_eq!(
+            strip_section("# Keyspace\r\ndb0:keys=1\r\n", "# Keyspace"),
+            ""
+        );
+    }
+}

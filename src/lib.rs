@@ -1,0 +1,92 @@
+//! respite: a multi-tenant caching proxy that speaks the Redis protocol.
+//!
+//! Each client connection authenticates to a tenant; every key and channel it touches is
+//! rewritten into `tenant:<id>:` on the way to Redis and back out of the replies, so tenants
+//! sharing one Redis can never see, change or enumerate each other's data.
+//!
+//! ```text
+//! client ──TCP──▶ server (accept, max_clients)
+//!                   └─▶ session (one task per connection; the loop)
+//!                         protocol   decode RESP / inline requests, limits
+//!                         auth       AUTH / HELLO / JWT / default tenant → Tenant
+//!                         command    table generated from Redis' own key specs
+//!                         local      commands respite answers itself (AUTH, CLIENT, SELECT, ...)
+//!                         keyspace   tenant-wide DBSIZE, RANDOMKEY, FLUSHDB, INFO keyspace
+//!                         policy     what a tenant may not run (-NOPERM)
+//!                         rewrite    keys, channels, patterns → tenant:<id>:...
+//!                         upstream   connection to Redis (raw RESP frames, in order)
+//!                         reply      framing replies, pub/sub pushes, prefixes stripped back
+//!                         error      every error → its RESP reply, in one place
+//! ```
+//!
+//! Modules, in the order a request meets them: [`server`], [`session`], [`protocol`],
+//! [`auth`] (with [`tenant`]), [`command`], [`local`], [`keyspace`], [`policy`], [`rewrite`],
+//! [`upstream`], [`reply`], [`error`]; [`config`] is the TOML file, [`clients`] the registry of
+//! connections behind CLIENT LIST/KILL.
+
+pub mod auth;
+pub mod clients;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod keyspace;
+pub mod local;
+pub mod policy;
+pub mod protocol;
+pub mod reply;
+pub mod rewrite;
+pub mod server;
+pub mod session;
+pub mod tenant;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use config::Config;
+use session::Context;
+
+/// Builds the shared state of a running proxy from a validated config.
+pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
+    let auth = auth::Authenticator::from_config(config)?;
+    let default_tenant = config
+        .server
+        .default_tenant
+        .as_ref()
+        .map(|d| auth.tenant(d.get_ref()).expect("validated"));
+    Ok(Arc::new(Context {
+        limits: protocol::Limits {
+            max_bulk_bytes: config.server.max_bulk_bytes,
+            max_array_len: config.server.max_array_len,
+        },
+        default_tenant,
+        auth,
+        upstream: upstream::Connector::new(
+            config.upstream_addr(),
+            Duration::from_millis(config.upstream.connect_timeout_ms),
+            Duration::from_millis(config.upstream.command_timeout_ms),
+        ),
+        clients: clients::Registry::default(),
+    }))
+}
+
+/// Runs the proxy on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ctx = context(config)?;
+    server::run(
+        listener,
+        ctx,
+        config.server.max_clients,
+        Duration::from_millis(config.server.shutdown_grace_ms),
+        shutdown,
+    )
+    .await;
+    Ok(())
+}

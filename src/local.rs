@@ -1,0 +1,663 @@
+//! Commands respite answers itself, because their answer depends on the tenant or on the
+//! client connection rather than on Redis: AUTH, HELLO, SELECT, QUIT, RESET, the CLIENT
+//! subcommands about connections, PUBSUB NUMPAT, and (in `keyspace`) the tenant-wide
+//! DBSIZE, RANDOMKEY, FLUSHDB/FLUSHALL and INFO keyspace.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::command::{Command, Unknown};
+use crate::error::Error;
+use crate::protocol::{Request, Resp};
+use crate::reply::{ExecItem, Shape};
+use crate::rewrite::{Expect, Forward};
+use crate::session::{End, ReplyMode, Session};
+
+/// A request respite handles without forwarding it as is.
+#[derive(Debug)]
+pub enum Local {
+    Auth {
+        user: Option<Bytes>,
+        secret: Bytes,
+    },
+    Hello {
+        protover: Option<u8>,
+        auth: Option<(Bytes, Bytes)>,
+        setname: Option<Bytes>,
+    },
+    /// PING before authentication (afterwards PING goes to Redis).
+    Ping(Option<Bytes>),
+    Quit,
+    Reset,
+    Select(Bytes),
+    ClientId,
+    ClientGetName,
+    ClientSetName(Bytes),
+    ClientInfo,
+    ClientList(Vec<Bytes>),
+    ClientKill(Vec<Bytes>),
+    ClientReply(ReplyMode),
+    ClientSetInfo(Bytes, Bytes),
+    ClientUnblock(Vec<Bytes>),
+    PubsubNumpat,
+    DbSize,
+    RandomKey,
+    Flush {
+        lazy: bool,
+    },
+    Info(Vec<Bytes>),
+    /// Recognised, but malformed: answer with this error.
+    Invalid(Error),
+}
+
+impl Local {
+    /// Can it be queued inside MULTI with its result computed now?
+    fn queueable(&self) -> bool {
+        matches!(
+            self,
+            Local::Select(_)
+                | Local::ClientId
+                | Local::ClientGetName
+                | Local::ClientSetName(_)
+                | Local::ClientInfo
+                | Local::ClientList(_)
+                | Local::PubsubNumpat
+                | Local::ClientSetInfo(..)
+        )
+    }
+}
+
+fn lower(b: &[u8]) -> Vec<u8> {
+    b.to_ascii_lowercase()
+}
+
+/// Which of respite's own commands `req` is, if any. Arity is checked against the command
+/// table where Redis knows the command.
+pub fn recognize(
+    req: &Request,
+    looked_up: &Result<Command, Unknown>,
+    authenticated: bool,
+) -> Option<Local> {
+    let a = &req.args;
+    let name = lower(&a[0]);
+    let sub = a.get(1).map(|s| lower(s));
+    let arity_error = || {
+        looked_up
+            .as_ref()
+            .ok()
+            .filter(|c| !c.arity_ok(a.len()))
+            .map(|c| Local::Invalid(Error::WrongArity(c.full_name())))
+    };
+    let local = match (name.as_slice(), sub.as_deref()) {
+        (b"auth", _) => match a.len() {
+            2 => Local::Auth {
+                user: None,
+                secret: a[1].clone(),
+            },
+            3 => Local::Auth {
+                user: Some(a[1].clone()),
+                secret: a[2].clone(),
+            },
+            1 => Local::Invalid(Error::WrongArity("auth".into())),
+            _ => Local::Invalid(Error::Syntax),
+        },
+        (b"hello", _) => hello(a),
+        (b"ping", _) if !authenticated => match a.len() {
+            1 => Local::Ping(None),
+            2 => Local::Ping(Some(a[1].clone())),
+            _ => Local::Invalid(Error::WrongArity("ping".into())),
+        },
+        (b"quit", _) => Local::Quit,
+        (b"reset", _) => Local::Reset,
+        (b"client", Some(b"setinfo")) => match a.len() {
+            4 => Local::ClientSetInfo(a[2].clone(), a[3].clone()),
+            _ => Local::Invalid(Error::WrongArity("client|setinfo".into())),
+        },
+        _ => {
+            if let Some(e) = arity_error() {
+                // Only for the commands below; others get their arity checked later.
+                return is_local_name(&name, sub.as_deref()).then_some(e);
+            }
+            match (name.as_slice(), sub.as_deref()) {
+                (b"select", _) => Local::Select(a[1].clone()),
+                (b"client", Some(b"id")) => Local::ClientId,
+                (b"client", Some(b"getname")) => Local::ClientGetName,
+                (b"client", Some(b"setname")) => Local::ClientSetName(a[2].clone()),
+                (b"client", Some(b"info")) => Local::ClientInfo,
+                (b"client", Some(b"list")) => Local::ClientList(a[2..].to_vec()),
+                (b"client", Some(b"kill")) => Local::ClientKill(a[2..].to_vec()),
+                (b"client", Some(b"unblock")) => Local::ClientUnblock(a[2..].to_vec()),
+                (b"client", Some(b"reply")) => match lower(&a[2]).as_slice() {
+                    b"on" => Local::ClientReply(ReplyMode::On),
+                    b"off" => Local::ClientReply(ReplyMode::Off),
+                    b"skip" => Local::ClientReply(ReplyMode::SkipNext),
+                    _ => Local::Invalid(Error::Syntax),
+                },
+                (b"pubsub", Some(b"numpat")) => Local::PubsubNumpat,
+                (b"dbsize", _) => Local::DbSize,
+                (b"randomkey", _) => Local::RandomKey,
+                (b"flushdb" | b"flushall", _) => match a.get(1).map(|m| lower(m)).as_deref() {
+                    None => Local::Flush { lazy: false },
+                    Some(b"sync") if a.len() == 2 => Local::Flush { lazy: false },
+                    Some(b"async") if a.len() == 2 => Local::Flush { lazy: true },
+                    _ => Local::Invalid(Error::Syntax),
+                },
+                (b"info", _) => Local::Info(a[1..].to_vec()),
+                _ => return None,
+            }
+        }
+    };
+    Some(local)
+}
+
+fn is_local_name(name: &[u8], sub: Option<&[u8]>) -> bool {
+    matches!(
+        (name, sub),
+        (
+            b"select" | b"dbsize" | b"randomkey" | b"flushdb" | b"flushall" | b"info",
+            _
+        ) | (
+            b"client",
+            Some(
+                b"id"
+                    | b"getname"
+                    | b"setname"
+                    | b"info"
+                    | b"list"
+                    | b"kill"
+                    | b"unblock"
+                    | b"reply"
+            )
+        ) | (b"pubsub", Some(b"numpat"))
+    )
+}
+
+fn hello(a: &[Bytes]) -> Local {
+    let mut protover = None;
+    let mut auth = None;
+    let mut setname = None;
+    if let Some(v) = a.get(1) {
+        match std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+        {
+            Some(2) => protover = Some(2),
+            Some(3) => protover = Some(3),
+            Some(_) => return Local::Invalid(Error::NoProto),
+            None => {
+                return Local::Invalid(Error::Other(
+                    "Protocol version is not an integer or out of range".into(),
+                ))
+            }
+        }
+    }
+    let mut i = 2;
+    while i < a.len() {
+        let opt = lower(&a[i]);
+        let more = a.len() - i - 1;
+        match opt.as_slice() {
+            b"auth" if more >= 2 => {
+                auth = Some((a[i + 1].clone(), a[i + 2].clone()));
+                i += 3;
+            }
+            b"setname" if more >= 1 => {
+                setname = Some(a[i + 1].clone());
+                i += 2;
+            }
+            _ => {
+                return Local::Invalid(Error::Other(format!(
+                    "Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&a[i])
+                )))
+            }
+        }
+    }
+    Local::Hello {
+        protover,
+        auth,
+        setname,
+    }
+}
+
+/// Redis' rule for client names: printable ASCII without spaces.
+fn valid_name(name: &[u8]) -> bool {
+    name.iter().all(|&c| (b'!'..=b'~').contains(&c))
+}
+
+const BAD_NAME: &str = "Client names cannot contain spaces, newlines or special characters.";
+
+impl Session {
+    pub(crate) async fn run_local(&mut self, local: Local) -> Result<(), End> {
+        if self.multi.is_some() {
+            match local {
+                Local::Quit | Local::Reset | Local::Invalid(_) => {}
+                l if l.queueable() => {
+                    // Queued like any command: +QUEUED now, the result inside EXEC's reply.
+                    let result = self.local_result(l);
+                    if let Some(m) = &mut self.multi {
+                        m.items.push(ExecItem::Local(result));
+                    }
+                    self.answer(Resp::simple("QUEUED"));
+                    return Ok(());
+                }
+                _ => {
+                    self.refuse(Error::Other(
+                        "respite does not run this command inside MULTI".into(),
+                    ));
+                    return Ok(());
+                }
+            }
+        }
+        match local {
+            Local::Auth { user, secret } => self.auth(user, secret).await?,
+            Local::Hello {
+                protover,
+                auth,
+                setname,
+            } => self.hello(protover, auth, setname).await?,
+            Local::Ping(msg) => self.answer(match msg {
+                Some(m) => Resp::bulk(&m),
+                None => Resp::simple("PONG"),
+            }),
+            Local::Quit => {
+                self.answer(Resp::ok());
+                self.closing = true;
+            }
+            Local::Reset => {
+                self.drain().await?;
+                self.drop_upstream();
+                self.protocol = 2;
+                self.reply_mode = ReplyMode::On;
+                self.tenant = None;
+                self.me.state.lock().unwrap().tenant = None;
+                if let Some(t) = self.ctx.default_tenant.clone() {
+                    self.set_tenant(t);
+                }
+                self.me.state.lock().unwrap().protocol = 2;
+                self.answer(Resp::simple("RESET"));
+            }
+            Local::ClientReply(mode) => {
+                self.reply_mode = mode;
+                if mode == ReplyMode::On {
+                    self.answer(Resp::ok());
+                }
+            }
+            Local::ClientKill(args) => {
+                let reply = self.client_kill(&args);
+                self.answer(reply);
+            }
+            Local::ClientUnblock(args) => self.client_unblock(args).await,
+            Local::DbSize | Local::RandomKey | Local::Flush { .. } | Local::Info(_) => {
+                self.drain().await?;
+                let reply = self.keyspace(local).await;
+                self.answer(reply);
+            }
+            Local::Invalid(e) => self.refuse(e),
+            other => {
+                let reply = self.local_result(other);
+                self.answer(reply);
+            }
+        }
+        Ok(())
+    }
+
+    /// The reply of a command that only reads or sets session state.
+    fn local_result(&mut self, local: Local) -> Bytes {
+        let resp = Resp(self.protocol);
+        match local {
+            Local::Select(db) => match std::str::from_utf8(&db)
+                .ok()
+                .and_then(|d| d.parse::<i64>().ok())
+            {
+                Some(0) => Resp::ok(),
+                Some(_) => Error::DbIndex.to_resp(),
+                None => Error::NotInteger.to_resp(),
+            },
+            Local::ClientId => Resp::int(self.me.id as i64),
+            Local::ClientGetName => match &self.me.state.lock().unwrap().name {
+                Some(n) => Resp::bulk(n),
+                None => resp.null(),
+            },
+            Local::ClientSetName(name) => {
+                if !valid_name(&name) {
+                    return Error::Other(BAD_NAME.into()).to_resp();
+                }
+                self.me.state.lock().unwrap().name = (!name.is_empty()).then_some(name);
+                Resp::ok()
+            }
+            Local::ClientSetInfo(attr, value) => {
+                let mut st = self.me.state.lock().unwrap();
+                match lower(&attr).as_slice() {
+                    b"lib-name" if valid_name(&value) => st.lib_name = Some(value),
+                    b"lib-ver" if valid_name(&value) => st.lib_ver = Some(value),
+                    b"lib-name" | b"lib-ver" => {
+                        return Error::Other(format!(
+                            "{} cannot contain spaces, newlines or special characters.",
+                            String::from_utf8_lossy(&attr)
+                        ))
+                        .to_resp()
+                    }
+                    _ => {
+                        return Error::Other(format!(
+                            "Unrecognized option '{}'",
+                            String::from_utf8_lossy(&attr)
+                        ))
+                        .to_resp()
+                    }
+                }
+                Resp::ok()
+            }
+            Local::ClientInfo => {
+                let line = self.me.info_line(Instant::now()) + "\n";
+                resp.text(line.as_bytes())
+            }
+            Local::ClientList(args) => self.client_list(&args),
+            Local::PubsubNumpat => {
+                let id = self.tenant.as_ref().map(|t| t.id.as_str()).unwrap_or("");
+                Resp::int(self.ctx.clients.numpat(id) as i64)
+            }
+            other => {
+                Error::Other(format!("internal: {other:?} is not a session command")).to_resp()
+            }
+        }
+    }
+
+    async fn auth(&mut self, user: Option<Bytes>, secret: Bytes) -> Result<(), End> {
+        match self.authenticator().login(user.as_deref(), &secret) {
+            Ok(tenant) => {
+                self.switch_tenant(tenant).await?;
+                self.answer(Resp::ok());
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "authentication failed");
+                self.refuse(Error::WrongPass);
+            }
+        }
+        Ok(())
+    }
+
+    /// Becomes `tenant`. Switching tenant drops the upstream connection (after the replies
+    /// of earlier commands), so nothing the previous tenant had set up stays reachable.
+    async fn switch_tenant(&mut self, tenant: Arc<crate::tenant::Tenant>) -> Result<(), End> {
+        if self
+            .tenant
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(t, &tenant))
+        {
+            return Ok(());
+        }
+        self.drain().await?;
+        self.drop_upstream();
+        self.set_tenant(tenant);
+        Ok(())
+    }
+
+    async fn hello(
+        &mut self,
+        protover: Option<u8>,
+        auth: Option<(Bytes, Bytes)>,
+        setname: Option<Bytes>,
+    ) -> Result<(), End> {
+        if let Some((user, pass)) = auth {
+            match self.authenticator().login(Some(&user), &pass) {
+                Ok(t) => self.switch_tenant(t).await?,
+                Err(why) => {
+                    tracing::warn!(reason = %why, "authentication failed");
+                    self.refuse(Error::WrongPass);
+                    return Ok(());
+                }
+            }
+        }
+        if self.tenant.is_none() {
+            self.refuse(Error::HelloNoAuth);
+            return Ok(());
+        }
+        if let Some(name) = &setname {
+            if !valid_name(name) {
+                self.refuse(Error::Other(BAD_NAME.into()));
+                return Ok(());
+            }
+        }
+        self.drain().await?;
+        let protover = protover.unwrap_or(self.protocol);
+        if let Some(up) = self.up.as_mut().filter(|_| protover != self.protocol) {
+            // HELLO's own reply already comes in the new protocol.
+            up.protocol = protover;
+            let v = protover.to_string();
+            if let Err(e) = self.call(&[b"HELLO", v.as_bytes()]).await {
+                self.refuse(Error::Upstream(e));
+                return Ok(());
+            }
+        }
+        self.protocol = protover;
+        {
+            let mut st = self.me.state.lock().unwrap();
+            st.protocol = protover;
+            if let Some(name) = setname {
+                st.name = (!name.is_empty()).then_some(name);
+            }
+        }
+        // HELLO reports Redis' version, which respite learns on its first connection.
+        if self.ctx.upstream.redis_version().is_none() {
+            if let Err(e) = self.call(&[b"PING"]).await {
+                self.refuse(Error::Upstream(e));
+                return Ok(());
+            }
+        }
+        let version = self.ctx.upstream.redis_version().unwrap_or_default();
+        let resp = Resp(protover);
+        let mut out = BytesMut::new();
+        resp.put_map_len(&mut out, 7);
+        for (k, v) in [
+            ("server", Some("redis")),
+            ("version", Some(version.as_str())),
+            ("proto", None),
+            ("id", None),
+            ("mode", Some("standalone")),
+            ("role", Some("master")),
+        ] {
+            Resp::put_bulk(&mut out, k.as_bytes());
+            match (k, v) {
+                ("proto", _) => out.extend_from_slice(&Resp::int(protover as i64)),
+                ("id", _) => out.extend_from_slice(&Resp::int(self.me.id as i64)),
+                (_, Some(v)) => Resp::put_bulk(&mut out, v.as_bytes()),
+                _ => {}
+            }
+        }
+        Resp::put_bulk(&mut out, b"modules");
+        Resp::put_array_len(&mut out, 0);
+        self.answer(out.freeze());
+        Ok(())
+    }
+
+    fn tenant_id(&self) -> &str {
+        self.tenant.as_ref().map(|t| t.id.as_str()).unwrap_or("")
+    }
+
+    /// CLIENT LIST [TYPE type] [ID id ...], over the tenant's own connections.
+    fn client_list(&self, args: &[Bytes]) -> Bytes {
+        let resp = Resp(self.protocol);
+        let mut ids: Option<Vec<u64>> = None;
+        let mut kind: Option<Vec<u8>> = None;
+        let mut i = 0;
+        while i < args.len() {
+            match lower(&args[i]).as_slice() {
+                b"type" if i + 1 < args.len() => {
+                    let t = lower(&args[i + 1]);
+                    if !matches!(
+                        t.as_slice(),
+                        b"normal" | b"master" | b"replica" | b"slave" | b"pubsub"
+                    ) {
+                        return Error::Other(format!(
+                            "Unknown client type '{}'",
+                            String::from_utf8_lossy(&args[i + 1])
+                        ))
+                        .to_resp();
+                    }
+                    kind = Some(t);
+                    i += 2;
+                }
+                b"id" if i + 1 < args.len() => {
+                    let mut v = Vec::new();
+                    for a in &args[i + 1..] {
+                        match std::str::from_utf8(a)
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok())
+                        {
+                            Some(id) if id > 0 => v.push(id),
+                            _ => return Error::Other("Invalid client ID".into()).to_resp(),
+                        }
+                    }
+                    ids = Some(v);
+                    i = args.len();
+                }
+                _ => return Error::Syntax.to_resp(),
+            }
+        }
+        let now = Instant::now();
+        let mut text = String::new();
+        for c in self.ctx.clients.of_tenant(self.tenant_id()) {
+            if ids.as_ref().is_some_and(|ids| !ids.contains(&c.id)) {
+                continue;
+            }
+            if let Some(k) = &kind {
+                let pubsub = {
+                    let s = c.state.lock().unwrap();
+                    s.sub + s.psub + s.ssub > 0
+                };
+                let matches = match k.as_slice() {
+                    b"normal" => !pubsub,
+                    b"pubsub" => pubsub,
+                    _ => false,
+                };
+                if !matches {
+                    continue;
+                }
+            }
+            text.push_str(&c.info_line(now));
+            text.push('\n');
+        }
+        resp.text(text.as_bytes())
+    }
+
+    /// CLIENT KILL addr:port, or CLIENT KILL with filters, over the tenant's own connections.
+    fn client_kill(&mut self, args: &[Bytes]) -> Bytes {
+        let mine = self.ctx.clients.of_tenant(self.tenant_id());
+        if args.len() == 1 {
+            let addr = String::from_utf8_lossy(&args[0]);
+            return match mine.iter().find(|c| c.addr.to_string() == addr) {
+                Some(c) => {
+                    self.kill(c);
+                    Resp::ok()
+                }
+                None => Error::Other("No such client".into()).to_resp(),
+            };
+        }
+        if args.len() % 2 != 0 {
+            return Error::Syntax.to_resp();
+        }
+        let mut skipme = true;
+        let mut filters: Vec<(Vec<u8>, String)> = Vec::new();
+        for pair in args.chunks(2) {
+            let key = lower(&pair[0]);
+            let value = String::from_utf8_lossy(&pair[1]).into_owned();
+            match key.as_slice() {
+                b"skipme" => match value.to_ascii_lowercase().as_str() {
+                    "yes" => skipme = true,
+                    "no" => skipme = false,
+                    _ => return Error::Syntax.to_resp(),
+                },
+                b"id" if value.parse::<u64>().is_err() => {
+                    return Error::Other("client-id should be greater than 0".into()).to_resp()
+                }
+                b"maxage" if value.parse::<u64>().is_err() => return Error::NotInteger.to_resp(),
+                b"id" | b"addr" | b"laddr" | b"user" | b"type" | b"maxage" => {
+                    filters.push((key, value))
+                }
+                _ => return Error::Syntax.to_resp(),
+            }
+        }
+        let now = Instant::now();
+        let mut killed = 0;
+        for c in mine {
+            if skipme && c.id == self.me.id {
+                continue;
+            }
+            let hit = filters.iter().all(|(k, v)| match k.as_slice() {
+                b"id" => v.parse() == Ok(c.id),
+                b"addr" => c.addr.to_string() == *v,
+                b"laddr" => c.laddr.to_string() == *v,
+                b"user" => c.tenant_is(v),
+                b"type" => {
+                    let s = c.state.lock().unwrap();
+                    let pubsub = s.sub + s.psub + s.ssub > 0;
+                    match v.to_ascii_lowercase().as_str() {
+                        "normal" => !pubsub,
+                        "pubsub" => pubsub,
+                        _ => false,
+                    }
+                }
+                b"maxage" => now.duration_since(c.created).as_secs() >= v.parse().unwrap_or(0),
+                _ => false,
+            });
+            if hit {
+                self.kill(&c);
+                killed += 1;
+            }
+        }
+        Resp::int(killed)
+    }
+
+    fn kill(&mut self, c: &crate::clients::Client) {
+        if c.id == self.me.id {
+            // Redis closes the caller after its reply.
+            self.closing = true;
+        } else {
+            c.kill.cancel();
+        }
+    }
+
+    /// CLIENT UNBLOCK <id> [TIMEOUT|ERROR]: the id is respite's; Redis knows the connection
+    /// by its own id, so the request is forwarded with that one.
+    async fn client_unblock(&mut self, args: Vec<Bytes>) {
+        let target = std::str::from_utf8(&args[0])
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok());
+        let Some(target) = target else {
+            return self.refuse(Error::NotInteger);
+        };
+        if let Some(mode) = args.get(1) {
+            if args.len() > 2
+                || !(mode.eq_ignore_ascii_case(b"timeout") || mode.eq_ignore_ascii_case(b"error"))
+            {
+                return self.refuse(Error::Other(
+                    "CLIENT UNBLOCK reason should be TIMEOUT or ERROR".into(),
+                ));
+            }
+        }
+        let upstream_id = self
+            .ctx
+            .clients
+            .get(target)
+            .filter(|c| c.tenant_is(self.tenant_id()))
+            .map(|c| c.upstream_id.load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap_or(0);
+        if upstream_id == 0 {
+            return self.answer(Resp::int(0));
+        }
+        let mut fwd_args = vec![
+            Bytes::from_static(b"CLIENT"),
+            Bytes::from_static(b"UNBLOCK"),
+            Bytes::from(upstream_id.to_string()),
+        ];
+        fwd_args.extend(args.into_iter().skip(1));
+        let fwd = Forward {
+            args: fwd_args,
+            expect: Expect::Reply(Shape::Plain),
+            blocking: false,
+        };
+        self.forward(fwd, b"client").await;
+    }
+}

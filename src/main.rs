@@ -1,0 +1,147 @@
+//! The `respite` binary: `respite --config FILE` runs the proxy, `respite check-config FILE`
+//! validates a config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use respite::config::Config;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A multi-tenant caching proxy that speaks the Redis protocol"
+)]
+struct Cli {
+    /// The TOML config file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Listen address, overriding server.listen.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Upstream Redis URL, overriding upstream.url.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file, printing every error with its line and column.
+    CheckConfig { file: PathBuf },
+}
+
+/// Exit code for a config that does not validate.
+const BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        return match Config::load(file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("{}: {e}", file.display());
+                }
+                ExitCode::from(BAD_CONFIG)
+            }
+        };
+    }
+
+    let Some(path) = &cli.config else {
+        eprintln!("respite: --config FILE is required (see --help)");
+        return ExitCode::from(BAD_CONFIG);
+    };
+    let mut config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{}: {e}", path.display());
+            }
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
+    if let Err(errors) = config.override_with(cli.listen.clone(), cli.upstream.clone()) {
+        for e in &errors.0 {
+            eprintln!("respite: {e}");
+        }
+        return ExitCode::from(BAD_CONFIG);
+    }
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("respite: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("respite: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = config.listen_addr();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(
+        %addr,
+        upstream = %respite::config::mask_url_password(config.upstream.url.get_ref()),
+        tenants = config.tenants.len(),
+        "respite listening"
+    );
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: stopping");
+        signal.cancel();
+    });
+    respite::run(&config, listener, shutdown).await
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

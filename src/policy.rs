@@ -1,0 +1,181 @@
+//! Policy: which commands a tenant may not run because they would reach beyond its namespace.
+//!
+//! Mostly data-driven: anything Redis flags `admin` acts on the whole server and is refused,
+//! as is anything in Redis' `@scripting` category unless the tenant has `allow_scripts`. A short
+//! table adds the commands that cross tenants without being `admin` (MOVE, SWAPDB, ACL, ...),
+//! and two commands are checked argument by argument (SORT's BY/GET patterns, COPY's DB).
+
+use bytes::Bytes;
+
+use crate::command::{Command, ACL_SCRIPTING, CMD_ADMIN};
+use crate::error::Error;
+use crate::tenant::Tenant;
+
+const SERVER_WIDE: &str = "it acts on the whole Redis server, which every tenant shares";
+
+/// Commands refused although Redis does not flag them `admin`, keyed by
+/// (container, name); `None` as the name covers every subcommand of the container.
+const DENY: &[(&str, Option<&str>, &str)] = &[
+    ("move", None, "only database 0 exists for a tenant"),
+    ("swapdb", None, "only database 0 exists for a tenant"),
+    ("migrate", None, "it moves keys out of respite's reach"),
+    ("restore-asking", None, "it is internal to Redis Cluster"),
+    (
+        "acl",
+        None,
+        "respite, not Redis ACLs, decides what a tenant may run",
+    ),
+    (
+        "cluster",
+        Some("getkeysinslot"),
+        "it lists the keys of every tenant",
+    ),
+    (
+        "cluster",
+        Some("countkeysinslot"),
+        "it counts the keys of every tenant",
+    ),
+];
+
+/// Redis `admin` commands a tenant may still run: they only affect its own connection.
+const ADMIN_ALLOWED: &[(&str, &str)] = &[("client", "no-evict")];
+
+fn names(cmd: &Command) -> (&'static [u8], Option<&'static [u8]>) {
+    match cmd.parent {
+        Some(p) => (p.name, Some(cmd.spec.name)),
+        None => (cmd.spec.name, None),
+    }
+}
+
+/// Refuses `cmd` with `-NOPERM` (or Redis' own error) when the tenant may not run it.
+pub fn check(cmd: &Command, args: &[Bytes], tenant: &Tenant) -> Result<(), Error> {
+    let (name, sub) = names(cmd);
+    let noperm = |why: &'static str| Error::NoPerm {
+        command: cmd.full_name(),
+        why,
+    };
+    for (n, s, why) in DENY {
+        if n.as_bytes() == name && s.is_none_or(|s| Some(s.as_bytes()) == sub) {
+            return Err(noperm(why));
+        }
+    }
+    if cmd.has(CMD_ADMIN)
+        && !ADMIN_ALLOWED
+            .iter()
+            .any(|(n, s)| n.as_bytes() == name && Some(s.as_bytes()) == sub)
+    {
+        return Err(noperm(SERVER_WIDE));
+    }
+    if cmd.in_category(ACL_SCRIPTING) && !tenant.allow_scripts {
+        return Err(noperm(
+            "a script can reach any key; this tenant has allow_scripts = false",
+        ));
+    }
+    match name {
+        b"sort" | b"sort_ro" => check_sort(args).map_err(noperm),
+        b"copy" => check_copy(args),
+        _ => Ok(()),
+    }
+}
+
+/// SORT may read other keys through BY and GET patterns; those would not be namespaced.
+/// A BY pattern without `*` (e.g. `BY nosort`) and `GET #` read no other key and are fine.
+fn check_sort(args: &[Bytes]) -> Result<(), &'static str> {
+    let mut i = 2;
+    while i < args.len() {
+        let a = &args[i];
+        let next = args.get(i + 1);
+        if a.eq_ignore_ascii_case(b"by") && next.is_some_and(|p| p.contains(&b'*')) {
+            return Err("SORT ... BY <pattern> reads keys outside the tenant's namespace");
+        }
+        if a.eq_ignore_ascii_case(b"get") && next.is_some_and(|p| &p[..] != b"#") {
+            return Err("SORT ... GET <pattern> reads keys outside the tenant's namespace");
+        }
+        i += if a.eq_ignore_ascii_case(b"limit") {
+            3
+        } else {
+            1
+        };
+    }
+    Ok(())
+}
+
+/// `COPY src dst DB n` writes into another database.
+fn check_copy(args: &[Bytes]) -> Result<(), Error> {
+    let mut i = 3;
+    while i < args.len() {
+        if args[i].eq_ignore_ascii_case(b"db") {
+            match args.get(i + 1).map(|d| &d[..]) {
+                Some(b"0") => {}
+                Some(d) if std::str::from_utf8(d).is_ok_and(|d| d.parse::<i64>().is_ok()) => {
+                    return Err(Error::DbIndex)
+                }
+                Some(_) => return Err(Error::NotInteger),
+                None => return Err(Error::Syntax),
+            }
+            i += 1;
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::lookup;
+
+    fn run(line: &str, scripts: bool) -> Result<(), Error> {
+        let args: Vec<Bytes> = line
+            .split(' ')
+            .map(|a| Bytes::from(a.to_string()))
+            .collect();
+        let cmd = lookup(&args).unwrap();
+        check(&cmd, &args, &Tenant::new("a", scripts))
+    }
+
+    fn noperm(line: &str) -> bool {
+        matches!(run(line, false), Err(Error::NoPerm { .. }))
+    }
+
+    #[test]
+    fn cross_tenant_commands_are_refused() {
+        for line in [
+            "CONFIG GET x",
+            "DEBUG SLEEP 0",
+            "MONITOR",
+            "SHUTDOWN",
+            "REPLICAOF no one",
+            "SYNC",
+            "MIGRATE h 1 k 0 5",
+            "MODULE LIST",
+            "ACL WHOAMI",
+            "SWAPDB 0 1",
+            "MOVE k 1",
+            "CLUSTER GETKEYSINSLOT 1 1",
+            "CLIENT PAUSE 10",
+            "EVAL s 0",
+            "FCALL f 0",
+            "SCRIPT FLUSH",
+            "FUNCTION LIST",
+            "SORT k BY w_*",
+            "SORT k GET o_*",
+        ] {
+            assert!(noperm(line), "{line} must be refused");
+        }
+    }
+
+    #[test]
+    fn ordinary_and_own_connection_commands_pass() {
+        for line in [
+            "GET k",
+            "CLIENT NO-EVICT on",
+            "SORT k BY nosort GET # LIMIT 0 1",
+            "COPY a b DB 0",
+        ] {
+            assert_eq!(run(line, false), Ok(()), "{line}");
+        }
+        assert_eq!(run("EVAL s 0", true), Ok(()));
+        assert_eq!(run("COPY a b DB 1", false), Err(Error::DbIndex));
+    }
+}

@@ -1,0 +1,479 @@
+//! The client side of the wire: splitting a client's bytes into requests, and encoding the
+//! replies respite writes itself.
+//!
+//! Requests are parsed here rather than with redis-protocol because a proxy must enforce
+//! Redis' request limits *before* it buffers a huge length, must accept inline commands
+//! (`PING` typed into nc), and must answer malformed input with the very error text Redis
+//! uses (clients and tests match on it). Replies from Redis are framed with redis-protocol in
+//! `reply.rs`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Longest inline request or `*`/`$` header line, as Redis' PROTO_INLINE_MAX_SIZE.
+pub const MAX_INLINE: usize = 64 * 1024;
+/// Before AUTH, Redis allows no more than this many arguments and bytes per argument, so that
+/// an unauthenticated peer cannot make the server buffer much.
+const UNAUTH_MAX_ARRAY: usize = 10;
+const UNAUTH_MAX_BULK: usize = 16 * 1024;
+
+/// Per-request size limits (from `[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bulk_bytes: usize,
+    pub max_array_len: usize,
+}
+
+/// A client request: its arguments, the command name first. Arguments are slices of the
+/// read buffer (no copies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub args: Vec<Bytes>,
+}
+
+impl Request {
+    pub fn name(&self) -> &[u8] {
+        &self.args[0]
+    }
+
+    /// The argument at `i`, if any, compared ASCII case-insensitively.
+    pub fn arg_is(&self, i: usize, word: &[u8]) -> bool {
+        self.args
+            .get(i)
+            .is_some_and(|a| a.eq_ignore_ascii_case(word))
+    }
+}
+
+/// A request that violates the protocol; the text follows `-ERR Protocol error: `.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProtocolError(pub String);
+
+fn perr(msg: impl Into<String>) -> ProtocolError {
+    ProtocolError(msg.into())
+}
+
+/// Takes the next complete request off the front of `buf`. `Ok(None)` means more bytes are
+/// needed (and `buf` has been reserved for the rest of a large argument).
+pub fn parse_request(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    authenticated: bool,
+) -> Result<Option<Request>, ProtocolError> {
+    loop {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let parsed = if buf[0] == b'*' {
+            parse_multibulk(buf, limits, authenticated)?
+        } else {
+            parse_inline(buf)?
+        };
+        match parsed {
+            // An empty request (`*0`, a blank line) is skipped, as Redis does.
+            Some(r) if r.args.is_empty() => continue,
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Position of the `\r` of the first `\r\n` at or after `from`.
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(off) = buf[i..].iter().position(|&b| b == b'\r') {
+        let at = i + off;
+        if at + 1 >= buf.len() {
+            return None;
+        }
+        if buf[at + 1] == b'\n' {
+            return Some(at);
+        }
+        i = at + 1;
+    }
+    None
+}
+
+fn parse_int(digits: &[u8]) -> Option<i64> {
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+fn parse_multibulk(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    authenticated: bool,
+) -> Result<Option<Request>, ProtocolError> {
+    let Some(eol) = find_crlf(buf, 1) else {
+        if buf.len() > MAX_INLINE {
+            return Err(perr("too big mbulk count string"));
+        }
+        return Ok(None);
+    };
+    if eol > MAX_INLINE {
+        return Err(perr("too big mbulk count string"));
+    }
+    let count = parse_int(&buf[1..eol]).ok_or_else(|| perr("invalid multibulk length"))?;
+    let max_array = if authenticated {
+        limits.max_array_len
+    } else {
+        limits.max_array_len.min(UNAUTH_MAX_ARRAY)
+    };
+    if count > max_array as i64 {
+        return Err(perr(if authenticated {
+            "invalid multibulk length"
+        } else {
+            "unauthenticated multibulk length"
+        }));
+    }
+    if count <= 0 {
+        let _ = buf.split_to(eol + 2);
+        return Ok(Some(Request { args: Vec::new() }));
+    }
+    let max_bulk = if authenticated {
+        limits.max_bulk_bytes
+    } else {
+        limits.max_bulk_bytes.min(UNAUTH_MAX_BULK)
+    };
+
+    // First pass: check that the whole request is here, noting where each argument lies.
+    let mut spans = Vec::with_capacity(count as usize);
+    let mut pos = eol + 2;
+    for _ in 0..count {
+        if pos >= buf.len() {
+            return Ok(None);
+        }
+        if buf[pos] != b'$' {
+            return Err(perr(format!(
+                "expected '$', got '{}'",
+                char::from(buf[pos])
+            )));
+        }
+        let Some(eol) = find_crlf(buf, pos + 1) else {
+            if buf.len() - pos > MAX_INLINE {
+                return Err(perr("too big bulk count string"));
+            }
+            return Ok(None);
+        };
+        if eol - pos > MAX_INLINE {
+            return Err(perr("too big bulk count string"));
+        }
+        let len = parse_int(&buf[pos + 1..eol])
+            .filter(|&l| l >= 0 && l <= max_bulk as i64)
+            .ok_or_else(|| {
+                perr(if authenticated {
+                    "invalid bulk length"
+                } else {
+                    "unauthenticated bulk length"
+                })
+            })? as usize;
+        let start = eol + 2;
+        let end = start + len;
+        if buf.len() < end + 2 {
+            // Make room for the whole argument once, instead of growing step by step.
+            buf.reserve(end + 2 - buf.len());
+            return Ok(None);
+        }
+        spans.push((start, end));
+        pos = end + 2;
+    }
+    let frame = buf.split_to(pos).freeze();
+    let args = spans.into_iter().map(|(s, e)| frame.slice(s..e)).collect();
+    Ok(Some(Request { args }))
+}
+
+fn parse_inline(buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > MAX_INLINE {
+            return Err(perr("too big inline request"));
+        }
+        return Ok(None);
+    };
+    if nl > MAX_INLINE {
+        return Err(perr("too big inline request"));
+    }
+    let line = buf.split_to(nl + 1);
+    let mut line = &line[..nl];
+    if line.last() == Some(&b'\r') {
+        line = &line[..line.len() - 1];
+    }
+    let args = split_args(line).ok_or_else(|| perr("unbalanced quotes in request"))?;
+    Ok(Some(Request { args }))
+}
+
+/// Splits an inline command like Redis' `sdssplitargs`: blanks separate arguments, double
+/// quotes take `\n \r \t \b \a \\ \" \xHH` escapes, single quotes take `\'`, and a closing
+/// quote must be followed by a blank.
+pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= line.len() {
+            return Some(args);
+        }
+        let mut cur = Vec::new();
+        let (mut in_dq, mut in_sq) = (false, false);
+        loop {
+            if in_dq {
+                let c = *line.get(i)?;
+                if c == b'\\' && line.get(i + 1) == Some(&b'x') && is_hex_pair(&line[i + 2..]) {
+                    cur.push(hex_value(line[i + 2]) << 4 | hex_value(line[i + 3]));
+                    i += 3;
+                } else if c == b'\\' && i + 1 < line.len() {
+                    i += 1;
+                    cur.push(match line[i] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'a' => 7,
+                        other => other,
+                    });
+                } else if c == b'"' {
+                    if line.get(i + 1).is_some_and(|b| !b.is_ascii_whitespace()) {
+                        return None;
+                    }
+                    i += 1;
+                    break;
+                } else {
+                    cur.push(c);
+                }
+            } else if in_sq {
+                let c = *line.get(i)?;
+                if c == b'\\' && line.get(i + 1) == Some(&b'\'') {
+                    i += 1;
+                    cur.push(b'\'');
+                } else if c == b'\'' {
+                    if line.get(i + 1).is_some_and(|b| !b.is_ascii_whitespace()) {
+                        return None;
+                    }
+                    i += 1;
+                    break;
+                } else {
+                    cur.push(c);
+                }
+            } else {
+                match line.get(i) {
+                    None => break,
+                    Some(c) if c.is_ascii_whitespace() => break,
+                    Some(b'"') => in_dq = true,
+                    Some(b'\'') => in_sq = true,
+                    Some(&c) => cur.push(c),
+                }
+            }
+            i += 1;
+        }
+        args.push(Bytes::from(cur));
+    }
+}
+
+fn is_hex_pair(s: &[u8]) -> bool {
+    s.len() >= 2 && s[0].is_ascii_hexdigit() && s[1].is_ascii_hexdigit()
+}
+
+fn hex_value(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => c - b'A' + 10,
+    }
+}
+
+/// Encodes a request for Redis: a RESP array of bulk strings.
+pub fn encode_request<'a, I>(out: &mut BytesMut, args: I)
+where
+    I: ExactSizeIterator<Item = &'a [u8]>,
+{
+    out.put_u8(b'*');
+    put_int(out, args.len() as i64);
+    for a in args {
+        out.put_u8(b'$');
+        put_int(out, a.len() as i64);
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes a length or integer followed by CRLF.
+pub fn put_int(out: &mut BytesMut, n: i64) {
+    use std::fmt::Write;
+    let _ = write!(out, "{n}\r\n");
+}
+
+/// Builds replies in the protocol a client speaks (2 or 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resp(pub u8);
+
+impl Resp {
+    pub fn ok() -> Bytes {
+        Bytes::from_static(b"+OK\r\n")
+    }
+
+    pub fn simple(s: &str) -> Bytes {
+        Bytes::from(format!("+{s}\r\n"))
+    }
+
+    /// An error reply; `msg` starts with its code (`ERR`, `NOPERM`, ...).
+    pub fn error(msg: &str) -> Bytes {
+        // A CR or LF would end the error line early and desynchronise the client.
+        let clean: String = msg
+            .chars()
+            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+            .collect();
+        Bytes::from(format!("-{clean}\r\n"))
+    }
+
+    pub fn int(n: i64) -> Bytes {
+        Bytes::from(format!(":{n}\r\n"))
+    }
+
+    pub fn bulk(data: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(data.len() + 16);
+        Self::put_bulk(&mut out, data);
+        out.freeze()
+    }
+
+    pub fn put_bulk(out: &mut BytesMut, data: &[u8]) {
+        out.put_u8(b'$');
+        put_int(out, data.len() as i64);
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    pub fn null(self) -> Bytes {
+        Bytes::from_static(if self.0 == 3 { b"_\r\n" } else { b"$-1\r\n" })
+    }
+
+    pub fn put_array_len(out: &mut BytesMut, n: usize) {
+        out.put_u8(b'*');
+        put_int(out, n as i64);
+    }
+
+    /// A map header: `%n` in RESP3, an array of 2n in RESP2.
+    pub fn put_map_len(self, out: &mut BytesMut, n: usize) {
+        if self.0 == 3 {
+            out.put_u8(b'%');
+            put_int(out, n as i64);
+        } else {
+            Self::put_array_len(out, n * 2);
+        }
+    }
+
+    /// Free text for a human (INFO, CLIENT LIST): a verbatim string in RESP3, as Redis does.
+    pub fn text(self, text: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(text.len() + 16);
+        if self.0 == 3 {
+            out.put_u8(b'=');
+            put_int(&mut out, text.len() as i64 + 4);
+            out.extend_from_slice(b"txt:");
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            Self::put_bulk(&mut out, text);
+        }
+        out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_bulk_bytes: 1024,
+        max_array_len: 100,
+    };
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<&'static str>>, ProtocolError> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(r) = parse_request(&mut buf, &LIMITS, true)? {
+            out.push(
+                r.args
+                    .iter()
+                    .map(|a| &*String::from_utf8(a.to_vec()).unwrap().leak())
+                    .collect(),
+            );
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn multibulk_pipelined_and_partial() {
+        let input = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPI";
+        assert_eq!(
+            parse_all(input).unwrap(),
+            vec![vec!["GET", "k"], vec!["PING"]]
+        );
+    }
+
+    #[test]
+    fn binary_safe_arguments() {
+        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$4\r\na\r\n\0\r\n"[..]);
+        let r = parse_request(&mut buf, &LIMITS, true).unwrap().unwrap();
+        assert_eq!(&r.args[1][..], b"a\r\n\0");
+    }
+
+    #[test]
+    fn inline_commands_with_quotes() {
+        assert_eq!(
+            parse_all(b"set k \"a b\\x41\\n\"\r\nPING\n\r\n").unwrap(),
+            vec![vec!["set", "k", "a bA\n"], vec!["PING"]]
+        );
+        assert_eq!(
+            parse_all(b"echo 'it\\'s'\n").unwrap(),
+            vec![vec!["echo", "it's"]]
+        );
+        assert_eq!(
+            parse_all(b"set k \"abc\n").unwrap_err().0,
+            "unbalanced quotes in request"
+        );
+        assert_eq!(
+            parse_all(b"set k \"a\"b\n").unwrap_err().0,
+            "unbalanced quotes in request"
+        );
+    }
+
+    #[test]
+    fn redis_error_texts() {
+        assert_eq!(
+            parse_all(b"*x\r\n").unwrap_err().0,
+            "invalid multibulk length"
+        );
+        assert_eq!(
+            parse_all(b"*101\r\n").unwrap_err().0,
+            "invalid multibulk length"
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n:3\r\n").unwrap_err().0,
+            "expected '$', got ':'"
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n$-1\r\n").unwrap_err().0,
+            "invalid bulk length"
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n$1025\r\n").unwrap_err().0,
+            "invalid bulk length"
+        );
+        let long = vec![b'a'; MAX_INLINE + 1];
+        assert_eq!(parse_all(&long).unwrap_err().0, "too big inline request");
+    }
+
+    #[test]
+    fn unauthenticated_limits_are_tighter() {
+        let mut buf = BytesMut::from(&b"*11\r\n"[..]);
+        assert_eq!(
+            parse_request(&mut buf, &LIMITS, false).unwrap_err().0,
+            "unauthenticated multibulk length"
+        );
+    }
+
+    #[test]
+    fn empty_requests_are_skipped() {
+        assert_eq!(
+            parse_all(b"*0\r\n\r\n*1\r\n$4\r\nPING\r\n").unwrap(),
+            vec![vec!["PING"]]
+        );
+    }
+}

@@ -1,0 +1,517 @@
+//! Replies from Redis: framing them, telling replies from pub/sub pushes, and rewriting key
+//! and channel names back out of the tenant's namespace.
+//!
+//! Frames are found with redis-protocol's `decode_range` for the connection's protocol; RESP2
+//! frames are lifted into the RESP3 frame type (its RESP3 decoder reads RESP2's `*-1` / `$-1`
+//! nulls as streamed aggregates), so everything after framing is one code path. A reply is passed on as the raw bytes Redis sent; when it
+//! carries key names, only those strings are spliced out and re-encoded without the
+//! `tenant:<id>:` prefix, so everything else (map order, doubles, attributes) stays
+//! byte-for-byte what Redis said.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use redis_protocol::resp2::decode::decode_range as decode_range2;
+use redis_protocol::resp2::types::RangeFrame as Range2;
+use redis_protocol::resp3::decode::complete::decode_range;
+use redis_protocol::resp3::types::RangeFrame;
+
+use crate::protocol::put_int;
+
+/// One complete frame from Redis.
+pub struct Frame {
+    pub raw: Bytes,
+    /// Ranges into `raw`.
+    pub tree: RangeFrame,
+    /// The protocol it was read in (2 or 3).
+    pub protocol: u8,
+}
+
+impl Frame {
+    pub fn is_error(&self) -> bool {
+        matches!(
+            self.tree,
+            RangeFrame::SimpleError { .. } | RangeFrame::BlobError { .. }
+        )
+    }
+
+    /// The bytes of a string frame (simple or blob).
+    pub fn str_at<'a>(&'a self, f: &RangeFrame) -> Option<&'a [u8]> {
+        match f {
+            RangeFrame::BlobString { data, .. }
+            | RangeFrame::SimpleString { data, .. }
+            | RangeFrame::SimpleError { data, .. }
+            | RangeFrame::BlobError { data, .. }
+            | RangeFrame::VerbatimString { data, .. } => Some(&self.raw[data.0..data.1]),
+            _ => None,
+        }
+    }
+
+    /// The elements of an array, set or push frame.
+    pub fn elements(&self) -> Option<&[RangeFrame]> {
+        elements(&self.tree)
+    }
+}
+
+fn elements(f: &RangeFrame) -> Option<&[RangeFrame]> {
+    match f {
+        RangeFrame::Array { data, .. } | RangeFrame::Push { data, .. } => Some(data),
+        _ => None,
+    }
+}
+
+/// Takes the next complete frame, in `protocol` (2 or 3), off the front of `buf`.
+pub fn next_frame(buf: &mut BytesMut, protocol: u8) -> Result<Option<Frame>, String> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let decoded = if protocol == 3 {
+        decode_range(buf)
+    } else {
+        decode_range2(buf).map(|f| f.map(|(tree, amt)| (lift(tree), amt)))
+    };
+    match decoded {
+        Ok(Some((tree, amt))) => Ok(Some(Frame {
+            raw: buf.split_to(amt).freeze(),
+            tree,
+            protocol,
+        })),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.details().to_string()),
+    }
+}
+
+/// A RESP2 frame as the equivalent RESP3 frame.
+fn lift(f: Range2) -> RangeFrame {
+    let attributes = None;
+    match f {
+        Range2::SimpleString(data) => RangeFrame::SimpleString { data, attributes },
+        Range2::Error(data) => RangeFrame::SimpleError { data, attributes },
+        Range2::Integer(data) => RangeFrame::Number { data, attributes },
+        Range2::BulkString(data) => RangeFrame::BlobString { data, attributes },
+        Range2::Array(items) => RangeFrame::Array {
+            data: items.into_iter().map(lift).collect(),
+            attributes,
+        },
+        Range2::Null => RangeFrame::Null,
+    }
+}
+
+/// Where a reply carries key (or channel) names that must lose the tenant prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// Nothing to rewrite.
+    Plain,
+    /// SCAN: `[cursor, [key, ...]]`.
+    Scan,
+    /// KEYS, PUBSUB CHANNELS: `[key, ...]`.
+    Keys,
+    /// BLPOP, BZPOPMIN, LMPOP, ZMPOP, ...: `[key, ...]`, the first element a key.
+    FirstKey,
+    /// XREAD, XREADGROUP: `[[key, entries], ...]` (RESP2) or `{key: entries}` (RESP3).
+    Streams,
+    /// PUBSUB NUMSUB: `[channel, n, channel, n, ...]` or a map.
+    EveryOther,
+    /// CLIENT TRACKINGINFO: the strings under its `prefixes` field.
+    TrackingInfo,
+    /// EXEC: one shape per queued command; `Local` results are ones respite answered itself,
+    /// spliced in at their place.
+    Exec(Vec<ExecItem>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecItem {
+    Upstream(Shape),
+    Local(Bytes),
+}
+
+/// A string inside a frame to re-encode without the prefix.
+struct Edit {
+    /// The whole encoded element, header to CRLF.
+    start: usize,
+    end: usize,
+    /// The part of the payload to keep.
+    keep: std::ops::Range<usize>,
+}
+
+fn edit(frame: &Frame, f: &RangeFrame, prefix: &[u8], edits: &mut Vec<Edit>) {
+    let (data, header) = match f {
+        RangeFrame::BlobString { data, .. } => {
+            (data.0..data.1, 3 + decimal_digits(data.1 - data.0))
+        }
+        RangeFrame::SimpleString { data, .. } => (data.0..data.1, 1),
+        _ => return,
+    };
+    if frame.raw[data.clone()].starts_with(prefix) {
+        edits.push(Edit {
+            start: data.start - header,
+            end: data.end + 2,
+            keep: data.start + prefix.len()..data.end,
+        });
+    }
+}
+
+fn decimal_digits(mut n: usize) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
+fn apply(frame: &Frame, mut edits: Vec<Edit>) -> Bytes {
+    if edits.is_empty() {
+        return frame.raw.clone();
+    }
+    edits.sort_by_key(|e| e.start);
+    let raw = &frame.raw;
+    let mut out = BytesMut::with_capacity(raw.len());
+    let mut pos = 0;
+    for e in edits {
+        out.extend_from_slice(&raw[pos..e.start]);
+        out.put_u8(b'$');
+        put_int(&mut out, e.keep.len() as i64);
+        out.extend_from_slice(&raw[e.keep]);
+        out.extend_from_slice(b"\r\n");
+        pos = e.end;
+    }
+    out.extend_from_slice(&raw[pos..]);
+    out.freeze()
+}
+
+/// The reply as the tenant must see it.
+pub fn strip(frame: &Frame, shape: &Shape, prefix: &[u8]) -> Bytes {
+    match shape {
+        Shape::Plain => frame.raw.clone(),
+        Shape::Exec(items) => exec(frame, items, prefix),
+        _ => {
+            let mut edits = Vec::new();
+            collect(frame, &frame.tree, shape, prefix, &mut edits);
+            apply(frame, edits)
+        }
+    }
+}
+
+fn collect(frame: &Frame, f: &RangeFrame, shape: &Shape, prefix: &[u8], edits: &mut Vec<Edit>) {
+    match shape {
+        Shape::Plain => {}
+        Shape::Keys => {
+            for e in elements(f).unwrap_or_default() {
+                edit(frame, e, prefix, edits);
+            }
+        }
+        Shape::Scan => {
+            if let Some(keys) = elements(f).and_then(|e| e.get(1)) {
+                collect(frame, keys, &Shape::Keys, prefix, edits);
+            }
+        }
+        Shape::FirstKey => {
+            if let Some(k) = elements(f).and_then(|e| e.first()) {
+                edit(frame, k, prefix, edits);
+            }
+        }
+        Shape::Streams => match f {
+            RangeFrame::Map { data, .. } => {
+                for k in data.keys() {
+                    edit(frame, k, prefix, edits);
+                }
+            }
+            _ => {
+                for pair in elements(f).unwrap_or_default() {
+                    collect(frame, pair, &Shape::FirstKey, prefix, edits);
+                }
+            }
+        },
+        Shape::EveryOther => match f {
+            RangeFrame::Map { data, .. } => {
+                for k in data.keys() {
+                    edit(frame, k, prefix, edits);
+                }
+            }
+            _ => {
+                for e in elements(f).unwrap_or_default().iter().step_by(2) {
+                    edit(frame, e, prefix, edits);
+                }
+            }
+        },
+        Shape::TrackingInfo => {
+            let fields: Vec<(&RangeFrame, &RangeFrame)> = match f {
+                RangeFrame::Map { data, .. } => data.iter().collect(),
+                _ => {
+                    let e = elements(f).unwrap_or_default();
+                    e.iter()
+                        .step_by(2)
+                        .zip(e.iter().skip(1).step_by(2))
+                        .collect()
+                }
+            };
+            for (k, v) in fields {
+                if frame.str_at(k) == Some(b"prefixes") {
+                    collect(frame, v, &Shape::Keys, prefix, edits);
+                }
+            }
+        }
+        Shape::Exec(items) => collect_exec(frame, f, items, prefix, edits),
+    }
+}
+
+fn collect_exec(
+    frame: &Frame,
+    f: &RangeFrame,
+    items: &[ExecItem],
+    prefix: &[u8],
+    edits: &mut Vec<Edit>,
+) {
+    let results = elements(f).unwrap_or_default();
+    let upstream = items.iter().filter_map(|i| match i {
+        ExecItem::Upstream(s) => Some(s),
+        ExecItem::Local(_) => None,
+    });
+    for (r, s) in results.iter().zip(upstream) {
+        collect(frame, r, s, prefix, edits);
+    }
+}
+
+/// EXEC's reply, stripped, with respite's own results put back among Redis' ones.
+fn exec(frame: &Frame, items: &[ExecItem], prefix: &[u8]) -> Bytes {
+    let mut edits = Vec::new();
+    collect_exec(frame, &frame.tree, items, prefix, &mut edits);
+    let stripped = apply(frame, edits);
+    if items.iter().all(|i| matches!(i, ExecItem::Upstream(_))) {
+        return stripped;
+    }
+    // Re-frame the stripped reply to find each result's bytes, then interleave.
+    let mut buf = BytesMut::from(&stripped[..]);
+    let Ok(Some(whole)) = next_frame(&mut buf, frame.protocol) else {
+        return stripped;
+    };
+    let Some(results) = whole.elements() else {
+        // A nil (WATCH abort) or an error (EXECABORT): there is nothing to splice into.
+        return stripped;
+    };
+    let mut out = BytesMut::with_capacity(stripped.len() + 64);
+    out.put_u8(whole.raw[0]);
+    put_int(&mut out, items.len() as i64);
+    let mut upstream = element_spans(&whole, results).into_iter();
+    for item in items {
+        match item {
+            ExecItem::Local(b) => out.extend_from_slice(b),
+            ExecItem::Upstream(_) => {
+                if let Some(s) = upstream.next() {
+                    out.extend_from_slice(&whole.raw[s]);
+                }
+            }
+        }
+    }
+    out.freeze()
+}
+
+/// Byte spans of each element of an aggregate, found by re-decoding from the element starts.
+fn element_spans(frame: &Frame, elements: &[RangeFrame]) -> Vec<std::ops::Range<usize>> {
+    // The aggregate header is `*<n>\r\n`; elements follow back to back.
+    let mut pos = frame
+        .raw
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let mut spans = Vec::with_capacity(elements.len());
+    for _ in elements {
+        let rest = &frame.raw[pos..];
+        let amt = if frame.protocol == 3 {
+            decode_range(rest).map(|f| f.map(|(_, n)| n))
+        } else {
+            decode_range2(rest).map(|f| f.map(|(_, n)| n))
+        };
+        match amt {
+            Ok(Some(amt)) => {
+                spans.push(pos..pos + amt);
+                pos += amt;
+            }
+            _ => break,
+        }
+    }
+    spans
+}
+
+/// The kinds of subscription Redis keeps per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubKind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+/// What an upstream frame is, for routing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The reply to the command at the head of the queue.
+    Reply,
+    /// A message (or invalidation) nobody asked for just now: pass it straight on.
+    Message,
+    /// A (un)subscribe confirmation: `[kind, channel, count]`.
+    Confirmation {
+        kind: SubKind,
+        subscribe: bool,
+        count: i64,
+    },
+}
+
+/// Classifies `frame`. In RESP2 a push is an ordinary array, so arrays are only read as
+/// pushes while `pubsub` (the connection is subscribed or a subscribe is in flight); in
+/// RESP3 pushes have their own type.
+pub fn classify(frame: &Frame, pubsub: bool) -> Kind {
+    let elems = match &frame.tree {
+        RangeFrame::Push { data, .. } => data,
+        RangeFrame::Array { data, .. } if pubsub => data,
+        _ => return Kind::Reply,
+    };
+    let Some(kind) = elems.first().and_then(|k| frame.str_at(k)) else {
+        return Kind::Reply;
+    };
+    let confirmation = |kind, subscribe| {
+        let count = match elems.get(2) {
+            Some(RangeFrame::Number { data, .. }) => *data,
+            _ => 0,
+        };
+        Kind::Confirmation {
+            kind,
+            subscribe,
+            count,
+        }
+    };
+    match kind {
+        b"message" | b"pmessage" | b"smessage" | b"invalidate" => Kind::Message,
+        b"subscribe" => confirmation(SubKind::Channel, true),
+        b"unsubscribe" => confirmation(SubKind::Channel, false),
+        b"psubscribe" => confirmation(SubKind::Pattern, true),
+        b"punsubscribe" => confirmation(SubKind::Pattern, false),
+        b"ssubscribe" => confirmation(SubKind::Shard, true),
+        b"sunsubscribe" => confirmation(SubKind::Shard, false),
+        _ if matches!(frame.tree, RangeFrame::Push { .. }) => Kind::Message,
+        _ => Kind::Reply,
+    }
+}
+
+/// A push with its channel names (and invalidated keys) out of the tenant namespace.
+pub fn strip_push(frame: &Frame, prefix: &[u8]) -> Bytes {
+    let Some(elems) = frame.elements() else {
+        return frame.raw.clone();
+    };
+    let mut edits = Vec::new();
+    match elems.first().and_then(|k| frame.str_at(k)) {
+        Some(b"pmessage") => {
+            for e in elems.iter().skip(1).take(2) {
+                edit(frame, e, prefix, &mut edits);
+            }
+        }
+        Some(b"invalidate") => {
+            if let Some(keys) = elems.get(1) {
+                collect(frame, keys, &Shape::Keys, prefix, &mut edits);
+            }
+        }
+        _ => {
+            if let Some(e) = elems.get(1) {
+                edit(frame, e, prefix, &mut edits);
+            }
+        }
+    }
+    apply(frame, edits)
+}
+
+/// The channel (or pattern) of a confirmation, as Redis holds it.
+pub fn confirmation_channel(frame: &Frame) -> Option<Bytes> {
+    let e = frame.elements()?.get(1)?;
+    match e {
+        RangeFrame::BlobString { data, .. } | RangeFrame::SimpleString { data, .. } => {
+            Some(frame.raw.slice(data.0..data.1))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(raw: &[u8]) -> Frame {
+        let mut buf = BytesMut::from(raw);
+        let resp3 = raw[0] != b'*' && raw[0] != b'$';
+        let f = next_frame(&mut buf, if resp3 { 3 } else { 2 })
+            .unwrap()
+            .unwrap();
+        assert!(buf.is_empty(), "one whole frame");
+        f
+    }
+
+    const P: &[u8] = b"tenant:a:";
+
+    #[test]
+    fn partial_frames_wait_for_more() {
+        let mut buf = BytesMut::from(&b"$5\r\nhel"[..]);
+        assert!(next_frame(&mut buf, 2).unwrap().is_none());
+        assert_eq!(buf.len(), 7);
+    }
+
+    #[test]
+    fn scan_keys_lose_their_prefix() {
+        let f = frame(b"*2\r\n$1\r\n0\r\n*2\r\n$10\r\ntenant:a:x\r\n$12\r\ntenant:a:abc\r\n");
+        assert_eq!(
+            &strip(&f, &Shape::Scan, P)[..],
+            b"*2\r\n$1\r\n0\r\n*2\r\n$1\r\nx\r\n$3\r\nabc\r\n"
+        );
+    }
+
+    #[test]
+    fn blocking_pop_and_nil() {
+        let f = frame(b"*2\r\n$10\r\ntenant:a:q\r\n$1\r\nv\r\n");
+        assert_eq!(
+            &strip(&f, &Shape::FirstKey, P)[..],
+            b"*2\r\n$1\r\nq\r\n$1\r\nv\r\n"
+        );
+        let nil = frame(b"*-1\r\n");
+        assert_eq!(&strip(&nil, &Shape::FirstKey, P)[..], b"*-1\r\n");
+    }
+
+    #[test]
+    fn resp3_stream_map_keeps_order_and_values() {
+        let raw = b"%2\r\n$10\r\ntenant:a:s\r\n*0\r\n$10\r\ntenant:a:t\r\n,1.50\r\n";
+        let f = frame(raw);
+        assert_eq!(
+            &strip(&f, &Shape::Streams, P)[..],
+            b"%2\r\n$1\r\ns\r\n*0\r\n$1\r\nt\r\n,1.50\r\n"
+        );
+    }
+
+    #[test]
+    fn pushes_are_classified_and_stripped() {
+        let m = frame(b"*3\r\n$7\r\nmessage\r\n$11\r\ntenant:a:ch\r\n$2\r\nhi\r\n");
+        assert_eq!(classify(&m, false), Kind::Reply);
+        assert_eq!(classify(&m, true), Kind::Message);
+        assert_eq!(
+            &strip_push(&m, P)[..],
+            b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"
+        );
+        let c = frame(b">3\r\n$9\r\nsubscribe\r\n$11\r\ntenant:a:ch\r\n:1\r\n");
+        assert_eq!(
+            classify(&c, false),
+            Kind::Confirmation {
+                kind: SubKind::Channel,
+                subscribe: true,
+                count: 1
+            }
+        );
+    }
+
+    #[test]
+    fn exec_splices_local_results() {
+        let f = frame(b"*2\r\n+OK\r\n*1\r\n$10\r\ntenant:a:k\r\n");
+        let items = vec![
+            ExecItem::Upstream(Shape::Plain),
+            ExecItem::Local(Bytes::from_static(b":7\r\n")),
+            ExecItem::Upstream(Shape::Keys),
+        ];
+        assert_eq!(
+            &strip(&f, &Shape::Exec(items), P)[..],
+            b"*3\r\n+OK\r\n:7\r\n*1\r\n$1\r\nk\r\n"
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! Rewrite: a request as the tenant wrote it becomes the request Redis runs, with every key,
+//! channel and pattern moved under `tenant:<id>:`; alongside it, the [`Shape`] that tells
+//! `reply` which names to move back out of the answer.
+//!
+//! Keys are found by the command table's key specs. What key specs do not describe is handled
+//! here by name: pub/sub channels and patterns, SCAN/KEYS match patterns, CLIENT TRACKING
+//! prefixes, and SORT's STORE destination.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::command::{self, Command, KeyError, CMD_BLOCKING};
+use crate::error::Error;
+use crate::reply::{Shape, SubKind};
+use crate::tenant::Tenant;
+
+/// A request ready for Redis.
+#[derive(Debug)]
+pub struct Forward {
+    pub args: Vec<Bytes>,
+    pub expect: Expect,
+    /// May legitimately wait longer than `command_timeout_ms` (BLPOP 0, XREAD BLOCK, WAIT).
+    pub blocking: bool,
+}
+
+/// What Redis answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// One reply, of this shape.
+    Reply(Shape),
+    /// (Un)subscribe confirmations, one per channel; `None` when the command names no channel
+    /// (UNSUBSCRIBE alone answers once per current subscription).
+    Confirm { kind: SubKind, count: Option<usize> },
+}
+
+/// `tenant:<id>:<name>`.
+pub fn namespaced(prefix: &[u8], name: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(prefix.len() + name.len());
+    b.extend_from_slice(prefix);
+    b.extend_from_slice(name);
+    b.freeze()
+}
+
+/// The tenant's whole namespace as a glob pattern: `tenant:<id>:*`.
+pub fn all_keys(prefix: &[u8]) -> Bytes {
+    namespaced(prefix, b"*")
+}
+
+fn prefix_from(args: &mut [Bytes], from: usize, prefix: &[u8]) {
+    for a in &mut args[from..] {
+        *a = namespaced(prefix, a);
+    }
+}
+
+/// The shape of replies that carry key names, by command.
+fn reply_shape(name: &[u8]) -> Shape {
+    match name {
+        b"blpop" | b"brpop" | b"bzpopmin" | b"bzpopmax" | b"lmpop" | b"blmpop" | b"zmpop"
+        | b"bzmpop" => Shape::FirstKey,
+        b"xread" | b"xreadgroup" => Shape::Streams,
+        _ => Shape::Plain,
+    }
+}
+
+/// Rewrites a request the policy has allowed.
+pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<Forward, Error> {
+    let p = &tenant.prefix[..];
+    let reply = |shape| Expect::Reply(shape);
+    let name = cmd.spec.name;
+    let mut blocking = cmd.has(CMD_BLOCKING);
+    let expect = match (cmd.parent.map(|c| c.name), name) {
+        (None, b"scan") => {
+            scan_match(&mut args, 2, p);
+            reply(Shape::Scan)
+        }
+        (None, b"keys") => {
+            prefix_from(&mut args, 1, p);
+            reply(Shape::Keys)
+        }
+        (None, b"publish") => {
+            args[1] = namespaced(p, &args[1]);
+            reply(Shape::Plain)
+        }
+        (None, b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe") => {
+            prefix_from(&mut args, 1, p);
+            let kind = if name[0] == b'p' {
+                SubKind::Pattern
+            } else {
+                SubKind::Channel
+            };
+            Expect::Confirm {
+                kind,
+                count: (args.len() > 1).then(|| args.len() - 1),
+            }
+        }
+        (None, b"ssubscribe" | b"sunsubscribe") => {
+            prefix_keys(cmd, &mut args, p)?;
+            Expect::Confirm {
+                kind: SubKind::Shard,
+                count: (args.len() > 1).then(|| args.len() - 1),
+            }
+        }
+        (Some(b"pubsub"), b"channels" | b"shardchannels") => {
+            match args.get(2) {
+                Some(pattern) => args[2] = namespaced(p, pattern),
+                None => args.push(all_keys(p)),
+            }
+            reply(Shape::Keys)
+        }
+        (Some(b"pubsub"), b"numsub" | b"shardnumsub") => {
+            prefix_from(&mut args, 2, p);
+            reply(Shape::EveryOther)
+        }
+        (Some(b"client"), b"tracking") => {
+            client_tracking(&mut args, p)?;
+            reply(Shape::Plain)
+        }
+        (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo),
+        (None, b"sort" | b"sort_ro") => {
+            args[1] = namespaced(p, &args[1]);
+            if let Some(i) = (2..args.len()).find(|&i| args[i].eq_ignore_ascii_case(b"store")) {
+                if let Some(dst) = args.get(i + 1) {
+                    args[i + 1] = namespaced(p, dst);
+                }
+            }
+            reply(Shape::Plain)
+        }
+        (None, b"wait") => {
+            blocking = true;
+            reply(Shape::Plain)
+        }
+        _ => {
+            prefix_keys(cmd, &mut args, p)?;
+            reply(reply_shape(name))
+        }
+    };
+    Ok(Forward {
+        args,
+        expect,
+        blocking,
+    })
+}
+
+fn prefix_keys(cmd: &Command, args: &mut [Bytes], prefix: &[u8]) -> Result<(), Error> {
+    let mut positions = Vec::new();
+    command::key_positions(cmd, args, &mut positions).map_err(|e| match e {
+        KeyError::BadKeyCount => Error::NotInteger,
+        KeyError::OutOfRange => Error::Syntax,
+        KeyError::Unknowable => Error::Unsupported(format!(
+            "respite cannot tell where the keys of '{}' are in this form",
+            cmd.full_name()
+        )),
+    })?;
+    // A key may appear in more than one spec (e.g. a source and destination spec both
+    // matching); rewrite each argument once.
+    positions.sort_unstable();
+    positions.dedup();
+    for i in positions {
+        args[i] = namespaced(prefix, &args[i]);
+    }
+    Ok(())
+}
+
+/// SCAN's MATCH pattern moves into the namespace; without one, the namespace is the pattern.
+fn scan_match(args: &mut Vec<Bytes>, options_from: usize, prefix: &[u8]) {
+    let mut found = false;
+    let mut i = options_from;
+    while i + 1 < args.len() {
+        if args[i].eq_ignore_ascii_case(b"match") {
+            args[i + 1] = namespaced(prefix, &args[i + 1]);
+            found = true;
+        }
+        i += 2;
+    }
+    if !found {
+        args.push(Bytes::from_static(b"MATCH"));
+        args.push(all_keys(prefix));
+    }
+}
+
+/// CLIENT TRACKING: PREFIX arguments move into the namespace, and BCAST without a prefix is
+/// given the tenant's namespace, so that invalidations never name another tenant's keys.
+fn client_tracking(args: &mut Vec<Bytes>, prefix: &[u8]) -> Result<(), Error> {
+    let mut bcast = false;
+    let mut has_prefix = false;
+    let mut i = 3;
+    while i < args.len() {
+        let a = args[i].to_ascii_lowercase();
+        match a.as_slice() {
+            b"bcast" => bcast = true,
+            b"prefix" if i + 1 < args.len() => {
+                args[i + 1] = namespaced(prefix, &args[i + 1]);
+                has_prefix = true;
+                i += 1;
+            }
+            b"redirect" => {
+                return Err(Error::Unsupported(
+                    "CLIENT TRACKING ... REDIRECT is not supported by respite; use RESP3 \
+                     (HELLO 3) to receive invalidations on the same connection"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if bcast && !has_prefix && args[2].eq_ignore_ascii_case(b"on") {
+        args.push(Bytes::from_static(b"PREFIX"));
+        args.push(Bytes::copy_from_slice(prefix));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::lookup;
+
+    fn rw(line: &str) -> Forward {
+        let args: Vec<Bytes> = line
+            .split(' ')
+            .map(|a| Bytes::from(a.to_string()))
+            .collect();
+        let cmd = lookup(&args).unwrap();
+        request(&cmd, args, &Tenant::new("a", true)).unwrap()
+    }
+
+    fn line(f: &Forward) -> String {
+        f.args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn keys_move_into_the_namespace() {
+        assert_eq!(line(&rw("SET k v")), "SET tenant:a:k v");
+        assert_eq!(line(&rw("MSET a 1 b 2")), "MSET tenant:a:a 1 tenant:a:b 2");
+        assert_eq!(
+            line(&rw("ZUNIONSTORE d 2 x y WEIGHTS 1 2")),
+            "ZUNIONSTORE tenant:a:d 2 tenant:a:x tenant:a:y WEIGHTS 1 2"
+        );
+        assert_eq!(line(&rw("EVAL s 1 k arg")), "EVAL s 1 tenant:a:k arg");
+        assert_eq!(
+            line(&rw("SORT k STORE d")),
+            "SORT tenant:a:k STORE tenant:a:d"
+        );
+    }
+
+    #[test]
+    fn patterns_and_channels() {
+        assert_eq!(line(&rw("SCAN 0")), "SCAN 0 MATCH tenant:a:*");
+        assert_eq!(
+            line(&rw("SCAN 0 MATCH u* COUNT 5")),
+            "SCAN 0 MATCH tenant:a:u* COUNT 5"
+        );
+        assert_eq!(line(&rw("KEYS *")), "KEYS tenant:a:*");
+        assert_eq!(line(&rw("PUBLISH c m")), "PUBLISH tenant:a:c m");
+        let s = rw("SUBSCRIBE c d");
+        assert_eq!(line(&s), "SUBSCRIBE tenant:a:c tenant:a:d");
+        assert_eq!(
+            s.expect,
+            Expect::Confirm {
+                kind: SubKind::Channel,
+                count: Some(2)
+            }
+        );
+        assert_eq!(line(&rw("PUBSUB CHANNELS")), "PUBSUB CHANNELS tenant:a:*");
+        assert_eq!(line(&rw("SPUBLISH c m")), "SPUBLISH tenant:a:c m");
+        assert_eq!(
+            line(&rw("CLIENT TRACKING on BCAST")),
+            "CLIENT TRACKING on BCAST PREFIX tenant:a:"
+        );
+    }
+
+    #[test]
+    fn blocking_commands_are_marked() {
+        assert!(rw("BLPOP q 0").blocking);
+        assert!(rw("WAIT 0 0").blocking);
+        assert!(!rw("GET k").blocking);
+    }
+}

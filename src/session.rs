@@ -1,0 +1,789 @@
+//! A client connection from accept to close: the loop that reads requests, passes each
+//! through the pipeline stages once, and writes the replies back in the order the requests
+//! came.
+//!
+//! ```text
+//! loop:  deliver() replies already read ─▶ for each whole request: handle()
+//!                                auth gate ─▶ command table ─▶ respite's own command?
+//!                                ─▶ policy ─▶ rewrite ─▶ forward (queued on the upstream)
+//!        flush upstream writes ─▶ deliver() ─▶ write what the client socket takes
+//!        wait for: client bytes | client writable | upstream bytes | head-of-line timeout
+//!                  | kill | shutdown
+//! ```
+//!
+//! Every request gets a [`Slot`] in `pending`, in arrival order: a reply respite already
+//! knows, or a promise of one from Redis. Replies from Redis fill the oldest open slot, so a
+//! local error (NOPERM, a protocol error) can never overtake an earlier forwarded command's
+//! reply, and a failed upstream turns every open slot into an error, in order.
+//!
+//! Backpressure: at most [`MAX_IN_FLIGHT`] requests are in flight, and at most [`OUT_LIMIT`]
+//! bytes of replies wait for a client that is not reading; past either, respite stops reading
+//! from the client (and from Redis), so a client that never reads costs bounded memory while
+//! one that writes 10,000 commands before reading still gets all 10,000 replies.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Buf;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::auth::Authenticator;
+use crate::clients::{Client, Registry};
+use crate::command::{self, Unknown};
+use crate::error::{Error, UpstreamError};
+use crate::local::{self, Local};
+use crate::policy;
+use crate::protocol::{encode_request, parse_request, Limits, Request};
+use crate::reply::{self, ExecItem, Frame, Kind, Shape, SubKind};
+use crate::rewrite::{self, Expect, Forward};
+use crate::tenant::Tenant;
+use crate::upstream::{Conn, Connector};
+
+/// Requests a connection may have in flight before respite stops reading from it.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// Reply bytes waiting for the client past which respite stops reading more requests.
+pub const OUT_LIMIT: usize = 4 * 1024 * 1024;
+
+/// What every session shares.
+pub struct Context {
+    pub limits: Limits,
+    /// Sidecar mode: the tenant of connections that never authenticate.
+    pub default_tenant: Option<Arc<Tenant>>,
+    pub auth: Authenticator,
+    pub upstream: Connector,
+    pub clients: Registry,
+}
+
+/// The place of one request's reply in the outgoing stream.
+#[derive(Debug)]
+pub(crate) enum Slot {
+    /// Answered by respite.
+    Ready(Bytes),
+    /// One reply from Redis, rewritten by `shape`. `mute`: CLIENT REPLY OFF/SKIP.
+    Reply {
+        shape: Shape,
+        blocking: bool,
+        mute: bool,
+    },
+    /// (Un)subscribe confirmations; `left` is resolved when the slot reaches the head.
+    Confirm {
+        kind: SubKind,
+        left: Option<usize>,
+        mute: bool,
+    },
+    /// A reply to respite's own request (e.g. DISCARD for an aborted EXEC): dropped.
+    Internal,
+}
+
+/// The channels, patterns and shard channels this connection's upstream is subscribed to,
+/// by their names in Redis.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    channels: HashSet<Bytes>,
+    patterns: HashSet<Bytes>,
+    shard: HashSet<Bytes>,
+}
+
+impl Subscriptions {
+    fn set(&mut self, kind: SubKind) -> &mut HashSet<Bytes> {
+        match kind {
+            SubKind::Channel => &mut self.channels,
+            SubKind::Pattern => &mut self.patterns,
+            SubKind::Shard => &mut self.shard,
+        }
+    }
+
+    pub(crate) fn any(&self) -> bool {
+        !(self.channels.is_empty() && self.patterns.is_empty() && self.shard.is_empty())
+    }
+}
+
+/// MULTI in progress: what EXEC's reply will hold.
+#[derive(Debug, Default)]
+pub(crate) struct Multi {
+    pub items: Vec<ExecItem>,
+    /// A command was refused while queuing: EXEC must abort, as in Redis.
+    pub dirty: bool,
+}
+
+/// CLIENT REPLY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMode {
+    On,
+    Off,
+    SkipNext,
+}
+
+/// What the pipeline decided for one request.
+enum Action {
+    /// Answer with this error.
+    Refuse(Error),
+    /// One of respite's own commands.
+    Local(Local),
+    /// Send to Redis; the name is the command's (or its container's).
+    Forward(Forward, &'static [u8]),
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    ClientGone,
+    Killed,
+}
+
+/// What woke the session up.
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    UpstreamRead(std::io::Result<usize>),
+    Timeout,
+    Killed,
+    Shutdown,
+}
+
+pub struct Session {
+    pub(crate) ctx: Arc<Context>,
+    pub(crate) me: Arc<Client>,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    inbuf: BytesMut,
+    pub(crate) out: BytesMut,
+    pub(crate) up: Option<Conn>,
+    to_up: BytesMut,
+    pending: VecDeque<Slot>,
+    /// When Redis last made progress on this connection (for the head-of-line timeout).
+    progress: Instant,
+    pub(crate) tenant: Option<Arc<Tenant>>,
+    pub(crate) protocol: u8,
+    pub(crate) multi: Option<Multi>,
+    pub(crate) subs: Subscriptions,
+    pub(crate) reply_mode: ReplyMode,
+    pub(crate) watching: bool,
+    pub(crate) tracking: bool,
+    pub(crate) closing: bool,
+    /// `inbuf` holds whole requests not yet handled (a cap was reached): read no more until
+    /// they are, or the buffer would grow without bound.
+    backlog: bool,
+}
+
+/// Serves one client connection until it closes, is killed, or the server shuts down.
+pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationToken) {
+    let (Ok(peer), Ok(local)) = (client.peer_addr(), client.local_addr()) else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let me = ctx.clients.register(peer, local);
+    let (reader, writer) = client.into_split();
+    let span = tracing::info_span!("conn", %peer, id = me.id, tenant = tracing::field::Empty);
+    let mut s = Session {
+        ctx: ctx.clone(),
+        me: me.clone(),
+        reader,
+        writer,
+        inbuf: BytesMut::with_capacity(16 * 1024),
+        out: BytesMut::with_capacity(16 * 1024),
+        up: None,
+        to_up: BytesMut::with_capacity(16 * 1024),
+        pending: VecDeque::new(),
+        progress: Instant::now(),
+        tenant: None,
+        protocol: 2,
+        multi: None,
+        subs: Subscriptions::default(),
+        reply_mode: ReplyMode::On,
+        watching: false,
+        tracking: false,
+        closing: false,
+        backlog: false,
+    };
+    if let Some(t) = ctx.default_tenant.clone() {
+        s.set_tenant(t);
+    }
+    let ended = s.run(shutdown).instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!(?ended, "connection closed"));
+    s.reset_connection_state();
+    ctx.clients.unregister(me.id);
+}
+
+impl Session {
+    async fn run(&mut self, shutdown: CancellationToken) -> Result<(), End> {
+        loop {
+            // Replies read during the last wait free their slots before new requests count
+            // against MAX_IN_FLIGHT.
+            self.deliver();
+            self.handle_buffered().await?;
+            self.flush_upstream().await;
+            self.deliver();
+            self.write_client_now()?;
+            if self.closing && self.pending.is_empty() && self.out.is_empty() {
+                return Ok(());
+            }
+            match self.wait(&shutdown).await {
+                Event::ClientRead(Ok(n)) if n > 0 => {}
+                Event::ClientRead(_) => return Err(End::ClientGone),
+                Event::ClientWrote(Ok(n)) if n > 0 => self.wrote(n),
+                Event::ClientWrote(_) => return Err(End::ClientGone),
+                Event::UpstreamRead(Ok(n)) if n > 0 => {}
+                Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
+                Event::Timeout => self.fail_upstream(UpstreamError::Timeout(
+                    self.ctx.upstream.command_timeout_ms(),
+                )),
+                Event::Killed => return Err(End::Killed),
+                Event::Shutdown => self.closing = true,
+            }
+        }
+    }
+
+    async fn wait(&mut self, shutdown: &CancellationToken) -> Event {
+        let deadline = self.deadline();
+        let room = self.out.len() < OUT_LIMIT;
+        let read_client = !self.closing && !self.backlog;
+        let up = &mut self.up;
+        let out = &self.out;
+        tokio::select! {
+            _ = self.me.kill.cancelled() => Event::Killed,
+            _ = shutdown.cancelled(), if !self.closing => Event::Shutdown,
+            n = self.reader.read_buf(&mut self.inbuf), if read_client => Event::ClientRead(n),
+            n = self.writer.write(out), if !out.is_empty() => Event::ClientWrote(n),
+            n = read_upstream(up), if up.is_some() && room => Event::UpstreamRead(n),
+            _ = sleep_until(deadline), if deadline.is_some() => Event::Timeout,
+        }
+    }
+
+    /// Writes as much output as the socket takes without waiting.
+    fn write_client_now(&mut self) -> Result<(), End> {
+        while !self.out.is_empty() {
+            match self.writer.try_write(&self.out) {
+                Ok(0) => return Err(End::ClientGone),
+                Ok(n) => self.wrote(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return Err(End::ClientGone),
+            }
+        }
+        Ok(())
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.out.advance(n);
+        if self.out.is_empty() && self.out.capacity() > 1 << 20 {
+            // Let a one-off huge reply's buffer go.
+            self.out = BytesMut::with_capacity(16 * 1024);
+        }
+        // While replies were waiting on the client, Redis was not the one that was slow.
+        self.progress = self.progress.max(Instant::now());
+    }
+
+    /// Runs every whole request in the input buffer through the pipeline.
+    async fn handle_buffered(&mut self) -> Result<(), End> {
+        self.backlog = false;
+        while !self.closing {
+            if self.pending.len() >= MAX_IN_FLIGHT || self.out.len() >= OUT_LIMIT {
+                self.backlog = true;
+                break;
+            }
+            let authenticated = self.tenant.is_some();
+            match parse_request(&mut self.inbuf, &self.ctx.limits, authenticated) {
+                Ok(Some(req)) => self.handle(req).await?,
+                Ok(None) => break,
+                Err(e) => {
+                    // As Redis: answer, then close once earlier replies are out.
+                    tracing::debug!(error = %e, "protocol error");
+                    self.pending
+                        .push_back(Slot::Ready(Error::Protocol(e.0).to_resp()));
+                    self.inbuf.clear();
+                    self.closing = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One request through the stages, then acting on what they decided.
+    async fn handle(&mut self, req: Request) -> Result<(), End> {
+        match self.decide(req) {
+            Action::Refuse(e) => self.refuse(e),
+            Action::Local(local) => return self.run_local(local).await,
+            Action::Forward(fwd, top) => self.forward(fwd, top).await,
+        }
+        Ok(())
+    }
+
+    /// The stages, in order: auth gate, command table, respite's own commands, policy,
+    /// rewrite. Each either decides or passes on; none reaches back.
+    fn decide(&mut self, req: Request) -> Action {
+        let looked_up = command::lookup(&req.args);
+        self.note_command(&looked_up);
+        let local = local::recognize(&req, &looked_up, self.tenant.is_some());
+        let Some(tenant) = self.tenant.clone() else {
+            return match local {
+                Some(l @ (Local::Auth { .. } | Local::Hello { .. } | Local::Ping(_)))
+                | Some(l @ (Local::Quit | Local::Reset)) => Action::Local(l),
+                Some(Local::Invalid(e)) if req.arg_is(0, b"auth") || req.arg_is(0, b"hello") => {
+                    Action::Refuse(e)
+                }
+                _ => Action::Refuse(Error::NoAuth),
+            };
+        };
+        if let Some(l) = local {
+            return Action::Local(l);
+        }
+        let cmd = match looked_up {
+            Ok(cmd) => cmd,
+            Err(Unknown::Command) => return Action::Refuse(Error::unknown_command(&req.args)),
+            Err(Unknown::Subcommand(container)) => {
+                return Action::Refuse(Error::UnknownSubcommand {
+                    sub: String::from_utf8_lossy(&req.args[1]).into_owned(),
+                    container: String::from_utf8_lossy(container.name).to_uppercase(),
+                })
+            }
+        };
+        if !cmd.arity_ok(req.args.len()) {
+            return Action::Refuse(Error::WrongArity(cmd.full_name()));
+        }
+        if let Err(e) = policy::check(&cmd, &req.args, &tenant) {
+            tracing::warn!(tenant = %tenant.id, command = %cmd.full_name(), "refused");
+            return Action::Refuse(e);
+        }
+        match rewrite::request(&cmd, req.args, &tenant) {
+            Ok(fwd) => Action::Forward(fwd, cmd.parent.unwrap_or(cmd.spec).name),
+            Err(e) => Action::Refuse(e),
+        }
+    }
+
+    /// Records the command for CLIENT LIST (`cmd=`, `idle=`).
+    fn note_command(&self, looked_up: &Result<command::Command, Unknown>) {
+        if let Ok(cmd) = looked_up {
+            let mut st = self.me.state.lock().unwrap();
+            st.last_active = Some(Instant::now());
+            st.last_command = Some(match cmd.parent {
+                Some(p) => (p.name, Some(cmd.spec.name)),
+                None => (cmd.spec.name, None),
+            });
+        }
+    }
+
+    /// Answers with respite's own reply, unless CLIENT REPLY says not to.
+    pub(crate) fn answer(&mut self, reply: Bytes) {
+        if !self.take_mute() {
+            self.pending.push_back(Slot::Ready(reply));
+        }
+    }
+
+    /// Answers with an error; inside MULTI that also dooms the transaction, as in Redis.
+    pub(crate) fn refuse(&mut self, e: Error) {
+        if let Some(m) = &mut self.multi {
+            m.dirty = true;
+        }
+        self.answer(e.to_resp());
+    }
+
+    fn take_mute(&mut self) -> bool {
+        match self.reply_mode {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::SkipNext => {
+                self.reply_mode = ReplyMode::On;
+                true
+            }
+        }
+    }
+
+    /// Queues a rewritten request for Redis. `top` is the command's (container's) name.
+    pub(crate) async fn forward(&mut self, fwd: Forward, top: &[u8]) {
+        let Forward {
+            args,
+            mut expect,
+            blocking,
+        } = fwd;
+        let in_multi = self.multi.is_some();
+        if in_multi && !matches!(top, b"exec" | b"discard" | b"multi" | b"watch") {
+            // Redis queues it and answers +QUEUED; its real reply comes inside EXEC's.
+            match expect {
+                Expect::Confirm { .. } => {
+                    return self.refuse(Error::Other(
+                        "Command not allowed inside a transaction".into(),
+                    ))
+                }
+                Expect::Reply(shape) => {
+                    if let Some(m) = &mut self.multi {
+                        m.items.push(ExecItem::Upstream(shape));
+                    }
+                    expect = Expect::Reply(Shape::Plain);
+                }
+            }
+        } else {
+            match top {
+                b"multi" if !in_multi => self.multi = Some(Multi::default()),
+                b"exec" => {
+                    self.watching = false;
+                    if let Some(m) = self.multi.take() {
+                        if m.dirty {
+                            self.send(&[b"DISCARD"], Slot::Internal).await;
+                            return self.answer(Error::ExecAbort.to_resp());
+                        }
+                        expect = Expect::Reply(Shape::Exec(m.items));
+                    }
+                }
+                b"discard" => {
+                    self.multi = None;
+                    self.watching = false;
+                }
+                b"watch" if !in_multi => self.watching = true,
+                b"unwatch" => self.watching = false,
+                b"client" if args[1].eq_ignore_ascii_case(b"tracking") => {
+                    self.tracking = args[2].eq_ignore_ascii_case(b"on");
+                }
+                _ => {}
+            }
+        }
+        let mute = self.take_mute();
+        let slot = match expect {
+            Expect::Reply(shape) => Slot::Reply {
+                shape,
+                blocking,
+                mute,
+            },
+            Expect::Confirm { kind, count } => Slot::Confirm {
+                kind,
+                left: count,
+                mute,
+            },
+        };
+        let args: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+        self.send(&args, slot).await;
+    }
+
+    /// Writes a request to the upstream buffer (connecting first if need be) and opens its
+    /// slot; if Redis cannot be reached, the slot is the error instead.
+    async fn send(&mut self, args: &[&[u8]], slot: Slot) {
+        if self.up.is_none() {
+            match self.ctx.upstream.connect(self.protocol).await {
+                Ok(conn) => {
+                    self.me
+                        .upstream_id
+                        .store(conn.client_id, std::sync::atomic::Ordering::Relaxed);
+                    self.up = Some(conn);
+                }
+                Err(e) => {
+                    if let Some(m) = &mut self.multi {
+                        m.dirty = true;
+                    }
+                    if !matches!(slot, Slot::Internal) {
+                        self.pending
+                            .push_back(Slot::Ready(Error::Upstream(e).to_resp()));
+                    }
+                    return;
+                }
+            }
+        }
+        if !self.pending.iter().any(is_upstream_slot) {
+            self.progress = Instant::now();
+        }
+        encode_request(&mut self.to_up, args.iter().copied());
+        self.pending.push_back(slot);
+    }
+
+    async fn flush_upstream(&mut self) {
+        if self.to_up.is_empty() {
+            return;
+        }
+        let Some(up) = self.up.as_mut() else {
+            self.to_up.clear();
+            return;
+        };
+        let timeout = self.ctx.upstream.command_timeout;
+        let result = match tokio::time::timeout(timeout, up.write_all(&self.to_up)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout(
+                self.ctx.upstream.command_timeout_ms(),
+            )),
+        };
+        self.to_up.clear();
+        if let Err(e) = result {
+            self.fail_upstream(e);
+        }
+    }
+
+    /// Moves every reply that is ready, in order, into the client's output buffer.
+    pub(crate) fn deliver(&mut self) {
+        loop {
+            while let Some(Slot::Ready(_)) = self.pending.front() {
+                if let Some(Slot::Ready(b)) = self.pending.pop_front() {
+                    self.out.extend_from_slice(&b);
+                }
+            }
+            let Some(up) = self.up.as_mut() else {
+                return;
+            };
+            match up.next_frame() {
+                Ok(Some(frame)) => {
+                    self.progress = Instant::now();
+                    self.route(frame);
+                }
+                Ok(None) => return,
+                Err(e) => self.fail_upstream(e),
+            }
+        }
+    }
+
+    /// Puts one frame from Redis where it belongs.
+    fn route(&mut self, frame: Frame) {
+        let prefix = self.prefix();
+        // A no-argument UNSUBSCRIBE answers once per subscription held when Redis ran it,
+        // i.e. now that every earlier confirmation has been counted.
+        if let Some(Slot::Confirm {
+            kind,
+            left: left @ None,
+            ..
+        }) = self.pending.front_mut()
+        {
+            let held = match kind {
+                SubKind::Channel => self.subs.channels.len(),
+                SubKind::Pattern => self.subs.patterns.len(),
+                SubKind::Shard => self.subs.shard.len(),
+            };
+            *left = Some(held.max(1));
+        }
+        let head_confirms = matches!(self.pending.front(), Some(Slot::Confirm { .. }));
+        match reply::classify(&frame, self.subs.any() || head_confirms) {
+            Kind::Message => self
+                .out
+                .extend_from_slice(&reply::strip_push(&frame, &prefix)),
+            Kind::Confirmation {
+                kind, subscribe, ..
+            } => {
+                self.track_subscription(kind, subscribe, reply::confirmation_channel(&frame));
+                let mute = match self.pending.front_mut() {
+                    Some(Slot::Confirm { left, mute, .. }) => {
+                        let m = *mute;
+                        let l = left.get_or_insert(1);
+                        *l = l.saturating_sub(1);
+                        if *l == 0 {
+                            self.pending.pop_front();
+                        }
+                        m
+                    }
+                    // Redis may also unsubscribe on its own (e.g. a shard channel moving).
+                    _ => false,
+                };
+                if !mute {
+                    self.out
+                        .extend_from_slice(&reply::strip_push(&frame, &prefix));
+                }
+            }
+            Kind::Reply => match self.pending.pop_front() {
+                Some(Slot::Reply { shape, mute, .. }) => {
+                    if !mute {
+                        self.out
+                            .extend_from_slice(&reply::strip(&frame, &shape, &prefix));
+                    }
+                }
+                // An error instead of confirmations (e.g. wrong arity): one reply.
+                Some(Slot::Confirm { mute, .. }) => {
+                    if !mute {
+                        self.out.extend_from_slice(&frame.raw);
+                    }
+                }
+                Some(Slot::Internal) => {}
+                Some(Slot::Ready(_)) => unreachable!("ready slots are delivered first"),
+                None => {
+                    tracing::warn!("Redis sent a reply nobody asked for; dropping the connection");
+                    self.fail_upstream(UpstreamError::Protocol("unexpected reply".into()));
+                }
+            },
+        }
+    }
+
+    fn track_subscription(&mut self, kind: SubKind, subscribe: bool, channel: Option<Bytes>) {
+        let Some(channel) = channel else { return };
+        let changed = if subscribe {
+            self.subs.set(kind).insert(channel.clone())
+        } else {
+            self.subs.set(kind).remove(&channel)
+        };
+        if changed && kind == SubKind::Pattern {
+            if let Some(t) = &self.tenant {
+                if subscribe {
+                    self.ctx.clients.pattern_added(&t.id, channel);
+                } else {
+                    self.ctx.clients.pattern_removed(&t.id, channel);
+                }
+            }
+        }
+        let mut st = self.me.state.lock().unwrap();
+        st.sub = self.subs.channels.len();
+        st.psub = self.subs.patterns.len();
+        st.ssub = self.subs.shard.len();
+    }
+
+    fn prefix(&self) -> Bytes {
+        self.tenant
+            .as_ref()
+            .map(|t| t.prefix.clone())
+            .unwrap_or_default()
+    }
+
+    /// The instant the head request times out, if it is waiting on Redis and may not block.
+    fn deadline(&self) -> Option<Instant> {
+        if self.out.len() >= OUT_LIMIT {
+            // Not reading Redis while the client catches up: not Redis' delay.
+            return None;
+        }
+        match self.pending.front()? {
+            Slot::Reply { blocking: true, .. } | Slot::Ready(_) => None,
+            _ => Some(self.progress + self.ctx.upstream.command_timeout),
+        }
+    }
+
+    /// Does Redis hold state for this connection that a new connection would not have?
+    fn has_connection_state(&self) -> bool {
+        self.multi.is_some() || self.watching || self.tracking || self.subs.any()
+    }
+
+    /// Redis failed this connection: every open slot becomes the error, in order. If Redis
+    /// held state for the client (MULTI, WATCH, subscriptions, tracking), that state is gone,
+    /// so the client connection is closed once the errors are out, as Redis would close it.
+    pub(crate) fn fail_upstream(&mut self, e: UpstreamError) {
+        tracing::warn!(error = %e, "upstream failed");
+        let reply = Error::Upstream(e).to_resp();
+        for slot in self.pending.iter_mut() {
+            match slot {
+                Slot::Reply { mute: false, .. } | Slot::Confirm { mute: false, .. } => {
+                    *slot = Slot::Ready(reply.clone())
+                }
+                Slot::Ready(_) => {}
+                _ => *slot = Slot::Ready(Bytes::new()),
+            }
+        }
+        if self.has_connection_state() {
+            self.closing = true;
+        }
+        self.reset_connection_state();
+    }
+
+    /// Forgets the upstream connection and everything Redis held for it.
+    pub(crate) fn reset_connection_state(&mut self) {
+        self.up = None;
+        self.to_up.clear();
+        self.me
+            .upstream_id
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = &self.tenant {
+            for p in self.subs.patterns.drain() {
+                self.ctx.clients.pattern_removed(&t.id, p);
+            }
+        }
+        self.subs = Subscriptions::default();
+        self.multi = None;
+        self.watching = false;
+        self.tracking = false;
+        let mut st = self.me.state.lock().unwrap();
+        (st.sub, st.psub, st.ssub, st.multi) = (0, 0, 0, -1);
+    }
+
+    pub(crate) fn set_tenant(&mut self, tenant: Arc<Tenant>) {
+        tracing::Span::current().record("tenant", tenant.id.as_str());
+        self.me.state.lock().unwrap().tenant = Some(tenant.id.clone());
+        self.tenant = Some(tenant);
+    }
+
+    /// Waits until every request sent to Redis has its reply, so that respite can act on the
+    /// connection itself (switch tenant, change protocol, run a tenant-wide scan) in order.
+    pub(crate) async fn drain(&mut self) -> Result<(), End> {
+        loop {
+            self.flush_upstream().await;
+            self.deliver();
+            if !self.pending.iter().any(is_upstream_slot) {
+                return Ok(());
+            }
+            let deadline = self.deadline();
+            let up = &mut self.up;
+            let event = tokio::select! {
+                _ = self.me.kill.cancelled() => Event::Killed,
+                n = read_upstream(up), if up.is_some() => Event::UpstreamRead(n),
+                _ = sleep_until(deadline), if deadline.is_some() => Event::Timeout,
+            };
+            match event {
+                Event::UpstreamRead(Ok(n)) if n > 0 => {}
+                Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
+                Event::Timeout => self.fail_upstream(UpstreamError::Timeout(
+                    self.ctx.upstream.command_timeout_ms(),
+                )),
+                _ => return Err(End::Killed),
+            }
+        }
+    }
+
+    /// Runs one of respite's own requests on the (drained) upstream connection and returns
+    /// Redis' reply. Pub/sub messages that arrive meanwhile go on to the client.
+    pub(crate) async fn call(&mut self, args: &[&[u8]]) -> Result<Frame, UpstreamError> {
+        if self.up.is_none() {
+            let conn = self.ctx.upstream.connect(self.protocol).await?;
+            self.me
+                .upstream_id
+                .store(conn.client_id, std::sync::atomic::Ordering::Relaxed);
+            self.up = Some(conn);
+        }
+        let timeout = self.ctx.upstream.command_timeout;
+        let pubsub = self.subs.any();
+        let prefix = self.prefix();
+        let up = self.up.as_mut().expect("connected above");
+        let out = &mut self.out;
+        let exchange = async {
+            let mut req = BytesMut::new();
+            encode_request(&mut req, args.iter().copied());
+            up.write_all(&req).await?;
+            loop {
+                let frame = up.read_frame().await?;
+                match reply::classify(&frame, pubsub) {
+                    Kind::Reply => return Ok(frame),
+                    _ => out.extend_from_slice(&reply::strip_push(&frame, &prefix)),
+                }
+            }
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout(
+                self.ctx.upstream.command_timeout_ms(),
+            )),
+        };
+        if let Err(e) = &result {
+            self.fail_upstream(e.clone());
+        }
+        result
+    }
+
+    /// Drops the upstream connection (after a drain) so the next command starts clean.
+    pub(crate) fn drop_upstream(&mut self) {
+        self.reset_connection_state();
+    }
+
+    /// The authority that decides logins.
+    pub(crate) fn authenticator(&self) -> &Authenticator {
+        &self.ctx.auth
+    }
+}
+
+fn is_upstream_slot(s: &Slot) -> bool {
+    !matches!(s, Slot::Ready(_))
+}
+
+async fn read_upstream(up: &mut Option<Conn>) -> std::io::Result<usize> {
+    match up {
+        Some(c) => c.read_more().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,23 @@
+//! A tenant as the rest of the pipeline sees it: its id, the key prefix every one of its keys
+//! and channels lives under, and what it may do.
+
+use bytes::Bytes;
+
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: String,
+    /// `tenant:<id>:`, the namespace of the tenant's keys and channels in Redis.
+    pub prefix: Bytes,
+    /// EVAL/FCALL and friends can touch any key from inside a script: off unless trusted.
+    pub allow_scripts: bool,
+}
+
+impl Tenant {
+    pub fn new(id: &str, allow_scripts: bool) -> Tenant {
+        Tenant {
+            id: id.to_string(),
+            prefix: Bytes::from(format!("tenant:{id}:")),
+            allow_scripts,
+        }
+    }
+}

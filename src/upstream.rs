@@ -1,0 +1,231 @@
+//! The upstream boundary: connections to Redis.
+//!
+//! Today every authenticated session holds its own connection ([`Conn`]), so MULTI/EXEC,
+//! WATCH, blocking pops and pub/sub keep Redis' exact semantics. A connection logs in with the
+//! URL's credentials, selects the URL's database and speaks the session's protocol (RESP2 or
+//! RESP3, via HELLO). [`Connector`] spaces attempts out after a failure (exponential backoff,
+//! capped), so a dead Redis costs each command one fast error rather than a pile-up of
+//! connection attempts, and the first attempt after the window finds a Redis that is back.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::UpstreamAddr;
+use crate::error::UpstreamError;
+use crate::protocol::encode_request;
+use crate::reply::{next_frame, Frame};
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Gate {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+/// Opens connections to Redis for sessions.
+pub struct Connector {
+    addr: UpstreamAddr,
+    connect_timeout: Duration,
+    /// How long a command may wait for its reply before the session gives up on Redis.
+    pub command_timeout: Duration,
+    gate: Mutex<Gate>,
+    version: Mutex<Option<String>>,
+}
+
+/// One connection to Redis.
+pub struct Conn {
+    pub stream: TcpStream,
+    /// Bytes read from Redis, not yet framed.
+    pub rbuf: BytesMut,
+    /// 2 or 3.
+    pub protocol: u8,
+    /// Redis' CLIENT ID of this connection.
+    pub client_id: i64,
+}
+
+impl Connector {
+    pub fn new(addr: UpstreamAddr, connect_timeout: Duration, command_timeout: Duration) -> Self {
+        Connector {
+            addr,
+            connect_timeout,
+            command_timeout,
+            gate: Mutex::new(Gate::default()),
+            version: Mutex::new(None),
+        }
+    }
+
+    /// `redis_version` of the upstream, once any connection has been made.
+    pub fn redis_version(&self) -> Option<String> {
+        self.version.lock().unwrap().clone()
+    }
+
+    pub fn command_timeout_ms(&self) -> u64 {
+        self.command_timeout.as_millis() as u64
+    }
+
+    pub async fn connect(&self, protocol: u8) -> Result<Conn, UpstreamError> {
+        {
+            let gate = self.gate.lock().unwrap();
+            if gate.retry_at.is_some_and(|t| Instant::now() < t) {
+                return Err(UpstreamError::Backoff(gate.last_error.clone()));
+            }
+        }
+        let result = self.try_connect(protocol).await;
+        let mut gate = self.gate.lock().unwrap();
+        match &result {
+            Ok(_) => *gate = Gate::default(),
+            Err(e) => {
+                gate.failures = gate.failures.saturating_add(1);
+                let wait = BACKOFF_FIRST
+                    .saturating_mul(1 << gate.failures.min(10))
+                    .min(BACKOFF_MAX);
+                gate.retry_at = Some(Instant::now() + wait);
+                gate.last_error = e.to_string();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "upstream connect failed");
+            }
+        }
+        result
+    }
+
+    async fn try_connect(&self, protocol: u8) -> Result<Conn, UpstreamError> {
+        let a = &self.addr;
+        let addr = format!("{}:{}", a.host, a.port);
+        let connect_err = |reason: String| UpstreamError::Connect {
+            addr: addr.clone(),
+            reason,
+        };
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((a.host.as_str(), a.port)),
+        )
+        .await
+        .map_err(|_| connect_err(format!("timed out after {:?}", self.connect_timeout)))?
+        .map_err(|e| connect_err(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            protocol,
+            client_id: 0,
+        };
+
+        // The handshake, pipelined: [AUTH], [SELECT], HELLO (protocol, id and version).
+        let mut out = BytesMut::new();
+        let mut steps = 0;
+        if let Some(pass) = &a.password {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = &a.username {
+                args.push(user.as_bytes());
+            }
+            args.push(pass.expose().as_bytes());
+            encode_request(&mut out, args.into_iter());
+            steps += 1;
+        }
+        if a.db != 0 {
+            let db = a.db.to_string();
+            encode_request(&mut out, [&b"SELECT"[..], db.as_bytes()].into_iter());
+            steps += 1;
+        }
+        let proto = protocol.to_string();
+        encode_request(&mut out, [&b"HELLO"[..], proto.as_bytes()].into_iter());
+        let work = async {
+            conn.write_all(&out).await?;
+            for _ in 0..steps {
+                let f = conn.read_frame().await?;
+                if f.is_error() {
+                    return Err(UpstreamError::Login(
+                        String::from_utf8_lossy(&f.raw).trim().into(),
+                    ));
+                }
+            }
+            let hello = conn.read_frame().await?;
+            if hello.is_error() {
+                return Err(UpstreamError::Login(
+                    String::from_utf8_lossy(&hello.raw).trim().into(),
+                ));
+            }
+            Ok(hello)
+        };
+        let hello = tokio::time::timeout(self.command_timeout, work)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.command_timeout_ms()))??;
+        for (k, v) in pairs(&hello) {
+            match k.as_slice() {
+                b"id" => conn.client_id = v.parse().unwrap_or(0),
+                b"version" => *self.version.lock().unwrap() = Some(v),
+                _ => {}
+            }
+        }
+        Ok(conn)
+    }
+}
+
+/// The fields of a HELLO reply (a RESP3 map or a RESP2 flat array) as strings.
+fn pairs(frame: &Frame) -> Vec<(Vec<u8>, String)> {
+    use redis_protocol::resp3::types::RangeFrame;
+    let text = |f: &RangeFrame| match f {
+        RangeFrame::Number { data, .. } => Some(data.to_string()),
+        other => frame
+            .str_at(other)
+            .map(|b| String::from_utf8_lossy(b).into_owned()),
+    };
+    let flat: Vec<&RangeFrame> = match &frame.tree {
+        RangeFrame::Map { data, .. } => data.iter().flat_map(|(k, v)| [k, v]).collect(),
+        RangeFrame::Array { data, .. } => data.iter().collect(),
+        _ => Vec::new(),
+    };
+    flat.chunks(2)
+        .filter_map(|kv| match kv {
+            [k, v] => Some((frame.str_at(k)?.to_vec(), text(v)?)),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Conn {
+    /// Reads more bytes from Redis into `rbuf`. Cancel-safe: nothing is lost if dropped.
+    /// `Ok(0)` means Redis closed the connection.
+    pub async fn read_more(&mut self) -> std::io::Result<usize> {
+        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+            self.rbuf.reserve(16 * 1024);
+        }
+        self.stream.read_buf(&mut self.rbuf).await
+    }
+
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, UpstreamError> {
+        next_frame(&mut self.rbuf, self.protocol).map_err(UpstreamError::Protocol)
+    }
+
+    pub async fn write_all(&mut self, data: &[u8]) -> Result<(), UpstreamError> {
+        self.stream
+            .write_all(data)
+            .await
+            .map_err(|_| UpstreamError::Closed)
+    }
+
+    /// Waits for one whole frame.
+    pub async fn read_frame(&mut self) -> Result<Frame, UpstreamError> {
+        loop {
+            if let Some(f) = self.next_frame()? {
+                return Ok(f);
+            }
+            if self.read_more().await.map_err(|_| UpstreamError::Closed)? == 0 {
+                return Err(UpstreamError::Closed);
+            }
+        }
+    }
+}
+
+/// A request to Redis as bytes, for respite's own commands.
+pub fn request(args: &[&[u8]]) -> Bytes {
+    let mut out = BytesMut::new();
+    encode_request(&mut out, args.iter().copied());
+    out.freeze()
+}

@@ -1,0 +1,107 @@
+//! The config file: the documented example parses, and each kind of mistake is reported with
+//! its own message and place.
+
+use respite::config::Config;
+
+#[test]
+fn the_example_config_parses() {
+    let text = std::fs::read_to_string("config/respite.example.toml").unwrap();
+    let c = Config::parse(&text).unwrap();
+    assert_eq!(c.tenants.len(), 2);
+    assert_eq!(c.listen_addr().to_string(), "127.0.0.1:6380");
+}
+
+/// Each invalid config and a piece of the one error it must produce, with its line.
+#[test]
+fn each_mistake_has_its_own_error() {
+    let cases: &[(&str, &str, Option<usize>)] = &[
+        ("[server]\nlisten = \"nope\"\n", "server.listen", Some(2)),
+        ("[server]\nbogus = 1\n", "unknown field `bogus`", Some(2)),
+        ("[upstream]\nurl = \"http://x\"\n", "upstream.url: scheme must be redis://", Some(2)),
+        ("[upstream]\nurl = \"rediss://x\"\n", "rediss:// (TLS) is not built yet", Some(2)),
+        ("[[tenants]]\nid = \"a:b\"\npassword = \"p\"\n", "tenants[0].id", Some(2)),
+        ("[[tenants]]\nid = \"a*\"\npassword = \"p\"\n", "must match [A-Za-z0-9_-]{1,64}", Some(2)),
+        (
+            "[[tenants]]\nid = \"a\"\npassword = \"p\"\n[[tenants]]\nid = \"a\"\npassword = \"q\"\n",
+            "defined twice",
+            Some(5),
+        ),
+        (
+            "[[tenants]]\nid = \"a\"\npassword = \"p\"\n[[tenants]]\nid = \"b\"\npassword = \"p\"\n",
+            "same password as another tenant",
+            Some(5),
+        ),
+        ("[[tenants]]\nid = \"a\"\n", "nothing could authenticate it", Some(2)),
+        ("[[tenants]]\nid = \"a\"\npassword_sha256 = \"xyz\"\n", "64 hex digits", Some(3)),
+        ("[server]\ndefault_tenant = \"zz\"\n", "server.default_tenant", Some(2)),
+        ("[admin]\nlisten = \"127.0.0.1:9121\"\n", "[admin] is not built yet", Some(1)),
+        ("[defaults]\nquota_bytes = 1\n", "[defaults] is not built yet", Some(1)),
+        ("[shared]\nprefixes = [\"shared:market:\"]\n", "[shared] is not built yet", Some(1)),
+        ("[upstream]\nconnections = 4\n", "upstream.connections is not built yet", Some(2)),
+        (
+            "[[tenants]]\nid = \"a\"\npassword = \"p\"\nquota_bytes = 5\n",
+            "tenants[0].quota_bytes is not built yet",
+            Some(4),
+        ),
+        (
+            "[[tenants]]\nid = \"a\"\npassword = \"p\"\nrole = \"publisher\"\n",
+            "role = \"publisher\" is not built yet",
+            Some(4),
+        ),
+        ("[auth.jwt]\ntenant_claim = \"t\"\n", "exactly one of hs256_secret", Some(1)),
+        ("[auth.jwt]\nrs256_public_key_file = \"/nonexistent.pem\"\n", "rs256_public_key_file", Some(1)),
+    ];
+    for (text, expect, line) in cases {
+        let errs = Config::parse(text).expect_err(text).0;
+        assert_eq!(errs.len(), 1, "{text}: {errs:?}");
+        assert!(
+            errs[0].message.contains(expect),
+            "{text}: {}",
+            errs[0].message
+        );
+        assert_eq!(errs[0].at.map(|(l, _)| l), *line, "{text}: {errs:?}");
+    }
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let c = Config::parse(
+        "[upstream]\nurl = \"redis://u:upstream-pw@h:1\"\n[[tenants]]\nid = \"a\"\npassword = \"tenant-pw\"\n\
+         [auth.jwt]\nhs256_secret = \"jwt-secret\"\n",
+    )
+    .unwrap();
+    let dump = format!("{c:?} {:?}", c.upstream_addr());
+    for secret in ["tenant-pw", "jwt-secret", "upstream-pw"] {
+        assert!(!dump.contains(secret), "{secret} leaked: {dump}");
+    }
+    assert!(dump.contains("MASKED"));
+}
+
+#[test]
+fn check_config_cli_reports_line_and_column_and_exits_2() {
+    let bin = env!("CARGO_BIN_EXE_respite");
+    let ok = std::process::Command::new(bin)
+        .args(["check-config", "config/respite.example.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let dir = crate::harness::TempDir::new();
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"x\"\n[[tenants]]\nid = \"no:colons\"\npassword = \"p\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2, column 10: server.listen"), "{err}");
+    assert!(err.contains("line 4, column 6: tenants[0].id"), "{err}");
+}

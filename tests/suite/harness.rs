@@ -1,0 +1,321 @@
+//! Test harness: a real redis-server (from PATH) on a free port, respite in-process on port 0,
+//! and clients to talk to it: the `redis` crate, and raw RESP bytes for edge cases.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use respite::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// A throwaway redis-server, killed on drop.
+pub struct Redis {
+    pub port: u16,
+    child: Child,
+    _dir: TempDir,
+    extra: Vec<String>,
+}
+
+/// A temporary directory removed on drop (std has none).
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p = std::env::temp_dir().join(format!("respite-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// Starts redis-server with extra `--option value` arguments.
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let port = free_port();
+        let dir = TempDir::new();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn_redis(port, &dir.0, &extra);
+        let r = Redis {
+            port,
+            child,
+            _dir: dir,
+            extra,
+        };
+        r.wait_ready();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts redis-server again on the same port (after `stop`).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_redis(self.port, &self._dir.0, &self.extra);
+        self.wait_ready();
+    }
+
+    /// A direct connection to Redis, bypassing respite: to check what Redis really holds.
+    pub async fn direct(&self) -> redis::aio::MultiplexedConnection {
+        let mut url = self.url();
+        if let Some(i) = self.extra.iter().position(|a| a == "--requirepass") {
+            url = format!("redis://:{}@127.0.0.1:{}", self.extra[i + 1], self.port);
+        }
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// All keys in Redis, sorted.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut c = self.direct().await;
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    }
+}
+
+fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--dir"])
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be on PATH (scripts/test.sh installs it)")
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The tenants most tests use.
+pub const TENANTS: &str = r#"
+[[tenants]]
+id = "a"
+password = "pa"
+
+[[tenants]]
+id = "b"
+password = "pb"
+
+[[tenants]]
+id = "scripter"
+password = "ps"
+allow_scripts = true
+"#;
+
+/// respite running in this process, stopped on drop.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts respite in front of `redis` with `extra` config (tenants, sections) appended
+    /// to a `[server]` and `[upstream]` that point at it.
+    pub async fn start(redis: &Redis, extra: &str) -> Proxy {
+        Proxy::start_config(&format!(
+            "[upstream]\nurl = \"{}\"\ncommand_timeout_ms = 2000\nconnect_timeout_ms = 500\n{extra}",
+            redis.url()
+        ))
+        .await
+    }
+
+    pub async fn start_config(text: &str) -> Proxy {
+        let config = Config::parse(text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        let task = tokio::spawn(async move {
+            respite::run(&config, listener, s).await.unwrap();
+        });
+        Proxy {
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// A `redis` crate connection logged in as `tenant` (password `p<tenant>`).
+    pub async fn client(&self, user: &str, pass: &str) -> redis::aio::MultiplexedConnection {
+        self.client_url(&format!("redis://{user}:{pass}@{}/", self.addr))
+            .await
+    }
+
+    pub async fn client_url(&self, url: &str) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    pub fn redis_client(&self, user: &str, pass: &str) -> redis::Client {
+        redis::Client::open(format!("redis://{user}:{pass}@{}/", self.addr)).unwrap()
+    }
+
+    pub async fn raw(&self) -> Raw {
+        Raw::connect(self.addr).await
+    }
+
+    /// A raw connection already logged in as tenant `user`.
+    pub async fn raw_as(&self, user: &str, pass: &str) -> Raw {
+        let mut r = self.raw().await;
+        assert_eq!(r.cmd(&["AUTH", user, pass]).await, "+OK\r\n");
+        r
+    }
+
+    /// Stops accepting and waits for the server task to finish.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A client speaking raw RESP, for exact replies and malformed input.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    pub protocol: u8,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        Raw {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+            protocol: 2,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends a command as a RESP array.
+    pub async fn send_cmd(&mut self, args: &[&str]) {
+        let mut out = BytesMut::new();
+        respite::protocol::encode_request(&mut out, args.iter().map(|a| a.as_bytes()));
+        self.send(&out).await;
+    }
+
+    /// Sends a command and returns its whole reply as text (RESP bytes, lossily UTF-8).
+    pub async fn cmd(&mut self, args: &[&str]) -> String {
+        self.send_cmd(args).await;
+        self.reply().await
+    }
+
+    /// The next whole reply frame, as text. Panics after 5 s.
+    pub async fn reply(&mut self) -> String {
+        self.try_reply(Duration::from_secs(5))
+            .await
+            .expect("a reply within 5 s")
+    }
+
+    /// The next reply, or None if the connection closed or nothing came in `wait`.
+    pub async fn try_reply(&mut self, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(f) = respite::reply::next_frame(&mut self.buf, self.protocol).unwrap() {
+                return Some(String::from_utf8_lossy(&f.raw).into_owned());
+            }
+            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// True if the server closed the connection (EOF within 2 s).
+    pub async fn closed(&mut self) -> bool {
+        let mut b = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.stream.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+/// Runs a command through the `redis` crate and returns the value.
+pub async fn q<T: redis::FromRedisValue>(
+    c: &mut redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> redis::RedisResult<T> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(c).await
+}

@@ -1,0 +1,10 @@
+//! Integration tests: respite in-process in front of a real redis-server.
+
+mod harness;
+
+mod auth;
+mod config;
+mod isolation;
+mod protocol;
+mod pubsub;
+mod upstream;
