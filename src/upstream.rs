@@ -20,7 +20,7 @@ use crate::protocol::encode_request;
 use crate::reply::{next_frame, Frame};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct Gate {

@@ -108,9 +108,10 @@ async fn killed_and_restarted_under_load() {
     // Set once the new Redis is up: writes sent after that must survive once acknowledged
     // (the killed Redis, which saved nothing, took earlier ones with it).
     let restarted = Arc::new(AtomicBool::new(false));
+    let recovered = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut workers = Vec::new();
     for w in 0..8 {
-        let (stop, restarted) = (stop.clone(), restarted.clone());
+        let (stop, restarted, recovered) = (stop.clone(), restarted.clone(), recovered.clone());
         workers.push(tokio::spawn(async move {
             let mut c = Raw::connect(addr).await;
             assert_eq!(c.cmd(&["AUTH", "a", "pa"]).await, "+OK\r\n");
@@ -129,6 +130,7 @@ async fn killed_and_restarted_under_load() {
                         ok += 1;
                         if after {
                             must_exist.push(k.clone());
+                            recovered.fetch_add(1, Relaxed);
                         }
                     } else {
                         assert!(r.starts_with(UNAVAILABLE), "{r}");
@@ -145,7 +147,11 @@ async fn killed_and_restarted_under_load() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.restart();
     restarted.store(true, Relaxed);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Wait (bounded) until writes go through again, then a little more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while recovered.load(Relaxed) < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.store(true, Relaxed);
     let mut d = redis.direct().await;
     let (mut ok, mut failed, mut checked) = (0, 0, 0);
