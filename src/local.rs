@@ -74,23 +74,26 @@ fn lower(b: &[u8]) -> Vec<u8> {
 }
 
 /// Which of respite's own commands `req` is, if any. Arity is checked against the command
-/// table where Redis knows the command.
+/// table where Redis knows the command. Names come from the table (static, lowercase), so
+/// recognising costs no allocation on the hot path.
 pub fn recognize(
     req: &Request,
     looked_up: &Result<Command, Unknown>,
     authenticated: bool,
 ) -> Option<Local> {
     let a = &req.args;
-    let name = lower(&a[0]);
-    let sub = a.get(1).map(|s| lower(s));
-    let arity_error = || {
-        looked_up
-            .as_ref()
-            .ok()
-            .filter(|c| !c.arity_ok(a.len()))
-            .map(|c| Local::Invalid(Error::WrongArity(c.full_name())))
+    let (name, sub): (&[u8], Option<&[u8]>) = match looked_up {
+        Ok(c) => match c.parent {
+            Some(p) => (p.name, Some(c.spec.name)),
+            None => (c.spec.name, None),
+        },
+        // Redis 7.2's CLIENT SETINFO, sent by current client libraries on connect.
+        Err(Unknown::Subcommand(p)) if p.name == b"client" && req.arg_is(1, b"setinfo") => {
+            (b"client", Some(b"setinfo"))
+        }
+        Err(_) => return None,
     };
-    let local = match (name.as_slice(), sub.as_deref()) {
+    let local = match (name, sub) {
         (b"auth", _) => match a.len() {
             2 => Local::Auth {
                 user: None,
@@ -115,12 +118,14 @@ pub fn recognize(
             4 => Local::ClientSetInfo(a[2].clone(), a[3].clone()),
             _ => Local::Invalid(Error::WrongArity("client|setinfo".into())),
         },
+        _ if !is_local_name(name, sub) => return None,
         _ => {
-            if let Some(e) = arity_error() {
-                // Only for the commands below; others get their arity checked later.
-                return is_local_name(&name, sub.as_deref()).then_some(e);
+            if let Ok(c) = looked_up {
+                if !c.arity_ok(a.len()) {
+                    return Some(Local::Invalid(Error::WrongArity(c.full_name())));
+                }
             }
-            match (name.as_slice(), sub.as_deref()) {
+            match (name, sub) {
                 (b"select", _) => Local::Select(a[1].clone()),
                 (b"client", Some(b"id")) => Local::ClientId,
                 (b"client", Some(b"getname")) => Local::ClientGetName,
@@ -129,19 +134,24 @@ pub fn recognize(
                 (b"client", Some(b"list")) => Local::ClientList(a[2..].to_vec()),
                 (b"client", Some(b"kill")) => Local::ClientKill(a[2..].to_vec()),
                 (b"client", Some(b"unblock")) => Local::ClientUnblock(a[2..].to_vec()),
-                (b"client", Some(b"reply")) => match lower(&a[2]).as_slice() {
-                    b"on" => Local::ClientReply(ReplyMode::On),
-                    b"off" => Local::ClientReply(ReplyMode::Off),
-                    b"skip" => Local::ClientReply(ReplyMode::SkipNext),
-                    _ => Local::Invalid(Error::Syntax),
-                },
+                (b"client", Some(b"reply")) => {
+                    if req.arg_is(2, b"on") {
+                        Local::ClientReply(ReplyMode::On)
+                    } else if req.arg_is(2, b"off") {
+                        Local::ClientReply(ReplyMode::Off)
+                    } else if req.arg_is(2, b"skip") {
+                        Local::ClientReply(ReplyMode::SkipNext)
+                    } else {
+                        Local::Invalid(Error::Syntax)
+                    }
+                }
                 (b"pubsub", Some(b"numpat")) => Local::PubsubNumpat,
                 (b"dbsize", _) => Local::DbSize,
                 (b"randomkey", _) => Local::RandomKey,
-                (b"flushdb" | b"flushall", _) => match a.get(1).map(|m| lower(m)).as_deref() {
-                    None => Local::Flush { lazy: false },
-                    Some(b"sync") if a.len() == 2 => Local::Flush { lazy: false },
-                    Some(b"async") if a.len() == 2 => Local::Flush { lazy: true },
+                (b"flushdb" | b"flushall", _) => match a.len() {
+                    1 => Local::Flush { lazy: false },
+                    2 if req.arg_is(1, b"sync") => Local::Flush { lazy: false },
+                    2 if req.arg_is(1, b"async") => Local::Flush { lazy: true },
                     _ => Local::Invalid(Error::Syntax),
                 },
                 (b"info", _) => Local::Info(a[1..].to_vec()),
@@ -230,6 +240,8 @@ const BAD_NAME: &str = "Client names cannot contain spaces, newlines or special 
 
 impl Session {
     pub(crate) async fn run_local(&mut self, local: Local) -> Result<(), End> {
+        // CLIENT INFO / LIST show the command being run, as Redis does.
+        self.publish_noted();
         if self.multi.is_some() {
             match local {
                 Local::Quit | Local::Reset | Local::Invalid(_) => {}

@@ -92,8 +92,23 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// A decimal integer as Redis reads lengths: optional `-`, digits, nothing else.
 fn parse_int(digits: &[u8]) -> Option<i64> {
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    let (negative, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + (d - b'0') as i64;
+    }
+    Some(if negative { -n } else { n })
 }
 
 fn parse_multibulk(
@@ -133,9 +148,9 @@ fn parse_multibulk(
         limits.max_bulk_bytes.min(UNAUTH_MAX_BULK)
     };
 
-    // First pass: check that the whole request is here, noting where each argument lies.
-    let mut spans = Vec::with_capacity(count as usize);
-    let mut pos = eol + 2;
+    // First pass: check that the whole request is here and well-formed.
+    let args_start = eol + 2;
+    let mut pos = args_start;
     for _ in 0..count {
         if pos >= buf.len() {
             return Ok(None);
@@ -171,11 +186,23 @@ fn parse_multibulk(
             buf.reserve(end + 2 - buf.len());
             return Ok(None);
         }
-        spans.push((start, end));
         pos = end + 2;
     }
+    // Second pass over the validated headers: slice the arguments out of the frame.
     let frame = buf.split_to(pos).freeze();
-    let args = spans.into_iter().map(|(s, e)| frame.slice(s..e)).collect();
+    let mut args = Vec::with_capacity(count as usize);
+    let mut pos = args_start;
+    for _ in 0..count {
+        let eol = pos
+            + 1
+            + frame[pos + 1..]
+                .iter()
+                .position(|&b| b == b'\r')
+                .unwrap_or(0);
+        let len = parse_int(&frame[pos + 1..eol]).unwrap_or(0) as usize;
+        args.push(frame.slice(eol + 2..eol + 2 + len));
+        pos = eol + 2 + len + 2;
+    }
     Ok(Some(Request { args }))
 }
 
@@ -296,8 +323,25 @@ where
 
 /// Writes a length or integer followed by CRLF.
 pub fn put_int(out: &mut BytesMut, n: i64) {
-    use std::fmt::Write;
-    let _ = write!(out, "{n}\r\n");
+    // On the hot path for every length header: no fmt machinery.
+    let mut buf = [0u8; 22];
+    let mut i = buf.len();
+    let negative = n < 0;
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if negative {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    out.extend_from_slice(&buf[i..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Builds replies in the protocol a client speaks (2 or 3).
@@ -467,6 +511,20 @@ mod tests {
             parse_request(&mut buf, &LIMITS, false).unwrap_err().0,
             "unauthenticated multibulk length"
         );
+    }
+
+    #[test]
+    fn integers_round_trip() {
+        for n in [0i64, 7, 10, 99, 12345, -1, -42, i64::MAX, i64::MIN] {
+            let mut b = BytesMut::new();
+            put_int(&mut b, n);
+            assert_eq!(&b[..], format!("{n}\r\n").as_bytes());
+        }
+        assert_eq!(parse_int(b"123"), Some(123));
+        assert_eq!(parse_int(b"-1"), Some(-1));
+        for bad in [&b""[..], b"-", b"1x", b"+1", b" 1", b"9999999999999999999"] {
+            assert_eq!(parse_int(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

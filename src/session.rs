@@ -157,6 +157,8 @@ pub struct Session {
     pub(crate) up: Option<Conn>,
     to_up: BytesMut,
     pending: VecDeque<Slot>,
+    /// How many of `pending` wait on Redis (not `Ready`).
+    awaiting: usize,
     /// When Redis last made progress on this connection (for the head-of-line timeout).
     progress: Instant,
     pub(crate) tenant: Option<Arc<Tenant>>,
@@ -170,6 +172,12 @@ pub struct Session {
     /// `inbuf` holds whole requests not yet handled (a cap was reached): read no more until
     /// they are, or the buffer would grow without bound.
     backlog: bool,
+    /// The last command handled, published to CLIENT LIST once per batch (not per request).
+    noted: Option<(&'static [u8], Option<&'static [u8]>)>,
+    /// The head-of-line timer. It is re-armed lazily: it may fire early (then it is re-armed
+    /// for the real deadline), never late, and costs no timer registration per request.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timer_at: Option<Instant>,
 }
 
 /// Serves one client connection until it closes, is killed, or the server shuts down.
@@ -191,6 +199,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         up: None,
         to_up: BytesMut::with_capacity(16 * 1024),
         pending: VecDeque::new(),
+        awaiting: 0,
         progress: Instant::now(),
         tenant: None,
         protocol: 2,
@@ -201,6 +210,9 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         tracking: false,
         closing: false,
         backlog: false,
+        noted: None,
+        timer: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
+        timer_at: None,
     };
     if let Some(t) = ctx.default_tenant.clone() {
         s.set_tenant(t);
@@ -218,6 +230,7 @@ impl Session {
             // against MAX_IN_FLIGHT.
             self.deliver();
             self.handle_buffered().await?;
+            self.publish_noted();
             self.flush_upstream().await;
             self.deliver();
             self.write_client_now()?;
@@ -231,17 +244,43 @@ impl Session {
                 Event::ClientWrote(_) => return Err(End::ClientGone),
                 Event::UpstreamRead(Ok(n)) if n > 0 => {}
                 Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
-                Event::Timeout => self.fail_upstream(UpstreamError::Timeout(
-                    self.ctx.upstream.command_timeout_ms(),
-                )),
+                Event::Timeout => {
+                    self.timer_at = None;
+                    if self.deadline().is_some_and(|d| d <= Instant::now()) {
+                        self.fail_upstream(UpstreamError::Timeout(
+                            self.ctx.upstream.command_timeout_ms(),
+                        ));
+                    }
+                }
                 Event::Killed => return Err(End::Killed),
                 Event::Shutdown => self.closing = true,
             }
         }
     }
 
+    /// Arms the head-of-line timer for `deadline` unless it already fires no later.
+    fn arm_timer(&mut self, deadline: Option<Instant>) -> bool {
+        let Some(d) = deadline else {
+            return false;
+        };
+        if self.timer_at.is_none_or(|t| t > d) {
+            self.timer.as_mut().reset(d.into());
+            self.timer_at = Some(d);
+        }
+        true
+    }
+
+    pub(crate) fn publish_noted(&mut self) {
+        if let Some(cmd) = self.noted.take() {
+            let mut st = self.me.state.lock().unwrap();
+            st.last_active = Some(Instant::now());
+            st.last_command = Some(cmd);
+        }
+    }
+
     async fn wait(&mut self, shutdown: &CancellationToken) -> Event {
         let deadline = self.deadline();
+        let timed = self.arm_timer(deadline);
         let room = self.out.len() < OUT_LIMIT;
         let read_client = !self.closing && !self.backlog;
         let up = &mut self.up;
@@ -252,7 +291,7 @@ impl Session {
             n = self.reader.read_buf(&mut self.inbuf), if read_client => Event::ClientRead(n),
             n = self.writer.write(out), if !out.is_empty() => Event::ClientWrote(n),
             n = read_upstream(up), if up.is_some() && room => Event::UpstreamRead(n),
-            _ = sleep_until(deadline), if deadline.is_some() => Event::Timeout,
+            _ = self.timer.as_mut(), if timed => Event::Timeout,
         }
     }
 
@@ -270,13 +309,16 @@ impl Session {
     }
 
     fn wrote(&mut self, n: usize) {
+        let was_full = self.out.len() >= OUT_LIMIT;
         self.out.advance(n);
         if self.out.is_empty() && self.out.capacity() > 1 << 20 {
             // Let a one-off huge reply's buffer go.
             self.out = BytesMut::with_capacity(16 * 1024);
         }
-        // While replies were waiting on the client, Redis was not the one that was slow.
-        self.progress = self.progress.max(Instant::now());
+        if was_full && self.out.len() < OUT_LIMIT {
+            // Redis was not read while the client caught up: restart its clock.
+            self.progress = Instant::now();
+        }
     }
 
     /// Runs every whole request in the input buffer through the pipeline.
@@ -356,12 +398,10 @@ impl Session {
         }
     }
 
-    /// Records the command for CLIENT LIST (`cmd=`, `idle=`).
-    fn note_command(&self, looked_up: &Result<command::Command, Unknown>) {
+    /// Remembers the command for CLIENT LIST (`cmd=`, `idle=`).
+    fn note_command(&mut self, looked_up: &Result<command::Command, Unknown>) {
         if let Ok(cmd) = looked_up {
-            let mut st = self.me.state.lock().unwrap();
-            st.last_active = Some(Instant::now());
-            st.last_command = Some(match cmd.parent {
+            self.noted = Some(match cmd.parent {
                 Some(p) => (p.name, Some(cmd.spec.name)),
                 None => (cmd.spec.name, None),
             });
@@ -424,7 +464,8 @@ impl Session {
                     self.watching = false;
                     if let Some(m) = self.multi.take() {
                         if m.dirty {
-                            self.send(&[b"DISCARD"], Slot::Internal).await;
+                            self.send([&b"DISCARD"[..]].into_iter(), Slot::Internal)
+                                .await;
                             return self.answer(Error::ExecAbort.to_resp());
                         }
                         expect = Expect::Reply(Shape::Exec(m.items));
@@ -455,13 +496,15 @@ impl Session {
                 mute,
             },
         };
-        let args: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
-        self.send(&args, slot).await;
+        self.send(args.iter().map(|a| &a[..]), slot).await;
     }
 
     /// Writes a request to the upstream buffer (connecting first if need be) and opens its
     /// slot; if Redis cannot be reached, the slot is the error instead.
-    async fn send(&mut self, args: &[&[u8]], slot: Slot) {
+    async fn send<'a, I>(&mut self, args: I, slot: Slot)
+    where
+        I: ExactSizeIterator<Item = &'a [u8]>,
+    {
         if self.up.is_none() {
             match self.ctx.upstream.connect(self.protocol).await {
                 Ok(conn) => {
@@ -482,11 +525,12 @@ impl Session {
                 }
             }
         }
-        if !self.pending.iter().any(is_upstream_slot) {
+        if self.awaiting == 0 {
             self.progress = Instant::now();
         }
-        encode_request(&mut self.to_up, args.iter().copied());
+        encode_request(&mut self.to_up, args);
         self.pending.push_back(slot);
+        self.awaiting += 1;
     }
 
     async fn flush_upstream(&mut self) {
@@ -512,6 +556,7 @@ impl Session {
 
     /// Moves every reply that is ready, in order, into the client's output buffer.
     pub(crate) fn deliver(&mut self) {
+        let mut routed = false;
         loop {
             while let Some(Slot::Ready(_)) = self.pending.front() {
                 if let Some(Slot::Ready(b)) = self.pending.pop_front() {
@@ -519,17 +564,30 @@ impl Session {
                 }
             }
             let Some(up) = self.up.as_mut() else {
-                return;
+                break;
             };
             match up.next_frame() {
                 Ok(Some(frame)) => {
-                    self.progress = Instant::now();
+                    routed = true;
                     self.route(frame);
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => self.fail_upstream(e),
             }
         }
+        if routed {
+            // One clock read per batch of replies, not per reply.
+            self.progress = Instant::now();
+        }
+    }
+
+    /// Takes the head slot, which Redis has just answered.
+    fn answered(&mut self) -> Option<Slot> {
+        let slot = self.pending.pop_front();
+        if slot.as_ref().is_some_and(is_upstream_slot) {
+            self.awaiting -= 1;
+        }
+        slot
     }
 
     /// Puts one frame from Redis where it belongs.
@@ -565,7 +623,7 @@ impl Session {
                         let l = left.get_or_insert(1);
                         *l = l.saturating_sub(1);
                         if *l == 0 {
-                            self.pending.pop_front();
+                            self.answered();
                         }
                         m
                     }
@@ -577,7 +635,7 @@ impl Session {
                         .extend_from_slice(&reply::strip_push(&frame, &prefix));
                 }
             }
-            Kind::Reply => match self.pending.pop_front() {
+            Kind::Reply => match self.answered() {
                 Some(Slot::Reply { shape, mute, .. }) => {
                     if !mute {
                         self.out
@@ -661,6 +719,7 @@ impl Session {
                 _ => *slot = Slot::Ready(Bytes::new()),
             }
         }
+        self.awaiting = 0;
         if self.has_connection_state() {
             self.closing = true;
         }
@@ -699,7 +758,7 @@ impl Session {
         loop {
             self.flush_upstream().await;
             self.deliver();
-            if !self.pending.iter().any(is_upstream_slot) {
+            if self.awaiting == 0 {
                 return Ok(());
             }
             let deadline = self.deadline();

@@ -62,14 +62,16 @@ pub enum Unknown {
 }
 
 fn find(list: &'static [CommandSpec], name: &[u8]) -> Option<&'static CommandSpec> {
-    list.binary_search_by(|c| {
-        c.name
-            .iter()
-            .map(|b| b.to_ascii_lowercase())
-            .cmp(name.iter().map(|b| b.to_ascii_lowercase()))
-    })
-    .ok()
-    .map(|i| &list[i])
+    // Names in the table are lowercase and short: fold the request's once, on the stack.
+    let mut buf = [0u8; 32];
+    let folded = buf.get_mut(..name.len())?;
+    for (d, s) in folded.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    let folded = &*folded;
+    list.binary_search_by(|c| c.name.cmp(folded))
+        .ok()
+        .map(|i| &list[i])
 }
 
 /// Resolves `args` (name first) against the table, subcommand included.

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Load benchmark: respite vs direct Redis vs twemproxy, side by side in one run.
+
+    python3 benches/load.py                 # 3 interleaved rounds, the full matrix
+    python3 benches/load.py --rounds 1 --quick
+
+Starts its own redis-server, twemproxy (Debian package `nutcracker`, one pool, one server
+connection) and respite (release build) on free loopback ports, then runs redis-benchmark
+(50 clients; GET and SET; pipeline 1 and 16) against each, interleaving the targets within
+every round so that machine noise hits all three alike. Reports the median over rounds of
+throughput, p50 and p99 latency, and the CPU time the server process (redis-server,
+nutcracker or respite) spent per request, with ratios. Prints a Markdown table for
+BENCHMARKS.md.
+
+Needs redis-server, redis-benchmark and nutcracker on PATH (apt-get install redis-server
+nutcracker); the machine's core count matters, so the report says what it ran on.
+"""
+
+import argparse
+import csv
+import io
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLIENTS = 50
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what):
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise SystemExit("%s exited early" % what)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("%s did not start" % what)
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def bench(port, test, pipeline, requests, pid, auth):
+    args = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS),
+            "-n", str(requests), "-P", str(pipeline), "-t", test, "--csv"]
+    if auth:
+        args += ["-a", auth]
+    before = cpu_seconds(pid)
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - before
+    rows = [r for r in csv.reader(io.StringIO(out)) if r and r[0] != "test"]
+    if not rows:
+        raise SystemExit("redis-benchmark printed nothing for %s on %d:\n%s" % (test, port, out))
+    r = rows[0]
+    return {"rps": float(r[1]), "p50": float(r[4]), "p99": float(r[6]),
+            "cpu_us": cpu / requests * 1e6}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="fewer requests per run")
+    opts = ap.parse_args()
+    for tool in ("redis-server", "redis-benchmark", "nutcracker"):
+        if not shutil.which(tool):
+            raise SystemExit("%s not found: apt-get install redis-server nutcracker" % tool)
+
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    tmp = tempfile.mkdtemp()
+    procs = []
+    try:
+        rport = free_port()
+        redis = subprocess.Popen(
+            ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
+        procs.append(redis)
+        wait_port(rport, redis, "redis-server")
+
+        tport, tstats = free_port(), free_port()
+        with open(os.path.join(tmp, "twemproxy.yml"), "w") as f:
+            f.write("pool:\n  listen: 127.0.0.1:%d\n  hash: fnv1a_64\n  distribution: ketama\n"
+                    "  redis: true\n  auto_eject_hosts: false\n  server_connections: 1\n"
+                    "  servers:\n   - 127.0.0.1:%d:1\n" % (tport, rport))
+        twem = subprocess.Popen(["nutcracker", "-c", os.path.join(tmp, "twemproxy.yml"),
+                                 "-s", str(tstats), "-v", "0"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(twem)
+        wait_port(tport, twem, "nutcracker")
+
+        pport = free_port()
+        with open(os.path.join(tmp, "respite.toml"), "w") as f:
+            f.write('[server]\nlisten = "127.0.0.1:%d"\n[upstream]\nurl = "redis://127.0.0.1:%d"\n'
+                    '[[tenants]]\nid = "bench"\npassword = "bench-secret"\n' % (pport, rport))
+        respite = subprocess.Popen(
+            [os.path.join(ROOT, "target", "release", "respite"), "--config",
+             os.path.join(tmp, "respite.toml")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+        procs.append(respite)
+        wait_port(pport, respite, "respite")
+
+        targets = [("redis", rport, redis.pid, None), ("twemproxy", tport, twem.pid, None),
+                   ("respite", pport, respite.pid, "bench-secret")]
+        cases = [(t, p) for p in (1, 16) for t in ("get", "set")]
+        scale = 0.25 if opts.quick else 1.0
+        results = {}
+        for rnd in range(opts.rounds):
+            for test, pipeline in cases:
+                n = int((200_000 if pipeline == 1 else 1_000_000) * scale)
+                # Rotate the order every round so no target always runs first.
+                order = targets[rnd % 3:] + targets[:rnd % 3]
+                for name, port, pid, auth in order:
+                    r = bench(port, test, pipeline, n, pid, auth)
+                    results.setdefault((name, test, pipeline), []).append(r)
+                    print("round %d %-9s %-3s P%-2d %10.0f rps  p50 %.3f ms  p99 %.3f ms  %.1f us cpu/req"
+                          % (rnd + 1, name, test.upper(), pipeline, r["rps"], r["p50"], r["p99"],
+                             r["cpu_us"]), file=sys.stderr)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("rps", "p50", "p99", "cpu_us")}
+           for k, v in results.items()}
+    print("\nMachine: %s, %d cores, %s; redis %s; %d rounds, medians; %d clients.\n" % (
+        platform.machine(), os.cpu_count(), platform.platform(terse=True),
+        subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+        .stdout.split()[2].split("=")[1], opts.rounds, CLIENTS))
+    print("| test | pipeline | target | req/s | p50 ms | p99 ms | CPU µs/req | vs redis | vs twemproxy |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for test, pipeline in cases:
+        base, twem = med[("redis", test, pipeline)], med[("twemproxy", test, pipeline)]
+        for name in ("redis", "twemproxy", "respite"):
+            m = med[(name, test, pipeline)]
+            print("| %s | %d | %s | %.0f | %.3f | %.3f | %.1f | %.2fx | %.2fx |" % (
+                test.upper(), pipeline, name, m["rps"], m["p50"], m["p99"], m["cpu_us"],
+                m["rps"] / base["rps"], m["rps"] / twem["rps"]))
+
+
+if __name__ == "__main__":
+    main()
