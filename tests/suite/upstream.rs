@@ -229,3 +229,55 @@ async fn graceful_shutdown_finishes_in_flight_commands() {
     // And nothing listens any more.
     assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_commands_finish_and_exits_zero() {
+    let redis = Redis::start();
+    let dir = TempDir::new();
+    let port = free_port();
+    let config = dir.0.join("respite.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"{}\"\n{TENANTS}",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_respite"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "respite did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = Raw::connect(addr).await;
+    assert_eq!(c.cmd(&["AUTH", "a", "pa"]).await, "+OK\r\n");
+    c.send_cmd(&["BLPOP", "q", "0.5"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        c.reply().await,
+        "*-1\r\n",
+        "the in-flight command is answered"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "respite did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, Some(0));
+}
