@@ -79,8 +79,12 @@ pub struct UpstreamConfig {
     #[serde(default = "default_upstream_url")]
     pub url: Spanned<String>,
     pub pool_size: Option<Spanned<u64>>,
-    pub connections: Option<Spanned<u64>>,
-    pub pinned_max: Option<Spanned<u64>>,
+    /// Shared connections per protocol (RESP2, RESP3) carrying stateless commands.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Most pinned connections (sessions with MULTI, WATCH, blocking commands, pub/sub).
+    #[serde(default = "default_pinned_max")]
+    pub pinned_max: usize,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     #[serde(default = "default_command_timeout_ms")]
@@ -139,6 +143,14 @@ fn default_shutdown_grace_ms() -> u64 {
 fn default_upstream_url() -> Spanned<String> {
     Spanned::new(0..0, "redis://127.0.0.1:6379".into())
 }
+/// One shared connection per core: Redis runs commands on one thread, so more connections
+/// only split the batches that make sharing pay.
+fn default_connections() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+fn default_pinned_max() -> usize {
+    1024
+}
 fn default_connect_timeout_ms() -> u64 {
     1_000
 }
@@ -170,8 +182,8 @@ impl Default for UpstreamConfig {
         UpstreamConfig {
             url: default_upstream_url(),
             pool_size: None,
-            connections: None,
-            pinned_max: None,
+            connections: default_connections(),
+            pinned_max: default_pinned_max(),
             connect_timeout_ms: default_connect_timeout_ms(),
             command_timeout_ms: default_command_timeout_ms(),
         }
@@ -386,17 +398,20 @@ impl Config {
                     .into(),
             );
         }
-        for (field, value) in [
-            ("upstream.pool_size", &self.upstream.pool_size),
-            ("upstream.connections", &self.upstream.connections),
-            ("upstream.pinned_max", &self.upstream.pinned_max),
-        ] {
-            if let Some(v) = value {
-                err(
-                    Some(v.span()),
-                    not_yet(field, "the multiplexed upstream comes with its own issue"),
-                );
-            }
+        if let Some(v) = &self.upstream.pool_size {
+            err(
+                Some(v.span()),
+                not_yet(
+                    "upstream.pool_size",
+                    "respite's own commands come with quotas and shared data",
+                ),
+            );
+        }
+        if self.upstream.connections == 0 || self.upstream.pinned_max == 0 {
+            err(
+                None,
+                "upstream.connections and upstream.pinned_max must be at least 1".into(),
+            );
         }
         if let Some(admin) = &self.admin {
             err(

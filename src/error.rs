@@ -22,6 +22,8 @@ pub enum UpstreamError {
     Protocol(String),
     #[error("reconnecting after a failure ({0})")]
     Backoff(String),
+    #[error("all {0} pinned connections are in use (upstream.pinned_max)")]
+    PinnedExhausted(usize),
 }
 
 /// An error answered by respite instead of (or before) Redis.

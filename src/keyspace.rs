@@ -9,12 +9,12 @@
 
 use std::hash::{BuildHasher, Hasher};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use redis_protocol::resp3::types::RangeFrame;
 
 use crate::error::{Error, UpstreamError};
 use crate::local::Local;
-use crate::protocol::{encode_request, Resp};
+use crate::protocol::Resp;
 use crate::rewrite::all_keys;
 use crate::session::Session;
 
@@ -68,48 +68,18 @@ impl Session {
         Ok((next, keys))
     }
 
-    /// Sends one request per key in a single write and reads the replies.
+    /// One request per key, pipelined, and their replies.
     async fn per_key(
         &mut self,
         command: &[u8],
         keys: &[Bytes],
     ) -> Result<Vec<crate::reply::Frame>, UpstreamError> {
-        if keys.is_empty() {
+        let args: Vec<[&[u8]; 2]> = keys.iter().map(|k| [command, &k[..]]).collect();
+        let requests: Vec<&[&[u8]]> = args.iter().map(|a| &a[..]).collect();
+        if requests.is_empty() {
             return Ok(Vec::new());
         }
-        // The first through call() (which connects and times out); the rest pipelined
-        // behind it on the same connection.
-        let mut batch = BytesMut::new();
-        for k in &keys[1..] {
-            encode_request(&mut batch, [command, &k[..]].into_iter());
-        }
-        let first = self.call(&[command, &keys[0]]).await?;
-        let mut replies = vec![first];
-        if keys.len() > 1 {
-            let timeout = self.ctx.upstream.command_timeout;
-            let up = self.up.as_mut().ok_or(UpstreamError::Closed)?;
-            let work = async {
-                up.write_all(&batch).await?;
-                let mut out = Vec::with_capacity(keys.len() - 1);
-                for _ in 1..keys.len() {
-                    out.push(up.read_frame().await?);
-                }
-                Ok::<_, UpstreamError>(out)
-            };
-            match tokio::time::timeout(timeout, work).await {
-                Ok(Ok(rest)) => replies.extend(rest),
-                Ok(Err(e)) => {
-                    self.fail_upstream(e.clone());
-                    return Err(e);
-                }
-                Err(_) => {
-                    let e = UpstreamError::Timeout(self.ctx.upstream.command_timeout_ms());
-                    self.fail_upstream(e.clone());
-                    return Err(e);
-                }
-            }
-        }
-        Ok(replies)
+        self.call_many(&requests).await
     }
 
     /// (keys, keys with a TTL, sum of those TTLs in ms) over the tenant's namespace.

@@ -64,10 +64,14 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         },
         default_tenant,
         auth,
-        upstream: upstream::Connector::new(
-            config.upstream_addr(),
-            Duration::from_millis(config.upstream.connect_timeout_ms),
-            Duration::from_millis(config.upstream.command_timeout_ms),
+        upstream: upstream::Upstream::new(
+            upstream::Connector::new(
+                config.upstream_addr(),
+                Duration::from_millis(config.upstream.connect_timeout_ms),
+                Duration::from_millis(config.upstream.command_timeout_ms),
+            ),
+            config.upstream.connections,
+            config.upstream.pinned_max,
         ),
         clients: clients::Registry::default(),
     }))

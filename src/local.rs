@@ -300,7 +300,7 @@ impl Session {
                 let reply = self.client_kill(&args);
                 self.answer(reply);
             }
-            Local::ClientUnblock(args) => self.client_unblock(args).await,
+            Local::ClientUnblock(args) => self.client_unblock(args).await?,
             Local::DbSize | Local::RandomKey | Local::Flush { .. } | Local::Info(_) => {
                 self.drain().await?;
                 let reply = self.keyspace(local).await;
@@ -434,9 +434,11 @@ impl Session {
         }
         self.drain().await?;
         let protover = protover.unwrap_or(self.protocol);
-        if let Some(up) = self.up.as_mut().filter(|_| protover != self.protocol) {
+        // A pinned connection switches protocol with the client; shared ones exist per
+        // protocol, so a session without one simply uses the other kind from now on.
+        if let Some(p) = self.pinned.as_mut().filter(|_| protover != self.protocol) {
             // HELLO's own reply already comes in the new protocol.
-            up.protocol = protover;
+            p.conn.protocol = protover;
             let v = protover.to_string();
             if let Err(e) = self.call(&[b"HELLO", v.as_bytes()]).await {
                 self.refuse(Error::Upstream(e));
@@ -633,20 +635,22 @@ impl Session {
 
     /// CLIENT UNBLOCK <id> [TIMEOUT|ERROR]: the id is respite's; Redis knows the connection
     /// by its own id, so the request is forwarded with that one.
-    async fn client_unblock(&mut self, args: Vec<Bytes>) {
+    async fn client_unblock(&mut self, args: Vec<Bytes>) -> Result<(), End> {
         let target = std::str::from_utf8(&args[0])
             .ok()
             .and_then(|s| s.parse::<u64>().ok());
         let Some(target) = target else {
-            return self.refuse(Error::NotInteger);
+            self.refuse(Error::NotInteger);
+            return Ok(());
         };
         if let Some(mode) = args.get(1) {
             if args.len() > 2
                 || !(mode.eq_ignore_ascii_case(b"timeout") || mode.eq_ignore_ascii_case(b"error"))
             {
-                return self.refuse(Error::Other(
+                self.refuse(Error::Other(
                     "CLIENT UNBLOCK reason should be TIMEOUT or ERROR".into(),
                 ));
+                return Ok(());
             }
         }
         let upstream_id = self
@@ -657,7 +661,9 @@ impl Session {
             .map(|c| c.upstream_id.load(std::sync::atomic::Ordering::Relaxed))
             .unwrap_or(0);
         if upstream_id == 0 {
-            return self.answer(Resp::int(0));
+            // Only a session blocked on a pinned connection can be unblocked.
+            self.answer(Resp::int(0));
+            return Ok(());
         }
         let mut fwd_args = vec![
             Bytes::from_static(b"CLIENT"),
@@ -670,6 +676,6 @@ impl Session {
             expect: Expect::Reply(Shape::Plain),
             blocking: false,
         };
-        self.forward(fwd, b"client").await;
+        self.forward(fwd, b"client").await
     }
 }

@@ -43,7 +43,7 @@ use crate::protocol::{encode_request, parse_request, Limits, Request};
 use crate::reply::{self, ExecItem, Frame, Kind, Shape, SubKind};
 use crate::rewrite::{self, Expect, Forward};
 use crate::tenant::Tenant;
-use crate::upstream::{Conn, Connector};
+use crate::upstream::{shared, Pinned, Reply, Sink, Upstream};
 
 /// Requests a connection may have in flight before respite stops reading from it.
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -56,7 +56,7 @@ pub struct Context {
     /// Sidecar mode: the tenant of connections that never authenticate.
     pub default_tenant: Option<Arc<Tenant>>,
     pub auth: Authenticator,
-    pub upstream: Connector,
+    pub upstream: Upstream,
     pub clients: Registry,
 }
 
@@ -142,6 +142,7 @@ enum Event {
     ClientRead(std::io::Result<usize>),
     ClientWrote(std::io::Result<usize>),
     UpstreamRead(std::io::Result<usize>),
+    SharedReply(Option<Reply>),
     Timeout,
     Killed,
     Shutdown,
@@ -154,8 +155,15 @@ pub struct Session {
     writer: OwnedWriteHalf,
     inbuf: BytesMut,
     pub(crate) out: BytesMut,
-    pub(crate) up: Option<Conn>,
+    /// The pinned connection, while Redis holds state for this client; otherwise requests
+    /// go over the shared connection this session is assigned to.
+    pub(crate) pinned: Option<Pinned>,
+    /// Requests encoded for Redis, not yet written (pinned) or submitted (shared).
     to_up: BytesMut,
+    to_up_count: usize,
+    /// Replies from the shared connection.
+    replies: tokio::sync::mpsc::UnboundedReceiver<Reply>,
+    sink: Sink,
     pending: VecDeque<Slot>,
     /// How many of `pending` wait on Redis (not `Ready`).
     awaiting: usize,
@@ -168,6 +176,7 @@ pub struct Session {
     pub(crate) reply_mode: ReplyMode,
     pub(crate) watching: bool,
     pub(crate) tracking: bool,
+    pub(crate) no_evict: bool,
     pub(crate) closing: bool,
     /// `inbuf` holds whole requests not yet handled (a cap was reached): read no more until
     /// they are, or the buffer would grow without bound.
@@ -189,6 +198,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
     let me = ctx.clients.register(peer, local);
     let (reader, writer) = client.into_split();
     let span = tracing::info_span!("conn", %peer, id = me.id, tenant = tracing::field::Empty);
+    let (reply_tx, replies) = tokio::sync::mpsc::unbounded_channel();
     let mut s = Session {
         ctx: ctx.clone(),
         me: me.clone(),
@@ -196,8 +206,14 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         writer,
         inbuf: BytesMut::with_capacity(16 * 1024),
         out: BytesMut::with_capacity(16 * 1024),
-        up: None,
+        pinned: None,
         to_up: BytesMut::with_capacity(16 * 1024),
+        to_up_count: 0,
+        replies,
+        sink: Sink {
+            tx: reply_tx,
+            generation: 0,
+        },
         pending: VecDeque::new(),
         awaiting: 0,
         progress: Instant::now(),
@@ -208,6 +224,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         reply_mode: ReplyMode::On,
         watching: false,
         tracking: false,
+        no_evict: false,
         closing: false,
         backlog: false,
         noted: None,
@@ -219,6 +236,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
     }
     let ended = s.run(shutdown).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(?ended, "connection closed"));
+    s.unpin();
     s.reset_connection_state();
     ctx.clients.unregister(me.id);
 }
@@ -244,6 +262,7 @@ impl Session {
                 Event::ClientWrote(_) => return Err(End::ClientGone),
                 Event::UpstreamRead(Ok(n)) if n > 0 => {}
                 Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
+                Event::SharedReply(r) => self.take_reply(r),
                 Event::Timeout => {
                     self.timer_at = None;
                     if self.deadline().is_some_and(|d| d <= Instant::now()) {
@@ -283,7 +302,7 @@ impl Session {
         let timed = self.arm_timer(deadline);
         let room = self.out.len() < OUT_LIMIT;
         let read_client = !self.closing && !self.backlog;
-        let up = &mut self.up;
+        let up = &mut self.pinned;
         let out = &self.out;
         tokio::select! {
             _ = self.me.kill.cancelled() => Event::Killed,
@@ -291,6 +310,7 @@ impl Session {
             n = self.reader.read_buf(&mut self.inbuf), if read_client => Event::ClientRead(n),
             n = self.writer.write(out), if !out.is_empty() => Event::ClientWrote(n),
             n = read_upstream(up), if up.is_some() && room => Event::UpstreamRead(n),
+            r = self.replies.recv(), if room => Event::SharedReply(r),
             _ = self.timer.as_mut(), if timed => Event::Timeout,
         }
     }
@@ -351,7 +371,7 @@ impl Session {
         match self.decide(req) {
             Action::Refuse(e) => self.refuse(e),
             Action::Local(local) => return self.run_local(local).await,
-            Action::Forward(fwd, top) => self.forward(fwd, top).await,
+            Action::Forward(fwd, top) => return self.forward(fwd, top).await,
         }
         Ok(())
     }
@@ -435,7 +455,7 @@ impl Session {
     }
 
     /// Queues a rewritten request for Redis. `top` is the command's (container's) name.
-    pub(crate) async fn forward(&mut self, fwd: Forward, top: &[u8]) {
+    pub(crate) async fn forward(&mut self, fwd: Forward, top: &[u8]) -> Result<(), End> {
         let Forward {
             args,
             mut expect,
@@ -446,9 +466,10 @@ impl Session {
             // Redis queues it and answers +QUEUED; its real reply comes inside EXEC's.
             match expect {
                 Expect::Confirm { .. } => {
-                    return self.refuse(Error::Other(
+                    self.refuse(Error::Other(
                         "Command not allowed inside a transaction".into(),
-                    ))
+                    ));
+                    return Ok(());
                 }
                 Expect::Reply(shape) => {
                     if let Some(m) = &mut self.multi {
@@ -464,9 +485,10 @@ impl Session {
                     self.watching = false;
                     if let Some(m) = self.multi.take() {
                         if m.dirty {
-                            self.send([&b"DISCARD"[..]].into_iter(), Slot::Internal)
-                                .await;
-                            return self.answer(Error::ExecAbort.to_resp());
+                            self.send([&b"DISCARD"[..]].into_iter(), Slot::Internal, false)
+                                .await?;
+                            self.answer(Error::ExecAbort.to_resp());
+                            return Ok(());
                         }
                         expect = Expect::Reply(Shape::Exec(m.items));
                     }
@@ -480,9 +502,14 @@ impl Session {
                 b"client" if args[1].eq_ignore_ascii_case(b"tracking") => {
                     self.tracking = args[2].eq_ignore_ascii_case(b"on");
                 }
+                b"client" if args[1].eq_ignore_ascii_case(b"no-evict") => {
+                    self.no_evict = args[2].eq_ignore_ascii_case(b"on");
+                }
                 _ => {}
             }
         }
+        // Connection state begins (or a command may block): it needs a connection of its own.
+        let pin = blocking || matches!(expect, Expect::Confirm { .. }) || self.needs_pinned();
         let mute = self.take_mute();
         let slot = match expect {
             Expect::Reply(shape) => Slot::Reply {
@@ -496,32 +523,40 @@ impl Session {
                 mute,
             },
         };
-        self.send(args.iter().map(|a| &a[..]), slot).await;
+        self.send(args.iter().map(|a| &a[..]), slot, pin).await
     }
 
-    /// Writes a request to the upstream buffer (connecting first if need be) and opens its
-    /// slot; if Redis cannot be reached, the slot is the error instead.
-    async fn send<'a, I>(&mut self, args: I, slot: Slot)
+    /// Encodes a request for Redis and opens its slot. With `pin`, the request goes over a
+    /// pinned connection, taken now (after the replies of whatever went over the shared
+    /// one) if the session has none; if no pinned connection can be had, the slot is the
+    /// error instead.
+    async fn send<'a, I>(&mut self, args: I, slot: Slot, pin: bool) -> Result<(), End>
     where
         I: ExactSizeIterator<Item = &'a [u8]>,
     {
-        if self.up.is_none() {
-            match self.ctx.upstream.connect(self.protocol).await {
-                Ok(conn) => {
+        if pin && self.pinned.is_none() {
+            self.drain().await?;
+            match self.ctx.upstream.pinned.acquire(self.protocol).await {
+                Ok(p) => {
                     self.me
                         .upstream_id
-                        .store(conn.client_id, std::sync::atomic::Ordering::Relaxed);
-                    self.up = Some(conn);
+                        .store(p.conn.client_id, std::sync::atomic::Ordering::Relaxed);
+                    self.pinned = Some(p);
                 }
                 Err(e) => {
                     if let Some(m) = &mut self.multi {
                         m.dirty = true;
                     }
+                    // The state the command would have begun does not exist.
+                    (self.watching, self.tracking, self.no_evict) = (false, false, false);
+                    if self.multi.as_ref().is_some_and(|m| m.items.is_empty()) {
+                        self.multi = None;
+                    }
                     if !matches!(slot, Slot::Internal) {
                         self.pending
                             .push_back(Slot::Ready(Error::Upstream(e).to_resp()));
                     }
-                    return;
+                    return Ok(());
                 }
             }
         }
@@ -529,19 +564,48 @@ impl Session {
             self.progress = Instant::now();
         }
         encode_request(&mut self.to_up, args);
+        self.to_up_count += 1;
         self.pending.push_back(slot);
         self.awaiting += 1;
+        Ok(())
     }
 
+    /// Sends what is queued for Redis: written to the pinned connection, or handed to the
+    /// shared one as one batch.
     async fn flush_upstream(&mut self) {
         if self.to_up.is_empty() {
             return;
         }
-        let Some(up) = self.up.as_mut() else {
-            self.to_up.clear();
+        let count = std::mem::take(&mut self.to_up_count);
+        let Some(p) = self.pinned.as_mut() else {
+            let data = self.to_up.split().freeze();
+            if self.to_up.capacity() < 4096 {
+                self.to_up.reserve(16 * 1024);
+            }
+            self.ctx
+                .upstream
+                .shared(self.protocol, self.me.id)
+                .submit(shared::Submit {
+                    data,
+                    count,
+                    to: self.sink.clone(),
+                });
             return;
         };
-        let timeout = self.ctx.upstream.command_timeout;
+        let up = &mut p.conn;
+        // Almost always the socket takes it all at once: no timer needed for that.
+        match up.stream.try_write(&self.to_up) {
+            Ok(n) => self.to_up.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                self.to_up.clear();
+                return self.fail_upstream(UpstreamError::Closed);
+            }
+        }
+        if self.to_up.is_empty() {
+            return;
+        }
+        let timeout = self.ctx.upstream.command_timeout();
         let result = match tokio::time::timeout(timeout, up.write_all(&self.to_up)).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout(
@@ -563,21 +627,75 @@ impl Session {
                     self.out.extend_from_slice(&b);
                 }
             }
-            let Some(up) = self.up.as_mut() else {
-                break;
-            };
-            match up.next_frame() {
-                Ok(Some(frame)) => {
-                    routed = true;
-                    self.route(frame);
+            if let Some(p) = self.pinned.as_mut() {
+                match p.conn.next_frame() {
+                    Ok(Some(frame)) => {
+                        routed = true;
+                        self.route(frame);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.fail_upstream(e);
+                        continue;
+                    }
                 }
-                Ok(None) => break,
-                Err(e) => self.fail_upstream(e),
+            }
+            match self.replies.try_recv() {
+                Ok(r) => {
+                    routed = true;
+                    self.take_reply(Some(r));
+                }
+                Err(_) => break,
             }
         }
         if routed {
             // One clock read per batch of replies, not per reply.
             self.progress = Instant::now();
+        }
+        if self.pinned.is_some() && self.awaiting == 0 && !self.needs_pinned() {
+            self.unpin();
+        }
+    }
+
+    /// A reply from the shared connection: routed, unless it answers a request this session
+    /// already gave up on (an earlier generation).
+    fn take_reply(&mut self, r: Option<Reply>) {
+        let Some(r) = r else { return };
+        if r.generation != self.sink.generation {
+            return;
+        }
+        match r.result {
+            Ok(frame) => self.route(frame),
+            Err(e) => {
+                let mute = match self.answered() {
+                    Some(Slot::Reply { mute, .. }) | Some(Slot::Confirm { mute, .. }) => mute,
+                    _ => true,
+                };
+                if !mute {
+                    self.out.extend_from_slice(&Error::Upstream(e).to_resp());
+                }
+            }
+        }
+    }
+
+    /// Does Redis hold state for this client, so that its requests must keep one connection?
+    fn needs_pinned(&self) -> bool {
+        self.has_connection_state() || self.no_evict
+    }
+
+    /// Gives the pinned connection back: to the pool, reset, if nothing is in flight on it;
+    /// otherwise closed.
+    pub(crate) fn unpin(&mut self) {
+        if let Some(p) = self.pinned.take() {
+            self.me
+                .upstream_id
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            if self.awaiting == 0 && self.to_up.is_empty() {
+                self.ctx.upstream.pinned.release(p);
+            } else {
+                p.close();
+            }
         }
     }
 
@@ -695,7 +813,7 @@ impl Session {
         }
         match self.pending.front()? {
             Slot::Reply { blocking: true, .. } | Slot::Ready(_) => None,
-            _ => Some(self.progress + self.ctx.upstream.command_timeout),
+            _ => Some(self.progress + self.ctx.upstream.command_timeout()),
         }
     }
 
@@ -704,9 +822,11 @@ impl Session {
         self.multi.is_some() || self.watching || self.tracking || self.subs.any()
     }
 
-    /// Redis failed this connection: every open slot becomes the error, in order. If Redis
-    /// held state for the client (MULTI, WATCH, subscriptions, tracking), that state is gone,
-    /// so the client connection is closed once the errors are out, as Redis would close it.
+    /// Redis failed this session's requests: every open slot becomes the error, in order. A
+    /// pinned connection is closed; on the shared one the session moves to a new generation
+    /// and ignores late replies. If Redis held state for the client (MULTI, WATCH,
+    /// subscriptions, tracking), that state is gone, so the client connection is closed once
+    /// the errors are out, as Redis would close it.
     pub(crate) fn fail_upstream(&mut self, e: UpstreamError) {
         tracing::warn!(error = %e, "upstream failed");
         let reply = Error::Upstream(e).to_resp();
@@ -720,16 +840,20 @@ impl Session {
             }
         }
         self.awaiting = 0;
+        self.to_up.clear();
+        self.to_up_count = 0;
+        self.sink.generation += 1;
+        if let Some(p) = self.pinned.take() {
+            p.close();
+        }
         if self.has_connection_state() {
             self.closing = true;
         }
         self.reset_connection_state();
     }
 
-    /// Forgets the upstream connection and everything Redis held for it.
+    /// Forgets everything Redis held for this client's connection.
     pub(crate) fn reset_connection_state(&mut self) {
-        self.up = None;
-        self.to_up.clear();
         self.me
             .upstream_id
             .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -742,6 +866,7 @@ impl Session {
         self.multi = None;
         self.watching = false;
         self.tracking = false;
+        self.no_evict = false;
         let mut st = self.me.state.lock().unwrap();
         (st.sub, st.psub, st.ssub, st.multi) = (0, 0, 0, -1);
     }
@@ -753,7 +878,8 @@ impl Session {
     }
 
     /// Waits until every request sent to Redis has its reply, so that respite can act on the
-    /// connection itself (switch tenant, change protocol, run a tenant-wide scan) in order.
+    /// connection itself (switch tenant, change protocol, pin, run a tenant-wide scan) in
+    /// order.
     pub(crate) async fn drain(&mut self) -> Result<(), End> {
         loop {
             self.flush_upstream().await;
@@ -762,15 +888,17 @@ impl Session {
                 return Ok(());
             }
             let deadline = self.deadline();
-            let up = &mut self.up;
+            let up = &mut self.pinned;
             let event = tokio::select! {
                 _ = self.me.kill.cancelled() => Event::Killed,
                 n = read_upstream(up), if up.is_some() => Event::UpstreamRead(n),
+                r = self.replies.recv() => Event::SharedReply(r),
                 _ = sleep_until(deadline), if deadline.is_some() => Event::Timeout,
             };
             match event {
                 Event::UpstreamRead(Ok(n)) if n > 0 => {}
                 Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
+                Event::SharedReply(r) => self.take_reply(r),
                 Event::Timeout => self.fail_upstream(UpstreamError::Timeout(
                     self.ctx.upstream.command_timeout_ms(),
                 )),
@@ -779,47 +907,87 @@ impl Session {
         }
     }
 
-    /// Runs one of respite's own requests on the (drained) upstream connection and returns
-    /// Redis' reply. Pub/sub messages that arrive meanwhile go on to the client.
+    /// Runs one of respite's own requests (after a drain) and returns Redis' reply.
     pub(crate) async fn call(&mut self, args: &[&[u8]]) -> Result<Frame, UpstreamError> {
-        if self.up.is_none() {
-            let conn = self.ctx.upstream.connect(self.protocol).await?;
-            self.me
-                .upstream_id
-                .store(conn.client_id, std::sync::atomic::Ordering::Relaxed);
-            self.up = Some(conn);
+        let mut replies = self.call_many(&[args]).await?;
+        Ok(replies.pop().expect("one reply per request"))
+    }
+
+    /// Runs several of respite's own requests, pipelined, on the session's connection
+    /// (pinned or shared) after a drain, and returns their replies in order. Pub/sub
+    /// messages that arrive meanwhile on a pinned connection go on to the client.
+    pub(crate) async fn call_many(
+        &mut self,
+        requests: &[&[&[u8]]],
+    ) -> Result<Vec<Frame>, UpstreamError> {
+        let mut data = BytesMut::new();
+        for r in requests {
+            encode_request(&mut data, r.iter().copied());
         }
-        let timeout = self.ctx.upstream.command_timeout;
-        let pubsub = self.subs.any();
-        let prefix = self.prefix();
-        let up = self.up.as_mut().expect("connected above");
-        let out = &mut self.out;
-        let exchange = async {
-            let mut req = BytesMut::new();
-            encode_request(&mut req, args.iter().copied());
-            up.write_all(&req).await?;
-            loop {
-                let frame = up.read_frame().await?;
-                match reply::classify(&frame, pubsub) {
-                    Kind::Reply => return Ok(frame),
-                    _ => out.extend_from_slice(&reply::strip_push(&frame, &prefix)),
-                }
+        let n = requests.len();
+        let timeout = self.ctx.upstream.command_timeout();
+        let result = match self.pinned.as_mut() {
+            Some(p) => {
+                let pubsub = self.subs.any();
+                let prefix = self
+                    .tenant
+                    .as_ref()
+                    .map(|t| t.prefix.clone())
+                    .unwrap_or_default();
+                let up = &mut p.conn;
+                let out = &mut self.out;
+                let exchange = async {
+                    up.write_all(&data).await?;
+                    let mut frames = Vec::with_capacity(n);
+                    while frames.len() < n {
+                        let frame = up.read_frame().await?;
+                        match reply::classify(&frame, pubsub) {
+                            Kind::Reply => frames.push(frame),
+                            _ => out.extend_from_slice(&reply::strip_push(&frame, &prefix)),
+                        }
+                    }
+                    Ok(frames)
+                };
+                tokio::time::timeout(timeout, exchange).await
+            }
+            None => {
+                self.ctx
+                    .upstream
+                    .shared(self.protocol, self.me.id)
+                    .submit(shared::Submit {
+                        data: data.freeze(),
+                        count: n,
+                        to: self.sink.clone(),
+                    });
+                let generation = self.sink.generation;
+                let replies = &mut self.replies;
+                let exchange = async {
+                    let mut frames = Vec::with_capacity(n);
+                    while frames.len() < n {
+                        let r = replies.recv().await.ok_or(UpstreamError::Closed)?;
+                        if r.generation == generation {
+                            frames.push(r.result?);
+                        }
+                    }
+                    Ok(frames)
+                };
+                tokio::time::timeout(timeout, exchange).await
             }
         };
-        let result = match tokio::time::timeout(timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(UpstreamError::Timeout(
+        let result = result.unwrap_or_else(|_| {
+            Err(UpstreamError::Timeout(
                 self.ctx.upstream.command_timeout_ms(),
-            )),
-        };
+            ))
+        });
         if let Err(e) = &result {
             self.fail_upstream(e.clone());
         }
         result
     }
 
-    /// Drops the upstream connection (after a drain) so the next command starts clean.
+    /// Gives back the pinned connection (after a drain) so the next command starts clean.
     pub(crate) fn drop_upstream(&mut self) {
+        self.unpin();
         self.reset_connection_state();
     }
 
@@ -833,9 +1001,9 @@ fn is_upstream_slot(s: &Slot) -> bool {
     !matches!(s, Slot::Ready(_))
 }
 
-async fn read_upstream(up: &mut Option<Conn>) -> std::io::Result<usize> {
+async fn read_upstream(up: &mut Option<Pinned>) -> std::io::Result<usize> {
     match up {
-        Some(c) => c.read_more().await,
+        Some(p) => p.conn.read_more().await,
         None => std::future::pending().await,
     }
 }

@@ -37,7 +37,8 @@ fn each_mistake_has_its_own_error() {
         ("[admin]\nlisten = \"127.0.0.1:9121\"\n", "[admin] is not built yet", Some(1)),
         ("[defaults]\nquota_bytes = 1\n", "[defaults] is not built yet", Some(1)),
         ("[shared]\nprefixes = [\"shared:market:\"]\n", "[shared] is not built yet", Some(1)),
-        ("[upstream]\nconnections = 4\n", "upstream.connections is not built yet", Some(2)),
+        ("[upstream]\npool_size = 4\n", "upstream.pool_size is not built yet", Some(2)),
+        ("[upstream]\nconnections = 0\n", "must be at least 1", None),
         (
             "[[tenants]]\nid = \"a\"\npassword = \"p\"\nquota_bytes = 5\n",
             "tenants[0].quota_bytes is not built yet",

@@ -5,6 +5,7 @@ mod harness;
 mod auth;
 mod config;
 mod isolation;
+mod multiplex;
 mod protocol;
 mod pubsub;
 mod upstream;

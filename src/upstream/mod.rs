@@ -1,13 +1,25 @@
-//! The upstream boundary: connections to Redis.
+//! The upstream boundary: how sessions reach Redis.
 //!
-//! Today every authenticated session holds its own connection ([`Conn`]), so MULTI/EXEC,
-//! WATCH, blocking pops and pub/sub keep Redis' exact semantics. A connection logs in with the
-//! URL's credentials, selects the URL's database and speaks the session's protocol (RESP2 or
-//! RESP3, via HELLO). [`Connector`] spaces attempts out after a failure (exponential backoff,
-//! capped), so a dead Redis costs each command one fast error rather than a pile-up of
-//! connection attempts, and the first attempt after the window finds a Redis that is back.
+//! Two kinds of connection (shared/DESIGN.md, "Upstream"):
+//!
+//! - **shared** ([`shared`]): a few connections per protocol (RESP2 and RESP3), each driven by
+//!   one task that takes the requests of many sessions, writes whatever is queued in one
+//!   write, and routes the replies back in order. Commands without connection state go here:
+//!   this is what beats a 1:1 proxy when clients send one command at a time, and it bounds
+//!   the connections Redis sees whatever the client count.
+//! - **pinned** ([`pinned`]): a connection from a bounded pool that one session holds while
+//!   connection state lives (MULTI, WATCH, blocking commands, subscriptions, tracking), then
+//!   returns clean (RESET and the login again) or closes.
+//!
+//! Every connection logs in with the URL's credentials, selects the URL's database and speaks
+//! its protocol ([`Connector`]). After a failed attempt, attempts are spaced out (exponential
+//! backoff, capped), so a dead Redis costs each command one fast error and the first attempt
+//! after the window finds a Redis that is back.
 
-use std::sync::Mutex;
+pub mod pinned;
+pub mod shared;
+
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -19,6 +31,9 @@ use crate::error::UpstreamError;
 use crate::protocol::encode_request;
 use crate::reply::{next_frame, Frame};
 
+pub use pinned::Pinned;
+pub use shared::{Reply, Sink};
+
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
@@ -29,11 +44,11 @@ struct Gate {
     last_error: String,
 }
 
-/// Opens connections to Redis for sessions.
+/// Opens (and re-initialises) connections to Redis.
 pub struct Connector {
     addr: UpstreamAddr,
     connect_timeout: Duration,
-    /// How long a command may wait for its reply before the session gives up on Redis.
+    /// How long a command may wait for its reply before its session gives up on Redis.
     pub command_timeout: Duration,
     gate: Mutex<Gate>,
     version: Mutex<Option<String>>,
@@ -115,9 +130,23 @@ impl Connector {
             protocol,
             client_id: 0,
         };
+        self.handshake(&mut conn, false).await?;
+        Ok(conn)
+    }
 
-        // The handshake, pipelined: [AUTH], [SELECT], HELLO (protocol, id and version).
+    /// Puts a used connection back into the state of a new one: RESET (which drops MULTI,
+    /// WATCH, subscriptions, tracking, NO-EVICT, the protocol and the login), then the login.
+    pub async fn reset(&self, conn: &mut Conn) -> Result<(), UpstreamError> {
+        self.handshake(conn, true).await
+    }
+
+    /// The handshake, pipelined: [RESET], [AUTH], [SELECT], HELLO (protocol, id, version).
+    async fn handshake(&self, conn: &mut Conn, reset: bool) -> Result<(), UpstreamError> {
+        let a = &self.addr;
         let mut out = BytesMut::new();
+        if reset {
+            encode_request(&mut out, [&b"RESET"[..]].into_iter());
+        }
         let mut steps = 0;
         if let Some(pass) = &a.password {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
@@ -133,23 +162,32 @@ impl Connector {
             encode_request(&mut out, [&b"SELECT"[..], db.as_bytes()].into_iter());
             steps += 1;
         }
-        let proto = protocol.to_string();
+        let proto = conn.protocol.to_string();
         encode_request(&mut out, [&b"HELLO"[..], proto.as_bytes()].into_iter());
+        let login_err =
+            |f: &Frame| UpstreamError::Login(String::from_utf8_lossy(&f.raw).trim().to_string());
         let work = async {
             conn.write_all(&out).await?;
+            if reset {
+                // Whatever the last holder left in flight (late pushes) ends at +RESET.
+                loop {
+                    let f = conn.read_frame_any().await?;
+                    if &f[..] == b"+RESET\r\n" {
+                        break;
+                    }
+                }
+            }
+            // AUTH and SELECT answer +OK or -ERR, the same bytes in RESP2 and RESP3; HELLO
+            // answers in the protocol it asks for, which `conn.protocol` already is.
             for _ in 0..steps {
                 let f = conn.read_frame().await?;
                 if f.is_error() {
-                    return Err(UpstreamError::Login(
-                        String::from_utf8_lossy(&f.raw).trim().into(),
-                    ));
+                    return Err(login_err(&f));
                 }
             }
             let hello = conn.read_frame().await?;
             if hello.is_error() {
-                return Err(UpstreamError::Login(
-                    String::from_utf8_lossy(&hello.raw).trim().into(),
-                ));
+                return Err(login_err(&hello));
             }
             Ok(hello)
         };
@@ -163,7 +201,7 @@ impl Connector {
                 _ => {}
             }
         }
-        Ok(conn)
+        Ok(())
     }
 }
 
@@ -221,6 +259,24 @@ impl Conn {
             }
         }
     }
+
+    /// Waits for one whole frame in whichever protocol it comes (while RESET switches a
+    /// RESP3 connection back to RESP2, replies of both kinds can be in flight).
+    async fn read_frame_any(&mut self) -> Result<Bytes, UpstreamError> {
+        loop {
+            let p = if self.rbuf.first().is_some_and(|&b| b == b'*' || b == b'$') {
+                2
+            } else {
+                3
+            };
+            if let Some(f) = next_frame(&mut self.rbuf, p).map_err(UpstreamError::Protocol)? {
+                return Ok(f.raw);
+            }
+            if self.read_more().await.map_err(|_| UpstreamError::Closed)? == 0 {
+                return Err(UpstreamError::Closed);
+            }
+        }
+    }
 }
 
 /// A request to Redis as bytes, for respite's own commands.
@@ -228,4 +284,49 @@ pub fn request(args: &[&[u8]]) -> Bytes {
     let mut out = BytesMut::new();
     encode_request(&mut out, args.iter().copied());
     out.freeze()
+}
+
+/// Everything behind the boundary: the shared connections of each protocol and the pinned
+/// pool, both opened through one [`Connector`].
+pub struct Upstream {
+    pub connector: Arc<Connector>,
+    shared_per_protocol: usize,
+    shared: [OnceLock<Vec<shared::Shared>>; 2],
+    pub pinned: pinned::Pool,
+}
+
+impl Upstream {
+    /// `connections` shared connections per protocol, at most `pinned_max` pinned ones.
+    pub fn new(connector: Connector, connections: usize, pinned_max: usize) -> Upstream {
+        let connector = Arc::new(connector);
+        Upstream {
+            pinned: pinned::Pool::new(connector.clone(), pinned_max),
+            connector,
+            shared_per_protocol: connections.max(1),
+            shared: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    /// The shared connection a session (by its id) uses for `protocol`. Sticky, so that a
+    /// session's commands keep their order.
+    pub fn shared(&self, protocol: u8, session: u64) -> &shared::Shared {
+        let conns = self.shared[usize::from(protocol == 3)].get_or_init(|| {
+            (0..self.shared_per_protocol)
+                .map(|_| shared::Shared::spawn(self.connector.clone(), protocol))
+                .collect()
+        });
+        &conns[(session % conns.len() as u64) as usize]
+    }
+
+    pub fn command_timeout(&self) -> Duration {
+        self.connector.command_timeout
+    }
+
+    pub fn command_timeout_ms(&self) -> u64 {
+        self.connector.command_timeout_ms()
+    }
+
+    pub fn redis_version(&self) -> Option<String> {
+        self.connector.redis_version()
+    }
 }

@@ -1,0 +1,233 @@
+//! A shared upstream connection: one task that carries the stateless requests of many
+//! sessions over one Redis connection.
+//!
+//! Sessions hand it batches ([`Submit`]: the encoded requests and where their replies go).
+//! The task appends everything queued to one write buffer, so the requests of many sessions
+//! reach Redis in one write (and Redis reads them in one read), then hands each reply, in
+//! order, to the session whose request it answers. Replies are FIFO per connection, so a
+//! queue of (sink, count) routes is all the bookkeeping needed.
+//!
+//! If Redis closes the connection, sends garbage, or leaves the oldest request unanswered
+//! for `command_timeout`, every request in flight on this connection fails with that error
+//! (each session gets one error per request, in order), and the next batch reconnects
+//! (through the connector's backoff). Nothing else is affected.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::{Conn, Connector};
+use crate::error::UpstreamError;
+use crate::reply::Frame;
+
+/// Where replies for a session go, tagged with the session's generation: after a session
+/// gives up on a request (its own timeout), it moves to a new generation and ignores late
+/// replies to the old one.
+#[derive(Clone)]
+pub struct Sink {
+    pub tx: mpsc::UnboundedSender<Reply>,
+    pub generation: u64,
+}
+
+/// One reply (or the error that replaces it) for a session.
+pub struct Reply {
+    pub generation: u64,
+    pub result: Result<Frame, UpstreamError>,
+}
+
+/// A batch of requests from one session.
+pub struct Submit {
+    /// RESP-encoded requests, back to back.
+    pub data: Bytes,
+    /// How many requests `data` holds (= replies expected).
+    pub count: usize,
+    pub to: Sink,
+}
+
+/// The handle sessions use; the connection itself lives in its task.
+pub struct Shared {
+    tx: mpsc::UnboundedSender<Submit>,
+}
+
+impl Shared {
+    pub fn spawn(connector: Arc<Connector>, protocol: u8) -> Shared {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(connector, protocol, rx));
+        Shared { tx }
+    }
+
+    /// Queues a batch. The channel is unbounded because each session bounds its own
+    /// requests in flight (`MAX_IN_FLIGHT`).
+    pub fn submit(&self, batch: Submit) {
+        if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch) {
+            // The task is gone (runtime shutting down): answer rather than hang.
+            fail(&batch.to, batch.count, &UpstreamError::Closed);
+        }
+    }
+}
+
+fn fail(to: &Sink, count: usize, e: &UpstreamError) {
+    for _ in 0..count {
+        let _ = to.tx.send(Reply {
+            generation: to.generation,
+            result: Err(e.clone()),
+        });
+    }
+}
+
+struct Route {
+    to: Sink,
+    left: usize,
+}
+
+struct State {
+    conn: Option<Conn>,
+    out: BytesMut,
+    routes: VecDeque<Route>,
+    /// When Redis last answered, or the first request after idle was queued.
+    progress: Instant,
+}
+
+impl State {
+    fn queue(&mut self, b: Submit) {
+        if self.routes.is_empty() {
+            self.progress = Instant::now();
+        }
+        self.out.extend_from_slice(&b.data);
+        self.routes.push_back(Route {
+            to: b.to,
+            left: b.count,
+        });
+    }
+
+    /// Every request in flight fails with `e`; the connection is dropped.
+    fn fail_all(&mut self, e: UpstreamError) {
+        if !self.routes.is_empty() {
+            tracing::warn!(error = %e, in_flight = self.routes.iter().map(|r| r.left).sum::<usize>(), "shared upstream connection failed");
+        }
+        self.conn = None;
+        self.out.clear();
+        for r in self.routes.drain(..) {
+            fail(&r.to, r.left, &e);
+        }
+    }
+
+    /// Hands every whole reply in the read buffer to its session.
+    fn dispatch(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        loop {
+            match conn.next_frame() {
+                Ok(Some(frame)) => {
+                    self.progress = Instant::now();
+                    let Some(route) = self.routes.front_mut() else {
+                        return self
+                            .fail_all(UpstreamError::Protocol("a reply nobody asked for".into()));
+                    };
+                    let _ = route.to.tx.send(Reply {
+                        generation: route.to.generation,
+                        result: Ok(frame),
+                    });
+                    route.left -= 1;
+                    if route.left == 0 {
+                        self.routes.pop_front();
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => return self.fail_all(e),
+            }
+        }
+    }
+
+    /// Writes what the socket takes now, without waiting.
+    fn write_now(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        while !self.out.is_empty() {
+            match conn.stream.try_write(&self.out) {
+                Ok(n) => self.out.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.fail_all(UpstreamError::Closed),
+            }
+        }
+    }
+}
+
+enum Event {
+    Batch(Option<Submit>),
+    Wrote(std::io::Result<usize>),
+    Read(std::io::Result<usize>),
+    Timeout,
+}
+
+async fn run(connector: Arc<Connector>, protocol: u8, mut rx: mpsc::UnboundedReceiver<Submit>) {
+    let timeout = connector.command_timeout;
+    let mut st = State {
+        conn: None,
+        out: BytesMut::with_capacity(64 * 1024),
+        routes: VecDeque::new(),
+        progress: Instant::now(),
+    };
+    loop {
+        let deadline = st.progress + timeout;
+        let timed = !st.routes.is_empty();
+        let event = match st.conn.as_mut() {
+            None => Event::Batch(rx.recv().await),
+            Some(c) => {
+                if c.rbuf.capacity() - c.rbuf.len() < 4096 {
+                    c.rbuf.reserve(64 * 1024);
+                }
+                // Write and read at once: Redis answers while we are still writing.
+                let (mut r, mut w) = c.stream.split();
+                let out = &st.out;
+                let rbuf = &mut c.rbuf;
+                tokio::select! {
+                    b = rx.recv() => Event::Batch(b),
+                    n = w.write(out), if !out.is_empty() => Event::Wrote(n),
+                    // Also while idle, so that a connection Redis closed is noticed (and
+                    // replaced on the next batch) before anyone's request is written to it.
+                    n = r.read_buf(rbuf) => Event::Read(n),
+                    _ = tokio::time::sleep_until(deadline.into()), if timed => Event::Timeout,
+                }
+            }
+        };
+        match event {
+            Event::Batch(None) => return,
+            Event::Batch(Some(first)) => {
+                if st.conn.is_none() {
+                    match connector.connect(protocol).await {
+                        Ok(c) => st.conn = Some(c),
+                        Err(e) => {
+                            fail(&first.to, first.count, &e);
+                            while let Ok(b) = rx.try_recv() {
+                                fail(&b.to, b.count, &e);
+                            }
+                            continue;
+                        }
+                    }
+                }
+                // Coalesce: everything already queued goes out in the same write.
+                st.queue(first);
+                while let Ok(b) = rx.try_recv() {
+                    st.queue(b);
+                }
+                st.write_now();
+            }
+            Event::Wrote(Ok(n)) if n > 0 => st.out.advance(n),
+            Event::Wrote(_) => st.fail_all(UpstreamError::Closed),
+            Event::Read(Ok(n)) if n > 0 => st.dispatch(),
+            Event::Read(_) => st.fail_all(UpstreamError::Closed),
+            Event::Timeout => {
+                if st.progress + timeout <= Instant::now() {
+                    st.fail_all(UpstreamError::Timeout(connector.command_timeout_ms()));
+                }
+            }
+        }
+    }
+}
