@@ -212,8 +212,11 @@ async fn run(connector: Arc<Connector>, protocol: u8, mut rx: mpsc::UnboundedRec
                         }
                     }
                 }
-                // Coalesce: everything already queued goes out in the same write.
+                // Coalesce: let the sessions that are runnable now hand in their requests too
+                // (one trip through the scheduler, as an event loop's iteration), then write
+                // everything queued in one write.
                 st.queue(first);
+                tokio::task::yield_now().await;
                 while let Ok(b) = rx.try_recv() {
                     st.queue(b);
                 }
