@@ -142,14 +142,6 @@ impl Registry {
         v
     }
 
-    pub fn len(&self) -> usize {
-        self.clients.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.clients.is_empty()
-    }
-
     pub fn pattern_added(&self, tenant: &str, pattern: Bytes) {
         *self
             .patterns

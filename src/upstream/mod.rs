@@ -279,13 +279,6 @@ impl Conn {
     }
 }
 
-/// A request to Redis as bytes, for respite's own commands.
-pub fn request(args: &[&[u8]]) -> Bytes {
-    let mut out = BytesMut::new();
-    encode_request(&mut out, args.iter().copied());
-    out.freeze()
-}
-
 /// Everything behind the boundary: the shared connections of each protocol and the pinned
 /// pool, both opened through one [`Connector`].
 pub struct Upstream {
