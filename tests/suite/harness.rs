@@ -221,9 +221,7 @@ impl Proxy {
 
     /// A raw connection already logged in as tenant `user`.
     pub async fn raw_as(&self, user: &str, pass: &str) -> Raw {
-        let mut r = self.raw().await;
-        assert_eq!(r.cmd(&["AUTH", user, pass]).await, "+OK\r\n");
-        r
+        Raw::login(self.addr, user, pass).await
     }
 
     /// Stops accepting and waits for the server task to finish.
@@ -255,6 +253,13 @@ impl Raw {
             buf: BytesMut::new(),
             protocol: 2,
         }
+    }
+
+    /// Connects and logs in as tenant `user` (for tasks that cannot borrow the proxy).
+    pub async fn login(addr: SocketAddr, user: &str, pass: &str) -> Raw {
+        let mut r = Raw::connect(addr).await;
+        assert_eq!(r.cmd(&["AUTH", user, pass]).await, "+OK\r\n");
+        r
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {

@@ -31,8 +31,7 @@ async fn many_sessions_interleave_over_one_shared_connection() {
     for s in 0..24 {
         tasks.push(tokio::spawn(async move {
             let (tenant, pass) = if s % 2 == 0 { ("a", "pa") } else { ("b", "pb") };
-            let mut c = Raw::connect(addr).await;
-            assert_eq!(c.cmd(&["AUTH", tenant, pass]).await, "+OK\r\n");
+            let mut c = Raw::login(addr, tenant, pass).await;
             let key = format!("counter{s}");
             for round in 0..50 {
                 // A pipeline of mixed commands, some answered by respite itself; every reply
@@ -122,8 +121,7 @@ async fn a_shared_connection_killed_mid_burst_fails_only_what_was_in_flight() {
     let mut tasks = Vec::new();
     for s in 0..8 {
         tasks.push(tokio::spawn(async move {
-            let mut c = Raw::connect(addr).await;
-            assert_eq!(c.cmd(&["AUTH", "a", "pa"]).await, "+OK\r\n");
+            let mut c = Raw::login(addr, "a", "pa").await;
             let (mut ok, mut failed) = (0, 0);
             let until = Instant::now() + Duration::from_millis(1500);
             let mut i = 0u64;
@@ -180,8 +178,7 @@ async fn stateful_commands_pin_and_stay_exact_under_load() {
     // Transactions with WATCH retry loops, racing each other and plain INCRs.
     for s in 0..6 {
         tasks.push(tokio::spawn(async move {
-            let mut c = Raw::connect(addr).await;
-            assert_eq!(c.cmd(&["AUTH", "a", "pa"]).await, "+OK\r\n");
+            let mut c = Raw::login(addr, "a", "pa").await;
             let mut done = 0;
             while done < 30 {
                 assert_eq!(c.cmd(&["WATCH", "balance"]).await, "+OK\r\n");
@@ -210,8 +207,7 @@ async fn stateful_commands_pin_and_stay_exact_under_load() {
     }
     for s in 0..4 {
         tasks.push(tokio::spawn(async move {
-            let mut c = Raw::connect(addr).await;
-            assert_eq!(c.cmd(&["AUTH", "b", "pb"]).await, "+OK\r\n");
+            let mut c = Raw::login(addr, "b", "pb").await;
             for i in 1..=300 {
                 assert_eq!(
                     c.cmd(&["INCR", &format!("plain{s}")]).await,
@@ -222,8 +218,7 @@ async fn stateful_commands_pin_and_stay_exact_under_load() {
     }
     // Blocking pops fed by a pusher.
     let popper = tokio::spawn(async move {
-        let mut c = Raw::connect(addr).await;
-        assert_eq!(c.cmd(&["AUTH", "a", "pa"]).await, "+OK\r\n");
+        let mut c = Raw::login(addr, "a", "pa").await;
         let mut got = Vec::new();
         for _ in 0..20 {
             let r = c.cmd(&["BLPOP", "jobs", "5"]).await;

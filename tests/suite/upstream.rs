@@ -113,8 +113,7 @@ async fn killed_and_restarted_under_load() {
     for w in 0..8 {
         let (stop, restarted, recovered) = (stop.clone(), restarted.clone(), recovered.clone());
         workers.push(tokio::spawn(async move {
-            let mut c = Raw::connect(addr).await;
-            assert_eq!(c.cmd(&["AUTH", "a", "pa"]).await, "+OK\r\n");
+            let mut c = Raw::login(addr, "a", "pa").await;
             let (mut ok, mut failed, mut must_exist) = (0u32, 0u32, Vec::new());
             let mut i = 0u32;
             while !stop.load(Relaxed) && i < 400_000 {
@@ -257,8 +256,7 @@ async fn sigterm_lets_in_flight_commands_finish_and_exits_zero() {
         assert!(Instant::now() < deadline, "respite did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut c = Raw::connect(addr).await;
-    assert_eq!(c.cmd(&["AUTH", "a", "pa"]).await, "+OK\r\n");
+    let mut c = Raw::login(addr, "a", "pa").await;
     c.send_cmd(&["BLPOP", "q", "0.5"]).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let status = std::process::Command::new("kill")
