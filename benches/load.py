@@ -3,6 +3,7 @@
 
     python3 benches/load.py                 # 3 interleaved rounds, the full matrix
     python3 benches/load.py --rounds 1 --quick
+    python3 benches/load.py --suite quota   # respite with quotas off vs on: SET, P16
 
 Starts its own redis-server, twemproxy (Debian package `nutcracker`, one pool, one server
 connection) and respite (release build) on free loopback ports, then runs redis-benchmark
@@ -59,9 +60,11 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def bench(port, test, pipeline, requests, pid, auth):
+def bench(port, test, pipeline, requests, pid, auth, keyspace=None):
     args = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS),
             "-n", str(requests), "-P", str(pipeline), "-t", test, "--csv"]
+    if keyspace:
+        args += ["-r", str(keyspace)]
     if auth:
         args += ["-a", auth]
     before = cpu_seconds(pid)
@@ -79,6 +82,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer requests per run")
+    ap.add_argument("--suite", choices=("proxies", "quota"), default="proxies",
+                    help="proxies: redis vs twemproxy vs respite; quota: respite, quotas off vs on")
     opts = ap.parse_args()
     for tool in ("redis-server", "redis-benchmark", "nutcracker"):
         if not shutil.which(tool):
@@ -106,33 +111,48 @@ def main():
         procs.append(twem)
         wait_port(tport, twem, "nutcracker")
 
-        pport = free_port()
-        with open(os.path.join(tmp, "respite.toml"), "w") as f:
-            f.write('[server]\nlisten = "127.0.0.1:%d"\n[upstream]\nurl = "redis://127.0.0.1:%d"\n'
-                    '[[tenants]]\nid = "bench"\npassword = "bench-secret"\n' % (pport, rport))
-        respite = subprocess.Popen(
-            [os.path.join(ROOT, "target", "release", "respite"), "--config",
-             os.path.join(tmp, "respite.toml")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
-        procs.append(respite)
-        wait_port(pport, respite, "respite")
+        def start_respite(extra):
+            port = free_port()
+            path = os.path.join(tmp, "respite-%d.toml" % port)
+            with open(path, "w") as f:
+                f.write('[server]\nlisten = "127.0.0.1:%d"\n[upstream]\nurl = "redis://127.0.0.1:%d"\n'
+                        '%s\n[[tenants]]\nid = "bench"\npassword = "bench-secret"\n'
+                        % (port, rport, extra))
+            proc = subprocess.Popen(
+                [os.path.join(ROOT, "target", "release", "respite"), "--config", path],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={**os.environ, "RUST_LOG": "warn"})
+            procs.append(proc)
+            wait_port(port, proc, "respite")
+            return port, proc.pid
 
-        targets = [("redis", rport, redis.pid, None), ("twemproxy", tport, twem.pid, None),
-                   ("respite", pport, respite.pid, "bench-secret")]
-        cases = [(t, p) for p in (1, 16) for t in ("get", "set")]
+        # (name, port, pid, password) and (test, pipeline, random keyspace) per suite.
+        if opts.suite == "quota":
+            off, on = start_respite(""), start_respite("[defaults]\nquota_bytes = 1073741824")
+            targets = [("quota-off", off[0], off[1], "bench-secret"),
+                       ("quota-on", on[0], on[1], "bench-secret")]
+            cases = [("set", 16, None), ("set", 16, 100_000), ("get", 16, None)]
+        else:
+            pport, ppid = start_respite("")
+            targets = [("redis", rport, redis.pid, None), ("twemproxy", tport, twem.pid, None),
+                       ("respite", pport, ppid, "bench-secret")]
+            cases = [(t, p, None) for p in (1, 16) for t in ("get", "set")]
         scale = 0.25 if opts.quick else 1.0
         results = {}
         for rnd in range(opts.rounds):
-            for test, pipeline in cases:
+            for case in cases:
+                test, pipeline, keyspace = case
                 n = int((200_000 if pipeline == 1 else 1_000_000) * scale)
                 # Rotate the order every round so no target always runs first.
-                order = targets[rnd % 3:] + targets[:rnd % 3]
+                k = rnd % len(targets)
+                order = targets[k:] + targets[:k]
                 for name, port, pid, auth in order:
-                    r = bench(port, test, pipeline, n, pid, auth)
-                    results.setdefault((name, test, pipeline), []).append(r)
-                    print("round %d %-9s %-3s P%-2d %10.0f rps  p50 %.3f ms  p99 %.3f ms  %.1f us cpu/req"
-                          % (rnd + 1, name, test.upper(), pipeline, r["rps"], r["p50"], r["p99"],
-                             r["cpu_us"]), file=sys.stderr)
+                    r = bench(port, test, pipeline, n, pid, auth, keyspace)
+                    results.setdefault((name,) + case, []).append(r)
+                    print("round %d %-9s %-3s P%-2d -r %-7s %10.0f rps  p50 %.3f ms  p99 %.3f ms  "
+                          "%.1f us cpu/req" % (rnd + 1, name, test.upper(), pipeline, keyspace or "-",
+                                               r["rps"], r["p50"], r["p99"], r["cpu_us"]),
+                          file=sys.stderr)
     finally:
         for p in procs:
             p.terminate()
@@ -146,15 +166,18 @@ def main():
         platform.machine(), os.cpu_count(), platform.platform(terse=True),
         subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
         .stdout.split()[2].split("=")[1], opts.rounds, CLIENTS))
-    print("| test | pipeline | target | req/s | p50 ms | p99 ms | CPU µs/req | vs redis | vs twemproxy |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for test, pipeline in cases:
-        base, twem = med[("redis", test, pipeline)], med[("twemproxy", test, pipeline)]
-        for name in ("redis", "twemproxy", "respite"):
-            m = med[(name, test, pipeline)]
-            print("| %s | %d | %s | %.0f | %.3f | %.3f | %.1f | %.2fx | %.2fx |" % (
-                test.upper(), pipeline, name, m["rps"], m["p50"], m["p99"], m["cpu_us"],
-                m["rps"] / base["rps"], m["rps"] / twem["rps"]))
+    names = [t[0] for t in targets]
+    print("| test | pipeline | keys | target | req/s | p50 ms | p99 ms | CPU µs/req | %s |"
+          % " | ".join("vs " + n for n in names[:-1]))
+    print("|---" * (8 + len(names) - 1) + "|")
+    for case in cases:
+        test, pipeline, keyspace = case
+        for name in names:
+            m = med[(name,) + case]
+            ratios = " | ".join("%.2fx" % (m["rps"] / med[(b,) + case]["rps"]) for b in names[:-1])
+            print("| %s | %d | %s | %s | %.0f | %.3f | %.3f | %.1f | %s |" % (
+                test.upper(), pipeline, "random %d" % keyspace if keyspace else "one",
+                name, m["rps"], m["p50"], m["p99"], m["cpu_us"], ratios))
 
 
 if __name__ == "__main__":

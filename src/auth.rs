@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, JwtConfig};
+use crate::quota::Ledger;
 use crate::tenant::Tenant;
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
@@ -68,7 +69,11 @@ impl Authenticator {
                 (None, None) => None,
             };
             let id = t.id.get_ref().clone();
-            let tenant = Arc::new(Tenant::new(&id, t.allow_scripts));
+            let mut tenant = Tenant::new(&id, t.allow_scripts);
+            if config.quotas_enabled() {
+                tenant.ledger = Some(Arc::new(Ledger::new(&id, config.limits(t))));
+            }
+            let tenant = Arc::new(tenant);
             tenants.insert(id, Entry { tenant, digest });
         }
         let jwt = config
@@ -78,6 +83,10 @@ impl Authenticator {
             .map(|j| Jwt::from_config(j.get_ref()))
             .transpose()?;
         Ok(Authenticator { tenants, jwt })
+    }
+
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values().map(|e| &e.tenant)
     }
 
     pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {

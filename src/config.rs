@@ -44,7 +44,9 @@ pub struct Config {
     #[serde(default)]
     pub admin: Option<Spanned<toml::Table>>,
     #[serde(default)]
-    pub defaults: Option<Spanned<toml::Table>>,
+    pub defaults: DefaultsConfig,
+    #[serde(default)]
+    pub quota: QuotaConfig,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
     #[serde(default)]
@@ -78,7 +80,9 @@ pub struct ServerConfig {
 pub struct UpstreamConfig {
     #[serde(default = "default_upstream_url")]
     pub url: Spanned<String>,
-    pub pool_size: Option<Spanned<u64>>,
+    /// Connections of the pool respite's own commands use (quota bookkeeping).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
     /// Shared connections per protocol (RESP2, RESP3) carrying stateless commands.
     #[serde(default = "default_connections")]
     pub connections: usize,
@@ -103,6 +107,46 @@ pub struct TenantConfig {
     pub allow_scripts: bool,
     #[serde(default = "default_role")]
     pub role: Spanned<String>,
+}
+
+/// What a tenant gets when its own entry does not say.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsConfig {
+    pub quota_bytes: Option<u64>,
+    pub overage_bytes: Option<u64>,
+}
+
+/// How usage is kept (see `quota`): all optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// How often written keys are measured and unused allowance handed back.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// How often each tenant's keys are walked and re-measured (one instance at a time).
+    #[serde(default = "default_reconcile_interval_ms")]
+    pub reconcile_interval_ms: u64,
+    /// Pace of that walk, so it never hurts latency.
+    #[serde(default = "default_reconcile_keys_per_second")]
+    pub reconcile_keys_per_second: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            flush_interval_ms: default_flush_interval_ms(),
+            reconcile_interval_ms: default_reconcile_interval_ms(),
+            reconcile_keys_per_second: default_reconcile_keys_per_second(),
+        }
+    }
+}
+
+/// A tenant's limits: writes are refused past `quota + overage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaLimits {
+    pub quota: u64,
+    pub overage: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +195,18 @@ fn default_connections() -> usize {
 fn default_pinned_max() -> usize {
     1024
 }
+fn default_pool_size() -> usize {
+    4
+}
+fn default_flush_interval_ms() -> u64 {
+    50
+}
+fn default_reconcile_interval_ms() -> u64 {
+    300_000
+}
+fn default_reconcile_keys_per_second() -> u64 {
+    10_000
+}
 fn default_connect_timeout_ms() -> u64 {
     1_000
 }
@@ -181,7 +237,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             url: default_upstream_url(),
-            pool_size: None,
+            pool_size: default_pool_size(),
             connections: default_connections(),
             pinned_max: default_pinned_max(),
             connect_timeout_ms: default_connect_timeout_ms(),
@@ -398,19 +454,26 @@ impl Config {
                     .into(),
             );
         }
-        if let Some(v) = &self.upstream.pool_size {
-            err(
-                Some(v.span()),
-                not_yet(
-                    "upstream.pool_size",
-                    "respite's own commands come with quotas and shared data",
-                ),
-            );
-        }
-        if self.upstream.connections == 0 || self.upstream.pinned_max == 0 {
+        if self.upstream.connections == 0
+            || self.upstream.pinned_max == 0
+            || self.upstream.pool_size == 0
+        {
             err(
                 None,
-                "upstream.connections and upstream.pinned_max must be at least 1".into(),
+                "upstream.connections, upstream.pinned_max and upstream.pool_size must be at \
+                 least 1"
+                    .into(),
+            );
+        }
+        if self.quota.flush_interval_ms == 0
+            || self.quota.reconcile_interval_ms == 0
+            || self.quota.reconcile_keys_per_second == 0
+        {
+            err(
+                None,
+                "quota.flush_interval_ms, quota.reconcile_interval_ms and \
+                 quota.reconcile_keys_per_second must be above 0"
+                    .into(),
             );
         }
         if let Some(admin) = &self.admin {
@@ -418,9 +481,6 @@ impl Config {
                 Some(admin.span()),
                 not_yet("[admin]", "metrics and health endpoints"),
             );
-        }
-        if let Some(defaults) = &self.defaults {
-            err(Some(defaults.span()), not_yet("[defaults]", "byte quotas"));
         }
         if let Some(shared) = &self.shared {
             err(
@@ -523,16 +583,13 @@ impl Config {
                     );
                 }
             }
-            for (field, value) in [
-                ("quota_bytes", &t.quota_bytes),
-                ("overage_bytes", &t.overage_bytes),
-            ] {
-                if let Some(v) = value {
-                    err(
-                        Some(v.span()),
-                        not_yet(&format!("tenants[{i}].{field}"), "byte quotas"),
-                    );
-                }
+            if let (None, Some(o)) = (self.limits(t), &t.overage_bytes) {
+                err(
+                    Some(o.span()),
+                    format!(
+                        "tenants[{i}].overage_bytes needs a quota_bytes (here or in [defaults])"
+                    ),
+                );
             }
             match t.role.get_ref().as_str() {
                 "tenant" => {}
@@ -569,6 +626,27 @@ impl Config {
             .get_ref()
             .parse()
             .expect("validated in Config::parse")
+    }
+
+    /// The tenant's quota and overage: its own, else `[defaults]`; `None` means unlimited.
+    pub fn limits(&self, t: &TenantConfig) -> Option<QuotaLimits> {
+        let quota = t
+            .quota_bytes
+            .as_ref()
+            .map(|q| *q.get_ref())
+            .or(self.defaults.quota_bytes)?;
+        let overage = t
+            .overage_bytes
+            .as_ref()
+            .map(|o| *o.get_ref())
+            .or(self.defaults.overage_bytes)
+            .unwrap_or(0);
+        Some(QuotaLimits { quota, overage })
+    }
+
+    /// Usage is kept once any tenant has a quota; without one, writes cost nothing extra.
+    pub fn quotas_enabled(&self) -> bool {
+        self.defaults.quota_bytes.is_some() || self.tenants.iter().any(|t| t.quota_bytes.is_some())
     }
 
     pub fn upstream_addr(&self) -> UpstreamAddr {

@@ -24,6 +24,8 @@ pub enum UpstreamError {
     Backoff(String),
     #[error("all {0} pinned connections are in use (upstream.pinned_max)")]
     PinnedExhausted(usize),
+    #[error("quota bookkeeping failed: {0}")]
+    Bookkeeping(String),
 }
 
 /// An error answered by respite instead of (or before) Redis.
@@ -59,6 +61,18 @@ pub enum Error {
     Unsupported(String),
     #[error("ERR upstream unavailable: {0}")]
     Upstream(#[from] UpstreamError),
+    #[error(
+        "OOM command not allowed: tenant '{tenant}' is at {used} of its {limit} bytes (quota \
+         {quota} + overage {overage}) and this write may need {need}"
+    )]
+    Oom {
+        tenant: String,
+        used: u64,
+        limit: u64,
+        quota: u64,
+        overage: u64,
+        need: u64,
+    },
     #[error("EXECABORT Transaction discarded because of previous errors.")]
     ExecAbort,
     #[error("ERR Protocol error: {0}")]

@@ -21,7 +21,7 @@ use crate::session::Session;
 const SCAN_COUNT: &[u8] = b"1000";
 
 /// A random u64 without a dependency: std's hasher keys are randomly seeded per process.
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
         std::time::SystemTime::now()
@@ -149,6 +149,9 @@ impl Session {
                 let mut args: Vec<&[u8]> = vec![del];
                 args.extend(batch.iter().map(|k| &k[..]));
                 self.call(&args).await?;
+                if let Some(ledger) = self.tenant.as_ref().and_then(|t| t.ledger.as_ref()) {
+                    ledger.settle(batch, 0);
+                }
             }
             if &next[..] == b"0" {
                 return Ok(());
@@ -176,7 +179,21 @@ impl Session {
                     b"keyspace" | b"default" | b"all" | b"everything"
                 )
             });
+        let wants_tenant = sections.is_empty()
+            || sections.iter().any(|s| {
+                matches!(
+                    s.to_ascii_lowercase().as_slice(),
+                    b"tenant" | b"default" | b"all" | b"everything"
+                )
+            });
         let mut out = strip_section(&text, "# Keyspace");
+        if wants_tenant {
+            let section = self.tenant_section().await;
+            if !out.is_empty() && !out.ends_with("\r\n\r\n") {
+                out.push_str("\r\n");
+            }
+            out.push_str(&section);
+        }
         if wants_keyspace {
             let (keys, expires, ttl_sum) = self.count_keys_with_ttl().await?;
             if !out.is_empty() && !out.ends_with("\r\n\r\n") {
@@ -191,6 +208,34 @@ impl Session {
             }
         }
         Ok(Resp(self.protocol).text(out.as_bytes()))
+    }
+}
+
+impl Session {
+    /// INFO's `# Tenant` section: the caller's own figures, nobody else's.
+    async fn tenant_section(&mut self) -> String {
+        let tenant = self.tenant.clone().expect("authenticated");
+        let mut out = format!("# Tenant\r\ntenant:{}\r\n", tenant.id);
+        let (Some(quotas), Some(ledger)) = (self.ctx.quotas.clone(), tenant.ledger.as_ref()) else {
+            out.push_str("quota:off\r\n");
+            return out;
+        };
+        let st = quotas.status(ledger).await;
+        out.push_str(&format!("used_bytes:{}\r\n", st.used));
+        match st.limits {
+            Some(l) => out.push_str(&format!(
+                "quota_bytes:{}\r\noverage_bytes:{}\r\nover_quota_bytes:{}\r\n",
+                l.quota,
+                l.overage,
+                (st.used.max(0) as u64).saturating_sub(l.quota)
+            )),
+            None => out.push_str("quota:unlimited\r\n"),
+        }
+        out.push_str(&format!(
+            "quota_refusals:{}\r\noverage_writes:{}\r\nquota_reconciliations:{}\r\n",
+            st.refusals, st.overage_writes, st.reconciled
+        ));
+        out
     }
 }
 

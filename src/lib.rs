@@ -14,6 +14,7 @@
 //!                         keyspace   tenant-wide DBSIZE, RANDOMKEY, FLUSHDB, INFO keyspace
 //!                         policy     what a tenant may not run (-NOPERM)
 //!                         rewrite    keys, channels, patterns → tenant:<id>:...
+//!                         quota      byte quotas: charge writes, refuse past the limit (-OOM)
 //!                         upstream   connection to Redis (raw RESP frames, in order)
 //!                         reply      framing replies, pub/sub pushes, prefixes stripped back
 //!                         error      every error → its RESP reply, in one place
@@ -21,8 +22,8 @@
 //!
 //! Modules, in the order a request meets them: [`server`], [`session`], [`protocol`],
 //! [`auth`] (with [`tenant`]), [`command`], [`local`], [`keyspace`], [`policy`], [`rewrite`],
-//! [`upstream`], [`reply`], [`error`]; [`config`] is the TOML file, [`clients`] the registry of
-//! connections behind CLIENT LIST/KILL.
+//! [`quota`], [`upstream`], [`reply`], [`error`]; [`config`] is the TOML file, [`clients`] the
+//! registry of connections behind CLIENT LIST/KILL.
 
 pub mod auth;
 pub mod clients;
@@ -33,6 +34,7 @@ pub mod keyspace;
 pub mod local;
 pub mod policy;
 pub mod protocol;
+pub mod quota;
 pub mod reply;
 pub mod rewrite;
 pub mod server;
@@ -57,7 +59,10 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         .default_tenant
         .as_ref()
         .map(|d| auth.tenant(d.get_ref()).expect("validated"));
+    let ledgers = auth.tenants().filter_map(|t| t.ledger.clone()).collect();
+    let quotas = quota::Quotas::from_config(config, ledgers)?.map(Arc::new);
     Ok(Arc::new(Context {
+        quotas,
         limits: protocol::Limits {
             max_bulk_bytes: config.server.max_bulk_bytes,
             max_array_len: config.server.max_array_len,
@@ -84,6 +89,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ctx = context(config)?;
+    // Quota bookkeeping outlives the sessions: its last flush hands the leases back.
+    let bookkeeping = CancellationToken::new();
+    let quotas = ctx
+        .quotas
+        .clone()
+        .map(|q| tokio::spawn(q.run(bookkeeping.clone())));
     server::run(
         listener,
         ctx,
@@ -92,5 +103,9 @@ pub async fn run(
         shutdown,
     )
     .await;
+    bookkeeping.cancel();
+    if let Some(q) = quotas {
+        let _ = q.await;
+    }
     Ok(())
 }

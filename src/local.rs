@@ -676,6 +676,6 @@ impl Session {
             expect: Expect::Reply(Shape::Plain),
             blocking: false,
         };
-        self.forward(fwd, b"client").await
+        self.forward(fwd, b"client", None).await
     }
 }

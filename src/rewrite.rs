@@ -117,10 +117,8 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
         (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo),
         (None, b"sort" | b"sort_ro") => {
             args[1] = namespaced(p, &args[1]);
-            if let Some(i) = (2..args.len()).find(|&i| args[i].eq_ignore_ascii_case(b"store")) {
-                if let Some(dst) = args.get(i + 1) {
-                    args[i + 1] = namespaced(p, dst);
-                }
+            if let Some(i) = sort_store(&args) {
+                args[i] = namespaced(p, &args[i]);
             }
             reply(Shape::Plain)
         }
@@ -138,6 +136,12 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
         expect,
         blocking,
     })
+}
+
+/// The index of SORT's STORE destination, if it has one.
+pub fn sort_store(args: &[Bytes]) -> Option<usize> {
+    let i = (2..args.len()).find(|&i| args[i].eq_ignore_ascii_case(b"store"))?;
+    (i + 1 < args.len()).then_some(i + 1)
 }
 
 fn prefix_keys(cmd: &Command, args: &mut [Bytes], prefix: &[u8]) -> Result<(), Error> {

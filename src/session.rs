@@ -40,6 +40,7 @@ use crate::error::{Error, UpstreamError};
 use crate::local::{self, Local};
 use crate::policy;
 use crate::protocol::{encode_request, parse_request, Limits, Request};
+use crate::quota::{self, Quotas, WriteCost, Written};
 use crate::reply::{self, ExecItem, Frame, Kind, Shape, SubKind};
 use crate::rewrite::{self, Expect, Forward};
 use crate::tenant::Tenant;
@@ -58,6 +59,8 @@ pub struct Context {
     pub auth: Authenticator,
     pub upstream: Upstream,
     pub clients: Registry,
+    /// Quota bookkeeping, when any tenant has a quota.
+    pub quotas: Option<Arc<Quotas>>,
 }
 
 /// The place of one request's reply in the outgoing stream.
@@ -70,6 +73,8 @@ pub(crate) enum Slot {
         shape: Shape,
         blocking: bool,
         mute: bool,
+        /// A write's charge: settled (its keys measured) once the reply is in.
+        write: Option<Box<Written>>,
     },
     /// (Un)subscribe confirmations; `left` is resolved when the slot reaches the head.
     Confirm {
@@ -110,6 +115,8 @@ pub(crate) struct Multi {
     pub items: Vec<ExecItem>,
     /// A command was refused while queuing: EXEC must abort, as in Redis.
     pub dirty: bool,
+    /// The queued writes' charges, settled with EXEC's reply (or when the MULTI ends).
+    pub writes: Option<Box<Written>>,
 }
 
 /// CLIENT REPLY.
@@ -126,8 +133,9 @@ enum Action {
     Refuse(Error),
     /// One of respite's own commands.
     Local(Local),
-    /// Send to Redis; the name is the command's (or its container's).
-    Forward(Forward, &'static [u8]),
+    /// Send to Redis; the name is the command's (or its container's); a write under a quota
+    /// has its cost.
+    Forward(Forward, &'static [u8], Option<WriteCost>),
 }
 
 /// Why a session ended.
@@ -170,6 +178,8 @@ pub struct Session {
     /// When Redis last made progress on this connection (for the head-of-line timeout).
     progress: Instant,
     pub(crate) tenant: Option<Arc<Tenant>>,
+    /// Writes Redis has answered in this batch, settled together at the end of `deliver`.
+    settling: Vec<Written>,
     pub(crate) protocol: u8,
     pub(crate) multi: Option<Multi>,
     pub(crate) subs: Subscriptions,
@@ -218,6 +228,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         awaiting: 0,
         progress: Instant::now(),
         tenant: None,
+        settling: Vec::new(),
         protocol: 2,
         multi: None,
         subs: Subscriptions::default(),
@@ -371,9 +382,49 @@ impl Session {
         match self.decide(req) {
             Action::Refuse(e) => self.refuse(e),
             Action::Local(local) => return self.run_local(local).await,
-            Action::Forward(fwd, top) => return self.forward(fwd, top).await,
+            Action::Forward(fwd, top, None) => return self.forward(fwd, top, None).await,
+            Action::Forward(fwd, top, Some(cost)) => {
+                let written = match self.admit_now(cost) {
+                    Ok(w) => w,
+                    Err(cost) => match self.admit(cost).await {
+                        Ok(w) => w,
+                        Err(e) => {
+                            let command = String::from_utf8_lossy(top);
+                            tracing::warn!(%command, error = %e, "refused");
+                            self.refuse(e);
+                            return Ok(());
+                        }
+                    },
+                };
+                return self.forward(fwd, top, Some(written)).await;
+            }
         }
         Ok(())
+    }
+
+    /// The quota stage, when the lease covers the write (no round trip); otherwise the cost
+    /// comes back for [`Session::admit`].
+    fn admit_now(&mut self, cost: WriteCost) -> Result<Box<Written>, WriteCost> {
+        match (
+            &self.ctx.quotas,
+            self.tenant.as_ref().and_then(|t| t.ledger.as_ref()),
+        ) {
+            (Some(quotas), Some(ledger)) => quota::admit_now(ledger, cost, quotas.recent()),
+            _ => Err(cost),
+        }
+    }
+
+    /// The quota stage with a round trip to the shared figure: a reservation, or `-OOM`.
+    async fn admit(&mut self, cost: WriteCost) -> Result<Box<Written>, Error> {
+        let (Some(quotas), Some(ledger)) = (
+            self.ctx.quotas.clone(),
+            self.tenant.as_ref().and_then(|t| t.ledger.clone()),
+        ) else {
+            return Err(Error::Other(
+                "internal: a write cost without a quota".into(),
+            ));
+        };
+        quotas.admit(&ledger, cost).await
     }
 
     /// The stages, in order: auth gate, command table, respite's own commands, policy,
@@ -412,10 +463,15 @@ impl Session {
             tracing::warn!(tenant = %tenant.id, command = %cmd.full_name(), "refused");
             return Action::Refuse(e);
         }
-        match rewrite::request(&cmd, req.args, &tenant) {
-            Ok(fwd) => Action::Forward(fwd, cmd.parent.unwrap_or(cmd.spec).name),
-            Err(e) => Action::Refuse(e),
-        }
+        let fwd = match rewrite::request(&cmd, req.args, &tenant) {
+            Ok(fwd) => fwd,
+            Err(e) => return Action::Refuse(e),
+        };
+        let cost = tenant
+            .ledger
+            .as_ref()
+            .and_then(|_| quota::cost(&cmd, &fwd.args));
+        Action::Forward(fwd, cmd.parent.unwrap_or(cmd.spec).name, cost)
     }
 
     /// Remembers the command for CLIENT LIST (`cmd=`, `idle=`).
@@ -454,8 +510,14 @@ impl Session {
         }
     }
 
-    /// Queues a rewritten request for Redis. `top` is the command's (container's) name.
-    pub(crate) async fn forward(&mut self, fwd: Forward, top: &[u8]) -> Result<(), End> {
+    /// Queues a rewritten request for Redis. `top` is the command's (container's) name;
+    /// `write` its charge, if it is a write under a quota.
+    pub(crate) async fn forward(
+        &mut self,
+        fwd: Forward,
+        top: &[u8],
+        mut write: Option<Box<Written>>,
+    ) -> Result<(), End> {
         let Forward {
             args,
             mut expect,
@@ -474,6 +536,12 @@ impl Session {
                 Expect::Reply(shape) => {
                     if let Some(m) = &mut self.multi {
                         m.items.push(ExecItem::Upstream(shape));
+                        if let Some(mut w) = write.take() {
+                            match &mut m.writes {
+                                Some(all) => all.absorb(&mut w),
+                                None => m.writes = Some(w),
+                            }
+                        }
                     }
                     expect = Expect::Reply(Shape::Plain);
                 }
@@ -491,6 +559,7 @@ impl Session {
                             return Ok(());
                         }
                         expect = Expect::Reply(Shape::Exec(m.items));
+                        write = m.writes;
                     }
                 }
                 b"discard" => {
@@ -516,6 +585,7 @@ impl Session {
                 shape,
                 blocking,
                 mute,
+                write,
             },
             Expect::Confirm { kind, count } => Slot::Confirm {
                 kind,
@@ -656,6 +726,9 @@ impl Session {
         if self.pinned.is_some() && self.awaiting == 0 && !self.needs_pinned() {
             self.unpin();
         }
+        if !self.settling.is_empty() {
+            quota::settle_all(&mut self.settling);
+        }
     }
 
     /// A reply from the shared connection: routed, unless it answers a request this session
@@ -701,7 +774,13 @@ impl Session {
 
     /// Takes the head slot, which Redis has just answered.
     fn answered(&mut self) -> Option<Slot> {
-        let slot = self.pending.pop_front();
+        let mut slot = self.pending.pop_front();
+        if let Some(Slot::Reply { write, .. }) = &mut slot {
+            if let Some(w) = write.take() {
+                // Redis has run the write: its keys can be measured (with the batch).
+                self.settling.push(*w);
+            }
+        }
         if slot.as_ref().is_some_and(is_upstream_slot) {
             self.awaiting -= 1;
         }

@@ -1,7 +1,11 @@
 //! A tenant as the rest of the pipeline sees it: its id, the key prefix every one of its keys
 //! and channels lives under, and what it may do.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+
+use crate::quota::Ledger;
 
 #[derive(Debug)]
 pub struct Tenant {
@@ -10,6 +14,8 @@ pub struct Tenant {
     pub prefix: Bytes,
     /// EVAL/FCALL and friends can touch any key from inside a script: off unless trusted.
     pub allow_scripts: bool,
+    /// Its byte usage and quota, when quotas are on.
+    pub ledger: Option<Arc<Ledger>>,
 }
 
 impl Tenant {
@@ -18,6 +24,7 @@ impl Tenant {
             id: id.to_string(),
             prefix: Bytes::from(format!("tenant:{id}:")),
             allow_scripts,
+            ledger: None,
         }
     }
 }

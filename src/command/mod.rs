@@ -110,6 +110,16 @@ pub enum KeyError {
 /// Pushes the argument index of every key of `cmd` in `args` onto `out`, in spec order, as
 /// Redis' `getKeysUsingKeySpecs` does. A spec whose keyword is absent contributes nothing.
 pub fn key_positions(cmd: &Command, args: &[Bytes], out: &mut Vec<usize>) -> Result<(), KeyError> {
+    for_each_key(cmd, args, |i, _| out.push(i))
+}
+
+/// Calls `f` with the argument index of every key, in spec order, and its spec's flags
+/// (`KS_RO`, `KS_RW`, `KS_OW`, ...).
+pub fn for_each_key(
+    cmd: &Command,
+    args: &[Bytes],
+    mut f: impl FnMut(usize, u16),
+) -> Result<(), KeyError> {
     let argc = args.len() as i64;
     for spec in cmd.spec.key_specs {
         let first = match spec.begin {
@@ -174,7 +184,7 @@ pub fn key_positions(cmd: &Command, args: &[Bytes], out: &mut Vec<usize>) -> Res
         }
         let mut i = first;
         while i <= last {
-            out.push(i as usize);
+            f(i as usize, spec.flags);
             i += step;
         }
     }

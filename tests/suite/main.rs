@@ -8,4 +8,5 @@ mod isolation;
 mod multiplex;
 mod protocol;
 mod pubsub;
+mod quota;
 mod upstream;

@@ -1,0 +1,1148 @@
+//! Quotas: the bytes each tenant's keys occupy in Redis, and refusing (`-OOM`) the writes that
+//! would take a tenant past `quota_bytes + overage_bytes`.
+//!
+//! Usage lives in Redis, so that several respite instances in front of one Redis enforce one
+//! figure per tenant (the hash tag keeps a tenant's bookkeeping in one cluster slot):
+//!
+//! ```text
+//! respite:quota:{<id>}:used       sum of `sizes`: the tenant's usage
+//! respite:quota:{<id>}:sizes      hash: key (without tenant:<id>:) → its MEMORY USAGE when
+//!                                 last measured
+//! respite:quota:{<id>}:leases     hash: instance → "<bytes>:<expiry ms>", allowance an instance
+//!                                 has reserved for writes not measured yet
+//! respite:quota:{<id>}:reconcile  lock: one instance walks the tenant's keys per interval
+//! ```
+//!
+//! A write's way through:
+//!
+//! 1. **admit** ([`Quotas::admit`]): [`cost`] bounds what the write can add from its arguments
+//!    (key and value lengths plus Redis' per-key and per-element overheads, the reach of
+//!    SETRANGE/SETBIT/BITFIELD offsets, the sizes of the sources a COPY or *STORE copies). The
+//!    bound is charged against the instance's lease without a round trip; when the lease runs
+//!    short, one script call reserves more, in chunks of 1/16 of the room left, so chunks
+//!    shrink near the limit. If `used + every instance's lease + this write` would pass the
+//!    limit, the write is refused before Redis sees it. So the sum of what all instances let
+//!    through never passes the limit, as long as the bounds hold.
+//! 2. **settle** ([`Written`], when Redis has answered): the written keys become dirty.
+//! 3. **flush** (every `flush_interval_ms`): one script measures each dirty key with MEMORY
+//!    USAGE, replaces its entry in `sizes`, moves `used` by the difference and hands the lease
+//!    back. So the figure follows overwrites, APPEND, collections, DEL, RENAME, MULTI/EXEC as
+//!    Redis itself measures them. Measuring is idempotent: a retried flush does no harm.
+//! 4. **reconcile** (every `reconcile_interval_ms`, paced): HSCAN `sizes` and SCAN
+//!    `tenant:<id>:*`, measured the same way. It catches what no command told respite about:
+//!    keys that expired or were evicted, and keys written around respite.
+//!
+//! Reads and deletes are never refused. respite's own commands go through a deadpool-redis
+//! pool, not the clients' connections.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use deadpool_redis::redis::{self, Script};
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{self, Command, CMD_DENYOOM, CMD_WRITE, KS_RO};
+use crate::config::{Config, QuotaConfig, QuotaLimits};
+use crate::error::{Error, UpstreamError};
+
+/// What Redis adds to each string it stores beyond its allocation (an sds of the string's
+/// length plus at most 10 bytes of header): a dict entry (24 bytes) for a key or a hash
+/// field, an object header (16) for a value, a node for a list or sorted-set element. With a
+/// margin: the estimate must not be below what Redis measures.
+const OVERHEAD: u64 = 48;
+/// A stream's first entry allocates a whole node (4736 bytes measured for one small entry).
+const STREAM_NODE: u64 = 4_800;
+/// A HyperLogLog can turn dense (12 KiB) on any PFADD or PFMERGE.
+const DENSE_HLL: u64 = 12_400;
+/// Keys measured per script call.
+const MEASURE_BATCH: usize = 256;
+/// A lease an instance stops renewing (it died) stops counting after this long.
+const LEASE_TTL_MS: u64 = 10_000;
+/// The largest lease reserved at once.
+const MAX_CHUNK: u64 = 1 << 20;
+/// Keys with a TTL waiting to be measured again when it ends, per tenant and instance.
+const MAX_EXPIRING: usize = 1_000_000;
+/// Measured this long after their TTL, so that Redis has expired them.
+const EXPIRY_GRACE: Duration = Duration::from_millis(5);
+/// A tenant without a quota is still measured (its usage is billed), never refused.
+const UNLIMITED: u64 = 1 << 50;
+
+/// What a write may do to the tenant's bytes, as far as the request tells.
+#[derive(Debug)]
+pub struct WriteCost {
+    /// The keys it writes, as Redis names them.
+    keys: Vec<Bytes>,
+    growth: Growth,
+    /// The TTL it sets: the keys are measured again when it runs out.
+    expires_in: Option<Duration>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Growth {
+    /// Cannot grow anything (DEL, EXPIRE, LPOP, ...): measured afterwards, never refused.
+    None,
+    /// At most this many bytes.
+    Bytes(u64),
+    /// Copies these keys (COPY, SUNIONSTORE, ...): at most their size, plus this.
+    CopyOf(Vec<Bytes>, u64),
+}
+
+/// The cost of a request respite is about to forward (keys already in the tenant's
+/// namespace), or `None` when it writes nothing.
+pub fn cost(cmd: &Command, args: &[Bytes]) -> Option<WriteCost> {
+    let name = cmd.spec.name;
+    let top = cmd.parent.is_none();
+    let script = top && matches!(name, b"eval" | b"evalsha" | b"fcall");
+    if !cmd.has(CMD_WRITE) && !script {
+        return None;
+    }
+    let mut keys = Vec::new();
+    let mut sources = Vec::new();
+    // Written keys' names are stored; source keys' names are not.
+    let (mut key_bytes, mut key_weight) = (0, 0);
+    let mut take = |i: usize, written: bool| {
+        let a = &args[i];
+        key_weight += stored(a.len() as u64);
+        if written {
+            key_bytes += stored(a.len() as u64);
+            keys.push(a.clone());
+        } else {
+            sources.push(a.clone());
+        }
+    };
+    if top && name == b"sort" {
+        // SORT's BY/GET patterns have no key specs; it writes only with STORE.
+        take(crate::rewrite::sort_store(args)?, true);
+        take(1, false);
+    } else {
+        // A script may write any key it declares.
+        command::for_each_key(cmd, args, |i, flags| take(i, flags & KS_RO == 0 || script)).ok()?;
+    }
+    if keys.is_empty() {
+        // e.g. GEORADIUS without STORE.
+        return None;
+    }
+    let growth = if !cmd.has(CMD_DENYOOM) && !script {
+        Growth::None
+    } else if !sources.is_empty() && name != b"pfmerge" {
+        Growth::CopyOf(sources, key_bytes)
+    } else {
+        let values = args[1..]
+            .iter()
+            .map(|a| stored(a.len() as u64))
+            .sum::<u64>()
+            - key_weight;
+        Growth::Bytes(key_bytes + estimate(name, args, values))
+    };
+    Some(WriteCost {
+        keys,
+        growth,
+        expires_in: ttl(name, args),
+    })
+}
+
+/// The TTL a request sets, from SET/GETEX options, SETEX/PSETEX or the EXPIRE family.
+fn ttl(name: &[u8], args: &[Bytes]) -> Option<Duration> {
+    let number = |i: usize| -> Option<u64> { std::str::from_utf8(args.get(i)?).ok()?.parse().ok() };
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let ms = |unit: &[u8], value: u64| -> u64 {
+        match unit {
+            b"ex" | b"expire" | b"setex" => value.saturating_mul(1000),
+            b"px" | b"pexpire" | b"psetex" => value,
+            b"exat" | b"expireat" => value.saturating_mul(1000).saturating_sub(now_ms()),
+            _ => value.saturating_sub(now_ms()),
+        }
+    };
+    let ms = match name {
+        b"expire" | b"pexpire" | b"expireat" | b"pexpireat" | b"setex" | b"psetex" => {
+            ms(name, number(2)?)
+        }
+        b"set" | b"getex" => (3..args.len()).find_map(|i| {
+            let opt = &args[i - 1];
+            if opt.len() > 4 {
+                return None;
+            }
+            let opt = opt.to_ascii_lowercase();
+            matches!(opt.as_slice(), b"ex" | b"px" | b"exat" | b"pxat")
+                .then(|| number(i).map(|v| ms(&opt, v)))
+                .flatten()
+        })?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// An upper bound of what a write adds, from its arguments.
+/// What Redis' allocator (jemalloc) gives for `n` bytes: four size classes per doubling
+/// (…, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, …), at least 16 bytes apart.
+fn alloc_class(n: u64) -> u64 {
+    if n <= 8 {
+        return 8;
+    }
+    let k = 63 - (n - 1).leading_zeros();
+    let step = (1u64 << k.saturating_sub(2)).max(16);
+    n.div_ceil(step) * step
+}
+
+/// An upper bound of what Redis holds for a stored string of `len` bytes.
+fn stored(len: u64) -> u64 {
+    alloc_class(len + 10) + OVERHEAD
+}
+
+/// What a write adds beyond its keys' names and overheads; `values` weighs its other
+/// arguments as stored elements.
+fn estimate(name: &[u8], args: &[Bytes], values: u64) -> u64 {
+    let len = |i: usize| args.get(i).map_or(0, |a| a.len() as u64);
+    let number = |i: usize| {
+        args.get(i)
+            .and_then(|a| std::str::from_utf8(a).ok())
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    match name {
+        // Growth reaches the offset, whatever the value's length.
+        b"setrange" => stored(number(2) + len(3)),
+        b"setbit" => stored(number(2) / 8 + 1),
+        b"bitfield" => bitfield_reach(args) + values,
+        b"xadd" => values + STREAM_NODE,
+        b"pfadd" | b"pfmerge" => values + DENSE_HLL,
+        _ => values,
+    }
+}
+
+/// The furthest byte a BITFIELD's SET/INCRBY operations can write.
+fn bitfield_reach(args: &[Bytes]) -> u64 {
+    let mut reach = 0;
+    let mut i = 2;
+    while i < args.len() {
+        let op = args[i].to_ascii_lowercase();
+        match op.as_slice() {
+            b"get" => i += 3,
+            b"overflow" => i += 2,
+            b"set" | b"incrby" => {
+                let text = |j: usize| {
+                    args.get(j)
+                        .and_then(|a| std::str::from_utf8(a).ok())
+                        .unwrap_or("")
+                };
+                let bits: u64 = text(i + 1)
+                    .get(1..)
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or(64);
+                let offset = text(i + 2);
+                let offset: u64 = match offset.strip_prefix('#') {
+                    Some(n) => n.parse::<u64>().unwrap_or(0).saturating_mul(bits),
+                    None => offset.parse().unwrap_or(0),
+                };
+                reach = reach.max(offset.saturating_add(bits) / 8 + 1);
+                i += 4;
+            }
+            _ => break,
+        }
+    }
+    reach
+}
+
+/// One tenant's usage as this instance knows it, and its limits.
+#[derive(Debug)]
+pub struct Ledger {
+    pub tenant: String,
+    /// `tenant:<id>:`.
+    prefix: Bytes,
+    /// `None`: unlimited (measured, never refused).
+    pub limits: Option<QuotaLimits>,
+    names: Names,
+    local: Mutex<Local>,
+    /// `used` as the last script call saw it.
+    used: AtomicI64,
+    /// Every instance's leases as the last script call saw them.
+    leased: AtomicI64,
+    /// One reservation at a time: the sessions that find the lease short wait for it rather
+    /// than each asking Redis.
+    reserving: tokio::sync::Mutex<()>,
+    /// One flush at a time, so that a refusal can wait for the one in progress (which may be
+    /// measuring the delete that makes room).
+    flushing: tokio::sync::Mutex<()>,
+    /// Writes refused by this instance.
+    pub refusals: AtomicU64,
+    /// Writes this instance let through past `quota_bytes` (within the overage).
+    pub overage_writes: AtomicU64,
+    /// Reconciliation passes this instance completed.
+    pub reconciled: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Names {
+    used: String,
+    sizes: String,
+    leases: String,
+    lock: String,
+}
+
+/// This instance's lease: `granted` reserved in Redis, of which `charged` is spoken for by
+/// writes not measured yet, of which `settled` have their reply (their keys are `dirty`).
+#[derive(Debug, Default)]
+struct Local {
+    granted: u64,
+    charged: u64,
+    settled: u64,
+    /// foldhash, randomly seeded: fast on the write path, and a tenant cannot pick keys
+    /// that collide.
+    dirty: HashSet<Bytes, foldhash::fast::RandomState>,
+    /// When Redis last refused a reservation, and for how many bytes.
+    full: Option<(Instant, u64)>,
+    /// The last reservation's size, and whether writes were charged since the last flush.
+    last_grant: u64,
+    busy: bool,
+    /// Keys to measure again when their TTL runs out.
+    expiring: BTreeMap<Instant, Vec<Bytes>>,
+    expiring_keys: usize,
+}
+
+impl Local {
+    fn settle(&mut self, keys: impl IntoIterator<Item = Bytes>, charged: u64) {
+        let before = self.dirty.len();
+        self.dirty.extend(keys);
+        self.settled += charged;
+        if self.dirty.len() > before {
+            // Maybe a delete: the next write asks Redis again.
+            self.full = None;
+        }
+    }
+
+    /// Measures `keys` again at `at` (their TTL ends), unless too many wait already; then
+    /// the reconciliation pass finds them gone.
+    fn expire_later(&mut self, keys: Vec<Bytes>, at: Instant) {
+        if self.expiring_keys + keys.len() <= MAX_EXPIRING {
+            self.expiring_keys += keys.len();
+            self.expiring.entry(at).or_default().extend(keys);
+        }
+    }
+
+    /// Takes a finished write's keys, charge and TTLs in.
+    fn settle_written(&mut self, w: &mut Written) {
+        for (ttl, keys) in w.expiring.drain(..) {
+            self.expire_later(keys, Instant::now() + ttl + EXPIRY_GRACE);
+        }
+        self.settle(std::mem::take(&mut w.keys), std::mem::take(&mut w.charged));
+    }
+}
+
+enum Charge {
+    Done,
+    /// The lease lacks this many bytes.
+    Short(u64),
+    Full,
+}
+
+impl Ledger {
+    pub fn new(tenant: &str, limits: Option<QuotaLimits>) -> Ledger {
+        let name = |what: &str| format!("respite:quota:{{{tenant}}}:{what}");
+        Ledger {
+            tenant: tenant.to_string(),
+            prefix: Bytes::from(format!("tenant:{tenant}:")),
+            limits,
+            names: Names {
+                used: name("used"),
+                sizes: name("sizes"),
+                leases: name("leases"),
+                lock: name("reconcile"),
+            },
+            local: Mutex::new(Local::default()),
+            reserving: tokio::sync::Mutex::new(()),
+            flushing: tokio::sync::Mutex::new(()),
+            used: AtomicI64::new(0),
+            leased: AtomicI64::new(0),
+            refusals: AtomicU64::new(0),
+            overage_writes: AtomicU64::new(0),
+            reconciled: AtomicU64::new(0),
+        }
+    }
+
+    fn limit(&self) -> u64 {
+        self.limits.map_or(UNLIMITED, |l| l.quota + l.overage)
+    }
+
+    /// Takes `bytes` from the lease, if it has them. `Full` when Redis said within `recent`
+    /// that no write this big fits and no key has been written or deleted here since: the
+    /// refusal needs no round trip, so a tenant hammering at its limit does not hammer Redis.
+    fn try_charge(&self, bytes: u64, recent: Duration) -> Charge {
+        let mut l = self.local.lock().unwrap();
+        if l.granted - l.charged >= bytes {
+            l.charged += bytes;
+            l.busy = true;
+            return Charge::Done;
+        }
+        match l.full {
+            Some((at, need)) if bytes >= need && at.elapsed() < recent => Charge::Full,
+            _ => Charge::Short(bytes - (l.granted - l.charged)),
+        }
+    }
+
+    fn mark_full(&self, need: u64) {
+        self.local.lock().unwrap().full = Some((Instant::now(), need));
+    }
+
+    /// Redis has answered a write (or given up on it): its keys are to be measured.
+    pub fn settle(&self, keys: impl IntoIterator<Item = Bytes>, charged: u64) {
+        self.local.lock().unwrap().settle(keys, charged);
+    }
+
+    /// The dirty keys and the lease to hand back (all of it but what in-flight writes hold).
+    fn take_flush(&self, keep: bool) -> Flush {
+        let mut l = self.local.lock().unwrap();
+        let now = Instant::now();
+        while l
+            .expiring
+            .first_key_value()
+            .is_some_and(|(at, _)| *at <= now)
+        {
+            let (_, keys) = l.expiring.pop_first().expect("checked");
+            l.expiring_keys -= keys.len();
+            l.dirty.extend(keys);
+        }
+        // While writes keep coming, the instance keeps up to its last grant (which shrinks
+        // near the limit) so that they need no reservation; idle, it hands back everything.
+        let unused = l.granted - l.charged;
+        let keep = if keep && l.busy {
+            unused.min(l.last_grant)
+        } else {
+            0
+        };
+        l.busy = false;
+        let release = l.settled + unused - keep;
+        let settled = std::mem::take(&mut l.settled);
+        l.charged -= settled;
+        l.granted = l.charged + keep;
+        Flush {
+            keys: l.dirty.drain().collect(),
+            release,
+            settled,
+        }
+    }
+
+    /// A flush that failed: everything goes back to be tried again.
+    fn undo_flush(&self, f: Flush) {
+        let mut l = self.local.lock().unwrap();
+        l.dirty.extend(f.keys);
+        l.settled += f.settled;
+        l.charged += f.settled;
+        l.granted += f.release;
+    }
+
+    fn has_work(&self) -> bool {
+        let l = self.local.lock().unwrap();
+        !l.dirty.is_empty()
+            || l.granted > 0
+            || l.expiring
+                .first_key_value()
+                .is_some_and(|(at, _)| *at <= Instant::now())
+    }
+
+    fn count_overage(&self, limits: QuotaLimits) {
+        if self.used_with_leases() as u64 > limits.quota {
+            self.overage_writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Usage counting every instance's outstanding leases, as last seen.
+    pub fn used_with_leases(&self) -> i64 {
+        self.used.load(Ordering::Relaxed) + self.leased.load(Ordering::Relaxed)
+    }
+
+    fn saw(&self, used: i64, leased: i64) {
+        self.used.store(used, Ordering::Relaxed);
+        self.leased.store(leased, Ordering::Relaxed);
+    }
+}
+
+struct Flush {
+    keys: Vec<Bytes>,
+    release: u64,
+    settled: u64,
+}
+
+/// A write admitted and charged; when dropped (its reply is in, or it was given up on), its
+/// keys go to be measured and its charge back to the lease.
+#[derive(Debug)]
+pub struct Written {
+    ledger: Arc<Ledger>,
+    keys: Vec<Bytes>,
+    charged: u64,
+    /// TTLs it sets, and on which keys; counted from its reply, which comes after Redis
+    /// started them.
+    expiring: Vec<(Duration, Vec<Bytes>)>,
+}
+
+impl Written {
+    fn new(ledger: &Arc<Ledger>, cost: WriteCost, charged: u64) -> Box<Written> {
+        let expiring = match cost.expires_in {
+            Some(ttl) => vec![(ttl, cost.keys.clone())],
+            None => Vec::new(),
+        };
+        Box::new(Written {
+            ledger: ledger.clone(),
+            keys: cost.keys,
+            charged,
+            expiring,
+        })
+    }
+
+    /// Takes `other` in: a transaction's writes settle together, when EXEC's reply is in.
+    pub fn absorb(&mut self, other: &mut Written) {
+        self.expiring.append(&mut other.expiring);
+        self.keys.append(&mut other.keys);
+        self.charged += std::mem::take(&mut other.charged);
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if !self.keys.is_empty() || self.charged > 0 || !self.expiring.is_empty() {
+            let ledger = self.ledger.clone();
+            ledger.local.lock().unwrap().settle_written(self);
+        }
+    }
+}
+
+/// Settles finished writes, taking each ledger's lock once for the lot rather than once per
+/// write (a pipeline of 16 SETs settles together).
+pub fn settle_all(done: &mut Vec<Written>) {
+    while let Some(first) = done.first() {
+        let ledger = first.ledger.clone();
+        let mut l = ledger.local.lock().unwrap();
+        done.retain_mut(|w| {
+            let mine = Arc::ptr_eq(&w.ledger, &ledger);
+            if mine {
+                l.settle_written(w);
+            }
+            !mine
+        });
+    }
+}
+
+/// The common case without a round trip: the write costs nothing, its tenant has no quota,
+/// or the lease covers it. Otherwise the cost comes back for [`Quotas::admit`].
+pub fn admit_now(
+    ledger: &Arc<Ledger>,
+    cost: WriteCost,
+    recent: Duration,
+) -> Result<Box<Written>, WriteCost> {
+    let bytes = match cost.growth {
+        Growth::None => 0,
+        Growth::Bytes(b) => b,
+        Growth::CopyOf(..) => return Err(cost),
+    };
+    let charged = match ledger.limits {
+        Some(limits) if bytes > 0 => {
+            if !matches!(ledger.try_charge(bytes, recent), Charge::Done) {
+                return Err(cost);
+            }
+            ledger.count_overage(limits);
+            bytes
+        }
+        _ => 0,
+    };
+    Ok(Written::new(ledger, cost, charged))
+}
+
+/// A tenant's figures for INFO and metrics.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub used: i64,
+    pub limits: Option<QuotaLimits>,
+    pub refusals: u64,
+    pub overage_writes: u64,
+    pub reconciled: u64,
+}
+
+/// Atomically: reserve `need` (or a bigger chunk) for an instance, unless `used` plus every
+/// live lease plus `need` passes the limit. Expired leases (dead instances) are dropped.
+const RESERVE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local entries = redis.call('HGETALL', KEYS[2])
+local others, mine = 0, 0
+for i = 1, #entries, 2 do
+  local b, e = string.match(entries[i + 1], '^(%d+):(%d+)$')
+  b, e = tonumber(b), tonumber(e)
+  if entries[i] == ARGV[1] then
+    mine = b or 0
+  elseif b == nil or e < now then
+    redis.call('HDEL', KEYS[2], entries[i])
+  else
+    others = others + b
+  end
+end
+local need, limit = tonumber(ARGV[2]), tonumber(ARGV[4])
+local room = limit - used - others - mine
+if room < need then
+  return {0, used, others + mine}
+end
+local grant = math.min(room, math.max(need, math.min(tonumber(ARGV[3]), math.floor(room / 16))))
+redis.call('HSET', KEYS[2], ARGV[1], string.format('%d:%d', mine + grant, now + tonumber(ARGV[5])))
+return {grant, used, others + mine + grant}
+"#;
+
+/// Atomically: measure each key (KEYS[4..]), replace its entry in `sizes`, move `used` by the
+/// difference, and take `release` off the instance's lease (renewing what is left).
+const MEASURE: &str = r#"
+local plen = tonumber(ARGV[4])
+local delta = 0
+for i = 4, #KEYS do
+  local field = string.sub(KEYS[i], plen + 1)
+  -- MEMORY USAGE alone still sees a key whose TTL has passed; EXISTS expires it.
+  local size = 0
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    size = redis.call('MEMORY', 'USAGE', KEYS[i]) or 0
+  end
+  local old = tonumber(redis.call('HGET', KEYS[2], field) or '0')
+  if size > 0 then
+    redis.call('HSET', KEYS[2], field, size)
+  elseif old > 0 then
+    redis.call('HDEL', KEYS[2], field)
+  end
+  delta = delta + size - old
+end
+local used
+if delta ~= 0 then
+  used = redis.call('INCRBY', KEYS[1], delta)
+else
+  used = tonumber(redis.call('GET', KEYS[1]) or '0')
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local entries = redis.call('HGETALL', KEYS[3])
+local leased = 0
+for i = 1, #entries, 2 do
+  local b, e = string.match(entries[i + 1], '^(%d+):(%d+)$')
+  b, e = tonumber(b) or 0, tonumber(e) or 0
+  if entries[i] == ARGV[1] then
+    b = b - tonumber(ARGV[2])
+    if b > 0 then
+      redis.call('HSET', KEYS[3], ARGV[1], string.format('%d:%d', b, now + tonumber(ARGV[3])))
+      leased = leased + b
+    else
+      redis.call('HDEL', KEYS[3], ARGV[1])
+    end
+  elseif e >= now then
+    leased = leased + b
+  end
+end
+return {used, leased}
+"#;
+
+/// The quota bookkeeping of one respite instance: every tenant's ledger and the pool to Redis.
+pub struct Quotas {
+    pool: deadpool_redis::Pool,
+    /// This instance's name in the lease hashes.
+    instance: String,
+    timeout: Duration,
+    settings: QuotaSettings,
+    ledgers: Vec<Arc<Ledger>>,
+    reserve: Script,
+    measure: Script,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct QuotaSettings {
+    flush_interval: Duration,
+    reconcile_interval: Duration,
+    keys_per_second: u64,
+}
+
+impl From<&QuotaConfig> for QuotaSettings {
+    fn from(q: &QuotaConfig) -> Self {
+        QuotaSettings {
+            flush_interval: Duration::from_millis(q.flush_interval_ms),
+            reconcile_interval: Duration::from_millis(q.reconcile_interval_ms),
+            keys_per_second: q.reconcile_keys_per_second,
+        }
+    }
+}
+
+fn bookkeeping(e: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Bookkeeping(e.to_string())
+}
+
+impl Quotas {
+    /// `None` when no tenant has a quota (nothing is measured then).
+    pub fn from_config(
+        config: &Config,
+        ledgers: Vec<Arc<Ledger>>,
+    ) -> anyhow::Result<Option<Quotas>> {
+        if !config.quotas_enabled() {
+            return Ok(None);
+        }
+        let timeout = Duration::from_millis(config.upstream.command_timeout_ms);
+        let mut pool = deadpool_redis::Config::from_url(config.upstream.url.get_ref().clone());
+        pool.pool = Some(deadpool_redis::PoolConfig {
+            max_size: config.upstream.pool_size,
+            timeouts: deadpool_redis::Timeouts {
+                wait: Some(timeout),
+                create: Some(Duration::from_millis(config.upstream.connect_timeout_ms)),
+                recycle: Some(timeout),
+            },
+            ..Default::default()
+        });
+        let pool = pool.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+        Ok(Some(Quotas {
+            pool,
+            instance: format!(
+                "{}-{:016x}",
+                std::process::id(),
+                crate::keyspace::random_u64()
+            ),
+            timeout,
+            settings: (&config.quota).into(),
+            ledgers,
+            reserve: Script::new(RESERVE),
+            measure: Script::new(MEASURE),
+        }))
+    }
+
+    /// How long a refusal from Redis stands without asking again.
+    pub fn recent(&self) -> Duration {
+        self.settings.flush_interval
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, UpstreamError> {
+        self.pool.get().await.map_err(bookkeeping)
+    }
+
+    /// Runs `f` on a pooled connection, within the command timeout.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, UpstreamError>
+    where
+        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+    {
+        let timeout_ms = self.timeout.as_millis() as u64;
+        let work = async {
+            let mut c = self.conn().await?;
+            f(&mut c).await.map_err(bookkeeping)
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout(timeout_ms)))
+    }
+
+    /// Charges a write against its tenant's quota, or refuses it with `-OOM`.
+    pub async fn admit(
+        &self,
+        ledger: &Arc<Ledger>,
+        cost: WriteCost,
+    ) -> Result<Box<Written>, Error> {
+        let bytes = match &cost.growth {
+            Growth::None => 0,
+            Growth::Bytes(b) => *b,
+            Growth::CopyOf(sources, extra) => self.sizes(sources).await? + extra,
+        };
+        let Some(limits) = ledger.limits.filter(|_| bytes > 0) else {
+            return Ok(Written::new(ledger, cost, 0));
+        };
+        let mut flushed = false;
+        let mut attempts = 0;
+        loop {
+            let fits = match ledger.try_charge(bytes, self.settings.flush_interval) {
+                Charge::Done => break,
+                Charge::Full => false,
+                Charge::Short(_) => {
+                    let _one = ledger.reserving.lock().await;
+                    // Another session's reservation may have covered this write meanwhile.
+                    match ledger.try_charge(bytes, self.settings.flush_interval) {
+                        Charge::Done => break,
+                        Charge::Full => false,
+                        Charge::Short(lacking) => {
+                            attempts += 1;
+                            // Another session may take a fresh grant first: ask again, a
+                            // few times.
+                            self.reserve(ledger, lacking).await? && attempts < 8
+                        }
+                    }
+                }
+            };
+            if fits {
+                continue;
+            }
+            if !flushed {
+                // Settled writes may have shrunk (overwrites, deletes), and the lease this
+                // instance holds counts as used: measure, hand it back, then retry.
+                flushed = true;
+                self.flush(ledger, false).await?;
+                continue;
+            }
+            ledger.mark_full(bytes);
+            ledger.refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::Oom {
+                tenant: ledger.tenant.clone(),
+                used: ledger.used_with_leases().max(0) as u64,
+                limit: ledger.limit(),
+                quota: limits.quota,
+                overage: limits.overage,
+                need: bytes,
+            });
+        }
+        ledger.count_overage(limits);
+        Ok(Written::new(ledger, cost, bytes))
+    }
+
+    /// The total MEMORY USAGE of `keys`.
+    async fn sizes(&self, keys: &[Bytes]) -> Result<u64, UpstreamError> {
+        self.with_conn(async |c| {
+            let mut pipe = redis::pipe();
+            for k in keys {
+                pipe.cmd("MEMORY").arg("USAGE").arg(&k[..]);
+            }
+            let sizes: Vec<Option<u64>> = pipe.query_async(c).await?;
+            Ok(sizes.into_iter().flatten().sum())
+        })
+        .await
+    }
+
+    /// Reserves at least `need` more bytes of lease; false when the limit has no room.
+    async fn reserve(&self, ledger: &Ledger, need: u64) -> Result<bool, UpstreamError> {
+        let (grant, used, leased): (u64, i64, i64) = self
+            .with_conn(async |c| {
+                self.reserve
+                    .key(&ledger.names.used)
+                    .key(&ledger.names.leases)
+                    .arg(&self.instance)
+                    .arg(need)
+                    .arg(MAX_CHUNK)
+                    .arg(ledger.limit())
+                    .arg(LEASE_TTL_MS)
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        ledger.saw(used, leased);
+        if grant > 0 {
+            let mut l = ledger.local.lock().unwrap();
+            l.granted += grant;
+            l.last_grant = grant;
+        }
+        Ok(grant > 0)
+    }
+
+    /// Measures the tenant's dirty keys and hands back the lease it no longer needs.
+    async fn flush(&self, ledger: &Ledger, keep: bool) -> Result<(), UpstreamError> {
+        let _one = ledger.flushing.lock().await;
+        let f = ledger.take_flush(keep);
+        let mut result = Ok(());
+        // The lease goes back with the last batch, once every key is measured.
+        let batches: Vec<&[Bytes]> = if f.keys.is_empty() {
+            vec![&[]]
+        } else {
+            f.keys.chunks(MEASURE_BATCH).collect()
+        };
+        let last = batches.len() - 1;
+        for (i, keys) in batches.into_iter().enumerate() {
+            let release = if i == last { f.release } else { 0 };
+            if let Err(e) = self.measure(ledger, keys, release).await {
+                result = Err(e);
+                break;
+            }
+        }
+        if result.is_err() {
+            ledger.undo_flush(f);
+        }
+        result
+    }
+
+    async fn measure(
+        &self,
+        ledger: &Ledger,
+        keys: &[Bytes],
+        release: u64,
+    ) -> Result<(), UpstreamError> {
+        let (used, leased): (i64, i64) = self
+            .with_conn(async |c| {
+                let mut call = self.measure.key(&ledger.names.used);
+                call.key(&ledger.names.sizes).key(&ledger.names.leases);
+                for k in keys {
+                    call.key(&k[..]);
+                }
+                call.arg(&self.instance)
+                    .arg(release)
+                    .arg(LEASE_TTL_MS)
+                    .arg(ledger.prefix.len())
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        ledger.saw(used, leased);
+        Ok(())
+    }
+
+    /// One reconciliation pass over the tenant, unless another instance did one within the
+    /// interval. Returns whether it ran.
+    pub async fn reconcile(&self, ledger: &Ledger) -> Result<bool, UpstreamError> {
+        let interval_ms = self.settings.reconcile_interval.as_millis() as u64;
+        let locked: Option<String> = self
+            .with_conn(async |c| {
+                redis::cmd("SET")
+                    .arg(&ledger.names.lock)
+                    .arg(&self.instance)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(interval_ms.saturating_sub(100).max(1))
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        if locked.is_none() {
+            return Ok(false);
+        }
+        // Keys measured before: the ones that expired or were evicted measure as gone.
+        self.walk(ledger, "HSCAN", &ledger.names.sizes, true)
+            .await?;
+        // Keys in Redis: written around respite, or before it.
+        let pattern = format!("{}*", String::from_utf8_lossy(&ledger.prefix));
+        self.walk(ledger, "SCAN", &pattern, false).await?;
+        ledger.reconciled.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Measures every key a SCAN (`target` is the MATCH pattern) or an HSCAN of `sizes`
+    /// (`target` is the hash; its fields are keys without the prefix) yields, paced.
+    async fn walk(
+        &self,
+        ledger: &Ledger,
+        how: &str,
+        target: &str,
+        fields: bool,
+    ) -> Result<(), UpstreamError> {
+        let mut cursor = 0u64;
+        let pause =
+            Duration::from_secs_f64(MEASURE_BATCH as f64 / self.settings.keys_per_second as f64);
+        loop {
+            let (next, items): (u64, Vec<Vec<u8>>) = self
+                .with_conn(async |c| {
+                    let mut cmd = redis::cmd(how);
+                    if fields {
+                        cmd.arg(target).arg(cursor);
+                    } else {
+                        cmd.arg(cursor).arg("MATCH").arg(target);
+                    }
+                    cmd.arg("COUNT").arg(MEASURE_BATCH).query_async(c).await
+                })
+                .await?;
+            let keys: Vec<Bytes> = if fields {
+                // HSCAN yields field, value, field, value...
+                items
+                    .chunks(2)
+                    .map(|fv| crate::rewrite::namespaced(&ledger.prefix, &fv[0]))
+                    .collect()
+            } else {
+                items.into_iter().map(Bytes::from).collect()
+            };
+            if !keys.is_empty() {
+                self.measure(ledger, &keys, 0).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The tenant's figures, with `used` read from Redis now.
+    pub async fn status(&self, ledger: &Ledger) -> Status {
+        let used: Result<Option<i64>, _> = self
+            .with_conn(async |c| {
+                redis::cmd("GET")
+                    .arg(&ledger.names.used)
+                    .query_async(c)
+                    .await
+            })
+            .await;
+        let used = match used {
+            Ok(u) => u.unwrap_or(0),
+            Err(_) => ledger.used.load(Ordering::Relaxed),
+        };
+        Status {
+            used,
+            limits: ledger.limits,
+            refusals: ledger.refusals.load(Ordering::Relaxed),
+            overage_writes: ledger.overage_writes.load(Ordering::Relaxed),
+            reconciled: ledger.reconciled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The flusher and the reconciler, until `stop`; a last flush hands the leases back.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let reconciler = tokio::spawn(self.clone().reconcile_forever(stop.clone()));
+        let mut tick = tokio::time::interval(self.settings.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            self.flush_all().await;
+        }
+        self.flush_all().await;
+        let _ = reconciler.await;
+    }
+
+    async fn flush_all(&self) {
+        for l in &self.ledgers {
+            if l.has_work() {
+                if let Err(e) = self.flush(l, true).await {
+                    tracing::warn!(tenant = %l.tenant, error = %e, "quota flush failed; will retry");
+                }
+            }
+        }
+    }
+
+    async fn reconcile_forever(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let started = Instant::now();
+            for l in &self.ledgers {
+                let pass = tokio::select! {
+                    r = self.reconcile(l) => r,
+                    _ = stop.cancelled() => return,
+                };
+                if let Err(e) = pass {
+                    tracing::warn!(tenant = %l.tenant, error = %e, "quota reconciliation failed");
+                }
+            }
+            let next = started + self.settings.reconcile_interval;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cost_of(line: &str) -> Option<WriteCost> {
+        let args: Vec<Bytes> = line
+            .split(' ')
+            .map(|a| Bytes::from(a.to_string()))
+            .collect();
+        cost(&command::lookup(&args).unwrap(), &args)
+    }
+
+    fn bytes(line: &str) -> u64 {
+        match cost_of(line).unwrap().growth {
+            Growth::Bytes(b) => b,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_cost_nothing_and_deletes_never_grow() {
+        assert!(cost_of("GET k").is_none());
+        assert!(cost_of("GEORADIUS g 0 0 1 km").is_none());
+        assert!(cost_of("SORT k").is_none());
+        let del = cost_of("DEL a b").unwrap();
+        assert_eq!(del.growth, Growth::None);
+        assert_eq!(del.keys, vec![Bytes::from("a"), Bytes::from("b")]);
+    }
+
+    #[test]
+    fn estimates_bound_what_redis_measures() {
+        // MEMORY USAGE of "tenant:a:k" = "v" is 72; of a 100,000-byte value, 114,744.
+        assert!(bytes("SET tenant:a:k v") >= 72);
+        let big = format!("SET tenant:a:k {}", "x".repeat(100_000));
+        assert!(bytes(&big) >= 114_744);
+        assert!(bytes("SETRANGE k 1000000 x") > 1_000_000);
+        assert!(bytes("SETBIT k 8000000 1") > 1_000_000);
+        assert!(bytes("BITFIELD k SET u8 #1000000 1") > 1_000_000);
+        assert!(bytes("BITFIELD k GET u8 0") < 1_000);
+        assert!(bytes("XADD s * f v") >= 4_736);
+    }
+
+    #[test]
+    fn ttls_are_read_from_every_command_that_sets_one() {
+        let ttl = |line: &str| cost_of(line).unwrap().expires_in;
+        assert_eq!(ttl("SET k v EX 10"), Some(Duration::from_secs(10)));
+        assert_eq!(ttl("SET k v NX PX 250"), Some(Duration::from_millis(250)));
+        assert_eq!(ttl("SETEX k 3 v"), Some(Duration::from_secs(3)));
+        assert_eq!(ttl("PEXPIRE k 40 NX"), Some(Duration::from_millis(40)));
+        assert_eq!(ttl("EXPIREAT k 1"), Some(Duration::ZERO));
+        assert_eq!(ttl("SET k v"), None);
+        assert_eq!(ttl("HSET k ex 10"), None);
+    }
+
+    #[test]
+    fn allocation_classes_are_jemallocs() {
+        let classes: Vec<u64> = [1, 9, 17, 33, 49, 65, 100, 129, 200, 257, 200_003]
+            .into_iter()
+            .map(alloc_class)
+            .collect();
+        assert_eq!(
+            classes,
+            [8, 16, 32, 48, 64, 80, 112, 160, 224, 320, 229_376]
+        );
+    }
+
+    #[test]
+    fn copies_are_sized_by_their_sources() {
+        let c = cost_of("SUNIONSTORE d a b").unwrap();
+        assert_eq!(c.keys, vec![Bytes::from("d")]);
+        assert_eq!(
+            c.growth,
+            Growth::CopyOf(vec![Bytes::from("a"), Bytes::from("b")], stored(1))
+        );
+        let s = cost_of("SORT src STORE dst").unwrap();
+        assert_eq!(s.keys, vec![Bytes::from("dst")]);
+        assert!(matches!(s.growth, Growth::CopyOf(..)));
+        // A move takes from one key what it adds to another.
+        assert!(matches!(
+            cost_of("LMOVE a b LEFT RIGHT").unwrap().growth,
+            Growth::Bytes(_)
+        ));
+    }
+
+    #[test]
+    fn the_lease_is_handed_back_on_flush() {
+        let l = Ledger::new("a", None);
+        l.local.lock().unwrap().granted = 1000;
+        let recent = Duration::from_secs(1);
+        assert!(matches!(l.try_charge(300, recent), Charge::Done));
+        assert!(matches!(l.try_charge(300, recent), Charge::Done));
+        assert!(matches!(l.try_charge(500, recent), Charge::Short(100)));
+        l.mark_full(500);
+        assert!(matches!(l.try_charge(600, recent), Charge::Full));
+        assert!(matches!(l.try_charge(450, recent), Charge::Short(50)));
+        l.settle([Bytes::from("k")], 300);
+        assert!(
+            matches!(l.try_charge(600, recent), Charge::Short(_)),
+            "a settle clears it"
+        );
+        let f = l.take_flush(false);
+        // One write settled (300) and 400 unused go back; 300 stay for the write in flight.
+        assert_eq!((f.release, f.keys.len()), (700, 1));
+        let local = l.local.lock().unwrap();
+        assert_eq!((local.granted, local.charged, local.settled), (300, 300, 0));
+    }
+
+    #[test]
+    fn a_busy_instance_keeps_its_last_grant_until_it_goes_idle() {
+        let l = Ledger::new("a", None);
+        {
+            let mut local = l.local.lock().unwrap();
+            (local.granted, local.last_grant) = (1000, 1000);
+        }
+        assert!(matches!(l.try_charge(300, Duration::ZERO), Charge::Done));
+        l.settle([Bytes::from("k")], 300);
+        assert_eq!(l.take_flush(true).release, 300);
+        assert_eq!(l.local.lock().unwrap().granted, 700);
+        assert_eq!(l.take_flush(true).release, 700, "idle: all of it goes back");
+        assert_eq!(l.local.lock().unwrap().granted, 0);
+    }
+}
