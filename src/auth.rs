@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -62,6 +63,17 @@ impl Authenticator {
     /// Builds from a config that [`Config::parse`] already validated.
     pub fn from_config(config: &Config) -> anyhow::Result<Authenticator> {
         let mut tenants = HashMap::new();
+        let shared: Arc<[Bytes]> = config
+            .shared
+            .as_ref()
+            .map(|s| {
+                s.get_ref()
+                    .prefixes
+                    .iter()
+                    .map(|p| Bytes::from(p.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         for t in &config.tenants {
             let digest = match (&t.password, &t.password_sha256) {
                 (Some(p), _) => Some(sha256(p.expose().as_bytes())),
@@ -70,6 +82,8 @@ impl Authenticator {
             };
             let id = t.id.get_ref().clone();
             let mut tenant = Tenant::new(&id, t.allow_scripts);
+            tenant.shared = shared.clone();
+            tenant.publisher = t.role.get_ref() == "publisher";
             if config.quotas_enabled() {
                 tenant.ledger = Some(Arc::new(Ledger::new(&id, config.limits(t))));
             }

@@ -52,7 +52,46 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
-    pub shared: Option<Spanned<toml::Table>>,
+    pub shared: Option<Spanned<SharedConfig>>,
+}
+
+/// Shared market data (see `shared`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedConfig {
+    /// Key prefixes every tenant reads by the same name (never namespaced, read-only).
+    #[serde(default = "default_shared_prefixes")]
+    pub prefixes: Vec<String>,
+    /// Memory for the in-proxy cache of shared values.
+    #[serde(default = "default_l1_max_bytes")]
+    pub l1_max_bytes: u64,
+    /// The longest an L1 entry lives: how stale a value another respite instance has since
+    /// overwritten can be here.
+    #[serde(default = "default_max_stale_ms")]
+    pub max_stale_ms: u64,
+    /// TTL tiers by key pattern (Redis glob `*`/`?`); the first match wins.
+    #[serde(default = "default_ttl_tiers")]
+    pub ttl: Vec<TtlTier>,
+    /// The TTL of origin values whose key matches no tier.
+    #[serde(default = "default_shared_ttl_seconds")]
+    pub default_ttl_seconds: u64,
+    pub origin: Option<OriginConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtlTier {
+    pub pattern: String,
+    pub seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    /// `http://host:port/path/{key}`: where a value comes from when Redis has none.
+    pub url: String,
+    #[serde(default = "default_origin_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,6 +233,34 @@ fn default_connections() -> usize {
 }
 fn default_pinned_max() -> usize {
     1024
+}
+fn default_shared_prefixes() -> Vec<String> {
+    vec!["shared:market:".into()]
+}
+fn default_l1_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_stale_ms() -> u64 {
+    1_000
+}
+fn default_ttl_tiers() -> Vec<TtlTier> {
+    [
+        ("shared:market:*:price", 60),
+        ("shared:market:*:1m:ohlcv", 300),
+        ("shared:market:*:1d:ohlcv", 3600),
+    ]
+    .into_iter()
+    .map(|(p, s)| TtlTier {
+        pattern: p.into(),
+        seconds: s,
+    })
+    .collect()
+}
+fn default_shared_ttl_seconds() -> u64 {
+    60
+}
+fn default_origin_timeout_ms() -> u64 {
+    2_000
 }
 fn default_pool_size() -> usize {
     4
@@ -483,10 +550,44 @@ impl Config {
             );
         }
         if let Some(shared) = &self.shared {
-            err(
-                Some(shared.span()),
-                not_yet("[shared]", "shared market data"),
-            );
+            let at = Some(shared.span());
+            let sh = shared.get_ref();
+            for p in &sh.prefixes {
+                if p.is_empty() || p.starts_with("tenant:") || p.starts_with("respite:") {
+                    err(
+                        at.clone(),
+                        format!(
+                            "shared.prefixes: {p:?} must be non-empty and outside tenant: and \
+                             respite:"
+                        ),
+                    );
+                }
+            }
+            if sh.max_stale_ms == 0 || sh.l1_max_bytes == 0 || sh.default_ttl_seconds == 0 {
+                err(
+                    at.clone(),
+                    "shared.max_stale_ms, shared.l1_max_bytes and shared.default_ttl_seconds \
+                     must be above 0"
+                        .into(),
+                );
+            }
+            if sh.ttl.iter().any(|t| t.seconds == 0) {
+                err(at.clone(), "shared.ttl: seconds must be above 0".into());
+            }
+            if let Some(o) = &sh.origin {
+                if !o.url.starts_with("http://") || !o.url.contains("{key}") {
+                    err(
+                        at.clone(),
+                        format!(
+                            "shared.origin.url: {:?} must be an http:// URL with {{key}} in it",
+                            o.url
+                        ),
+                    );
+                }
+                if o.timeout_ms == 0 {
+                    err(at, "shared.origin.timeout_ms must be above 0".into());
+                }
+            }
         }
 
         let jwt = self.auth.jwt.as_ref();
@@ -593,12 +694,10 @@ impl Config {
             }
             match t.role.get_ref().as_str() {
                 "tenant" => {}
+                "publisher" if self.shared.is_some() => {}
                 "publisher" => err(
                     Some(t.role.span()),
-                    not_yet(
-                        &format!("tenants[{i}].role = \"publisher\""),
-                        "shared market data",
-                    ),
+                    format!("tenants[{i}].role = \"publisher\" needs a [shared] section"),
                 ),
                 other => err(
                     Some(t.role.span()),

@@ -26,6 +26,8 @@ pub enum UpstreamError {
     PinnedExhausted(usize),
     #[error("quota bookkeeping failed: {0}")]
     Bookkeeping(String),
+    #[error("shared key fetch failed: {0}")]
+    SharedFetch(String),
 }
 
 /// An error answered by respite instead of (or before) Redis.
@@ -73,6 +75,11 @@ pub enum Error {
         overage: u64,
         need: u64,
     },
+    #[error("ERR origin {url} failed: {why}")]
+    Origin { url: String, why: String },
+    /// Redis' own error reply to one of respite's requests, passed on as the client's.
+    #[error("{0}")]
+    Redis(String),
     #[error("EXECABORT Transaction discarded because of previous errors.")]
     ExecAbort,
     #[error("ERR Protocol error: {0}")]

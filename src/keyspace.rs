@@ -172,21 +172,16 @@ impl Session {
             .str_at(&frame.tree)
             .map(|t| String::from_utf8_lossy(t).into_owned())
             .unwrap_or_default();
-        let wants_keyspace = sections.is_empty()
-            || sections.iter().any(|s| {
-                matches!(
-                    s.to_ascii_lowercase().as_slice(),
-                    b"keyspace" | b"default" | b"all" | b"everything"
-                )
-            });
-        let wants_tenant = sections.is_empty()
-            || sections.iter().any(|s| {
-                matches!(
-                    s.to_ascii_lowercase().as_slice(),
-                    b"tenant" | b"default" | b"all" | b"everything"
-                )
-            });
+        let wants_keyspace = wants(sections, b"keyspace");
+        let wants_tenant = wants(sections, b"tenant");
         let mut out = strip_section(&text, "# Keyspace");
+        let wants_shared = wants(sections, b"shared");
+        if let Some(shared) = self.ctx.shared.as_ref().filter(|_| wants_shared) {
+            if !out.is_empty() && !out.ends_with("\r\n\r\n") {
+                out.push_str("\r\n");
+            }
+            out.push_str(&shared.info());
+        }
         if wants_tenant {
             let section = self.tenant_section().await;
             if !out.is_empty() && !out.ends_with("\r\n\r\n") {
@@ -237,6 +232,16 @@ impl Session {
         ));
         out
     }
+}
+
+/// Does INFO with these section arguments ask for `section` (by name, or as part of the
+/// default or all sections)?
+fn wants(sections: &[Bytes], section: &[u8]) -> bool {
+    sections.is_empty()
+        || sections.iter().any(|s| {
+            let s = s.to_ascii_lowercase();
+            s == section || matches!(s.as_slice(), b"default" | b"all" | b"everything")
+        })
 }
 
 /// `text` without the INFO section that starts with `header`.

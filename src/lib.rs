@@ -15,6 +15,8 @@
 //!                         policy     what a tenant may not run (-NOPERM)
 //!                         rewrite    keys, channels, patterns → tenant:<id>:...
 //!                         quota      byte quotas: charge writes, refuse past the limit (-OOM)
+//!                         shared     GET of shared:market:* from an in-proxy cache (L1,
+//!                                    single flight, Redis, HTTP origin)
 //!                         upstream   connection to Redis (raw RESP frames, in order)
 //!                         reply      framing replies, pub/sub pushes, prefixes stripped back
 //!                         error      every error → its RESP reply, in one place
@@ -22,8 +24,8 @@
 //!
 //! Modules, in the order a request meets them: [`server`], [`session`], [`protocol`],
 //! [`auth`] (with [`tenant`]), [`command`], [`local`], [`keyspace`], [`policy`], [`rewrite`],
-//! [`quota`], [`upstream`], [`reply`], [`error`]; [`config`] is the TOML file, [`clients`] the
-//! registry of connections behind CLIENT LIST/KILL.
+//! [`quota`], [`shared`], [`upstream`], [`reply`], [`error`]; [`config`] is the TOML file,
+//! [`clients`] the registry of connections behind CLIENT LIST/KILL.
 
 pub mod auth;
 pub mod clients;
@@ -39,6 +41,7 @@ pub mod reply;
 pub mod rewrite;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod tenant;
 pub mod upstream;
 
@@ -60,9 +63,17 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         .as_ref()
         .map(|d| auth.tenant(d.get_ref()).expect("validated"));
     let ledgers = auth.tenants().filter_map(|t| t.ledger.clone()).collect();
-    let quotas = quota::Quotas::from_config(config, ledgers)?.map(Arc::new);
+    let pool = upstream::own_pool(config)?;
+    let quotas = quota::Quotas::from_config(config, ledgers, pool.clone()).map(Arc::new);
+    let shared = config
+        .shared
+        .as_ref()
+        .map(|s| shared::SharedCache::new(s.get_ref(), config, pool))
+        .transpose()?
+        .map(Arc::new);
     Ok(Arc::new(Context {
         quotas,
+        shared,
         limits: protocol::Limits {
             max_bulk_bytes: config.server.max_bulk_bytes,
             max_array_len: config.server.max_array_len,

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 
-use crate::command::{Command, ACL_SCRIPTING, CMD_ADMIN};
+use crate::command::{self, Command, ACL_SCRIPTING, CMD_ADMIN, CMD_WRITE, KS_RO};
 use crate::error::Error;
 use crate::tenant::Tenant;
 
@@ -71,11 +71,38 @@ pub fn check(cmd: &Command, args: &[Bytes], tenant: &Tenant) -> Result<(), Error
             "a script can reach any key; this tenant has allow_scripts = false",
         ));
     }
+    if !tenant.publisher && writes_shared(cmd, args, tenant) {
+        return Err(noperm(
+            "shared keys are read-only (only a publisher tenant writes them)",
+        ));
+    }
     match name {
         b"sort" | b"sort_ro" => check_sort(args).map_err(noperm),
         b"copy" => check_copy(args),
         _ => Ok(()),
     }
+}
+
+/// Would the request write (or, in a script, could it write) a shared key?
+fn writes_shared(cmd: &Command, args: &[Bytes], tenant: &Tenant) -> bool {
+    if tenant.shared.is_empty() {
+        return false;
+    }
+    let script = cmd.in_category(ACL_SCRIPTING);
+    if !cmd.has(CMD_WRITE) && !script {
+        return false;
+    }
+    if cmd.parent.is_none() && cmd.spec.name == b"sort" {
+        return crate::rewrite::sort_store(args).is_some_and(|i| tenant.is_shared(&args[i]));
+    }
+    let mut shared_write = false;
+    // Key positions that cannot be found are refused later, by rewrite.
+    let _ = command::for_each_key(cmd, args, |i, flags| {
+        if (flags & KS_RO == 0 || script) && tenant.is_shared(&args[i]) {
+            shared_write = true;
+        }
+    });
+    shared_write
 }
 
 /// SORT may read other keys through BY and GET patterns; those would not be namespaced.

@@ -91,8 +91,9 @@ enum Growth {
 }
 
 /// The cost of a request respite is about to forward (keys already in the tenant's
-/// namespace), or `None` when it writes nothing.
-pub fn cost(cmd: &Command, args: &[Bytes]) -> Option<WriteCost> {
+/// namespace, `prefix`), or `None` when it writes none of the tenant's keys. (A publisher's
+/// writes to shared keys are not the tenant's usage.)
+pub fn cost(cmd: &Command, args: &[Bytes], prefix: &[u8]) -> Option<WriteCost> {
     let name = cmd.spec.name;
     let top = cmd.parent.is_none();
     let script = top && matches!(name, b"eval" | b"evalsha" | b"fcall");
@@ -106,6 +107,9 @@ pub fn cost(cmd: &Command, args: &[Bytes]) -> Option<WriteCost> {
     let mut take = |i: usize, written: bool| {
         let a = &args[i];
         key_weight += stored(a.len() as u64);
+        if written && !a.starts_with(prefix) {
+            return;
+        }
         if written {
             key_bytes += stored(a.len() as u64);
             keys.push(a.clone());
@@ -678,35 +682,21 @@ impl Quotas {
     pub fn from_config(
         config: &Config,
         ledgers: Vec<Arc<Ledger>>,
-    ) -> anyhow::Result<Option<Quotas>> {
-        if !config.quotas_enabled() {
-            return Ok(None);
-        }
-        let timeout = Duration::from_millis(config.upstream.command_timeout_ms);
-        let mut pool = deadpool_redis::Config::from_url(config.upstream.url.get_ref().clone());
-        pool.pool = Some(deadpool_redis::PoolConfig {
-            max_size: config.upstream.pool_size,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(timeout),
-                create: Some(Duration::from_millis(config.upstream.connect_timeout_ms)),
-                recycle: Some(timeout),
-            },
-            ..Default::default()
-        });
-        let pool = pool.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-        Ok(Some(Quotas {
+        pool: deadpool_redis::Pool,
+    ) -> Option<Quotas> {
+        config.quotas_enabled().then(|| Quotas {
             pool,
             instance: format!(
                 "{}-{:016x}",
                 std::process::id(),
                 crate::keyspace::random_u64()
             ),
-            timeout,
+            timeout: Duration::from_millis(config.upstream.command_timeout_ms),
             settings: (&config.quota).into(),
             ledgers,
             reserve: Script::new(RESERVE),
             measure: Script::new(MEASURE),
-        }))
+        })
     }
 
     /// How long a refusal from Redis stands without asking again.
@@ -1033,7 +1023,7 @@ mod tests {
             .split(' ')
             .map(|a| Bytes::from(a.to_string()))
             .collect();
-        cost(&command::lookup(&args).unwrap(), &args)
+        cost(&command::lookup(&args).unwrap(), &args, b"")
     }
 
     fn bytes(line: &str) -> u64 {

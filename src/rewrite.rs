@@ -93,7 +93,8 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
             }
         }
         (None, b"ssubscribe" | b"sunsubscribe") => {
-            prefix_keys(cmd, &mut args, p)?;
+            // Channels are never shared, whatever their name.
+            prefix_keys(cmd, &mut args, tenant, false)?;
             Expect::Confirm {
                 kind: SubKind::Shard,
                 count: (args.len() > 1).then(|| args.len() - 1),
@@ -116,9 +117,10 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
         }
         (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo),
         (None, b"sort" | b"sort_ro") => {
-            args[1] = namespaced(p, &args[1]);
-            if let Some(i) = sort_store(&args) {
-                args[i] = namespaced(p, &args[i]);
+            for i in std::iter::once(1).chain(sort_store(&args)) {
+                if !tenant.is_shared(&args[i]) {
+                    args[i] = namespaced(p, &args[i]);
+                }
             }
             reply(Shape::Plain)
         }
@@ -127,7 +129,8 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
             reply(Shape::Plain)
         }
         _ => {
-            prefix_keys(cmd, &mut args, p)?;
+            // SPUBLISH's shard channel is a "key" too, but channels are never shared.
+            prefix_keys(cmd, &mut args, tenant, name != b"spublish")?;
             reply(reply_shape(name))
         }
     };
@@ -144,7 +147,15 @@ pub fn sort_store(args: &[Bytes]) -> Option<usize> {
     (i + 1 < args.len()).then_some(i + 1)
 }
 
-fn prefix_keys(cmd: &Command, args: &mut [Bytes], prefix: &[u8]) -> Result<(), Error> {
+/// Moves every key into the namespace, except (when `shared_ok`) shared keys, which have the
+/// same name for every tenant.
+fn prefix_keys(
+    cmd: &Command,
+    args: &mut [Bytes],
+    tenant: &Tenant,
+    shared_ok: bool,
+) -> Result<(), Error> {
+    let prefix = &tenant.prefix[..];
     let mut positions = Vec::new();
     command::key_positions(cmd, args, &mut positions).map_err(|e| match e {
         KeyError::BadKeyCount => Error::NotInteger,
@@ -159,7 +170,9 @@ fn prefix_keys(cmd: &Command, args: &mut [Bytes], prefix: &[u8]) -> Result<(), E
     positions.sort_unstable();
     positions.dedup();
     for i in positions {
-        args[i] = namespaced(prefix, &args[i]);
+        if !(shared_ok && tenant.is_shared(&args[i])) {
+            args[i] = namespaced(prefix, &args[i]);
+        }
     }
     Ok(())
 }

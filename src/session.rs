@@ -43,6 +43,7 @@ use crate::protocol::{encode_request, parse_request, Limits, Request};
 use crate::quota::{self, Quotas, WriteCost, Written};
 use crate::reply::{self, ExecItem, Frame, Kind, Shape, SubKind};
 use crate::rewrite::{self, Expect, Forward};
+use crate::shared::SharedCache;
 use crate::tenant::Tenant;
 use crate::upstream::{shared, Pinned, Reply, Sink, Upstream};
 
@@ -61,6 +62,8 @@ pub struct Context {
     pub clients: Registry,
     /// Quota bookkeeping, when any tenant has a quota.
     pub quotas: Option<Arc<Quotas>>,
+    /// The shared-key cache, when `[shared]` is configured.
+    pub shared: Option<Arc<SharedCache>>,
 }
 
 /// The place of one request's reply in the outgoing stream.
@@ -133,6 +136,8 @@ enum Action {
     Refuse(Error),
     /// One of respite's own commands.
     Local(Local),
+    /// GET of a shared key: answered by the shared cache.
+    SharedGet(Bytes),
     /// Send to Redis; the name is the command's (or its container's); a write under a quota
     /// has its cost.
     Forward(Forward, &'static [u8], Option<WriteCost>),
@@ -178,6 +183,11 @@ pub struct Session {
     /// When Redis last made progress on this connection (for the head-of-line timeout).
     progress: Instant,
     pub(crate) tenant: Option<Arc<Tenant>>,
+    /// Shared keys this (publisher) connection wrote whose replies are not all in: dropped
+    /// from the shared cache when written and again once Redis has answered.
+    published: Vec<Bytes>,
+    /// `published[..unpublished]` have been dropped from the cache once already.
+    unpublished: usize,
     /// Writes Redis has answered in this batch, settled together at the end of `deliver`.
     settling: Vec<Written>,
     pub(crate) protocol: u8,
@@ -229,6 +239,8 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         progress: Instant::now(),
         tenant: None,
         settling: Vec::new(),
+        published: Vec::new(),
+        unpublished: 0,
         protocol: 2,
         multi: None,
         subs: Subscriptions::default(),
@@ -258,6 +270,10 @@ impl Session {
             // Replies read during the last wait free their slots before new requests count
             // against MAX_IN_FLIGHT.
             self.deliver();
+            if !self.published.is_empty() && self.awaiting == 0 {
+                // The shared writes are done: drop what a reader may have cached meanwhile.
+                self.unpublish().await;
+            }
             self.handle_buffered().await?;
             self.publish_noted();
             self.flush_upstream().await;
@@ -382,7 +398,11 @@ impl Session {
         match self.decide(req) {
             Action::Refuse(e) => self.refuse(e),
             Action::Local(local) => return self.run_local(local).await,
-            Action::Forward(fwd, top, None) => return self.forward(fwd, top, None).await,
+            Action::SharedGet(key) => return self.shared_get(key).await,
+            Action::Forward(fwd, top, None) => {
+                self.forward(fwd, top, None).await?;
+                self.unpublish().await;
+            }
             Action::Forward(fwd, top, Some(cost)) => {
                 let written = match self.admit_now(cost) {
                     Ok(w) => w,
@@ -396,10 +416,53 @@ impl Session {
                         }
                     },
                 };
-                return self.forward(fwd, top, Some(written)).await;
+                self.forward(fwd, top, Some(written)).await?;
+                self.unpublish().await;
             }
         }
         Ok(())
+    }
+
+    /// GET of a shared key, from the shared cache. A publisher's own earlier writes to
+    /// shared keys on this connection are waited for first, so it reads what it wrote.
+    async fn shared_get(&mut self, key: Bytes) -> Result<(), End> {
+        let Some(shared) = self.ctx.shared.clone() else {
+            return Ok(());
+        };
+        if !self.published.is_empty() {
+            self.drain().await?;
+            self.unpublish().await;
+        }
+        if !self.to_up.is_empty() {
+            // A miss waits on Redis: let the requests before it go first.
+            self.flush_upstream().await;
+        }
+        let reply = match shared.get(&key).await {
+            Ok(e) => e.reply(self.protocol),
+            Err(e) => e.to_resp(),
+        };
+        self.answer(reply);
+        Ok(())
+    }
+
+    /// Drops the shared keys this connection wrote from the shared cache: the new ones when
+    /// sent, all of them again once every reply is in (a reader on another connection may
+    /// have cached the old value meanwhile), then forgets them.
+    async fn unpublish(&mut self) {
+        if self.published.is_empty() {
+            return;
+        }
+        let done = self.awaiting == 0 && self.to_up.is_empty();
+        let from = if done { 0 } else { self.unpublished };
+        if let Some(shared) = &self.ctx.shared {
+            for k in &self.published[from..] {
+                shared.invalidate(k).await;
+            }
+        }
+        if done {
+            self.published.clear();
+        }
+        self.unpublished = self.published.len();
     }
 
     /// The quota stage, when the lease covers the write (no round trip); otherwise the cost
@@ -463,6 +526,23 @@ impl Session {
             tracing::warn!(tenant = %tenant.id, command = %cmd.full_name(), "refused");
             return Action::Refuse(e);
         }
+        if self.ctx.shared.is_some() {
+            // Inside MULTI a GET is queued in Redis like any command.
+            if self.multi.is_none()
+                && cmd.parent.is_none()
+                && cmd.spec.name == b"get"
+                && tenant.is_shared(&req.args[1])
+            {
+                return Action::SharedGet(req.args[1].clone());
+            }
+            if tenant.publisher && cmd.has(command::CMD_WRITE) {
+                let _ = command::for_each_key(&cmd, &req.args, |i, _| {
+                    if tenant.is_shared(&req.args[i]) {
+                        self.published.push(req.args[i].clone());
+                    }
+                });
+            }
+        }
         let fwd = match rewrite::request(&cmd, req.args, &tenant) {
             Ok(fwd) => fwd,
             Err(e) => return Action::Refuse(e),
@@ -470,7 +550,7 @@ impl Session {
         let cost = tenant
             .ledger
             .as_ref()
-            .and_then(|_| quota::cost(&cmd, &fwd.args));
+            .and_then(|_| quota::cost(&cmd, &fwd.args, &tenant.prefix));
         Action::Forward(fwd, cmd.parent.unwrap_or(cmd.spec).name, cost)
     }
 

@@ -16,6 +16,11 @@ pub struct Tenant {
     pub allow_scripts: bool,
     /// Its byte usage and quota, when quotas are on.
     pub ledger: Option<Arc<Ledger>>,
+    /// Key prefixes every tenant shares (`[shared] prefixes`): never namespaced, read-only
+    /// unless `publisher`.
+    pub shared: Arc<[Bytes]>,
+    /// May write shared keys.
+    pub publisher: bool,
 }
 
 impl Tenant {
@@ -25,6 +30,13 @@ impl Tenant {
             prefix: Bytes::from(format!("tenant:{id}:")),
             allow_scripts,
             ledger: None,
+            shared: Arc::new([]),
+            publisher: false,
         }
+    }
+
+    /// Is `key` (as the tenant wrote it) a shared key?
+    pub fn is_shared(&self, key: &[u8]) -> bool {
+        self.shared.iter().any(|p| key.starts_with(p))
     }
 }

@@ -32,6 +32,23 @@ use crate::protocol::encode_request;
 use crate::reply::{next_frame, Frame};
 
 pub use pinned::Pinned;
+
+/// The pool for respite's own commands (quota bookkeeping, shared-key fills): separate from
+/// the clients' connections, so that they never wait behind a client's pipeline.
+pub fn own_pool(config: &crate::config::Config) -> anyhow::Result<deadpool_redis::Pool> {
+    let timeout = Duration::from_millis(config.upstream.command_timeout_ms);
+    let mut pool = deadpool_redis::Config::from_url(config.upstream.url.get_ref().clone());
+    pool.pool = Some(deadpool_redis::PoolConfig {
+        max_size: config.upstream.pool_size,
+        timeouts: deadpool_redis::Timeouts {
+            wait: Some(timeout),
+            create: Some(Duration::from_millis(config.upstream.connect_timeout_ms)),
+            recycle: Some(timeout),
+        },
+        ..Default::default()
+    });
+    Ok(pool.create_pool(Some(deadpool_redis::Runtime::Tokio1))?)
+}
 pub use shared::{Reply, Sink};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);

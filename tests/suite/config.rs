@@ -7,8 +7,11 @@ use respite::config::Config;
 fn the_example_config_parses() {
     let text = std::fs::read_to_string("config/respite.example.toml").unwrap();
     let c = Config::parse(&text).unwrap();
-    assert_eq!(c.tenants.len(), 2);
+    assert_eq!(c.tenants.len(), 3);
     assert_eq!(c.listen_addr().to_string(), "127.0.0.1:6380");
+    assert!(c.quotas_enabled());
+    let shared = c.shared.expect("[shared]");
+    assert_eq!(shared.get_ref().prefixes, ["shared:market:"]);
 }
 
 /// Each invalid config and a piece of the one error it must produce, with its line.
@@ -36,7 +39,12 @@ fn each_mistake_has_its_own_error() {
         ("[server]\ndefault_tenant = \"zz\"\n", "server.default_tenant", Some(2)),
         ("[admin]\nlisten = \"127.0.0.1:9121\"\n", "[admin] is not built yet", Some(1)),
         ("[defaults]\nquota = 1\n", "unknown field `quota`", Some(2)),
-        ("[shared]\nprefixes = [\"shared:market:\"]\n", "[shared] is not built yet", Some(1)),
+        ("[shared]\nprefixes = [\"tenant:x\"]\n", "outside tenant: and respite:", Some(1)),
+        (
+            "[shared.origin]\nurl = \"http://h/market\"\n",
+            "must be an http:// URL with {key} in it",
+            Some(1),
+        ),
         ("[upstream]\npool_size = 0\n", "upstream.pool_size must be at least 1", None),
         ("[upstream]\nconnections = 0\n", "must be at least 1", None),
         (
@@ -47,7 +55,7 @@ fn each_mistake_has_its_own_error() {
         ("[quota]\nflush_interval_ms = 0\n", "must be above 0", None),
         (
             "[[tenants]]\nid = \"a\"\npassword = \"p\"\nrole = \"publisher\"\n",
-            "role = \"publisher\" is not built yet",
+            "role = \"publisher\" needs a [shared] section",
             Some(4),
         ),
         ("[auth.jwt]\ntenant_claim = \"t\"\n", "exactly one of hs256_secret", Some(1)),

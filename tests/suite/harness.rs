@@ -324,3 +324,94 @@ pub async fn q<T: redis::FromRedisValue>(
     }
     cmd.query_async(c).await
 }
+
+/// A small HTTP origin for shared keys: `GET /market/<key>` answers what `set` gave that
+/// key (404 otherwise), after `delay`, and counts every request it gets.
+pub struct Origin {
+    /// The `[shared.origin] url` for respite.
+    pub url: String,
+    answers: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (u16, String)>>>,
+    hits: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start(delay: Duration) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/market/{{key}}", listener.local_addr().unwrap());
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let hits = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let (a, h) = (answers.clone(), hits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let (a, h) = (a.clone(), h.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&req)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let path = line.split(' ').nth(1).unwrap_or("");
+                    let key = path.strip_prefix("/market/").unwrap_or("").to_string();
+                    *h.lock().unwrap().entry(key.clone()).or_insert(0) += 1;
+                    tokio::time::sleep(delay).await;
+                    let (status, body) = a
+                        .lock()
+                        .unwrap()
+                        .get(&key)
+                        .cloned()
+                        .unwrap_or((404, String::new()));
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        Origin {
+            url,
+            answers,
+            hits,
+            task,
+        }
+    }
+
+    pub fn set(&self, key: &str, status: u16, body: &str) {
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), (status, body.to_string()));
+    }
+
+    pub fn hits(&self, key: &str) -> usize {
+        self.hits.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The number after `field:` in an INFO reply.
+pub fn info_field(info: &str, field: &str) -> i64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}

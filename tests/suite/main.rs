@@ -9,4 +9,5 @@ mod multiplex;
 mod protocol;
 mod pubsub;
 mod quota;
+mod shared;
 mod upstream;

@@ -48,12 +48,7 @@ async fn memory_of(redis: &Redis, prefix: &str) -> i64 {
 /// A number from the caller's `# Tenant` section of INFO.
 async fn tenant_figure(c: &mut MultiplexedConnection, field: &str) -> i64 {
     let info: String = q(c, &["INFO", "tenant"]).await.unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in {info}"))
-        .trim()
-        .parse()
-        .unwrap()
+    info_field(&info, field)
 }
 
 /// Waits until respite's usage figure for the caller equals what Redis measures.

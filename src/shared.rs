@@ -1,0 +1,442 @@
+//! Shared market data: keys under `[shared] prefixes` (`shared:market:...`) have the same name
+//! for every tenant, are never namespaced, and are read-only except to a `publisher` tenant
+//! (the policy and rewrite stages see to that). GET of a shared key is answered from here:
+//!
+//! ```text
+//! GET shared:market:BTC-USD:price
+//!   L1 (moka, bounded by l1_max_bytes)  ── hit ──▶ reply
+//!   miss: single flight per key (moka's try_get_with): the first caller fetches, the others
+//!         wait for its value or its error
+//!     Redis: GET + PTTL over respite's own pool
+//!     Redis miss, [shared.origin] set: HTTP GET of the origin URL; 200 → the value, stored
+//!         in Redis with its TTL tier; 404 → nil; a timeout or other status → an error
+//!         naming the origin (not cached)
+//! ```
+//!
+//! An L1 entry lives at most `max_stale_ms` (1 s), never past the key's TTL in Redis, never
+//! past its tier: so a value another respite instance (or a publisher writing around
+//! respite) has overwritten is served here for at most that long. A publisher's write
+//! through this instance drops the entry at once. A key read within the last tenth of its
+//! tier is fetched again from the origin in the background (refresh ahead), so a hot key
+//! never misses in Redis and never stampedes.
+//!
+//! Other reads of shared keys (MGET, HGETALL, TTL, ...) go to Redis like any command.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use deadpool_redis::redis;
+
+use crate::config::{Config, SharedConfig};
+use crate::error::{Error, UpstreamError};
+use crate::protocol::Resp;
+
+/// What the shared cache counts, for INFO and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// GETs of shared keys answered here.
+    pub reads: AtomicU64,
+    pub l1_hits: AtomicU64,
+    /// Fetches from Redis (one per flight).
+    pub redis_fetches: AtomicU64,
+    /// Fetches from the origin, refreshes ahead included.
+    pub origin_fetches: AtomicU64,
+    /// Readers that missed L1 and were answered by another reader's fetch.
+    pub waiters: AtomicU64,
+}
+
+/// A shared key's value as L1 holds it.
+#[derive(Debug)]
+pub struct Entry {
+    /// The value, encoded as a RESP bulk string; `None` when the key has none.
+    value: Option<Bytes>,
+    /// When the key expires in Redis, if it has a TTL.
+    redis_expires: Option<Instant>,
+    /// How long L1 keeps it from when it was fetched.
+    l1_ttl: Duration,
+    tier: Duration,
+}
+
+impl Entry {
+    /// GET's reply in the client's protocol.
+    pub fn reply(&self, protocol: u8) -> Bytes {
+        match &self.value {
+            Some(v) => v.clone(),
+            None => Resp(protocol).null(),
+        }
+    }
+}
+
+struct Origin {
+    url: String,
+    timeout: Duration,
+    client: reqwest::Client,
+}
+
+pub struct SharedCache {
+    tiers: Vec<(Vec<u8>, Duration)>,
+    default_tier: Duration,
+    max_stale: Duration,
+    origin: Option<Origin>,
+    l1: moka::future::Cache<Bytes, Arc<Entry>>,
+    pool: deadpool_redis::Pool,
+    timeout: Duration,
+    /// Keys being refreshed ahead, so that each is refreshed once.
+    refreshing: DashMap<Bytes, ()>,
+    pub counters: Counters,
+}
+
+/// L1 expiry per entry: its own `l1_ttl`, from each insert.
+struct ByEntry;
+
+impl moka::Expiry<Bytes, Arc<Entry>> for ByEntry {
+    fn expire_after_create(&self, _: &Bytes, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
+        Some(e.l1_ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Bytes,
+        e: &Arc<Entry>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(e.l1_ttl)
+    }
+}
+
+fn fetch_error(e: impl std::fmt::Display) -> Error {
+    Error::Upstream(UpstreamError::SharedFetch(e.to_string()))
+}
+
+impl SharedCache {
+    pub fn new(
+        shared: &SharedConfig,
+        config: &Config,
+        pool: deadpool_redis::Pool,
+    ) -> anyhow::Result<SharedCache> {
+        let origin = shared
+            .origin
+            .as_ref()
+            .map(|o| -> anyhow::Result<Origin> {
+                let timeout = Duration::from_millis(o.timeout_ms);
+                Ok(Origin {
+                    url: o.url.clone(),
+                    timeout,
+                    client: reqwest::Client::builder().timeout(timeout).build()?,
+                })
+            })
+            .transpose()?;
+        Ok(SharedCache {
+            tiers: shared
+                .ttl
+                .iter()
+                .map(|t| {
+                    (
+                        t.pattern.as_bytes().to_vec(),
+                        Duration::from_secs(t.seconds),
+                    )
+                })
+                .collect(),
+            default_tier: Duration::from_secs(shared.default_ttl_seconds),
+            max_stale: Duration::from_millis(shared.max_stale_ms),
+            origin,
+            l1: moka::future::Cache::builder()
+                .max_capacity(shared.l1_max_bytes)
+                .weigher(|k: &Bytes, e: &Arc<Entry>| {
+                    let size = k.len() + e.value.as_ref().map_or(0, |v| v.len()) + 96;
+                    u32::try_from(size).unwrap_or(u32::MAX)
+                })
+                .expire_after(ByEntry)
+                .build(),
+            pool,
+            timeout: Duration::from_millis(config.upstream.command_timeout_ms),
+            refreshing: DashMap::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The TTL tier of `key`: the first pattern it matches, else the default.
+    pub fn tier(&self, key: &[u8]) -> Duration {
+        self.tiers
+            .iter()
+            .find(|(p, _)| glob_match(p, key))
+            .map_or(self.default_tier, |(_, t)| *t)
+    }
+
+    /// The value of a shared key: from L1, or fetched once however many ask at once.
+    pub async fn get(self: &Arc<Self>, key: &Bytes) -> Result<Arc<Entry>, Error> {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self.l1.get(key).await {
+            self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
+            self.refresh_if_due(key, &e);
+            return Ok(e);
+        }
+        let led = std::sync::atomic::AtomicBool::new(false);
+        let result = self
+            .l1
+            .try_get_with(key.clone(), async {
+                led.store(true, Ordering::Relaxed);
+                self.load(key).await
+            })
+            .await;
+        if !led.load(Ordering::Relaxed) {
+            self.counters.waiters.fetch_add(1, Ordering::Relaxed);
+        }
+        let e = result.map_err(|e| (*e).clone())?;
+        self.refresh_if_due(key, &e);
+        Ok(e)
+    }
+
+    /// Drops the L1 entry (a publisher wrote the key through this instance).
+    pub async fn invalidate(&self, key: &Bytes) {
+        self.l1.invalidate(key).await;
+    }
+
+    /// The flight's fetch: Redis, then the origin on a miss.
+    async fn load(&self, key: &Bytes) -> Result<Arc<Entry>, Error> {
+        self.counters.redis_fetches.fetch_add(1, Ordering::Relaxed);
+        // Two requests, not a pipeline: a single command's error (WRONGTYPE) comes back as
+        // Redis wrote it.
+        let (value, pttl): (Option<Vec<u8>>, i64) = self
+            .with_conn(async |c| {
+                let value: Option<Vec<u8>> = redis::cmd("GET").arg(&key[..]).query_async(c).await?;
+                let pttl = match value {
+                    Some(_) => redis::cmd("PTTL").arg(&key[..]).query_async(c).await?,
+                    None => -2,
+                };
+                Ok((value, pttl))
+            })
+            .await?;
+        let tier = self.tier(key);
+        match value {
+            Some(v) => {
+                let expires = (pttl > 0).then(|| Duration::from_millis(pttl as u64));
+                Ok(self.entry(Some(&v), expires, tier))
+            }
+            None => match &self.origin {
+                Some(origin) => {
+                    let v = self.fetch_origin(origin, key, tier).await?;
+                    let expires = v.is_some().then_some(tier);
+                    Ok(self.entry(v.as_deref(), expires, tier))
+                }
+                None => Ok(self.entry(None, None, tier)),
+            },
+        }
+    }
+
+    fn entry(
+        &self,
+        value: Option<&[u8]>,
+        expires_in: Option<Duration>,
+        tier: Duration,
+    ) -> Arc<Entry> {
+        let now = Instant::now();
+        let mut l1_ttl = self.max_stale.min(tier);
+        if let Some(d) = expires_in {
+            l1_ttl = l1_ttl.min(d);
+        }
+        Arc::new(Entry {
+            value: value.map(Resp::bulk),
+            redis_expires: expires_in.map(|d| now + d),
+            l1_ttl,
+            tier,
+        })
+    }
+
+    /// GETs the origin URL for `key`: 200 stores the body in Redis with the key's tier and
+    /// returns it, 404 is no value, anything else an error naming the origin.
+    async fn fetch_origin(
+        &self,
+        origin: &Origin,
+        key: &[u8],
+        tier: Duration,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        self.counters.origin_fetches.fetch_add(1, Ordering::Relaxed);
+        let url = origin.url.replace("{key}", &percent_encode(key));
+        let failed = |why: String| Error::Origin {
+            url: url.clone(),
+            why,
+        };
+        let response = origin.client.get(&url).send().await.map_err(|e| {
+            failed(if e.is_timeout() {
+                format!("no answer within {} ms", origin.timeout.as_millis())
+            } else {
+                format!("unreachable ({e})")
+            })
+        })?;
+        match response.status().as_u16() {
+            200 => {}
+            404 => return Ok(None),
+            status => return Err(failed(format!("answered HTTP {status}"))),
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| failed(format!("body not read ({e})")))?
+            .to_vec();
+        let stored: Result<(), _> = self
+            .with_conn(async |c| {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(&body[..])
+                    .arg("PX")
+                    .arg(tier.as_millis() as u64)
+                    .query_async(c)
+                    .await
+            })
+            .await;
+        if let Err(e) = stored {
+            // The value is still good for this reader; the next miss fetches it again.
+            tracing::warn!(key = %String::from_utf8_lossy(key), error = %e, "origin value not stored in Redis");
+        }
+        Ok(Some(body))
+    }
+
+    /// Refresh ahead: a key read within the last tenth of its tier is fetched again from
+    /// the origin in the background, once.
+    fn refresh_if_due(self: &Arc<Self>, key: &Bytes, e: &Entry) {
+        let (Some(_), Some(expires)) = (&self.origin, e.redis_expires) else {
+            return;
+        };
+        if expires.saturating_duration_since(Instant::now()) > e.tier / 10 {
+            return;
+        }
+        if self.refreshing.insert(key.clone(), ()).is_some() {
+            return;
+        }
+        let me = self.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let origin = me.origin.as_ref().expect("checked");
+            let tier = me.tier(&key);
+            match me.fetch_origin(origin, &key, tier).await {
+                Ok(Some(v)) => {
+                    let e = me.entry(Some(&v), Some(tier), tier);
+                    me.l1.insert(key.clone(), e).await;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "refresh ahead failed"),
+            }
+            me.refreshing.remove(&key);
+        });
+    }
+
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+    {
+        let work = async {
+            let mut c = self.pool.get().await.map_err(fetch_error)?;
+            f(&mut c).await.map_err(|e| match e.code() {
+                // Redis' own error (e.g. WRONGTYPE) is the reply, as if Redis answered.
+                Some(code) => Error::Redis(format!("{code} {}", e.detail().unwrap_or(""))),
+                None => fetch_error(e),
+            })
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Upstream(UpstreamError::Timeout(
+                    self.timeout.as_millis() as u64,
+                )))
+            })
+    }
+
+    /// INFO's `# Shared` section: this instance's counters.
+    pub fn info(&self) -> String {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (reads, hits) = (get(&c.reads), get(&c.l1_hits));
+        format!(
+            "# Shared\r\nshared_reads:{reads}\r\nshared_l1_hits:{hits}\r\n\
+             shared_l1_hit_rate:{:.4}\r\nshared_redis_fetches:{}\r\nshared_origin_fetches:{}\r\n\
+             shared_flight_waiters:{}\r\nshared_l1_entries:{}\r\n",
+            if reads == 0 {
+                0.0
+            } else {
+                hits as f64 / reads as f64
+            },
+            get(&c.redis_fetches),
+            get(&c.origin_fetches),
+            get(&c.waiters),
+            self.l1.entry_count(),
+        )
+    }
+}
+
+/// Redis-style glob with `*` and `?` (enough for TTL tier patterns).
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some(p);
+                mark = t;
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some(s) => {
+                    p = s + 1;
+                    mark += 1;
+                    t = mark;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// A key as a URL path segment: unreserved characters and `:` stay, the rest is %XX.
+fn percent_encode(key: &[u8]) -> String {
+    let mut out = String::with_capacity(key.len());
+    for &b in key {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_pick_tiers() {
+        assert!(glob_match(
+            b"shared:market:*:price",
+            b"shared:market:BTC-USD:price"
+        ));
+        assert!(glob_match(
+            b"shared:market:*:1m:ohlcv",
+            b"shared:market:ETH:1m:ohlcv"
+        ));
+        assert!(!glob_match(
+            b"shared:market:*:1m:ohlcv",
+            b"shared:market:ETH:1d:ohlcv"
+        ));
+        assert!(glob_match(b"a?c*", b"abcdef"));
+        assert!(!glob_match(b"a?c", b"abcd"));
+    }
+
+    #[test]
+    fn keys_become_url_segments() {
+        assert_eq!(
+            percent_encode(b"shared:market:BTC-USD:price"),
+            "shared:market:BTC-USD:price"
+        );
+        assert_eq!(percent_encode(b"a b/c"), "a%20b%2Fc");
+    }
+}
