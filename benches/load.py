@@ -4,6 +4,7 @@
     python3 benches/load.py                 # 3 interleaved rounds, the full matrix
     python3 benches/load.py --rounds 1 --quick
     python3 benches/load.py --suite quota   # respite with quotas off vs on: SET, P16
+    python3 benches/load.py --suite shared  # GET of a shared key (L1) vs a tenant key (Redis)
 
 Starts its own redis-server, twemproxy (Debian package `nutcracker`, one pool, one server
 connection) and respite (release build) on free loopback ports, then runs redis-benchmark
@@ -60,13 +61,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def bench(port, test, pipeline, requests, pid, auth, keyspace=None):
+def bench(port, test, pipeline, requests, pid, auth, keyspace=None, command=None):
     args = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS),
-            "-n", str(requests), "-P", str(pipeline), "-t", test, "--csv"]
+            "-n", str(requests), "-P", str(pipeline), "--csv"]
     if keyspace:
         args += ["-r", str(keyspace)]
     if auth:
         args += ["-a", auth]
+    # A given command (e.g. GET of one key) instead of redis-benchmark's own test.
+    args += command if command else ["-t", test]
     before = cpu_seconds(pid)
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(pid) - before
@@ -82,8 +85,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer requests per run")
-    ap.add_argument("--suite", choices=("proxies", "quota"), default="proxies",
-                    help="proxies: redis vs twemproxy vs respite; quota: respite, quotas off vs on")
+    ap.add_argument("--suite", choices=("proxies", "quota", "shared"), default="proxies",
+                    help="proxies: redis vs twemproxy vs respite; quota: respite, quotas off vs "
+                         "on; shared: GET of a shared key vs of a tenant key, one respite")
     opts = ap.parse_args()
     for tool in ("redis-server", "redis-benchmark", "nutcracker"):
         if not shutil.which(tool):
@@ -127,7 +131,25 @@ def main():
             return port, proc.pid
 
         # (name, port, pid, password) and (test, pipeline, random keyspace) per suite.
-        if opts.suite == "quota":
+        commands = {}
+        if opts.suite == "shared":
+            port, pid = start_respite('[shared]\nprefixes = ["shared:market:"]')
+            value = "42000.5"
+            # One key, and 100 keys (redis-benchmark's -r fills __rand_int__ with 12 digits).
+            keys = ["shared:market:BTC-USD:price", "tenant:bench:plain"]
+            keys += ["shared:market:%012d:price" % i for i in range(100)]
+            keys += ["tenant:bench:plain:%012d" % i for i in range(100)]
+            for key in keys:
+                subprocess.run(["redis-cli", "-p", str(rport), "SET", key, value], check=True,
+                               capture_output=True)
+            targets = [("plain-get", port, pid, "bench-secret"),
+                       ("shared-get", port, pid, "bench-secret")]
+            commands = {("plain-get", None): ["GET", "plain"],
+                        ("shared-get", None): ["GET", "shared:market:BTC-USD:price"],
+                        ("plain-get", 100): ["GET", "plain:__rand_int__"],
+                        ("shared-get", 100): ["GET", "shared:market:__rand_int__:price"]}
+            cases = [("get", 16, None), ("get", 16, 100), ("get", 1, None)]
+        elif opts.suite == "quota":
             off, on = start_respite(""), start_respite("[defaults]\nquota_bytes = 1073741824")
             targets = [("quota-off", off[0], off[1], "bench-secret"),
                        ("quota-on", on[0], on[1], "bench-secret")]
@@ -147,7 +169,8 @@ def main():
                 k = rnd % len(targets)
                 order = targets[k:] + targets[:k]
                 for name, port, pid, auth in order:
-                    r = bench(port, test, pipeline, n, pid, auth, keyspace)
+                    r = bench(port, test, pipeline, n, pid, auth, keyspace,
+                              commands.get((name, keyspace)))
                     results.setdefault((name,) + case, []).append(r)
                     print("round %d %-9s %-3s P%-2d -r %-7s %10.0f rps  p50 %.3f ms  p99 %.3f ms  "
                           "%.1f us cpu/req" % (rnd + 1, name, test.upper(), pipeline, keyspace or "-",

@@ -186,6 +186,8 @@ pub struct Session {
     /// Shared keys this (publisher) connection wrote whose replies are not all in: dropped
     /// from the shared cache when written and again once Redis has answered.
     published: Vec<Bytes>,
+    /// The last shared key this session read (see `shared::Memo`).
+    memo: crate::shared::Memo,
     /// `published[..unpublished]` have been dropped from the cache once already.
     unpublished: usize,
     /// Writes Redis has answered in this batch, settled together at the end of `deliver`.
@@ -240,6 +242,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         tenant: None,
         settling: Vec::new(),
         published: Vec::new(),
+        memo: None,
         unpublished: 0,
         protocol: 2,
         multi: None,
@@ -426,9 +429,6 @@ impl Session {
     /// GET of a shared key, from the shared cache. A publisher's own earlier writes to
     /// shared keys on this connection are waited for first, so it reads what it wrote.
     async fn shared_get(&mut self, key: Bytes) -> Result<(), End> {
-        let Some(shared) = self.ctx.shared.clone() else {
-            return Ok(());
-        };
         if !self.published.is_empty() {
             self.drain().await?;
             self.unpublish().await;
@@ -437,7 +437,10 @@ impl Session {
             // A miss waits on Redis: let the requests before it go first.
             self.flush_upstream().await;
         }
-        let reply = match shared.get(&key).await {
+        let Some(shared) = &self.ctx.shared else {
+            return Ok(());
+        };
+        let reply = match shared.get_memo(&mut self.memo, &key).await {
             Ok(e) => e.reply(self.protocol),
             Err(e) => e.to_resp(),
         };

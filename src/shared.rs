@@ -34,12 +34,15 @@ use crate::config::{Config, SharedConfig};
 use crate::error::{Error, UpstreamError};
 use crate::protocol::Resp;
 
+/// A session's last shared read: the key, its entry, and the cache generation then.
+pub type Memo = Option<(Bytes, Arc<Entry>, u64)>;
+
 /// What the shared cache counts, for INFO and metrics.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// GETs of shared keys answered here.
-    pub reads: AtomicU64,
+    /// GETs of shared keys answered from L1 (reads = hits + misses: one count per read).
     pub l1_hits: AtomicU64,
+    pub l1_misses: AtomicU64,
     /// Fetches from Redis (one per flight).
     pub redis_fetches: AtomicU64,
     /// Fetches from the origin, refreshes ahead included.
@@ -57,6 +60,8 @@ pub struct Entry {
     redis_expires: Option<Instant>,
     /// How long L1 keeps it from when it was fetched.
     l1_ttl: Duration,
+    /// When that is over.
+    fresh_until: Instant,
     tier: Duration,
 }
 
@@ -81,11 +86,14 @@ pub struct SharedCache {
     default_tier: Duration,
     max_stale: Duration,
     origin: Option<Origin>,
-    l1: moka::future::Cache<Bytes, Arc<Entry>>,
+    l1: moka::future::Cache<Bytes, Arc<Entry>, foldhash::fast::RandomState>,
     pool: deadpool_redis::Pool,
     timeout: Duration,
     /// Keys being refreshed ahead, so that each is refreshed once.
     refreshing: DashMap<Bytes, ()>,
+    /// Bumped whenever an entry is dropped or replaced early, so that a session's [`Memo`]
+    /// of it is dropped too.
+    generation: AtomicU64,
     pub counters: Counters,
 }
 
@@ -151,10 +159,11 @@ impl SharedCache {
                     u32::try_from(size).unwrap_or(u32::MAX)
                 })
                 .expire_after(ByEntry)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             pool,
             timeout: Duration::from_millis(config.upstream.command_timeout_ms),
             refreshing: DashMap::new(),
+            generation: AtomicU64::new(0),
             counters: Counters::default(),
         })
     }
@@ -169,12 +178,12 @@ impl SharedCache {
 
     /// The value of a shared key: from L1, or fetched once however many ask at once.
     pub async fn get(self: &Arc<Self>, key: &Bytes) -> Result<Arc<Entry>, Error> {
-        self.counters.reads.fetch_add(1, Ordering::Relaxed);
         if let Some(e) = self.l1.get(key).await {
             self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
             self.refresh_if_due(key, &e);
             return Ok(e);
         }
+        self.counters.l1_misses.fetch_add(1, Ordering::Relaxed);
         let led = std::sync::atomic::AtomicBool::new(false);
         let result = self
             .l1
@@ -193,7 +202,32 @@ impl SharedCache {
 
     /// Drops the L1 entry (a publisher wrote the key through this instance).
     pub async fn invalidate(&self, key: &Bytes) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
         self.l1.invalidate(key).await;
+    }
+
+    /// GET through a session's memo of the last shared key it read: a session polling one
+    /// key gets it without a cache lookup, for as long as the L1 entry would live and no
+    /// entry has been dropped or replaced since.
+    pub async fn get_memo(
+        self: &Arc<Self>,
+        memo: &mut Memo,
+        key: &Bytes,
+    ) -> Result<Arc<Entry>, Error> {
+        if let Some((k, e, generation)) = memo {
+            if k == key
+                && *generation == self.generation.load(Ordering::Relaxed)
+                && Instant::now() < e.fresh_until
+            {
+                self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
+                self.refresh_if_due(key, e);
+                return Ok(e.clone());
+            }
+        }
+        let generation = self.generation.load(Ordering::Relaxed);
+        let e = self.get(key).await?;
+        *memo = Some((key.clone(), e.clone(), generation));
+        Ok(e)
     }
 
     /// The flight's fetch: Redis, then the origin on a miss.
@@ -243,6 +277,7 @@ impl SharedCache {
             value: value.map(Resp::bulk),
             redis_expires: expires_in.map(|d| now + d),
             l1_ttl,
+            fresh_until: now + l1_ttl,
             tier,
         })
     }
@@ -317,6 +352,7 @@ impl SharedCache {
                 Ok(Some(v)) => {
                     let e = me.entry(Some(&v), Some(tier), tier);
                     me.l1.insert(key.clone(), e).await;
+                    me.generation.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "refresh ahead failed"),
@@ -350,7 +386,8 @@ impl SharedCache {
     pub fn info(&self) -> String {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (reads, hits) = (get(&c.reads), get(&c.l1_hits));
+        let hits = get(&c.l1_hits);
+        let reads = hits + get(&c.l1_misses);
         format!(
             "# Shared\r\nshared_reads:{reads}\r\nshared_l1_hits:{hits}\r\n\
              shared_l1_hit_rate:{:.4}\r\nshared_redis_fetches:{}\r\nshared_origin_fetches:{}\r\n\
