@@ -70,11 +70,77 @@ const EXPIRY_GRACE: Duration = Duration::from_millis(5);
 /// A tenant without a quota is still measured (its usage is billed), never refused.
 const UNLIMITED: u64 = 1 << 50;
 
+/// The keys a write touches, as Redis names them. A single key (the common case) is taken
+/// out of the request once it has been encoded for Redis: no copy, no allocation.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub enum Keys {
+    #[default]
+    None,
+    /// The request's argument at this index, not taken yet.
+    Arg(usize),
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+impl Keys {
+    fn add(&mut self, args: &[Bytes], i: usize) {
+        *self = match std::mem::take(self) {
+            Keys::None => Keys::Arg(i),
+            Keys::Arg(j) => Keys::Many(vec![args[j].clone(), args[i].clone()]),
+            Keys::One(k) => Keys::Many(vec![k, args[i].clone()]),
+            Keys::Many(mut v) => {
+                v.push(args[i].clone());
+                Keys::Many(v)
+            }
+        }
+    }
+
+    /// Takes the key out of the request (sent, about to be dropped).
+    pub fn take_from(&mut self, args: &mut [Bytes]) {
+        if let Keys::Arg(i) = *self {
+            *self = Keys::One(std::mem::take(&mut args[i]));
+        }
+    }
+
+    /// Copies the key out of the request (which is still to be sent).
+    pub fn clone_from(&mut self, args: &[Bytes]) {
+        if let Keys::Arg(i) = *self {
+            *self = Keys::One(args[i].clone());
+        }
+    }
+
+    fn append(&mut self, other: Keys) {
+        let mut all = match std::mem::take(self) {
+            Keys::One(k) => vec![k],
+            Keys::Many(v) => v,
+            Keys::None | Keys::Arg(_) => Vec::new(),
+        };
+        match other {
+            Keys::One(k) => all.push(k),
+            Keys::Many(v) => all.extend(v),
+            Keys::None | Keys::Arg(_) => {}
+        }
+        *self = Keys::Many(all);
+    }
+
+    fn to_vec(&self) -> Vec<Bytes> {
+        match self {
+            Keys::One(k) => vec![k.clone()],
+            Keys::Many(v) => v.clone(),
+            Keys::None | Keys::Arg(_) => Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Keys::None)
+    }
+}
+
 /// What a write may do to the tenant's bytes, as far as the request tells.
 #[derive(Debug)]
 pub struct WriteCost {
-    /// The keys it writes, as Redis names them.
-    keys: Vec<Bytes>,
+    /// The keys it writes.
+    keys: Keys,
     growth: Growth,
     /// The TTL it sets: the keys are measured again when it runs out.
     expires_in: Option<Duration>,
@@ -100,7 +166,7 @@ pub fn cost(cmd: &Command, args: &[Bytes], prefix: &[u8]) -> Option<WriteCost> {
     if !cmd.has(CMD_WRITE) && !script {
         return None;
     }
-    let mut keys = Vec::new();
+    let mut keys = Keys::None;
     let mut sources = Vec::new();
     // Written keys' names are stored; source keys' names are not.
     let (mut key_bytes, mut key_weight) = (0, 0);
@@ -112,7 +178,7 @@ pub fn cost(cmd: &Command, args: &[Bytes], prefix: &[u8]) -> Option<WriteCost> {
         }
         if written {
             key_bytes += stored(a.len() as u64);
-            keys.push(a.clone());
+            keys.add(args, i);
         } else {
             sources.push(a.clone());
         }
@@ -312,12 +378,14 @@ struct Local {
 
 impl Local {
     fn settle(&mut self, keys: impl IntoIterator<Item = Bytes>, charged: u64) {
-        let before = self.dirty.len();
-        self.dirty.extend(keys);
         self.settled += charged;
-        if self.dirty.len() > before {
-            // Maybe a delete: the next write asks Redis again.
-            self.full = None;
+        for k in keys {
+            // Hot keys are mostly dirty already: look up before inserting.
+            if !self.dirty.contains(&k) {
+                self.dirty.insert(k);
+                // Maybe a delete: the next write asks Redis again.
+                self.full = None;
+            }
         }
     }
 
@@ -332,10 +400,18 @@ impl Local {
 
     /// Takes a finished write's keys, charge and TTLs in.
     fn settle_written(&mut self, w: &mut Written) {
+        if let Some(ttl) = w.ttl.take() {
+            w.expiring.push((ttl, w.keys.to_vec()));
+        }
         for (ttl, keys) in w.expiring.drain(..) {
             self.expire_later(keys, Instant::now() + ttl + EXPIRY_GRACE);
         }
-        self.settle(std::mem::take(&mut w.keys), std::mem::take(&mut w.charged));
+        let charged = std::mem::take(&mut w.charged);
+        match std::mem::take(&mut w.keys) {
+            Keys::One(k) => self.settle([k], charged),
+            Keys::Many(v) => self.settle(v, charged),
+            Keys::None | Keys::Arg(_) => self.settle([], charged),
+        }
     }
 }
 
@@ -478,38 +554,40 @@ struct Flush {
 #[derive(Debug)]
 pub struct Written {
     ledger: Arc<Ledger>,
-    keys: Vec<Bytes>,
+    pub keys: Keys,
     charged: u64,
-    /// TTLs it sets, and on which keys; counted from its reply, which comes after Redis
-    /// started them.
+    /// The TTL it sets; counted from its reply, which comes after Redis started it.
+    ttl: Option<Duration>,
+    /// A transaction's queued writes' TTLs, and their keys.
     expiring: Vec<(Duration, Vec<Bytes>)>,
 }
 
 impl Written {
-    fn new(ledger: &Arc<Ledger>, cost: WriteCost, charged: u64) -> Box<Written> {
-        let expiring = match cost.expires_in {
-            Some(ttl) => vec![(ttl, cost.keys.clone())],
-            None => Vec::new(),
-        };
-        Box::new(Written {
+    fn new(ledger: &Arc<Ledger>, cost: WriteCost, charged: u64) -> Written {
+        Written {
             ledger: ledger.clone(),
             keys: cost.keys,
             charged,
-            expiring,
-        })
+            ttl: cost.expires_in,
+            expiring: Vec::new(),
+        }
     }
 
-    /// Takes `other` in: a transaction's writes settle together, when EXEC's reply is in.
+    /// Takes `other` (keys already copied out of its request) in: a transaction's writes
+    /// settle together, when EXEC's reply is in.
     pub fn absorb(&mut self, other: &mut Written) {
+        if let Some(ttl) = other.ttl.take() {
+            self.expiring.push((ttl, other.keys.to_vec()));
+        }
         self.expiring.append(&mut other.expiring);
-        self.keys.append(&mut other.keys);
+        self.keys.append(std::mem::take(&mut other.keys));
         self.charged += std::mem::take(&mut other.charged);
     }
 }
 
 impl Drop for Written {
     fn drop(&mut self) {
-        if !self.keys.is_empty() || self.charged > 0 || !self.expiring.is_empty() {
+        if !self.keys.is_empty() || self.charged > 0 || self.ttl.is_some() {
             let ledger = self.ledger.clone();
             ledger.local.lock().unwrap().settle_written(self);
         }
@@ -538,7 +616,7 @@ pub fn admit_now(
     ledger: &Arc<Ledger>,
     cost: WriteCost,
     recent: Duration,
-) -> Result<Box<Written>, WriteCost> {
+) -> Result<Written, WriteCost> {
     let bytes = match cost.growth {
         Growth::None => 0,
         Growth::Bytes(b) => b,
@@ -724,11 +802,7 @@ impl Quotas {
     }
 
     /// Charges a write against its tenant's quota, or refuses it with `-OOM`.
-    pub async fn admit(
-        &self,
-        ledger: &Arc<Ledger>,
-        cost: WriteCost,
-    ) -> Result<Box<Written>, Error> {
+    pub async fn admit(&self, ledger: &Arc<Ledger>, cost: WriteCost) -> Result<Written, Error> {
         let bytes = match &cost.growth {
             Growth::None => 0,
             Growth::Bytes(b) => *b,
@@ -1040,7 +1114,10 @@ mod tests {
         assert!(cost_of("SORT k").is_none());
         let del = cost_of("DEL a b").unwrap();
         assert_eq!(del.growth, Growth::None);
-        assert_eq!(del.keys, vec![Bytes::from("a"), Bytes::from("b")]);
+        assert_eq!(
+            del.keys,
+            Keys::Many(vec![Bytes::from("a"), Bytes::from("b")])
+        );
     }
 
     #[test]
@@ -1083,13 +1160,13 @@ mod tests {
     #[test]
     fn copies_are_sized_by_their_sources() {
         let c = cost_of("SUNIONSTORE d a b").unwrap();
-        assert_eq!(c.keys, vec![Bytes::from("d")]);
+        assert_eq!(c.keys, Keys::Arg(1));
         assert_eq!(
             c.growth,
             Growth::CopyOf(vec![Bytes::from("a"), Bytes::from("b")], stored(1))
         );
         let s = cost_of("SORT src STORE dst").unwrap();
-        assert_eq!(s.keys, vec![Bytes::from("dst")]);
+        assert_eq!(s.keys, Keys::Arg(3));
         assert!(matches!(s.growth, Growth::CopyOf(..)));
         // A move takes from one key what it adds to another.
         assert!(matches!(

@@ -77,7 +77,7 @@ pub(crate) enum Slot {
         blocking: bool,
         mute: bool,
         /// A write's charge: settled (its keys measured) once the reply is in.
-        write: Option<Box<Written>>,
+        write: Option<Written>,
     },
     /// (Un)subscribe confirmations; `left` is resolved when the slot reaches the head.
     Confirm {
@@ -119,7 +119,7 @@ pub(crate) struct Multi {
     /// A command was refused while queuing: EXEC must abort, as in Redis.
     pub dirty: bool,
     /// The queued writes' charges, settled with EXEC's reply (or when the MULTI ends).
-    pub writes: Option<Box<Written>>,
+    pub writes: Option<Written>,
 }
 
 /// CLIENT REPLY.
@@ -470,7 +470,7 @@ impl Session {
 
     /// The quota stage, when the lease covers the write (no round trip); otherwise the cost
     /// comes back for [`Session::admit`].
-    fn admit_now(&mut self, cost: WriteCost) -> Result<Box<Written>, WriteCost> {
+    fn admit_now(&mut self, cost: WriteCost) -> Result<Written, WriteCost> {
         match (
             &self.ctx.quotas,
             self.tenant.as_ref().and_then(|t| t.ledger.as_ref()),
@@ -481,7 +481,7 @@ impl Session {
     }
 
     /// The quota stage with a round trip to the shared figure: a reservation, or `-OOM`.
-    async fn admit(&mut self, cost: WriteCost) -> Result<Box<Written>, Error> {
+    async fn admit(&mut self, cost: WriteCost) -> Result<Written, Error> {
         let (Some(quotas), Some(ledger)) = (
             self.ctx.quotas.clone(),
             self.tenant.as_ref().and_then(|t| t.ledger.clone()),
@@ -599,10 +599,10 @@ impl Session {
         &mut self,
         fwd: Forward,
         top: &[u8],
-        mut write: Option<Box<Written>>,
+        mut write: Option<Written>,
     ) -> Result<(), End> {
         let Forward {
-            args,
+            mut args,
             mut expect,
             blocking,
         } = fwd;
@@ -620,6 +620,7 @@ impl Session {
                     if let Some(m) = &mut self.multi {
                         m.items.push(ExecItem::Upstream(shape));
                         if let Some(mut w) = write.take() {
+                            w.keys.clone_from(&args);
                             match &mut m.writes {
                                 Some(all) => all.absorb(&mut w),
                                 None => m.writes = Some(w),
@@ -676,7 +677,12 @@ impl Session {
                 mute,
             },
         };
-        self.send(args.iter().map(|a| &a[..]), slot, pin).await
+        self.send(args.iter().map(|a| &a[..]), slot, pin).await?;
+        if let Some(Slot::Reply { write: Some(w), .. }) = self.pending.back_mut() {
+            // Encoded: the write's key can leave the request rather than be copied.
+            w.keys.take_from(&mut args);
+        }
+        Ok(())
     }
 
     /// Encodes a request for Redis and opens its slot. With `pin`, the request goes over a
@@ -861,7 +867,7 @@ impl Session {
         if let Some(Slot::Reply { write, .. }) = &mut slot {
             if let Some(w) = write.take() {
                 // Redis has run the write: its keys can be measured (with the batch).
-                self.settling.push(*w);
+                self.settling.push(w);
             }
         }
         if slot.as_ref().is_some_and(is_upstream_slot) {
