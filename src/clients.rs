@@ -130,6 +130,17 @@ impl Registry {
         self.clients.get(&id).map(|c| c.clone())
     }
 
+    /// How many connections each tenant has open (authenticated ones only).
+    pub fn per_tenant(&self) -> Vec<(String, usize)> {
+        let mut counts = std::collections::HashMap::<String, usize>::new();
+        for c in self.clients.iter() {
+            if let Some(t) = c.state.lock().unwrap().tenant.clone() {
+                *counts.entry(t).or_default() += 1;
+            }
+        }
+        counts.into_iter().collect()
+    }
+
     /// The tenant's connections, oldest first.
     pub fn of_tenant(&self, tenant: &str) -> Vec<Arc<Client>> {
         let mut v: Vec<_> = self

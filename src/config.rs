@@ -42,7 +42,7 @@ pub struct Config {
     #[serde(default)]
     pub upstream: UpstreamConfig,
     #[serde(default)]
-    pub admin: Option<Spanned<toml::Table>>,
+    pub admin: Option<Spanned<AdminConfig>>,
     #[serde(default)]
     pub defaults: DefaultsConfig,
     #[serde(default)]
@@ -146,6 +146,13 @@ pub struct TenantConfig {
     pub allow_scripts: bool,
     #[serde(default = "default_role")]
     pub role: Spanned<String>,
+}
+
+/// The HTTP listener for operators (see `admin`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: String,
 }
 
 /// What a tenant gets when its own entry does not say.
@@ -489,9 +496,6 @@ impl Config {
     fn validate(&self) -> Vec<(Option<Range<usize>>, String)> {
         let mut errs = Vec::new();
         let mut err = |span: Option<Range<usize>>, msg: String| errs.push((span, msg));
-        let not_yet = |what: &str, issue: &str| {
-            format!("{what} is not built yet ({issue}); remove it from the config")
-        };
 
         if self.server.listen.get_ref().parse::<SocketAddr>().is_err() {
             err(
@@ -544,10 +548,15 @@ impl Config {
             );
         }
         if let Some(admin) = &self.admin {
-            err(
-                Some(admin.span()),
-                not_yet("[admin]", "metrics and health endpoints"),
-            );
+            if admin.get_ref().listen.parse::<SocketAddr>().is_err() {
+                err(
+                    Some(admin.span()),
+                    format!(
+                        "admin.listen: {:?} is not an address like 127.0.0.1:9121",
+                        admin.get_ref().listen
+                    ),
+                );
+            }
         }
         if let Some(shared) = &self.shared {
             let at = Some(shared.span());

@@ -25,8 +25,10 @@
 //! Modules, in the order a request meets them: [`server`], [`session`], [`protocol`],
 //! [`auth`] (with [`tenant`]), [`command`], [`local`], [`keyspace`], [`policy`], [`rewrite`],
 //! [`quota`], [`shared`], [`upstream`], [`reply`], [`error`]; [`config`] is the TOML file,
-//! [`clients`] the registry of connections behind CLIENT LIST/KILL.
+//! [`clients`] the registry of connections behind CLIENT LIST/KILL, [`admin`] the HTTP
+//! endpoints for operators (/healthz, /readyz, /metrics).
 
+pub mod admin;
 pub mod auth;
 pub mod clients;
 pub mod command;
@@ -68,12 +70,14 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
     let shared = config
         .shared
         .as_ref()
-        .map(|s| shared::SharedCache::new(s.get_ref(), config, pool))
+        .map(|s| shared::SharedCache::new(s.get_ref(), config, pool.clone()))
         .transpose()?
         .map(Arc::new);
     Ok(Arc::new(Context {
         quotas,
         shared,
+        pool,
+        readiness: admin::Readiness::default(),
         limits: protocol::Limits {
             max_bulk_bytes: config.server.max_bulk_bytes,
             max_array_len: config.server.max_array_len,
@@ -106,6 +110,13 @@ pub async fn run(
         .quotas
         .clone()
         .map(|q| tokio::spawn(q.run(bookkeeping.clone())));
+    if let Some(admin) = &config.admin {
+        let addr = admin.get_ref().listen.as_str();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("admin.listen {addr}: {e}"))?;
+        tokio::spawn(admin::run(listener, ctx.clone(), bookkeeping.clone()));
+    }
     server::run(
         listener,
         ctx,

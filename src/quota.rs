@@ -526,6 +526,16 @@ impl Ledger {
                 .is_some_and(|(at, _)| *at <= Instant::now())
     }
 
+    fn status(&self, used: i64) -> Status {
+        Status {
+            used,
+            limits: self.limits,
+            refusals: self.refusals.load(Ordering::Relaxed),
+            overage_writes: self.overage_writes.load(Ordering::Relaxed),
+            reconciled: self.reconciled.load(Ordering::Relaxed),
+        }
+    }
+
     fn count_overage(&self, limits: QuotaLimits) {
         if self.used_with_leases() as u64 > limits.quota {
             self.overage_writes.fetch_add(1, Ordering::Relaxed);
@@ -1018,6 +1028,25 @@ impl Quotas {
         }
     }
 
+    /// Every tenant's figures, with `used` read from Redis now (one MGET).
+    pub async fn statuses(&self) -> Vec<(Arc<Ledger>, Status)> {
+        let names: Vec<&str> = self.ledgers.iter().map(|l| l.names.used.as_str()).collect();
+        let used: Result<Vec<Option<i64>>, _> = self
+            .with_conn(async |c| redis::cmd("MGET").arg(&names).query_async(c).await)
+            .await;
+        self.ledgers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let u = match &used {
+                    Ok(v) => v.get(i).copied().flatten().unwrap_or(0),
+                    Err(_) => l.used.load(Ordering::Relaxed),
+                };
+                (l.clone(), l.status(u))
+            })
+            .collect()
+    }
+
     /// The tenant's figures, with `used` read from Redis now.
     pub async fn status(&self, ledger: &Ledger) -> Status {
         let used: Result<Option<i64>, _> = self
@@ -1032,13 +1061,7 @@ impl Quotas {
             Ok(u) => u.unwrap_or(0),
             Err(_) => ledger.used.load(Ordering::Relaxed),
         };
-        Status {
-            used,
-            limits: ledger.limits,
-            refusals: ledger.refusals.load(Ordering::Relaxed),
-            overage_writes: ledger.overage_writes.load(Ordering::Relaxed),
-            reconciled: ledger.reconciled.load(Ordering::Relaxed),
-        }
+        ledger.status(used)
     }
 
     /// The flusher and the reconciler, until `stop`; a last flush hands the leases back.

@@ -64,6 +64,10 @@ pub struct Context {
     pub quotas: Option<Arc<Quotas>>,
     /// The shared-key cache, when `[shared]` is configured.
     pub shared: Option<Arc<SharedCache>>,
+    /// respite's own connections to Redis (quota bookkeeping, shared fills, health).
+    pub pool: deadpool_redis::Pool,
+    /// Whether Redis answers (for /readyz).
+    pub readiness: crate::admin::Readiness,
 }
 
 /// The place of one request's reply in the outgoing stream.

@@ -37,7 +37,7 @@ fn each_mistake_has_its_own_error() {
         ("[[tenants]]\nid = \"a\"\n", "nothing could authenticate it", Some(2)),
         ("[[tenants]]\nid = \"a\"\npassword_sha256 = \"xyz\"\n", "64 hex digits", Some(3)),
         ("[server]\ndefault_tenant = \"zz\"\n", "server.default_tenant", Some(2)),
-        ("[admin]\nlisten = \"127.0.0.1:9121\"\n", "[admin] is not built yet", Some(1)),
+        ("[admin]\nlisten = \"nope\"\n", "admin.listen", Some(1)),
         ("[defaults]\nquota = 1\n", "unknown field `quota`", Some(2)),
         ("[shared]\nprefixes = [\"tenant:x\"]\n", "outside tenant: and respite:", Some(1)),
         (

@@ -1,0 +1,204 @@
+//! The admin HTTP listener (`[admin] listen`), for operators and their tools:
+//!
+//! - `GET /healthz`: 200 while the process runs.
+//! - `GET /readyz`: 200 while Redis answers respite's PING (every 250 ms, over respite's own
+//!   pool), 503 otherwise, so a load balancer stops sending clients within about a second.
+//! - `GET /metrics`: Prometheus text format, made by the `prometheus-client` crate from the
+//!   figures the other stages keep: connections per tenant, quota usage and decisions per
+//!   tenant, the shared cache's counters, Redis' reachability.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::session::Context;
+
+const PING_EVERY: Duration = Duration::from_millis(250);
+const PING_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Whether Redis answered respite's last PING.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown`.
+pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: CancellationToken) {
+    tokio::spawn(watch_redis(ctx.clone(), shutdown.clone()));
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get({
+                let ctx = ctx.clone();
+                move || async move {
+                    if ctx.readiness.ready() {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "Redis does not answer\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let ctx = ctx.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics(&ctx).await,
+                    )
+                        .into_response()
+                }
+            }),
+        );
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "admin listener failed");
+    }
+}
+
+/// PINGs Redis over respite's own pool and records whether it answered.
+async fn watch_redis(ctx: Arc<Context>, stop: CancellationToken) {
+    loop {
+        let ping = async {
+            let mut c = ctx.pool.get().await.ok()?;
+            let pong: Option<String> = deadpool_redis::redis::cmd("PING")
+                .query_async(&mut c)
+                .await
+                .ok();
+            pong
+        };
+        let up = matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Some(_)));
+        ctx.readiness.0.store(up, Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(PING_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+type ByTenant = Vec<(String, String)>;
+
+fn tenant(id: &str) -> ByTenant {
+    vec![("tenant".into(), id.into())]
+}
+
+/// The registry, filled with this moment's figures, in the text format.
+async fn metrics(ctx: &Context) -> String {
+    let mut registry = <Registry>::with_prefix("respite");
+
+    let connections = Family::<ByTenant, Gauge>::default();
+    for (id, n) in ctx.clients.per_tenant() {
+        connections.get_or_create(&tenant(&id)).set(n as i64);
+    }
+    registry.register(
+        "connections",
+        "Open client connections, by tenant",
+        connections,
+    );
+
+    let up = Gauge::<i64>::default();
+    up.set(ctx.readiness.ready() as i64);
+    registry.register("redis_up", "Whether Redis answers respite's PING", up);
+
+    if let Some(quotas) = &ctx.quotas {
+        let used = Family::<ByTenant, Gauge>::default();
+        let quota = Family::<ByTenant, Gauge>::default();
+        let overage = Family::<ByTenant, Gauge>::default();
+        let refusals = Family::<ByTenant, Counter>::default();
+        let overage_writes = Family::<ByTenant, Counter>::default();
+        for (ledger, status) in quotas.statuses().await {
+            let t = tenant(&ledger.tenant);
+            used.get_or_create(&t).set(status.used);
+            if let Some(l) = status.limits {
+                quota.get_or_create(&t).set(l.quota as i64);
+                overage.get_or_create(&t).set(l.overage as i64);
+            }
+            refusals.get_or_create(&t).inc_by(status.refusals);
+            overage_writes
+                .get_or_create(&t)
+                .inc_by(status.overage_writes);
+        }
+        registry.register(
+            "quota_used_bytes",
+            "Bytes the tenant's keys hold in Redis (MEMORY USAGE), shared by all instances",
+            used,
+        );
+        registry.register("quota_bytes", "The tenant's quota", quota);
+        registry.register(
+            "quota_overage_bytes",
+            "Bytes allowed past the quota before writes are refused",
+            overage,
+        );
+        registry.register(
+            "quota_refusals",
+            "Writes this instance refused with -OOM",
+            refusals,
+        );
+        registry.register(
+            "quota_overage_writes",
+            "Writes this instance let through past the quota, within the overage",
+            overage_writes,
+        );
+    }
+
+    if let Some(shared) = &ctx.shared {
+        let c = &shared.counters;
+        let counter = |v: &std::sync::atomic::AtomicU64| {
+            let m = Counter::<u64>::default();
+            m.inc_by(v.load(Ordering::Relaxed));
+            m
+        };
+        let reads = Counter::<u64>::default();
+        reads.inc_by(c.l1_hits.load(Ordering::Relaxed) + c.l1_misses.load(Ordering::Relaxed));
+        registry.register("shared_reads", "GETs of shared keys", reads);
+        for (name, help, value) in [
+            ("shared_l1_hits", "Shared GETs answered from L1", &c.l1_hits),
+            (
+                "shared_redis_fetches",
+                "Shared keys fetched from Redis (one per flight)",
+                &c.redis_fetches,
+            ),
+            (
+                "shared_origin_fetches",
+                "Shared keys fetched from the origin, refreshes ahead included",
+                &c.origin_fetches,
+            ),
+            (
+                "shared_flight_waiters",
+                "Shared GETs answered by another reader's fetch",
+                &c.waiters,
+            ),
+        ] {
+            registry.register(name, help, counter(value));
+        }
+    }
+
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &registry) {
+        tracing::warn!(error = %e, "metrics not encoded");
+    }
+    out
+}

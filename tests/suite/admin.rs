@@ -1,0 +1,121 @@
+//! The admin HTTP listener: health, readiness that follows Redis, and Prometheus metrics.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::*;
+
+/// `GET path` over HTTP/1.1: the status and the body; status 0 if nothing listens yet.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: respite\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("an HTTP answer within 5 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// Waits up to `within` for `path` to answer `status`; returns how long it took.
+async fn answers(addr: SocketAddr, path: &str, status: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if http_get(addr, path).await.0 == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{path} not {status} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn admin_config(redis: &Redis, admin: SocketAddr) -> String {
+    format!(
+        "[upstream]\nurl = \"{}\"\ncommand_timeout_ms = 1000\nconnect_timeout_ms = 300\n\
+         [admin]\nlisten = \"{admin}\"\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\nquota_bytes = 100000\noverage_bytes = 1000\n\
+         [[tenants]]\nid = \"b\"\npassword = \"pb\"\n\
+         [shared]\n",
+        redis.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_say_what_respite_holds() {
+    let redis = Redis::start();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proxy = Proxy::start_config(&admin_config(&redis, admin)).await;
+    answers(admin, "/healthz", 200, Duration::from_secs(5)).await;
+    answers(admin, "/readyz", 200, Duration::from_secs(2)).await;
+
+    let mut a = proxy.raw_as("a", "pa").await;
+    let _a2 = proxy.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["SET", "k", &"x".repeat(2000)]).await, "+OK\r\n");
+    assert!(a
+        .cmd(&["SET", "big", &"x".repeat(200_000)])
+        .await
+        .starts_with("-OOM"));
+    assert_eq!(a.cmd(&["GET", "shared:market:X:price"]).await, "$-1\r\n");
+    assert_eq!(a.cmd(&["GET", "shared:market:X:price"]).await, "$-1\r\n");
+    let mut d = redis.direct().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let (status, body) = http_get(admin, "/metrics").await;
+        assert_eq!(status, 200);
+        // The flusher measures the write within 50 ms.
+        if !body.contains("respite_quota_used_bytes{tenant=\"a\"} 0") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let used: i64 = q(&mut d, &["MEMORY", "USAGE", "tenant:a:k"]).await.unwrap();
+    for line in [
+        "respite_connections{tenant=\"a\"} 2".to_string(),
+        "respite_redis_up 1".to_string(),
+        format!("respite_quota_used_bytes{{tenant=\"a\"}} {used}"),
+        "respite_quota_bytes{tenant=\"a\"} 100000".to_string(),
+        "respite_quota_overage_bytes{tenant=\"a\"} 1000".to_string(),
+        "respite_quota_refusals_total{tenant=\"a\"} 1".to_string(),
+        "respite_quota_used_bytes{tenant=\"b\"} 0".to_string(),
+        "respite_shared_reads_total 2".to_string(),
+        "respite_shared_l1_hits_total 1".to_string(),
+        "respite_shared_redis_fetches_total 1".to_string(),
+    ] {
+        assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
+    }
+    assert!(body.ends_with("# EOF\n"));
+}
+
+/// The issue's check: /readyz is 503 within 2 s of Redis stopping and 200 within 2 s of its
+/// return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_within_two_seconds() {
+    let mut redis = Redis::start();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _proxy = Proxy::start_config(&admin_config(&redis, admin)).await;
+    answers(admin, "/readyz", 200, Duration::from_secs(5)).await;
+    redis.stop();
+    answers(admin, "/readyz", 503, Duration::from_secs(2)).await;
+    assert_eq!(
+        http_get(admin, "/healthz").await.0,
+        200,
+        "the process is still up"
+    );
+    redis.restart();
+    answers(admin, "/readyz", 200, Duration::from_secs(2)).await;
+}
