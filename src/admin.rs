@@ -7,7 +7,7 @@
 //!   figures the other stages keep: connections per tenant, quota usage and decisions per
 //!   tenant, the shared cache's counters, Redis' reachability.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,6 +105,73 @@ fn tenant(id: &str) -> ByTenant {
     vec![("tenant".into(), id.into())]
 }
 
+/// Commands, hits, bytes, auth failures and latency percentiles, per tenant.
+fn tenant_figures(ctx: &Context, registry: &mut Registry) {
+    let commands = Family::<ByTenant, Counter>::default();
+    let hits = Family::<ByTenant, Counter>::default();
+    let misses = Family::<ByTenant, Counter>::default();
+    let hit_ratio = Family::<ByTenant, Gauge<f64, AtomicU64>>::default();
+    let bytes_read = Family::<ByTenant, Counter>::default();
+    let bytes_written = Family::<ByTenant, Counter>::default();
+    let auth_failures = Family::<ByTenant, Counter>::default();
+    let latency = Family::<ByTenant, Gauge>::default();
+    for t in ctx.auth.tenants() {
+        let s = t.stats.snapshot();
+        let id = tenant(&t.id);
+        for ((name, outcome), n) in &s.commands {
+            let mut l = id.clone();
+            l.push(("command".into(), (*name).into()));
+            l.push(("outcome".into(), outcome.as_str().into()));
+            commands.get_or_create(&l).inc_by(*n);
+        }
+        hits.get_or_create(&id).inc_by(s.hits);
+        misses.get_or_create(&id).inc_by(s.misses);
+        hit_ratio.get_or_create(&id).set(s.hit_rate());
+        bytes_read.get_or_create(&id).inc_by(s.bytes_in);
+        bytes_written.get_or_create(&id).inc_by(s.bytes_out);
+        auth_failures.get_or_create(&id).inc_by(s.auth_failures);
+        for family in s.latency.keys() {
+            let Some(p) = s.percentiles(Some(family)) else {
+                continue;
+            };
+            for (q, v) in ["0.5", "0.9", "0.99", "0.999"].into_iter().zip(p) {
+                let mut l = id.clone();
+                l.push(("family".into(), (*family).into()));
+                l.push(("quantile".into(), q.into()));
+                latency.get_or_create(&l).set(v as i64);
+            }
+        }
+    }
+    registry.register(
+        "commands",
+        "Commands by tenant, command and outcome (ok, error, refused)",
+        commands,
+    );
+    registry.register("cache_hits", "Reads that found their key", hits);
+    registry.register(
+        "cache_misses",
+        "Reads that found nothing (nil or empty)",
+        misses,
+    );
+    registry.register("cache_hit_ratio", "Hits over reads", hit_ratio);
+    registry.register("bytes_read", "Request bytes read from clients", bytes_read);
+    registry.register(
+        "bytes_written",
+        "Reply bytes written to clients",
+        bytes_written,
+    );
+    registry.register(
+        "auth_failures",
+        "Failed logins naming the tenant",
+        auth_failures,
+    );
+    registry.register(
+        "latency_microseconds",
+        "Command latency from request read to reply ready, by family (hdrhistogram)",
+        latency,
+    );
+}
+
 /// The registry, filled with this moment's figures, in the text format.
 async fn metrics(ctx: &Context) -> String {
     let mut registry = <Registry>::with_prefix("respite");
@@ -118,6 +185,8 @@ async fn metrics(ctx: &Context) -> String {
         "Open client connections, by tenant",
         connections,
     );
+
+    tenant_figures(ctx, &mut registry);
 
     let up = Gauge::<i64>::default();
     up.set(ctx.readiness.ready() as i64);

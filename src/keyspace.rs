@@ -211,6 +211,22 @@ impl Session {
     async fn tenant_section(&mut self) -> String {
         let tenant = self.tenant.clone().expect("authenticated");
         let mut out = format!("# Tenant\r\ntenant:{}\r\n", tenant.id);
+        let st = tenant.stats.snapshot();
+        let p = st.percentiles(None).unwrap_or([0; 4]);
+        out.push_str(&format!(
+            "connections:{}\r\ncommands:{}\r\ncache_hits:{}\r\ncache_misses:{}\r\n\
+             cache_hit_rate:{:.4}\r\nlatency_p50_us:{}\r\nlatency_p90_us:{}\r\n\
+             latency_p99_us:{}\r\nlatency_p999_us:{}\r\n",
+            self.ctx.clients.of_tenant(&tenant.id).len(),
+            st.commands.values().sum::<u64>(),
+            st.hits,
+            st.misses,
+            st.hit_rate(),
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+        ));
         let (Some(quotas), Some(ledger)) = (self.ctx.quotas.clone(), tenant.ledger.as_ref()) else {
             out.push_str("quota:off\r\n");
             return out;

@@ -25,8 +25,9 @@
 //! Modules, in the order a request meets them: [`server`], [`session`], [`protocol`],
 //! [`auth`] (with [`tenant`]), [`command`], [`local`], [`keyspace`], [`policy`], [`rewrite`],
 //! [`quota`], [`shared`], [`upstream`], [`reply`], [`error`]; [`config`] is the TOML file,
-//! [`clients`] the registry of connections behind CLIENT LIST/KILL, [`admin`] the HTTP
-//! endpoints for operators (/healthz, /readyz, /metrics).
+//! [`clients`] the registry of connections behind CLIENT LIST/KILL, [`metrics`] the
+//! per-tenant figures, [`admin`] the HTTP endpoints for operators (/healthz, /readyz,
+//! /metrics).
 
 pub mod admin;
 pub mod auth;
@@ -36,6 +37,7 @@ pub mod config;
 pub mod error;
 pub mod keyspace;
 pub mod local;
+pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod quota;

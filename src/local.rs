@@ -383,11 +383,21 @@ impl Session {
                 self.answer(Resp::ok());
             }
             Err(why) => {
-                tracing::warn!(reason = %why, "authentication failed");
+                self.auth_failed(user.as_deref(), &why);
                 self.refuse(Error::WrongPass);
             }
         }
         Ok(())
+    }
+
+    /// Logs a failed login (never the secret) and counts it for the tenant it named, if
+    /// that tenant exists.
+    fn auth_failed(&self, user: Option<&[u8]>, why: &crate::auth::AuthFailure) {
+        let named = user.and_then(|u| std::str::from_utf8(u).ok()).unwrap_or("");
+        tracing::warn!(tenant = %named, reason = %why, "authentication failed");
+        if let Some(t) = self.authenticator().tenant(named) {
+            t.stats.auth_failed();
+        }
     }
 
     /// Becomes `tenant`. Switching tenant drops the upstream connection (after the replies
@@ -416,7 +426,7 @@ impl Session {
             match self.authenticator().login(Some(&user), &pass) {
                 Ok(t) => self.switch_tenant(t).await?,
                 Err(why) => {
-                    tracing::warn!(reason = %why, "authentication failed");
+                    self.auth_failed(Some(&user), &why);
                     self.refuse(Error::WrongPass);
                     return Ok(());
                 }

@@ -51,6 +51,17 @@ impl Frame {
     }
 }
 
+/// Did a read find something? Nil and empty collections are misses (the metrics' hit rate).
+pub fn found(frame: &Frame) -> bool {
+    match &frame.tree {
+        RangeFrame::Null => false,
+        RangeFrame::Array { data, .. } | RangeFrame::Push { data, .. } => !data.is_empty(),
+        RangeFrame::Set { data, .. } => !data.is_empty(),
+        RangeFrame::Map { data, .. } => !data.is_empty(),
+        _ => true,
+    }
+}
+
 fn elements(f: &RangeFrame) -> Option<&[RangeFrame]> {
     match f {
         RangeFrame::Array { data, .. } | RangeFrame::Push { data, .. } => Some(data),

@@ -38,6 +38,7 @@ use crate::clients::{Client, Registry};
 use crate::command::{self, Unknown};
 use crate::error::{Error, UpstreamError};
 use crate::local::{self, Local};
+use crate::metrics::{Meta, Outcome, Tally};
 use crate::policy;
 use crate::protocol::{encode_request, parse_request, Limits, Request};
 use crate::quota::{self, Quotas, WriteCost, Written};
@@ -82,6 +83,8 @@ pub(crate) enum Slot {
         mute: bool,
         /// A write's charge: settled (its keys measured) once the reply is in.
         write: Option<Written>,
+        /// The command, for the tenant's figures.
+        meta: Option<Meta>,
     },
     /// (Un)subscribe confirmations; `left` is resolved when the slot reaches the head.
     Confirm {
@@ -194,6 +197,12 @@ pub struct Session {
     memo: crate::shared::Memo,
     /// `published[..unpublished]` have been dropped from the cache once already.
     unpublished: usize,
+    /// This session's figures since they were last handed to its tenant.
+    tally: Tally,
+    /// When the client's bytes were last read: the start of each request's latency.
+    read_at: Instant,
+    /// The command being handled.
+    current: Option<Meta>,
     /// Writes Redis has answered in this batch, settled together at the end of `deliver`.
     settling: Vec<Written>,
     pub(crate) protocol: u8,
@@ -245,6 +254,9 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         progress: Instant::now(),
         tenant: None,
         settling: Vec::new(),
+        tally: Tally::default(),
+        read_at: Instant::now(),
+        current: None,
         published: Vec::new(),
         memo: None,
         unpublished: 0,
@@ -268,6 +280,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
     span.in_scope(|| tracing::debug!(?ended, "connection closed"));
     s.unpin();
     s.reset_connection_state();
+    s.hand_over_tally();
     ctx.clients.unregister(me.id);
 }
 
@@ -290,7 +303,10 @@ impl Session {
                 return Ok(());
             }
             match self.wait(&shutdown).await {
-                Event::ClientRead(Ok(n)) if n > 0 => {}
+                Event::ClientRead(Ok(n)) if n > 0 => {
+                    self.read_at = Instant::now();
+                    self.tally.bytes_in += n as u64;
+                }
                 Event::ClientRead(_) => return Err(End::ClientGone),
                 Event::ClientWrote(Ok(n)) if n > 0 => self.wrote(n),
                 Event::ClientWrote(_) => return Err(End::ClientGone),
@@ -324,6 +340,7 @@ impl Session {
     }
 
     pub(crate) fn publish_noted(&mut self) {
+        self.hand_over_tally();
         if let Some(cmd) = self.noted.take() {
             let mut st = self.me.state.lock().unwrap();
             st.last_active = Some(Instant::now());
@@ -364,6 +381,7 @@ impl Session {
 
     fn wrote(&mut self, n: usize) {
         let was_full = self.out.len() >= OUT_LIMIT;
+        self.tally.bytes_out += n as u64;
         self.out.advance(n);
         if self.out.is_empty() && self.out.capacity() > 1 << 20 {
             // Let a one-off huge reply's buffer go.
@@ -403,8 +421,15 @@ impl Session {
     /// One request through the stages, then acting on what they decided.
     async fn handle(&mut self, req: Request) -> Result<(), End> {
         match self.decide(req) {
-            Action::Refuse(e) => self.refuse(e),
-            Action::Local(local) => return self.run_local(local).await,
+            Action::Refuse(e) => {
+                self.refuse(e);
+                self.count(Outcome::Refused, None);
+            }
+            Action::Local(local) => {
+                self.run_local(local).await?;
+                let outcome = self.last_outcome();
+                self.count(outcome, None);
+            }
             Action::SharedGet(key) => return self.shared_get(key).await,
             Action::Forward(fwd, top, None) => {
                 self.forward(fwd, top, None).await?;
@@ -419,6 +444,7 @@ impl Session {
                             let command = String::from_utf8_lossy(top);
                             tracing::warn!(%command, error = %e, "refused");
                             self.refuse(e);
+                            self.count(Outcome::Refused, None);
                             return Ok(());
                         }
                     },
@@ -444,11 +470,12 @@ impl Session {
         let Some(shared) = &self.ctx.shared else {
             return Ok(());
         };
-        let reply = match shared.get_memo(&mut self.memo, &key).await {
-            Ok(e) => e.reply(self.protocol),
-            Err(e) => e.to_resp(),
+        let (reply, outcome, hit) = match shared.get_memo(&mut self.memo, &key).await {
+            Ok(e) => (e.reply(self.protocol), Outcome::Ok, Some(e.found())),
+            Err(e) => (e.to_resp(), Outcome::Error, None),
         };
         self.answer(reply);
+        self.count(outcome, hit);
         Ok(())
     }
 
@@ -502,6 +529,7 @@ impl Session {
     fn decide(&mut self, req: Request) -> Action {
         let looked_up = command::lookup(&req.args);
         self.note_command(&looked_up);
+        self.current = looked_up.as_ref().ok().map(|c| Meta::of(c, self.read_at));
         let local = local::recognize(&req, &looked_up, self.tenant.is_some());
         let Some(tenant) = self.tenant.clone() else {
             return match local {
@@ -674,6 +702,7 @@ impl Session {
                 blocking,
                 mute,
                 write,
+                meta: self.current.take(),
             },
             Expect::Confirm { kind, count } => Slot::Confirm {
                 kind,
@@ -926,7 +955,17 @@ impl Session {
                 }
             }
             Kind::Reply => match self.answered() {
-                Some(Slot::Reply { shape, mute, .. }) => {
+                Some(Slot::Reply {
+                    shape, mute, meta, ..
+                }) => {
+                    if let Some(meta) = meta {
+                        let (outcome, hit) = if frame.is_error() {
+                            (Outcome::Error, None)
+                        } else {
+                            (Outcome::Ok, meta.read.then(|| reply::found(&frame)))
+                        };
+                        self.tally.done(&meta, outcome, hit, Instant::now());
+                    }
                     if !mute {
                         self.out
                             .extend_from_slice(&reply::strip(&frame, &shape, &prefix));
@@ -1002,6 +1041,12 @@ impl Session {
     pub(crate) fn fail_upstream(&mut self, e: UpstreamError) {
         tracing::warn!(error = %e, "upstream failed");
         let reply = Error::Upstream(e).to_resp();
+        let now = Instant::now();
+        for slot in self.pending.iter() {
+            if let Slot::Reply { meta: Some(m), .. } = slot {
+                self.tally.done(m, Outcome::Error, None, now);
+            }
+        }
         for slot in self.pending.iter_mut() {
             match slot {
                 Slot::Reply { mute: false, .. } | Slot::Confirm { mute: false, .. } => {
@@ -1043,7 +1088,39 @@ impl Session {
         (st.sub, st.psub, st.ssub, st.multi) = (0, 0, 0, -1);
     }
 
+    /// Gives the session's figures to its tenant (once per pass of the loop).
+    fn hand_over_tally(&mut self) {
+        if let Some(t) = &self.tenant {
+            if !self.tally.is_empty() {
+                t.stats.absorb(&mut self.tally);
+            }
+        }
+    }
+
+    /// Notes how the current command ended (refusals and respite's own answers).
+    fn count(&mut self, outcome: Outcome, hit: Option<bool>) {
+        if self.tenant.is_none() {
+            return;
+        }
+        let meta = self.current.take().unwrap_or(Meta {
+            name: "unknown",
+            family: "other",
+            read: false,
+            at: self.read_at,
+        });
+        self.tally.done(&meta, outcome, hit, Instant::now());
+    }
+
+    /// The outcome of the answer respite just queued.
+    fn last_outcome(&self) -> Outcome {
+        match self.pending.back() {
+            Some(Slot::Ready(b)) if b.first() == Some(&b'-') => Outcome::Error,
+            _ => Outcome::Ok,
+        }
+    }
+
     pub(crate) fn set_tenant(&mut self, tenant: Arc<Tenant>) {
+        self.hand_over_tally();
         tracing::Span::current().record("tenant", tenant.id.as_str());
         self.me.state.lock().unwrap().tenant = Some(tenant.id.clone());
         self.tenant = Some(tenant);

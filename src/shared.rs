@@ -66,6 +66,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Whether the key has a value (a hit, for the metrics).
+    pub fn found(&self) -> bool {
+        self.value.is_some()
+    }
+
     /// GET's reply in the client's protocol.
     pub fn reply(&self, protocol: u8) -> Bytes {
         match &self.value {

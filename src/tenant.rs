@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::metrics::TenantStats;
 use crate::quota::Ledger;
 
 #[derive(Debug)]
@@ -21,6 +22,8 @@ pub struct Tenant {
     pub shared: Arc<[Bytes]>,
     /// May write shared keys.
     pub publisher: bool,
+    /// Its commands, hits, bytes and latencies on this instance.
+    pub stats: Arc<TenantStats>,
 }
 
 impl Tenant {
@@ -32,6 +35,7 @@ impl Tenant {
             ledger: None,
             shared: Arc::new([]),
             publisher: false,
+            stats: Arc::default(),
         }
     }
 

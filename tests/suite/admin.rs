@@ -119,3 +119,70 @@ async fn readiness_follows_redis_within_two_seconds() {
     redis.restart();
     answers(admin, "/readyz", 200, Duration::from_secs(2)).await;
 }
+
+/// The check: after a scripted workload, /metrics has the exact counts, the hit rate,
+/// and ordered latency percentiles; INFO shows the caller's own figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_workload_shows_in_exact_counters() {
+    let redis = Redis::start();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proxy = Proxy::start_config(&admin_config(&redis, admin)).await;
+    answers(admin, "/healthz", 200, Duration::from_secs(5)).await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    for (cmd, reply) in [
+        (vec!["SET", "k", "v"], "+OK\r\n"),
+        (vec!["GET", "k"], "$1\r\nv\r\n"),
+        (vec!["GET", "nokey"], "$-1\r\n"),
+        (vec!["MGET", "k", "nokey"], "*2\r\n$1\r\nv\r\n$-1\r\n"),
+        (vec!["HGETALL", "nohash"], "*0\r\n"),
+        (vec!["EXISTS", "k"], ":1\r\n"),
+        (
+            vec!["INCR", "k"],
+            "-ERR value is not an integer or out of range\r\n",
+        ),
+    ] {
+        assert_eq!(a.cmd(&cmd).await, reply, "{cmd:?}");
+    }
+    assert!(a
+        .cmd(&["CONFIG", "GET", "maxmemory"])
+        .await
+        .starts_with("-NOPERM"));
+    let mut wrong = Raw::connect(proxy.addr).await;
+    assert!(wrong
+        .cmd(&["AUTH", "a", "nope"])
+        .await
+        .starts_with("-WRONGPASS"));
+
+    let info = a.cmd(&["INFO", "tenant"]).await;
+    assert_eq!(info_field(&info, "cache_hits"), 3, "{info}");
+    assert_eq!(info_field(&info, "cache_misses"), 2, "{info}");
+    assert_eq!(info_field(&info, "connections"), 1, "{info}");
+
+    let (_, body) = http_get(admin, "/metrics").await;
+    let t = "tenant=\"a\"";
+    for line in [
+        format!("respite_commands_total{{{t},command=\"auth\",outcome=\"ok\"}} 1"),
+        format!("respite_commands_total{{{t},command=\"set\",outcome=\"ok\"}} 1"),
+        format!("respite_commands_total{{{t},command=\"get\",outcome=\"ok\"}} 2"),
+        format!("respite_commands_total{{{t},command=\"mget\",outcome=\"ok\"}} 1"),
+        format!("respite_commands_total{{{t},command=\"incr\",outcome=\"error\"}} 1"),
+        format!("respite_commands_total{{{t},command=\"config\",outcome=\"refused\"}} 1"),
+        format!("respite_cache_hits_total{{{t}}} 3"),
+        format!("respite_cache_misses_total{{{t}}} 2"),
+        format!("respite_cache_hit_ratio{{{t}}} 0.6"),
+        format!("respite_auth_failures_total{{{t}}} 1"),
+    ] {
+        assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
+    }
+    let quantile = |q: &str| -> i64 {
+        let prefix =
+            format!("respite_latency_microseconds{{{t},family=\"string\",quantile=\"{q}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    let p = ["0.5", "0.9", "0.99", "0.999"].map(quantile);
+    assert!(p[0] > 0 && p.windows(2).all(|w| w[0] <= w[1]), "{p:?}");
+}

@@ -1,0 +1,187 @@
+//! Per-tenant figures for operators: commands by name and outcome, cache hits and misses,
+//! bytes read and written, and the latency of every command from the moment its request was
+//! read to the moment its reply was ready to write, in hdrhistogram per command family.
+//!
+//! A session notes what happens in a [`Tally`] (a vector, no locking) and hands it to its
+//! tenant's [`TenantStats`] once per pass of its loop, under one lock: the hot path pays a
+//! push per command, not a shared atomic or a hash lookup.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+
+use crate::command::{self, Command};
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Ok,
+    /// An error reply (from Redis or respite), other than a refusal.
+    Error,
+    /// Refused by respite: NOPERM, OOM, NOAUTH, unknown command, wrong arity...
+    Refused,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// Command families for latency, from Redis' ACL categories (the first that applies).
+const FAMILIES: &[(u32, &str)] = &[
+    (command::ACL_STRING, "string"),
+    (command::ACL_HASH, "hash"),
+    (command::ACL_LIST, "list"),
+    (command::ACL_SET, "set"),
+    (command::ACL_SORTEDSET, "sortedset"),
+    (command::ACL_STREAM, "stream"),
+    (command::ACL_GEO, "geo"),
+    (command::ACL_BITMAP, "bitmap"),
+    (command::ACL_HYPERLOGLOG, "hyperloglog"),
+    (command::ACL_PUBSUB, "pubsub"),
+    (command::ACL_SCRIPTING, "scripting"),
+    (command::ACL_TRANSACTION, "transaction"),
+    (command::ACL_CONNECTION, "connection"),
+    (command::ACL_KEYSPACE, "keyspace"),
+];
+
+/// What a command is, for the figures: its name, latency family, and whether it reads keys.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    pub name: &'static str,
+    pub family: &'static str,
+    /// A read of keys: its reply counts as a hit or a miss.
+    pub read: bool,
+    /// When its request was read.
+    pub at: Instant,
+}
+
+impl Meta {
+    pub fn of(cmd: &Command, at: Instant) -> Meta {
+        let spec = cmd.parent.unwrap_or(cmd.spec);
+        Meta {
+            name: std::str::from_utf8(spec.name).unwrap_or("?"),
+            family: FAMILIES
+                .iter()
+                .find(|(bit, _)| cmd.in_category(*bit))
+                .map_or("other", |(_, f)| f),
+            read: cmd.has(command::CMD_READONLY) && !cmd.spec.key_specs.is_empty(),
+            at,
+        }
+    }
+}
+
+/// One session's notes since it last handed them over.
+#[derive(Debug, Default)]
+pub struct Tally {
+    commands: Vec<(&'static str, Outcome)>,
+    latencies: Vec<(&'static str, u64)>,
+    hits: u64,
+    misses: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Tally {
+    /// A command has its reply: `error` if the reply is an error, `hit` for a read that found
+    /// something (`None` when not a read).
+    pub fn done(&mut self, meta: &Meta, outcome: Outcome, hit: Option<bool>, now: Instant) {
+        self.commands.push((meta.name, outcome));
+        let micros = now.saturating_duration_since(meta.at).as_micros() as u64;
+        self.latencies.push((meta.family, micros.max(1)));
+        match hit {
+            Some(true) => self.hits += 1,
+            Some(false) => self.misses += 1,
+            None => {}
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty() && self.bytes_in == 0 && self.bytes_out == 0
+    }
+}
+
+/// A tenant's figures on this instance.
+#[derive(Debug, Default)]
+pub struct TenantStats {
+    inner: Mutex<Totals>,
+}
+
+/// Cumulative since start.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub commands: HashMap<(&'static str, Outcome), u64>,
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub auth_failures: u64,
+    pub latency: HashMap<&'static str, Histogram<u64>>,
+}
+
+impl Totals {
+    /// p50, p90, p99, p99.9 in microseconds of every command of the family (all families
+    /// when `None`).
+    pub fn percentiles(&self, family: Option<&str>) -> Option<[u64; 4]> {
+        let mut all: Option<Histogram<u64>> = None;
+        for (f, h) in &self.latency {
+            if family.is_some_and(|want| want != *f) {
+                continue;
+            }
+            match &mut all {
+                Some(a) => {
+                    let _ = a.add(h);
+                }
+                None => all = Some(h.clone()),
+            }
+        }
+        let h = all.filter(|h| !h.is_empty())?;
+        Some([50.0, 90.0, 99.0, 99.9].map(|q| h.value_at_quantile(q / 100.0)))
+    }
+
+    /// Hits over hits and misses; 0 before any read.
+    pub fn hit_rate(&self) -> f64 {
+        let reads = self.hits + self.misses;
+        if reads == 0 {
+            0.0
+        } else {
+            self.hits as f64 / reads as f64
+        }
+    }
+}
+
+impl TenantStats {
+    /// Takes a session's notes in, and empties them.
+    pub fn absorb(&self, t: &mut Tally) {
+        let mut s = self.inner.lock().unwrap();
+        for (name, outcome) in t.commands.drain(..) {
+            *s.commands.entry((name, outcome)).or_default() += 1;
+        }
+        for (family, micros) in t.latencies.drain(..) {
+            let h = s.latency.entry(family).or_insert_with(|| {
+                Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")
+            });
+            h.saturating_record(micros);
+        }
+        s.hits += std::mem::take(&mut t.hits);
+        s.misses += std::mem::take(&mut t.misses);
+        s.bytes_in += std::mem::take(&mut t.bytes_in);
+        s.bytes_out += std::mem::take(&mut t.bytes_out);
+    }
+
+    pub fn auth_failed(&self) {
+        self.inner.lock().unwrap().auth_failures += 1;
+    }
+
+    /// A copy of the figures (for /metrics and INFO).
+    pub fn snapshot(&self) -> Totals {
+        self.inner.lock().unwrap().clone()
+    }
+}
