@@ -5,6 +5,7 @@
     python3 benches/load.py --rounds 1 --quick
     python3 benches/load.py --suite quota   # respite with quotas off vs on: SET, P16
     python3 benches/load.py --suite shared  # GET of a shared key (L1) vs a tenant key (Redis)
+    python3 benches/load.py --suite metrics # respite with per-tenant metrics off vs on: GET
 
 Starts its own redis-server, twemproxy (Debian package `nutcracker`, one pool, one server
 connection) and respite (release build) on free loopback ports, then runs redis-benchmark
@@ -85,7 +86,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer requests per run")
-    ap.add_argument("--suite", choices=("proxies", "quota", "shared"), default="proxies",
+    ap.add_argument("--suite", choices=("proxies", "quota", "shared", "metrics"),
+                    default="proxies",
                     help="proxies: redis vs twemproxy vs respite; quota: respite, quotas off vs "
                          "on; shared: GET of a shared key vs of a tenant key, one respite")
     opts = ap.parse_args()
@@ -115,13 +117,13 @@ def main():
         procs.append(twem)
         wait_port(tport, twem, "nutcracker")
 
-        def start_respite(extra):
+        def start_respite(extra, server=""):
             port = free_port()
             path = os.path.join(tmp, "respite-%d.toml" % port)
             with open(path, "w") as f:
-                f.write('[server]\nlisten = "127.0.0.1:%d"\n[upstream]\nurl = "redis://127.0.0.1:%d"\n'
-                        '%s\n[[tenants]]\nid = "bench"\npassword = "bench-secret"\n'
-                        % (port, rport, extra))
+                f.write('[server]\nlisten = "127.0.0.1:%d"\n%s\n[upstream]\n'
+                        'url = "redis://127.0.0.1:%d"\n%s\n[[tenants]]\nid = "bench"\n'
+                        'password = "bench-secret"\n' % (port, server, rport, extra))
             proc = subprocess.Popen(
                 [os.path.join(ROOT, "target", "release", "respite"), "--config", path],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -149,6 +151,13 @@ def main():
                         ("plain-get", 100): ["GET", "plain:__rand_int__"],
                         ("shared-get", 100): ["GET", "shared:market:__rand_int__:price"]}
             cases = [("get", 16, None), ("get", 16, 100), ("get", 1, None)]
+        elif opts.suite == "metrics":
+            # [server] comes first in the file: the switch goes into it.
+            off = start_respite("", server="metrics = false")
+            on = start_respite("")
+            targets = [("metrics-off", off[0], off[1], "bench-secret"),
+                       ("metrics-on", on[0], on[1], "bench-secret")]
+            cases = [("get", 16, None), ("get", 1, None)]
         elif opts.suite == "quota":
             off, on = start_respite(""), start_respite("[defaults]\nquota_bytes = 1073741824")
             targets = [("quota-off", off[0], off[1], "bench-secret"),

@@ -112,6 +112,9 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight commands before closing connections.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Keep per-tenant command counts, hit rates and latencies (INFO, /metrics).
+    #[serde(default = "default_true")]
+    pub metrics: bool,
 }
 
 #[derive(Deserialize)]
@@ -269,6 +272,9 @@ fn default_shared_ttl_seconds() -> u64 {
 fn default_origin_timeout_ms() -> u64 {
     2_000
 }
+fn default_true() -> bool {
+    true
+}
 fn default_pool_size() -> usize {
     4
 }
@@ -303,6 +309,7 @@ impl Default for ServerConfig {
             max_bulk_bytes: default_max_bulk_bytes(),
             max_array_len: default_max_array_len(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            metrics: true,
         }
     }
 }

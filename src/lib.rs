@@ -80,6 +80,7 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         shared,
         pool,
         readiness: admin::Readiness::default(),
+        metrics: config.server.metrics,
         limits: protocol::Limits {
             max_bulk_bytes: config.server.max_bulk_bytes,
             max_array_len: config.server.max_array_len,

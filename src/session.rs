@@ -69,6 +69,8 @@ pub struct Context {
     pub pool: deadpool_redis::Pool,
     /// Whether Redis answers (for /readyz).
     pub readiness: crate::admin::Readiness,
+    /// Per-tenant command figures are kept (`server.metrics`).
+    pub metrics: bool,
 }
 
 /// The place of one request's reply in the outgoing stream.
@@ -529,7 +531,11 @@ impl Session {
     fn decide(&mut self, req: Request) -> Action {
         let looked_up = command::lookup(&req.args);
         self.note_command(&looked_up);
-        self.current = looked_up.as_ref().ok().map(|c| Meta::of(c, self.read_at));
+        self.current = looked_up
+            .as_ref()
+            .ok()
+            .filter(|_| self.ctx.metrics)
+            .map(|c| Meta::of(c, self.read_at));
         let local = local::recognize(&req, &looked_up, self.tenant.is_some());
         let Some(tenant) = self.tenant.clone() else {
             return match local {
@@ -1099,7 +1105,7 @@ impl Session {
 
     /// Notes how the current command ended (refusals and respite's own answers).
     fn count(&mut self, outcome: Outcome, hit: Option<bool>) {
-        if self.tenant.is_none() {
+        if self.tenant.is_none() || !self.ctx.metrics {
             return;
         }
         let meta = self.current.take().unwrap_or(Meta {

@@ -186,3 +186,14 @@ async fn a_scripted_workload_shows_in_exact_counters() {
     let p = ["0.5", "0.9", "0.99", "0.999"].map(quantile);
     assert!(p[0] > 0 && p.windows(2).all(|w| w[0] <= w[1]), "{p:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_switched_off() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&redis, &format!("[server]\nmetrics = false\n{TENANTS}")).await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["GET", "k"]).await, "$-1\r\n");
+    let info = a.cmd(&["INFO", "tenant"]).await;
+    assert_eq!(info_field(&info, "commands"), 0, "{info}");
+    assert_eq!(info_field(&info, "cache_misses"), 0, "{info}");
+}
