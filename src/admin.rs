@@ -120,7 +120,7 @@ fn tenant_figures(ctx: &Context, registry: &mut Registry) {
         let id = tenant(&t.id);
         for ((name, outcome), n) in &s.commands {
             let mut l = id.clone();
-            l.push(("command".into(), (*name).into()));
+            l.push(("command".into(), String::from_utf8_lossy(name).into_owned()));
             l.push(("outcome".into(), outcome.as_str().into()));
             commands.get_or_create(&l).inc_by(*n);
         }

@@ -55,7 +55,8 @@ const FAMILIES: &[(u32, &str)] = &[
 /// What a command is, for the figures: its name, latency family, and whether it reads keys.
 #[derive(Debug, Clone, Copy)]
 pub struct Meta {
-    pub name: &'static str,
+    /// As in the command table (ASCII).
+    pub name: &'static [u8],
     pub family: &'static str,
     /// A read of keys: its reply counts as a hit or a miss.
     pub read: bool,
@@ -67,7 +68,7 @@ impl Meta {
     pub fn of(cmd: &Command, at: Instant) -> Meta {
         let spec = cmd.parent.unwrap_or(cmd.spec);
         Meta {
-            name: std::str::from_utf8(spec.name).unwrap_or("?"),
+            name: spec.name,
             family: FAMILIES
                 .iter()
                 .find(|(bit, _)| cmd.in_category(*bit))
@@ -81,7 +82,7 @@ impl Meta {
 /// One session's notes since it last handed them over.
 #[derive(Debug, Default)]
 pub struct Tally {
-    commands: Vec<(&'static str, Outcome)>,
+    commands: Vec<(&'static [u8], Outcome)>,
     latencies: Vec<(&'static str, u64)>,
     hits: u64,
     misses: u64,
@@ -117,13 +118,13 @@ pub struct TenantStats {
 /// Cumulative since start.
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
-    pub commands: HashMap<(&'static str, Outcome), u64>,
+    pub commands: HashMap<(&'static [u8], Outcome), u64, foldhash::fast::RandomState>,
     pub hits: u64,
     pub misses: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub auth_failures: u64,
-    pub latency: HashMap<&'static str, Histogram<u64>>,
+    pub latency: HashMap<&'static str, Histogram<u64>, foldhash::fast::RandomState>,
 }
 
 impl Totals {

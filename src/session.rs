@@ -205,6 +205,8 @@ pub struct Session {
     read_at: Instant,
     /// The command being handled.
     current: Option<Meta>,
+    /// Read once per batch of replies: when they were ready (for latencies).
+    clock: Instant,
     /// Writes Redis has answered in this batch, settled together at the end of `deliver`.
     settling: Vec<Written>,
     pub(crate) protocol: u8,
@@ -259,6 +261,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         tally: Tally::default(),
         read_at: Instant::now(),
         current: None,
+        clock: Instant::now(),
         published: Vec::new(),
         memo: None,
         unpublished: 0,
@@ -314,7 +317,10 @@ impl Session {
                 Event::ClientWrote(_) => return Err(End::ClientGone),
                 Event::UpstreamRead(Ok(n)) if n > 0 => {}
                 Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
-                Event::SharedReply(r) => self.take_reply(r),
+                Event::SharedReply(r) => {
+                    self.clock = Instant::now();
+                    self.take_reply(r)
+                }
                 Event::Timeout => {
                     self.timer_at = None;
                     if self.deadline().is_some_and(|d| d <= Instant::now()) {
@@ -819,6 +825,10 @@ impl Session {
     /// Moves every reply that is ready, in order, into the client's output buffer.
     pub(crate) fn deliver(&mut self) {
         let mut routed = false;
+        if self.awaiting > 0 {
+            // One clock read per batch: replies' latencies and Redis' progress.
+            self.clock = Instant::now();
+        }
         loop {
             while let Some(Slot::Ready(_)) = self.pending.front() {
                 if let Some(Slot::Ready(b)) = self.pending.pop_front() {
@@ -848,8 +858,7 @@ impl Session {
             }
         }
         if routed {
-            // One clock read per batch of replies, not per reply.
-            self.progress = Instant::now();
+            self.progress = self.clock;
         }
         if self.pinned.is_some() && self.awaiting == 0 && !self.needs_pinned() {
             self.unpin();
@@ -970,7 +979,7 @@ impl Session {
                         } else {
                             (Outcome::Ok, meta.read.then(|| reply::found(&frame)))
                         };
-                        self.tally.done(&meta, outcome, hit, Instant::now());
+                        self.tally.done(&meta, outcome, hit, self.clock);
                     }
                     if !mute {
                         self.out
@@ -1109,7 +1118,7 @@ impl Session {
             return;
         }
         let meta = self.current.take().unwrap_or(Meta {
-            name: "unknown",
+            name: b"unknown",
             family: "other",
             read: false,
             at: self.read_at,
