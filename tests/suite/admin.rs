@@ -99,6 +99,21 @@ async fn health_and_metrics_say_what_respite_holds() {
         assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
     }
     assert!(body.ends_with("# EOF\n"));
+
+    // The Grafana dashboard in config/ asks only for metrics respite exposes.
+    let dashboard = std::fs::read_to_string("config/grafana-dashboard.json").unwrap();
+    let mut rest = dashboard.as_str();
+    let mut names = 0;
+    while let Some(i) = rest.find("respite_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        assert!(body.contains(&format!("\n{name}")), "the dashboard's {name} is not in /metrics");
+        names += 1;
+        rest = &rest[i + name.len()..];
+    }
+    assert!(names >= 10);
 }
 
 /// The check: /readyz is 503 within 2 s of Redis stopping and 200 within 2 s of its
