@@ -109,7 +109,10 @@ async fn health_and_metrics_say_what_respite_holds() {
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        assert!(body.contains(&format!("\n{name}")), "the dashboard's {name} is not in /metrics");
+        assert!(
+            body.contains(&format!("\n{name}")),
+            "the dashboard's {name} is not in /metrics"
+        );
         names += 1;
         rest = &rest[i + name.len()..];
     }
