@@ -48,6 +48,8 @@ pub struct Config {
     #[serde(default)]
     pub quota: QuotaConfig,
     #[serde(default)]
+    pub billing: BillingConfig,
+    #[serde(default)]
     pub tenants: Vec<TenantConfig>,
     #[serde(default)]
     pub auth: AuthConfig,
@@ -191,6 +193,23 @@ impl Default for QuotaConfig {
     }
 }
 
+/// Daily billing roll-ups in Redis (see `billing`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingConfig {
+    /// How often each instance adds what it served to `respite:metrics:<tenant>:<date>`.
+    #[serde(default = "default_billing_interval_ms")]
+    pub interval_ms: u64,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        BillingConfig {
+            interval_ms: default_billing_interval_ms(),
+        }
+    }
+}
+
 /// A tenant's limits: writes are refused past `quota + overage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaLimits {
@@ -271,6 +290,9 @@ fn default_shared_ttl_seconds() -> u64 {
 }
 fn default_origin_timeout_ms() -> u64 {
     2_000
+}
+fn default_billing_interval_ms() -> u64 {
+    60_000
 }
 fn default_true() -> bool {
     true
@@ -542,6 +564,9 @@ impl Config {
                  least 1"
                     .into(),
             );
+        }
+        if self.billing.interval_ms == 0 {
+            err(None, "billing.interval_ms must be above 0".into());
         }
         if self.quota.flush_interval_ms == 0
             || self.quota.reconcile_interval_ms == 0

@@ -26,11 +26,12 @@
 //! [`auth`] (with [`tenant`]), [`command`], [`local`], [`keyspace`], [`policy`], [`rewrite`],
 //! [`quota`], [`shared`], [`upstream`], [`reply`], [`error`]; [`config`] is the TOML file,
 //! [`clients`] the registry of connections behind CLIENT LIST/KILL, [`metrics`] the
-//! per-tenant figures, [`admin`] the HTTP endpoints for operators (/healthz, /readyz,
+//! per-tenant figures (rolled up daily into Redis by [`billing`]), [`admin`] the HTTP endpoints for operators (/healthz, /readyz,
 //! /metrics).
 
 pub mod admin;
 pub mod auth;
+pub mod billing;
 pub mod clients;
 pub mod command;
 pub mod config;
@@ -113,6 +114,13 @@ pub async fn run(
         .quotas
         .clone()
         .map(|q| tokio::spawn(q.run(bookkeeping.clone())));
+    let billing = config.server.metrics.then(|| {
+        tokio::spawn(billing::run(
+            ctx.clone(),
+            Duration::from_millis(config.billing.interval_ms),
+            bookkeeping.clone(),
+        ))
+    });
     if let Some(admin) = &config.admin {
         let addr = admin.get_ref().listen.as_str();
         let listener = TcpListener::bind(addr)
@@ -131,6 +139,10 @@ pub async fn run(
     bookkeeping.cancel();
     if let Some(q) = quotas {
         let _ = q.await;
+    }
+    if let Some(b) = billing {
+        // The last roll-up: what this instance served since the previous one.
+        let _ = b.await;
     }
     Ok(())
 }

@@ -125,6 +125,8 @@ pub struct Totals {
     pub bytes_out: u64,
     pub auth_failures: u64,
     pub latency: HashMap<&'static str, Histogram<u64>, foldhash::fast::RandomState>,
+    /// The sum of every latency, for the billing roll-up's mean.
+    pub latency_sum_us: u64,
 }
 
 impl Totals {
@@ -145,6 +147,11 @@ impl Totals {
         }
         let h = all.filter(|h| !h.is_empty())?;
         Some([50.0, 90.0, 99.0, 99.9].map(|q| h.value_at_quantile(q / 100.0)))
+    }
+
+    /// Commands of every kind and outcome.
+    pub fn requests(&self) -> u64 {
+        self.commands.values().sum()
     }
 
     /// Hits over hits and misses; 0 before any read.
@@ -170,6 +177,7 @@ impl TenantStats {
                 Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")
             });
             h.saturating_record(micros);
+            s.latency_sum_us += micros;
         }
         s.hits += std::mem::take(&mut t.hits);
         s.misses += std::mem::take(&mut t.misses);

@@ -215,3 +215,52 @@ async fn metrics_can_be_switched_off() {
     assert_eq!(info_field(&info, "commands"), 0, "{info}");
     assert_eq!(info_field(&info, "cache_misses"), 0, "{info}");
 }
+
+/// Billing roll-ups: what each instance served lands in `respite:metrics:<tenant>:<date>`,
+/// with quota usage integrated over time, and a restart counts nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_roll_ups_survive_a_restart_without_double_counting() {
+    let redis = Redis::start();
+    let config = format!(
+        "[upstream]\nurl = \"{}\"\n[billing]\ninterval_ms = 100\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\nquota_bytes = 1000000\n",
+        redis.url()
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let key = format!("respite:metrics:a:{}", respite::billing::day(now));
+    let mut d = redis.direct().await;
+    let field = |h: &std::collections::HashMap<String, String>, f: &str| -> f64 {
+        h.get(f)
+            .unwrap_or_else(|| panic!("no {f} in {h:?}"))
+            .parse()
+            .unwrap()
+    };
+
+    let mut proxy = Proxy::start_config(&config).await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["SET", "k", "v"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["GET", "k"]).await, "$1\r\nv\r\n");
+    assert_eq!(a.cmd(&["GET", "nokey"]).await, "$-1\r\n");
+    // Several intervals with the key held: byte-seconds accrue.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(a);
+    proxy.stop().await;
+    let h: std::collections::HashMap<String, String> = q(&mut d, &["HGETALL", &key]).await.unwrap();
+    assert_eq!(field(&h, "requests"), 4.0, "AUTH, SET, GET, GET: {h:?}");
+    assert_eq!((field(&h, "hits"), field(&h, "misses")), (1.0, 1.0));
+    assert_eq!(field(&h, "hit_rate"), 0.5);
+    assert!(field(&h, "bytes_served") > 0.0 && field(&h, "mean_latency_us") > 0.0);
+    assert!(field(&h, "byte_seconds") > 0.0, "{h:?}");
+
+    let mut proxy = Proxy::start_config(&config).await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["GET", "k"]).await, "$1\r\nv\r\n");
+    drop(a);
+    proxy.stop().await;
+    let h: std::collections::HashMap<String, String> = q(&mut d, &["HGETALL", &key]).await.unwrap();
+    assert_eq!(field(&h, "requests"), 6.0, "{h:?}");
+    assert_eq!((field(&h, "hits"), field(&h, "misses")), (2.0, 1.0));
+}
