@@ -191,6 +191,28 @@ async fn metrics(ctx: &Context) -> String {
     let up = Gauge::<i64>::default();
     up.set(ctx.readiness.ready() as i64);
     registry.register("redis_up", "Whether Redis answers respite's PING", up);
+    let c = &ctx.upstream.connector.counters;
+    for (name, help, value) in [
+        (
+            "upstream_connect_errors",
+            "Failed attempts to connect to Redis",
+            &c.connect_errors,
+        ),
+        (
+            "upstream_reconnects",
+            "Connections made to Redis after a failed attempt",
+            &c.reconnects,
+        ),
+        (
+            "upstream_timeouts",
+            "Times a connection or a client gave up waiting for Redis (command_timeout_ms)",
+            &c.timeouts,
+        ),
+    ] {
+        let m = Counter::<u64>::default();
+        m.inc_by(value.load(Ordering::Relaxed));
+        registry.register(name, help, m);
+    }
 
     if let Some(quotas) = &ctx.quotas {
         let used = Family::<ByTenant, Gauge>::default();

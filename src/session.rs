@@ -1055,6 +1055,11 @@ impl Session {
     /// the errors are out, as Redis would close it.
     pub(crate) fn fail_upstream(&mut self, e: UpstreamError) {
         tracing::warn!(error = %e, "upstream failed");
+        if matches!(e, UpstreamError::Timeout(_)) {
+            let c = &self.ctx.upstream.connector.counters;
+            c.timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let reply = Error::Upstream(e).to_resp();
         let now = Instant::now();
         for slot in self.pending.iter() {

@@ -61,8 +61,20 @@ struct Gate {
     last_error: String,
 }
 
+/// What happened between respite and Redis, for /metrics.
+#[derive(Debug, Default)]
+pub struct UpstreamCounters {
+    /// Connection attempts that failed.
+    pub connect_errors: std::sync::atomic::AtomicU64,
+    /// Connections made after a failed attempt.
+    pub reconnects: std::sync::atomic::AtomicU64,
+    /// Requests given up on after `command_timeout_ms`.
+    pub timeouts: std::sync::atomic::AtomicU64,
+}
+
 /// Opens (and re-initialises) connections to Redis.
 pub struct Connector {
+    pub counters: UpstreamCounters,
     addr: UpstreamAddr,
     connect_timeout: Duration,
     /// How long a command may wait for its reply before its session gives up on Redis.
@@ -88,6 +100,7 @@ impl Connector {
             addr,
             connect_timeout,
             command_timeout,
+            counters: UpstreamCounters::default(),
             gate: Mutex::new(Gate::default()),
             version: Mutex::new(None),
         }
@@ -111,9 +124,18 @@ impl Connector {
         }
         let result = self.try_connect(protocol).await;
         let mut gate = self.gate.lock().unwrap();
+        let count = |c: &std::sync::atomic::AtomicU64| {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
         match &result {
-            Ok(_) => *gate = Gate::default(),
+            Ok(_) => {
+                if gate.failures > 0 {
+                    count(&self.counters.reconnects);
+                }
+                *gate = Gate::default();
+            }
             Err(e) => {
+                count(&self.counters.connect_errors);
                 gate.failures = gate.failures.saturating_add(1);
                 let wait = BACKOFF_FIRST
                     .saturating_mul(1 << gate.failures.min(10))

@@ -228,6 +228,10 @@ async fn run(connector: Arc<Connector>, protocol: u8, mut rx: mpsc::UnboundedRec
             Event::Read(_) => st.fail_all(UpstreamError::Closed),
             Event::Timeout => {
                 if st.progress + timeout <= Instant::now() {
+                    connector
+                        .counters
+                        .timeouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     st.fail_all(UpstreamError::Timeout(connector.command_timeout_ms()));
                 }
             }

@@ -125,8 +125,11 @@ async fn health_and_metrics_say_what_respite_holds() {
 async fn readiness_follows_redis_within_two_seconds() {
     let mut redis = Redis::start();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _proxy = Proxy::start_config(&admin_config(&redis, admin)).await;
+    let proxy = Proxy::start_config(&admin_config(&redis, admin)).await;
     answers(admin, "/readyz", 200, Duration::from_secs(5)).await;
+    // A connection made before Redis goes away.
+    let mut warm = Raw::login(proxy.addr, "b", "pb").await;
+    assert_eq!(warm.cmd(&["GET", "k"]).await, "$-1\r\n");
     redis.stop();
     answers(admin, "/readyz", 503, Duration::from_secs(2)).await;
     assert_eq!(
@@ -134,8 +137,29 @@ async fn readiness_follows_redis_within_two_seconds() {
         200,
         "the process is still up"
     );
+    // A client's command while Redis is away: a connect error, then a reconnect.
+    let mut a = Raw::login(proxy.addr, "a", "pa").await;
+    assert!(a
+        .cmd(&["GET", "k"])
+        .await
+        .starts_with("-ERR upstream unavailable"));
     redis.restart();
     answers(admin, "/readyz", 200, Duration::from_secs(2)).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while a.cmd(&["GET", "k"]).await != "$-1\r\n" {
+        assert!(Instant::now() < deadline, "no reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, body) = http_get(admin, "/metrics").await;
+    let counter = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(counter("respite_upstream_connect_errors_total") >= 1);
+    assert!(counter("respite_upstream_reconnects_total") >= 1);
 }
 
 /// The check: after a scripted workload, /metrics has the exact counts, the hit rate,
