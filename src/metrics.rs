@@ -82,7 +82,8 @@ impl Meta {
 /// One session's notes since it last handed them over.
 #[derive(Debug, Default)]
 pub struct Tally {
-    commands: Vec<(&'static [u8], Outcome)>,
+    /// Runs of the same command and outcome (a pipeline of GETs is one entry).
+    commands: Vec<(&'static [u8], Outcome, u64)>,
     latencies: Vec<(&'static str, u64)>,
     hits: u64,
     misses: u64,
@@ -94,7 +95,10 @@ impl Tally {
     /// A command has its reply: `error` if the reply is an error, `hit` for a read that found
     /// something (`None` when not a read).
     pub fn done(&mut self, meta: &Meta, outcome: Outcome, hit: Option<bool>, now: Instant) {
-        self.commands.push((meta.name, outcome));
+        match self.commands.last_mut() {
+            Some((name, o, n)) if std::ptr::eq(*name, meta.name) && *o == outcome => *n += 1,
+            _ => self.commands.push((meta.name, outcome, 1)),
+        }
         let micros = now.saturating_duration_since(meta.at).as_micros() as u64;
         self.latencies.push((meta.family, micros.max(1)));
         match hit {
@@ -169,8 +173,8 @@ impl TenantStats {
     /// Takes a session's notes in, and empties them.
     pub fn absorb(&self, t: &mut Tally) {
         let mut s = self.inner.lock().unwrap();
-        for (name, outcome) in t.commands.drain(..) {
-            *s.commands.entry((name, outcome)).or_default() += 1;
+        for (name, outcome, n) in t.commands.drain(..) {
+            *s.commands.entry((name, outcome)).or_default() += n;
         }
         for (family, micros) in t.latencies.drain(..) {
             let h = s.latency.entry(family).or_insert_with(|| {
