@@ -53,31 +53,50 @@ impl Redis {
         Redis::start_with(&[])
     }
 
-    /// Starts redis-server with extra `--option value` arguments.
+    /// Starts redis-server with extra `--option value` arguments. A free port can be taken by
+    /// another test between being found and redis-server binding it: then this tries another.
     pub fn start_with(extra: &[&str]) -> Redis {
-        let port = free_port();
-        let dir = TempDir::new();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = spawn_redis(port, &dir.0, &extra);
-        let r = Redis {
-            port,
-            child,
-            _dir: dir,
-            extra,
-        };
-        r.wait_ready();
-        r
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = TempDir::new();
+            let child = spawn_redis(port, &dir.0, &extra);
+            let mut r = Redis {
+                port,
+                child,
+                _dir: dir,
+                extra: extra.clone(),
+            };
+            if r.wait_ready() {
+                return r;
+            }
+            r.stop();
+        }
+        panic!("redis-server did not start");
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn wait_ready(&self) {
+    /// Waits until this redis-server answers PING; false if it exited (its port was taken).
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return false;
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                // Redis answers PING (or, with a password set, NOAUTH); nothing else here would.
+                let mut reply = [0u8; 64];
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read(&mut reply).is_ok_and(|n| n > 0)
+                    && (reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH"))
+                {
+                    return true;
+                }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -93,7 +112,11 @@ impl Redis {
     pub fn restart(&mut self) {
         self.stop();
         self.child = spawn_redis(self.port, &self._dir.0, &self.extra);
-        self.wait_ready();
+        assert!(
+            self.wait_ready(),
+            "redis-server did not restart on {}",
+            self.port
+        );
     }
 
     /// A direct connection to Redis, bypassing respite: to check what Redis really holds.
