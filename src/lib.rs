@@ -19,15 +19,17 @@
 //!                                    single flight, Redis, HTTP origin)
 //!                         upstream   connection to Redis (raw RESP frames, in order)
 //!                         reply      framing replies, pub/sub pushes, prefixes stripped back
+//!                         metrics    per-tenant outcome, hit/miss, latency (tallied per pass)
 //!                         error      every error → its RESP reply, in one place
+//! background: quota flusher/reconciler, billing roll-ups, admin HTTP (/metrics, /readyz)
 //! ```
 //!
 //! Modules, in the order a request meets them: [`server`], [`session`], [`protocol`],
 //! [`auth`] (with [`tenant`]), [`command`], [`local`], [`keyspace`], [`policy`], [`rewrite`],
 //! [`quota`], [`shared`], [`upstream`], [`reply`], [`error`]; [`config`] is the TOML file,
 //! [`clients`] the registry of connections behind CLIENT LIST/KILL, [`metrics`] the
-//! per-tenant figures (rolled up daily into Redis by [`billing`]), [`admin`] the HTTP endpoints for operators (/healthz, /readyz,
-//! /metrics).
+//! per-tenant figures (rolled up daily into Redis by [`billing`]), [`admin`] the HTTP
+//! endpoints for operators (/healthz, /readyz, /metrics).
 
 pub mod admin;
 pub mod auth;
