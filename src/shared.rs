@@ -66,6 +66,12 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Is its TTL in Redis within the last tenth of its tier?
+    fn refresh_due(&self) -> bool {
+        self.redis_expires
+            .is_some_and(|at| at.saturating_duration_since(Instant::now()) <= self.tier / 10)
+    }
+
     /// Whether the key has a value (a hit, for the metrics).
     pub fn found(&self) -> bool {
         self.value.is_some()
@@ -339,10 +345,7 @@ impl SharedCache {
     /// Refresh ahead: a key read within the last tenth of its tier is fetched again from
     /// the origin in the background, once.
     fn refresh_if_due(self: &Arc<Self>, key: &Bytes, e: &Entry) {
-        let (Some(_), Some(expires)) = (&self.origin, e.redis_expires) else {
-            return;
-        };
-        if expires.saturating_duration_since(Instant::now()) > e.tier / 10 {
+        if self.origin.is_none() || !e.refresh_due() {
             return;
         }
         if self.refreshing.insert(key.clone(), ()).is_some() {
@@ -353,6 +356,12 @@ impl SharedCache {
         tokio::spawn(async move {
             let origin = me.origin.as_ref().expect("checked");
             let tier = me.tier(&key);
+            // A reader holding the entry from before the last refresh must not start another.
+            let current = me.l1.get(&key).await;
+            if current.is_some_and(|e| !e.refresh_due()) {
+                me.refreshing.remove(&key);
+                return;
+            }
             match me.fetch_origin(origin, &key, tier).await {
                 Ok(Some(v)) => {
                     let e = me.entry(Some(&v), Some(tier), tier);
