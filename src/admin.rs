@@ -82,15 +82,12 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: Cancellatio
 /// PINGs Redis over respite's own pool and records whether it answered.
 async fn watch_redis(ctx: Arc<Context>, stop: CancellationToken) {
     loop {
-        let ping = async {
-            let mut c = ctx.pool.get().await.ok()?;
-            let pong: Option<String> = deadpool_redis::redis::cmd("PING")
-                .query_async(&mut c)
+        let ping = ctx.own.run(async |c| {
+            deadpool_redis::redis::cmd("PING")
+                .query_async::<String>(c)
                 .await
-                .ok();
-            pong
-        };
-        let up = matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Some(_)));
+        });
+        let up = matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(_)));
         ctx.readiness.0.store(up, Ordering::Relaxed);
         tokio::select! {
             _ = tokio::time::sleep(PING_EVERY) => {}

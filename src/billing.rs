@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Totals;
 use crate::session::Context;
+use crate::upstream::OwnError;
 
 /// Adds the deltas and recomputes the derived fields, atomically.
 const ROLL_UP: &str = r#"
@@ -108,7 +109,7 @@ async fn roll_up(
     script: &Script,
     sent: &mut HashMap<String, Sent>,
     interval: Duration,
-) -> redis::RedisResult<()> {
+) -> Result<(), OwnError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -123,32 +124,9 @@ async fn roll_up(
             .collect(),
         None => HashMap::new(),
     };
-    let mut conn = ctx
-        .pool
-        .get()
-        .await
-        .map_err(|e| redis::RedisError::from((redis::ErrorKind::Io, "pool", e.to_string())))?;
     for t in ctx.auth.tenants() {
-        let totals = t.stats.snapshot();
-        let now_sent = Sent::of(&totals);
+        let now_sent = Sent::of(&t.stats.snapshot());
         let before = sent.get(&t.id).copied().unwrap_or_default();
-        // One instance adds the interval's byte-seconds: whoever takes its lock.
-        let used = usage.get(&t.id).copied().unwrap_or(0) as u64;
-        let mut byte_seconds = 0;
-        if used > 0 {
-            let lock = format!("respite:metrics:{{{}}}:held:{slot}", t.id);
-            let won: Option<String> = redis::cmd("SET")
-                .arg(&lock)
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(interval.as_millis() as u64 * 2)
-                .query_async(&mut conn)
-                .await?;
-            if won.is_some() {
-                byte_seconds = used * interval.as_millis() as u64 / 1000;
-            }
-        }
         let delta = [
             now_sent.requests - before.requests,
             now_sent.hits - before.hits,
@@ -156,19 +134,41 @@ async fn roll_up(
             now_sent.bytes_out - before.bytes_out,
             now_sent.latency_us - before.latency_us,
         ];
-        if delta.iter().all(|&d| d == 0) && byte_seconds == 0 {
+        let used = usage.get(&t.id).copied().unwrap_or(0) as u64;
+        if used == 0 && delta.iter().all(|&d| d == 0) {
+            // Nothing served and nothing held: no round trip.
             continue;
         }
         let key = format!("respite:metrics:{}:{today}", t.id);
-        let _: i64 = script
-            .key(&key)
-            .arg(delta[0])
-            .arg(delta[1])
-            .arg(delta[2])
-            .arg(delta[3])
-            .arg(delta[4])
-            .arg(byte_seconds)
-            .invoke_async(&mut conn)
+        let lock = format!("respite:metrics:{{{}}}:held:{slot}", t.id);
+        let interval_ms = interval.as_millis() as u64;
+        ctx.own
+            .run(async |c| {
+                // One instance adds the interval's byte-seconds: whoever takes its lock.
+                let mut byte_seconds = 0;
+                if used > 0 {
+                    let won: Option<String> = redis::cmd("SET")
+                        .arg(&lock)
+                        .arg(1)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(interval_ms * 2)
+                        .query_async(c)
+                        .await?;
+                    if won.is_some() {
+                        byte_seconds = used * interval_ms / 1000;
+                    }
+                }
+                if delta.iter().any(|&d| d > 0) || byte_seconds > 0 {
+                    let _: i64 = script
+                        .key(&key)
+                        .arg(&delta[..])
+                        .arg(byte_seconds)
+                        .invoke_async(c)
+                        .await?;
+                }
+                Ok(())
+            })
             .await?;
         sent.insert(t.id.clone(), now_sent);
     }

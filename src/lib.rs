@@ -70,18 +70,18 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         .as_ref()
         .map(|d| auth.tenant(d.get_ref()).expect("validated"));
     let ledgers = auth.tenants().filter_map(|t| t.ledger.clone()).collect();
-    let pool = upstream::own_pool(config)?;
-    let quotas = quota::Quotas::from_config(config, ledgers, pool.clone()).map(Arc::new);
+    let own = upstream::Own::from_config(config)?;
+    let quotas = quota::Quotas::from_config(config, ledgers, own.clone()).map(Arc::new);
     let shared = config
         .shared
         .as_ref()
-        .map(|s| shared::SharedCache::new(s.get_ref(), config, pool.clone()))
+        .map(|s| shared::SharedCache::new(s.get_ref(), own.clone()))
         .transpose()?
         .map(Arc::new);
     Ok(Arc::new(Context {
         quotas,
         shared,
-        pool,
+        own,
         readiness: admin::Readiness::default(),
         metrics: config.server.metrics,
         limits: protocol::Limits {

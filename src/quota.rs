@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use crate::command::{self, Command, CMD_DENYOOM, CMD_WRITE, KS_RO};
 use crate::config::{Config, QuotaConfig, QuotaLimits};
 use crate::error::{Error, UpstreamError};
+use crate::upstream::{Own, OwnError};
 
 /// What Redis adds to each string it stores beyond its allocation (an sds of the string's
 /// length plus at most 10 bytes of header): a dict entry (24 bytes) for a key or a hash
@@ -734,10 +735,9 @@ return {used, leased}
 
 /// The quota bookkeeping of one respite instance: every tenant's ledger and the pool to Redis.
 pub struct Quotas {
-    pool: deadpool_redis::Pool,
+    own: Own,
     /// This instance's name in the lease hashes.
     instance: String,
-    timeout: Duration,
     settings: QuotaSettings,
     ledgers: Vec<Arc<Ledger>>,
     reserve: Script,
@@ -761,25 +761,16 @@ impl From<&QuotaConfig> for QuotaSettings {
     }
 }
 
-fn bookkeeping(e: impl std::fmt::Display) -> UpstreamError {
-    UpstreamError::Bookkeeping(e.to_string())
-}
-
 impl Quotas {
     /// `None` when no tenant has a quota (nothing is measured then).
-    pub fn from_config(
-        config: &Config,
-        ledgers: Vec<Arc<Ledger>>,
-        pool: deadpool_redis::Pool,
-    ) -> Option<Quotas> {
+    pub fn from_config(config: &Config, ledgers: Vec<Arc<Ledger>>, own: Own) -> Option<Quotas> {
         config.quotas_enabled().then(|| Quotas {
-            pool,
+            own,
             instance: format!(
                 "{}-{:016x}",
                 std::process::id(),
                 crate::keyspace::random_u64()
             ),
-            timeout: Duration::from_millis(config.upstream.command_timeout_ms),
             settings: (&config.quota).into(),
             ledgers,
             reserve: Script::new(RESERVE),
@@ -792,23 +783,15 @@ impl Quotas {
         self.settings.flush_interval
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, UpstreamError> {
-        self.pool.get().await.map_err(bookkeeping)
-    }
-
-    /// Runs `f` on a pooled connection, within the command timeout.
+    /// Runs `f` on respite's own pool; failures are the bookkeeping's.
     async fn with_conn<T, F>(&self, f: F) -> Result<T, UpstreamError>
     where
         F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
     {
-        let timeout_ms = self.timeout.as_millis() as u64;
-        let work = async {
-            let mut c = self.conn().await?;
-            f(&mut c).await.map_err(bookkeeping)
-        };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout(timeout_ms)))
+        self.own.run(f).await.map_err(|e| match e {
+            OwnError::Timeout(ms) => UpstreamError::Timeout(ms),
+            other => UpstreamError::Bookkeeping(other.to_string()),
+        })
     }
 
     /// Charges a write against its tenant's quota, or refuses it with `-OOM`.

@@ -66,7 +66,7 @@ pub struct Context {
     /// The shared-key cache, when `[shared]` is configured.
     pub shared: Option<Arc<SharedCache>>,
     /// respite's own connections to Redis (quota bookkeeping, shared fills, health).
-    pub pool: deadpool_redis::Pool,
+    pub own: crate::upstream::Own,
     /// Whether Redis answers (for /readyz).
     pub readiness: crate::admin::Readiness,
     /// Per-tenant command figures are kept (`server.metrics`).
@@ -825,10 +825,6 @@ impl Session {
     /// Moves every reply that is ready, in order, into the client's output buffer.
     pub(crate) fn deliver(&mut self) {
         let mut routed = false;
-        if self.awaiting > 0 {
-            // One clock read per batch: replies' latencies and Redis' progress.
-            self.clock = Instant::now();
-        }
         loop {
             while let Some(Slot::Ready(_)) = self.pending.front() {
                 if let Some(Slot::Ready(b)) = self.pending.pop_front() {
@@ -838,7 +834,7 @@ impl Session {
             if let Some(p) = self.pinned.as_mut() {
                 match p.conn.next_frame() {
                     Ok(Some(frame)) => {
-                        routed = true;
+                        self.tick(&mut routed);
                         self.route(frame);
                         continue;
                     }
@@ -851,7 +847,7 @@ impl Session {
             }
             match self.replies.try_recv() {
                 Ok(r) => {
-                    routed = true;
+                    self.tick(&mut routed);
                     self.take_reply(Some(r));
                 }
                 Err(_) => break,
@@ -865,6 +861,15 @@ impl Session {
         }
         if !self.settling.is_empty() {
             quota::settle_all(&mut self.settling);
+        }
+    }
+
+    /// Reads the clock for the first reply of a batch: one reading serves the batch's
+    /// latencies and Redis' progress.
+    fn tick(&mut self, routed: &mut bool) {
+        if !*routed {
+            self.clock = Instant::now();
+            *routed = true;
         }
     }
 

@@ -30,9 +30,10 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use deadpool_redis::redis;
 
-use crate::config::{Config, SharedConfig};
+use crate::config::SharedConfig;
 use crate::error::{Error, UpstreamError};
 use crate::protocol::Resp;
+use crate::upstream::{Own, OwnError};
 
 /// A session's last shared read: the key, its entry, and the cache generation then.
 pub type Memo = Option<(Bytes, Arc<Entry>, u64)>;
@@ -98,8 +99,7 @@ pub struct SharedCache {
     max_stale: Duration,
     origin: Option<Origin>,
     l1: moka::future::Cache<Bytes, Arc<Entry>, foldhash::fast::RandomState>,
-    pool: deadpool_redis::Pool,
-    timeout: Duration,
+    own: Own,
     /// Keys being refreshed ahead, so that each is refreshed once.
     refreshing: DashMap<Bytes, ()>,
     /// Bumped whenever an entry is dropped or replaced early, so that a session's [`Memo`]
@@ -127,16 +127,8 @@ impl moka::Expiry<Bytes, Arc<Entry>> for ByEntry {
     }
 }
 
-fn fetch_error(e: impl std::fmt::Display) -> Error {
-    Error::Upstream(UpstreamError::SharedFetch(e.to_string()))
-}
-
 impl SharedCache {
-    pub fn new(
-        shared: &SharedConfig,
-        config: &Config,
-        pool: deadpool_redis::Pool,
-    ) -> anyhow::Result<SharedCache> {
+    pub fn new(shared: &SharedConfig, own: Own) -> anyhow::Result<SharedCache> {
         let origin = shared
             .origin
             .as_ref()
@@ -171,8 +163,7 @@ impl SharedCache {
                 })
                 .expire_after(ByEntry)
                 .build_with_hasher(foldhash::fast::RandomState::default()),
-            pool,
-            timeout: Duration::from_millis(config.upstream.command_timeout_ms),
+            own,
             refreshing: DashMap::new(),
             generation: AtomicU64::new(0),
             counters: Counters::default(),
@@ -375,25 +366,21 @@ impl SharedCache {
         });
     }
 
+    /// Runs `f` on respite's own pool. Redis' own error (e.g. WRONGTYPE) becomes the
+    /// reply, as if Redis had answered the client.
     async fn with_conn<T, F>(&self, f: F) -> Result<T, Error>
     where
         F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
     {
-        let work = async {
-            let mut c = self.pool.get().await.map_err(fetch_error)?;
-            f(&mut c).await.map_err(|e| match e.code() {
-                // Redis' own error (e.g. WRONGTYPE) is the reply, as if Redis answered.
-                Some(code) => Error::Redis(format!("{code} {}", e.detail().unwrap_or(""))),
-                None => fetch_error(e),
-            })
-        };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Upstream(UpstreamError::Timeout(
-                    self.timeout.as_millis() as u64,
-                )))
-            })
+        self.own.run(f).await.map_err(|e| match e {
+            OwnError::Redis(e) if e.code().is_some() => Error::Redis(format!(
+                "{} {}",
+                e.code().unwrap_or_default(),
+                e.detail().unwrap_or("")
+            )),
+            OwnError::Timeout(ms) => Error::Upstream(UpstreamError::Timeout(ms)),
+            other => Error::Upstream(UpstreamError::SharedFetch(other.to_string())),
+        })
     }
 
     /// INFO's `# Shared` section: this instance's counters.

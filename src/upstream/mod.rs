@@ -33,21 +33,72 @@ use crate::reply::{next_frame, Frame};
 
 pub use pinned::Pinned;
 
-/// The pool for respite's own commands (quota bookkeeping, shared-key fills): separate from
-/// the clients' connections, so that they never wait behind a client's pipeline.
-pub fn own_pool(config: &crate::config::Config) -> anyhow::Result<deadpool_redis::Pool> {
-    let timeout = Duration::from_millis(config.upstream.command_timeout_ms);
-    let mut pool = deadpool_redis::Config::from_url(config.upstream.url.get_ref().clone());
-    pool.pool = Some(deadpool_redis::PoolConfig {
-        max_size: config.upstream.pool_size,
-        timeouts: deadpool_redis::Timeouts {
-            wait: Some(timeout),
-            create: Some(Duration::from_millis(config.upstream.connect_timeout_ms)),
-            recycle: Some(timeout),
-        },
-        ..Default::default()
-    });
-    Ok(pool.create_pool(Some(deadpool_redis::Runtime::Tokio1))?)
+/// respite's own connections to Redis (quota bookkeeping, shared-key fills, health,
+/// billing): a deadpool-redis pool apart from the clients' connections, so that they never
+/// wait behind a client's pipeline, and every use bounded by `command_timeout_ms`.
+#[derive(Clone)]
+pub struct Own {
+    pool: deadpool_redis::Pool,
+    timeout: Duration,
+}
+
+/// Why one of respite's own requests failed.
+#[derive(Debug)]
+pub enum OwnError {
+    /// No connection could be had.
+    Unavailable(String),
+    /// Redis (or the connection) answered with an error.
+    Redis(deadpool_redis::redis::RedisError),
+    /// No answer within the timeout (ms).
+    Timeout(u64),
+}
+
+impl std::fmt::Display for OwnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OwnError::Unavailable(why) => f.write_str(why),
+            OwnError::Redis(e) => write!(f, "{e}"),
+            OwnError::Timeout(ms) => write!(f, "no reply within {ms} ms"),
+        }
+    }
+}
+
+impl Own {
+    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Own> {
+        let timeout = Duration::from_millis(config.upstream.command_timeout_ms);
+        let mut pool = deadpool_redis::Config::from_url(config.upstream.url.get_ref().clone());
+        pool.pool = Some(deadpool_redis::PoolConfig {
+            max_size: config.upstream.pool_size,
+            timeouts: deadpool_redis::Timeouts {
+                wait: Some(timeout),
+                create: Some(Duration::from_millis(config.upstream.connect_timeout_ms)),
+                recycle: Some(timeout),
+            },
+            ..Default::default()
+        });
+        Ok(Own {
+            pool: pool.create_pool(Some(deadpool_redis::Runtime::Tokio1))?,
+            timeout,
+        })
+    }
+
+    /// Runs `f` on a pooled connection, within the command timeout.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, OwnError>
+    where
+        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> deadpool_redis::redis::RedisResult<T>,
+    {
+        let work = async {
+            let mut c = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| OwnError::Unavailable(e.to_string()))?;
+            f(&mut c).await.map_err(OwnError::Redis)
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or(Err(OwnError::Timeout(self.timeout.as_millis() as u64)))
+    }
 }
 pub use shared::{Reply, Sink};
 
