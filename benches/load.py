@@ -6,6 +6,7 @@
     python3 benches/load.py --suite quota   # respite with quotas off vs on: SET, P16
     python3 benches/load.py --suite shared  # GET of a shared key (L1) vs a tenant key (Redis)
     python3 benches/load.py --suite metrics # respite with per-tenant metrics off vs on: GET
+    python3 benches/load.py --suite threads # respite on 2 worker threads vs 1 thread: GET
 
 Starts its own redis-server, twemproxy (Debian package `nutcracker`, one pool, one server
 connection) and respite (release build) on free loopback ports, then runs redis-benchmark
@@ -86,7 +87,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer requests per run")
-    ap.add_argument("--suite", choices=("proxies", "quota", "shared", "metrics"),
+    ap.add_argument("--suite", choices=("proxies", "quota", "shared", "metrics", "threads"),
                     default="proxies",
                     help="proxies: redis vs twemproxy vs respite; quota: respite, quotas off vs "
                          "on; shared: GET of a shared key vs of a tenant key, one respite")
@@ -158,6 +159,12 @@ def main():
             targets = [("metrics-off", off[0], off[1], "bench-secret"),
                        ("metrics-on", on[0], on[1], "bench-secret")]
             cases = [("get", 16, None), ("get", 1, None)]
+        elif opts.suite == "threads":
+            two = start_respite("", server="threads = 2")
+            one = start_respite("")
+            targets = [("threads-2", two[0], two[1], "bench-secret"),
+                       ("threads-1", one[0], one[1], "bench-secret")]
+            cases = [("get", 1, None), ("get", 16, None)]
         elif opts.suite == "quota":
             off, on = start_respite(""), start_respite("[defaults]\nquota_bytes = 1073741824")
             targets = [("quota-off", off[0], off[1], "bench-secret"),

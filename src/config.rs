@@ -117,6 +117,11 @@ pub struct ServerConfig {
     /// Keep per-tenant command counts, hit rates and latencies (INFO, /metrics).
     #[serde(default = "default_true")]
     pub metrics: bool,
+    /// Runtime threads. One runs every session on one thread: a request and its reply never
+    /// cross threads, which is the cheapest per request; more spread sessions over that
+    /// many worker threads, for more than one core's worth of traffic.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +257,12 @@ fn default_max_array_len() -> usize {
 fn default_shutdown_grace_ms() -> u64 {
     5_000
 }
+/// More runtime threads than any machine respite runs on has cores.
+const MAX_THREADS: usize = 1024;
+
+fn default_threads() -> usize {
+    1
+}
 fn default_upstream_url() -> Spanned<String> {
     Spanned::new(0..0, "redis://127.0.0.1:6379".into())
 }
@@ -332,6 +343,7 @@ impl Default for ServerConfig {
             max_array_len: default_max_array_len(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
             metrics: true,
+            threads: default_threads(),
         }
     }
 }
@@ -537,6 +549,12 @@ impl Config {
         }
         if self.server.max_clients == 0 {
             err(None, "server.max_clients must be at least 1".into());
+        }
+        if !(1..=MAX_THREADS).contains(&self.server.threads) {
+            err(
+                None,
+                format!("server.threads must be between 1 and {MAX_THREADS}"),
+            );
         }
         if self.server.max_array_len == 0 || self.server.max_bulk_bytes == 0 {
             err(

@@ -47,6 +47,7 @@ fn each_mistake_has_its_own_error() {
         ),
         ("[upstream]\npool_size = 0\n", "upstream.pool_size must be at least 1", None),
         ("[upstream]\nconnections = 0\n", "must be at least 1", None),
+        ("[server]\nthreads = 0\n", "server.threads must be between 1 and 1024", None),
         (
             "[[tenants]]\nid = \"a\"\npassword = \"p\"\noverage_bytes = 5\n",
             "tenants[0].overage_bytes needs a quota_bytes",
