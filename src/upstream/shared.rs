@@ -121,10 +121,11 @@ impl State {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
+        let mut any = false;
         loop {
             match conn.next_frame() {
                 Ok(Some(frame)) => {
-                    self.progress = Instant::now();
+                    any = true;
                     let Some(route) = self.routes.front_mut() else {
                         return self
                             .fail_all(UpstreamError::Protocol("a reply nobody asked for".into()));
@@ -138,9 +139,13 @@ impl State {
                         self.routes.pop_front();
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => return self.fail_all(e),
             }
+        }
+        if any {
+            // One clock reading per read from Redis, not per reply.
+            self.progress = Instant::now();
         }
     }
 
