@@ -7,6 +7,7 @@
     python3 benches/load.py --suite shared  # GET of a shared key (L1) vs a tenant key (Redis)
     python3 benches/load.py --suite metrics # respite with per-tenant metrics off vs on: GET
     python3 benches/load.py --suite threads # respite on 2 worker threads vs 1 thread: GET
+    python3 benches/load.py --perf ...      # also instructions per request (perf stat)
 
 Starts its own redis-server, twemproxy (Debian package `nutcracker`, one pool, one server
 connection) and respite (release build) on free loopback ports, then runs redis-benchmark
@@ -26,6 +27,7 @@ import io
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -35,6 +37,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENTS = 50
+# Where `perf stat` writes, with --perf.
+PERF = None
 
 
 def free_port():
@@ -72,15 +76,32 @@ def bench(port, test, pipeline, requests, pid, auth, keyspace=None, command=None
         args += ["-a", auth]
     # A given command (e.g. GET of one key) instead of redis-benchmark's own test.
     args += command if command else ["-t", test]
+    counter = None
+    if PERF:
+        # Instructions the server process ran (user and kernel): unlike throughput, steady
+        # from run to run on a shared machine.
+        counter = subprocess.Popen(["perf", "stat", "-x,", "-e", "instructions", "-p", str(pid),
+                                    "-o", PERF], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(0.1)
     before = cpu_seconds(pid)
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(pid) - before
+    instructions = None
+    if counter:
+        counter.send_signal(signal.SIGINT)
+        counter.wait()
+        with open(PERF) as f:
+            for line in f:
+                if ",instructions" in line and line.split(",")[0].isdigit():
+                    instructions = int(line.split(",")[0])
     rows = [r for r in csv.reader(io.StringIO(out)) if r and r[0] != "test"]
     if not rows:
         raise SystemExit("redis-benchmark printed nothing for %s on %d:\n%s" % (test, port, out))
     r = rows[0]
     return {"rps": float(r[1]), "p50": float(r[4]), "p99": float(r[6]),
-            "cpu_us": cpu / requests * 1e6}
+            "cpu_us": cpu / requests * 1e6,
+            "instr": instructions / requests if instructions else float("nan")}
 
 
 def main():
@@ -91,6 +112,9 @@ def main():
                     default="proxies",
                     help="proxies: redis vs twemproxy vs respite; quota: respite, quotas off vs "
                          "on; shared: GET of a shared key vs of a tenant key, one respite")
+    ap.add_argument("--perf", action="store_true",
+                    help="also count the instructions each server process runs per request "
+                         "(perf stat; needs linux-perf)")
     opts = ap.parse_args()
     for tool in ("redis-server", "redis-benchmark", "nutcracker"):
         if not shutil.which(tool):
@@ -98,6 +122,9 @@ def main():
 
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     tmp = tempfile.mkdtemp()
+    if opts.perf:
+        global PERF
+        PERF = os.path.join(tmp, "perf.csv")
     procs = []
     try:
         rport = free_port()
@@ -189,8 +216,9 @@ def main():
                               commands.get((name, keyspace)))
                     results.setdefault((name,) + case, []).append(r)
                     print("round %d %-9s %-3s P%-2d -r %-7s %10.0f rps  p50 %.3f ms  p99 %.3f ms  "
-                          "%.1f us cpu/req" % (rnd + 1, name, test.upper(), pipeline, keyspace or "-",
-                                               r["rps"], r["p50"], r["p99"], r["cpu_us"]),
+                          "%.1f us cpu/req  %.0f instr/req" % (
+                              rnd + 1, name, test.upper(), pipeline, keyspace or "-", r["rps"],
+                              r["p50"], r["p99"], r["cpu_us"], r["instr"]),
                           file=sys.stderr)
     finally:
         for p in procs:
@@ -199,24 +227,27 @@ def main():
             p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    med = {k: {m: statistics.median(r[m] for r in v) for m in ("rps", "p50", "p99", "cpu_us")}
+    med = {k: {m: statistics.median(r[m] for r in v)
+               for m in ("rps", "p50", "p99", "cpu_us", "instr")}
            for k, v in results.items()}
     print("\nMachine: %s, %d cores, %s; redis %s; %d rounds, medians; %d clients.\n" % (
         platform.machine(), os.cpu_count(), platform.platform(terse=True),
         subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
         .stdout.split()[2].split("=")[1], opts.rounds, CLIENTS))
     names = [t[0] for t in targets]
-    print("| test | pipeline | keys | target | req/s | p50 ms | p99 ms | CPU µs/req | %s |"
-          % " | ".join("vs " + n for n in names[:-1]))
-    print("|---" * (8 + len(names) - 1) + "|")
+    perf = " instr/req |" if opts.perf else ""
+    print("| test | pipeline | keys | target | req/s | p50 ms | p99 ms | CPU µs/req |%s %s |"
+          % (perf, " | ".join("vs " + n for n in names[:-1])))
+    print("|---" * (8 + bool(opts.perf) + len(names) - 1) + "|")
     for case in cases:
         test, pipeline, keyspace = case
         for name in names:
             m = med[(name,) + case]
             ratios = " | ".join("%.2fx" % (m["rps"] / med[(b,) + case]["rps"]) for b in names[:-1])
-            print("| %s | %d | %s | %s | %.0f | %.3f | %.3f | %.1f | %s |" % (
+            instr = " %.0f |" % m["instr"] if opts.perf else ""
+            print("| %s | %d | %s | %s | %.0f | %.3f | %.3f | %.1f |%s %s |" % (
                 test.upper(), pipeline, "random %d" % keyspace if keyspace else "one",
-                name, m["rps"], m["p50"], m["p99"], m["cpu_us"], ratios))
+                name, m["rps"], m["p50"], m["p99"], m["cpu_us"], instr, ratios))
 
 
 if __name__ == "__main__":

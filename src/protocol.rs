@@ -309,8 +309,10 @@ fn hex_value(c: u8) -> u8 {
 /// Encodes a request for Redis: a RESP array of bulk strings.
 pub fn encode_request<'a, I>(out: &mut BytesMut, args: I)
 where
-    I: ExactSizeIterator<Item = &'a [u8]>,
+    I: ExactSizeIterator<Item = &'a [u8]> + Clone,
 {
+    // One capacity check for the whole request: a header is at most 1 + 20 digits + CRLF.
+    out.reserve(args.clone().map(|a| a.len() + 2 + 23).sum::<usize>() + 23);
     out.put_u8(b'*');
     put_int(out, args.len() as i64);
     for a in args {
@@ -323,9 +325,13 @@ where
 
 /// Writes a length or integer followed by CRLF.
 pub fn put_int(out: &mut BytesMut, n: i64) {
-    // On the hot path for every length header: no fmt machinery.
-    let mut buf = [0u8; 22];
-    let mut i = buf.len();
+    // On the hot path for every length header: no fmt machinery, and one copy.
+    if (0..10).contains(&n) {
+        return out.extend_from_slice(&[b'0' + n as u8, b'\r', b'\n']);
+    }
+    let mut buf = [0u8; 24];
+    let mut i = buf.len() - 2;
+    buf[i..].copy_from_slice(b"\r\n");
     let negative = n < 0;
     let mut v = n.unsigned_abs();
     loop {
@@ -341,7 +347,6 @@ pub fn put_int(out: &mut BytesMut, n: i64) {
         buf[i] = b'-';
     }
     out.extend_from_slice(&buf[i..]);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Builds replies in the protocol a client speaks (2 or 3).
@@ -427,6 +432,30 @@ mod tests {
         max_bulk_bytes: 1024,
         max_array_len: 100,
     };
+
+    #[test]
+    fn integers_and_requests_encode_as_resp() {
+        for (n, text) in [
+            (0, "0"),
+            (9, "9"),
+            (10, "10"),
+            (-1, "-1"),
+            (1234567, "1234567"),
+            (i64::MAX, "9223372036854775807"),
+            (i64::MIN, "-9223372036854775808"),
+        ] {
+            let mut out = BytesMut::new();
+            put_int(&mut out, n);
+            assert_eq!(&out[..], format!("{text}\r\n").as_bytes());
+        }
+        let mut out = BytesMut::new();
+        let args: [&[u8]; 3] = [b"SET", b"k", b"0123456789"];
+        encode_request(&mut out, args.into_iter());
+        assert_eq!(
+            &out[..],
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n"
+        );
+    }
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<&'static str>>, ProtocolError> {
         let mut buf = BytesMut::from(input);

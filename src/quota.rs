@@ -367,6 +367,9 @@ struct Local {
     /// foldhash, randomly seeded: fast on the write path, and a tenant cannot pick keys
     /// that collide.
     dirty: HashSet<Bytes, foldhash::fast::RandomState>,
+    /// The key last made dirty (and still in `dirty`): a pipeline writing one key again and
+    /// again skips the hash lookup.
+    last_dirty: Bytes,
     /// When Redis last refused a reservation, and for how many bytes.
     full: Option<(Instant, u64)>,
     /// The last reservation's size, and whether writes were charged since the last flush.
@@ -381,7 +384,11 @@ impl Local {
     fn settle(&mut self, keys: impl IntoIterator<Item = Bytes>, charged: u64) {
         self.settled += charged;
         for k in keys {
+            if k == self.last_dirty {
+                continue;
+            }
             // Hot keys are mostly dirty already: look up before inserting.
+            self.last_dirty = k.clone();
             if !self.dirty.contains(&k) {
                 self.dirty.insert(k);
                 // Maybe a delete: the next write asks Redis again.
@@ -502,6 +509,7 @@ impl Ledger {
         let settled = std::mem::take(&mut l.settled);
         l.charged -= settled;
         l.granted = l.charged + keep;
+        l.last_dirty = Bytes::new();
         Flush {
             keys: l.dirty.drain().collect(),
             release,

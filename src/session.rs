@@ -736,7 +736,7 @@ impl Session {
     /// error instead.
     async fn send<'a, I>(&mut self, args: I, slot: Slot, pin: bool) -> Result<(), End>
     where
-        I: ExactSizeIterator<Item = &'a [u8]>,
+        I: ExactSizeIterator<Item = &'a [u8]> + Clone,
     {
         if pin && self.pinned.is_none() {
             self.drain().await?;
