@@ -30,6 +30,12 @@
 //! [`clients`] the registry of connections behind CLIENT LIST/KILL, [`metrics`] the
 //! per-tenant figures (rolled up daily into Redis by [`billing`]), [`admin`] the HTTP
 //! endpoints for operators (/healthz, /readyz, /metrics).
+//!
+//! Threads: the binary runs all of this on one thread by default (`server.threads = 1`,
+//! tokio's current-thread scheduler), so a request, the shared upstream task that writes it
+//! and its reply never cross threads; state shared between sessions (tenants' ledgers and
+//! figures, the shared cache) is still `Send + Sync`, so `threads = N` runs the same code
+//! on N worker threads.
 
 pub mod admin;
 pub mod auth;

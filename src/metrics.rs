@@ -84,7 +84,9 @@ impl Meta {
 pub struct Tally {
     /// Runs of the same command and outcome (a pipeline of GETs is one entry).
     commands: Vec<(&'static [u8], Outcome, u64)>,
-    latencies: Vec<(&'static str, u64)>,
+    /// Runs of (family, microseconds): a pipeline's requests are read together and their
+    /// replies timed together, so their latencies are mostly one run.
+    latencies: Vec<(&'static str, u64, u64)>,
     hits: u64,
     misses: u64,
     pub bytes_in: u64,
@@ -99,8 +101,11 @@ impl Tally {
             Some((name, o, n)) if std::ptr::eq(*name, meta.name) && *o == outcome => *n += 1,
             _ => self.commands.push((meta.name, outcome, 1)),
         }
-        let micros = now.saturating_duration_since(meta.at).as_micros() as u64;
-        self.latencies.push((meta.family, micros.max(1)));
+        let micros = (now.saturating_duration_since(meta.at).as_micros() as u64).max(1);
+        match self.latencies.last_mut() {
+            Some((family, m, n)) if std::ptr::eq(*family, meta.family) && *m == micros => *n += 1,
+            _ => self.latencies.push((meta.family, micros, 1)),
+        }
         match hit {
             Some(true) => self.hits += 1,
             Some(false) => self.misses += 1,
@@ -176,12 +181,12 @@ impl TenantStats {
         for (name, outcome, n) in t.commands.drain(..) {
             *s.commands.entry((name, outcome)).or_default() += n;
         }
-        for (family, micros) in t.latencies.drain(..) {
+        for (family, micros, n) in t.latencies.drain(..) {
             let h = s.latency.entry(family).or_insert_with(|| {
                 Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")
             });
-            h.saturating_record(micros);
-            s.latency_sum_us += micros;
+            h.saturating_record_n(micros, n);
+            s.latency_sum_us += micros * n;
         }
         s.hits += std::mem::take(&mut t.hits);
         s.misses += std::mem::take(&mut t.misses);
