@@ -104,7 +104,7 @@ fn main() -> ExitCode {
 
 /// One thread: tokio's current-thread scheduler, so that a session, the shared upstream
 /// connection it hands requests to and the reply's way back all run on one thread, with no
-/// cross-thread wakeups (on 2 cores this cut CPU per request at pipeline 1 by about a third,
+/// cross-thread wakeups (on 2 cores this cut CPU per request at pipeline 1 by about 40%,
 /// BENCHMARKS.md). More: the work-stealing scheduler with that many workers.
 fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if threads == 1 {
