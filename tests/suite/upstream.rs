@@ -229,8 +229,16 @@ async fn graceful_shutdown_finishes_in_flight_commands() {
     assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err());
 }
 
+/// The binary, on one thread (the default) and on two worker threads: it serves, and on
+/// SIGTERM answers what is in flight and exits 0.
 #[tokio::test]
 async fn sigterm_lets_in_flight_commands_finish_and_exits_zero() {
+    for threads in [1, 2] {
+        binary_serves_then_stops_on_sigterm(threads).await;
+    }
+}
+
+async fn binary_serves_then_stops_on_sigterm(threads: usize) {
     let redis = Redis::start();
     let dir = TempDir::new();
     let port = free_port();
@@ -238,7 +246,7 @@ async fn sigterm_lets_in_flight_commands_finish_and_exits_zero() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"{}\"\n{TENANTS}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = {threads}\n[upstream]\nurl = \"{}\"\n{TENANTS}",
             redis.url()
         ),
     )
@@ -257,6 +265,10 @@ async fn sigterm_lets_in_flight_commands_finish_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut c = Raw::login(addr, "a", "pa").await;
+    c.send_cmd(&["SET", "k", "v"]).await;
+    c.send_cmd(&["GET", "k"]).await;
+    assert_eq!(c.reply().await, "+OK\r\n", "threads = {threads}");
+    assert_eq!(c.reply().await, "$1\r\nv\r\n", "threads = {threads}");
     c.send_cmd(&["BLPOP", "q", "0.5"]).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let status = std::process::Command::new("kill")
