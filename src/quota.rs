@@ -411,8 +411,11 @@ impl Local {
         if let Some(ttl) = w.ttl.take() {
             w.expiring.push((ttl, w.keys.to_vec()));
         }
-        for (ttl, keys) in w.expiring.drain(..) {
-            self.expire_later(keys, Instant::now() + ttl + EXPIRY_GRACE);
+        if !w.expiring.is_empty() {
+            let now = Instant::now();
+            for (ttl, keys) in w.expiring.drain(..) {
+                self.expire_later(keys, now + ttl + EXPIRY_GRACE);
+            }
         }
         let charged = std::mem::take(&mut w.charged);
         match std::mem::take(&mut w.keys) {
@@ -707,7 +710,10 @@ for i = 4, #KEYS do
   end
   local old = tonumber(redis.call('HGET', KEYS[2], field) or '0')
   if size > 0 then
-    redis.call('HSET', KEYS[2], field, size)
+    -- An overwrite of the same size (the common cache refresh) leaves the hash alone.
+    if size ~= old then
+      redis.call('HSET', KEYS[2], field, size)
+    end
   elseif old > 0 then
     redis.call('HDEL', KEYS[2], field)
   end
