@@ -104,11 +104,23 @@ def bench(port, test, pipeline, requests, pid, auth, keyspace=None, command=None
             "instr": instructions / requests if instructions else float("nan")}
 
 
+# Suites comparing two respite instances: (name, [server] lines, other sections) for the
+# baseline and the variant, then the (test, pipeline, random keyspace) cases.
+PAIRS = {
+    "metrics": (("metrics-off", "metrics = false", ""), ("metrics-on", "", ""),
+                [("get", 16, None), ("get", 1, None)]),
+    "threads": (("threads-2", "threads = 2", ""), ("threads-1", "", ""),
+                [("get", 1, None), ("get", 16, None)]),
+    "quota": (("quota-off", "", ""), ("quota-on", "", "[defaults]\nquota_bytes = 1073741824"),
+              [("set", 16, None), ("set", 16, 100_000), ("get", 16, None)]),
+}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer requests per run")
-    ap.add_argument("--suite", choices=("proxies", "quota", "shared", "metrics", "threads"),
+    ap.add_argument("--suite", choices=("proxies", "shared") + tuple(PAIRS),
                     default="proxies",
                     help="proxies: redis vs twemproxy vs respite; quota: respite, quotas off vs "
                          "on; shared: GET of a shared key vs of a tenant key, one respite")
@@ -179,24 +191,13 @@ def main():
                         ("plain-get", 100): ["GET", "plain:__rand_int__"],
                         ("shared-get", 100): ["GET", "shared:market:__rand_int__:price"]}
             cases = [("get", 16, None), ("get", 16, 100), ("get", 1, None)]
-        elif opts.suite == "metrics":
-            # [server] comes first in the file: the switch goes into it.
-            off = start_respite("", server="metrics = false")
-            on = start_respite("")
-            targets = [("metrics-off", off[0], off[1], "bench-secret"),
-                       ("metrics-on", on[0], on[1], "bench-secret")]
-            cases = [("get", 16, None), ("get", 1, None)]
-        elif opts.suite == "threads":
-            two = start_respite("", server="threads = 2")
-            one = start_respite("")
-            targets = [("threads-2", two[0], two[1], "bench-secret"),
-                       ("threads-1", one[0], one[1], "bench-secret")]
-            cases = [("get", 1, None), ("get", 16, None)]
-        elif opts.suite == "quota":
-            off, on = start_respite(""), start_respite("[defaults]\nquota_bytes = 1073741824")
-            targets = [("quota-off", off[0], off[1], "bench-secret"),
-                       ("quota-on", on[0], on[1], "bench-secret")]
-            cases = [("set", 16, None), ("set", 16, 100_000), ("get", 16, None)]
+        elif opts.suite in PAIRS:
+            # Two respite instances that differ in one setting, baseline first.
+            *variants, cases = PAIRS[opts.suite]
+            targets = []
+            for name, server, extra in variants:
+                port, pid = start_respite(extra, server=server)
+                targets.append((name, port, pid, "bench-secret"))
         else:
             pport, ppid = start_respite("")
             targets = [("redis", rport, redis.pid, None), ("twemproxy", tport, twem.pid, None),

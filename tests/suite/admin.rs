@@ -43,22 +43,24 @@ async fn answers(addr: SocketAddr, path: &str, status: u16, within: Duration) ->
     }
 }
 
-fn admin_config(redis: &Redis, admin: SocketAddr) -> String {
-    format!(
+/// respite with an admin listener on a free port, two tenants (a with a quota) and [shared].
+async fn start_with_admin(redis: &Redis) -> (Proxy, SocketAddr) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
         "[upstream]\nurl = \"{}\"\ncommand_timeout_ms = 1000\nconnect_timeout_ms = 300\n\
          [admin]\nlisten = \"{admin}\"\n\
          [[tenants]]\nid = \"a\"\npassword = \"pa\"\nquota_bytes = 100000\noverage_bytes = 1000\n\
          [[tenants]]\nid = \"b\"\npassword = \"pb\"\n\
          [shared]\n",
         redis.url()
-    )
+    );
+    (Proxy::start_config(&config).await, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics_say_what_respite_holds() {
     let redis = Redis::start();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let proxy = Proxy::start_config(&admin_config(&redis, admin)).await;
+    let (proxy, admin) = start_with_admin(&redis).await;
     answers(admin, "/healthz", 200, Duration::from_secs(5)).await;
     answers(admin, "/readyz", 200, Duration::from_secs(2)).await;
 
@@ -124,8 +126,7 @@ async fn health_and_metrics_say_what_respite_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_redis_within_two_seconds() {
     let mut redis = Redis::start();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let proxy = Proxy::start_config(&admin_config(&redis, admin)).await;
+    let (proxy, admin) = start_with_admin(&redis).await;
     answers(admin, "/readyz", 200, Duration::from_secs(5)).await;
     // A connection made before Redis goes away.
     let mut warm = Raw::login(proxy.addr, "b", "pb").await;
@@ -167,8 +168,7 @@ async fn readiness_follows_redis_within_two_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_workload_shows_in_exact_counters() {
     let redis = Redis::start();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let proxy = Proxy::start_config(&admin_config(&redis, admin)).await;
+    let (proxy, admin) = start_with_admin(&redis).await;
     answers(admin, "/healthz", 200, Duration::from_secs(5)).await;
     let mut a = proxy.raw_as("a", "pa").await;
     for (cmd, reply) in [
