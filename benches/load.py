@@ -236,6 +236,18 @@ def main():
         subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
         .stdout.split()[2].split("=")[1], opts.rounds, CLIENTS))
     names = [t[0] for t in targets]
+    if opts.suite in PAIRS:
+        # Each round runs the two instances back to back, so the ratio within a round is
+        # paired: the median of those ratios shrugs off a round the machine was busy for.
+        print("Per-round ratios, %s / %s (median, then each round):" % (names[1], names[0]))
+        for case in cases:
+            test, pipeline, keyspace = case
+            ratios = [on["rps"] / off["rps"]
+                      for off, on in zip(results[(names[0],) + case], results[(names[1],) + case])]
+            print("- %s P%d %s: **%.2fx** (%s)" % (
+                test.upper(), pipeline, "random %d" % keyspace if keyspace else "one key",
+                statistics.median(ratios), ", ".join("%.2f" % r for r in ratios)))
+        print()
     perf = " instr/req |" if opts.perf else ""
     print("| test | pipeline | keys | target | req/s | p50 ms | p99 ms | CPU µs/req |%s %s |"
           % (perf, " | ".join("vs " + n for n in names[:-1])))

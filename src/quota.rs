@@ -138,7 +138,7 @@ impl Keys {
 }
 
 /// What a write may do to the tenant's bytes, as far as the request tells.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct WriteCost {
     /// The keys it writes.
     keys: Keys,
@@ -167,6 +167,16 @@ pub fn cost(cmd: &Command, args: &[Bytes], prefix: &[u8]) -> Option<WriteCost> {
     if !cmd.has(CMD_WRITE) && !script {
         return None;
     }
+    match cmd.lone_key().filter(|_| !script) {
+        Some(flags) => lone_key_cost(cmd, args, prefix, flags),
+        None => walked_cost(cmd, args, prefix, script),
+    }
+}
+
+/// [`cost`] by the key specs, for any command.
+fn walked_cost(cmd: &Command, args: &[Bytes], prefix: &[u8], script: bool) -> Option<WriteCost> {
+    let name = cmd.spec.name;
+    let top = cmd.parent.is_none();
     let mut keys = Keys::None;
     let mut sources = Vec::new();
     // Written keys' names are stored; source keys' names are not.
@@ -210,6 +220,27 @@ pub fn cost(cmd: &Command, args: &[Bytes], prefix: &[u8]) -> Option<WriteCost> {
     };
     Some(WriteCost {
         keys,
+        growth,
+        expires_in: ttl(name, args),
+    })
+}
+
+/// [`cost`] of a command whose one key is argument 1 (SET, HSET, LPUSH, APPEND, ...): the
+/// common write, without a walk of the key specs.
+fn lone_key_cost(cmd: &Command, args: &[Bytes], prefix: &[u8], flags: u16) -> Option<WriteCost> {
+    let key = &args[1];
+    if flags & KS_RO != 0 || !key.starts_with(prefix) {
+        return None;
+    }
+    let name = cmd.spec.name;
+    let growth = if cmd.has(CMD_DENYOOM) {
+        let values = args[2..].iter().map(|a| stored(a.len() as u64)).sum();
+        Growth::Bytes(stored(key.len() as u64) + estimate(name, args, values))
+    } else {
+        Growth::None
+    };
+    Some(WriteCost {
+        keys: Keys::Arg(1),
         growth,
         expires_in: ttl(name, args),
     })
@@ -616,19 +647,46 @@ impl Drop for Written {
     }
 }
 
-/// Settles finished writes, taking each ledger's lock once for the lot rather than once per
-/// write (a pipeline of 16 SETs settles together).
-pub fn settle_all(done: &mut Vec<Written>) {
-    while let Some(first) = done.first() {
-        let ledger = first.ledger.clone();
-        let mut l = ledger.local.lock().unwrap();
-        done.retain_mut(|w| {
-            let mine = Arc::ptr_eq(&w.ledger, &ledger);
-            if mine {
-                l.settle_written(w);
+/// The writes Redis answered in one batch of replies, settled under one lock when the batch
+/// is done rather than one lock per write (a pipeline of 16 SETs settles together). The
+/// common write (one tenant, no TTL) is folded in as it comes: its charge summed, its key
+/// listed once when the same key is written again and again.
+#[derive(Debug, Default)]
+pub struct Settling {
+    ledger: Option<Arc<Ledger>>,
+    charged: u64,
+    keys: Vec<Bytes>,
+    /// Writes with a TTL, or another tenant's (the session re-authenticated): settled whole.
+    others: Vec<Written>,
+}
+
+impl Settling {
+    pub fn add(&mut self, mut w: Written) {
+        let plain = w.ttl.is_none() && w.expiring.is_empty();
+        match &self.ledger {
+            Some(l) if plain && Arc::ptr_eq(l, &w.ledger) => {}
+            None if plain => self.ledger = Some(w.ledger.clone()),
+            _ => return self.others.push(w),
+        }
+        self.charged += std::mem::take(&mut w.charged);
+        match std::mem::take(&mut w.keys) {
+            Keys::One(k) => {
+                if self.keys.last() != Some(&k) {
+                    self.keys.push(k);
+                }
             }
-            !mine
-        });
+            Keys::Many(v) => self.keys.extend(v),
+            Keys::None | Keys::Arg(_) => {}
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(ledger) = self.ledger.take() {
+            let mut l = ledger.local.lock().unwrap();
+            l.settle(self.keys.drain(..), std::mem::take(&mut self.charged));
+        }
+        // Each drop settles under its own ledger's lock: rare.
+        self.others.clear();
     }
 }
 
@@ -701,23 +759,43 @@ return {grant, used, others + mine + grant}
 const MEASURE: &str = r#"
 local plen = tonumber(ARGV[4])
 local delta = 0
+-- One EXISTS, HMGET and HSET for the batch rather than a call of each per key: a Lua call
+-- costs Redis about as much as the command it runs.
+local keys, fields, seen = {}, {}, {}
 for i = 4, #KEYS do
   local field = string.sub(KEYS[i], plen + 1)
-  -- MEMORY USAGE alone still sees a key whose TTL has passed; EXISTS expires it.
-  local size = 0
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    size = redis.call('MEMORY', 'USAGE', KEYS[i]) or 0
+  -- A SCAN may return a key twice; measured twice, its change would count twice.
+  if not seen[field] then
+    seen[field] = true
+    keys[#keys + 1] = KEYS[i]
+    fields[#fields + 1] = field
   end
-  local old = tonumber(redis.call('HGET', KEYS[2], field) or '0')
-  if size > 0 then
+end
+if #fields > 0 then
+  local olds = redis.call('HMGET', KEYS[2], unpack(fields))
+  -- MEMORY USAGE alone still sees a key whose TTL has passed; EXISTS expires it.
+  redis.call('EXISTS', unpack(keys))
+  local changed, gone = {}, {}
+  for i, field in ipairs(fields) do
+    local size = redis.call('MEMORY', 'USAGE', keys[i]) or 0
+    local old = tonumber(olds[i]) or 0
     -- An overwrite of the same size (the common cache refresh) leaves the hash alone.
     if size ~= old then
-      redis.call('HSET', KEYS[2], field, size)
+      if size > 0 then
+        changed[#changed + 1] = field
+        changed[#changed + 1] = size
+      else
+        gone[#gone + 1] = field
+      end
+      delta = delta + size - old
     end
-  elseif old > 0 then
-    redis.call('HDEL', KEYS[2], field)
   end
-  delta = delta + size - old
+  if #changed > 0 then
+    redis.call('HSET', KEYS[2], unpack(changed))
+  end
+  if #gone > 0 then
+    redis.call('HDEL', KEYS[2], unpack(gone))
+  end
 end
 local used
 if delta ~= 0 then
@@ -746,6 +824,31 @@ for i = 1, #entries, 2 do
 end
 return {used, leased}
 "#;
+
+/// EVALSHA of `script`, its keys and arguments to be added. Built as one command rather than
+/// through `Script::key`, which copies every key into an allocation of its own: with a
+/// batch of 256 keys, that was most of a flush's cost in respite.
+fn evalsha(script: &Script, keys: usize) -> redis::Cmd {
+    let mut call = redis::cmd("EVALSHA");
+    call.arg(script.get_hash()).arg(keys);
+    call
+}
+
+/// Runs an [`evalsha`] call, loading the script first when Redis does not have it (it
+/// restarted, or SCRIPT FLUSH).
+async fn invoke<T: redis::FromRedisValue>(
+    c: &mut deadpool_redis::Connection,
+    script: &Script,
+    call: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    match call.query_async(c).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(c).await?;
+            call.query_async(c).await
+        }
+        other => other,
+    }
+}
 
 /// The quota bookkeeping of one respite instance: every tenant's ledger and the pool to Redis.
 pub struct Quotas {
@@ -906,7 +1009,6 @@ impl Quotas {
     async fn flush(&self, ledger: &Ledger, keep: bool) -> Result<(), UpstreamError> {
         let _one = ledger.flushing.lock().await;
         let f = ledger.take_flush(keep);
-        let mut result = Ok(());
         // The lease goes back with the last batch, once every key is measured.
         let batches: Vec<&[Bytes]> = if f.keys.is_empty() {
             vec![&[]]
@@ -914,13 +1016,16 @@ impl Quotas {
             f.keys.chunks(MEASURE_BATCH).collect()
         };
         let last = batches.len() - 1;
-        for (i, keys) in batches.into_iter().enumerate() {
-            let release = if i == last { f.release } else { 0 };
-            if let Err(e) = self.measure(ledger, keys, release).await {
-                result = Err(e);
-                break;
-            }
-        }
+        // One connection for the batches: taking one from the pool costs a PING.
+        let result = self
+            .with_conn(async |c| {
+                for (i, keys) in batches.into_iter().enumerate() {
+                    let release = if i == last { f.release } else { 0 };
+                    self.measure_on(c, ledger, keys, release).await?;
+                }
+                Ok(())
+            })
+            .await;
         if result.is_err() {
             ledger.undo_flush(f);
         }
@@ -933,21 +1038,29 @@ impl Quotas {
         keys: &[Bytes],
         release: u64,
     ) -> Result<(), UpstreamError> {
-        let (used, leased): (i64, i64) = self
-            .with_conn(async |c| {
-                let mut call = self.measure.key(&ledger.names.used);
-                call.key(&ledger.names.sizes).key(&ledger.names.leases);
-                for k in keys {
-                    call.key(&k[..]);
-                }
-                call.arg(&self.instance)
-                    .arg(release)
-                    .arg(LEASE_TTL_MS)
-                    .arg(ledger.prefix.len())
-                    .invoke_async(c)
-                    .await
-            })
-            .await?;
+        self.with_conn(async |c| self.measure_on(c, ledger, keys, release).await)
+            .await
+    }
+
+    async fn measure_on(
+        &self,
+        c: &mut deadpool_redis::Connection,
+        ledger: &Ledger,
+        keys: &[Bytes],
+        release: u64,
+    ) -> redis::RedisResult<()> {
+        let mut call = evalsha(&self.measure, 3 + keys.len());
+        call.arg(&ledger.names.used)
+            .arg(&ledger.names.sizes)
+            .arg(&ledger.names.leases);
+        for k in keys {
+            call.arg(&k[..]);
+        }
+        call.arg(&self.instance)
+            .arg(release)
+            .arg(LEASE_TTL_MS)
+            .arg(ledger.prefix.len());
+        let (used, leased): (i64, i64) = invoke(c, &self.measure, &call).await?;
         ledger.saw(used, leased);
         Ok(())
     }
@@ -1138,6 +1251,38 @@ mod tests {
             del.keys,
             Keys::Many(vec![Bytes::from("a"), Bytes::from("b")])
         );
+    }
+
+    #[test]
+    fn the_lone_key_shortcut_agrees_with_the_key_specs() {
+        let lines = [
+            "SET tenant:a:k v",
+            "SET tenant:a:k v EX 10",
+            "SET other:k v",
+            "HSET tenant:a:h f v g w",
+            "LPUSH tenant:a:l x y z",
+            "APPEND tenant:a:k tail",
+            "SETRANGE tenant:a:k 100 x",
+            "INCR tenant:a:n",
+            "EXPIRE tenant:a:k 5",
+            "LPOP tenant:a:l",
+            "GET tenant:a:k",
+            "XADD tenant:a:s * f v",
+            "PFADD tenant:a:p a b",
+        ];
+        for line in lines {
+            let args: Vec<Bytes> = line
+                .split(' ')
+                .map(|a| Bytes::from(a.to_string()))
+                .collect();
+            let cmd = command::lookup(&args).unwrap();
+            assert!(cmd.lone_key().is_some(), "{line}");
+            assert_eq!(
+                cost(&cmd, &args, b"tenant:a:"),
+                walked_cost(&cmd, &args, b"tenant:a:", false),
+                "{line}"
+            );
+        }
     }
 
     #[test]

@@ -157,7 +157,25 @@ fn prefix_keys(
 ) -> Result<(), Error> {
     let prefix = &tenant.prefix[..];
     let mut positions = Vec::new();
-    command::key_positions(cmd, args, &mut positions).map_err(|e| match e {
+    let lone = [1];
+    // Most commands have one key, at argument 1: no list to build, sort or dedup.
+    let positions = if cmd.lone_key().is_some() && args.len() > 1 {
+        &lone[..]
+    } else {
+        find_keys(cmd, args, &mut positions)?;
+        &positions[..]
+    };
+    for &i in positions {
+        if !(shared_ok && tenant.is_shared(&args[i])) {
+            args[i] = namespaced(prefix, &args[i]);
+        }
+    }
+    Ok(())
+}
+
+/// Every key's argument index, each once, in order.
+fn find_keys(cmd: &Command, args: &[Bytes], positions: &mut Vec<usize>) -> Result<(), Error> {
+    command::key_positions(cmd, args, positions).map_err(|e| match e {
         KeyError::BadKeyCount => Error::NotInteger,
         KeyError::OutOfRange => Error::Syntax,
         KeyError::Unknowable => Error::Unsupported(format!(
@@ -169,11 +187,6 @@ fn prefix_keys(
     // matching); rewrite each argument once.
     positions.sort_unstable();
     positions.dedup();
-    for i in positions {
-        if !(shared_ok && tenant.is_shared(&args[i])) {
-            args[i] = namespaced(prefix, &args[i]);
-        }
-    }
     Ok(())
 }
 

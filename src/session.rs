@@ -208,7 +208,7 @@ pub struct Session {
     /// Read once per batch of replies: when they were ready (for latencies).
     clock: Instant,
     /// Writes Redis has answered in this batch, settled together at the end of `deliver`.
-    settling: Vec<Written>,
+    settling: quota::Settling,
     pub(crate) protocol: u8,
     pub(crate) multi: Option<Multi>,
     pub(crate) subs: Subscriptions,
@@ -257,7 +257,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         awaiting: 0,
         progress: Instant::now(),
         tenant: None,
-        settling: Vec::new(),
+        settling: quota::Settling::default(),
         tally: Tally::default(),
         read_at: Instant::now(),
         current: None,
@@ -859,9 +859,7 @@ impl Session {
         if self.pinned.is_some() && self.awaiting == 0 && !self.needs_pinned() {
             self.unpin();
         }
-        if !self.settling.is_empty() {
-            quota::settle_all(&mut self.settling);
-        }
+        self.settling.finish();
     }
 
     /// Reads the clock for the first reply of a batch: one reading serves the batch's
@@ -920,7 +918,7 @@ impl Session {
         if let Some(Slot::Reply { write, .. }) = &mut slot {
             if let Some(w) = write.take() {
                 // Redis has run the write: its keys can be measured (with the batch).
-                self.settling.push(w);
+                self.settling.add(w);
             }
         }
         if slot.as_ref().is_some_and(is_upstream_slot) {

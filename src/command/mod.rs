@@ -42,6 +42,24 @@ impl Command {
         }
     }
 
+    /// The flags of the one key at argument 1, for the many commands whose only key spec
+    /// says just that (GET, SET, HSET, LPUSH, INCR, ...): their keys need no spec walk.
+    pub fn lone_key(&self) -> Option<u16> {
+        match self.spec.key_specs {
+            [KeySpec {
+                flags,
+                begin: BeginSearch::Index(1),
+                find:
+                    FindKeys::Range {
+                        last_key: 0,
+                        key_step: 1,
+                        ..
+                    },
+            }] => Some(*flags),
+            _ => None,
+        }
+    }
+
     /// Does the argument count satisfy the command's arity?
     pub fn arity_ok(&self, argc: usize) -> bool {
         let arity = self.spec.arity;
@@ -138,6 +156,13 @@ pub fn for_each_key(
     args: &[Bytes],
     mut f: impl FnMut(usize, u16),
 ) -> Result<(), KeyError> {
+    if let Some(flags) = cmd.lone_key() {
+        if args.len() < 2 {
+            return Err(KeyError::OutOfRange);
+        }
+        f(1, flags);
+        return Ok(());
+    }
     let argc = args.len() as i64;
     for spec in cmd.spec.key_specs {
         let first = match spec.begin {

@@ -125,11 +125,7 @@ impl Redis {
         if let Some(i) = self.extra.iter().position(|a| a == "--requirepass") {
             url = format!("redis://:{}@127.0.0.1:{}", self.extra[i + 1], self.port);
         }
-        redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        connect(&redis::Client::open(url).unwrap()).await
     }
 
     /// All keys in Redis, sorted.
@@ -227,11 +223,7 @@ impl Proxy {
     }
 
     pub async fn client_url(&self, url: &str) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        connect(&redis::Client::open(url).unwrap()).await
     }
 
     pub fn redis_client(&self, user: &str, pass: &str) -> redis::Client {
@@ -436,5 +428,16 @@ pub fn info_field(info: &str, field: &str) -> i64 {
         .unwrap_or_else(|| panic!("no {field} in {info}"))
         .trim()
         .parse()
+        .unwrap()
+}
+
+/// A `redis` crate connection that waits up to 10 s for a reply. The crate's default, 500 ms,
+/// is shorter than a blocking command a test runs, or a busy CI machine's pause.
+pub async fn connect(client: &redis::Client) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
         .unwrap()
 }

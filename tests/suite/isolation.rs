@@ -336,7 +336,7 @@ async fn blocking_pops_return_the_tenants_key_names() {
     let mut b = proxy.client("b", "pb").await;
     let client = proxy.redis_client("a", "pa");
     let waiter = tokio::spawn(async move {
-        let mut w = client.get_multiplexed_async_connection().await.unwrap();
+        let mut w = connect(&client).await;
         q::<(String, String)>(&mut w, &["BLPOP", "q1", "q2", "5"])
             .await
             .unwrap()
