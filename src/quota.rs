@@ -399,8 +399,9 @@ struct Local {
     /// that collide.
     dirty: HashSet<Bytes, foldhash::fast::RandomState>,
     /// The key last made dirty (and still in `dirty`): a pipeline writing one key again and
-    /// again skips the hash lookup.
-    last_dirty: Bytes,
+    /// again skips the hash lookup. A copy, not a clone: cloning a freshly built key
+    /// allocates (`Bytes` makes its buffer shareable on the first clone).
+    last_dirty: Vec<u8>,
     /// When Redis last refused a reservation, and for how many bytes.
     full: Option<(Instant, u64)>,
     /// The last reservation's size, and whether writes were charged since the last flush.
@@ -415,11 +416,12 @@ impl Local {
     fn settle(&mut self, keys: impl IntoIterator<Item = Bytes>, charged: u64) {
         self.settled += charged;
         for k in keys {
-            if k == self.last_dirty {
+            if k[..] == self.last_dirty[..] {
                 continue;
             }
             // Hot keys are mostly dirty already: look up before inserting.
-            self.last_dirty = k.clone();
+            self.last_dirty.clear();
+            self.last_dirty.extend_from_slice(&k);
             if !self.dirty.contains(&k) {
                 self.dirty.insert(k);
                 // Maybe a delete: the next write asks Redis again.
@@ -543,7 +545,7 @@ impl Ledger {
         let settled = std::mem::take(&mut l.settled);
         l.charged -= settled;
         l.granted = l.charged + keep;
-        l.last_dirty = Bytes::new();
+        l.last_dirty.clear();
         Flush {
             keys: l.dirty.drain().collect(),
             release,
