@@ -1256,7 +1256,7 @@ mod tests {
     }
 
     #[test]
-    fn the_lone_key_shortcut_agrees_with_the_key_specs() {
+    fn the_lone_key_cost_agrees_with_the_general_one() {
         let lines = [
             "SET tenant:a:k v",
             "SET tenant:a:k v EX 10",

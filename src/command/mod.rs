@@ -163,6 +163,15 @@ pub fn for_each_key(
         f(1, flags);
         return Ok(());
     }
+    walk_key_specs(cmd, args, f)
+}
+
+/// [`for_each_key`] by Redis' algorithm, spec by spec.
+fn walk_key_specs(
+    cmd: &Command,
+    args: &[Bytes],
+    mut f: impl FnMut(usize, u16),
+) -> Result<(), KeyError> {
     let argc = args.len() as i64;
     for spec in cmd.spec.key_specs {
         let first = match spec.begin {
@@ -247,6 +256,28 @@ mod tests {
         let cmd = lookup(&a).expect("known command");
         let mut out = Vec::new();
         key_positions(&cmd, &a, &mut out).map(|_| out)
+    }
+
+    #[test]
+    fn the_lone_key_shortcut_agrees_with_the_key_specs_for_every_command() {
+        let all = COMMANDS.iter().flat_map(|c| {
+            std::iter::once((c, None)).chain(c.subcommands.iter().map(move |s| (s, Some(c))))
+        });
+        let mut lone = 0;
+        for (spec, parent) in all {
+            let cmd = Command { spec, parent };
+            if cmd.lone_key().is_none() {
+                continue;
+            }
+            lone += 1;
+            for line in ["x k", "x k v", "x k v w"] {
+                let (mut short, mut walked) = (Vec::new(), Vec::new());
+                let a = for_each_key(&cmd, &args(line), |i, f| short.push((i, f)));
+                let b = walk_key_specs(&cmd, &args(line), |i, f| walked.push((i, f)));
+                assert_eq!((a, short), (b, walked), "{} {line}", cmd.full_name());
+            }
+        }
+        assert!(lone > 100, "only {lone} commands take the shortcut");
     }
 
     #[test]
