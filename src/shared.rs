@@ -59,9 +59,8 @@ pub struct Entry {
     value: Option<Bytes>,
     /// When the key expires in Redis, if it has a TTL.
     redis_expires: Option<Instant>,
-    /// How long L1 keeps it from when it was fetched.
-    l1_ttl: Duration,
-    /// When that is over.
+    /// Until when L1 serves it: `max_stale_ms` after it was fetched, or its expiry in
+    /// Redis if sooner.
     fresh_until: Instant,
     tier: Duration,
 }
@@ -108,22 +107,22 @@ pub struct SharedCache {
     pub counters: Counters,
 }
 
-/// L1 expiry per entry: its own `l1_ttl`, from each insert.
+/// L1 expiry per entry: its own `fresh_until`, whenever it is inserted.
 struct ByEntry;
 
 impl moka::Expiry<Bytes, Arc<Entry>> for ByEntry {
-    fn expire_after_create(&self, _: &Bytes, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
-        Some(e.l1_ttl)
+    fn expire_after_create(&self, _: &Bytes, e: &Arc<Entry>, at: Instant) -> Option<Duration> {
+        Some(e.fresh_until.saturating_duration_since(at))
     }
 
     fn expire_after_update(
         &self,
         _: &Bytes,
         e: &Arc<Entry>,
-        _: Instant,
+        at: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(e.l1_ttl)
+        Some(e.fresh_until.saturating_duration_since(at))
     }
 }
 
@@ -235,6 +234,9 @@ impl SharedCache {
     /// The flight's fetch: Redis, then the origin on a miss.
     async fn load(&self, key: &Bytes) -> Result<Arc<Entry>, Error> {
         self.counters.redis_fetches.fetch_add(1, Ordering::Relaxed);
+        // Expiry is counted from before the PTTL is asked, so L1 never outlives the key in
+        // Redis however late the reply arrives.
+        let asked = Instant::now();
         // Two requests, not a pipeline: a single command's error (WRONGTYPE) comes back as
         // Redis wrote it.
         let (value, pttl): (Option<Vec<u8>>, i64) = self
@@ -250,48 +252,48 @@ impl SharedCache {
         let tier = self.tier(key);
         match value {
             Some(v) => {
-                let expires = (pttl > 0).then(|| Duration::from_millis(pttl as u64));
+                let expires = (pttl > 0).then(|| asked + Duration::from_millis(pttl as u64));
                 Ok(self.entry(Some(&v), expires, tier))
             }
             None => match &self.origin {
-                Some(origin) => {
-                    let v = self.fetch_origin(origin, key, tier).await?;
-                    let expires = v.is_some().then_some(tier);
-                    Ok(self.entry(v.as_deref(), expires, tier))
-                }
+                Some(origin) => Ok(match self.fetch_origin(origin, key, tier).await? {
+                    Some((v, expires)) => self.entry(Some(&v), Some(expires), tier),
+                    None => self.entry(None, None, tier),
+                }),
                 None => Ok(self.entry(None, None, tier)),
             },
         }
     }
 
+    /// An L1 entry for a value whose key expires in Redis at `redis_expires`.
     fn entry(
         &self,
         value: Option<&[u8]>,
-        expires_in: Option<Duration>,
+        redis_expires: Option<Instant>,
         tier: Duration,
     ) -> Arc<Entry> {
         let now = Instant::now();
-        let mut l1_ttl = self.max_stale.min(tier);
-        if let Some(d) = expires_in {
-            l1_ttl = l1_ttl.min(d);
+        let mut fresh_until = now + self.max_stale.min(tier);
+        if let Some(at) = redis_expires {
+            fresh_until = fresh_until.min(at);
         }
         Arc::new(Entry {
             value: value.map(Resp::bulk),
-            redis_expires: expires_in.map(|d| now + d),
-            l1_ttl,
-            fresh_until: now + l1_ttl,
+            redis_expires,
+            fresh_until,
             tier,
         })
     }
 
     /// GETs the origin URL for `key`: 200 stores the body in Redis with the key's tier and
-    /// returns it, 404 is no value, anything else an error naming the origin.
+    /// returns it with the latest time the key can expire there; 404 is no value; anything
+    /// else an error naming the origin.
     async fn fetch_origin(
         &self,
         origin: &Origin,
         key: &[u8],
         tier: Duration,
-    ) -> Result<Option<Vec<u8>>, Error> {
+    ) -> Result<Option<(Vec<u8>, Instant)>, Error> {
         self.counters.origin_fetches.fetch_add(1, Ordering::Relaxed);
         let url = origin.url.replace("{key}", &percent_encode(key));
         let failed = |why: String| Error::Origin {
@@ -315,6 +317,7 @@ impl SharedCache {
             .await
             .map_err(|e| failed(format!("body not read ({e})")))?
             .to_vec();
+        let expires = Instant::now() + tier;
         let stored: Result<(), _> = self
             .with_conn(async |c| {
                 redis::cmd("SET")
@@ -330,7 +333,7 @@ impl SharedCache {
             // The value is still good for this reader; the next miss fetches it again.
             tracing::warn!(key = %String::from_utf8_lossy(key), error = %e, "origin value not stored in Redis");
         }
-        Ok(Some(body))
+        Ok(Some((body, expires)))
     }
 
     /// Refresh ahead: a key read within the last tenth of its tier is fetched again from
@@ -354,8 +357,8 @@ impl SharedCache {
                 return;
             }
             match me.fetch_origin(origin, &key, tier).await {
-                Ok(Some(v)) => {
-                    let e = me.entry(Some(&v), Some(tier), tier);
+                Ok(Some((v, expires))) => {
+                    let e = me.entry(Some(&v), Some(expires), tier);
                     me.l1.insert(key.clone(), e).await;
                     me.generation.fetch_add(1, Ordering::Relaxed);
                 }

@@ -237,20 +237,31 @@ async fn cached_values_never_outlive_their_ttl_and_hot_keys_are_refreshed_ahead(
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(a.cmd(&["GET", "shared:market:X:brief"]).await, "$-1\r\n");
 
-    // A hot key with a 2 s tier, read every 50 ms for 5 s: never a miss, and about one
-    // origin fetch per window (refreshed ahead, not stampeded).
-    let until = Instant::now() + Duration::from_secs(5);
+    // A hot key with a 2 s tier, read every 20 ms for 6 s: refreshed ahead (fetched again
+    // while it still lives in Redis), not fetched after it expired. Redis counts a miss
+    // for every fetch of the key after it expired; one is forgiven, for a refresh that a
+    // loaded machine schedules too late. Without refresh ahead there are three.
+    assert_eq!(a.cmd(&["GET", key]).await, "$2\r\nv1\r\n");
     let mut d = redis.direct().await;
+    let misses = async |d: &mut redis::aio::MultiplexedConnection| {
+        let stats: String = q(d, &["INFO", "stats"]).await.unwrap();
+        info_field(&stats, "keyspace_misses")
+    };
+    let before = misses(&mut d).await;
+    let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
         assert_eq!(a.cmd(&["GET", key]).await, "$2\r\nv1\r\n");
-        let exists: i64 = q(&mut d, &["EXISTS", key]).await.unwrap();
-        assert_eq!(exists, 1, "the hot key expired in Redis");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let expired = misses(&mut d).await - before;
+    assert!(
+        expired <= 1,
+        "the hot key was fetched {expired} times after it expired"
+    );
     let fetches = origin.hits(key);
     assert!(
-        (2..=4).contains(&fetches),
-        "{fetches} origin fetches in 5 s of a 2 s tier"
+        (3..=5).contains(&fetches),
+        "{fetches} origin fetches in 6 s of a 2 s tier"
     );
 }
 
