@@ -683,6 +683,7 @@ impl Session {
         fwd_args.extend(args.into_iter().skip(1));
         let fwd = Forward {
             args: fwd_args,
+            prefixed: Default::default(),
             expect: Expect::Reply(Shape::Plain),
             blocking: false,
         };

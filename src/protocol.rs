@@ -9,6 +9,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::rewrite::Marks;
+
 /// Longest inline request or `*`/`$` header line, as Redis' PROTO_INLINE_MAX_SIZE.
 pub const MAX_INLINE: usize = 64 * 1024;
 /// Before AUTH, Redis allows no more than this many arguments and bytes per argument, so that
@@ -318,6 +320,27 @@ where
     for a in args {
         out.put_u8(b'$');
         put_int(out, a.len() as i64);
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Encodes a rewritten request: the `marked` arguments with `prefix` written in front of
+/// them (so `tenant:<id>:` + key is never built as a name of its own).
+pub fn encode_marked(out: &mut BytesMut, args: &[Bytes], prefix: &[u8], marked: &Marks) {
+    let size =
+        args.iter().map(|a| a.len() + 2 + 23).sum::<usize>() + marked.count() * prefix.len() + 23;
+    out.reserve(size);
+    out.put_u8(b'*');
+    put_int(out, args.len() as i64);
+    for (i, a) in args.iter().enumerate() {
+        out.put_u8(b'$');
+        if marked.has(i) {
+            put_int(out, (prefix.len() + a.len()) as i64);
+            out.extend_from_slice(prefix);
+        } else {
+            put_int(out, a.len() as i64);
+        }
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }

@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use crate::command::{self, Command, CMD_DENYOOM, CMD_WRITE, KS_RO};
 use crate::config::{Config, QuotaConfig, QuotaLimits};
 use crate::error::{Error, UpstreamError};
+use crate::rewrite::{namespaced, Marks};
 use crate::upstream::{Own, OwnError};
 
 /// What Redis adds to each string it stores beyond its allocation (an sds of the string's
@@ -62,6 +63,9 @@ const DENSE_HLL: u64 = 12_400;
 const MEASURE_BATCH: usize = 256;
 /// A lease an instance stops renewing (it died) stops counting after this long.
 const LEASE_TTL_MS: u64 = 10_000;
+/// The most a session takes from the lease beyond the write at hand, for its next writes
+/// (a pipeline's), so that they take no lock.
+const SESSION_SPARE: u64 = 16 * 1024;
 /// The largest lease reserved at once.
 const MAX_CHUNK: u64 = 1 << 20;
 /// Keys with a TTL waiting to be measured again when it ends, per tenant and instance.
@@ -71,8 +75,9 @@ const EXPIRY_GRACE: Duration = Duration::from_millis(5);
 /// A tenant without a quota is still measured (its usage is billed), never refused.
 const UNLIMITED: u64 = 1 << 50;
 
-/// The keys a write touches, as Redis names them. A single key (the common case) is taken
-/// out of the request once it has been encoded for Redis: no copy, no allocation.
+/// The keys a write touches, as the tenant names them (without `tenant:<id>:`). A single key
+/// (the common case) is taken out of the request once it has been encoded for Redis: no
+/// copy, no allocation.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub enum Keys {
     #[default]
@@ -154,27 +159,48 @@ enum Growth {
     /// At most this many bytes.
     Bytes(u64),
     /// Copies these keys (COPY, SUNIONSTORE, ...): at most their size, plus this.
-    CopyOf(Vec<Bytes>, u64),
+    CopyOf(Vec<Source>, u64),
 }
 
-/// The cost of a request respite is about to forward (keys already in the tenant's
-/// namespace, `prefix`), or `None` when it writes none of the tenant's keys. (A publisher's
-/// writes to shared keys are not the tenant's usage.)
-pub fn cost(cmd: &Command, args: &[Bytes], prefix: &[u8]) -> Option<WriteCost> {
+/// A key a write copies from: the tenant's own (`mine`, named in Redis behind its prefix)
+/// or a shared key.
+#[derive(Debug, PartialEq, Eq)]
+struct Source {
+    name: Bytes,
+    mine: bool,
+}
+
+/// The cost of a request respite is about to forward: `args` as the tenant wrote them, the
+/// `prefixed` ones its keys (which Redis names with a prefix of `prefix_len` bytes). `None`
+/// when it writes none of the tenant's keys. (A publisher's writes to shared keys, which are
+/// not prefixed, are not the tenant's usage.)
+pub fn cost(
+    cmd: &Command,
+    args: &[Bytes],
+    prefixed: &Marks,
+    prefix_len: usize,
+) -> Option<WriteCost> {
     let name = cmd.spec.name;
     let top = cmd.parent.is_none();
     let script = top && matches!(name, b"eval" | b"evalsha" | b"fcall");
     if !cmd.has(CMD_WRITE) && !script {
         return None;
     }
+    let prefix_len = prefix_len as u64;
     match cmd.lone_key().filter(|_| !script) {
-        Some(flags) => lone_key_cost(cmd, args, prefix, flags),
-        None => walked_cost(cmd, args, prefix, script),
+        Some(flags) => lone_key_cost(cmd, args, prefixed, prefix_len, flags),
+        None => walked_cost(cmd, args, prefixed, prefix_len, script),
     }
 }
 
 /// [`cost`] by the key specs, for any command.
-fn walked_cost(cmd: &Command, args: &[Bytes], prefix: &[u8], script: bool) -> Option<WriteCost> {
+fn walked_cost(
+    cmd: &Command,
+    args: &[Bytes],
+    prefixed: &Marks,
+    prefix_len: u64,
+    script: bool,
+) -> Option<WriteCost> {
     let name = cmd.spec.name;
     let top = cmd.parent.is_none();
     let mut keys = Keys::None;
@@ -184,14 +210,15 @@ fn walked_cost(cmd: &Command, args: &[Bytes], prefix: &[u8], script: bool) -> Op
     let mut take = |i: usize, written: bool| {
         let a = &args[i];
         key_weight += stored(a.len() as u64);
-        if written && !a.starts_with(prefix) {
-            return;
-        }
-        if written {
-            key_bytes += stored(a.len() as u64);
+        let mine = prefixed.has(i);
+        if written && mine {
+            key_bytes += stored(prefix_len + a.len() as u64);
             keys.add(args, i);
-        } else {
-            sources.push(a.clone());
+        } else if !written {
+            sources.push(Source {
+                name: a.clone(),
+                mine,
+            });
         }
     };
     if top && name == b"sort" {
@@ -227,15 +254,20 @@ fn walked_cost(cmd: &Command, args: &[Bytes], prefix: &[u8], script: bool) -> Op
 
 /// [`cost`] of a command whose one key is argument 1 (SET, HSET, LPUSH, APPEND, ...): the
 /// common write, without a walk of the key specs.
-fn lone_key_cost(cmd: &Command, args: &[Bytes], prefix: &[u8], flags: u16) -> Option<WriteCost> {
-    let key = &args[1];
-    if flags & KS_RO != 0 || !key.starts_with(prefix) {
+fn lone_key_cost(
+    cmd: &Command,
+    args: &[Bytes],
+    prefixed: &Marks,
+    prefix_len: u64,
+    flags: u16,
+) -> Option<WriteCost> {
+    if flags & KS_RO != 0 || !prefixed.has(1) {
         return None;
     }
     let name = cmd.spec.name;
     let growth = if cmd.has(CMD_DENYOOM) {
         let values = args[2..].iter().map(|a| stored(a.len() as u64)).sum();
-        Growth::Bytes(stored(key.len() as u64) + estimate(name, args, values))
+        Growth::Bytes(stored(prefix_len + args[1].len() as u64) + estimate(name, args, values))
     } else {
         Growth::None
     };
@@ -413,17 +445,28 @@ struct Local {
 }
 
 impl Local {
-    fn settle(&mut self, keys: impl IntoIterator<Item = Bytes>, charged: u64) {
+    /// Redis has answered writes of `keys` (named in Redis `prefix` + key): they are to be
+    /// measured, and their `charged` bytes are settled.
+    fn settle(&mut self, prefix: &[u8], keys: impl IntoIterator<Item = Bytes>, charged: u64) {
         self.settled += charged;
         for k in keys {
-            if k[..] == self.last_dirty[..] {
+            let last = &self.last_dirty;
+            if last.len() == prefix.len() + k.len()
+                && last.starts_with(prefix)
+                && last[prefix.len()..] == k[..]
+            {
                 continue;
             }
-            // Hot keys are mostly dirty already: look up before inserting.
+            // Hot keys are mostly dirty already: look up before copying the name.
             self.last_dirty.clear();
+            self.last_dirty.extend_from_slice(prefix);
             self.last_dirty.extend_from_slice(&k);
-            if !self.dirty.contains(&k) {
-                self.dirty.insert(k);
+            if !self.dirty.contains(&self.last_dirty[..]) {
+                let name = match prefix {
+                    [] => k,
+                    _ => Bytes::copy_from_slice(&self.last_dirty),
+                };
+                self.dirty.insert(name);
                 // Maybe a delete: the next write asks Redis again.
                 self.full = None;
             }
@@ -436,25 +479,6 @@ impl Local {
         if self.expiring_keys + keys.len() <= MAX_EXPIRING {
             self.expiring_keys += keys.len();
             self.expiring.entry(at).or_default().extend(keys);
-        }
-    }
-
-    /// Takes a finished write's keys, charge and TTLs in.
-    fn settle_written(&mut self, w: &mut Written) {
-        if let Some(ttl) = w.ttl.take() {
-            w.expiring.push((ttl, w.keys.to_vec()));
-        }
-        if !w.expiring.is_empty() {
-            let now = Instant::now();
-            for (ttl, keys) in w.expiring.drain(..) {
-                self.expire_later(keys, now + ttl + EXPIRY_GRACE);
-            }
-        }
-        let charged = std::mem::take(&mut w.charged);
-        match std::mem::take(&mut w.keys) {
-            Keys::One(k) => self.settle([k], charged),
-            Keys::Many(v) => self.settle(v, charged),
-            Keys::None | Keys::Arg(_) => self.settle([], charged),
         }
     }
 }
@@ -494,19 +518,34 @@ impl Ledger {
         self.limits.map_or(UNLIMITED, |l| l.quota + l.overage)
     }
 
-    /// Takes `bytes` from the lease, if it has them. `Full` when Redis said within `recent`
-    /// that no write this big fits and no key has been written or deleted here since: the
-    /// refusal needs no round trip, so a tenant hammering at its limit does not hammer Redis.
-    fn try_charge(&self, bytes: u64, recent: Duration) -> Charge {
+    /// Takes `bytes` from the lease, if it has them. With a session's `allowance`, that is
+    /// handed back first, and refilled with up to `SESSION_SPARE` more (at most a quarter
+    /// of what is left) for the session's next writes. `Full` when Redis said within
+    /// `recent` that no write this big fits and no key has been written or deleted here
+    /// since: the refusal needs no round trip, so a tenant hammering at its limit does not
+    /// hammer Redis.
+    fn try_charge(&self, bytes: u64, recent: Duration, allowance: Option<&mut u64>) -> Charge {
         let mut l = self.local.lock().unwrap();
-        if l.granted - l.charged >= bytes {
+        let spare = match allowance {
+            Some(a) => {
+                l.charged -= std::mem::take(a);
+                Some(a)
+            }
+            None => None,
+        };
+        let left = l.granted - l.charged;
+        if left >= bytes {
             l.charged += bytes;
             l.busy = true;
+            if let Some(a) = spare {
+                *a = SESSION_SPARE.min((left - bytes) / 4);
+                l.charged += *a;
+            }
             return Charge::Done;
         }
         match l.full {
             Some((at, need)) if bytes >= need && at.elapsed() < recent => Charge::Full,
-            _ => Charge::Short(bytes - (l.granted - l.charged)),
+            _ => Charge::Short(bytes - left),
         }
     }
 
@@ -514,9 +553,9 @@ impl Ledger {
         self.local.lock().unwrap().full = Some((Instant::now(), need));
     }
 
-    /// Redis has answered a write (or given up on it): its keys are to be measured.
+    /// Keys (as Redis names them) to measure, e.g. what a FLUSHDB deleted.
     pub fn settle(&self, keys: impl IntoIterator<Item = Bytes>, charged: u64) {
-        self.local.lock().unwrap().settle(keys, charged);
+        self.local.lock().unwrap().settle(b"", keys, charged);
     }
 
     /// The dirty keys and the lease to hand back (all of it but what in-flight writes hold).
@@ -604,11 +643,10 @@ struct Flush {
     settled: u64,
 }
 
-/// A write admitted and charged; when dropped (its reply is in, or it was given up on), its
-/// keys go to be measured and its charge back to the lease.
+/// A write admitted and charged, until its reply is in (or it is given up on): then its
+/// session's [`Account`] takes it in, its keys to be measured and its charge settled.
 #[derive(Debug)]
 pub struct Written {
-    ledger: Arc<Ledger>,
     pub keys: Keys,
     charged: u64,
     /// The TTL it sets; counted from its reply, which comes after Redis started it.
@@ -618,9 +656,8 @@ pub struct Written {
 }
 
 impl Written {
-    fn new(ledger: &Arc<Ledger>, cost: WriteCost, charged: u64) -> Written {
+    fn new(cost: WriteCost, charged: u64) -> Written {
         Written {
-            ledger: ledger.clone(),
             keys: cost.keys,
             charged,
             ttl: cost.expires_in,
@@ -642,35 +679,72 @@ impl Written {
 
 impl Drop for Written {
     fn drop(&mut self) {
-        if !self.keys.is_empty() || self.charged > 0 || self.ttl.is_some() {
-            let ledger = self.ledger.clone();
-            ledger.local.lock().unwrap().settle_written(self);
-        }
+        // A charge dropped unsettled would stay spoken for until the instance restarts.
+        debug_assert!(
+            self.charged == 0 || std::thread::panicking(),
+            "a write's charge was dropped without being settled"
+        );
     }
 }
 
-/// The writes Redis answered in one batch of replies, settled under one lock when the batch
-/// is done rather than one lock per write (a pipeline of 16 SETs settles together). The
-/// common write (one tenant, no TTL) is folded in as it comes: its charge summed, its key
-/// listed once when the same key is written again and again.
+/// A session's dealings with its tenant's ledger, so that the common write takes no lock:
+///
+/// - **allowance**: bytes taken from the instance's lease along with a write that found the
+///   allowance short, for the writes after it; handed back at the end of the batch.
+/// - **settling**: the writes Redis answered in one batch of replies, settled together.
+///   The common write (no TTL) is folded in as it comes: its charge summed, its key listed
+///   once when the same key is written again and again.
+///
+/// [`Account::finish`] does both under one lock, once per pass of the session loop.
 #[derive(Debug, Default)]
-pub struct Settling {
-    ledger: Option<Arc<Ledger>>,
+pub struct Account {
+    allowance: u64,
     charged: u64,
     keys: Vec<Bytes>,
-    /// Writes with a TTL, or another tenant's (the session re-authenticated): settled whole.
-    others: Vec<Written>,
+    expiring: Vec<(Duration, Vec<Bytes>)>,
 }
 
-impl Settling {
+impl Account {
+    /// The common case without a round trip: the write costs nothing, its tenant has no
+    /// quota, or the allowance or the lease covers it. Otherwise the cost comes back for
+    /// [`Quotas::admit`].
+    pub fn admit_now(
+        &mut self,
+        ledger: &Ledger,
+        cost: WriteCost,
+        recent: Duration,
+    ) -> Result<Written, WriteCost> {
+        let bytes = match cost.growth {
+            Growth::None => 0,
+            Growth::Bytes(b) => b,
+            Growth::CopyOf(..) => return Err(cost),
+        };
+        let charged = match ledger.limits {
+            Some(limits) if bytes > 0 => {
+                if self.allowance >= bytes {
+                    self.allowance -= bytes;
+                } else if !matches!(
+                    ledger.try_charge(bytes, recent, Some(&mut self.allowance)),
+                    Charge::Done
+                ) {
+                    return Err(cost);
+                }
+                ledger.count_overage(limits);
+                bytes
+            }
+            _ => 0,
+        };
+        Ok(Written::new(cost, charged))
+    }
+
+    /// A write Redis has answered, or that will never be answered: it is settled with the
+    /// batch.
     pub fn add(&mut self, mut w: Written) {
-        let plain = w.ttl.is_none() && w.expiring.is_empty();
-        match &self.ledger {
-            Some(l) if plain && Arc::ptr_eq(l, &w.ledger) => {}
-            None if plain => self.ledger = Some(w.ledger.clone()),
-            _ => return self.others.push(w),
-        }
         self.charged += std::mem::take(&mut w.charged);
+        if let Some(ttl) = w.ttl.take() {
+            self.expiring.push((ttl, w.keys.to_vec()));
+        }
+        self.expiring.append(&mut w.expiring);
         match std::mem::take(&mut w.keys) {
             Keys::One(k) => {
                 if self.keys.last() != Some(&k) {
@@ -682,39 +756,35 @@ impl Settling {
         }
     }
 
-    pub fn finish(&mut self) {
-        if let Some(ledger) = self.ledger.take() {
-            let mut l = ledger.local.lock().unwrap();
-            l.settle(self.keys.drain(..), std::mem::take(&mut self.charged));
+    /// Settles the batch's writes and hands the allowance back, under one lock.
+    pub fn finish(&mut self, ledger: Option<&Ledger>) {
+        if self.allowance == 0 && self.charged == 0 && self.keys.is_empty() {
+            return;
         }
-        // Each drop settles under its own ledger's lock: rare.
-        self.others.clear();
-    }
-}
-
-/// The common case without a round trip: the write costs nothing, its tenant has no quota,
-/// or the lease covers it. Otherwise the cost comes back for [`Quotas::admit`].
-pub fn admit_now(
-    ledger: &Arc<Ledger>,
-    cost: WriteCost,
-    recent: Duration,
-) -> Result<Written, WriteCost> {
-    let bytes = match cost.growth {
-        Growth::None => 0,
-        Growth::Bytes(b) => b,
-        Growth::CopyOf(..) => return Err(cost),
-    };
-    let charged = match ledger.limits {
-        Some(limits) if bytes > 0 => {
-            if !matches!(ledger.try_charge(bytes, recent), Charge::Done) {
-                return Err(cost);
+        let Some(ledger) = ledger else {
+            debug_assert!(
+                self.allowance == 0 && self.charged == 0,
+                "a charge without a ledger"
+            );
+            self.keys.clear();
+            self.expiring.clear();
+            return;
+        };
+        let mut l = ledger.local.lock().unwrap();
+        l.charged -= std::mem::take(&mut self.allowance);
+        if !self.expiring.is_empty() {
+            let now = Instant::now();
+            for (ttl, keys) in self.expiring.drain(..) {
+                let keys = keys.iter().map(|k| namespaced(&ledger.prefix, k)).collect();
+                l.expire_later(keys, now + ttl + EXPIRY_GRACE);
             }
-            ledger.count_overage(limits);
-            bytes
         }
-        _ => 0,
-    };
-    Ok(Written::new(ledger, cost, charged))
+        l.settle(
+            &ledger.prefix,
+            self.keys.drain(..),
+            std::mem::take(&mut self.charged),
+        );
+    }
 }
 
 /// A tenant's figures for INFO and metrics.
@@ -918,21 +988,21 @@ impl Quotas {
         let bytes = match &cost.growth {
             Growth::None => 0,
             Growth::Bytes(b) => *b,
-            Growth::CopyOf(sources, extra) => self.sizes(sources).await? + extra,
+            Growth::CopyOf(sources, extra) => self.sizes(&ledger.prefix, sources).await? + extra,
         };
         let Some(limits) = ledger.limits.filter(|_| bytes > 0) else {
-            return Ok(Written::new(ledger, cost, 0));
+            return Ok(Written::new(cost, 0));
         };
         let mut flushed = false;
         let mut attempts = 0;
         loop {
-            let fits = match ledger.try_charge(bytes, self.settings.flush_interval) {
+            let fits = match ledger.try_charge(bytes, self.settings.flush_interval, None) {
                 Charge::Done => break,
                 Charge::Full => false,
                 Charge::Short(_) => {
                     let _one = ledger.reserving.lock().await;
                     // Another session's reservation may have covered this write meanwhile.
-                    match ledger.try_charge(bytes, self.settings.flush_interval) {
+                    match ledger.try_charge(bytes, self.settings.flush_interval, None) {
                         Charge::Done => break,
                         Charge::Full => false,
                         Charge::Short(lacking) => {
@@ -966,15 +1036,20 @@ impl Quotas {
             });
         }
         ledger.count_overage(limits);
-        Ok(Written::new(ledger, cost, bytes))
+        Ok(Written::new(cost, bytes))
     }
 
     /// The total MEMORY USAGE of `keys`.
-    async fn sizes(&self, keys: &[Bytes]) -> Result<u64, UpstreamError> {
+    async fn sizes(&self, prefix: &[u8], keys: &[Source]) -> Result<u64, UpstreamError> {
         self.with_conn(async |c| {
             let mut pipe = redis::pipe();
             for k in keys {
-                pipe.cmd("MEMORY").arg("USAGE").arg(&k[..]);
+                let usage = pipe.cmd("MEMORY").arg("USAGE");
+                if k.mine {
+                    usage.arg(&namespaced(prefix, &k.name)[..]);
+                } else {
+                    usage.arg(&k.name[..]);
+                }
             }
             let sizes: Vec<Option<u64>> = pipe.query_async(c).await?;
             Ok(sizes.into_iter().flatten().sum())
@@ -1227,12 +1302,39 @@ impl Quotas {
 mod tests {
     use super::*;
 
-    fn cost_of(line: &str) -> Option<WriteCost> {
+    /// A request as respite forwards it for tenant `a` (a publisher of `shared:*`), with
+    /// its command.
+    fn forward(line: &str) -> (Command, crate::rewrite::Forward) {
         let args: Vec<Bytes> = line
             .split(' ')
             .map(|a| Bytes::from(a.to_string()))
             .collect();
-        cost(&command::lookup(&args).unwrap(), &args, b"")
+        let cmd = command::lookup(&args).unwrap();
+        let mut tenant = crate::tenant::Tenant::new("a", true);
+        tenant.shared = Arc::new([Bytes::from_static(b"shared:")]);
+        tenant.publisher = true;
+        let fwd = crate::rewrite::request(&cmd, args, &tenant).unwrap();
+        (cmd, fwd)
+    }
+
+    /// Tenant `a`'s ledger, with a quota and a lease of `granted` bytes.
+    fn leased(granted: u64) -> Ledger {
+        let limits = QuotaLimits {
+            quota: 1 << 30,
+            overage: 0,
+        };
+        let l = Ledger::new("a", Some(limits));
+        l.local.lock().unwrap().granted = granted;
+        l
+    }
+
+    fn set_cmd() -> Command {
+        command::lookup(&[Bytes::from("SET")]).unwrap()
+    }
+
+    fn cost_of(line: &str) -> Option<WriteCost> {
+        let (cmd, fwd) = forward(line);
+        cost(&cmd, &fwd.args, &fwd.prefixed, "tenant:a:".len())
     }
 
     fn bytes(line: &str) -> u64 {
@@ -1258,40 +1360,41 @@ mod tests {
     #[test]
     fn the_lone_key_cost_agrees_with_the_general_one() {
         let lines = [
-            "SET tenant:a:k v",
-            "SET tenant:a:k v EX 10",
-            "SET other:k v",
-            "HSET tenant:a:h f v g w",
-            "LPUSH tenant:a:l x y z",
-            "APPEND tenant:a:k tail",
-            "SETRANGE tenant:a:k 100 x",
-            "INCR tenant:a:n",
-            "EXPIRE tenant:a:k 5",
-            "LPOP tenant:a:l",
-            "GET tenant:a:k",
-            "XADD tenant:a:s * f v",
-            "PFADD tenant:a:p a b",
+            "SET k v",
+            "SET k v EX 10",
+            "SET shared:k v",
+            "HSET h f v g w",
+            "LPUSH l x y z",
+            "APPEND k tail",
+            "SETRANGE k 100 x",
+            "INCR n",
+            "EXPIRE k 5",
+            "LPOP l",
+            "GET k",
+            "XADD s * f v",
+            "PFADD p a b",
         ];
         for line in lines {
-            let args: Vec<Bytes> = line
-                .split(' ')
-                .map(|a| Bytes::from(a.to_string()))
-                .collect();
-            let cmd = command::lookup(&args).unwrap();
+            let (cmd, fwd) = forward(line);
             assert!(cmd.lone_key().is_some(), "{line}");
+            let prefix_len = "tenant:a:".len();
             assert_eq!(
-                cost(&cmd, &args, b"tenant:a:"),
-                walked_cost(&cmd, &args, b"tenant:a:", false),
+                cost(&cmd, &fwd.args, &fwd.prefixed, prefix_len),
+                walked_cost(&cmd, &fwd.args, &fwd.prefixed, prefix_len as u64, false),
                 "{line}"
             );
         }
+        assert!(
+            cost_of("SET shared:k v").is_none(),
+            "not the tenant's usage"
+        );
     }
 
     #[test]
     fn estimates_bound_what_redis_measures() {
         // MEMORY USAGE of "tenant:a:k" = "v" is 72; of a 100,000-byte value, 114,744.
-        assert!(bytes("SET tenant:a:k v") >= 72);
-        let big = format!("SET tenant:a:k {}", "x".repeat(100_000));
+        assert!(bytes("SET k v") >= 72);
+        let big = format!("SET k {}", "x".repeat(100_000));
         assert!(bytes(&big) >= 114_744);
         assert!(bytes("SETRANGE k 1000000 x") > 1_000_000);
         assert!(bytes("SETBIT k 8000000 1") > 1_000_000);
@@ -1326,11 +1429,18 @@ mod tests {
 
     #[test]
     fn copies_are_sized_by_their_sources() {
-        let c = cost_of("SUNIONSTORE d a b").unwrap();
+        let c = cost_of("SUNIONSTORE d a shared:b").unwrap();
         assert_eq!(c.keys, Keys::Arg(1));
+        let source = |name: &'static str, mine| Source {
+            name: Bytes::from(name),
+            mine,
+        };
         assert_eq!(
             c.growth,
-            Growth::CopyOf(vec![Bytes::from("a"), Bytes::from("b")], stored(1))
+            Growth::CopyOf(
+                vec![source("a", true), source("shared:b", false)],
+                stored("tenant:a:d".len() as u64)
+            )
         );
         let s = cost_of("SORT src STORE dst").unwrap();
         assert_eq!(s.keys, Keys::Arg(3));
@@ -1347,15 +1457,18 @@ mod tests {
         let l = Ledger::new("a", None);
         l.local.lock().unwrap().granted = 1000;
         let recent = Duration::from_secs(1);
-        assert!(matches!(l.try_charge(300, recent), Charge::Done));
-        assert!(matches!(l.try_charge(300, recent), Charge::Done));
-        assert!(matches!(l.try_charge(500, recent), Charge::Short(100)));
+        assert!(matches!(l.try_charge(300, recent, None), Charge::Done));
+        assert!(matches!(l.try_charge(300, recent, None), Charge::Done));
+        assert!(matches!(
+            l.try_charge(500, recent, None),
+            Charge::Short(100)
+        ));
         l.mark_full(500);
-        assert!(matches!(l.try_charge(600, recent), Charge::Full));
-        assert!(matches!(l.try_charge(450, recent), Charge::Short(50)));
+        assert!(matches!(l.try_charge(600, recent, None), Charge::Full));
+        assert!(matches!(l.try_charge(450, recent, None), Charge::Short(50)));
         l.settle([Bytes::from("k")], 300);
         assert!(
-            matches!(l.try_charge(600, recent), Charge::Short(_)),
+            matches!(l.try_charge(600, recent, None), Charge::Short(_)),
             "a settle clears it"
         );
         let f = l.take_flush(false);
@@ -1372,11 +1485,75 @@ mod tests {
             let mut local = l.local.lock().unwrap();
             (local.granted, local.last_grant) = (1000, 1000);
         }
-        assert!(matches!(l.try_charge(300, Duration::ZERO), Charge::Done));
+        assert!(matches!(
+            l.try_charge(300, Duration::ZERO, None),
+            Charge::Done
+        ));
         l.settle([Bytes::from("k")], 300);
         assert_eq!(l.take_flush(true).release, 300);
         assert_eq!(l.local.lock().unwrap().granted, 700);
         assert_eq!(l.take_flush(true).release, 700, "idle: all of it goes back");
         assert_eq!(l.local.lock().unwrap().granted, 0);
+    }
+
+    #[test]
+    fn a_sessions_allowance_comes_with_a_write_and_goes_back_with_the_batch() {
+        let l = leased(100_000);
+        let recent = Duration::from_secs(1);
+        let mut account = Account::default();
+        let (_, set) = forward("SET k v");
+        let cost = || cost(&set_cmd(), &set.args, &set.prefixed, "tenant:a:".len()).unwrap();
+        let need = match cost().growth {
+            Growth::Bytes(b) => b,
+            other => panic!("{other:?}"),
+        };
+        // The first write takes a spare quarter of what is left, at most SESSION_SPARE; the
+        // next ones take no lock.
+        let first = account.admit_now(&l, cost(), recent).unwrap();
+        let spare = SESSION_SPARE.min((100_000 - need) / 4);
+        assert!(spare < (100_000 - need) / 4);
+        assert_eq!(account.allowance, spare);
+        assert_eq!(l.local.lock().unwrap().charged, need + spare);
+        let second = account.admit_now(&l, cost(), recent).unwrap();
+        assert_eq!(account.allowance, spare - need);
+        assert_eq!(l.local.lock().unwrap().charged, need + spare);
+        // Answered: both settle, and what is left of the allowance goes back.
+        let (mut first, mut second) = (first, second);
+        first.keys.take_from(&mut set.args.clone());
+        second.keys.clone_from(&set.args);
+        account.add(first);
+        account.add(second);
+        account.finish(Some(&l));
+        let local = l.local.lock().unwrap();
+        assert_eq!((local.charged, local.settled), (2 * need, 2 * need));
+        assert_eq!(account.allowance, 0);
+        assert_eq!(local.dirty.len(), 1, "one key, listed once");
+        assert!(local.dirty.contains(&b"tenant:a:k"[..]));
+    }
+
+    #[test]
+    fn a_write_the_allowance_does_not_cover_hands_it_back_before_asking_redis() {
+        // A small lease: the spare is a quarter of it, under SESSION_SPARE.
+        let l = leased(1_000);
+        let mut account = Account::default();
+        let (_, small) = forward("SET k v");
+        let cmd = set_cmd();
+        let recent = Duration::from_secs(1);
+        let w = account
+            .admit_now(
+                &l,
+                cost(&cmd, &small.args, &small.prefixed, 9).unwrap(),
+                recent,
+            )
+            .unwrap();
+        assert!(account.allowance > 0);
+        let (_, big) = forward(&format!("SET k {}", "x".repeat(2_000)));
+        let refused =
+            account.admit_now(&l, cost(&cmd, &big.args, &big.prefixed, 9).unwrap(), recent);
+        assert!(refused.is_err(), "the lease is short: Redis is asked");
+        assert_eq!(account.allowance, 0);
+        assert_eq!(l.local.lock().unwrap().charged, w.charged);
+        account.add(w);
+        account.finish(Some(&l));
     }
 }

@@ -5,6 +5,10 @@
 //! Keys are found by the command table's key specs. What key specs do not describe is handled
 //! here by name: pub/sub channels and patterns, SCAN/KEYS match patterns, CLIENT TRACKING
 //! prefixes, and SORT's STORE destination.
+//!
+//! Names are not copied here: the request keeps the tenant's own arguments, and [`Marks`]
+//! says which of them go to Redis behind the prefix, which is written in front of them as
+//! the request is encoded (`protocol::encode_marked`). A key costs no allocation.
 
 use bytes::{Bytes, BytesMut};
 
@@ -13,10 +17,12 @@ use crate::error::Error;
 use crate::reply::{Shape, SubKind};
 use crate::tenant::Tenant;
 
-/// A request ready for Redis.
+/// A request ready for Redis: `args` as the tenant wrote them (plus any respite adds), the
+/// `prefixed` ones to be sent as `tenant:<id>:<arg>`.
 #[derive(Debug)]
 pub struct Forward {
     pub args: Vec<Bytes>,
+    pub prefixed: Marks,
     pub expect: Expect,
     /// May legitimately wait longer than `command_timeout_ms` (BLPOP 0, XREAD BLOCK, WAIT).
     pub blocking: bool,
@@ -32,6 +38,45 @@ pub enum Expect {
     Confirm { kind: SubKind, count: Option<usize> },
 }
 
+/// The arguments of a request that Redis gets behind the tenant's prefix: a bit per argument
+/// for the first 64 (every common command), a sorted list beyond.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Marks {
+    low: u64,
+    high: Vec<usize>,
+}
+
+impl Marks {
+    pub fn set(&mut self, i: usize) {
+        match i {
+            0..64 => self.low |= 1 << i,
+            _ => {
+                if let Err(at) = self.high.binary_search(&i) {
+                    self.high.insert(at, i);
+                }
+            }
+        }
+    }
+
+    pub fn has(&self, i: usize) -> bool {
+        match i {
+            0..64 => self.low & (1 << i) != 0,
+            _ => self.high.binary_search(&i).is_ok(),
+        }
+    }
+
+    /// How many arguments are marked.
+    pub fn count(&self) -> usize {
+        self.low.count_ones() as usize + self.high.len()
+    }
+
+    fn set_from(&mut self, from: usize, to: usize) {
+        for i in from..to {
+            self.set(i);
+        }
+    }
+}
+
 /// `tenant:<id>:<name>`.
 pub fn namespaced(prefix: &[u8], name: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(prefix.len() + name.len());
@@ -43,12 +88,6 @@ pub fn namespaced(prefix: &[u8], name: &[u8]) -> Bytes {
 /// The tenant's whole namespace as a glob pattern: `tenant:<id>:*`.
 pub fn all_keys(prefix: &[u8]) -> Bytes {
     namespaced(prefix, b"*")
-}
-
-fn prefix_from(args: &mut [Bytes], from: usize, prefix: &[u8]) {
-    for a in &mut args[from..] {
-        *a = namespaced(prefix, a);
-    }
 }
 
 /// The shape of replies that carry key names, by command.
@@ -63,25 +102,25 @@ fn reply_shape(name: &[u8]) -> Shape {
 
 /// Rewrites a request the policy has allowed.
 pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<Forward, Error> {
-    let p = &tenant.prefix[..];
+    let mut marks = Marks::default();
     let reply = |shape| Expect::Reply(shape);
     let name = cmd.spec.name;
     let mut blocking = cmd.has(CMD_BLOCKING);
     let expect = match (cmd.parent.map(|c| c.name), name) {
         (None, b"scan") => {
-            scan_match(&mut args, 2, p);
+            scan_match(&mut args, 2, &mut marks);
             reply(Shape::Scan)
         }
         (None, b"keys") => {
-            prefix_from(&mut args, 1, p);
+            marks.set_from(1, args.len());
             reply(Shape::Keys)
         }
         (None, b"publish") => {
-            args[1] = namespaced(p, &args[1]);
+            marks.set(1);
             reply(Shape::Plain)
         }
         (None, b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe") => {
-            prefix_from(&mut args, 1, p);
+            marks.set_from(1, args.len());
             let kind = if name[0] == b'p' {
                 SubKind::Pattern
             } else {
@@ -94,32 +133,32 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
         }
         (None, b"ssubscribe" | b"sunsubscribe") => {
             // Channels are never shared, whatever their name.
-            prefix_keys(cmd, &mut args, tenant, false)?;
+            mark_keys(cmd, &args, tenant, false, &mut marks)?;
             Expect::Confirm {
                 kind: SubKind::Shard,
                 count: (args.len() > 1).then(|| args.len() - 1),
             }
         }
         (Some(b"pubsub"), b"channels" | b"shardchannels") => {
-            match args.get(2) {
-                Some(pattern) => args[2] = namespaced(p, pattern),
-                None => args.push(all_keys(p)),
+            if args.len() < 3 {
+                args.push(Bytes::from_static(b"*"));
             }
+            marks.set(2);
             reply(Shape::Keys)
         }
         (Some(b"pubsub"), b"numsub" | b"shardnumsub") => {
-            prefix_from(&mut args, 2, p);
+            marks.set_from(2, args.len());
             reply(Shape::EveryOther)
         }
         (Some(b"client"), b"tracking") => {
-            client_tracking(&mut args, p)?;
+            client_tracking(&mut args, &mut marks)?;
             reply(Shape::Plain)
         }
         (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo),
         (None, b"sort" | b"sort_ro") => {
             for i in std::iter::once(1).chain(sort_store(&args)) {
                 if !tenant.is_shared(&args[i]) {
-                    args[i] = namespaced(p, &args[i]);
+                    marks.set(i);
                 }
             }
             reply(Shape::Plain)
@@ -130,12 +169,13 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
         }
         _ => {
             // SPUBLISH's shard channel is a "key" too, but channels are never shared.
-            prefix_keys(cmd, &mut args, tenant, name != b"spublish")?;
+            mark_keys(cmd, &args, tenant, name != b"spublish", &mut marks)?;
             reply(reply_shape(name))
         }
     };
     Ok(Forward {
         args,
+        prefixed: marks,
         expect,
         blocking,
     })
@@ -147,15 +187,15 @@ pub fn sort_store(args: &[Bytes]) -> Option<usize> {
     (i + 1 < args.len()).then_some(i + 1)
 }
 
-/// Moves every key into the namespace, except (when `shared_ok`) shared keys, which have the
+/// Marks every key for the namespace, except (when `shared_ok`) shared keys, which have the
 /// same name for every tenant.
-fn prefix_keys(
+fn mark_keys(
     cmd: &Command,
-    args: &mut [Bytes],
+    args: &[Bytes],
     tenant: &Tenant,
     shared_ok: bool,
+    marks: &mut Marks,
 ) -> Result<(), Error> {
-    let prefix = &tenant.prefix[..];
     let mut positions = Vec::new();
     let lone = [1];
     // Most commands have one key, at argument 1: no list to build, sort or dedup.
@@ -167,7 +207,7 @@ fn prefix_keys(
     };
     for &i in positions {
         if !(shared_ok && tenant.is_shared(&args[i])) {
-            args[i] = namespaced(prefix, &args[i]);
+            marks.set(i);
         }
     }
     Ok(())
@@ -191,25 +231,26 @@ fn find_keys(cmd: &Command, args: &[Bytes], positions: &mut Vec<usize>) -> Resul
 }
 
 /// SCAN's MATCH pattern moves into the namespace; without one, the namespace is the pattern.
-fn scan_match(args: &mut Vec<Bytes>, options_from: usize, prefix: &[u8]) {
+fn scan_match(args: &mut Vec<Bytes>, options_from: usize, marks: &mut Marks) {
     let mut found = false;
     let mut i = options_from;
     while i + 1 < args.len() {
         if args[i].eq_ignore_ascii_case(b"match") {
-            args[i + 1] = namespaced(prefix, &args[i + 1]);
+            marks.set(i + 1);
             found = true;
         }
         i += 2;
     }
     if !found {
         args.push(Bytes::from_static(b"MATCH"));
-        args.push(all_keys(prefix));
+        args.push(Bytes::from_static(b"*"));
+        marks.set(args.len() - 1);
     }
 }
 
 /// CLIENT TRACKING: PREFIX arguments move into the namespace, and BCAST without a prefix is
 /// given the tenant's namespace, so that invalidations never name another tenant's keys.
-fn client_tracking(args: &mut Vec<Bytes>, prefix: &[u8]) -> Result<(), Error> {
+fn client_tracking(args: &mut Vec<Bytes>, marks: &mut Marks) -> Result<(), Error> {
     let mut bcast = false;
     let mut has_prefix = false;
     let mut i = 3;
@@ -218,7 +259,7 @@ fn client_tracking(args: &mut Vec<Bytes>, prefix: &[u8]) -> Result<(), Error> {
         match a.as_slice() {
             b"bcast" => bcast = true,
             b"prefix" if i + 1 < args.len() => {
-                args[i + 1] = namespaced(prefix, &args[i + 1]);
+                marks.set(i + 1);
                 has_prefix = true;
                 i += 1;
             }
@@ -234,8 +275,10 @@ fn client_tracking(args: &mut Vec<Bytes>, prefix: &[u8]) -> Result<(), Error> {
         i += 1;
     }
     if bcast && !has_prefix && args[2].eq_ignore_ascii_case(b"on") {
+        // The prefix alone: an empty argument behind it.
         args.push(Bytes::from_static(b"PREFIX"));
-        args.push(Bytes::copy_from_slice(prefix));
+        args.push(Bytes::new());
+        marks.set(args.len() - 1);
     }
     Ok(())
 }
@@ -254,8 +297,19 @@ mod tests {
         request(&cmd, args, &Tenant::new("a", true)).unwrap()
     }
 
+    /// The request as Redis gets it.
     fn line(f: &Forward) -> String {
-        f.args
+        let mut out = BytesMut::new();
+        crate::protocol::encode_marked(&mut out, &f.args, b"tenant:a:", &f.prefixed);
+        let limits = crate::protocol::Limits {
+            max_bulk_bytes: 1 << 20,
+            max_array_len: 1 << 20,
+        };
+        let frame = crate::protocol::parse_request(&mut out, &limits, true)
+            .unwrap()
+            .unwrap();
+        frame
+            .args
             .iter()
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect::<Vec<_>>()
@@ -274,6 +328,16 @@ mod tests {
         assert_eq!(
             line(&rw("SORT k STORE d")),
             "SORT tenant:a:k STORE tenant:a:d"
+        );
+    }
+
+    #[test]
+    fn keys_past_the_64th_argument_move_too() {
+        let pairs: Vec<String> = (0..70).map(|i| format!("k{i} v{i}")).collect();
+        let expected: Vec<String> = (0..70).map(|i| format!("tenant:a:k{i} v{i}")).collect();
+        assert_eq!(
+            line(&rw(&format!("MSET {}", pairs.join(" ")))),
+            format!("MSET {}", expected.join(" "))
         );
     }
 

@@ -40,7 +40,7 @@ use crate::error::{Error, UpstreamError};
 use crate::local::{self, Local};
 use crate::metrics::{Meta, Outcome, Tally};
 use crate::policy;
-use crate::protocol::{encode_request, parse_request, Limits, Request};
+use crate::protocol::{encode_marked, encode_request, parse_request, Limits, Request};
 use crate::quota::{self, Quotas, WriteCost, Written};
 use crate::reply::{self, ExecItem, Frame, Kind, Shape, SubKind};
 use crate::rewrite::{self, Expect, Forward};
@@ -208,7 +208,8 @@ pub struct Session {
     /// Read once per batch of replies: when they were ready (for latencies).
     clock: Instant,
     /// Writes Redis has answered in this batch, settled together at the end of `deliver`.
-    settling: quota::Settling,
+    /// This session's writes, settled with its tenant's quota ledger.
+    account: quota::Account,
     pub(crate) protocol: u8,
     pub(crate) multi: Option<Multi>,
     pub(crate) subs: Subscriptions,
@@ -257,7 +258,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         awaiting: 0,
         progress: Instant::now(),
         tenant: None,
-        settling: quota::Settling::default(),
+        account: quota::Account::default(),
         tally: Tally::default(),
         read_at: Instant::now(),
         current: None,
@@ -284,6 +285,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
     let ended = s.run(shutdown).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(?ended, "connection closed"));
     s.unpin();
+    s.settle_unanswered();
     s.reset_connection_state();
     s.hand_over_tally();
     ctx.clients.unregister(me.id);
@@ -514,7 +516,7 @@ impl Session {
             &self.ctx.quotas,
             self.tenant.as_ref().and_then(|t| t.ledger.as_ref()),
         ) {
-            (Some(quotas), Some(ledger)) => quota::admit_now(ledger, cost, quotas.recent()),
+            (Some(quotas), Some(ledger)) => self.account.admit_now(ledger, cost, quotas.recent()),
             _ => Err(cost),
         }
     }
@@ -597,7 +599,7 @@ impl Session {
         let cost = tenant
             .ledger
             .as_ref()
-            .and_then(|_| quota::cost(&cmd, &fwd.args, &tenant.prefix));
+            .and_then(|_| quota::cost(&cmd, &fwd.args, &fwd.prefixed, tenant.prefix.len()));
         Action::Forward(fwd, cmd.parent.unwrap_or(cmd.spec).name, cost)
     }
 
@@ -647,6 +649,7 @@ impl Session {
     ) -> Result<(), End> {
         let Forward {
             mut args,
+            prefixed,
             mut expect,
             blocking,
         } = fwd;
@@ -681,8 +684,13 @@ impl Session {
                     self.watching = false;
                     if let Some(m) = self.multi.take() {
                         if m.dirty {
-                            self.send([&b"DISCARD"[..]].into_iter(), Slot::Internal, false)
-                                .await?;
+                            if let Some(w) = m.writes {
+                                self.account.add(w);
+                            }
+                            if self.open(false, false).await? {
+                                encode_request(&mut self.to_up, [&b"DISCARD"[..]].into_iter());
+                                self.queue(Slot::Internal);
+                            }
                             self.answer(Error::ExecAbort.to_resp());
                             return Ok(());
                         }
@@ -691,7 +699,7 @@ impl Session {
                     }
                 }
                 b"discard" => {
-                    self.multi = None;
+                    self.end_multi();
                     self.watching = false;
                 }
                 b"watch" if !in_multi => self.watching = true,
@@ -722,7 +730,15 @@ impl Session {
                 mute,
             },
         };
-        self.send(args.iter().map(|a| &a[..]), slot, pin).await?;
+        if !self.open(pin, matches!(slot, Slot::Internal)).await? {
+            if let Slot::Reply { write: Some(w), .. } = slot {
+                self.account.add(w);
+            }
+            return Ok(());
+        }
+        let prefix = self.tenant.as_ref().map_or(&[][..], |t| &t.prefix[..]);
+        encode_marked(&mut self.to_up, &args, prefix, &prefixed);
+        self.queue(slot);
         if let Some(Slot::Reply { write: Some(w), .. }) = self.pending.back_mut() {
             // Encoded: the write's key can leave the request rather than be copied.
             w.keys.take_from(&mut args);
@@ -730,14 +746,11 @@ impl Session {
         Ok(())
     }
 
-    /// Encodes a request for Redis and opens its slot. With `pin`, the request goes over a
-    /// pinned connection, taken now (after the replies of whatever went over the shared
-    /// one) if the session has none; if no pinned connection can be had, the slot is the
-    /// error instead.
-    async fn send<'a, I>(&mut self, args: I, slot: Slot, pin: bool) -> Result<(), End>
-    where
-        I: ExactSizeIterator<Item = &'a [u8]> + Clone,
-    {
+    /// Readies the way for a request to Redis. With `pin`, it goes over a pinned connection,
+    /// taken now (after the replies of whatever went over the shared one) if the session
+    /// has none. `false` when no pinned connection can be had: the request is answered with
+    /// the error instead (unless it is respite's own, `internal`) and is not sent.
+    async fn open(&mut self, pin: bool, internal: bool) -> Result<bool, End> {
         if pin && self.pinned.is_none() {
             self.drain().await?;
             match self.ctx.upstream.pinned.acquire(self.protocol).await {
@@ -754,24 +767,27 @@ impl Session {
                     // The state the command would have begun does not exist.
                     (self.watching, self.tracking, self.no_evict) = (false, false, false);
                     if self.multi.as_ref().is_some_and(|m| m.items.is_empty()) {
-                        self.multi = None;
+                        self.end_multi();
                     }
-                    if !matches!(slot, Slot::Internal) {
+                    if !internal {
                         self.pending
                             .push_back(Slot::Ready(Error::Upstream(e).to_resp()));
                     }
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
         if self.awaiting == 0 {
             self.progress = Instant::now();
         }
-        encode_request(&mut self.to_up, args);
+        Ok(true)
+    }
+
+    /// Opens the slot of the request just encoded into `to_up`.
+    fn queue(&mut self, slot: Slot) {
         self.to_up_count += 1;
         self.pending.push_back(slot);
         self.awaiting += 1;
-        Ok(())
     }
 
     /// Sends what is queued for Redis: written to the pinned connection, or handed to the
@@ -859,7 +875,34 @@ impl Session {
         if self.pinned.is_some() && self.awaiting == 0 && !self.needs_pinned() {
             self.unpin();
         }
-        self.settling.finish();
+        self.settle();
+    }
+
+    /// Settles the writes answered so far and hands back the unused allowance (see
+    /// `quota::Account`).
+    fn settle(&mut self) {
+        let ledger = self.tenant.as_ref().and_then(|t| t.ledger.as_deref());
+        self.account.finish(ledger);
+    }
+
+    /// The writes still waiting for their replies, which will not come: Redis may or may
+    /// not have run them, so they are settled (measured) either way.
+    fn settle_unanswered(&mut self) {
+        for slot in self.pending.iter_mut() {
+            if let Slot::Reply { write, .. } = slot {
+                if let Some(w) = write.take() {
+                    self.account.add(w);
+                }
+            }
+        }
+    }
+
+    /// Ends the transaction in progress, if any; its queued writes will not run as queued,
+    /// but are settled (their keys measured) all the same.
+    fn end_multi(&mut self) {
+        if let Some(w) = self.multi.take().and_then(|m| m.writes) {
+            self.account.add(w);
+        }
     }
 
     /// Reads the clock for the first reply of a batch: one reading serves the batch's
@@ -918,7 +961,7 @@ impl Session {
         if let Some(Slot::Reply { write, .. }) = &mut slot {
             if let Some(w) = write.take() {
                 // Redis has run the write: its keys can be measured (with the batch).
-                self.settling.add(w);
+                self.account.add(w);
             }
         }
         if slot.as_ref().is_some_and(is_upstream_slot) {
@@ -1070,6 +1113,7 @@ impl Session {
                 self.tally.done(m, Outcome::Error, None, now);
             }
         }
+        self.settle_unanswered();
         for slot in self.pending.iter_mut() {
             match slot {
                 Slot::Reply { mute: false, .. } | Slot::Confirm { mute: false, .. } => {
@@ -1103,7 +1147,9 @@ impl Session {
             }
         }
         self.subs = Subscriptions::default();
-        self.multi = None;
+        self.end_multi();
+        // Before the tenant can change (RESET, AUTH): its writes settle with its ledger.
+        self.settle();
         self.watching = false;
         self.tracking = false;
         self.no_evict = false;

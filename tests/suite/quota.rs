@@ -226,6 +226,49 @@ async fn a_refused_write_inside_multi_aborts_the_transaction() {
     assert_eq!(a.cmd(&["SET", "small", "v"]).await, "+OK\r\n");
 }
 
+/// Writes charged but never answered (discarded, or their client gone while Redis was busy)
+/// give their charge back: the tenant can still use its whole quota afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_never_answer_give_their_charge_back() {
+    let redis = Redis::start_with(&["--enable-debug-command", "yes"]);
+    let proxy = Proxy::start_config(&quota_config(&redis, 10_000, 0, 600_000)).await;
+    let value = "x".repeat(3_000);
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    for k in ["d1", "d2"] {
+        assert_eq!(a.cmd(&["SET", k, &value]).await, "+QUEUED\r\n");
+    }
+    assert_eq!(a.cmd(&["DISCARD"]).await, "+OK\r\n");
+    // Measured (nothing there) and handed back by the next flush.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Redis busy for 300 ms: the client leaves before its writes are answered.
+    let mut d = redis.direct().await;
+    let sleep = tokio::spawn(async move {
+        let () = q(&mut d, &["DEBUG", "SLEEP", "0.3"]).await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut gone = proxy.raw_as("a", "pa").await;
+    for k in ["g1", "g2"] {
+        gone.send_cmd(&["SET", k, &value]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(gone);
+    sleep.await.unwrap();
+    // They run once Redis is back (after the quota's own requests queued before them).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.cmd(&["EXISTS", "g1", "g2"]).await != ":2\r\n" {
+        assert!(Instant::now() < deadline, "the abandoned writes never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.cmd(&["DEL", "g1", "g2"]).await, ":2\r\n");
+
+    // Nothing is held for writes that are over: three values of 3,000 bytes fit in 10,000.
+    for k in ["k1", "k2", "k3"] {
+        assert_eq!(a.cmd(&["SET", k, &value]).await, "+OK\r\n", "{k}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_are_charged_by_what_they_copy() {
     let redis = Redis::start();
