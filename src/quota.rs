@@ -18,12 +18,15 @@
 //! 1. **admit** ([`Quotas::admit`]): [`cost`] bounds what the write can add from its arguments
 //!    (key and value lengths plus Redis' per-key and per-element overheads, the reach of
 //!    SETRANGE/SETBIT/BITFIELD offsets, the sizes of the sources a COPY or *STORE copies). The
-//!    bound is charged against the instance's lease without a round trip; when the lease runs
-//!    short, one script call reserves more, in chunks of 1/16 of the room left, so chunks
-//!    shrink near the limit. If `used + every instance's lease + this write` would pass the
-//!    limit, the write is refused before Redis sees it. So the sum of what all instances let
-//!    through never passes the limit, as long as the bounds hold.
-//! 2. **settle** ([`Written`], when Redis has answered): the written keys become dirty.
+//!    bound is charged against the instance's lease without a round trip, and mostly without
+//!    a lock: a session takes a small allowance along with a write, for the rest of its
+//!    pipeline ([`Account`]). When the lease runs short, one script call reserves more, in
+//!    chunks of 1/16 of the room left, so chunks shrink near the limit. If `used + every
+//!    instance's lease + this write` would pass the limit, the write is refused before Redis
+//!    sees it. So the sum of what all instances let through never passes the limit, as long
+//!    as the bounds hold.
+//! 2. **settle** ([`Written`], when Redis has answered, or never will): the session's
+//!    [`Account`] makes the written keys dirty, a batch of replies at a time.
 //! 3. **flush** (every `flush_interval_ms`): one script measures each dirty key with MEMORY
 //!    USAGE, replaces its entry in `sizes`, moves `used` by the difference and hands the lease
 //!    back. So the figure follows overwrites, APPEND, collections, DEL, RENAME, MULTI/EXEC as
@@ -64,10 +67,13 @@ const MEASURE_BATCH: usize = 256;
 /// A lease an instance stops renewing (it died) stops counting after this long.
 const LEASE_TTL_MS: u64 = 10_000;
 /// The most a session takes from the lease beyond the write at hand, for its next writes
-/// (a pipeline's), so that they take no lock.
-const SESSION_SPARE: u64 = 16 * 1024;
-/// The largest lease reserved at once.
-const MAX_CHUNK: u64 = 1 << 20;
+/// (a pipeline's), so that they take no lock; at most a sixteenth of what is left, so that
+/// many sessions do not empty the lease between them.
+const SESSION_SPARE: u64 = 8 * 1024;
+/// The largest lease reserved at once (never more than 1/16 of the room left). At full
+/// speed a busy instance charges tens of MB/s; each time its lease runs out, its writers
+/// wait for a round trip to Redis.
+const MAX_CHUNK: u64 = 8 << 20;
 /// Keys with a TTL waiting to be measured again when it ends, per tenant and instance.
 const MAX_EXPIRING: usize = 1_000_000;
 /// Measured this long after their TTL, so that Redis has expired them.
@@ -519,26 +525,22 @@ impl Ledger {
     }
 
     /// Takes `bytes` from the lease, if it has them. With a session's `allowance`, that is
-    /// handed back first, and refilled with up to `SESSION_SPARE` more (at most a quarter
-    /// of what is left) for the session's next writes. `Full` when Redis said within
+    /// handed back first, and refilled with up to `SESSION_SPARE` more for the session's
+    /// next writes. `Full` when Redis said within
     /// `recent` that no write this big fits and no key has been written or deleted here
     /// since: the refusal needs no round trip, so a tenant hammering at its limit does not
     /// hammer Redis.
-    fn try_charge(&self, bytes: u64, recent: Duration, allowance: Option<&mut u64>) -> Charge {
+    fn try_charge(&self, bytes: u64, recent: Duration, mut allowance: Option<&mut u64>) -> Charge {
         let mut l = self.local.lock().unwrap();
-        let spare = match allowance {
-            Some(a) => {
-                l.charged -= std::mem::take(a);
-                Some(a)
-            }
-            None => None,
-        };
+        if let Some(a) = allowance.as_deref_mut() {
+            l.charged -= std::mem::take(a);
+        }
         let left = l.granted - l.charged;
         if left >= bytes {
             l.charged += bytes;
             l.busy = true;
-            if let Some(a) = spare {
-                *a = SESSION_SPARE.min((left - bytes) / 4);
+            if let Some(a) = allowance {
+                *a = SESSION_SPARE.min((left - bytes) / 16);
                 l.charged += *a;
             }
             return Charge::Done;
@@ -758,7 +760,11 @@ impl Account {
 
     /// Settles the batch's writes and hands the allowance back, under one lock.
     pub fn finish(&mut self, ledger: Option<&Ledger>) {
-        if self.allowance == 0 && self.charged == 0 && self.keys.is_empty() {
+        if self.allowance == 0
+            && self.charged == 0
+            && self.keys.is_empty()
+            && self.expiring.is_empty()
+        {
             return;
         }
         let Some(ledger) = ledger else {
@@ -1507,11 +1513,11 @@ mod tests {
             Growth::Bytes(b) => b,
             other => panic!("{other:?}"),
         };
-        // The first write takes a spare quarter of what is left, at most SESSION_SPARE; the
-        // next ones take no lock.
+        // The first write takes a spare sixteenth of what is left, at most SESSION_SPARE;
+        // the next ones take no lock.
         let first = account.admit_now(&l, cost(), recent).unwrap();
-        let spare = SESSION_SPARE.min((100_000 - need) / 4);
-        assert!(spare < (100_000 - need) / 4);
+        let spare = SESSION_SPARE.min((100_000 - need) / 16);
+        assert!(spare > need);
         assert_eq!(account.allowance, spare);
         assert_eq!(l.local.lock().unwrap().charged, need + spare);
         let second = account.admit_now(&l, cost(), recent).unwrap();
@@ -1533,7 +1539,7 @@ mod tests {
 
     #[test]
     fn a_write_the_allowance_does_not_cover_hands_it_back_before_asking_redis() {
-        // A small lease: the spare is a quarter of it, under SESSION_SPARE.
+        // A small lease: the spare is a sixteenth of it, under SESSION_SPARE.
         let l = leased(1_000);
         let mut account = Account::default();
         let (_, small) = forward("SET k v");

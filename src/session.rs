@@ -207,8 +207,8 @@ pub struct Session {
     current: Option<Meta>,
     /// Read once per batch of replies: when they were ready (for latencies).
     clock: Instant,
-    /// Writes Redis has answered in this batch, settled together at the end of `deliver`.
-    /// This session's writes, settled with its tenant's quota ledger.
+    /// The quota allowance this session holds, and the writes Redis has answered in this
+    /// batch: settled together with the tenant's ledger at the end of `deliver`.
     account: quota::Account,
     pub(crate) protocol: u8,
     pub(crate) multi: Option<Multi>,
@@ -746,10 +746,10 @@ impl Session {
         Ok(())
     }
 
-    /// Readies the way for a request to Redis. With `pin`, it goes over a pinned connection,
-    /// taken now (after the replies of whatever went over the shared one) if the session
-    /// has none. `false` when no pinned connection can be had: the request is answered with
-    /// the error instead (unless it is respite's own, `internal`) and is not sent.
+    /// Makes sure the next request can go to Redis. With `pin`, it goes over a pinned
+    /// connection, taken now (after the replies of whatever went over the shared one) if the
+    /// session has none. `false` when no pinned connection can be had: the request is not
+    /// sent, and is answered with the error instead (unless it is respite's own, `internal`).
     async fn open(&mut self, pin: bool, internal: bool) -> Result<bool, End> {
         if pin && self.pinned.is_none() {
             self.drain().await?;
