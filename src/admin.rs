@@ -210,6 +210,13 @@ async fn metrics(ctx: &Context) -> String {
         m.inc_by(value.load(Ordering::Relaxed));
         registry.register(name, help, m);
     }
+    let guard = Counter::<u64>::default();
+    guard.inc_by(crate::rewrite::GUARD_REFUSALS.load(Ordering::Relaxed));
+    registry.register(
+        "isolation_guard_refusals",
+        "Requests refused because a key would have left the tenant's namespace (a respite bug)",
+        guard,
+    );
 
     if let Some(quotas) = &ctx.quotas {
         let used = Family::<ByTenant, Gauge>::default();

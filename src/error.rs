@@ -84,6 +84,9 @@ pub enum Error {
     ExecAbort,
     #[error("ERR Protocol error: {0}")]
     Protocol(String),
+    /// respite's last check found a key of this command outside the tenant's namespace.
+    #[error("ERR internal error: respite refused to send '{0}' with a key outside your namespace")]
+    Isolation(String),
     #[error("ERR {0}")]
     Other(String),
 }

@@ -2,12 +2,14 @@
 //!
 //! Mostly data-driven: anything Redis flags `admin` acts on the whole server and is refused,
 //! as is anything in Redis' `@scripting` category unless the tenant has `allow_scripts`. A short
-//! table adds the commands that cross tenants without being `admin` (MOVE, SWAPDB, ACL, ...),
-//! and two commands are checked argument by argument (SORT's BY/GET patterns, COPY's DB).
+//! table adds the commands that cross tenants without being `admin` (MOVE, SWAPDB, ACL, MEMORY
+//! STATS, SCRIPT DEBUG, ...); COPY's DB is checked argument by argument; shared keys are
+//! writable by publishers only, judged by each key's own flags. (SORT's BY/GET patterns are
+//! not refused: `rewrite` moves them into the namespace.)
 
 use bytes::Bytes;
 
-use crate::command::{self, Command, ACL_SCRIPTING, CMD_ADMIN, CMD_WRITE, KS_RO};
+use crate::command::{self, Command, ACL_SCRIPTING, CMD_ADMIN, CMD_WRITE, KS_NOT_KEY, KS_RO};
 use crate::error::Error;
 use crate::tenant::Tenant;
 
@@ -35,7 +37,26 @@ const DENY: &[(&str, Option<&str>, &str)] = &[
         Some("countkeysinslot"),
         "it counts the keys of every tenant",
     ),
+    (
+        "memory",
+        Some("stats"),
+        "it reports the whole server's keys and memory, every tenant's",
+    ),
+    (
+        "memory",
+        Some("doctor"),
+        "it reports the whole server's memory, every tenant's",
+    ),
+    (
+        "script",
+        Some("debug"),
+        "it turns a connection other tenants share into a Lua debugger session",
+    ),
 ];
+
+/// Commands that change a key their key specs call read-only: XREADGROUP moves entries into
+/// the consumer group's pending list and creates consumers.
+const WRITES_READ_KEYS: &[&[u8]] = &[b"xreadgroup"];
 
 /// Redis `admin` commands a tenant may still run: they only affect its own connection.
 const ADMIN_ALLOWED: &[(&str, &str)] = &[("client", "no-evict")];
@@ -77,7 +98,6 @@ pub fn check(cmd: &Command, args: &[Bytes], tenant: &Tenant) -> Result<(), Error
         ));
     }
     match name {
-        b"sort" | b"sort_ro" => check_sort(args).map_err(noperm),
         b"copy" => check_copy(args),
         _ => Ok(()),
     }
@@ -88,43 +108,22 @@ fn writes_shared(cmd: &Command, args: &[Bytes], tenant: &Tenant) -> bool {
     if tenant.shared.is_empty() {
         return false;
     }
-    let script = cmd.in_category(ACL_SCRIPTING);
-    if !cmd.has(CMD_WRITE) && !script {
-        return false;
-    }
-    if cmd.parent.is_none() && cmd.spec.name == b"sort" {
-        return crate::rewrite::sort_store(args).is_some_and(|i| tenant.is_shared(&args[i]));
-    }
+    // By the keys' own flags, not the command's: PFCOUNT is a "read" that writes its cache
+    // into the HyperLogLog (its key is RW).
+    let all_written = cmd.in_category(ACL_SCRIPTING)
+        || (cmd.has(CMD_WRITE)
+            && cmd.parent.is_none()
+            && WRITES_READ_KEYS.contains(&cmd.spec.name));
     let mut shared_write = false;
     // Key positions that cannot be found are refused later, by rewrite.
     let _ = command::for_each_key(cmd, args, |i, flags| {
-        if (flags & KS_RO == 0 || script) && tenant.is_shared(&args[i]) {
+        // A shard channel (NOT_KEY) is never shared, whatever its name.
+        let written = flags & KS_NOT_KEY == 0 && (flags & KS_RO == 0 || all_written);
+        if written && tenant.is_shared(&args[i]) {
             shared_write = true;
         }
     });
     shared_write
-}
-
-/// SORT may read other keys through BY and GET patterns; those would not be namespaced.
-/// A BY pattern without `*` (e.g. `BY nosort`) and `GET #` read no other key and are fine.
-fn check_sort(args: &[Bytes]) -> Result<(), &'static str> {
-    let mut i = 2;
-    while i < args.len() {
-        let a = &args[i];
-        let next = args.get(i + 1);
-        if a.eq_ignore_ascii_case(b"by") && next.is_some_and(|p| p.contains(&b'*')) {
-            return Err("SORT ... BY <pattern> reads keys outside the tenant's namespace");
-        }
-        if a.eq_ignore_ascii_case(b"get") && next.is_some_and(|p| &p[..] != b"#") {
-            return Err("SORT ... GET <pattern> reads keys outside the tenant's namespace");
-        }
-        i += if a.eq_ignore_ascii_case(b"limit") {
-            3
-        } else {
-            1
-        };
-    }
-    Ok(())
 }
 
 /// `COPY src dst DB n` writes into another database.
@@ -185,8 +184,9 @@ mod tests {
             "FCALL f 0",
             "SCRIPT FLUSH",
             "FUNCTION LIST",
-            "SORT k BY w_*",
-            "SORT k GET o_*",
+            "MEMORY STATS",
+            "MEMORY DOCTOR",
+            "SCRIPT DEBUG YES",
         ] {
             assert!(noperm(line), "{line} must be refused");
         }

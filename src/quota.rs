@@ -208,7 +208,6 @@ fn walked_cost(
     script: bool,
 ) -> Option<WriteCost> {
     let name = cmd.spec.name;
-    let top = cmd.parent.is_none();
     let mut keys = Keys::None;
     let mut sources = Vec::new();
     // Written keys' names are stored; source keys' names are not.
@@ -227,14 +226,8 @@ fn walked_cost(
             });
         }
     };
-    if top && name == b"sort" {
-        // SORT's BY/GET patterns have no key specs; it writes only with STORE.
-        take(crate::rewrite::sort_store(args)?, true);
-        take(1, false);
-    } else {
-        // A script may write any key it declares.
-        command::for_each_key(cmd, args, |i, flags| take(i, flags & KS_RO == 0 || script)).ok()?;
-    }
+    // A script may write any key it declares.
+    command::for_each_key(cmd, args, |i, flags| take(i, flags & KS_RO == 0 || script)).ok()?;
     if keys.is_empty() {
         // e.g. GEORADIUS without STORE.
         return None;

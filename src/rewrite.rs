@@ -156,11 +156,12 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
         }
         (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo),
         (None, b"sort" | b"sort_ro") => {
-            for i in std::iter::once(1).chain(sort_store(&args)) {
-                if !tenant.is_shared(&args[i]) {
-                    marks.set(i);
-                }
-            }
+            mark_keys(cmd, &args, tenant, true, &mut marks)?;
+            // BY and GET patterns name the keys SORT reads: inside the namespace, whatever
+            // they say (the substituted part always lands after the prefix).
+            let sort =
+                command::grammar::sort(&args, name == b"sort_ro").map_err(|e| key_error(cmd, e))?;
+            sort.patterns.into_iter().for_each(|i| marks.set(i));
             reply(Shape::Plain)
         }
         (None, b"wait") => {
@@ -173,6 +174,7 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
             reply(reply_shape(name))
         }
     };
+    guard(cmd, &args, &marks, tenant)?;
     Ok(Forward {
         args,
         prefixed: marks,
@@ -181,10 +183,31 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
     })
 }
 
-/// The index of SORT's STORE destination, if it has one.
-pub fn sort_store(args: &[Bytes]) -> Option<usize> {
-    let i = (2..args.len()).find(|&i| args[i].eq_ignore_ascii_case(b"store"))?;
-    (i + 1 < args.len()).then_some(i + 1)
+/// Requests the namespace guard refused: each one is a bug in respite's rewriting.
+pub static GUARD_REFUSALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The last check before a request leaves: every key it names goes to Redis behind the
+/// tenant's prefix or is a shared key (whose prefixes `config` keeps apart from `tenant:` and
+/// `respite:`). It holds whatever the branches above did; a key that fails it is a bug,
+/// refused, logged and counted, never sent.
+fn guard(cmd: &Command, args: &[Bytes], marks: &Marks, tenant: &Tenant) -> Result<(), Error> {
+    let mut stray = None;
+    let found = command::for_each_key(cmd, args, |i, _| {
+        if !marks.has(i) && !tenant.is_shared(&args[i]) {
+            stray.get_or_insert(i);
+        }
+    });
+    if found.is_ok() && stray.is_none() {
+        return Ok(());
+    }
+    GUARD_REFUSALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!(
+        tenant = %tenant.id,
+        command = %cmd.full_name(),
+        argument = ?stray,
+        "bug: a key would leave the tenant's namespace; refused"
+    );
+    Err(Error::Isolation(cmd.full_name()))
 }
 
 /// Marks every key for the namespace, except (when `shared_ok`) shared keys, which have the
@@ -215,19 +238,25 @@ fn mark_keys(
 
 /// Every key's argument index, each once, in order.
 fn find_keys(cmd: &Command, args: &[Bytes], positions: &mut Vec<usize>) -> Result<(), Error> {
-    command::key_positions(cmd, args, positions).map_err(|e| match e {
-        KeyError::BadKeyCount => Error::NotInteger,
-        KeyError::OutOfRange => Error::Syntax,
-        KeyError::Unknowable => Error::Unsupported(format!(
-            "respite cannot tell where the keys of '{}' are in this form",
-            cmd.full_name()
-        )),
-    })?;
+    command::key_positions(cmd, args, positions).map_err(|e| key_error(cmd, e))?;
     // A key may appear in more than one spec (e.g. a source and destination spec both
     // matching); rewrite each argument once.
     positions.sort_unstable();
     positions.dedup();
     Ok(())
+}
+
+/// The reply to a request whose keys cannot be found: Redis' own error where Redis would
+/// refuse it too, its syntax error where only respite cannot tell the keys apart.
+pub fn key_error(cmd: &Command, e: KeyError) -> Error {
+    match e {
+        KeyError::BadKeyCount => Error::NotInteger,
+        KeyError::OutOfRange | KeyError::Syntax | KeyError::Ambiguous => Error::Syntax,
+        KeyError::Unknowable => Error::Unsupported(format!(
+            "respite cannot tell where the keys of '{}' are in this form",
+            cmd.full_name()
+        )),
+    }
 }
 
 /// SCAN's MATCH pattern moves into the namespace; without one, the namespace is the pattern.
@@ -328,6 +357,10 @@ mod tests {
         assert_eq!(
             line(&rw("SORT k STORE d")),
             "SORT tenant:a:k STORE tenant:a:d"
+        );
+        assert_eq!(
+            line(&rw("SORT l BY limit GET v_* GET # STORE x STORE y")),
+            "SORT tenant:a:l BY tenant:a:limit GET tenant:a:v_* GET # STORE x STORE tenant:a:y"
         );
     }
 

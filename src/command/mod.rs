@@ -5,6 +5,7 @@
 //! `table.rs`), so key positions are Redis' own key specifications, not a hand-written list.
 //! [`key_positions`] follows the same algorithm as Redis' `getKeysUsingKeySpecs`.
 
+pub mod grammar;
 mod spec;
 #[rustfmt::skip]
 #[allow(dead_code)]
@@ -132,13 +133,19 @@ pub fn lookup(args: &[Bytes]) -> Result<Command, Unknown> {
     }
 }
 
-/// The key specs say the request cannot be well-formed (Redis would answer with an error).
+/// The request's keys cannot be found: Redis would answer with an error, or respite cannot
+/// tell for sure which arguments are keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyError {
-    /// The key-count argument is not a non-negative integer.
+    /// A key count (or another number the grammar needs) is not an integer Redis accepts.
     BadKeyCount,
     /// Keys would lie past the arguments.
     OutOfRange,
+    /// The command's own parser would refuse the arguments.
+    Syntax,
+    /// The command and its key specs would read different arguments as keys (a repeated
+    /// option, a keyword used as a value): refused rather than guessed.
+    Ambiguous,
     /// A spec Redis itself cannot follow (`BeginSearch::Unknown`).
     Unknowable,
 }
@@ -150,7 +157,8 @@ pub fn key_positions(cmd: &Command, args: &[Bytes], out: &mut Vec<usize>) -> Res
 }
 
 /// Calls `f` with the argument index of every key, in spec order, and its spec's flags
-/// (`KS_RO`, `KS_RW`, `KS_OW`, ...).
+/// (`KS_RO`, `KS_RW`, `KS_OW`, ...): the keys the command will really use, found as Redis
+/// finds them (see [`grammar`] for the commands key specs do not describe alone).
 pub fn for_each_key(
     cmd: &Command,
     args: &[Bytes],
@@ -163,7 +171,31 @@ pub fn for_each_key(
         f(1, flags);
         return Ok(());
     }
-    walk_key_specs(cmd, args, f)
+    let by_grammar = match cmd.parent {
+        None => grammar::keys(cmd.spec.name, args),
+        Some(_) => None,
+    };
+    match by_grammar {
+        None => walk_key_specs(cmd, args, f),
+        Some(Err(e)) => Err(e),
+        Some(Ok(grammar::Found::Exact(keys))) => {
+            keys.into_iter().for_each(|(i, flags)| f(i, flags));
+            Ok(())
+        }
+        Some(Ok(grammar::Found::Confirm(mut used))) => {
+            let mut walked = Vec::new();
+            walk_key_specs(cmd, args, |i, flags| walked.push((i, flags)))?;
+            let mut specs: Vec<usize> = walked.iter().map(|&(i, _)| i).collect();
+            specs.sort_unstable();
+            specs.dedup();
+            used.sort_unstable();
+            if specs != used {
+                return Err(KeyError::Ambiguous);
+            }
+            walked.into_iter().for_each(|(i, flags)| f(i, flags));
+            Ok(())
+        }
+    }
 }
 
 /// [`for_each_key`] by Redis' algorithm, spec by spec.
@@ -218,8 +250,7 @@ fn walk_key_specs(
                 let idx = first + key_num_idx as i64;
                 let n: i64 = args
                     .get(idx as usize)
-                    .and_then(|a| std::str::from_utf8(a).ok())
-                    .and_then(|s| s.parse().ok())
+                    .and_then(|a| grammar::redis_int(a))
                     .filter(|&n| n >= 0)
                     .ok_or(KeyError::BadKeyCount)?;
                 let start = first + first_key as i64;
@@ -318,6 +349,20 @@ mod tests {
         assert_eq!(keys("MIGRATE h 1 \"\" 0 5 KEYS a b").unwrap().len(), 3);
         assert_eq!(keys("EVAL s x").unwrap_err(), KeyError::BadKeyCount);
         assert_eq!(keys("EVAL s 3 a").unwrap_err(), KeyError::OutOfRange);
-        assert_eq!(keys("SORT k BY w").unwrap_err(), KeyError::Unknowable);
+        assert_eq!(keys("SORT k BY w STORE d").unwrap(), vec![1, 5]);
+        assert_eq!(keys("SORT k STORE a STORE b").unwrap(), vec![1, 5]);
+        assert_eq!(
+            keys("GEORADIUS g 0 0 1 km STORE a STORE b").unwrap_err(),
+            KeyError::Ambiguous
+        );
+        assert_eq!(
+            keys("XREADGROUP COUNT 1 GROUP g streams STREAMS k 0").unwrap_err(),
+            KeyError::Ambiguous
+        );
+        assert_eq!(
+            keys("XREADGROUP GROUP streams c STREAMS k 0").unwrap(),
+            vec![5]
+        );
+        assert_eq!(keys("XREADGROUP GROUP g c STREAMS k 0").unwrap(), vec![5]);
     }
 }

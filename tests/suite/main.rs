@@ -5,6 +5,8 @@ mod harness;
 mod admin;
 mod auth;
 mod config;
+mod differential;
+mod hostile;
 mod isolation;
 mod multiplex;
 mod protocol;

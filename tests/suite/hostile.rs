@@ -1,0 +1,203 @@
+//! A hostile tenant with a plain Redis client: each attack that once reached another tenant's
+//! keys, respite's own bookkeeping or the shared upstream, tried against a real redis-server.
+//! Each test asserts the exact reply and what Redis holds afterwards.
+
+use crate::harness::*;
+
+/// Tenants `a` and victim `v`, publisher `pub`, and shared keys.
+fn config(redis: &Redis, extra: &str) -> String {
+    format!(
+        "[upstream]\nurl = \"{}\"\ncommand_timeout_ms = 2000\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\n\
+         [[tenants]]\nid = \"v\"\npassword = \"pv\"\n\
+         [[tenants]]\nid = \"pub\"\npassword = \"ppub\"\nrole = \"publisher\"\n\
+         [shared]\nprefixes = [\"shared:market:\"]\n{extra}",
+        redis.url()
+    )
+}
+
+async fn get(redis: &Redis, key: &str) -> Option<String> {
+    let mut d = redis.direct().await;
+    q(&mut d, &["GET", key]).await.unwrap()
+}
+
+#[tokio::test]
+async fn sort_patterns_read_only_the_tenants_own_keys() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&config(&redis, "")).await;
+    let mut v = proxy.raw_as("v", "pv").await;
+    assert_eq!(v.cmd(&["SET", "x", "secret"]).await, "+OK\r\n");
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["RPUSH", "l", "x"]).await, ":1\r\n");
+    // `limit` used as BY's pattern once hid the GET pattern from respite's check.
+    for attack in [
+        vec!["SORT", "l", "BY", "limit", "GET", "tenant:v:*"],
+        vec!["SORT_RO", "l", "BY", "limit", "GET", "tenant:v:*"],
+        vec!["SORT", "l", "BY", "nosort", "GET", "tenant:v:*->f"],
+        vec!["SORT", "l", "BY", "nosort", "GET", "respite:quota:*"],
+    ] {
+        assert_eq!(a.cmd(&attack).await, "*1\r\n$-1\r\n", "{attack:?}");
+    }
+    // The same patterns inside the tenant's own namespace work as in Redis.
+    assert_eq!(a.cmd(&["SET", "x", "mine"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["SET", "w_x", "1"]).await, "+OK\r\n");
+    assert_eq!(
+        a.cmd(&["SORT", "l", "BY", "w_*", "GET", "#", "GET", "*"])
+            .await,
+        "*2\r\n$1\r\nx\r\n$4\r\nmine\r\n"
+    );
+    assert_eq!(
+        a.cmd(&["SORT", "l", "BY", "limit", "LIMIT", "limit", "1"])
+            .await,
+        "-ERR value is not an integer or out of range\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_store_writes_nothing_outside_the_namespace() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&config(&redis, "")).await;
+    let mut v = proxy.raw_as("v", "pv").await;
+    assert_eq!(v.cmd(&["SET", "x", "victim"]).await, "+OK\r\n");
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["RPUSH", "l", "1"]).await, ":1\r\n");
+    // SORT writes the last STORE: it is the tenant's, whatever it names.
+    assert_eq!(
+        a.cmd(&["SORT", "l", "STORE", "a", "STORE", "tenant:v:x"])
+            .await,
+        ":1\r\n"
+    );
+    assert_eq!(get(&redis, "tenant:v:x").await.as_deref(), Some("victim"));
+    assert!(redis
+        .keys()
+        .await
+        .contains(&"tenant:a:tenant:v:x".to_string()));
+    // Where Redis' key lookup and SORT itself disagree, refused.
+    assert_eq!(
+        a.cmd(&["SORT", "l", "STORE", "get", "STORE", "tenant:v:x"])
+            .await,
+        "-ERR syntax error\r\n"
+    );
+    // An empty source once deleted the target.
+    assert_eq!(
+        a.cmd(&["SORT", "empty", "STORE", "x", "STORE", "tenant:v:x"])
+            .await,
+        ":0\r\n"
+    );
+    assert_eq!(get(&redis, "tenant:v:x").await.as_deref(), Some("victim"));
+
+    assert_eq!(
+        a.cmd(&["GEOADD", "g", "13.361389", "38.115556", "p"]).await,
+        ":1\r\n"
+    );
+    for store in [
+        ["STORE", "a", "STORE", "tenant:v:x"],
+        ["STORE", "a", "STOREDIST", "tenant:v:x"],
+        ["STOREDIST", "a", "STORE", "shared:market:x"],
+    ] {
+        let mut attack = vec!["GEORADIUS", "g", "13", "38", "500", "km"];
+        attack.extend(store);
+        assert_eq!(a.cmd(&attack).await, "-ERR syntax error\r\n", "{attack:?}");
+        let mut by_member = vec!["GEORADIUSBYMEMBER", "g", "p", "500", "km"];
+        by_member.extend(store);
+        assert_eq!(a.cmd(&by_member).await, "-ERR syntax error\r\n");
+    }
+    assert_eq!(get(&redis, "tenant:v:x").await.as_deref(), Some("victim"));
+    assert_eq!(get(&redis, "shared:market:x").await, None);
+    // One STORE is the tenant's key.
+    assert_eq!(
+        a.cmd(&["GEORADIUS", "g", "13", "38", "500", "km", "STORE", "near"])
+            .await,
+        ":1\r\n"
+    );
+    assert!(redis.keys().await.contains(&"tenant:a:near".to_string()));
+}
+
+#[tokio::test]
+async fn xread_keywords_used_as_names_cannot_move_the_keys() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&config(&redis, "")).await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(
+        a.cmd(&["XGROUP", "CREATE", "s", "g", "$", "MKSTREAM"])
+            .await,
+        "+OK\r\n"
+    );
+    // A consumer named `streams` where Redis' key spec would look for the keyword.
+    assert_eq!(
+        a.cmd(&[
+            "XREADGROUP",
+            "COUNT",
+            "1",
+            "GROUP",
+            "g",
+            "streams",
+            "STREAMS",
+            "s",
+            ">"
+        ])
+        .await,
+        "-ERR syntax error\r\n"
+    );
+    // A group named `streams` is unambiguous: Redis' spec starts looking after it.
+    assert_eq!(
+        a.cmd(&["XGROUP", "CREATE", "s", "streams", "$"]).await,
+        "+OK\r\n"
+    );
+    assert_eq!(
+        a.cmd(&["XREADGROUP", "GROUP", "streams", "c", "STREAMS", "s", ">"])
+            .await,
+        "*-1\r\n"
+    );
+}
+
+#[tokio::test]
+async fn shared_keys_are_never_written_by_a_non_publisher() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&config(&redis, "")).await;
+    let mut publisher = proxy.raw_as("pub", "ppub").await;
+    let s = "shared:market:feed";
+    assert!(publisher
+        .cmd(&["XADD", s, "1-1", "p", "100"])
+        .await
+        .starts_with("$3\r\n1-1"));
+    assert_eq!(
+        publisher.cmd(&["XGROUP", "CREATE", s, "g", "0"]).await,
+        "+OK\r\n"
+    );
+    assert_eq!(
+        publisher
+            .cmd(&["PFADD", "shared:market:hll", "a", "b"])
+            .await,
+        ":1\r\n"
+    );
+    let mut a = proxy.raw_as("a", "pa").await;
+    let read_only =
+        "-NOPERM this user has no permissions to run the '{}' command: shared keys are read-only";
+    for (cmd, name) in [
+        (
+            vec!["XREADGROUP", "GROUP", "g", "c", "STREAMS", s, ">"],
+            "xreadgroup",
+        ),
+        (vec!["XACK", s, "g", "1-1"], "xack"),
+        (vec!["XCLAIM", s, "g", "c", "0", "1-1"], "xclaim"),
+        (vec!["XAUTOCLAIM", s, "g", "c", "0", "0"], "xautoclaim"),
+        (
+            vec!["XGROUP", "CREATECONSUMER", s, "g", "c"],
+            "xgroup|createconsumer",
+        ),
+        (vec!["XGROUP", "DESTROY", s, "g"], "xgroup|destroy"),
+        (vec!["XGROUP", "SETID", s, "g", "0"], "xgroup|setid"),
+        (vec!["PFCOUNT", "shared:market:hll"], "pfcount"),
+        (vec!["SORT", "l", "STORE", s], "sort"),
+    ] {
+        let reply = a.cmd(&cmd).await;
+        let expect = read_only.replace("{}", name);
+        assert!(reply.starts_with(&expect), "{cmd:?}: {reply}");
+    }
+    // Reads still work, and the publisher's group is untouched.
+    assert!(a.cmd(&["XRANGE", s, "-", "+"]).await.starts_with("*1\r\n"));
+    let mut d = redis.direct().await;
+    let consumers: Vec<redis::Value> = q(&mut d, &["XINFO", "CONSUMERS", s, "g"]).await.unwrap();
+    assert!(consumers.is_empty(), "{consumers:?}");
+}
