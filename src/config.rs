@@ -611,14 +611,23 @@ impl Config {
         if let Some(shared) = &self.shared {
             let at = Some(shared.span());
             let sh = shared.get_ref();
-            for p in &sh.prefixes {
-                if p.is_empty() || p.starts_with("tenant:") || p.starts_with("respite:") {
+            // A prefix that is a prefix of `tenant:` (say `t`) would make every tenant's keys
+            // "shared": readable by all, unprefixed. Overlap either way is refused.
+            let overlap = |a: &str, b: &str| a.starts_with(b) || b.starts_with(a);
+            for (i, p) in sh.prefixes.iter().enumerate() {
+                if p.is_empty() || overlap(p, "tenant:") || overlap(p, "respite:") {
                     err(
                         at.clone(),
                         format!(
-                            "shared.prefixes: {p:?} must be non-empty and outside tenant: and \
-                             respite:"
+                            "shared.prefixes: {p:?} must be non-empty and must not overlap \
+                             tenant: or respite:"
                         ),
+                    );
+                }
+                if let Some(q) = sh.prefixes[..i].iter().find(|q| overlap(p, q)) {
+                    err(
+                        at.clone(),
+                        format!("shared.prefixes: {p:?} overlaps {q:?}; list the shorter one only"),
                     );
                 }
             }

@@ -89,6 +89,7 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         shared,
         own,
         readiness: admin::Readiness::default(),
+        facts: upstream::Facts::default(),
         metrics: config.server.metrics,
         limits: protocol::Limits {
             max_bulk_bytes: config.server.max_bulk_bytes,
@@ -116,6 +117,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ctx = context(config)?;
+    // What Redis allows decides what respite forwards: known before the first client.
+    ctx.facts.refresh(&ctx.own).await;
     // Quota bookkeeping outlives the sessions: its last flush hands the leases back.
     let bookkeeping = CancellationToken::new();
     let quotas = ctx
@@ -128,6 +131,11 @@ pub async fn run(
             Duration::from_millis(config.billing.interval_ms),
             bookkeeping.clone(),
         ))
+    });
+    tokio::spawn({
+        let ctx = ctx.clone();
+        let stop = bookkeeping.clone();
+        async move { ctx.facts.watch(ctx.own.clone(), stop).await }
     });
     if let Some(admin) = &config.admin {
         let addr = admin.get_ref().listen.as_str();

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use crate::command::{self, Command, ACL_SCRIPTING, CMD_ADMIN, CMD_WRITE, KS_NOT_KEY, KS_RO};
 use crate::error::Error;
 use crate::tenant::Tenant;
+use crate::upstream::Facts;
 
 const SERVER_WIDE: &str = "it acts on the whole Redis server, which every tenant shares";
 
@@ -69,7 +70,7 @@ fn names(cmd: &Command) -> (&'static [u8], Option<&'static [u8]>) {
 }
 
 /// Refuses `cmd` with `-NOPERM` (or Redis' own error) when the tenant may not run it.
-pub fn check(cmd: &Command, args: &[Bytes], tenant: &Tenant) -> Result<(), Error> {
+pub fn check(cmd: &Command, args: &[Bytes], tenant: &Tenant, facts: &Facts) -> Result<(), Error> {
     let (name, sub) = names(cmd);
     let noperm = |why: &'static str| Error::NoPerm {
         command: cmd.full_name(),
@@ -99,6 +100,10 @@ pub fn check(cmd: &Command, args: &[Bytes], tenant: &Tenant) -> Result<(), Error
     }
     match name {
         b"copy" => check_copy(args),
+        b"restore" if !facts.sanitized_dumps() => Err(noperm(
+            "Redis does not check DUMP payloads (sanitize-dump-payload is not yes) and a \
+             crafted one can crash the server every tenant shares",
+        )),
         _ => Ok(()),
     }
 }
@@ -157,7 +162,7 @@ mod tests {
             .map(|a| Bytes::from(a.to_string()))
             .collect();
         let cmd = lookup(&args).unwrap();
-        check(&cmd, &args, &Tenant::new("a", scripts))
+        check(&cmd, &args, &Tenant::new("a", scripts), &Facts::default())
     }
 
     fn noperm(line: &str) -> bool {

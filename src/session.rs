@@ -69,8 +69,27 @@ pub struct Context {
     pub own: crate::upstream::Own,
     /// Whether Redis answers (for /readyz).
     pub readiness: crate::admin::Readiness,
+    /// Redis' settings that bound what may be forwarded (RESTORE, argument sizes).
+    pub facts: crate::upstream::Facts,
     /// Per-tenant command figures are kept (`server.metrics`).
     pub metrics: bool,
+}
+
+/// The longest tenant prefix, `tenant:` + 64 + `:`.
+const MAX_PREFIX: usize = 72;
+
+impl Context {
+    /// The request limits: `[server]`'s, and never so long that a key with its prefix would
+    /// pass Redis' `proto-max-bulk-len` (Redis would close a connection other tenants share).
+    pub fn request_limits(&self) -> Limits {
+        Limits {
+            max_bulk_bytes: self
+                .limits
+                .max_bulk_bytes
+                .min(self.facts.max_bulk().saturating_sub(MAX_PREFIX)),
+            ..self.limits
+        }
+    }
 }
 
 /// The place of one request's reply in the outgoing stream.
@@ -412,7 +431,7 @@ impl Session {
                 break;
             }
             let authenticated = self.tenant.is_some();
-            match parse_request(&mut self.inbuf, &self.ctx.limits, authenticated) {
+            match parse_request(&mut self.inbuf, &self.ctx.request_limits(), authenticated) {
                 Ok(Some(req)) => self.handle(req).await?,
                 Ok(None) => break,
                 Err(e) => {
@@ -571,7 +590,7 @@ impl Session {
         if !cmd.arity_ok(req.args.len()) {
             return Action::Refuse(Error::WrongArity(cmd.full_name()));
         }
-        if let Err(e) = policy::check(&cmd, &req.args, &tenant) {
+        if let Err(e) = policy::check(&cmd, &req.args, &tenant, &self.ctx.facts) {
             tracing::warn!(tenant = %tenant.id, command = %cmd.full_name(), "refused");
             return Action::Refuse(e);
         }

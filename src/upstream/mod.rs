@@ -16,6 +16,7 @@
 //! backoff, capped), so a dead Redis costs each command one fast error and the first attempt
 //! after the window finds a Redis that is back.
 
+mod facts;
 pub mod pinned;
 pub mod shared;
 
@@ -31,6 +32,7 @@ use crate::error::UpstreamError;
 use crate::protocol::encode_request;
 use crate::reply::{next_frame, Frame};
 
+pub use facts::Facts;
 pub use pinned::Pinned;
 
 /// respite's own connections to Redis (quota bookkeeping, shared-key fills, health,

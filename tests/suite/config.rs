@@ -39,7 +39,15 @@ fn each_mistake_has_its_own_error() {
         ("[server]\ndefault_tenant = \"zz\"\n", "server.default_tenant", Some(2)),
         ("[admin]\nlisten = \"nope\"\n", "admin.listen", Some(1)),
         ("[defaults]\nquota = 1\n", "unknown field `quota`", Some(2)),
-        ("[shared]\nprefixes = [\"tenant:x\"]\n", "outside tenant: and respite:", Some(1)),
+        ("[shared]\nprefixes = [\"tenant:x\"]\n", "must not overlap tenant: or respite:", Some(1)),
+        ("[shared]\nprefixes = [\"tenant\"]\n", "must not overlap tenant: or respite:", Some(1)),
+        ("[shared]\nprefixes = [\"t\"]\n", "must not overlap tenant: or respite:", Some(1)),
+        ("[shared]\nprefixes = [\"resp\"]\n", "must not overlap tenant: or respite:", Some(1)),
+        (
+            "[shared]\nprefixes = [\"shared:\", \"shared:market:\"]\n",
+            "\"shared:market:\" overlaps \"shared:\"",
+            Some(1),
+        ),
         (
             "[shared.origin]\nurl = \"http://h/market\"\n",
             "must be an http:// URL with {key} in it",

@@ -201,3 +201,83 @@ async fn shared_keys_are_never_written_by_a_non_publisher() {
     let consumers: Vec<redis::Value> = q(&mut d, &["XINFO", "CONSUMERS", s, "g"]).await.unwrap();
     assert!(consumers.is_empty(), "{consumers:?}");
 }
+
+#[tokio::test]
+async fn restore_needs_redis_to_sanitize_payloads() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&config(&redis, "")).await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    // Redis' default is `sanitize-dump-payload no`: a crafted payload could crash it.
+    assert_eq!(
+        a.cmd(&["RESTORE", "k", "0", "\x00\x01x"]).await,
+        "-NOPERM this user has no permissions to run the 'restore' command: Redis does not \
+         check DUMP payloads (sanitize-dump-payload is not yes) and a crafted one can crash \
+         the server every tenant shares\r\n"
+    );
+    assert!(redis.keys().await.is_empty());
+
+    let redis = Redis::start_with(&["--sanitize-dump-payload", "yes"]);
+    let proxy = Proxy::start_config(&config(&redis, "")).await;
+    let mut a = proxy.client("a", "pa").await;
+    q::<()>(&mut a, &["RPUSH", "l", "x", "y"]).await.unwrap();
+    let dump: Vec<u8> = redis::cmd("DUMP")
+        .arg("l")
+        .query_async(&mut a)
+        .await
+        .unwrap();
+    let ok: String = redis::cmd("RESTORE")
+        .arg("copy")
+        .arg(0)
+        .arg(&dump)
+        .query_async(&mut a)
+        .await
+        .unwrap();
+    assert_eq!(ok, "OK");
+    assert_eq!(
+        q::<Vec<String>>(&mut a, &["LRANGE", "copy", "0", "-1"])
+            .await
+            .unwrap(),
+        ["x", "y"]
+    );
+    // A payload Redis finds corrupt is refused by Redis, which stays up.
+    let mut bad = dump.clone();
+    bad[2] ^= 0xff;
+    let e = redis::cmd("RESTORE")
+        .arg("bad")
+        .arg(0)
+        .arg(&bad)
+        .query_async::<String>(&mut a)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("payload"), "{e}");
+    assert_eq!(q::<String>(&mut a, &["PING"]).await.unwrap(), "PONG");
+}
+
+#[tokio::test]
+async fn a_key_too_long_once_prefixed_never_reaches_redis() {
+    let redis = Redis::start_with(&["--proto-max-bulk-len", "1mb"]);
+    let proxy = Proxy::start_config(&config(&redis, "")).await;
+    let mut v = proxy.raw_as("v", "pv").await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    // Fits in Redis' limit as sent, not once `tenant:a:` stands in front of it.
+    let key = "k".repeat((1 << 20) - 4);
+    for i in 0..50 {
+        v.send_cmd(&["INCR", "n"]).await;
+        if i == 25 {
+            a.send_cmd(&["SET", &key, "1"]).await;
+        }
+    }
+    assert_eq!(
+        a.reply().await,
+        "-ERR Protocol error: invalid bulk length\r\n"
+    );
+    assert!(a.closed().await);
+    for i in 1..=50 {
+        assert_eq!(v.reply().await, format!(":{i}\r\n"));
+    }
+    // The longest key that still fits with the prefix goes through.
+    let mut a = proxy.raw_as("a", "pa").await;
+    let key = "k".repeat((1 << 20) - 72);
+    assert_eq!(a.cmd(&["SET", &key, "1"]).await, "+OK\r\n");
+    assert_eq!(v.cmd(&["GET", "n"]).await, "$2\r\n50\r\n");
+}

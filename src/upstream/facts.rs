@@ -1,0 +1,108 @@
+//! What respite must know of the Redis it fronts to keep tenants apart, read from Redis
+//! itself (`CONFIG GET`) before the first client is served and every few seconds after, so a
+//! restarted or reconfigured Redis is seen within one interval.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Own;
+
+/// How often the settings are read again.
+const EVERY: Duration = Duration::from_secs(5);
+
+/// Redis' own default `proto-max-bulk-len`, assumed until Redis says otherwise.
+const DEFAULT_MAX_BULK: usize = 512 * 1024 * 1024;
+
+const UNKNOWN: u8 = 0;
+const NO: u8 = 1;
+const YES: u8 = 2;
+
+/// Redis' settings that decide what respite may forward. Owned by the context, refreshed by
+/// [`Facts::watch`].
+#[derive(Debug)]
+pub struct Facts {
+    /// `sanitize-dump-payload`: [`UNKNOWN`], [`NO`] or [`YES`] (Redis checks a RESTORE
+    /// payload before trusting it). Only yes allows RESTORE.
+    dumps: AtomicU8,
+    /// `proto-max-bulk-len`: the longest argument Redis accepts. A longer one makes Redis
+    /// close the connection, and with it every tenant's requests on a shared connection.
+    max_bulk: AtomicUsize,
+}
+
+impl Default for Facts {
+    fn default() -> Facts {
+        Facts {
+            dumps: AtomicU8::new(UNKNOWN),
+            max_bulk: AtomicUsize::new(DEFAULT_MAX_BULK),
+        }
+    }
+}
+
+impl Facts {
+    pub fn sanitized_dumps(&self) -> bool {
+        self.dumps.load(Ordering::Relaxed) == YES
+    }
+
+    pub fn max_bulk(&self) -> usize {
+        self.max_bulk.load(Ordering::Relaxed)
+    }
+
+    /// Reads the settings once; on failure (Redis away, CONFIG renamed) the last ones stand.
+    pub async fn refresh(&self, own: &Own) {
+        let read = own
+            .run(async |c| {
+                deadpool_redis::redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("sanitize-dump-payload")
+                    .arg("proto-max-bulk-len")
+                    .query_async::<Vec<String>>(c)
+                    .await
+            })
+            .await;
+        let pairs = match read {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read Redis' settings");
+                return;
+            }
+        };
+        for kv in pairs.chunks(2) {
+            match (kv[0].as_str(), kv.get(1)) {
+                ("sanitize-dump-payload", Some(v)) => {
+                    let now = if v == "yes" { YES } else { NO };
+                    if self.dumps.swap(now, Ordering::Relaxed) == now {
+                        continue;
+                    }
+                    if now == YES {
+                        tracing::info!("Redis sanitizes DUMP payloads: RESTORE is allowed");
+                    } else {
+                        tracing::warn!(
+                            sanitize_dump_payload = %v,
+                            "RESTORE is refused: Redis does not sanitize DUMP payloads (set \
+                             sanitize-dump-payload yes on Redis to allow it)"
+                        );
+                    }
+                }
+                ("proto-max-bulk-len", Some(v)) => {
+                    if let Ok(n) = v.parse() {
+                        self.max_bulk.store(n, Ordering::Relaxed);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Refreshes the settings every few seconds until `stop`.
+    pub async fn watch(&self, own: Own, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+            self.refresh(&own).await;
+        }
+    }
+}
