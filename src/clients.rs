@@ -31,7 +31,11 @@ pub struct ClientState {
 
 /// One client connection.
 pub struct Client {
+    /// This instance's number for the connection (the registry's key, logs).
     pub id: u64,
+    /// The number its tenant sees (CLIENT ID, LIST, KILL ID, UNBLOCK): counted per tenant,
+    /// so that it tells nothing of other tenants' connections.
+    pub shown_id: AtomicU64,
     pub addr: SocketAddr,
     pub laddr: SocketAddr,
     pub created: Instant,
@@ -43,6 +47,10 @@ pub struct Client {
 }
 
 impl Client {
+    pub fn shown_id(&self) -> u64 {
+        self.shown_id.load(Ordering::Relaxed)
+    }
+
     pub fn tenant_is(&self, tenant: &str) -> bool {
         self.state.lock().unwrap().tenant.as_deref() == Some(tenant)
     }
@@ -66,7 +74,7 @@ impl Client {
         format!(
             "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db=0 sub={} psub={} \
              ssub={} multi={} cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
-            self.id,
+            self.shown_id(),
             self.addr,
             self.laddr,
             text(&s.name),
@@ -107,6 +115,7 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let client = Arc::new(Client {
             id,
+            shown_id: AtomicU64::new(0),
             addr,
             laddr,
             created: Instant::now(),
@@ -126,8 +135,12 @@ impl Registry {
         self.clients.remove(&id);
     }
 
-    pub fn get(&self, id: u64) -> Option<Arc<Client>> {
-        self.clients.get(&id).map(|c| c.clone())
+    /// The tenant's connection that it knows as `shown_id`.
+    pub fn get_shown(&self, tenant: &str, shown_id: u64) -> Option<Arc<Client>> {
+        self.clients
+            .iter()
+            .find(|c| c.shown_id() == shown_id && c.tenant_is(tenant))
+            .map(|c| c.clone())
     }
 
     /// How many connections each tenant has open (authenticated ones only).

@@ -14,6 +14,7 @@ use redis_protocol::resp3::types::RangeFrame;
 
 use crate::error::{Error, UpstreamError};
 use crate::local::Local;
+use crate::metrics::Outcome;
 use crate::protocol::Resp;
 use crate::rewrite::all_keys;
 use crate::session::Session;
@@ -160,7 +161,7 @@ impl Session {
         }
     }
 
-    /// INFO from Redis, with its `# Keyspace` section replaced by the tenant's own.
+    /// INFO from Redis, scoped to the tenant (`info`), with its own `# Keyspace` section.
     async fn info(&mut self, sections: &[Bytes]) -> Result<Bytes, UpstreamError> {
         let mut args: Vec<&[u8]> = vec![b"INFO"];
         args.extend(sections.iter().map(|s| &s[..]));
@@ -174,7 +175,7 @@ impl Session {
             .unwrap_or_default();
         let wants_keyspace = wants(sections, b"keyspace");
         let wants_tenant = wants(sections, b"tenant");
-        let mut out = strip_section(&text, "# Keyspace");
+        let mut out = crate::info::scope(&text, &self.info_figures());
         let wants_shared = wants(sections, b"shared");
         if let Some(shared) = self.ctx.shared.as_ref().filter(|_| wants_shared) {
             if !out.is_empty() && !out.ends_with("\r\n\r\n") {
@@ -207,6 +208,31 @@ impl Session {
 }
 
 impl Session {
+    /// The tenant's own figures for INFO's clients, stats and commandstats.
+    fn info_figures(&self) -> crate::info::Figures {
+        let tenant = self.tenant.as_ref().expect("authenticated");
+        let st = tenant.stats.snapshot();
+        let mut by_name = std::collections::BTreeMap::<&[u8], (u64, u64, u64)>::new();
+        for ((name, outcome), n) in &st.commands {
+            let e = by_name.entry(name).or_default();
+            e.0 += n;
+            match outcome {
+                Outcome::Error => e.1 += n,
+                Outcome::Refused => e.2 += n,
+                Outcome::Ok => {}
+            }
+        }
+        crate::info::Figures {
+            connections: self.ctx.clients.of_tenant(&tenant.id).len(),
+            hits: st.hits,
+            misses: st.misses,
+            commands: by_name
+                .into_iter()
+                .map(|(n, (c, f, r))| (String::from_utf8_lossy(n).into_owned(), c, f, r))
+                .collect(),
+        }
+    }
+
     /// INFO's `# Tenant` section: the caller's own figures, nobody else's.
     async fn tenant_section(&mut self) -> String {
         let tenant = self.tenant.clone().expect("authenticated");
@@ -258,37 +284,4 @@ fn wants(sections: &[Bytes], section: &[u8]) -> bool {
             let s = s.to_ascii_lowercase();
             s == section || matches!(s.as_slice(), b"default" | b"all" | b"everything")
         })
-}
-
-/// `text` without the INFO section that starts with `header`.
-fn strip_section(text: &str, header: &str) -> String {
-    let Some(start) = text.find(header) else {
-        return text.to_string();
-    };
-    let end = text[start..]
-        .find("\r\n\r\n")
-        .map_or(text.len(), |i| start + i + 4);
-    let mut out = String::with_capacity(text.len());
-    out.push_str(&text[..start]);
-    out.push_str(&text[end..]);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strip_keyspace_section() {
-        let info =
-            "# Server\r\nredis_version:7\r\n\r\n# Keyspace\r\ndb0:keys=9\r\n\r\n# Other\r\nx:1\r\n";
-        assert_eq!(
-            strip_section(info, "# Keyspace"),
-            "# Server\r\nredis_version:7\r\n\r\n# Other\r\nx:1\r\n"
-        );
-        assert_eq!(
-            strip_section("# Keyspace\r\ndb0:keys=1\r\n", "# Keyspace"),
-            ""
-        );
-    }
 }

@@ -44,6 +44,7 @@ pub mod clients;
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod info;
 pub mod keyspace;
 pub mod local;
 pub mod metrics;

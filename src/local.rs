@@ -327,7 +327,7 @@ impl Session {
                 Some(_) => Error::DbIndex.to_resp(),
                 None => Error::NotInteger.to_resp(),
             },
-            Local::ClientId => Resp::int(self.me.id as i64),
+            Local::ClientId => Resp::int(self.me.shown_id() as i64),
             Local::ClientGetName => match &self.me.state.lock().unwrap().name {
                 Some(n) => Resp::bulk(n),
                 None => resp.null(),
@@ -485,7 +485,7 @@ impl Session {
             Resp::put_bulk(&mut out, k.as_bytes());
             match (k, v) {
                 ("proto", _) => out.extend_from_slice(&Resp::int(protover as i64)),
-                ("id", _) => out.extend_from_slice(&Resp::int(self.me.id as i64)),
+                ("id", _) => out.extend_from_slice(&Resp::int(self.me.shown_id() as i64)),
                 (_, Some(v)) => Resp::put_bulk(&mut out, v.as_bytes()),
                 _ => {}
             }
@@ -543,7 +543,7 @@ impl Session {
         let now = Instant::now();
         let mut text = String::new();
         for c in self.ctx.clients.of_tenant(self.tenant_id()) {
-            if ids.as_ref().is_some_and(|ids| !ids.contains(&c.id)) {
+            if ids.as_ref().is_some_and(|ids| !ids.contains(&c.shown_id())) {
                 continue;
             }
             if let Some(k) = &kind {
@@ -610,7 +610,7 @@ impl Session {
                 continue;
             }
             let hit = filters.iter().all(|(k, v)| match k.as_slice() {
-                b"id" => v.parse() == Ok(c.id),
+                b"id" => v.parse() == Ok(c.shown_id()),
                 b"addr" => c.addr.to_string() == *v,
                 b"laddr" => c.laddr.to_string() == *v,
                 b"user" => c.tenant_is(v),
@@ -666,8 +666,7 @@ impl Session {
         let upstream_id = self
             .ctx
             .clients
-            .get(target)
-            .filter(|c| c.tenant_is(self.tenant_id()))
+            .get_shown(self.tenant_id(), target)
             .map(|c| c.upstream_id.load(std::sync::atomic::Ordering::Relaxed))
             .unwrap_or(0);
         if upstream_id == 0 {

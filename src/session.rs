@@ -1210,7 +1210,15 @@ impl Session {
     pub(crate) fn set_tenant(&mut self, tenant: Arc<Tenant>) {
         self.hand_over_tally();
         tracing::Span::current().record("tenant", tenant.id.as_str());
-        self.me.state.lock().unwrap().tenant = Some(tenant.id.clone());
+        let mut state = self.me.state.lock().unwrap();
+        if state.tenant.as_ref() != Some(&tenant.id) {
+            // A connection keeps its number while it stays with one tenant.
+            self.me
+                .shown_id
+                .store(tenant.number_client(), std::sync::atomic::Ordering::Relaxed);
+            state.tenant = Some(tenant.id.clone());
+        }
+        drop(state);
         self.tenant = Some(tenant);
     }
 

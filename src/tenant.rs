@@ -1,6 +1,7 @@
 //! A tenant as the rest of the pipeline sees it: its id, the key prefix every one of its keys
 //! and channels lives under, and what it may do.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,6 +25,8 @@ pub struct Tenant {
     pub publisher: bool,
     /// Its commands, hits, bytes and latencies on this instance.
     pub stats: Arc<TenantStats>,
+    /// The last connection number given out (CLIENT ID counts per tenant).
+    pub clients_numbered: AtomicU64,
 }
 
 impl Tenant {
@@ -36,7 +39,13 @@ impl Tenant {
             shared: Arc::new([]),
             publisher: false,
             stats: Arc::default(),
+            clients_numbered: AtomicU64::new(0),
         }
+    }
+
+    /// The number of the tenant's next connection, as CLIENT ID shows it.
+    pub fn number_client(&self) -> u64 {
+        self.clients_numbered.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Is `key` (as the tenant wrote it) a shared key?

@@ -281,3 +281,43 @@ async fn a_key_too_long_once_prefixed_never_reaches_redis() {
     assert_eq!(a.cmd(&["SET", &key, "1"]).await, "+OK\r\n");
     assert_eq!(v.cmd(&["GET", "n"]).await, "$2\r\n50\r\n");
 }
+
+#[tokio::test]
+async fn other_tenants_activity_does_not_show() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&config(&redis, "")).await;
+    let mut busy = Vec::new();
+    for _ in 0..5 {
+        let mut v = proxy.raw_as("v", "pv").await;
+        assert_eq!(v.cmd(&["HSET", "h", "f", "1"]).await.len(), 4);
+        busy.push(v);
+    }
+    let mut a = proxy.raw_as("a", "pa").await;
+    // Connection numbers count per tenant: a's first is 1 whatever v has open.
+    assert_eq!(a.cmd(&["CLIENT", "ID"]).await, ":1\r\n");
+    let mut a2 = proxy.raw_as("a", "pa").await;
+    assert_eq!(a2.cmd(&["CLIENT", "ID"]).await, ":2\r\n");
+    assert!(a2
+        .cmd(&["CLIENT", "KILL", "ID", "1"])
+        .await
+        .starts_with(":1"));
+    assert!(a.closed().await);
+    assert_eq!(a2.cmd(&["SET", "k", "1"]).await, "+OK\r\n");
+    let info = a2.cmd(&["INFO"]).await;
+    assert!(info.contains("redis_version:"), "{info}");
+    assert!(info.contains("maxmemory_policy:"), "{info}");
+    assert_eq!(info_field(&info, "connected_clients"), 1, "{info}");
+    for field in [
+        "used_memory:",
+        "total_net_input_bytes",
+        "rdb_changes",
+        "master_repl_offset",
+    ] {
+        assert!(!info.contains(field), "{field} in {info}");
+    }
+    let all = a2.cmd(&["INFO", "everything"]).await;
+    assert!(all.contains("cmdstat_set:calls=1,"), "{all}");
+    assert!(!all.contains("cmdstat_hset"), "{all}");
+    assert!(!all.contains("used_cpu"), "{all}");
+    assert!(!all.contains("errorstat"), "{all}");
+}

@@ -1,0 +1,126 @@
+//! INFO as a tenant sees it: Redis' own text, with every figure that shows other tenants'
+//! data or activity taken out or replaced by the tenant's own (clients, stats, command
+//! counts); what clients and libraries read to learn about the server (version, mode,
+//! `maxmemory_policy`, `loading`, `role`) stays as Redis says it.
+
+use std::fmt::Write;
+
+/// What becomes of one INFO section.
+enum Scope {
+    /// Redis' lines as they are: nothing in them depends on other tenants.
+    Keep,
+    /// Only the lines whose field starts with one of these.
+    Only(&'static [&'static str]),
+    /// Replaced by the tenant's own figures.
+    Tenant,
+    /// Left out: every line speaks of the whole server's traffic.
+    Drop,
+}
+
+/// Sections by header (`# Memory`), as Redis 7 names them; an unknown section is dropped.
+const SECTIONS: &[(&str, Scope)] = &[
+    ("Server", Scope::Keep),
+    ("Clients", Scope::Tenant),
+    ("Memory", Scope::Only(&["maxmemory", "mem_allocator"])),
+    ("Persistence", Scope::Only(&["loading", "async_loading"])),
+    ("Stats", Scope::Tenant),
+    ("Replication", Scope::Only(&["role"])),
+    ("CPU", Scope::Drop),
+    ("Modules", Scope::Keep),
+    ("Commandstats", Scope::Tenant),
+    ("Errorstats", Scope::Drop),
+    ("Latencystats", Scope::Drop),
+    ("Cluster", Scope::Keep),
+    ("Keyspace", Scope::Drop),
+];
+
+/// The tenant's own figures, for the sections it replaces.
+#[derive(Debug, Default)]
+pub struct Figures {
+    /// Its connections to this instance.
+    pub connections: usize,
+    pub hits: u64,
+    pub misses: u64,
+    /// Calls, failed calls and refused calls, by command name.
+    pub commands: Vec<(String, u64, u64, u64)>,
+}
+
+/// Redis' INFO text, scoped to the tenant whose `figures` these are.
+pub fn scope(text: &str, figures: &Figures) -> String {
+    let mut out = String::with_capacity(text.len());
+    for section in text.split("\r\n\r\n").filter(|s| !s.trim().is_empty()) {
+        let mut lines = section.lines();
+        let Some(header) = lines.next() else { continue };
+        let name = header.trim_start_matches('#').trim();
+        let scope = SECTIONS
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map_or(&Scope::Drop, |(_, s)| s);
+        let body = match scope {
+            Scope::Keep => lines.map(|l| format!("{l}\r\n")).collect(),
+            Scope::Only(fields) => lines
+                .filter(|l| fields.iter().any(|f| l.starts_with(f)))
+                .map(|l| format!("{l}\r\n"))
+                .collect(),
+            Scope::Tenant => tenant_section(name, figures),
+            Scope::Drop => continue,
+        };
+        if !out.is_empty() {
+            out.push_str("\r\n");
+        }
+        let _ = write!(out, "{header}\r\n{body}");
+    }
+    out
+}
+
+fn tenant_section(name: &str, f: &Figures) -> String {
+    let mut out = String::new();
+    match name.to_ascii_lowercase().as_str() {
+        "clients" => {
+            let _ = write!(out, "connected_clients:{}\r\n", f.connections);
+        }
+        "stats" => {
+            let calls: u64 = f.commands.iter().map(|c| c.1).sum();
+            let _ = write!(
+                out,
+                "total_commands_processed:{calls}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n",
+                f.hits, f.misses
+            );
+        }
+        _ => {
+            for (cmd, calls, failed, rejected) in &f.commands {
+                let _ = write!(
+                    out,
+                    "cmdstat_{cmd}:calls={calls},rejected_calls={rejected},failed_calls={failed}\r\n"
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_tenants_figures_are_left_out() {
+        let redis = "# Server\r\nredis_version:7.0.15\r\n\r\n# Clients\r\nconnected_clients:93\r\n\
+                     \r\n# Memory\r\nused_memory:123456\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\
+                     \r\n# Stats\r\ntotal_commands_processed:99999\r\n\r\n# CPU\r\nused_cpu_sys:1\r\n\
+                     \r\n# Commandstats\r\ncmdstat_get:calls=777\r\n\r\n# Keyspace\r\ndb0:keys=5000\r\n";
+        let f = Figures {
+            connections: 2,
+            hits: 3,
+            misses: 1,
+            commands: vec![("get".into(), 4, 1, 0)],
+        };
+        assert_eq!(
+            scope(redis, &f),
+            "# Server\r\nredis_version:7.0.15\r\n\r\n# Clients\r\nconnected_clients:2\r\n\
+             \r\n# Memory\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\
+             \r\n# Stats\r\ntotal_commands_processed:4\r\nkeyspace_hits:3\r\nkeyspace_misses:1\r\n\
+             \r\n# Commandstats\r\ncmdstat_get:calls=4,rejected_calls=0,failed_calls=1\r\n"
+        );
+    }
+}
