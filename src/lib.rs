@@ -9,11 +9,13 @@
 //!                   └─▶ session (one task per connection; the loop)
 //!                         protocol   decode RESP / inline requests, limits
 //!                         auth       AUTH / HELLO / JWT / default tenant → Tenant
-//!                         command    table generated from Redis' own key specs
+//!                         command    table generated from Redis' own key specs; grammar:
+//!                                    keys of SORT/GEORADIUS/XREAD as the commands parse them
 //!                         local      commands respite answers itself (AUTH, CLIENT, SELECT, ...)
 //!                         keyspace   tenant-wide DBSIZE, RANDOMKEY, FLUSHDB, INFO keyspace
 //!                         policy     what a tenant may not run (-NOPERM)
-//!                         rewrite    keys, channels, patterns → tenant:<id>:...
+//!                         rewrite    keys, channels, patterns → tenant:<id>:...; a last
+//!                                    guard: no key leaves outside the namespace
 //!                         quota      byte quotas: charge writes, refuse past the limit (-OOM)
 //!                         shared     GET of shared:market:* from an in-proxy cache (L1,
 //!                                    single flight, Redis, HTTP origin)
@@ -27,9 +29,10 @@
 //! Modules, in the order a request meets them: [`server`], [`session`], [`protocol`],
 //! [`auth`] (with [`tenant`]), [`command`], [`local`], [`keyspace`], [`policy`], [`rewrite`],
 //! [`quota`], [`shared`], [`upstream`], [`reply`], [`error`]; [`config`] is the TOML file,
-//! [`clients`] the registry of connections behind CLIENT LIST/KILL, [`metrics`] the
-//! per-tenant figures (rolled up daily into Redis by [`billing`]), [`admin`] the HTTP
-//! endpoints for operators (/healthz, /readyz, /metrics).
+//! [`clients`] the registry of connections behind CLIENT LIST/KILL, [`info`] INFO scoped to
+//! the tenant, [`metrics`] the per-tenant figures (rolled up daily into Redis by
+//! [`billing`]), [`admin`] the HTTP endpoints for operators (/healthz, /readyz, /metrics).
+//! `upstream::Facts` holds the Redis settings that bound what may be forwarded.
 //!
 //! Threads: the binary runs all of this on one thread by default (`server.threads = 1`,
 //! tokio's current-thread scheduler), so a request, the shared upstream task that writes it

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use crate::command::{self, Command, ACL_SCRIPTING, CMD_ADMIN, CMD_WRITE, KS_NOT_KEY, KS_RO};
+use crate::command::{self, Command, ACL_SCRIPTING, CMD_ADMIN, KS_NOT_KEY, KS_RO};
 use crate::error::Error;
 use crate::tenant::Tenant;
 use crate::upstream::Facts;
@@ -54,10 +54,6 @@ const DENY: &[(&str, Option<&str>, &str)] = &[
         "it turns a connection other tenants share into a Lua debugger session",
     ),
 ];
-
-/// Commands that change a key their key specs call read-only: XREADGROUP moves entries into
-/// the consumer group's pending list and creates consumers.
-const WRITES_READ_KEYS: &[&[u8]] = &[b"xreadgroup"];
 
 /// Redis `admin` commands a tenant may still run: they only affect its own connection.
 const ADMIN_ALLOWED: &[(&str, &str)] = &[("client", "no-evict")];
@@ -115,10 +111,7 @@ fn writes_shared(cmd: &Command, args: &[Bytes], tenant: &Tenant) -> bool {
     }
     // By the keys' own flags, not the command's: PFCOUNT is a "read" that writes its cache
     // into the HyperLogLog (its key is RW).
-    let all_written = cmd.in_category(ACL_SCRIPTING)
-        || (cmd.has(CMD_WRITE)
-            && cmd.parent.is_none()
-            && WRITES_READ_KEYS.contains(&cmd.spec.name));
+    let all_written = cmd.in_category(ACL_SCRIPTING) || cmd.writes_read_keys();
     let mut shared_write = false;
     // Key positions that cannot be found are refused later, by rewrite.
     let _ = command::for_each_key(cmd, args, |i, flags| {

@@ -61,6 +61,22 @@ impl Command {
         }
     }
 
+    /// Does it change keys its key specs call read-only? XREADGROUP creates consumers and
+    /// moves entries into the group's pending list of a stream its spec says it only reads.
+    pub fn writes_read_keys(&self) -> bool {
+        self.parent.is_none() && self.spec.name == b"xreadgroup"
+    }
+
+    /// A write Redis does not flag `denyoom` that can still grow what a tenant holds: a
+    /// rename's new name, SMOVE's member in its new set, XREADGROUP's consumer.
+    pub fn grows_without_denyoom(&self) -> bool {
+        self.parent.is_none()
+            && matches!(
+                self.spec.name,
+                b"rename" | b"renamenx" | b"smove" | b"xreadgroup"
+            )
+    }
+
     /// Does the argument count satisfy the command's arity?
     pub fn arity_ok(&self, argc: usize) -> bool {
         let arity = self.spec.arity;

@@ -12,6 +12,9 @@ use super::Own;
 /// How often the settings are read again.
 const EVERY: Duration = Duration::from_secs(5);
 
+/// The name respite's own connections carry in Redis' CLIENT LIST.
+pub const OWN_NAME: &str = "respite-own";
+
 /// Redis' own default `proto-max-bulk-len`, assumed until Redis says otherwise.
 const DEFAULT_MAX_BULK: usize = 512 * 1024 * 1024;
 
@@ -53,12 +56,18 @@ impl Facts {
     pub async fn refresh(&self, own: &Own) {
         let read = own
             .run(async |c| {
-                deadpool_redis::redis::cmd("CONFIG")
+                let ((), pairs) = deadpool_redis::redis::pipe()
+                    // respite's own connection says so in Redis' CLIENT LIST.
+                    .cmd("CLIENT")
+                    .arg("SETNAME")
+                    .arg(OWN_NAME)
+                    .cmd("CONFIG")
                     .arg("GET")
                     .arg("sanitize-dump-payload")
                     .arg("proto-max-bulk-len")
-                    .query_async::<Vec<String>>(c)
-                    .await
+                    .query_async::<((), Vec<String>)>(c)
+                    .await?;
+                Ok(pairs)
             })
             .await;
         let pairs = match read {

@@ -35,7 +35,9 @@ async fn memory_of(redis: &Redis, prefix: &str) -> i64 {
             .await
             .unwrap();
         for k in keys {
-            let size: Option<i64> = q(&mut d, &["MEMORY", "USAGE", &k]).await.unwrap();
+            let size: Option<i64> = q(&mut d, &["MEMORY", "USAGE", &k, "SAMPLES", "0"])
+                .await
+                .unwrap();
             total += size.unwrap_or(0);
         }
         if next == 0 {
@@ -477,4 +479,64 @@ async fn fifty_connections_through_two_instances_stay_within_the_limit() {
         held >= limit * 9 / 10,
         "refused too early: holds {held} of {limit}"
     );
+}
+
+/// Quota escapes a hostile tenant tried: a collection whose sampled size hides its few huge
+/// members, and writes Redis does not flag `denyoom` (a rename, SMOVE, a new stream consumer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_collections_and_moves_are_charged() {
+    let redis = Redis::start();
+    let mut d = redis.direct().await;
+    // Tenant a is over its quota with data already in Redis.
+    let () = q(&mut d, &["SET", "tenant:a:big", &"x".repeat(200_000)])
+        .await
+        .unwrap();
+    let () = q(&mut d, &["SADD", "tenant:a:s", "member"]).await.unwrap();
+    let _: String = q(&mut d, &["XADD", "tenant:a:st", "1-1", "f", "v"])
+        .await
+        .unwrap();
+    let () = q(&mut d, &["XGROUP", "CREATE", "tenant:a:st", "g", "0"])
+        .await
+        .unwrap();
+    let proxy = Proxy::start_config(&quota_config(&redis, 100_000, 0, 500)).await;
+
+    // Many small members, then a few big ones: sampling 5 members would count ~1% of it.
+    let mut b = proxy.client("b", "pb").await;
+    let small: Vec<String> = (0..2000).map(|i| format!("m{i}")).collect();
+    let mut zadd = vec!["ZADD", "z"];
+    for m in &small {
+        zadd.push("1");
+        zadd.push(m);
+    }
+    let _: i64 = q(&mut b, &zadd).await.unwrap();
+    let big = "x".repeat(60_000);
+    for i in 0..4 {
+        let member = format!("{i}{big}");
+        let _: i64 = q(&mut b, &["ZADD", "z", "2", &member]).await.unwrap();
+    }
+    let used = usage_settles(&redis, &mut b, "tenant:b:").await;
+    assert!(used > 240_000, "the big members count: {used}");
+
+    let mut a = proxy.client("a", "pa").await;
+    reconciled(&mut a, 0).await;
+    assert!(tenant_figure(&mut a, "over_quota_bytes").await > 100_000);
+    let long_name = "n".repeat(50_000);
+    for cmd in [
+        vec!["RENAME", "big", &long_name],
+        vec!["RENAMENX", "s", &long_name],
+        vec!["SMOVE", "s", &long_name, "member"],
+        vec!["XREADGROUP", "GROUP", "g", &long_name, "STREAMS", "st", ">"],
+    ] {
+        let r: redis::RedisResult<redis::Value> = q(&mut a, &cmd).await;
+        assert_eq!(r.unwrap_err().code(), Some("OOM"), "{}", cmd[0]);
+    }
+    // Nothing moved; reads and deletes still work.
+    let consumers: Vec<redis::Value> = q(&mut d, &["XINFO", "CONSUMERS", "tenant:a:st", "g"])
+        .await
+        .unwrap();
+    assert!(consumers.is_empty());
+    let n: i64 = q(&mut a, &["SCARD", "s"]).await.unwrap();
+    assert_eq!(n, 1);
+    let n: i64 = q(&mut a, &["DEL", "big"]).await.unwrap();
+    assert_eq!(n, 1);
 }
