@@ -168,6 +168,18 @@ enum Growth {
     CopyOf(Vec<Source>, u64),
 }
 
+impl WriteCost {
+    /// `bytes` more for a write already admitted, whose keys its first charge names: what
+    /// Redis measured beyond the estimate (RESTORE's payload is compressed).
+    pub fn more(bytes: u64) -> WriteCost {
+        WriteCost {
+            keys: Keys::None,
+            growth: Growth::Bytes(bytes),
+            expires_in: None,
+        }
+    }
+}
+
 /// A key a write copies from: the tenant's own (`mine`, named in Redis behind its prefix)
 /// or a shared key.
 #[derive(Debug, PartialEq, Eq)]
@@ -655,6 +667,11 @@ pub struct Written {
 }
 
 impl Written {
+    /// The bytes charged for it so far.
+    pub fn charged(&self) -> u64 {
+        self.charged
+    }
+
     fn new(cost: WriteCost, charged: u64) -> Written {
         Written {
             keys: cost.keys,

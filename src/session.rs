@@ -478,8 +478,88 @@ impl Session {
                         }
                     },
                 };
+                if top == b"restore" && self.multi.is_none() {
+                    return self.restore(fwd, written).await;
+                }
                 self.forward(fwd, top, Some(written)).await?;
                 self.unpublish().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// RESTORE under a quota, charged by what Redis holds after it rather than by its
+    /// payload (compressed, so a 1 MiB payload can hold tens of MiB): run over respite's own
+    /// connection once every earlier reply is in, measured exactly, and deleted again with
+    /// `-OOM` when the measured size does not fit. (Inside MULTI it is queued like any write
+    /// and measured with the next flush.)
+    async fn restore(&mut self, fwd: Forward, mut written: Written) -> Result<(), End> {
+        self.drain().await?;
+        let (Some(quotas), Some(ledger)) = (
+            self.ctx.quotas.clone(),
+            self.tenant.as_ref().and_then(|t| t.ledger.clone()),
+        ) else {
+            return self.forward(fwd, b"restore", Some(written)).await;
+        };
+        written.keys.clone_from(&fwd.args);
+        let key = rewrite::namespaced(&self.prefix(), &fwd.args[1]);
+        let restored = self
+            .ctx
+            .own
+            .run(async |c| {
+                let mut restore = deadpool_redis::redis::cmd("RESTORE");
+                restore.arg(&key[..]);
+                for a in &fwd.args[2..] {
+                    restore.arg(&a[..]);
+                }
+                let () = restore.query_async(c).await?;
+                deadpool_redis::redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(&key[..])
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query_async::<Option<u64>>(c)
+                    .await
+            })
+            .await;
+        let outcome = match restored {
+            Ok(size) => {
+                let extra = size.unwrap_or(0).saturating_sub(written.charged());
+                match quotas.admit(&ledger, WriteCost::more(extra)).await {
+                    Ok(more) => {
+                        self.account.add(more);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Over the quota once measured: the key goes again.
+                        let _ = self
+                            .ctx
+                            .own
+                            .run(async |c| {
+                                deadpool_redis::redis::cmd("DEL")
+                                    .arg(&key[..])
+                                    .query_async::<i64>(c)
+                                    .await
+                            })
+                            .await;
+                        Err(e)
+                    }
+                }
+            }
+            Err(crate::upstream::OwnError::Redis(e)) if e.code().is_some() => Err(Error::Redis(
+                format!("{} {}", e.code().unwrap_or("ERR"), e.detail().unwrap_or("")),
+            )),
+            Err(e) => Err(Error::Upstream(UpstreamError::Bookkeeping(e.to_string()))),
+        };
+        self.account.add(written);
+        match outcome {
+            Ok(()) => {
+                self.answer(crate::protocol::Resp::ok());
+                self.count(Outcome::Ok, None);
+            }
+            Err(e) => {
+                self.refuse(e);
+                self.count(Outcome::Refused, None);
             }
         }
         Ok(())

@@ -540,3 +540,51 @@ async fn skewed_collections_and_moves_are_charged() {
     let n: i64 = q(&mut a, &["DEL", "big"]).await.unwrap();
     assert_eq!(n, 1);
 }
+
+/// RESTORE's payload is compressed: 8 MiB of one byte dumps to under 100 KB. It is charged
+/// by what Redis holds after it, and removed again when that does not fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_is_charged_by_what_redis_holds_after_it() {
+    let redis = Redis::start_with(&["--sanitize-dump-payload", "yes"]);
+    let proxy = Proxy::start_config(&quota_config(&redis, 1 << 20, 0, 60_000)).await;
+    let mut b = proxy.client("b", "pb").await;
+    let () = q(&mut b, &["SET", "big", &"x".repeat(8 << 20)])
+        .await
+        .unwrap();
+    let () = q(&mut b, &["SET", "small", "hello"]).await.unwrap();
+    let dump = |key: &'static str| {
+        let mut b = b.clone();
+        async move {
+            redis::cmd("DUMP")
+                .arg(key)
+                .query_async::<Vec<u8>>(&mut b)
+                .await
+                .unwrap()
+        }
+    };
+    let (big, small) = (dump("big").await, dump("small").await);
+    assert!(big.len() < 200_000, "compressed: {}", big.len());
+
+    let mut a = proxy.client("a", "pa").await;
+    let restore = |key: &'static str, payload: Vec<u8>| {
+        let mut a = a.clone();
+        async move {
+            redis::cmd("RESTORE")
+                .arg(key)
+                .arg(0)
+                .arg(payload)
+                .query_async::<String>(&mut a)
+                .await
+        }
+    };
+    let e = restore("k", big).await.unwrap_err();
+    assert_eq!(e.code(), Some("OOM"), "{e}");
+    assert!(!redis.keys().await.contains(&"tenant:a:k".to_string()));
+    assert_eq!(restore("s", small.clone()).await.unwrap(), "OK");
+    let e = restore("s", small).await.unwrap_err();
+    assert_eq!(e.code(), Some("BUSYKEY"), "{e}");
+    let got: String = q(&mut a, &["GET", "s"]).await.unwrap();
+    assert_eq!(got, "hello");
+    let used = usage_settles(&redis, &mut a, "tenant:a:").await;
+    assert!(used < 1 << 20, "{used}");
+}
