@@ -36,6 +36,7 @@ impl Session {
     pub(crate) async fn keyspace(&mut self, local: Local) -> Bytes {
         let result = match local {
             Local::DbSize => self.count_keys().await.map(|n| Resp::int(n as i64)),
+            Local::Keys(pattern) => self.keys(&pattern).await,
             Local::RandomKey => self.random_key().await,
             Local::Flush { lazy } => self.flush(lazy).await.map(|_| Resp::ok()),
             Local::Info(sections) => self.info(&sections).await,
@@ -50,8 +51,17 @@ impl Session {
     /// names them.
     async fn scan_step(&mut self, cursor: &[u8]) -> Result<(Bytes, Vec<Bytes>), UpstreamError> {
         let pattern = all_keys(&self.tenant.as_ref().expect("authenticated").prefix);
+        self.scan_matching(cursor, &pattern).await
+    }
+
+    /// One SCAN step over the keys that match `pattern` (a pattern as Redis sees it).
+    async fn scan_matching(
+        &mut self,
+        cursor: &[u8],
+        pattern: &[u8],
+    ) -> Result<(Bytes, Vec<Bytes>), UpstreamError> {
         let frame = self
-            .call(&[b"SCAN", cursor, b"MATCH", &pattern, b"COUNT", SCAN_COUNT])
+            .call(&[b"SCAN", cursor, b"MATCH", pattern, b"COUNT", SCAN_COUNT])
             .await?;
         let bad = || UpstreamError::Protocol("unexpected SCAN reply".into());
         let elems = frame.elements().ok_or_else(bad)?;
@@ -103,6 +113,29 @@ impl Session {
             }
             cursor = next;
         }
+    }
+
+    /// KEYS `pattern` within the namespace, as SCAN steps: each key once (SCAN may return a
+    /// key twice), in no particular order (as KEYS), named as the tenant names it.
+    async fn keys(&mut self, pattern: &[u8]) -> Result<Bytes, UpstreamError> {
+        let prefix = self.tenant.as_ref().expect("authenticated").prefix.clone();
+        let pattern = crate::rewrite::namespaced(&prefix, pattern);
+        let mut found = std::collections::HashSet::new();
+        let mut cursor = Bytes::from_static(b"0");
+        loop {
+            let (next, batch) = self.scan_matching(&cursor, &pattern).await?;
+            found.extend(batch);
+            if &next[..] == b"0" {
+                break;
+            }
+            cursor = next;
+        }
+        let mut out = bytes::BytesMut::new();
+        Resp::put_array_len(&mut out, found.len());
+        for k in &found {
+            Resp::put_bulk(&mut out, &k[prefix.len()..]);
+        }
+        Ok(out.freeze())
     }
 
     async fn count_keys(&mut self) -> Result<u64, UpstreamError> {

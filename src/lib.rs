@@ -12,7 +12,7 @@
 //!                         command    table generated from Redis' own key specs; grammar:
 //!                                    keys of SORT/GEORADIUS/XREAD as the commands parse them
 //!                         local      commands respite answers itself (AUTH, CLIENT, SELECT, ...)
-//!                         keyspace   tenant-wide DBSIZE, RANDOMKEY, FLUSHDB, INFO keyspace
+//!                         keyspace   tenant-wide DBSIZE, KEYS, RANDOMKEY, FLUSHDB, INFO
 //!                         policy     what a tenant may not run (-NOPERM)
 //!                         rewrite    keys, channels, patterns → tenant:<id>:...; a last
 //!                                    guard: no key leaves outside the namespace

@@ -1,7 +1,7 @@
 //! Commands respite answers itself, because their answer depends on the tenant or on the
 //! client connection rather than on Redis: AUTH, HELLO, SELECT, QUIT, RESET, the CLIENT
 //! subcommands about connections, PUBSUB NUMPAT, and (in `keyspace`) the tenant-wide
-//! DBSIZE, RANDOMKEY, FLUSHDB/FLUSHALL and INFO keyspace.
+//! DBSIZE, KEYS, RANDOMKEY, FLUSHDB/FLUSHALL and INFO.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,6 +43,9 @@ pub enum Local {
     ClientUnblock(Vec<Bytes>),
     PubsubNumpat,
     DbSize,
+    /// KEYS, answered from paced SCAN steps: one KEYS would hold Redis for a walk of every
+    /// tenant's keys.
+    Keys(Bytes),
     RandomKey,
     Flush {
         lazy: bool,
@@ -147,6 +150,7 @@ pub fn recognize(
                 }
                 (b"pubsub", Some(b"numpat")) => Local::PubsubNumpat,
                 (b"dbsize", _) => Local::DbSize,
+                (b"keys", _) => Local::Keys(a[1].clone()),
                 (b"randomkey", _) => Local::RandomKey,
                 (b"flushdb" | b"flushall", _) => match a.len() {
                     1 => Local::Flush { lazy: false },
@@ -166,7 +170,7 @@ fn is_local_name(name: &[u8], sub: Option<&[u8]>) -> bool {
     matches!(
         (name, sub),
         (
-            b"select" | b"dbsize" | b"randomkey" | b"flushdb" | b"flushall" | b"info",
+            b"select" | b"dbsize" | b"keys" | b"randomkey" | b"flushdb" | b"flushall" | b"info",
             _
         ) | (
             b"client",
@@ -301,7 +305,11 @@ impl Session {
                 self.answer(reply);
             }
             Local::ClientUnblock(args) => self.client_unblock(args).await?,
-            Local::DbSize | Local::RandomKey | Local::Flush { .. } | Local::Info(_) => {
+            Local::DbSize
+            | Local::Keys(_)
+            | Local::RandomKey
+            | Local::Flush { .. }
+            | Local::Info(_) => {
                 self.drain().await?;
                 let reply = self.keyspace(local).await;
                 self.answer(reply);

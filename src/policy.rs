@@ -55,6 +55,16 @@ const DENY: &[(&str, Option<&str>, &str)] = &[
     ),
 ];
 
+/// Counts that size a reply without regard to the data, by (command, argument index): a
+/// negative count to SRANDMEMBER and friends asks for that many elements with repeats, and
+/// Redis builds the whole reply inside one command (`SRANDMEMBER s -9223372036854775807`
+/// holds it for every tenant until it runs out of memory).
+const REPEATING_COUNTS: &[(&str, usize)] =
+    &[("srandmember", 2), ("hrandfield", 2), ("zrandmember", 2)];
+
+/// The most elements such a count may ask for: respite's own limit on a request's array.
+const MAX_REPEATING_COUNT: i64 = 1024 * 1024;
+
 /// Redis `admin` commands a tenant may still run: they only affect its own connection.
 const ADMIN_ALLOWED: &[(&str, &str)] = &[("client", "no-evict")];
 
@@ -93,6 +103,17 @@ pub fn check(cmd: &Command, args: &[Bytes], tenant: &Tenant, facts: &Facts) -> R
         return Err(noperm(
             "shared keys are read-only (only a publisher tenant writes them)",
         ));
+    }
+    for (n, i) in REPEATING_COUNTS {
+        let count = args
+            .get(*i)
+            .and_then(|c| crate::command::grammar::redis_int(c));
+        if n.as_bytes() == name && count.is_some_and(|c| c < -MAX_REPEATING_COUNT) {
+            return Err(Error::Unsupported(format!(
+                "value is out of range: respite allows counts down to -{MAX_REPEATING_COUNT}, \
+                 a larger reply would hold the Redis every tenant shares"
+            )));
+        }
     }
     match name {
         b"copy" => check_copy(args),

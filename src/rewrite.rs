@@ -112,6 +112,7 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
             reply(Shape::Scan)
         }
         (None, b"keys") => {
+            // Outside MULTI `keyspace` answers KEYS in SCAN steps; inside, Redis runs it.
             marks.set_from(1, args.len());
             reply(Shape::Keys)
         }
@@ -259,7 +260,12 @@ pub fn key_error(cmd: &Command, e: KeyError) -> Error {
     }
 }
 
+/// The most keys one SCAN step may visit: a step walks every tenant's keys, all within one
+/// Redis command. COUNT is only a hint in Redis, so a smaller one changes no answer.
+const SCAN_COUNT_MAX: i64 = 10_000;
+
 /// SCAN's MATCH pattern moves into the namespace; without one, the namespace is the pattern.
+/// A COUNT above [`SCAN_COUNT_MAX`] is lowered to it.
 fn scan_match(args: &mut Vec<Bytes>, options_from: usize, marks: &mut Marks) {
     let mut found = false;
     let mut i = options_from;
@@ -267,6 +273,10 @@ fn scan_match(args: &mut Vec<Bytes>, options_from: usize, marks: &mut Marks) {
         if args[i].eq_ignore_ascii_case(b"match") {
             marks.set(i + 1);
             found = true;
+        }
+        let count = args[i].eq_ignore_ascii_case(b"count");
+        if count && command::grammar::redis_int(&args[i + 1]).is_some_and(|n| n > SCAN_COUNT_MAX) {
+            args[i + 1] = Bytes::from(SCAN_COUNT_MAX.to_string());
         }
         i += 2;
     }
@@ -382,6 +392,10 @@ mod tests {
             "SCAN 0 MATCH tenant:a:u* COUNT 5"
         );
         assert_eq!(line(&rw("KEYS *")), "KEYS tenant:a:*");
+        assert_eq!(
+            line(&rw("SCAN 0 COUNT 1000000000")),
+            "SCAN 0 COUNT 10000 MATCH tenant:a:*"
+        );
         assert_eq!(line(&rw("PUBLISH c m")), "PUBLISH tenant:a:c m");
         let s = rw("SUBSCRIBE c d");
         assert_eq!(line(&s), "SUBSCRIBE tenant:a:c tenant:a:d");

@@ -654,8 +654,11 @@ impl Session {
                 _ => Action::Refuse(Error::NoAuth),
             };
         };
-        if let Some(l) = local {
-            return Action::Local(l);
+        match local {
+            // Inside MULTI, KEYS is queued in Redis like any command, its pattern namespaced.
+            Some(Local::Keys(_)) if self.multi.is_some() => {}
+            Some(l) => return Action::Local(l),
+            None => {}
         }
         let cmd = match looked_up {
             Ok(cmd) => cmd,

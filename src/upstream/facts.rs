@@ -15,8 +15,10 @@ const EVERY: Duration = Duration::from_secs(5);
 /// The name respite's own connections carry in Redis' CLIENT LIST.
 pub const OWN_NAME: &str = "respite-own";
 
-/// Redis' own default `proto-max-bulk-len`, assumed until Redis says otherwise.
+/// Redis' own defaults of `proto-max-bulk-len` and `client-query-buffer-limit`, assumed
+/// until Redis says otherwise.
 const DEFAULT_MAX_BULK: usize = 512 * 1024 * 1024;
+const DEFAULT_QUERY_BUFFER: usize = 1024 * 1024 * 1024;
 
 const UNKNOWN: u8 = 0;
 const NO: u8 = 1;
@@ -32,6 +34,10 @@ pub struct Facts {
     /// `proto-max-bulk-len`: the longest argument Redis accepts. A longer one makes Redis
     /// close the connection, and with it every tenant's requests on a shared connection.
     max_bulk: AtomicUsize,
+    /// `client-query-buffer-limit`: what Redis holds of a connection's unread requests before
+    /// it closes the connection; an argument may take at most half of it, the rest being the
+    /// other tenants' requests read along with it.
+    query_buffer: AtomicUsize,
 }
 
 impl Default for Facts {
@@ -39,6 +45,7 @@ impl Default for Facts {
         Facts {
             dumps: AtomicU8::new(UNKNOWN),
             max_bulk: AtomicUsize::new(DEFAULT_MAX_BULK),
+            query_buffer: AtomicUsize::new(DEFAULT_QUERY_BUFFER),
         }
     }
 }
@@ -48,8 +55,10 @@ impl Facts {
         self.dumps.load(Ordering::Relaxed) == YES
     }
 
+    /// The longest argument Redis takes without closing the connection it came on.
     pub fn max_bulk(&self) -> usize {
-        self.max_bulk.load(Ordering::Relaxed)
+        let bulk = self.max_bulk.load(Ordering::Relaxed);
+        bulk.min(self.query_buffer.load(Ordering::Relaxed) / 2)
     }
 
     /// Reads the settings once; on failure (Redis away, CONFIG renamed) the last ones stand.
@@ -65,6 +74,7 @@ impl Facts {
                     .arg("GET")
                     .arg("sanitize-dump-payload")
                     .arg("proto-max-bulk-len")
+                    .arg("client-query-buffer-limit")
                     .query_async::<((), Vec<String>)>(c)
                     .await?;
                 Ok(pairs)
@@ -97,6 +107,11 @@ impl Facts {
                 ("proto-max-bulk-len", Some(v)) => {
                     if let Ok(n) = v.parse() {
                         self.max_bulk.store(n, Ordering::Relaxed);
+                    }
+                }
+                ("client-query-buffer-limit", Some(v)) => {
+                    if let Ok(n) = v.parse() {
+                        self.query_buffer.store(n, Ordering::Relaxed);
                     }
                 }
                 _ => {}

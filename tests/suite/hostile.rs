@@ -321,3 +321,59 @@ async fn other_tenants_activity_does_not_show() {
     assert!(!all.contains("used_cpu"), "{all}");
     assert!(!all.contains("errorstat"), "{all}");
 }
+
+#[tokio::test]
+async fn no_single_command_holds_the_shared_redis() {
+    let redis = Redis::start_with(&["--client-query-buffer-limit", "1mb"]);
+    let proxy = Proxy::start_config(&config(&redis, "")).await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["SADD", "s", "x"]).await, ":1\r\n");
+    assert_eq!(a.cmd(&["HSET", "h", "f", "v"]).await, ":1\r\n");
+    assert_eq!(a.cmd(&["ZADD", "z", "1", "m"]).await, ":1\r\n");
+    // A negative count asks for that many elements, repeats allowed, built in one command.
+    for (cmd, key) in [
+        ("SRANDMEMBER", "s"),
+        ("HRANDFIELD", "h"),
+        ("ZRANDMEMBER", "z"),
+    ] {
+        let reply = a.cmd(&[cmd, key, "-9223372036854775807"]).await;
+        assert!(
+            reply.starts_with("-ERR value is out of range: respite allows counts down to -1048576"),
+            "{cmd}: {reply}"
+        );
+        let reply = a.cmd(&[cmd, key, "-3"]).await;
+        assert!(reply.starts_with("*3\r\n"), "{cmd}: {reply}");
+    }
+    // KEYS is answered from paced SCAN steps: the tenant's keys, each once, never a KEYS.
+    let mut v = proxy.raw_as("v", "pv").await;
+    assert_eq!(v.cmd(&["SET", "s2", "x"]).await, "+OK\r\n");
+    let keys = a.cmd(&["KEYS", "[sz]*"]).await;
+    assert!(keys.starts_with("*2\r\n"), "{keys}");
+    assert!(
+        keys.contains("$1\r\ns\r\n") && keys.contains("$1\r\nz\r\n"),
+        "{keys}"
+    );
+    assert_eq!(a.cmd(&["KEYS", "nothing*"]).await, "*0\r\n");
+    let mut d = redis.direct().await;
+    let stats: String = q(&mut d, &["INFO", "commandstats"]).await.unwrap();
+    assert!(!stats.contains("cmdstat_keys"), "{stats}");
+    // A SCAN step visits at most 10,000 keys, whatever COUNT says: still a valid SCAN.
+    let scan = a.cmd(&["SCAN", "0", "COUNT", "1000000000"]).await;
+    assert!(scan.starts_with("*2\r\n$1\r\n0\r\n*3\r\n"), "{scan}");
+    // Redis closes a connection whose unread requests pass client-query-buffer-limit: an
+    // argument may take half of it at most.
+    let key = "k".repeat(600_000);
+    for i in 0..20 {
+        v.send_cmd(&["INCR", "n"]).await;
+        if i == 10 {
+            a.send_cmd(&["GET", &key]).await;
+        }
+    }
+    assert_eq!(
+        a.reply().await,
+        "-ERR Protocol error: invalid bulk length\r\n"
+    );
+    for i in 1..=20 {
+        assert_eq!(v.reply().await, format!(":{i}\r\n"));
+    }
+}
