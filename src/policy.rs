@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use crate::command::{self, Command, ACL_SCRIPTING, CMD_ADMIN, KS_NOT_KEY, KS_RO};
+use crate::command::{Command, KeyMap, ACL_SCRIPTING, CMD_ADMIN, KS_NOT_KEY, KS_RO};
 use crate::error::Error;
 use crate::tenant::Tenant;
 use crate::upstream::Facts;
@@ -76,7 +76,15 @@ fn names(cmd: &Command) -> (&'static [u8], Option<&'static [u8]>) {
 }
 
 /// Refuses `cmd` with `-NOPERM` (or Redis' own error) when the tenant may not run it.
-pub fn check(cmd: &Command, args: &[Bytes], tenant: &Tenant, facts: &Facts) -> Result<(), Error> {
+/// `keys` is the request's key map, `None` when its keys cannot be found (`rewrite` refuses
+/// it after this, unless a refusal here comes first).
+pub fn check(
+    cmd: &Command,
+    args: &[Bytes],
+    keys: Option<&KeyMap>,
+    tenant: &Tenant,
+    facts: &Facts,
+) -> Result<(), Error> {
     let (name, sub) = names(cmd);
     let noperm = |why: &'static str| Error::NoPerm {
         command: cmd.full_name(),
@@ -99,7 +107,7 @@ pub fn check(cmd: &Command, args: &[Bytes], tenant: &Tenant, facts: &Facts) -> R
             "a script can reach any key; this tenant has allow_scripts = false",
         ));
     }
-    if !tenant.publisher && writes_shared(cmd, args, tenant) {
+    if !tenant.publisher && keys.is_some_and(|k| writes_shared(cmd, args, k, tenant)) {
         return Err(noperm(
             "shared keys are read-only (only a publisher tenant writes them)",
         ));
@@ -126,23 +134,18 @@ pub fn check(cmd: &Command, args: &[Bytes], tenant: &Tenant, facts: &Facts) -> R
 }
 
 /// Would the request write (or, in a script, could it write) a shared key?
-fn writes_shared(cmd: &Command, args: &[Bytes], tenant: &Tenant) -> bool {
+fn writes_shared(cmd: &Command, args: &[Bytes], keys: &KeyMap, tenant: &Tenant) -> bool {
     if tenant.shared.is_empty() {
         return false;
     }
     // By the keys' own flags, not the command's: PFCOUNT is a "read" that writes its cache
     // into the HyperLogLog (its key is RW).
     let all_written = cmd.in_category(ACL_SCRIPTING) || cmd.writes_read_keys();
-    let mut shared_write = false;
-    // Key positions that cannot be found are refused later, by rewrite.
-    let _ = command::for_each_key(cmd, args, |i, flags| {
+    keys.iter().any(|(i, flags)| {
         // A shard channel (NOT_KEY) is never shared, whatever its name.
         let written = flags & KS_NOT_KEY == 0 && (flags & KS_RO == 0 || all_written);
-        if written && tenant.is_shared(&args[i]) {
-            shared_write = true;
-        }
-    });
-    shared_write
+        written && tenant.is_shared(&args[i])
+    })
 }
 
 /// `COPY src dst DB n` writes into another database.
@@ -176,7 +179,14 @@ mod tests {
             .map(|a| Bytes::from(a.to_string()))
             .collect();
         let cmd = lookup(&args).unwrap();
-        check(&cmd, &args, &Tenant::new("a", scripts), &Facts::default())
+        let keys = KeyMap::find(&cmd, &args).ok();
+        check(
+            &cmd,
+            &args,
+            keys.as_ref(),
+            &Tenant::new("a", scripts),
+            &Facts::default(),
+        )
     }
 
     fn noperm(line: &str) -> bool {

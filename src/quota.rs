@@ -47,7 +47,7 @@ use bytes::Bytes;
 use deadpool_redis::redis::{self, Script};
 use tokio_util::sync::CancellationToken;
 
-use crate::command::{self, Command, CMD_DENYOOM, CMD_WRITE, KS_RO};
+use crate::command::{Command, KeyMap, CMD_DENYOOM, CMD_WRITE, KS_RO};
 use crate::config::{Config, QuotaConfig, QuotaLimits};
 use crate::error::{Error, UpstreamError};
 use crate::rewrite::{namespaced, Marks};
@@ -195,6 +195,7 @@ struct Source {
 pub fn cost(
     cmd: &Command,
     args: &[Bytes],
+    keys: &KeyMap,
     prefixed: &Marks,
     prefix_len: usize,
 ) -> Option<WriteCost> {
@@ -205,16 +206,17 @@ pub fn cost(
         return None;
     }
     let prefix_len = prefix_len as u64;
-    match cmd.lone_key().filter(|_| !script) {
-        Some(flags) => lone_key_cost(cmd, args, prefixed, prefix_len, flags),
-        None => walked_cost(cmd, args, prefixed, prefix_len, script),
+    match keys {
+        KeyMap::Lone(flags) if !script => lone_key_cost(cmd, args, prefixed, prefix_len, *flags),
+        _ => keyed_cost(cmd, args, keys, prefixed, prefix_len, script),
     }
 }
 
-/// [`cost`] by the key specs, for any command.
-fn walked_cost(
+/// [`cost`] from the key map, for any command.
+fn keyed_cost(
     cmd: &Command,
     args: &[Bytes],
+    keys_found: &KeyMap,
     prefixed: &Marks,
     prefix_len: u64,
     script: bool,
@@ -240,10 +242,9 @@ fn walked_cost(
     };
     // A script may write any key it declares.
     let all_written = script || cmd.writes_read_keys();
-    command::for_each_key(cmd, args, |i, flags| {
-        take(i, flags & KS_RO == 0 || all_written)
-    })
-    .ok()?;
+    for (i, flags) in keys_found.iter() {
+        take(i, flags & KS_RO == 0 || all_written);
+    }
     if keys.is_empty() {
         // e.g. GEORADIUS without STORE.
         return None;
@@ -268,7 +269,7 @@ fn walked_cost(
 }
 
 /// [`cost`] of a command whose one key is argument 1 (SET, HSET, LPUSH, APPEND, ...): the
-/// common write, without a walk of the key specs.
+/// common write, without a list of keys.
 fn lone_key_cost(
     cmd: &Command,
     args: &[Bytes],
@@ -1339,17 +1340,18 @@ mod tests {
 
     /// A request as respite forwards it for tenant `a` (a publisher of `shared:*`), with
     /// its command.
-    fn forward(line: &str) -> (Command, crate::rewrite::Forward) {
+    fn forward(line: &str) -> (Command, KeyMap, crate::rewrite::Forward) {
         let args: Vec<Bytes> = line
             .split(' ')
             .map(|a| Bytes::from(a.to_string()))
             .collect();
-        let cmd = command::lookup(&args).unwrap();
+        let cmd = crate::command::lookup(&args).unwrap();
         let mut tenant = crate::tenant::Tenant::new("a", true);
         tenant.shared = Arc::new([Bytes::from_static(b"shared:")]);
         tenant.publisher = true;
-        let fwd = crate::rewrite::request(&cmd, args, &tenant).unwrap();
-        (cmd, fwd)
+        let keys = KeyMap::find(&cmd, &args).unwrap();
+        let fwd = crate::rewrite::request(&cmd, args, &keys, &tenant).unwrap();
+        (cmd, keys, fwd)
     }
 
     /// Tenant `a`'s ledger, with a quota and a lease of `granted` bytes.
@@ -1364,12 +1366,12 @@ mod tests {
     }
 
     fn set_cmd() -> Command {
-        command::lookup(&[Bytes::from("SET")]).unwrap()
+        crate::command::lookup(&[Bytes::from("SET")]).unwrap()
     }
 
     fn cost_of(line: &str) -> Option<WriteCost> {
-        let (cmd, fwd) = forward(line);
-        cost(&cmd, &fwd.args, &fwd.prefixed, "tenant:a:".len())
+        let (cmd, keys, fwd) = forward(line);
+        cost(&cmd, &fwd.args, &keys, &fwd.prefixed, "tenant:a:".len())
     }
 
     fn bytes(line: &str) -> u64 {
@@ -1410,12 +1412,20 @@ mod tests {
             "PFADD p a b",
         ];
         for line in lines {
-            let (cmd, fwd) = forward(line);
-            assert!(cmd.lone_key().is_some(), "{line}");
+            let (cmd, keys, fwd) = forward(line);
+            assert!(matches!(keys, KeyMap::Lone(_)), "{line}");
+            let listed = KeyMap::Many(keys.iter().collect());
             let prefix_len = "tenant:a:".len();
             assert_eq!(
-                cost(&cmd, &fwd.args, &fwd.prefixed, prefix_len),
-                walked_cost(&cmd, &fwd.args, &fwd.prefixed, prefix_len as u64, false),
+                cost(&cmd, &fwd.args, &keys, &fwd.prefixed, prefix_len),
+                keyed_cost(
+                    &cmd,
+                    &fwd.args,
+                    &listed,
+                    &fwd.prefixed,
+                    prefix_len as u64,
+                    false
+                ),
                 "{line}"
             );
         }
@@ -1536,8 +1546,17 @@ mod tests {
         let l = leased(100_000);
         let recent = Duration::from_secs(1);
         let mut account = Account::default();
-        let (_, set) = forward("SET k v");
-        let cost = || cost(&set_cmd(), &set.args, &set.prefixed, "tenant:a:".len()).unwrap();
+        let (_, keys, set) = forward("SET k v");
+        let cost = || {
+            cost(
+                &set_cmd(),
+                &set.args,
+                &keys,
+                &set.prefixed,
+                "tenant:a:".len(),
+            )
+            .unwrap()
+        };
         let need = match cost().growth {
             Growth::Bytes(b) => b,
             other => panic!("{other:?}"),
@@ -1571,20 +1590,20 @@ mod tests {
         // A small lease: the spare is a sixteenth of it, under SESSION_SPARE.
         let l = leased(1_000);
         let mut account = Account::default();
-        let (_, small) = forward("SET k v");
+        let (_, keys, small) = forward("SET k v");
         let cmd = set_cmd();
         let recent = Duration::from_secs(1);
         let w = account
             .admit_now(
                 &l,
-                cost(&cmd, &small.args, &small.prefixed, 9).unwrap(),
+                cost(&cmd, &small.args, &keys, &small.prefixed, 9).unwrap(),
                 recent,
             )
             .unwrap();
         assert!(account.allowance > 0);
-        let (_, big) = forward(&format!("SET k {}", "x".repeat(2_000)));
-        let refused =
-            account.admit_now(&l, cost(&cmd, &big.args, &big.prefixed, 9).unwrap(), recent);
+        let (_, keys, big) = forward(&format!("SET k {}", "x".repeat(2_000)));
+        let big_cost = cost(&cmd, &big.args, &keys, &big.prefixed, 9).unwrap();
+        let refused = account.admit_now(&l, big_cost, recent);
         assert!(refused.is_err(), "the lease is short: Redis is asked");
         assert_eq!(account.allowance, 0);
         assert_eq!(l.local.lock().unwrap().charged, w.charged);

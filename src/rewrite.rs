@@ -12,7 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::command::{self, Command, KeyError, CMD_BLOCKING};
+use crate::command::{self, Command, KeyError, KeyMap, CMD_BLOCKING};
 use crate::error::Error;
 use crate::reply::{Shape, SubKind};
 use crate::tenant::Tenant;
@@ -101,7 +101,13 @@ fn reply_shape(name: &[u8]) -> Shape {
 }
 
 /// Rewrites a request the policy has allowed.
-pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<Forward, Error> {
+/// `keys` is the request's key map.
+pub fn request(
+    cmd: &Command,
+    mut args: Vec<Bytes>,
+    keys: &KeyMap,
+    tenant: &Tenant,
+) -> Result<Forward, Error> {
     let mut marks = Marks::default();
     let reply = |shape| Expect::Reply(shape);
     let name = cmd.spec.name;
@@ -134,7 +140,7 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
         }
         (None, b"ssubscribe" | b"sunsubscribe") => {
             // Channels are never shared, whatever their name.
-            mark_keys(cmd, &args, tenant, false, &mut marks)?;
+            mark_keys(&args, keys, tenant, false, &mut marks);
             Expect::Confirm {
                 kind: SubKind::Shard,
                 count: (args.len() > 1).then(|| args.len() - 1),
@@ -157,7 +163,7 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
         }
         (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo),
         (None, b"sort" | b"sort_ro") => {
-            mark_keys(cmd, &args, tenant, true, &mut marks)?;
+            mark_keys(&args, keys, tenant, true, &mut marks);
             // BY and GET patterns name the keys SORT reads: inside the namespace, whatever
             // they say (the substituted part always lands after the prefix).
             let sort =
@@ -171,11 +177,11 @@ pub fn request(cmd: &Command, mut args: Vec<Bytes>, tenant: &Tenant) -> Result<F
         }
         _ => {
             // SPUBLISH's shard channel is a "key" too, but channels are never shared.
-            mark_keys(cmd, &args, tenant, name != b"spublish", &mut marks)?;
+            mark_keys(&args, keys, tenant, name != b"spublish", &mut marks);
             reply(reply_shape(name))
         }
     };
-    guard(cmd, &args, &marks, tenant)?;
+    guard(cmd, &args, keys, &marks, tenant)?;
     Ok(Forward {
         args,
         prefixed: marks,
@@ -191,60 +197,37 @@ pub static GUARD_REFUSALS: std::sync::atomic::AtomicU64 = std::sync::atomic::Ato
 /// tenant's prefix or is a shared key (whose prefixes `config` keeps apart from `tenant:` and
 /// `respite:`). It holds whatever the branches above did; a key that fails it is a bug,
 /// refused, logged and counted, never sent.
-fn guard(cmd: &Command, args: &[Bytes], marks: &Marks, tenant: &Tenant) -> Result<(), Error> {
-    let mut stray = None;
-    let found = command::for_each_key(cmd, args, |i, _| {
-        if !marks.has(i) && !tenant.is_shared(&args[i]) {
-            stray.get_or_insert(i);
-        }
-    });
-    if found.is_ok() && stray.is_none() {
+fn guard(
+    cmd: &Command,
+    args: &[Bytes],
+    keys: &KeyMap,
+    marks: &Marks,
+    tenant: &Tenant,
+) -> Result<(), Error> {
+    let Some((stray, _)) = keys
+        .iter()
+        .find(|&(i, _)| !marks.has(i) && !tenant.is_shared(&args[i]))
+    else {
         return Ok(());
-    }
+    };
     GUARD_REFUSALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::error!(
         tenant = %tenant.id,
         command = %cmd.full_name(),
-        argument = ?stray,
+        argument = stray,
         "bug: a key would leave the tenant's namespace; refused"
     );
     Err(Error::Isolation(cmd.full_name()))
 }
 
 /// Marks every key for the namespace, except (when `shared_ok`) shared keys, which have the
-/// same name for every tenant.
-fn mark_keys(
-    cmd: &Command,
-    args: &[Bytes],
-    tenant: &Tenant,
-    shared_ok: bool,
-    marks: &mut Marks,
-) -> Result<(), Error> {
-    let mut positions = Vec::new();
-    let lone = [1];
-    // Most commands have one key, at argument 1: no list to build, sort or dedup.
-    let positions = if cmd.lone_key().is_some() && args.len() > 1 {
-        &lone[..]
-    } else {
-        find_keys(cmd, args, &mut positions)?;
-        &positions[..]
-    };
-    for &i in positions {
+/// same name for every tenant. (A key in two specs is marked twice, to the same effect.)
+fn mark_keys(args: &[Bytes], keys: &KeyMap, tenant: &Tenant, shared_ok: bool, marks: &mut Marks) {
+    for (i, _) in keys.iter() {
         if !(shared_ok && tenant.is_shared(&args[i])) {
             marks.set(i);
         }
     }
-    Ok(())
-}
-
-/// Every key's argument index, each once, in order.
-fn find_keys(cmd: &Command, args: &[Bytes], positions: &mut Vec<usize>) -> Result<(), Error> {
-    command::key_positions(cmd, args, positions).map_err(|e| key_error(cmd, e))?;
-    // A key may appear in more than one spec (e.g. a source and destination spec both
-    // matching); rewrite each argument once.
-    positions.sort_unstable();
-    positions.dedup();
-    Ok(())
 }
 
 /// The reply to a request whose keys cannot be found: Redis' own error where Redis would
@@ -333,7 +316,8 @@ mod tests {
             .map(|a| Bytes::from(a.to_string()))
             .collect();
         let cmd = lookup(&args).unwrap();
-        request(&cmd, args, &Tenant::new("a", true)).unwrap()
+        let keys = KeyMap::find(&cmd, &args).unwrap();
+        request(&cmd, args, &keys, &Tenant::new("a", true)).unwrap()
     }
 
     /// The request as Redis gets it.

@@ -673,10 +673,22 @@ impl Session {
         if !cmd.arity_ok(req.args.len()) {
             return Action::Refuse(Error::WrongArity(cmd.full_name()));
         }
-        if let Err(e) = policy::check(&cmd, &req.args, &tenant, &self.ctx.facts) {
+        // The request's keys, found once: every stage below reads this map.
+        let keys = command::KeyMap::find(&cmd, &req.args);
+        if let Err(e) = policy::check(
+            &cmd,
+            &req.args,
+            keys.as_ref().ok(),
+            &tenant,
+            &self.ctx.facts,
+        ) {
             tracing::warn!(tenant = %tenant.id, command = %cmd.full_name(), "refused");
             return Action::Refuse(e);
         }
+        let keys = match keys {
+            Ok(keys) => keys,
+            Err(e) => return Action::Refuse(rewrite::key_error(&cmd, e)),
+        };
         if self.ctx.shared.is_some() {
             // Inside MULTI a GET is queued in Redis like any command.
             if self.multi.is_none()
@@ -687,21 +699,21 @@ impl Session {
                 return Action::SharedGet(req.args[1].clone());
             }
             if tenant.publisher && cmd.has(command::CMD_WRITE) {
-                let _ = command::for_each_key(&cmd, &req.args, |i, _| {
+                for (i, _) in keys.iter() {
                     if tenant.is_shared(&req.args[i]) {
                         self.published.push(req.args[i].clone());
                     }
-                });
+                }
             }
         }
-        let fwd = match rewrite::request(&cmd, req.args, &tenant) {
+        let fwd = match rewrite::request(&cmd, req.args, &keys, &tenant) {
             Ok(fwd) => fwd,
             Err(e) => return Action::Refuse(e),
         };
         let cost = tenant
             .ledger
             .as_ref()
-            .and_then(|_| quota::cost(&cmd, &fwd.args, &fwd.prefixed, tenant.prefix.len()));
+            .and_then(|_| quota::cost(&cmd, &fwd.args, &keys, &fwd.prefixed, tenant.prefix.len()));
         Action::Forward(fwd, cmd.parent.unwrap_or(cmd.spec).name, cost)
     }
 

@@ -166,6 +166,47 @@ pub enum KeyError {
     Unknowable,
 }
 
+/// Where one request's keys are and what it does to each: found once, when the request is
+/// decided, and read by every later stage (policy, rewrite, quota, the shared cache), so
+/// that no stage walks the key specs again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyMap {
+    /// No keys.
+    None,
+    /// One key, at argument 1, with these flags (GET, SET, HSET, ...): no list to build.
+    Lone(u16),
+    /// Every key in spec order, with its spec's flags; an argument may stand twice.
+    Many(Vec<(usize, u16)>),
+}
+
+impl KeyMap {
+    /// The keys of `cmd` in `args`, as Redis finds them ([`for_each_key`]).
+    pub fn find(cmd: &Command, args: &[Bytes]) -> Result<KeyMap, KeyError> {
+        if let Some(flags) = cmd.lone_key() {
+            return match args.len() {
+                0 | 1 => Err(KeyError::OutOfRange),
+                _ => Ok(KeyMap::Lone(flags)),
+            };
+        }
+        let mut keys = Vec::new();
+        for_each_key(cmd, args, |i, flags| keys.push((i, flags)))?;
+        Ok(match keys.is_empty() {
+            true => KeyMap::None,
+            false => KeyMap::Many(keys),
+        })
+    }
+
+    /// (argument index, flags) of every key, in spec order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, u16)> + '_ {
+        let (lone, many) = match self {
+            KeyMap::None => (None, &[][..]),
+            KeyMap::Lone(flags) => (Some((1, *flags)), &[][..]),
+            KeyMap::Many(keys) => (None, &keys[..]),
+        };
+        lone.into_iter().chain(many.iter().copied())
+    }
+}
+
 /// Pushes the argument index of every key of `cmd` in `args` onto `out`, in spec order, as
 /// Redis' `getKeysUsingKeySpecs` does. A spec whose keyword is absent contributes nothing.
 pub fn key_positions(cmd: &Command, args: &[Bytes], out: &mut Vec<usize>) -> Result<(), KeyError> {

@@ -263,16 +263,17 @@ fn through_respite(t: &Tenant, args: &[String]) -> Option<(Vec<Bytes>, Vec<Vec<u
     if !cmd.arity_ok(args.len()) {
         return None;
     }
-    respite::policy::check(&cmd, &args, t, &respite::upstream::Facts::default()).ok()?;
+    let keys = command::KeyMap::find(&cmd, &args);
+    let facts = respite::upstream::Facts::default();
+    respite::policy::check(&cmd, &args, keys.as_ref().ok(), t, &facts).ok()?;
+    let keys = keys.ok()?;
     // Shard channels are NOT_KEY "keys": namespaced, but not keys to Redis.
-    let mut positions = Vec::new();
-    command::for_each_key(&cmd, &args, |i, flags| {
-        if flags & command::KS_NOT_KEY == 0 {
-            positions.push(i)
-        }
-    })
-    .ok()?;
-    let fwd = respite::rewrite::request(&cmd, args, t).ok()?;
+    let positions: Vec<usize> = keys
+        .iter()
+        .filter(|&(_, flags)| flags & command::KS_NOT_KEY == 0)
+        .map(|(i, _)| i)
+        .collect();
+    let fwd = respite::rewrite::request(&cmd, args, &keys, t).ok()?;
     let mut out = BytesMut::new();
     encode_marked(&mut out, &fwd.args, &t.prefix, &fwd.prefixed);
     let limits = Limits {
