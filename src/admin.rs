@@ -7,9 +7,8 @@
 //!   figures the other stages keep: connections per tenant, quota usage and decisions per
 //!   tenant, the shared cache's counters, Redis' reachability.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -22,24 +21,10 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::session::Context;
-
-const PING_EVERY: Duration = Duration::from_millis(250);
-const PING_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Whether Redis answered respite's last PING.
-#[derive(Debug, Default)]
-pub struct Readiness(AtomicBool);
-
-impl Readiness {
-    pub fn ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+use crate::context::Context;
 
 /// Serves the admin endpoints on `listener` until `shutdown`.
 pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: CancellationToken) {
-    tokio::spawn(watch_redis(ctx.clone(), shutdown.clone()));
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -76,23 +61,6 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: Cancellatio
         .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "admin listener failed");
-    }
-}
-
-/// PINGs Redis over respite's own pool and records whether it answered.
-async fn watch_redis(ctx: Arc<Context>, stop: CancellationToken) {
-    loop {
-        let ping = ctx.own.run(async |c| {
-            deadpool_redis::redis::cmd("PING")
-                .query_async::<String>(c)
-                .await
-        });
-        let up = matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(_)));
-        ctx.readiness.0.store(up, Ordering::Relaxed);
-        tokio::select! {
-            _ = tokio::time::sleep(PING_EVERY) => {}
-            _ = stop.cancelled() => return,
-        }
     }
 }
 
@@ -211,7 +179,7 @@ async fn metrics(ctx: &Context) -> String {
         registry.register(name, help, m);
     }
     let guard = Counter::<u64>::default();
-    guard.inc_by(crate::rewrite::GUARD_REFUSALS.load(Ordering::Relaxed));
+    guard.inc_by(crate::namespace::GUARD_REFUSALS.load(Ordering::Relaxed));
     registry.register(
         "isolation_guard_refusals",
         "Requests refused because a key would have left the tenant's namespace (a respite bug)",

@@ -9,22 +9,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Config, JwtConfig};
+use crate::config::{sha256, Config, JwtConfig};
 use crate::quota::Ledger;
 use crate::tenant::Tenant;
-
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
-}
-
-pub fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(text, &mut out).ok()?;
-    Some(out)
-}
 
 /// Why a login failed. Every variant becomes the same `-WRONGPASS` reply (a client must not
 /// learn which tenants exist); the variant is for the log line.
@@ -75,11 +64,7 @@ impl Authenticator {
             })
             .unwrap_or_default();
         for t in &config.tenants {
-            let digest = match (&t.password, &t.password_sha256) {
-                (Some(p), _) => Some(sha256(p.expose().as_bytes())),
-                (None, Some(h)) => parse_sha256_hex(h.get_ref()),
-                (None, None) => None,
-            };
+            let digest = t.digest();
             let id = t.id.get_ref().clone();
             let mut tenant = Tenant::new(&id, t.allow_scripts);
             tenant.shared = shared.clone();

@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use deadpool_redis::redis::{self, Script};
 use tokio_util::sync::CancellationToken;
 
+use crate::context::Context;
 use crate::metrics::Totals;
-use crate::session::Context;
 use crate::upstream::OwnError;
 
 /// Adds the deltas and recomputes the derived fields, atomically.

@@ -158,6 +158,29 @@ pub struct TenantConfig {
     pub role: Spanned<String>,
 }
 
+impl TenantConfig {
+    /// The SHA-256 of the tenant's password, from `password` or `password_sha256` (the
+    /// first when both are set, which `validate` refuses); `None` when neither is usable.
+    pub fn digest(&self) -> Option<[u8; 32]> {
+        match (&self.password, &self.password_sha256) {
+            (Some(p), _) => Some(sha256(p.expose().as_bytes())),
+            (None, Some(h)) => parse_sha256_hex(h.get_ref()),
+            (None, None) => None,
+        }
+    }
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
 /// The HTTP listener for operators (see `admin`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -716,8 +739,8 @@ impl Config {
                     );
                     None
                 }
-                (Some(p), None) => Some(crate::auth::sha256(p.expose().as_bytes())),
-                (None, Some(h)) => match crate::auth::parse_sha256_hex(h.get_ref()) {
+                (Some(_), None) => t.digest(),
+                (None, Some(h)) => match t.digest() {
                     Some(d) => Some(d),
                     None => {
                         err(

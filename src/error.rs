@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::protocol::Resp;
+use crate::wire::Resp;
 
 /// Why Redis could not be reached or did not answer. `Display` is the part after
 /// `upstream unavailable: `.

@@ -46,21 +46,19 @@ pub mod billing;
 pub mod clients;
 pub mod command;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod info;
-pub mod keyspace;
-pub mod local;
 pub mod metrics;
+pub mod namespace;
 pub mod policy;
-pub mod protocol;
 pub mod quota;
-pub mod reply;
-pub mod rewrite;
 pub mod server;
 pub mod session;
 pub mod shared;
 pub mod tenant;
 pub mod upstream;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,7 +67,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use config::Config;
-use session::Context;
+use context::Context;
 
 /// Builds the shared state of a running proxy from a validated config.
 pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
@@ -92,10 +90,10 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         quotas,
         shared,
         own,
-        readiness: admin::Readiness::default(),
+        readiness: upstream::Readiness::default(),
         facts: upstream::Facts::default(),
         metrics: config.server.metrics,
-        limits: protocol::Limits {
+        limits: wire::Limits {
             max_bulk_bytes: config.server.max_bulk_bytes,
             max_array_len: config.server.max_array_len,
         },
@@ -146,6 +144,10 @@ pub async fn run(
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("admin.listen {addr}: {e}"))?;
+        tokio::spawn({
+            let (ctx, stop) = (ctx.clone(), bookkeeping.clone());
+            async move { ctx.readiness.watch(ctx.own.clone(), stop).await }
+        });
         tokio::spawn(admin::run(listener, ctx.clone(), bookkeeping.clone()));
     }
     server::run(

@@ -12,8 +12,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::Resp;
-use crate::session::{self, Context};
+use crate::context::Context;
+use crate::session;
+use crate::wire::Resp;
 
 pub async fn run(
     listener: TcpListener,

@@ -32,8 +32,8 @@ use deadpool_redis::redis;
 
 use crate::config::SharedConfig;
 use crate::error::{Error, UpstreamError};
-use crate::protocol::Resp;
 use crate::upstream::{Own, OwnError};
+use crate::wire::Resp;
 
 /// A session's last shared read: the key, its entry, and the cache generation then.
 pub type Memo = Option<(Bytes, Arc<Entry>, u64)>;

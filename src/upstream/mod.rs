@@ -17,6 +17,7 @@
 //! after the window finds a Redis that is back.
 
 mod facts;
+mod health;
 pub mod pinned;
 pub mod shared;
 
@@ -29,10 +30,11 @@ use tokio::net::TcpStream;
 
 use crate::config::UpstreamAddr;
 use crate::error::UpstreamError;
-use crate::protocol::encode_request;
-use crate::reply::{next_frame, Frame};
+use crate::wire::encode_request;
+use crate::wire::{next_frame, Frame};
 
 pub use facts::Facts;
+pub use health::Readiness;
 pub use pinned::Pinned;
 
 /// respite's own connections to Redis (quota bookkeeping, shared-key fills, health,

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::{Conn, Connector};
 use crate::error::UpstreamError;
-use crate::reply::Frame;
+use crate::wire::Frame;
 
 /// Where replies for a session go, tagged with the session's generation: after a session
 /// gives up on a request (its own timeout), it moves to a new generation and ignores late

@@ -67,7 +67,7 @@ async fn hashed_password() {
     let redis = Redis::start();
     let real = {
         use std::fmt::Write;
-        let d = respite::auth::sha256(b"hashed-secret");
+        let d = respite::config::sha256(b"hashed-secret");
         d.iter().fold(String::new(), |mut s, b| {
             let _ = write!(s, "{b:02x}");
             s

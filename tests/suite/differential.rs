@@ -24,8 +24,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestRng, TestRunner};
 use redis::Value;
 use respite::command::{self, grammar, CommandSpec, COMMANDS};
-use respite::protocol::{encode_marked, parse_request, Limits};
 use respite::tenant::Tenant;
+use respite::wire::{encode_marked, parse_request, Limits};
 
 use crate::harness::*;
 
@@ -273,7 +273,7 @@ fn through_respite(t: &Tenant, args: &[String]) -> Option<(Vec<Bytes>, Vec<Vec<u
         .filter(|&(_, flags)| flags & command::KS_NOT_KEY == 0)
         .map(|(i, _)| i)
         .collect();
-    let fwd = respite::rewrite::request(&cmd, args, &keys, t).ok()?;
+    let fwd = respite::namespace::request(&cmd, args, &keys, t).ok()?;
     let mut out = BytesMut::new();
     encode_marked(&mut out, &fwd.args, &t.prefix, &fwd.prefixed);
     let limits = Limits {

@@ -284,7 +284,7 @@ impl Raw {
     /// Sends a command as a RESP array.
     pub async fn send_cmd(&mut self, args: &[&str]) {
         let mut out = BytesMut::new();
-        respite::protocol::encode_request(&mut out, args.iter().map(|a| a.as_bytes()));
+        respite::wire::encode_request(&mut out, args.iter().map(|a| a.as_bytes()));
         self.send(&out).await;
     }
 
@@ -305,7 +305,7 @@ impl Raw {
     pub async fn try_reply(&mut self, wait: Duration) -> Option<String> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(f) = respite::reply::next_frame(&mut self.buf, self.protocol).unwrap() {
+            if let Some(f) = respite::wire::next_frame(&mut self.buf, self.protocol).unwrap() {
                 return Some(String::from_utf8_lossy(&f.raw).into_owned());
             }
             let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))

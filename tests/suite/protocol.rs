@@ -23,7 +23,7 @@ async fn ten_thousand_pipelined_commands_get_ten_thousand_replies_in_order() {
             2 => vec!["CLIENT", "GETNAME"],
             _ => vec!["INCR", "n"],
         };
-        respite::protocol::encode_request(&mut out, args.iter().map(|a| a.as_bytes()));
+        respite::wire::encode_request(&mut out, args.iter().map(|a| a.as_bytes()));
         batch.extend_from_slice(&out);
     }
     c.send(&batch).await;

@@ -1,110 +1,14 @@
-//! Replies from Redis: framing them, telling replies from pub/sub pushes, and rewriting key
-//! and channel names back out of the tenant's namespace.
-//!
-//! Frames are found with redis-protocol's `decode_range` for the connection's protocol; RESP2
-//! frames are lifted into the RESP3 frame type (its RESP3 decoder reads RESP2's `*-1` / `$-1`
-//! nulls as streamed aggregates), so everything after framing is one code path. A reply is passed on as the raw bytes Redis sent; when it
+//! Replies from Redis, back out of the namespace: telling replies from pub/sub pushes, and
+//! rewriting key and channel names out of `tenant:<id>:`. A reply is passed on as the raw
+//! bytes Redis sent (framed by `wire`); when it
 //! carries key names, only those strings are spliced out and re-encoded without the
 //! `tenant:<id>:` prefix, so everything else (map order, doubles, attributes) stays
 //! byte-for-byte what Redis said.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use redis_protocol::resp2::decode::decode_range as decode_range2;
-use redis_protocol::resp2::types::RangeFrame as Range2;
-use redis_protocol::resp3::decode::complete::decode_range;
 use redis_protocol::resp3::types::RangeFrame;
 
-use crate::protocol::put_int;
-
-/// One complete frame from Redis.
-pub struct Frame {
-    pub raw: Bytes,
-    /// Ranges into `raw`.
-    pub tree: RangeFrame,
-    /// The protocol it was read in (2 or 3).
-    pub protocol: u8,
-}
-
-impl Frame {
-    pub fn is_error(&self) -> bool {
-        matches!(
-            self.tree,
-            RangeFrame::SimpleError { .. } | RangeFrame::BlobError { .. }
-        )
-    }
-
-    /// The bytes of a string frame (simple or blob).
-    pub fn str_at<'a>(&'a self, f: &RangeFrame) -> Option<&'a [u8]> {
-        match f {
-            RangeFrame::BlobString { data, .. }
-            | RangeFrame::SimpleString { data, .. }
-            | RangeFrame::SimpleError { data, .. }
-            | RangeFrame::BlobError { data, .. }
-            | RangeFrame::VerbatimString { data, .. } => Some(&self.raw[data.0..data.1]),
-            _ => None,
-        }
-    }
-
-    /// The elements of an array, set or push frame.
-    pub fn elements(&self) -> Option<&[RangeFrame]> {
-        elements(&self.tree)
-    }
-}
-
-/// Did a read find something? Nil and empty collections are misses (the metrics' hit rate).
-pub fn found(frame: &Frame) -> bool {
-    match &frame.tree {
-        RangeFrame::Null => false,
-        RangeFrame::Array { data, .. } | RangeFrame::Push { data, .. } => !data.is_empty(),
-        RangeFrame::Set { data, .. } => !data.is_empty(),
-        RangeFrame::Map { data, .. } => !data.is_empty(),
-        _ => true,
-    }
-}
-
-fn elements(f: &RangeFrame) -> Option<&[RangeFrame]> {
-    match f {
-        RangeFrame::Array { data, .. } | RangeFrame::Push { data, .. } => Some(data),
-        _ => None,
-    }
-}
-
-/// Takes the next complete frame, in `protocol` (2 or 3), off the front of `buf`.
-pub fn next_frame(buf: &mut BytesMut, protocol: u8) -> Result<Option<Frame>, String> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    let decoded = if protocol == 3 {
-        decode_range(buf)
-    } else {
-        decode_range2(buf).map(|f| f.map(|(tree, amt)| (lift(tree), amt)))
-    };
-    match decoded {
-        Ok(Some((tree, amt))) => Ok(Some(Frame {
-            raw: buf.split_to(amt).freeze(),
-            tree,
-            protocol,
-        })),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e.details().to_string()),
-    }
-}
-
-/// A RESP2 frame as the equivalent RESP3 frame.
-fn lift(f: Range2) -> RangeFrame {
-    let attributes = None;
-    match f {
-        Range2::SimpleString(data) => RangeFrame::SimpleString { data, attributes },
-        Range2::Error(data) => RangeFrame::SimpleError { data, attributes },
-        Range2::Integer(data) => RangeFrame::Number { data, attributes },
-        Range2::BulkString(data) => RangeFrame::BlobString { data, attributes },
-        Range2::Array(items) => RangeFrame::Array {
-            data: items.into_iter().map(lift).collect(),
-            attributes,
-        },
-        Range2::Null => RangeFrame::Null,
-    }
-}
+use crate::wire::{element_spans, elements, next_frame, put_int, Frame};
 
 /// Where a reply carries key (or channel) names that must lose the tenant prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,33 +218,6 @@ fn exec(frame: &Frame, items: &[ExecItem], prefix: &[u8]) -> Bytes {
         }
     }
     out.freeze()
-}
-
-/// Byte spans of each element of an aggregate, found by re-decoding from the element starts.
-fn element_spans(frame: &Frame, elements: &[RangeFrame]) -> Vec<std::ops::Range<usize>> {
-    // The aggregate header is `*<n>\r\n`; elements follow back to back.
-    let mut pos = frame
-        .raw
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let mut spans = Vec::with_capacity(elements.len());
-    for _ in elements {
-        let rest = &frame.raw[pos..];
-        let amt = if frame.protocol == 3 {
-            decode_range(rest).map(|f| f.map(|(_, n)| n))
-        } else {
-            decode_range2(rest).map(|f| f.map(|(_, n)| n))
-        };
-        match amt {
-            Ok(Some(amt)) => {
-                spans.push(pos..pos + amt);
-                pos += amt;
-            }
-            _ => break,
-        }
-    }
-    spans
 }
 
 /// The kinds of subscription Redis keeps per connection.

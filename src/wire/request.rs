@@ -5,11 +5,11 @@
 //! Redis' request limits *before* it buffers a huge length, must accept inline commands
 //! (`PING` typed into nc), and must answer malformed input with the very error text Redis
 //! uses (clients and tests match on it). Replies from Redis are framed with redis-protocol in
-//! `reply.rs`.
+//! `frame.rs`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::rewrite::Marks;
+use super::Marks;
 
 /// Longest inline request or `*`/`$` header line, as Redis' PROTO_INLINE_MAX_SIZE.
 pub const MAX_INLINE: usize = 64 * 1024;

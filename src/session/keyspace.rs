@@ -12,12 +12,12 @@ use std::hash::{BuildHasher, Hasher};
 use bytes::Bytes;
 use redis_protocol::resp3::types::RangeFrame;
 
+use super::local::Local;
+use super::Session;
 use crate::error::{Error, UpstreamError};
-use crate::local::Local;
 use crate::metrics::Outcome;
-use crate::protocol::Resp;
-use crate::rewrite::all_keys;
-use crate::session::Session;
+use crate::wire::all_keys;
+use crate::wire::Resp;
 
 const SCAN_COUNT: &[u8] = b"1000";
 
@@ -84,7 +84,7 @@ impl Session {
         &mut self,
         command: &[u8],
         keys: &[Bytes],
-    ) -> Result<Vec<crate::reply::Frame>, UpstreamError> {
+    ) -> Result<Vec<crate::wire::Frame>, UpstreamError> {
         let args: Vec<[&[u8]; 2]> = keys.iter().map(|k| [command, &k[..]]).collect();
         let requests: Vec<&[&[u8]]> = args.iter().map(|a| &a[..]).collect();
         if requests.is_empty() {
@@ -119,7 +119,7 @@ impl Session {
     /// key twice), in no particular order (as KEYS), named as the tenant names it.
     async fn keys(&mut self, pattern: &[u8]) -> Result<Bytes, UpstreamError> {
         let prefix = self.tenant.as_ref().expect("authenticated").prefix.clone();
-        let pattern = crate::rewrite::namespaced(&prefix, pattern);
+        let pattern = crate::wire::namespaced(&prefix, pattern);
         let mut found = std::collections::HashSet::new();
         let mut cursor = Bytes::from_static(b"0");
         loop {

@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::{End, ReplyMode, Session};
 use crate::command::{Command, Unknown};
 use crate::error::Error;
-use crate::protocol::{Request, Resp};
-use crate::reply::{ExecItem, Shape};
-use crate::rewrite::{Expect, Forward};
-use crate::session::{End, ReplyMode, Session};
+use crate::namespace::{ExecItem, Shape};
+use crate::namespace::{Expect, Forward};
+use crate::wire::{Request, Resp};
 
 /// A request respite handles without forwarding it as is.
 #[derive(Debug)]

@@ -10,12 +10,13 @@
 //! says which of them go to Redis behind the prefix, which is written in front of them as
 //! the request is encoded (`protocol::encode_marked`). A key costs no allocation.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
+use super::reply::{Shape, SubKind};
 use crate::command::{self, Command, KeyError, KeyMap, CMD_BLOCKING};
 use crate::error::Error;
-use crate::reply::{Shape, SubKind};
 use crate::tenant::Tenant;
+use crate::wire::Marks;
 
 /// A request ready for Redis: `args` as the tenant wrote them (plus any respite adds), the
 /// `prefixed` ones to be sent as `tenant:<id>:<arg>`.
@@ -36,58 +37,6 @@ pub enum Expect {
     /// (Un)subscribe confirmations, one per channel; `None` when the command names no channel
     /// (UNSUBSCRIBE alone answers once per current subscription).
     Confirm { kind: SubKind, count: Option<usize> },
-}
-
-/// The arguments of a request that Redis gets behind the tenant's prefix: a bit per argument
-/// for the first 64 (every common command), a sorted list beyond.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Marks {
-    low: u64,
-    high: Vec<usize>,
-}
-
-impl Marks {
-    pub fn set(&mut self, i: usize) {
-        match i {
-            0..64 => self.low |= 1 << i,
-            _ => {
-                if let Err(at) = self.high.binary_search(&i) {
-                    self.high.insert(at, i);
-                }
-            }
-        }
-    }
-
-    pub fn has(&self, i: usize) -> bool {
-        match i {
-            0..64 => self.low & (1 << i) != 0,
-            _ => self.high.binary_search(&i).is_ok(),
-        }
-    }
-
-    /// How many arguments are marked.
-    pub fn count(&self) -> usize {
-        self.low.count_ones() as usize + self.high.len()
-    }
-
-    fn set_from(&mut self, from: usize, to: usize) {
-        for i in from..to {
-            self.set(i);
-        }
-    }
-}
-
-/// `tenant:<id>:<name>`.
-pub fn namespaced(prefix: &[u8], name: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(prefix.len() + name.len());
-    b.extend_from_slice(prefix);
-    b.extend_from_slice(name);
-    b.freeze()
-}
-
-/// The tenant's whole namespace as a glob pattern: `tenant:<id>:*`.
-pub fn all_keys(prefix: &[u8]) -> Bytes {
-    namespaced(prefix, b"*")
 }
 
 /// The shape of replies that carry key names, by command.
@@ -322,13 +271,13 @@ mod tests {
 
     /// The request as Redis gets it.
     fn line(f: &Forward) -> String {
-        let mut out = BytesMut::new();
-        crate::protocol::encode_marked(&mut out, &f.args, b"tenant:a:", &f.prefixed);
-        let limits = crate::protocol::Limits {
+        let mut out = bytes::BytesMut::new();
+        crate::wire::encode_marked(&mut out, &f.args, b"tenant:a:", &f.prefixed);
+        let limits = crate::wire::Limits {
             max_bulk_bytes: 1 << 20,
             max_array_len: 1 << 20,
         };
-        let frame = crate::protocol::parse_request(&mut out, &limits, true)
+        let frame = crate::wire::parse_request(&mut out, &limits, true)
             .unwrap()
             .unwrap();
         frame

@@ -1,0 +1,51 @@
+//! What every session shares, built once from the config by `lib::context` and handed to
+//! the server, the sessions, the admin endpoints and the background tasks.
+
+use std::sync::Arc;
+
+use crate::auth::Authenticator;
+use crate::clients::Registry;
+use crate::quota::Quotas;
+use crate::shared::SharedCache;
+use crate::tenant::Tenant;
+use crate::upstream::{Facts, Own, Readiness, Upstream};
+use crate::wire::Limits;
+
+/// What every session shares.
+pub struct Context {
+    pub limits: Limits,
+    /// Sidecar mode: the tenant of connections that never authenticate.
+    pub default_tenant: Option<Arc<Tenant>>,
+    pub auth: Authenticator,
+    pub upstream: Upstream,
+    pub clients: Registry,
+    /// Quota bookkeeping, when any tenant has a quota.
+    pub quotas: Option<Arc<Quotas>>,
+    /// The shared-key cache, when `[shared]` is configured.
+    pub shared: Option<Arc<SharedCache>>,
+    /// respite's own connections to Redis (quota bookkeeping, shared fills, health).
+    pub own: Own,
+    /// Whether Redis answers (for /readyz).
+    pub readiness: Readiness,
+    /// Redis' settings that bound what may be forwarded (RESTORE, argument sizes).
+    pub facts: Facts,
+    /// Per-tenant command figures are kept (`server.metrics`).
+    pub metrics: bool,
+}
+
+/// The longest tenant prefix, `tenant:` + 64 + `:`.
+const MAX_PREFIX: usize = 72;
+
+impl Context {
+    /// The request limits: `[server]`'s, and never so long that a key with its prefix would
+    /// pass Redis' `proto-max-bulk-len` (Redis would close a connection other tenants share).
+    pub fn request_limits(&self) -> Limits {
+        Limits {
+            max_bulk_bytes: self
+                .limits
+                .max_bulk_bytes
+                .min(self.facts.max_bulk().saturating_sub(MAX_PREFIX)),
+            ..self.limits
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! A write admitted and charged ([`Written`]) and a session's dealings with its tenant's
+//! ledger ([`Account`]), settled a batch of replies at a time.
+
+use super::*;
+
+/// A write admitted and charged, until its reply is in (or it is given up on): then its
+/// session's [`Account`] takes it in, its keys to be measured and its charge settled.
+#[derive(Debug)]
+pub struct Written {
+    pub keys: Keys,
+    pub(super) charged: u64,
+    /// The TTL it sets; counted from its reply, which comes after Redis started it.
+    pub(super) ttl: Option<Duration>,
+    /// A transaction's queued writes' TTLs, and their keys.
+    pub(super) expiring: Vec<(Duration, Vec<Bytes>)>,
+}
+
+impl Written {
+    /// The bytes charged for it so far.
+    pub fn charged(&self) -> u64 {
+        self.charged
+    }
+
+    pub(super) fn new(cost: WriteCost, charged: u64) -> Written {
+        Written {
+            keys: cost.keys,
+            charged,
+            ttl: cost.expires_in,
+            expiring: Vec::new(),
+        }
+    }
+
+    /// Takes `other` (keys already copied out of its request) in: a transaction's writes
+    /// settle together, when EXEC's reply is in.
+    pub fn absorb(&mut self, other: &mut Written) {
+        if let Some(ttl) = other.ttl.take() {
+            self.expiring.push((ttl, other.keys.to_vec()));
+        }
+        self.expiring.append(&mut other.expiring);
+        self.keys.append(std::mem::take(&mut other.keys));
+        self.charged += std::mem::take(&mut other.charged);
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        // A charge dropped unsettled would stay spoken for until the instance restarts.
+        debug_assert!(
+            self.charged == 0 || std::thread::panicking(),
+            "a write's charge was dropped without being settled"
+        );
+    }
+}
+
+/// A session's dealings with its tenant's ledger, so that the common write takes no lock:
+///
+/// - **allowance**: bytes taken from the instance's lease along with a write that found the
+///   allowance short, for the writes after it; handed back at the end of the batch.
+/// - **settling**: the writes Redis answered in one batch of replies, settled together.
+///   The common write (no TTL) is folded in as it comes: its charge summed, its key listed
+///   once when the same key is written again and again.
+///
+/// [`Account::finish`] does both under one lock, once per pass of the session loop.
+#[derive(Debug, Default)]
+pub struct Account {
+    pub(super) allowance: u64,
+    pub(super) charged: u64,
+    pub(super) keys: Vec<Bytes>,
+    pub(super) expiring: Vec<(Duration, Vec<Bytes>)>,
+}
+
+impl Account {
+    /// The common case without a round trip: the write costs nothing, its tenant has no
+    /// quota, or the allowance or the lease covers it. Otherwise the cost comes back for
+    /// [`Quotas::admit`].
+    pub fn admit_now(
+        &mut self,
+        ledger: &Ledger,
+        cost: WriteCost,
+        recent: Duration,
+    ) -> Result<Written, WriteCost> {
+        let bytes = match cost.growth {
+            Growth::None => 0,
+            Growth::Bytes(b) => b,
+            Growth::CopyOf(..) => return Err(cost),
+        };
+        let charged = match ledger.limits {
+            Some(limits) if bytes > 0 => {
+                if self.allowance >= bytes {
+                    self.allowance -= bytes;
+                } else if !matches!(
+                    ledger.try_charge(bytes, recent, Some(&mut self.allowance)),
+                    Charge::Done
+                ) {
+                    return Err(cost);
+                }
+                ledger.count_overage(limits);
+                bytes
+            }
+            _ => 0,
+        };
+        Ok(Written::new(cost, charged))
+    }
+
+    /// A write Redis has answered, or that will never be answered: it is settled with the
+    /// batch.
+    pub fn add(&mut self, mut w: Written) {
+        self.charged += std::mem::take(&mut w.charged);
+        if let Some(ttl) = w.ttl.take() {
+            self.expiring.push((ttl, w.keys.to_vec()));
+        }
+        self.expiring.append(&mut w.expiring);
+        match std::mem::take(&mut w.keys) {
+            Keys::One(k) => {
+                if self.keys.last() != Some(&k) {
+                    self.keys.push(k);
+                }
+            }
+            Keys::Many(v) => self.keys.extend(v),
+            Keys::None | Keys::Arg(_) => {}
+        }
+    }
+
+    /// Settles the batch's writes and hands the allowance back, under one lock.
+    pub fn finish(&mut self, ledger: Option<&Ledger>) {
+        if self.allowance == 0
+            && self.charged == 0
+            && self.keys.is_empty()
+            && self.expiring.is_empty()
+        {
+            return;
+        }
+        let Some(ledger) = ledger else {
+            debug_assert!(
+                self.allowance == 0 && self.charged == 0,
+                "a charge without a ledger"
+            );
+            self.keys.clear();
+            self.expiring.clear();
+            return;
+        };
+        let mut l = ledger.local.lock().unwrap();
+        l.charged -= std::mem::take(&mut self.allowance);
+        if !self.expiring.is_empty() {
+            let now = Instant::now();
+            for (ttl, keys) in self.expiring.drain(..) {
+                let keys = keys.iter().map(|k| namespaced(&ledger.prefix, k)).collect();
+                l.expire_later(keys, now + ttl + EXPIRY_GRACE);
+            }
+        }
+        l.settle(
+            &ledger.prefix,
+            self.keys.drain(..),
+            std::mem::take(&mut self.charged),
+        );
+    }
+}
+
+/// A tenant's figures for INFO and metrics.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub used: i64,
+    pub limits: Option<QuotaLimits>,
+    pub refusals: u64,
+    pub overage_writes: u64,
+    pub reconciled: u64,
+}

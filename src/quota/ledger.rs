@@ -1,0 +1,269 @@
+//! A tenant's usage as this instance knows it: the lease it holds from the shared figure in
+//! Redis, what its sessions charged against it, and the keys waiting to be measured.
+
+use super::*;
+
+/// One tenant's usage as this instance knows it, and its limits.
+#[derive(Debug)]
+pub struct Ledger {
+    pub tenant: String,
+    /// `tenant:<id>:`.
+    pub(super) prefix: Bytes,
+    /// `None`: unlimited (measured, never refused).
+    pub limits: Option<QuotaLimits>,
+    pub(super) names: Names,
+    pub(super) local: Mutex<Local>,
+    /// `used` as the last script call saw it.
+    pub(super) used: AtomicI64,
+    /// Every instance's leases as the last script call saw them.
+    pub(super) leased: AtomicI64,
+    /// One reservation at a time: the sessions that find the lease short wait for it rather
+    /// than each asking Redis.
+    pub(super) reserving: tokio::sync::Mutex<()>,
+    /// One flush at a time, so that a refusal can wait for the one in progress (which may be
+    /// measuring the delete that makes room).
+    pub(super) flushing: tokio::sync::Mutex<()>,
+    /// Writes refused by this instance.
+    pub refusals: AtomicU64,
+    /// Writes this instance let through past `quota_bytes` (within the overage).
+    pub overage_writes: AtomicU64,
+    /// Reconciliation passes this instance completed.
+    pub reconciled: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(super) struct Names {
+    pub(super) used: String,
+    pub(super) sizes: String,
+    pub(super) leases: String,
+    pub(super) lock: String,
+}
+
+/// This instance's lease: `granted` reserved in Redis, of which `charged` is spoken for by
+/// writes not measured yet, of which `settled` have their reply (their keys are `dirty`).
+#[derive(Debug, Default)]
+pub(super) struct Local {
+    pub(super) granted: u64,
+    pub(super) charged: u64,
+    pub(super) settled: u64,
+    /// foldhash, randomly seeded: fast on the write path, and a tenant cannot pick keys
+    /// that collide.
+    pub(super) dirty: HashSet<Bytes, foldhash::fast::RandomState>,
+    /// The key last made dirty (and still in `dirty`): a pipeline writing one key again and
+    /// again skips the hash lookup. A copy, not a clone: cloning a freshly built key
+    /// allocates (`Bytes` makes its buffer shareable on the first clone).
+    pub(super) last_dirty: Vec<u8>,
+    /// When Redis last refused a reservation, and for how many bytes.
+    pub(super) full: Option<(Instant, u64)>,
+    /// The last reservation's size, and whether writes were charged since the last flush.
+    pub(super) last_grant: u64,
+    pub(super) busy: bool,
+    /// Keys to measure again when their TTL runs out.
+    pub(super) expiring: BTreeMap<Instant, Vec<Bytes>>,
+    pub(super) expiring_keys: usize,
+}
+
+impl Local {
+    /// Redis has answered writes of `keys` (named in Redis `prefix` + key): they are to be
+    /// measured, and their `charged` bytes are settled.
+    pub(super) fn settle(
+        &mut self,
+        prefix: &[u8],
+        keys: impl IntoIterator<Item = Bytes>,
+        charged: u64,
+    ) {
+        self.settled += charged;
+        for k in keys {
+            let last = &self.last_dirty;
+            if last.len() == prefix.len() + k.len()
+                && last.starts_with(prefix)
+                && last[prefix.len()..] == k[..]
+            {
+                continue;
+            }
+            // Hot keys are mostly dirty already: look up before copying the name.
+            self.last_dirty.clear();
+            self.last_dirty.extend_from_slice(prefix);
+            self.last_dirty.extend_from_slice(&k);
+            if !self.dirty.contains(&self.last_dirty[..]) {
+                let name = match prefix {
+                    [] => k,
+                    _ => Bytes::copy_from_slice(&self.last_dirty),
+                };
+                self.dirty.insert(name);
+                // Maybe a delete: the next write asks Redis again.
+                self.full = None;
+            }
+        }
+    }
+
+    /// Measures `keys` again at `at` (their TTL ends), unless too many wait already; then
+    /// the reconciliation pass finds them gone.
+    pub(super) fn expire_later(&mut self, keys: Vec<Bytes>, at: Instant) {
+        if self.expiring_keys + keys.len() <= MAX_EXPIRING {
+            self.expiring_keys += keys.len();
+            self.expiring.entry(at).or_default().extend(keys);
+        }
+    }
+}
+
+pub(super) enum Charge {
+    Done,
+    /// The lease lacks this many bytes.
+    Short(u64),
+    Full,
+}
+
+impl Ledger {
+    pub fn new(tenant: &str, limits: Option<QuotaLimits>) -> Ledger {
+        let name = |what: &str| format!("respite:quota:{{{tenant}}}:{what}");
+        Ledger {
+            tenant: tenant.to_string(),
+            prefix: Bytes::from(format!("tenant:{tenant}:")),
+            limits,
+            names: Names {
+                used: name("used"),
+                sizes: name("sizes"),
+                leases: name("leases"),
+                lock: name("reconcile"),
+            },
+            local: Mutex::new(Local::default()),
+            reserving: tokio::sync::Mutex::new(()),
+            flushing: tokio::sync::Mutex::new(()),
+            used: AtomicI64::new(0),
+            leased: AtomicI64::new(0),
+            refusals: AtomicU64::new(0),
+            overage_writes: AtomicU64::new(0),
+            reconciled: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn limit(&self) -> u64 {
+        self.limits.map_or(UNLIMITED, |l| l.quota + l.overage)
+    }
+
+    /// Takes `bytes` from the lease, if it has them. With a session's `allowance`, that is
+    /// handed back first, and refilled with up to `SESSION_SPARE` more for the session's
+    /// next writes. `Full` when Redis said within
+    /// `recent` that no write this big fits and no key has been written or deleted here
+    /// since: the refusal needs no round trip, so a tenant hammering at its limit does not
+    /// hammer Redis.
+    pub(super) fn try_charge(
+        &self,
+        bytes: u64,
+        recent: Duration,
+        mut allowance: Option<&mut u64>,
+    ) -> Charge {
+        let mut l = self.local.lock().unwrap();
+        if let Some(a) = allowance.as_deref_mut() {
+            l.charged -= std::mem::take(a);
+        }
+        let left = l.granted - l.charged;
+        if left >= bytes {
+            l.charged += bytes;
+            l.busy = true;
+            if let Some(a) = allowance {
+                *a = SESSION_SPARE.min((left - bytes) / 16);
+                l.charged += *a;
+            }
+            return Charge::Done;
+        }
+        match l.full {
+            Some((at, need)) if bytes >= need && at.elapsed() < recent => Charge::Full,
+            _ => Charge::Short(bytes - left),
+        }
+    }
+
+    pub(super) fn mark_full(&self, need: u64) {
+        self.local.lock().unwrap().full = Some((Instant::now(), need));
+    }
+
+    /// Keys (as Redis names them) to measure, e.g. what a FLUSHDB deleted.
+    pub fn settle(&self, keys: impl IntoIterator<Item = Bytes>, charged: u64) {
+        self.local.lock().unwrap().settle(b"", keys, charged);
+    }
+
+    /// The dirty keys and the lease to hand back (all of it but what in-flight writes hold).
+    pub(super) fn take_flush(&self, keep: bool) -> Flush {
+        let mut l = self.local.lock().unwrap();
+        let now = Instant::now();
+        while l
+            .expiring
+            .first_key_value()
+            .is_some_and(|(at, _)| *at <= now)
+        {
+            let (_, keys) = l.expiring.pop_first().expect("checked");
+            l.expiring_keys -= keys.len();
+            l.dirty.extend(keys);
+        }
+        // While writes keep coming, the instance keeps up to its last grant (which shrinks
+        // near the limit) so that they need no reservation; idle, it hands back everything.
+        let unused = l.granted - l.charged;
+        let keep = if keep && l.busy {
+            unused.min(l.last_grant)
+        } else {
+            0
+        };
+        l.busy = false;
+        let release = l.settled + unused - keep;
+        let settled = std::mem::take(&mut l.settled);
+        l.charged -= settled;
+        l.granted = l.charged + keep;
+        l.last_dirty.clear();
+        Flush {
+            keys: l.dirty.drain().collect(),
+            release,
+            settled,
+        }
+    }
+
+    /// A flush that failed: everything goes back to be tried again.
+    pub(super) fn undo_flush(&self, f: Flush) {
+        let mut l = self.local.lock().unwrap();
+        l.dirty.extend(f.keys);
+        l.settled += f.settled;
+        l.charged += f.settled;
+        l.granted += f.release;
+    }
+
+    pub(super) fn has_work(&self) -> bool {
+        let l = self.local.lock().unwrap();
+        !l.dirty.is_empty()
+            || l.granted > 0
+            || l.expiring
+                .first_key_value()
+                .is_some_and(|(at, _)| *at <= Instant::now())
+    }
+
+    pub(super) fn status(&self, used: i64) -> Status {
+        Status {
+            used,
+            limits: self.limits,
+            refusals: self.refusals.load(Ordering::Relaxed),
+            overage_writes: self.overage_writes.load(Ordering::Relaxed),
+            reconciled: self.reconciled.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) fn count_overage(&self, limits: QuotaLimits) {
+        if self.used_with_leases() as u64 > limits.quota {
+            self.overage_writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Usage counting every instance's outstanding leases, as last seen.
+    pub fn used_with_leases(&self) -> i64 {
+        self.used.load(Ordering::Relaxed) + self.leased.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn saw(&self, used: i64, leased: i64) {
+        self.used.store(used, Ordering::Relaxed);
+        self.leased.store(leased, Ordering::Relaxed);
+    }
+}
+
+pub(super) struct Flush {
+    pub(super) keys: Vec<Bytes>,
+    pub(super) release: u64,
+    pub(super) settled: u64,
+}

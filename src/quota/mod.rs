@@ -1,0 +1,510 @@
+//! Quotas: the bytes each tenant's keys occupy in Redis, and refusing (`-OOM`) the writes that
+//! would take a tenant past `quota_bytes + overage_bytes`.
+//!
+//! Usage lives in Redis, so that several respite instances in front of one Redis enforce one
+//! figure per tenant (the hash tag keeps a tenant's bookkeeping in one cluster slot):
+//!
+//! ```text
+//! respite:quota:{<id>}:used       sum of `sizes`: the tenant's usage
+//! respite:quota:{<id>}:sizes      hash: key (without tenant:<id>:) → its MEMORY USAGE when
+//!                                 last measured
+//! respite:quota:{<id>}:leases     hash: instance → "<bytes>:<expiry ms>", allowance an instance
+//!                                 has reserved for writes not measured yet
+//! respite:quota:{<id>}:reconcile  lock: one instance walks the tenant's keys per interval
+//! ```
+//!
+//! A write's way through:
+//!
+//! 1. **admit** ([`Quotas::admit`]): [`cost`] bounds what the write can add from its arguments
+//!    (key and value lengths plus Redis' per-key and per-element overheads, the reach of
+//!    SETRANGE/SETBIT/BITFIELD offsets, the sizes of the sources a COPY or *STORE copies). The
+//!    bound is charged against the instance's lease without a round trip, and mostly without
+//!    a lock: a session takes a small allowance along with a write, for the rest of its
+//!    pipeline ([`Account`]). When the lease runs short, one script call reserves more, in
+//!    chunks of 1/16 of the room left, so chunks shrink near the limit. If `used + every
+//!    instance's lease + this write` would pass the limit, the write is refused before Redis
+//!    sees it. So the sum of what all instances let through never passes the limit, as long
+//!    as the bounds hold.
+//! 2. **settle** ([`Written`], when Redis has answered, or never will): the session's
+//!    [`Account`] makes the written keys dirty, a batch of replies at a time.
+//! 3. **flush** (every `flush_interval_ms`): one script measures each dirty key with MEMORY
+//!    USAGE, replaces its entry in `sizes`, moves `used` by the difference and hands the lease
+//!    back. So the figure follows overwrites, APPEND, collections, DEL, RENAME, MULTI/EXEC as
+//!    Redis itself measures them. Measuring is idempotent: a retried flush does no harm.
+//! 4. **reconcile** (every `reconcile_interval_ms`, paced): HSCAN `sizes` and SCAN
+//!    `tenant:<id>:*`, measured the same way. It catches what no command told respite about:
+//!    keys that expired or were evicted, and keys written around respite.
+//!
+//! Reads and deletes are never refused. respite's own commands go through a deadpool-redis
+//! pool, not the clients' connections.
+
+mod account;
+mod cost;
+mod ledger;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use deadpool_redis::redis::{self, Script};
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{Command, KeyMap, CMD_DENYOOM, CMD_WRITE, KS_RO};
+use crate::config::{Config, QuotaConfig, QuotaLimits};
+use crate::error::{Error, UpstreamError};
+use crate::upstream::{Own, OwnError};
+use crate::wire::{namespaced, Marks};
+
+pub use account::{Account, Status, Written};
+use cost::*;
+pub use cost::{cost, Keys, WriteCost};
+pub use ledger::Ledger;
+use ledger::*;
+
+/// What Redis adds to each string it stores beyond its allocation (an sds of the string's
+/// length plus at most 10 bytes of header): a dict entry (24 bytes) for a key or a hash
+/// field, an object header (16) for a value, a node for a list or sorted-set element. With a
+/// margin: the estimate must not be below what Redis measures.
+const OVERHEAD: u64 = 48;
+/// A stream's first entry allocates a whole node (4736 bytes measured for one small entry).
+const STREAM_NODE: u64 = 4_800;
+/// A HyperLogLog can turn dense (12 KiB) on any PFADD or PFMERGE.
+const DENSE_HLL: u64 = 12_400;
+/// Keys measured per script call.
+const MEASURE_BATCH: usize = 256;
+/// A lease an instance stops renewing (it died) stops counting after this long.
+const LEASE_TTL_MS: u64 = 10_000;
+/// The most a session takes from the lease beyond the write at hand, for its next writes
+/// (a pipeline's), so that they take no lock; at most a sixteenth of what is left, so that
+/// many sessions do not empty the lease between them.
+const SESSION_SPARE: u64 = 8 * 1024;
+/// The largest lease reserved at once (never more than 1/16 of the room left). At full
+/// speed a busy instance charges tens of MB/s; each time its lease runs out, its writers
+/// wait for a round trip to Redis.
+const MAX_CHUNK: u64 = 8 << 20;
+/// Keys with a TTL waiting to be measured again when it ends, per tenant and instance.
+const MAX_EXPIRING: usize = 1_000_000;
+/// Measured this long after their TTL, so that Redis has expired them.
+const EXPIRY_GRACE: Duration = Duration::from_millis(5);
+/// A tenant without a quota is still measured (its usage is billed), never refused.
+const UNLIMITED: u64 = 1 << 50;
+
+/// Atomically: reserve `need` (or a bigger chunk) for an instance, unless `used` plus every
+/// live lease plus `need` passes the limit. Expired leases (dead instances) are dropped.
+const RESERVE: &str = include_str!("scripts/reserve.lua");
+
+/// Atomically: measure each key (KEYS[4..]), replace its entry in `sizes`, move `used` by the
+/// difference, and take `release` off the instance's lease (renewing what is left).
+const MEASURE: &str = include_str!("scripts/measure.lua");
+
+/// EVALSHA of `script`, its keys and arguments to be added. Built as one command rather than
+/// through `Script::key`, which copies every key into an allocation of its own: with a
+/// batch of 256 keys, that was most of a flush's cost in respite.
+fn evalsha(script: &Script, keys: usize) -> redis::Cmd {
+    let mut call = redis::cmd("EVALSHA");
+    call.arg(script.get_hash()).arg(keys);
+    call
+}
+
+/// Runs an [`evalsha`] call, loading the script first when Redis does not have it (it
+/// restarted, or SCRIPT FLUSH).
+async fn invoke<T: redis::FromRedisValue>(
+    c: &mut deadpool_redis::Connection,
+    script: &Script,
+    call: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    match call.query_async(c).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(c).await?;
+            call.query_async(c).await
+        }
+        other => other,
+    }
+}
+
+/// The quota bookkeeping of one respite instance: every tenant's ledger and the pool to Redis.
+pub struct Quotas {
+    own: Own,
+    /// This instance's name in the lease hashes.
+    instance: String,
+    settings: QuotaSettings,
+    ledgers: Vec<Arc<Ledger>>,
+    reserve: Script,
+    measure: Script,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct QuotaSettings {
+    flush_interval: Duration,
+    reconcile_interval: Duration,
+    keys_per_second: u64,
+}
+
+impl From<&QuotaConfig> for QuotaSettings {
+    fn from(q: &QuotaConfig) -> Self {
+        QuotaSettings {
+            flush_interval: Duration::from_millis(q.flush_interval_ms),
+            reconcile_interval: Duration::from_millis(q.reconcile_interval_ms),
+            keys_per_second: q.reconcile_keys_per_second,
+        }
+    }
+}
+
+/// A name for this instance's leases no other instance has: its pid and a random number
+/// (std's hasher keys are seeded randomly per process).
+fn instance_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    format!("{}-{:016x}", std::process::id(), h.finish())
+}
+
+impl Quotas {
+    /// `None` when no tenant has a quota (nothing is measured then).
+    pub fn from_config(config: &Config, ledgers: Vec<Arc<Ledger>>, own: Own) -> Option<Quotas> {
+        config.quotas_enabled().then(|| Quotas {
+            own,
+            instance: instance_name(),
+            settings: (&config.quota).into(),
+            ledgers,
+            reserve: Script::new(RESERVE),
+            measure: Script::new(MEASURE),
+        })
+    }
+
+    /// How long a refusal from Redis stands without asking again.
+    pub fn recent(&self) -> Duration {
+        self.settings.flush_interval
+    }
+
+    /// Runs `f` on respite's own pool; failures are the bookkeeping's.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, UpstreamError>
+    where
+        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+    {
+        self.own.run(f).await.map_err(|e| match e {
+            OwnError::Timeout(ms) => UpstreamError::Timeout(ms),
+            other => UpstreamError::Bookkeeping(other.to_string()),
+        })
+    }
+
+    /// Charges a write against its tenant's quota, or refuses it with `-OOM`.
+    pub async fn admit(&self, ledger: &Arc<Ledger>, cost: WriteCost) -> Result<Written, Error> {
+        let bytes = match &cost.growth {
+            Growth::None => 0,
+            Growth::Bytes(b) => *b,
+            Growth::CopyOf(sources, extra) => self.sizes(&ledger.prefix, sources).await? + extra,
+        };
+        let Some(limits) = ledger.limits.filter(|_| bytes > 0) else {
+            return Ok(Written::new(cost, 0));
+        };
+        let mut flushed = false;
+        let mut attempts = 0;
+        loop {
+            let fits = match ledger.try_charge(bytes, self.settings.flush_interval, None) {
+                Charge::Done => break,
+                Charge::Full => false,
+                Charge::Short(_) => {
+                    let _one = ledger.reserving.lock().await;
+                    // Another session's reservation may have covered this write meanwhile.
+                    match ledger.try_charge(bytes, self.settings.flush_interval, None) {
+                        Charge::Done => break,
+                        Charge::Full => false,
+                        Charge::Short(lacking) => {
+                            attempts += 1;
+                            // Another session may take a fresh grant first: ask again, a
+                            // few times.
+                            self.reserve(ledger, lacking).await? && attempts < 8
+                        }
+                    }
+                }
+            };
+            if fits {
+                continue;
+            }
+            if !flushed {
+                // Settled writes may have shrunk (overwrites, deletes), and the lease this
+                // instance holds counts as used: measure, hand it back, then retry.
+                flushed = true;
+                self.flush(ledger, false).await?;
+                continue;
+            }
+            ledger.mark_full(bytes);
+            ledger.refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::Oom {
+                tenant: ledger.tenant.clone(),
+                used: ledger.used_with_leases().max(0) as u64,
+                limit: ledger.limit(),
+                quota: limits.quota,
+                overage: limits.overage,
+                need: bytes,
+            });
+        }
+        ledger.count_overage(limits);
+        Ok(Written::new(cost, bytes))
+    }
+
+    /// The total MEMORY USAGE of `keys`.
+    async fn sizes(&self, prefix: &[u8], keys: &[Source]) -> Result<u64, UpstreamError> {
+        self.with_conn(async |c| {
+            let mut pipe = redis::pipe();
+            for k in keys {
+                let usage = pipe.cmd("MEMORY").arg("USAGE");
+                if k.mine {
+                    usage.arg(&namespaced(prefix, &k.name)[..]);
+                } else {
+                    usage.arg(&k.name[..]);
+                }
+                // Every element: a copy costs Redis as much anyway.
+                usage.arg("SAMPLES").arg(0);
+            }
+            let sizes: Vec<Option<u64>> = pipe.query_async(c).await?;
+            Ok(sizes.into_iter().flatten().sum())
+        })
+        .await
+    }
+
+    /// Reserves at least `need` more bytes of lease; false when the limit has no room.
+    async fn reserve(&self, ledger: &Ledger, need: u64) -> Result<bool, UpstreamError> {
+        let (grant, used, leased): (u64, i64, i64) = self
+            .with_conn(async |c| {
+                self.reserve
+                    .key(&ledger.names.used)
+                    .key(&ledger.names.leases)
+                    .arg(&self.instance)
+                    .arg(need)
+                    .arg(MAX_CHUNK)
+                    .arg(ledger.limit())
+                    .arg(LEASE_TTL_MS)
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        ledger.saw(used, leased);
+        if grant > 0 {
+            let mut l = ledger.local.lock().unwrap();
+            l.granted += grant;
+            l.last_grant = grant;
+        }
+        Ok(grant > 0)
+    }
+
+    /// Measures the tenant's dirty keys and hands back the lease it no longer needs.
+    async fn flush(&self, ledger: &Ledger, keep: bool) -> Result<(), UpstreamError> {
+        let _one = ledger.flushing.lock().await;
+        let f = ledger.take_flush(keep);
+        // The lease goes back with the last batch, once every key is measured.
+        let batches: Vec<&[Bytes]> = if f.keys.is_empty() {
+            vec![&[]]
+        } else {
+            f.keys.chunks(MEASURE_BATCH).collect()
+        };
+        let last = batches.len() - 1;
+        // One connection for the batches: taking one from the pool costs a PING.
+        let result = self
+            .with_conn(async |c| {
+                for (i, keys) in batches.into_iter().enumerate() {
+                    let release = if i == last { f.release } else { 0 };
+                    self.measure_on(c, ledger, keys, release).await?;
+                }
+                Ok(())
+            })
+            .await;
+        if result.is_err() {
+            ledger.undo_flush(f);
+        }
+        result
+    }
+
+    async fn measure(
+        &self,
+        ledger: &Ledger,
+        keys: &[Bytes],
+        release: u64,
+    ) -> Result<(), UpstreamError> {
+        self.with_conn(async |c| self.measure_on(c, ledger, keys, release).await)
+            .await
+    }
+
+    async fn measure_on(
+        &self,
+        c: &mut deadpool_redis::Connection,
+        ledger: &Ledger,
+        keys: &[Bytes],
+        release: u64,
+    ) -> redis::RedisResult<()> {
+        let mut call = evalsha(&self.measure, 3 + keys.len());
+        call.arg(&ledger.names.used)
+            .arg(&ledger.names.sizes)
+            .arg(&ledger.names.leases);
+        for k in keys {
+            call.arg(&k[..]);
+        }
+        call.arg(&self.instance)
+            .arg(release)
+            .arg(LEASE_TTL_MS)
+            .arg(ledger.prefix.len());
+        let (used, leased): (i64, i64) = invoke(c, &self.measure, &call).await?;
+        ledger.saw(used, leased);
+        Ok(())
+    }
+
+    /// One reconciliation pass over the tenant, unless another instance did one within the
+    /// interval. Returns whether it ran.
+    pub async fn reconcile(&self, ledger: &Ledger) -> Result<bool, UpstreamError> {
+        let interval_ms = self.settings.reconcile_interval.as_millis() as u64;
+        let locked: Option<String> = self
+            .with_conn(async |c| {
+                redis::cmd("SET")
+                    .arg(&ledger.names.lock)
+                    .arg(&self.instance)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(interval_ms.saturating_sub(100).max(1))
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        if locked.is_none() {
+            return Ok(false);
+        }
+        // Keys measured before: the ones that expired or were evicted measure as gone.
+        self.walk(ledger, "HSCAN", &ledger.names.sizes, true)
+            .await?;
+        // Keys in Redis: written around respite, or before it.
+        let pattern = format!("{}*", String::from_utf8_lossy(&ledger.prefix));
+        self.walk(ledger, "SCAN", &pattern, false).await?;
+        ledger.reconciled.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Measures every key a SCAN (`target` is the MATCH pattern) or an HSCAN of `sizes`
+    /// (`target` is the hash; its fields are keys without the prefix) yields, paced.
+    async fn walk(
+        &self,
+        ledger: &Ledger,
+        how: &str,
+        target: &str,
+        fields: bool,
+    ) -> Result<(), UpstreamError> {
+        let mut cursor = 0u64;
+        let pause =
+            Duration::from_secs_f64(MEASURE_BATCH as f64 / self.settings.keys_per_second as f64);
+        loop {
+            let (next, items): (u64, Vec<Vec<u8>>) = self
+                .with_conn(async |c| {
+                    let mut cmd = redis::cmd(how);
+                    if fields {
+                        cmd.arg(target).arg(cursor);
+                    } else {
+                        cmd.arg(cursor).arg("MATCH").arg(target);
+                    }
+                    cmd.arg("COUNT").arg(MEASURE_BATCH).query_async(c).await
+                })
+                .await?;
+            let keys: Vec<Bytes> = if fields {
+                // HSCAN yields field, value, field, value...
+                items
+                    .chunks(2)
+                    .map(|fv| crate::wire::namespaced(&ledger.prefix, &fv[0]))
+                    .collect()
+            } else {
+                items.into_iter().map(Bytes::from).collect()
+            };
+            if !keys.is_empty() {
+                self.measure(ledger, &keys, 0).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Every tenant's figures, with `used` read from Redis now (one MGET).
+    pub async fn statuses(&self) -> Vec<(Arc<Ledger>, Status)> {
+        let names: Vec<&str> = self.ledgers.iter().map(|l| l.names.used.as_str()).collect();
+        let used: Result<Vec<Option<i64>>, _> = self
+            .with_conn(async |c| redis::cmd("MGET").arg(&names).query_async(c).await)
+            .await;
+        self.ledgers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let u = match &used {
+                    Ok(v) => v.get(i).copied().flatten().unwrap_or(0),
+                    Err(_) => l.used.load(Ordering::Relaxed),
+                };
+                (l.clone(), l.status(u))
+            })
+            .collect()
+    }
+
+    /// The tenant's figures, with `used` read from Redis now.
+    pub async fn status(&self, ledger: &Ledger) -> Status {
+        let used: Result<Option<i64>, _> = self
+            .with_conn(async |c| {
+                redis::cmd("GET")
+                    .arg(&ledger.names.used)
+                    .query_async(c)
+                    .await
+            })
+            .await;
+        let used = match used {
+            Ok(u) => u.unwrap_or(0),
+            Err(_) => ledger.used.load(Ordering::Relaxed),
+        };
+        ledger.status(used)
+    }
+
+    /// The flusher and the reconciler, until `stop`; a last flush hands the leases back.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let reconciler = tokio::spawn(self.clone().reconcile_forever(stop.clone()));
+        let mut tick = tokio::time::interval(self.settings.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            self.flush_all().await;
+        }
+        self.flush_all().await;
+        let _ = reconciler.await;
+    }
+
+    async fn flush_all(&self) {
+        for l in &self.ledgers {
+            if l.has_work() {
+                if let Err(e) = self.flush(l, true).await {
+                    tracing::warn!(tenant = %l.tenant, error = %e, "quota flush failed; will retry");
+                }
+            }
+        }
+    }
+
+    async fn reconcile_forever(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let started = Instant::now();
+            for l in &self.ledgers {
+                let pass = tokio::select! {
+                    r = self.reconcile(l) => r,
+                    _ = stop.cancelled() => return,
+                };
+                if let Err(e) = pass {
+                    tracing::warn!(tenant = %l.tenant, error = %e, "quota reconciliation failed");
+                }
+            }
+            let next = started + self.settings.reconcile_interval;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Unit tests of the cost model, the ledger and the account.
+
+use super::*;
+
+/// A request as respite forwards it for a publisher of `shared:*`: its keys behind the
+/// prefix but the shared ones.
+struct Forward {
+    args: Vec<Bytes>,
+    prefixed: Marks,
+}
+
+fn forward(line: &str) -> (Command, KeyMap, Forward) {
+    let args: Vec<Bytes> = line
+        .split(' ')
+        .map(|a| Bytes::from(a.to_string()))
+        .collect();
+    let cmd = crate::command::lookup(&args).unwrap();
+    let keys = KeyMap::find(&cmd, &args).unwrap();
+    let mut prefixed = Marks::default();
+    for (i, _) in keys.iter() {
+        if !args[i].starts_with(b"shared:") {
+            prefixed.set(i);
+        }
+    }
+    (cmd, keys, Forward { args, prefixed })
+}
+
+/// Tenant `a`'s ledger, with a quota and a lease of `granted` bytes.
+fn leased(granted: u64) -> Ledger {
+    let limits = QuotaLimits {
+        quota: 1 << 30,
+        overage: 0,
+    };
+    let l = Ledger::new("a", Some(limits));
+    l.local.lock().unwrap().granted = granted;
+    l
+}
+
+fn set_cmd() -> Command {
+    crate::command::lookup(&[Bytes::from("SET")]).unwrap()
+}
+
+fn cost_of(line: &str) -> Option<WriteCost> {
+    let (cmd, keys, fwd) = forward(line);
+    cost(&cmd, &fwd.args, &keys, &fwd.prefixed, "tenant:a:".len())
+}
+
+fn bytes(line: &str) -> u64 {
+    match cost_of(line).unwrap().growth {
+        Growth::Bytes(b) => b,
+        other => panic!("{line}: {other:?}"),
+    }
+}
+
+#[test]
+fn reads_cost_nothing_and_deletes_never_grow() {
+    assert!(cost_of("GET k").is_none());
+    assert!(cost_of("GEORADIUS g 0 0 1 km").is_none());
+    assert!(cost_of("SORT k").is_none());
+    let del = cost_of("DEL a b").unwrap();
+    assert_eq!(del.growth, Growth::None);
+    assert_eq!(
+        del.keys,
+        Keys::Many(vec![Bytes::from("a"), Bytes::from("b")])
+    );
+}
+
+#[test]
+fn the_lone_key_cost_agrees_with_the_general_one() {
+    let lines = [
+        "SET k v",
+        "SET k v EX 10",
+        "SET shared:k v",
+        "HSET h f v g w",
+        "LPUSH l x y z",
+        "APPEND k tail",
+        "SETRANGE k 100 x",
+        "INCR n",
+        "EXPIRE k 5",
+        "LPOP l",
+        "GET k",
+        "XADD s * f v",
+        "PFADD p a b",
+    ];
+    for line in lines {
+        let (cmd, keys, fwd) = forward(line);
+        assert!(matches!(keys, KeyMap::Lone(_)), "{line}");
+        let listed = KeyMap::Many(keys.iter().collect());
+        let prefix_len = "tenant:a:".len();
+        assert_eq!(
+            cost(&cmd, &fwd.args, &keys, &fwd.prefixed, prefix_len),
+            keyed_cost(
+                &cmd,
+                &fwd.args,
+                &listed,
+                &fwd.prefixed,
+                prefix_len as u64,
+                false
+            ),
+            "{line}"
+        );
+    }
+    assert!(
+        cost_of("SET shared:k v").is_none(),
+        "not the tenant's usage"
+    );
+}
+
+#[test]
+fn estimates_bound_what_redis_measures() {
+    // MEMORY USAGE of "tenant:a:k" = "v" is 72; of a 100,000-byte value, 114,744.
+    assert!(bytes("SET k v") >= 72);
+    let big = format!("SET k {}", "x".repeat(100_000));
+    assert!(bytes(&big) >= 114_744);
+    assert!(bytes("SETRANGE k 1000000 x") > 1_000_000);
+    assert!(bytes("SETBIT k 8000000 1") > 1_000_000);
+    assert!(bytes("BITFIELD k SET u8 #1000000 1") > 1_000_000);
+    assert!(bytes("BITFIELD k GET u8 0") < 1_000);
+    assert!(bytes("XADD s * f v") >= 4_736);
+}
+
+#[test]
+fn ttls_are_read_from_every_command_that_sets_one() {
+    let ttl = |line: &str| cost_of(line).unwrap().expires_in;
+    assert_eq!(ttl("SET k v EX 10"), Some(Duration::from_secs(10)));
+    assert_eq!(ttl("SET k v NX PX 250"), Some(Duration::from_millis(250)));
+    assert_eq!(ttl("SETEX k 3 v"), Some(Duration::from_secs(3)));
+    assert_eq!(ttl("PEXPIRE k 40 NX"), Some(Duration::from_millis(40)));
+    assert_eq!(ttl("EXPIREAT k 1"), Some(Duration::ZERO));
+    assert_eq!(ttl("SET k v"), None);
+    assert_eq!(ttl("HSET k ex 10"), None);
+}
+
+#[test]
+fn allocation_classes_are_jemallocs() {
+    let classes: Vec<u64> = [1, 9, 17, 33, 49, 65, 100, 129, 200, 257, 200_003]
+        .into_iter()
+        .map(alloc_class)
+        .collect();
+    assert_eq!(
+        classes,
+        [8, 16, 32, 48, 64, 80, 112, 160, 224, 320, 229_376]
+    );
+}
+
+#[test]
+fn copies_are_sized_by_their_sources() {
+    let c = cost_of("SUNIONSTORE d a shared:b").unwrap();
+    assert_eq!(c.keys, Keys::Arg(1));
+    let source = |name: &'static str, mine| Source {
+        name: Bytes::from(name),
+        mine,
+    };
+    assert_eq!(
+        c.growth,
+        Growth::CopyOf(
+            vec![source("a", true), source("shared:b", false)],
+            stored("tenant:a:d".len() as u64)
+        )
+    );
+    let s = cost_of("SORT src STORE dst").unwrap();
+    assert_eq!(s.keys, Keys::Arg(3));
+    assert!(matches!(s.growth, Growth::CopyOf(..)));
+    // A move takes from one key what it adds to another.
+    assert!(matches!(
+        cost_of("LMOVE a b LEFT RIGHT").unwrap().growth,
+        Growth::Bytes(_)
+    ));
+}
+
+#[test]
+fn the_lease_is_handed_back_on_flush() {
+    let l = Ledger::new("a", None);
+    l.local.lock().unwrap().granted = 1000;
+    let recent = Duration::from_secs(1);
+    assert!(matches!(l.try_charge(300, recent, None), Charge::Done));
+    assert!(matches!(l.try_charge(300, recent, None), Charge::Done));
+    assert!(matches!(
+        l.try_charge(500, recent, None),
+        Charge::Short(100)
+    ));
+    l.mark_full(500);
+    assert!(matches!(l.try_charge(600, recent, None), Charge::Full));
+    assert!(matches!(l.try_charge(450, recent, None), Charge::Short(50)));
+    l.settle([Bytes::from("k")], 300);
+    assert!(
+        matches!(l.try_charge(600, recent, None), Charge::Short(_)),
+        "a settle clears it"
+    );
+    let f = l.take_flush(false);
+    // One write settled (300) and 400 unused go back; 300 stay for the write in flight.
+    assert_eq!((f.release, f.keys.len()), (700, 1));
+    let local = l.local.lock().unwrap();
+    assert_eq!((local.granted, local.charged, local.settled), (300, 300, 0));
+}
+
+#[test]
+fn a_busy_instance_keeps_its_last_grant_until_it_goes_idle() {
+    let l = Ledger::new("a", None);
+    {
+        let mut local = l.local.lock().unwrap();
+        (local.granted, local.last_grant) = (1000, 1000);
+    }
+    assert!(matches!(
+        l.try_charge(300, Duration::ZERO, None),
+        Charge::Done
+    ));
+    l.settle([Bytes::from("k")], 300);
+    assert_eq!(l.take_flush(true).release, 300);
+    assert_eq!(l.local.lock().unwrap().granted, 700);
+    assert_eq!(l.take_flush(true).release, 700, "idle: all of it goes back");
+    assert_eq!(l.local.lock().unwrap().granted, 0);
+}
+
+#[test]
+fn a_sessions_allowance_comes_with_a_write_and_goes_back_with_the_batch() {
+    let l = leased(100_000);
+    let recent = Duration::from_secs(1);
+    let mut account = Account::default();
+    let (_, keys, set) = forward("SET k v");
+    let cost = || {
+        cost(
+            &set_cmd(),
+            &set.args,
+            &keys,
+            &set.prefixed,
+            "tenant:a:".len(),
+        )
+        .unwrap()
+    };
+    let need = match cost().growth {
+        Growth::Bytes(b) => b,
+        other => panic!("{other:?}"),
+    };
+    // The first write takes a spare sixteenth of what is left, at most SESSION_SPARE;
+    // the next ones take no lock.
+    let first = account.admit_now(&l, cost(), recent).unwrap();
+    let spare = SESSION_SPARE.min((100_000 - need) / 16);
+    assert!(spare > need);
+    assert_eq!(account.allowance, spare);
+    assert_eq!(l.local.lock().unwrap().charged, need + spare);
+    let second = account.admit_now(&l, cost(), recent).unwrap();
+    assert_eq!(account.allowance, spare - need);
+    assert_eq!(l.local.lock().unwrap().charged, need + spare);
+    // Answered: both settle, and what is left of the allowance goes back.
+    let (mut first, mut second) = (first, second);
+    first.keys.take_from(&mut set.args.clone());
+    second.keys.clone_from(&set.args);
+    account.add(first);
+    account.add(second);
+    account.finish(Some(&l));
+    let local = l.local.lock().unwrap();
+    assert_eq!((local.charged, local.settled), (2 * need, 2 * need));
+    assert_eq!(account.allowance, 0);
+    assert_eq!(local.dirty.len(), 1, "one key, listed once");
+    assert!(local.dirty.contains(&b"tenant:a:k"[..]));
+}
+
+#[test]
+fn a_write_the_allowance_does_not_cover_hands_it_back_before_asking_redis() {
+    // A small lease: the spare is a sixteenth of it, under SESSION_SPARE.
+    let l = leased(1_000);
+    let mut account = Account::default();
+    let (_, keys, small) = forward("SET k v");
+    let cmd = set_cmd();
+    let recent = Duration::from_secs(1);
+    let w = account
+        .admit_now(
+            &l,
+            cost(&cmd, &small.args, &keys, &small.prefixed, 9).unwrap(),
+            recent,
+        )
+        .unwrap();
+    assert!(account.allowance > 0);
+    let (_, keys, big) = forward(&format!("SET k {}", "x".repeat(2_000)));
+    let big_cost = cost(&cmd, &big.args, &keys, &big.prefixed, 9).unwrap();
+    let refused = account.admit_now(&l, big_cost, recent);
+    assert!(refused.is_err(), "the lease is short: Redis is asked");
+    assert_eq!(account.allowance, 0);
+    assert_eq!(l.local.lock().unwrap().charged, w.charged);
+    account.add(w);
+    account.finish(Some(&l));
+}

@@ -1,0 +1,307 @@
+//! Replies on their way back: routed to the request they answer, rewritten out of the
+//! namespace, settled with the quota, and pub/sub pushes told apart; upstream failures
+//! answered in order.
+
+use super::*;
+
+impl Session {
+    /// Moves every reply that is ready, in order, into the client's output buffer.
+    pub(crate) fn deliver(&mut self) {
+        let mut routed = false;
+        loop {
+            while let Some(Slot::Ready(_)) = self.pending.front() {
+                if let Some(Slot::Ready(b)) = self.pending.pop_front() {
+                    self.out.extend_from_slice(&b);
+                }
+            }
+            if let Some(p) = self.pinned.as_mut() {
+                match p.conn.next_frame() {
+                    Ok(Some(frame)) => {
+                        self.tick(&mut routed);
+                        self.route(frame);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.fail_upstream(e);
+                        continue;
+                    }
+                }
+            }
+            match self.replies.try_recv() {
+                Ok(r) => {
+                    self.tick(&mut routed);
+                    self.take_reply(Some(r));
+                }
+                Err(_) => break,
+            }
+        }
+        if routed {
+            self.progress = self.clock;
+        }
+        if self.pinned.is_some() && self.awaiting == 0 && !self.needs_pinned() {
+            self.unpin();
+        }
+        self.settle();
+    }
+
+    /// Settles the writes answered so far and hands back the unused allowance (see
+    /// `quota::Account`).
+    pub(super) fn settle(&mut self) {
+        let ledger = self.tenant.as_ref().and_then(|t| t.ledger.as_deref());
+        self.account.finish(ledger);
+    }
+
+    /// The writes still waiting for their replies, which will not come: Redis may or may
+    /// not have run them, so they are settled (measured) either way.
+    pub(super) fn settle_unanswered(&mut self) {
+        for slot in self.pending.iter_mut() {
+            if let Slot::Reply { write, .. } = slot {
+                if let Some(w) = write.take() {
+                    self.account.add(w);
+                }
+            }
+        }
+    }
+
+    /// Ends the transaction in progress, if any; its queued writes will not run as queued,
+    /// but are settled (their keys measured) all the same.
+    pub(super) fn end_multi(&mut self) {
+        if let Some(w) = self.multi.take().and_then(|m| m.writes) {
+            self.account.add(w);
+        }
+    }
+
+    /// Reads the clock for the first reply of a batch: one reading serves the batch's
+    /// latencies and Redis' progress.
+    pub(super) fn tick(&mut self, routed: &mut bool) {
+        if !*routed {
+            self.clock = Instant::now();
+            *routed = true;
+        }
+    }
+
+    /// A reply from the shared connection: routed, unless it answers a request this session
+    /// already gave up on (an earlier generation).
+    pub(super) fn take_reply(&mut self, r: Option<Reply>) {
+        let Some(r) = r else { return };
+        if r.generation != self.sink.generation {
+            return;
+        }
+        match r.result {
+            Ok(frame) => self.route(frame),
+            Err(e) => {
+                let mute = match self.answered() {
+                    Some(Slot::Reply { mute, .. }) | Some(Slot::Confirm { mute, .. }) => mute,
+                    _ => true,
+                };
+                if !mute {
+                    self.out.extend_from_slice(&Error::Upstream(e).to_resp());
+                }
+            }
+        }
+    }
+
+    /// Does Redis hold state for this client, so that its requests must keep one connection?
+    pub(super) fn needs_pinned(&self) -> bool {
+        self.has_connection_state() || self.no_evict
+    }
+
+    /// Gives the pinned connection back: to the pool, reset, if nothing is in flight on it;
+    /// otherwise closed.
+    pub(crate) fn unpin(&mut self) {
+        if let Some(p) = self.pinned.take() {
+            self.me
+                .upstream_id
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            if self.awaiting == 0 && self.to_up.is_empty() {
+                self.ctx.upstream.pinned.release(p);
+            } else {
+                p.close();
+            }
+        }
+    }
+
+    /// Takes the head slot, which Redis has just answered.
+    pub(super) fn answered(&mut self) -> Option<Slot> {
+        let mut slot = self.pending.pop_front();
+        if let Some(Slot::Reply { write, .. }) = &mut slot {
+            if let Some(w) = write.take() {
+                // Redis has run the write: its keys can be measured (with the batch).
+                self.account.add(w);
+            }
+        }
+        if slot.as_ref().is_some_and(is_upstream_slot) {
+            self.awaiting -= 1;
+        }
+        slot
+    }
+
+    /// Puts one frame from Redis where it belongs.
+    pub(super) fn route(&mut self, frame: Frame) {
+        let prefix = self.prefix();
+        // A no-argument UNSUBSCRIBE answers once per subscription held when Redis ran it,
+        // i.e. now that every earlier confirmation has been counted.
+        if let Some(Slot::Confirm {
+            kind,
+            left: left @ None,
+            ..
+        }) = self.pending.front_mut()
+        {
+            let held = match kind {
+                SubKind::Channel => self.subs.channels.len(),
+                SubKind::Pattern => self.subs.patterns.len(),
+                SubKind::Shard => self.subs.shard.len(),
+            };
+            *left = Some(held.max(1));
+        }
+        let head_confirms = matches!(self.pending.front(), Some(Slot::Confirm { .. }));
+        match reply::classify(&frame, self.subs.any() || head_confirms) {
+            Kind::Message => self
+                .out
+                .extend_from_slice(&reply::strip_push(&frame, &prefix)),
+            Kind::Confirmation {
+                kind, subscribe, ..
+            } => {
+                self.track_subscription(kind, subscribe, reply::confirmation_channel(&frame));
+                let mute = match self.pending.front_mut() {
+                    Some(Slot::Confirm { left, mute, .. }) => {
+                        let m = *mute;
+                        let l = left.get_or_insert(1);
+                        *l = l.saturating_sub(1);
+                        if *l == 0 {
+                            self.answered();
+                        }
+                        m
+                    }
+                    // Redis may also unsubscribe on its own (e.g. a shard channel moving).
+                    _ => false,
+                };
+                if !mute {
+                    self.out
+                        .extend_from_slice(&reply::strip_push(&frame, &prefix));
+                }
+            }
+            Kind::Reply => match self.answered() {
+                Some(Slot::Reply {
+                    shape, mute, meta, ..
+                }) => {
+                    if let Some(meta) = meta {
+                        let (outcome, hit) = if frame.is_error() {
+                            (Outcome::Error, None)
+                        } else {
+                            (Outcome::Ok, meta.read.then(|| crate::wire::found(&frame)))
+                        };
+                        self.tally.done(&meta, outcome, hit, self.clock);
+                    }
+                    if !mute {
+                        self.out
+                            .extend_from_slice(&reply::strip(&frame, &shape, &prefix));
+                    }
+                }
+                // An error instead of confirmations (e.g. wrong arity): one reply.
+                Some(Slot::Confirm { mute, .. }) => {
+                    if !mute {
+                        self.out.extend_from_slice(&frame.raw);
+                    }
+                }
+                Some(Slot::Internal) => {}
+                Some(Slot::Ready(_)) => unreachable!("ready slots are delivered first"),
+                None => {
+                    tracing::warn!("Redis sent a reply nobody asked for; dropping the connection");
+                    self.fail_upstream(UpstreamError::Protocol("unexpected reply".into()));
+                }
+            },
+        }
+    }
+
+    pub(super) fn track_subscription(
+        &mut self,
+        kind: SubKind,
+        subscribe: bool,
+        channel: Option<Bytes>,
+    ) {
+        let Some(channel) = channel else { return };
+        let changed = if subscribe {
+            self.subs.set(kind).insert(channel.clone())
+        } else {
+            self.subs.set(kind).remove(&channel)
+        };
+        if changed && kind == SubKind::Pattern {
+            if let Some(t) = &self.tenant {
+                if subscribe {
+                    self.ctx.clients.pattern_added(&t.id, channel);
+                } else {
+                    self.ctx.clients.pattern_removed(&t.id, channel);
+                }
+            }
+        }
+        let mut st = self.me.state.lock().unwrap();
+        st.sub = self.subs.channels.len();
+        st.psub = self.subs.patterns.len();
+        st.ssub = self.subs.shard.len();
+    }
+
+    /// Redis failed this session's requests: every open slot becomes the error, in order. A
+    /// pinned connection is closed; on the shared one the session moves to a new generation
+    /// and ignores late replies. If Redis held state for the client (MULTI, WATCH,
+    /// subscriptions, tracking), that state is gone, so the client connection is closed once
+    /// the errors are out, as Redis would close it.
+    pub(crate) fn fail_upstream(&mut self, e: UpstreamError) {
+        tracing::warn!(error = %e, "upstream failed");
+        if matches!(e, UpstreamError::Timeout(_)) {
+            let c = &self.ctx.upstream.connector.counters;
+            c.timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let reply = Error::Upstream(e).to_resp();
+        let now = Instant::now();
+        for slot in self.pending.iter() {
+            if let Slot::Reply { meta: Some(m), .. } = slot {
+                self.tally.done(m, Outcome::Error, None, now);
+            }
+        }
+        self.settle_unanswered();
+        for slot in self.pending.iter_mut() {
+            match slot {
+                Slot::Reply { mute: false, .. } | Slot::Confirm { mute: false, .. } => {
+                    *slot = Slot::Ready(reply.clone())
+                }
+                Slot::Ready(_) => {}
+                _ => *slot = Slot::Ready(Bytes::new()),
+            }
+        }
+        self.awaiting = 0;
+        self.to_up.clear();
+        self.to_up_count = 0;
+        self.sink.generation += 1;
+        if let Some(p) = self.pinned.take() {
+            p.close();
+        }
+        if self.has_connection_state() {
+            self.closing = true;
+        }
+        self.reset_connection_state();
+    }
+
+    /// Forgets everything Redis held for this client's connection.
+    pub(crate) fn reset_connection_state(&mut self) {
+        self.me
+            .upstream_id
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = &self.tenant {
+            for p in self.subs.patterns.drain() {
+                self.ctx.clients.pattern_removed(&t.id, p);
+            }
+        }
+        self.subs = Subscriptions::default();
+        self.end_multi();
+        // Before the tenant can change (RESET, AUTH): its writes settle with its ledger.
+        self.settle();
+        self.watching = false;
+        self.tracking = false;
+        self.no_evict = false;
+        let mut st = self.me.state.lock().unwrap();
+        (st.sub, st.psub, st.ssub, st.multi) = (0, 0, 0, -1);
+    }
+}

@@ -1,0 +1,510 @@
+//! A client connection from accept to close: the loop that reads requests, passes each
+//! through the pipeline stages once, and writes the replies back in the order the requests
+//! came.
+//!
+//! ```text
+//! loop:  deliver() replies already read ─▶ for each whole request: handle()
+//!                                auth gate ─▶ command table ─▶ respite's own command?
+//!                                ─▶ policy ─▶ rewrite ─▶ forward (queued on the upstream)
+//!        flush upstream writes ─▶ deliver() ─▶ write what the client socket takes
+//!        wait for: client bytes | client writable | upstream bytes | head-of-line timeout
+//!                  | kill | shutdown
+//! ```
+//!
+//! Every request gets a [`Slot`] in `pending`, in arrival order: a reply respite already
+//! knows, or a promise of one from Redis. Replies from Redis fill the oldest open slot, so a
+//! local error (NOPERM, a protocol error) can never overtake an earlier forwarded command's
+//! reply, and a failed upstream turns every open slot into an error, in order.
+//!
+//! Backpressure: at most [`MAX_IN_FLIGHT`] requests are in flight, and at most [`OUT_LIMIT`]
+//! bytes of replies wait for a client that is not reading; past either, respite stops reading
+//! from the client (and from Redis), so a client that never reads costs bounded memory while
+//! one that writes 10,000 commands before reading still gets all 10,000 replies.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Buf;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::auth::Authenticator;
+use crate::clients::Client;
+use crate::command::{self, Unknown};
+use crate::context::Context;
+use crate::error::{Error, UpstreamError};
+mod decide;
+mod inbound;
+mod keyspace;
+mod local;
+mod outbound;
+
+use crate::metrics::{Meta, Outcome, Tally};
+use crate::namespace::reply::{self, ExecItem, Kind, Shape, SubKind};
+use crate::namespace::{self as rewrite, Expect, Forward};
+use crate::policy;
+use crate::quota::{self, WriteCost, Written};
+use crate::tenant::Tenant;
+use crate::upstream::{shared, Pinned, Reply, Sink};
+use crate::wire::Frame;
+use crate::wire::{encode_marked, encode_request, parse_request, Request};
+use local::Local;
+
+/// Requests a connection may have in flight before respite stops reading from it.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// Reply bytes waiting for the client past which respite stops reading more requests.
+pub const OUT_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The place of one request's reply in the outgoing stream.
+#[derive(Debug)]
+pub(crate) enum Slot {
+    /// Answered by respite.
+    Ready(Bytes),
+    /// One reply from Redis, rewritten by `shape`. `mute`: CLIENT REPLY OFF/SKIP.
+    Reply {
+        shape: Shape,
+        blocking: bool,
+        mute: bool,
+        /// A write's charge: settled (its keys measured) once the reply is in.
+        write: Option<Written>,
+        /// The command, for the tenant's figures.
+        meta: Option<Meta>,
+    },
+    /// (Un)subscribe confirmations; `left` is resolved when the slot reaches the head.
+    Confirm {
+        kind: SubKind,
+        left: Option<usize>,
+        mute: bool,
+    },
+    /// A reply to respite's own request (e.g. DISCARD for an aborted EXEC): dropped.
+    Internal,
+}
+
+/// The channels, patterns and shard channels this connection's upstream is subscribed to,
+/// by their names in Redis.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    channels: HashSet<Bytes>,
+    patterns: HashSet<Bytes>,
+    shard: HashSet<Bytes>,
+}
+
+impl Subscriptions {
+    fn set(&mut self, kind: SubKind) -> &mut HashSet<Bytes> {
+        match kind {
+            SubKind::Channel => &mut self.channels,
+            SubKind::Pattern => &mut self.patterns,
+            SubKind::Shard => &mut self.shard,
+        }
+    }
+
+    pub(crate) fn any(&self) -> bool {
+        !(self.channels.is_empty() && self.patterns.is_empty() && self.shard.is_empty())
+    }
+}
+
+/// MULTI in progress: what EXEC's reply will hold.
+#[derive(Debug, Default)]
+pub(crate) struct Multi {
+    pub items: Vec<ExecItem>,
+    /// A command was refused while queuing: EXEC must abort, as in Redis.
+    pub dirty: bool,
+    /// The queued writes' charges, settled with EXEC's reply (or when the MULTI ends).
+    pub writes: Option<Written>,
+}
+
+/// CLIENT REPLY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMode {
+    On,
+    Off,
+    SkipNext,
+}
+
+/// What the pipeline decided for one request.
+enum Action {
+    /// Answer with this error.
+    Refuse(Error),
+    /// One of respite's own commands.
+    Local(Local),
+    /// GET of a shared key: answered by the shared cache.
+    SharedGet(Bytes),
+    /// Send to Redis; the name is the command's (or its container's); a write under a quota
+    /// has its cost.
+    Forward(Forward, &'static [u8], Option<WriteCost>),
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    ClientGone,
+    Killed,
+}
+
+/// What woke the session up.
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    UpstreamRead(std::io::Result<usize>),
+    SharedReply(Option<Reply>),
+    Timeout,
+    Killed,
+    Shutdown,
+}
+
+pub struct Session {
+    pub(crate) ctx: Arc<Context>,
+    pub(crate) me: Arc<Client>,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    inbuf: BytesMut,
+    pub(crate) out: BytesMut,
+    /// The pinned connection, while Redis holds state for this client; otherwise requests
+    /// go over the shared connection this session is assigned to.
+    pub(crate) pinned: Option<Pinned>,
+    /// Requests encoded for Redis, not yet written (pinned) or submitted (shared).
+    to_up: BytesMut,
+    to_up_count: usize,
+    /// Replies from the shared connection.
+    replies: tokio::sync::mpsc::UnboundedReceiver<Reply>,
+    sink: Sink,
+    pending: VecDeque<Slot>,
+    /// How many of `pending` wait on Redis (not `Ready`).
+    awaiting: usize,
+    /// When Redis last made progress on this connection (for the head-of-line timeout).
+    progress: Instant,
+    pub(crate) tenant: Option<Arc<Tenant>>,
+    /// Shared keys this (publisher) connection wrote whose replies are not all in: dropped
+    /// from the shared cache when written and again once Redis has answered.
+    published: Vec<Bytes>,
+    /// The last shared key this session read (see `shared::Memo`).
+    memo: crate::shared::Memo,
+    /// `published[..unpublished]` have been dropped from the cache once already.
+    unpublished: usize,
+    /// This session's figures since they were last handed to its tenant.
+    tally: Tally,
+    /// When the client's bytes were last read: the start of each request's latency.
+    read_at: Instant,
+    /// The command being handled.
+    current: Option<Meta>,
+    /// Read once per batch of replies: when they were ready (for latencies).
+    clock: Instant,
+    /// The quota allowance this session holds, and the writes Redis has answered in this
+    /// batch: settled together with the tenant's ledger at the end of `deliver`.
+    account: quota::Account,
+    pub(crate) protocol: u8,
+    pub(crate) multi: Option<Multi>,
+    pub(crate) subs: Subscriptions,
+    pub(crate) reply_mode: ReplyMode,
+    pub(crate) watching: bool,
+    pub(crate) tracking: bool,
+    pub(crate) no_evict: bool,
+    pub(crate) closing: bool,
+    /// `inbuf` holds whole requests not yet handled (a cap was reached): read no more until
+    /// they are, or the buffer would grow without bound.
+    backlog: bool,
+    /// The last command handled, published to CLIENT LIST once per batch (not per request).
+    noted: Option<(&'static [u8], Option<&'static [u8]>)>,
+    /// The head-of-line timer. It is re-armed lazily: it may fire early (then it is re-armed
+    /// for the real deadline), never late, and costs no timer registration per request.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timer_at: Option<Instant>,
+}
+
+/// Serves one client connection until it closes, is killed, or the server shuts down.
+pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationToken) {
+    let (Ok(peer), Ok(local)) = (client.peer_addr(), client.local_addr()) else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let me = ctx.clients.register(peer, local);
+    let (reader, writer) = client.into_split();
+    let span = tracing::info_span!("conn", %peer, id = me.id, tenant = tracing::field::Empty);
+    let (reply_tx, replies) = tokio::sync::mpsc::unbounded_channel();
+    let mut s = Session {
+        ctx: ctx.clone(),
+        me: me.clone(),
+        reader,
+        writer,
+        inbuf: BytesMut::with_capacity(16 * 1024),
+        out: BytesMut::with_capacity(16 * 1024),
+        pinned: None,
+        to_up: BytesMut::with_capacity(16 * 1024),
+        to_up_count: 0,
+        replies,
+        sink: Sink {
+            tx: reply_tx,
+            generation: 0,
+        },
+        pending: VecDeque::new(),
+        awaiting: 0,
+        progress: Instant::now(),
+        tenant: None,
+        account: quota::Account::default(),
+        tally: Tally::default(),
+        read_at: Instant::now(),
+        current: None,
+        clock: Instant::now(),
+        published: Vec::new(),
+        memo: None,
+        unpublished: 0,
+        protocol: 2,
+        multi: None,
+        subs: Subscriptions::default(),
+        reply_mode: ReplyMode::On,
+        watching: false,
+        tracking: false,
+        no_evict: false,
+        closing: false,
+        backlog: false,
+        noted: None,
+        timer: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
+        timer_at: None,
+    };
+    if let Some(t) = ctx.default_tenant.clone() {
+        s.set_tenant(t);
+    }
+    let ended = s.run(shutdown).instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!(?ended, "connection closed"));
+    s.unpin();
+    s.settle_unanswered();
+    s.reset_connection_state();
+    s.hand_over_tally();
+    ctx.clients.unregister(me.id);
+}
+
+impl Session {
+    async fn run(&mut self, shutdown: CancellationToken) -> Result<(), End> {
+        loop {
+            // Replies read during the last wait free their slots before new requests count
+            // against MAX_IN_FLIGHT.
+            self.deliver();
+            if !self.published.is_empty() && self.awaiting == 0 {
+                // The shared writes are done: drop what a reader may have cached meanwhile.
+                self.unpublish().await;
+            }
+            self.handle_buffered().await?;
+            self.publish_noted();
+            self.flush_upstream().await;
+            self.deliver();
+            self.write_client_now()?;
+            if self.closing && self.pending.is_empty() && self.out.is_empty() {
+                return Ok(());
+            }
+            match self.wait(&shutdown).await {
+                Event::ClientRead(Ok(n)) if n > 0 => {
+                    self.read_at = Instant::now();
+                    self.tally.bytes_in += n as u64;
+                }
+                Event::ClientRead(_) => return Err(End::ClientGone),
+                Event::ClientWrote(Ok(n)) if n > 0 => self.wrote(n),
+                Event::ClientWrote(_) => return Err(End::ClientGone),
+                Event::UpstreamRead(Ok(n)) if n > 0 => {}
+                Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
+                Event::SharedReply(r) => {
+                    self.clock = Instant::now();
+                    self.take_reply(r)
+                }
+                Event::Timeout => {
+                    self.timer_at = None;
+                    if self.deadline().is_some_and(|d| d <= Instant::now()) {
+                        self.fail_upstream(UpstreamError::Timeout(
+                            self.ctx.upstream.command_timeout_ms(),
+                        ));
+                    }
+                }
+                Event::Killed => return Err(End::Killed),
+                Event::Shutdown => self.closing = true,
+            }
+        }
+    }
+
+    /// Arms the head-of-line timer for `deadline` unless it already fires no later.
+    fn arm_timer(&mut self, deadline: Option<Instant>) -> bool {
+        let Some(d) = deadline else {
+            return false;
+        };
+        if self.timer_at.is_none_or(|t| t > d) {
+            self.timer.as_mut().reset(d.into());
+            self.timer_at = Some(d);
+        }
+        true
+    }
+
+    pub(crate) fn publish_noted(&mut self) {
+        self.hand_over_tally();
+        if let Some(cmd) = self.noted.take() {
+            let mut st = self.me.state.lock().unwrap();
+            st.last_active = Some(Instant::now());
+            st.last_command = Some(cmd);
+        }
+    }
+
+    async fn wait(&mut self, shutdown: &CancellationToken) -> Event {
+        let deadline = self.deadline();
+        let timed = self.arm_timer(deadline);
+        let room = self.out.len() < OUT_LIMIT;
+        let read_client = !self.closing && !self.backlog;
+        let up = &mut self.pinned;
+        let out = &self.out;
+        tokio::select! {
+            _ = self.me.kill.cancelled() => Event::Killed,
+            _ = shutdown.cancelled(), if !self.closing => Event::Shutdown,
+            n = self.reader.read_buf(&mut self.inbuf), if read_client => Event::ClientRead(n),
+            n = self.writer.write(out), if !out.is_empty() => Event::ClientWrote(n),
+            n = read_upstream(up), if up.is_some() && room => Event::UpstreamRead(n),
+            r = self.replies.recv(), if room => Event::SharedReply(r),
+            _ = self.timer.as_mut(), if timed => Event::Timeout,
+        }
+    }
+
+    /// Writes as much output as the socket takes without waiting.
+    fn write_client_now(&mut self) -> Result<(), End> {
+        while !self.out.is_empty() {
+            match self.writer.try_write(&self.out) {
+                Ok(0) => return Err(End::ClientGone),
+                Ok(n) => self.wrote(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return Err(End::ClientGone),
+            }
+        }
+        Ok(())
+    }
+
+    fn wrote(&mut self, n: usize) {
+        let was_full = self.out.len() >= OUT_LIMIT;
+        self.tally.bytes_out += n as u64;
+        self.out.advance(n);
+        if self.out.is_empty() && self.out.capacity() > 1 << 20 {
+            // Let a one-off huge reply's buffer go.
+            self.out = BytesMut::with_capacity(16 * 1024);
+        }
+        if was_full && self.out.len() < OUT_LIMIT {
+            // Redis was not read while the client caught up: restart its clock.
+            self.progress = Instant::now();
+        }
+    }
+
+    /// Runs every whole request in the input buffer through the pipeline.
+    async fn handle_buffered(&mut self) -> Result<(), End> {
+        self.backlog = false;
+        while !self.closing {
+            if self.pending.len() >= MAX_IN_FLIGHT || self.out.len() >= OUT_LIMIT {
+                self.backlog = true;
+                break;
+            }
+            let authenticated = self.tenant.is_some();
+            match parse_request(&mut self.inbuf, &self.ctx.request_limits(), authenticated) {
+                Ok(Some(req)) => self.handle(req).await?,
+                Ok(None) => break,
+                Err(e) => {
+                    // As Redis: answer, then close once earlier replies are out.
+                    tracing::debug!(error = %e, "protocol error");
+                    self.pending
+                        .push_back(Slot::Ready(Error::Protocol(e.0).to_resp()));
+                    self.inbuf.clear();
+                    self.closing = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn prefix(&self) -> Bytes {
+        self.tenant
+            .as_ref()
+            .map(|t| t.prefix.clone())
+            .unwrap_or_default()
+    }
+
+    /// The instant the head request times out, if it is waiting on Redis and may not block.
+    fn deadline(&self) -> Option<Instant> {
+        if self.out.len() >= OUT_LIMIT {
+            // Not reading Redis while the client catches up: not Redis' delay.
+            return None;
+        }
+        match self.pending.front()? {
+            Slot::Reply { blocking: true, .. } | Slot::Ready(_) => None,
+            _ => Some(self.progress + self.ctx.upstream.command_timeout()),
+        }
+    }
+
+    /// Does Redis hold state for this connection that a new connection would not have?
+    fn has_connection_state(&self) -> bool {
+        self.multi.is_some() || self.watching || self.tracking || self.subs.any()
+    }
+
+    /// Gives the session's figures to its tenant (once per pass of the loop).
+    fn hand_over_tally(&mut self) {
+        if let Some(t) = &self.tenant {
+            if !self.tally.is_empty() {
+                t.stats.absorb(&mut self.tally);
+            }
+        }
+    }
+
+    /// Notes how the current command ended (refusals and respite's own answers).
+    fn count(&mut self, outcome: Outcome, hit: Option<bool>) {
+        if self.tenant.is_none() || !self.ctx.metrics {
+            return;
+        }
+        let meta = self.current.take().unwrap_or(Meta {
+            name: b"unknown",
+            family: "other",
+            read: false,
+            at: self.read_at,
+        });
+        self.tally.done(&meta, outcome, hit, Instant::now());
+    }
+
+    /// The outcome of the answer respite just queued.
+    fn last_outcome(&self) -> Outcome {
+        match self.pending.back() {
+            Some(Slot::Ready(b)) if b.first() == Some(&b'-') => Outcome::Error,
+            _ => Outcome::Ok,
+        }
+    }
+
+    pub(crate) fn set_tenant(&mut self, tenant: Arc<Tenant>) {
+        self.hand_over_tally();
+        tracing::Span::current().record("tenant", tenant.id.as_str());
+        let mut state = self.me.state.lock().unwrap();
+        if state.tenant.as_ref() != Some(&tenant.id) {
+            // A connection keeps its number while it stays with one tenant.
+            self.me
+                .shown_id
+                .store(tenant.number_client(), std::sync::atomic::Ordering::Relaxed);
+            state.tenant = Some(tenant.id.clone());
+        }
+        drop(state);
+        self.tenant = Some(tenant);
+    }
+
+    /// The authority that decides logins.
+    pub(crate) fn authenticator(&self) -> &Authenticator {
+        &self.ctx.auth
+    }
+}
+
+fn is_upstream_slot(s: &Slot) -> bool {
+    !matches!(s, Slot::Ready(_))
+}
+
+async fn read_upstream(up: &mut Option<Pinned>) -> std::io::Result<usize> {
+    match up {
+        Some(p) => p.conn.read_more().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

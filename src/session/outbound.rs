@@ -1,0 +1,319 @@
+//! Requests on their way to Redis: queued for a shared connection or written to the
+//! session's pinned one, in order, with the slot each reply will fill.
+
+use super::*;
+
+impl Session {
+    /// Queues a rewritten request for Redis. `top` is the command's (container's) name;
+    /// `write` its charge, if it is a write under a quota.
+    pub(crate) async fn forward(
+        &mut self,
+        fwd: Forward,
+        top: &[u8],
+        mut write: Option<Written>,
+    ) -> Result<(), End> {
+        let Forward {
+            mut args,
+            prefixed,
+            mut expect,
+            blocking,
+        } = fwd;
+        let in_multi = self.multi.is_some();
+        if in_multi && !matches!(top, b"exec" | b"discard" | b"multi" | b"watch") {
+            // Redis queues it and answers +QUEUED; its real reply comes inside EXEC's.
+            match expect {
+                Expect::Confirm { .. } => {
+                    self.refuse(Error::Other(
+                        "Command not allowed inside a transaction".into(),
+                    ));
+                    return Ok(());
+                }
+                Expect::Reply(shape) => {
+                    if let Some(m) = &mut self.multi {
+                        m.items.push(ExecItem::Upstream(shape));
+                        if let Some(mut w) = write.take() {
+                            w.keys.clone_from(&args);
+                            match &mut m.writes {
+                                Some(all) => all.absorb(&mut w),
+                                None => m.writes = Some(w),
+                            }
+                        }
+                    }
+                    expect = Expect::Reply(Shape::Plain);
+                }
+            }
+        } else {
+            match top {
+                b"multi" if !in_multi => self.multi = Some(Multi::default()),
+                b"exec" => {
+                    self.watching = false;
+                    if let Some(m) = self.multi.take() {
+                        if m.dirty {
+                            if let Some(w) = m.writes {
+                                self.account.add(w);
+                            }
+                            if self.open(false, false).await? {
+                                encode_request(&mut self.to_up, [&b"DISCARD"[..]].into_iter());
+                                self.queue(Slot::Internal);
+                            }
+                            self.answer(Error::ExecAbort.to_resp());
+                            return Ok(());
+                        }
+                        expect = Expect::Reply(Shape::Exec(m.items));
+                        write = m.writes;
+                    }
+                }
+                b"discard" => {
+                    self.end_multi();
+                    self.watching = false;
+                }
+                b"watch" if !in_multi => self.watching = true,
+                b"unwatch" => self.watching = false,
+                b"client" if args[1].eq_ignore_ascii_case(b"tracking") => {
+                    self.tracking = args[2].eq_ignore_ascii_case(b"on");
+                }
+                b"client" if args[1].eq_ignore_ascii_case(b"no-evict") => {
+                    self.no_evict = args[2].eq_ignore_ascii_case(b"on");
+                }
+                _ => {}
+            }
+        }
+        // Connection state begins (or a command may block): it needs a connection of its own.
+        let pin = blocking || matches!(expect, Expect::Confirm { .. }) || self.needs_pinned();
+        let mute = self.take_mute();
+        let slot = match expect {
+            Expect::Reply(shape) => Slot::Reply {
+                shape,
+                blocking,
+                mute,
+                write,
+                meta: self.current.take(),
+            },
+            Expect::Confirm { kind, count } => Slot::Confirm {
+                kind,
+                left: count,
+                mute,
+            },
+        };
+        if !self.open(pin, matches!(slot, Slot::Internal)).await? {
+            if let Slot::Reply { write: Some(w), .. } = slot {
+                self.account.add(w);
+            }
+            return Ok(());
+        }
+        let prefix = self.tenant.as_ref().map_or(&[][..], |t| &t.prefix[..]);
+        encode_marked(&mut self.to_up, &args, prefix, &prefixed);
+        self.queue(slot);
+        if let Some(Slot::Reply { write: Some(w), .. }) = self.pending.back_mut() {
+            // Encoded: the write's key can leave the request rather than be copied.
+            w.keys.take_from(&mut args);
+        }
+        Ok(())
+    }
+
+    /// Makes sure the next request can go to Redis. With `pin`, it goes over a pinned
+    /// connection, taken now (after the replies of whatever went over the shared one) if the
+    /// session has none. `false` when no pinned connection can be had: the request is not
+    /// sent, and is answered with the error instead (unless it is respite's own, `internal`).
+    pub(super) async fn open(&mut self, pin: bool, internal: bool) -> Result<bool, End> {
+        if pin && self.pinned.is_none() {
+            self.drain().await?;
+            match self.ctx.upstream.pinned.acquire(self.protocol).await {
+                Ok(p) => {
+                    self.me
+                        .upstream_id
+                        .store(p.conn.client_id, std::sync::atomic::Ordering::Relaxed);
+                    self.pinned = Some(p);
+                }
+                Err(e) => {
+                    if let Some(m) = &mut self.multi {
+                        m.dirty = true;
+                    }
+                    // The state the command would have begun does not exist.
+                    (self.watching, self.tracking, self.no_evict) = (false, false, false);
+                    if self.multi.as_ref().is_some_and(|m| m.items.is_empty()) {
+                        self.end_multi();
+                    }
+                    if !internal {
+                        self.pending
+                            .push_back(Slot::Ready(Error::Upstream(e).to_resp()));
+                    }
+                    return Ok(false);
+                }
+            }
+        }
+        if self.awaiting == 0 {
+            self.progress = Instant::now();
+        }
+        Ok(true)
+    }
+
+    /// Opens the slot of the request just encoded into `to_up`.
+    pub(super) fn queue(&mut self, slot: Slot) {
+        self.to_up_count += 1;
+        self.pending.push_back(slot);
+        self.awaiting += 1;
+    }
+
+    /// Sends what is queued for Redis: written to the pinned connection, or handed to the
+    /// shared one as one batch.
+    pub(super) async fn flush_upstream(&mut self) {
+        if self.to_up.is_empty() {
+            return;
+        }
+        let count = std::mem::take(&mut self.to_up_count);
+        let Some(p) = self.pinned.as_mut() else {
+            let data = self.to_up.split().freeze();
+            if self.to_up.capacity() < 4096 {
+                self.to_up.reserve(16 * 1024);
+            }
+            self.ctx
+                .upstream
+                .shared(self.protocol, self.me.id)
+                .submit(shared::Submit {
+                    data,
+                    count,
+                    to: self.sink.clone(),
+                });
+            return;
+        };
+        let up = &mut p.conn;
+        // Almost always the socket takes it all at once: no timer needed for that.
+        match up.stream.try_write(&self.to_up) {
+            Ok(n) => self.to_up.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                self.to_up.clear();
+                return self.fail_upstream(UpstreamError::Closed);
+            }
+        }
+        if self.to_up.is_empty() {
+            return;
+        }
+        let timeout = self.ctx.upstream.command_timeout();
+        let result = match tokio::time::timeout(timeout, up.write_all(&self.to_up)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout(
+                self.ctx.upstream.command_timeout_ms(),
+            )),
+        };
+        self.to_up.clear();
+        if let Err(e) = result {
+            self.fail_upstream(e);
+        }
+    }
+
+    /// Waits until every request sent to Redis has its reply, so that respite can act on the
+    /// connection itself (switch tenant, change protocol, pin, run a tenant-wide scan) in
+    /// order.
+    pub(crate) async fn drain(&mut self) -> Result<(), End> {
+        loop {
+            self.flush_upstream().await;
+            self.deliver();
+            if self.awaiting == 0 {
+                return Ok(());
+            }
+            let deadline = self.deadline();
+            let up = &mut self.pinned;
+            let event = tokio::select! {
+                _ = self.me.kill.cancelled() => Event::Killed,
+                n = read_upstream(up), if up.is_some() => Event::UpstreamRead(n),
+                r = self.replies.recv() => Event::SharedReply(r),
+                _ = sleep_until(deadline), if deadline.is_some() => Event::Timeout,
+            };
+            match event {
+                Event::UpstreamRead(Ok(n)) if n > 0 => {}
+                Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
+                Event::SharedReply(r) => self.take_reply(r),
+                Event::Timeout => self.fail_upstream(UpstreamError::Timeout(
+                    self.ctx.upstream.command_timeout_ms(),
+                )),
+                _ => return Err(End::Killed),
+            }
+        }
+    }
+
+    /// Runs one of respite's own requests (after a drain) and returns Redis' reply.
+    pub(crate) async fn call(&mut self, args: &[&[u8]]) -> Result<Frame, UpstreamError> {
+        let mut replies = self.call_many(&[args]).await?;
+        Ok(replies.pop().expect("one reply per request"))
+    }
+
+    /// Runs several of respite's own requests, pipelined, on the session's connection
+    /// (pinned or shared) after a drain, and returns their replies in order. Pub/sub
+    /// messages that arrive meanwhile on a pinned connection go on to the client.
+    pub(crate) async fn call_many(
+        &mut self,
+        requests: &[&[&[u8]]],
+    ) -> Result<Vec<Frame>, UpstreamError> {
+        let mut data = BytesMut::new();
+        for r in requests {
+            encode_request(&mut data, r.iter().copied());
+        }
+        let n = requests.len();
+        let timeout = self.ctx.upstream.command_timeout();
+        let result = match self.pinned.as_mut() {
+            Some(p) => {
+                let pubsub = self.subs.any();
+                let prefix = self
+                    .tenant
+                    .as_ref()
+                    .map(|t| t.prefix.clone())
+                    .unwrap_or_default();
+                let up = &mut p.conn;
+                let out = &mut self.out;
+                let exchange = async {
+                    up.write_all(&data).await?;
+                    let mut frames = Vec::with_capacity(n);
+                    while frames.len() < n {
+                        let frame = up.read_frame().await?;
+                        match reply::classify(&frame, pubsub) {
+                            Kind::Reply => frames.push(frame),
+                            _ => out.extend_from_slice(&reply::strip_push(&frame, &prefix)),
+                        }
+                    }
+                    Ok(frames)
+                };
+                tokio::time::timeout(timeout, exchange).await
+            }
+            None => {
+                self.ctx
+                    .upstream
+                    .shared(self.protocol, self.me.id)
+                    .submit(shared::Submit {
+                        data: data.freeze(),
+                        count: n,
+                        to: self.sink.clone(),
+                    });
+                let generation = self.sink.generation;
+                let replies = &mut self.replies;
+                let exchange = async {
+                    let mut frames = Vec::with_capacity(n);
+                    while frames.len() < n {
+                        let r = replies.recv().await.ok_or(UpstreamError::Closed)?;
+                        if r.generation == generation {
+                            frames.push(r.result?);
+                        }
+                    }
+                    Ok(frames)
+                };
+                tokio::time::timeout(timeout, exchange).await
+            }
+        };
+        let result = result.unwrap_or_else(|_| {
+            Err(UpstreamError::Timeout(
+                self.ctx.upstream.command_timeout_ms(),
+            ))
+        });
+        if let Err(e) = &result {
+            self.fail_upstream(e.clone());
+        }
+        result
+    }
+
+    /// Gives back the pinned connection (after a drain) so the next command starts clean.
+    pub(crate) fn drop_upstream(&mut self) {
+        self.unpin();
+        self.reset_connection_state();
+    }
+}

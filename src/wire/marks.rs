@@ -1,0 +1,56 @@
+//! Which arguments of a request go to Redis behind the tenant's prefix, and the prefix
+//! itself: the bytes of the namespace, without knowing what a tenant is.
+
+use bytes::{Bytes, BytesMut};
+
+/// The arguments of a request that Redis gets behind the tenant's prefix: a bit per argument
+/// for the first 64 (every common command), a sorted list beyond.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Marks {
+    low: u64,
+    high: Vec<usize>,
+}
+
+impl Marks {
+    pub fn set(&mut self, i: usize) {
+        match i {
+            0..64 => self.low |= 1 << i,
+            _ => {
+                if let Err(at) = self.high.binary_search(&i) {
+                    self.high.insert(at, i);
+                }
+            }
+        }
+    }
+
+    pub fn has(&self, i: usize) -> bool {
+        match i {
+            0..64 => self.low & (1 << i) != 0,
+            _ => self.high.binary_search(&i).is_ok(),
+        }
+    }
+
+    /// How many arguments are marked.
+    pub fn count(&self) -> usize {
+        self.low.count_ones() as usize + self.high.len()
+    }
+
+    pub fn set_from(&mut self, from: usize, to: usize) {
+        for i in from..to {
+            self.set(i);
+        }
+    }
+}
+
+/// `tenant:<id>:<name>`.
+pub fn namespaced(prefix: &[u8], name: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(prefix.len() + name.len());
+    b.extend_from_slice(prefix);
+    b.extend_from_slice(name);
+    b.freeze()
+}
+
+/// The tenant's whole namespace as a glob pattern: `tenant:<id>:*`.
+pub fn all_keys(prefix: &[u8]) -> Bytes {
+    namespaced(prefix, b"*")
+}

@@ -1,0 +1,12 @@
+//! The wire: bytes only. Requests parsed from a client (with Redis' limits and error texts),
+//! requests encoded for Redis with the namespace prefix written in front of the marked
+//! arguments, replies respite writes itself, and Redis' replies framed. Imports nothing else
+//! of the crate: every layer above speaks to the network through it.
+
+mod frame;
+mod marks;
+mod request;
+
+pub use frame::{element_spans, elements, found, next_frame, Frame};
+pub use marks::{all_keys, namespaced, Marks};
+pub use request::*;
