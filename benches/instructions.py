@@ -6,7 +6,7 @@ every machine).
 
     cargo build --release && cp target/release/respite /tmp/respite-before   # the old one
     ... change the code ...
-    python3 benches/instructions.py --baseline /tmp/respite-before
+    python3 benches/instructions.py --baseline before=/tmp/respite-before [--baseline ...]
 
 For each binary and each case (GET and SET, pipeline 1 and 16, 50 clients, one key, quotas
 on), respite runs under callgrind against its own redis-server; callgrind's counters are
@@ -91,15 +91,16 @@ def measure(binary, rport, tmp, test, pipeline, requests):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--baseline", required=True, help="the respite binary to compare with")
+    ap.add_argument("--baseline", required=True, action="append",
+                    help="NAME=PATH of a respite binary to compare with (repeatable)")
     ap.add_argument("--requests", type=int, default=20_000)
     opts = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "redis-server", "redis-benchmark"):
         if not shutil.which(tool):
             raise SystemExit("%s not found" % tool)
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    binaries = [("baseline", opts.baseline),
-                ("current", os.path.join(ROOT, "target", "release", "respite"))]
+    binaries = [tuple(b.split("=", 1)) for b in opts.baseline]
+    binaries.append(("current", os.path.join(ROOT, "target", "release", "respite")))
     tmp = tempfile.mkdtemp()
     rport = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
@@ -120,11 +121,16 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     print("\n%d requests a case, 50 clients, one key, quotas on; callgrind (Ir).\n"
           % opts.requests)
-    print("| test | pipeline | baseline instr/req | current instr/req | current / baseline |")
-    print("|---|---|---|---|---|")
+    names = [n for n, _ in binaries]
+    print("| test | pipeline | %s | %s |" % (
+        " | ".join("%s instr/req" % n for n in names),
+        " | ".join("current / %s" % n for n in names[:-1])))
+    print("|---|---" + "|---" * (2 * len(names) - 1) + "|")
     for test, pipeline in CASES:
-        b, c = results[("baseline", test, pipeline)], results[("current", test, pipeline)]
-        print("| %s | %d | %.0f | %.0f | %.3fx |" % (test.upper(), pipeline, b, c, c / b))
+        ir = [results[(n, test, pipeline)] for n in names]
+        print("| %s | %d | %s | %s |" % (
+            test.upper(), pipeline, " | ".join("%.0f" % i for i in ir),
+            " | ".join("%.3fx" % (ir[-1] / i) for i in ir[:-1])))
 
 
 if __name__ == "__main__":

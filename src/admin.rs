@@ -140,7 +140,31 @@ fn tenant_figures(ctx: &Context, registry: &mut Registry) {
 /// The registry, filled with this moment's figures, in the text format.
 async fn metrics(ctx: &Context) -> String {
     let mut registry = <Registry>::with_prefix("respite");
+    register_connections(ctx, &mut registry);
+    tenant_figures(ctx, &mut registry);
+    register_upstream(ctx, &mut registry);
+    if let Some(quotas) = &ctx.quotas {
+        register_quotas(quotas, &mut registry).await;
+    }
+    if let Some(shared) = &ctx.market {
+        register_shared(shared, &mut registry);
+    }
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &registry) {
+        tracing::warn!(error = %e, "metrics not encoded");
+    }
+    out
+}
 
+/// A counter holding an atomic's value now.
+fn counter(value: &AtomicU64) -> Counter {
+    let m = Counter::<u64>::default();
+    m.inc_by(value.load(Ordering::Relaxed));
+    m
+}
+
+/// Open connections, by tenant.
+fn register_connections(ctx: &Context, registry: &mut Registry) {
     let connections = Family::<ByTenant, Gauge>::default();
     for (id, n) in ctx.clients.per_tenant() {
         connections.get_or_create(&tenant(&id)).set(n as i64);
@@ -150,9 +174,10 @@ async fn metrics(ctx: &Context) -> String {
         "Open client connections, by tenant",
         connections,
     );
+}
 
-    tenant_figures(ctx, &mut registry);
-
+/// Redis' reachability, the upstream connections' failures, and the namespace guard.
+fn register_upstream(ctx: &Context, registry: &mut Registry) {
     let up = Gauge::<i64>::default();
     up.set(ctx.readiness.ready() as i64);
     registry.register("redis_up", "Whether Redis answers respite's PING", up);
@@ -173,95 +198,82 @@ async fn metrics(ctx: &Context) -> String {
             "Times a connection or a client gave up waiting for Redis (command_timeout_ms)",
             &c.timeouts,
         ),
+        (
+            "isolation_guard_refusals",
+            "Requests refused because a key would have left the tenant's namespace (a respite bug)",
+            &crate::namespace::GUARD_REFUSALS,
+        ),
     ] {
-        let m = Counter::<u64>::default();
-        m.inc_by(value.load(Ordering::Relaxed));
-        registry.register(name, help, m);
+        registry.register(name, help, counter(value));
     }
-    let guard = Counter::<u64>::default();
-    guard.inc_by(crate::namespace::GUARD_REFUSALS.load(Ordering::Relaxed));
+}
+
+/// Usage, quota and decisions, by tenant.
+async fn register_quotas(quotas: &crate::quota::Quotas, registry: &mut Registry) {
+    let used = Family::<ByTenant, Gauge>::default();
+    let quota = Family::<ByTenant, Gauge>::default();
+    let overage = Family::<ByTenant, Gauge>::default();
+    let refusals = Family::<ByTenant, Counter>::default();
+    let overage_writes = Family::<ByTenant, Counter>::default();
+    for (ledger, status) in quotas.statuses().await {
+        let t = tenant(&ledger.tenant);
+        used.get_or_create(&t).set(status.used);
+        if let Some(l) = status.limits {
+            quota.get_or_create(&t).set(l.quota as i64);
+            overage.get_or_create(&t).set(l.overage as i64);
+        }
+        refusals.get_or_create(&t).inc_by(status.refusals);
+        overage_writes
+            .get_or_create(&t)
+            .inc_by(status.overage_writes);
+    }
     registry.register(
-        "isolation_guard_refusals",
-        "Requests refused because a key would have left the tenant's namespace (a respite bug)",
-        guard,
+        "quota_used_bytes",
+        "Bytes the tenant's keys hold in Redis (MEMORY USAGE), shared by all instances",
+        used,
     );
+    registry.register("quota_bytes", "The tenant's quota", quota);
+    registry.register(
+        "quota_overage_bytes",
+        "Bytes allowed past the quota before writes are refused",
+        overage,
+    );
+    registry.register(
+        "quota_refusals",
+        "Writes this instance refused with -OOM",
+        refusals,
+    );
+    registry.register(
+        "quota_overage_writes",
+        "Writes this instance let through past the quota, within the overage",
+        overage_writes,
+    );
+}
 
-    if let Some(quotas) = &ctx.quotas {
-        let used = Family::<ByTenant, Gauge>::default();
-        let quota = Family::<ByTenant, Gauge>::default();
-        let overage = Family::<ByTenant, Gauge>::default();
-        let refusals = Family::<ByTenant, Counter>::default();
-        let overage_writes = Family::<ByTenant, Counter>::default();
-        for (ledger, status) in quotas.statuses().await {
-            let t = tenant(&ledger.tenant);
-            used.get_or_create(&t).set(status.used);
-            if let Some(l) = status.limits {
-                quota.get_or_create(&t).set(l.quota as i64);
-                overage.get_or_create(&t).set(l.overage as i64);
-            }
-            refusals.get_or_create(&t).inc_by(status.refusals);
-            overage_writes
-                .get_or_create(&t)
-                .inc_by(status.overage_writes);
-        }
-        registry.register(
-            "quota_used_bytes",
-            "Bytes the tenant's keys hold in Redis (MEMORY USAGE), shared by all instances",
-            used,
-        );
-        registry.register("quota_bytes", "The tenant's quota", quota);
-        registry.register(
-            "quota_overage_bytes",
-            "Bytes allowed past the quota before writes are refused",
-            overage,
-        );
-        registry.register(
-            "quota_refusals",
-            "Writes this instance refused with -OOM",
-            refusals,
-        );
-        registry.register(
-            "quota_overage_writes",
-            "Writes this instance let through past the quota, within the overage",
-            overage_writes,
-        );
+/// The shared cache's reads, hits and fetches.
+fn register_shared(shared: &crate::market::SharedCache, registry: &mut Registry) {
+    let c = &shared.counters;
+    let reads = Counter::<u64>::default();
+    reads.inc_by(c.l1_hits.load(Ordering::Relaxed) + c.l1_misses.load(Ordering::Relaxed));
+    registry.register("shared_reads", "GETs of shared keys", reads);
+    for (name, help, value) in [
+        ("shared_l1_hits", "Shared GETs answered from L1", &c.l1_hits),
+        (
+            "shared_redis_fetches",
+            "Shared keys fetched from Redis (one per flight)",
+            &c.redis_fetches,
+        ),
+        (
+            "shared_origin_fetches",
+            "Shared keys fetched from the origin, refreshes ahead included",
+            &c.origin_fetches,
+        ),
+        (
+            "shared_flight_waiters",
+            "Shared GETs answered by another reader's fetch",
+            &c.waiters,
+        ),
+    ] {
+        registry.register(name, help, counter(value));
     }
-
-    if let Some(shared) = &ctx.shared {
-        let c = &shared.counters;
-        let counter = |v: &std::sync::atomic::AtomicU64| {
-            let m = Counter::<u64>::default();
-            m.inc_by(v.load(Ordering::Relaxed));
-            m
-        };
-        let reads = Counter::<u64>::default();
-        reads.inc_by(c.l1_hits.load(Ordering::Relaxed) + c.l1_misses.load(Ordering::Relaxed));
-        registry.register("shared_reads", "GETs of shared keys", reads);
-        for (name, help, value) in [
-            ("shared_l1_hits", "Shared GETs answered from L1", &c.l1_hits),
-            (
-                "shared_redis_fetches",
-                "Shared keys fetched from Redis (one per flight)",
-                &c.redis_fetches,
-            ),
-            (
-                "shared_origin_fetches",
-                "Shared keys fetched from the origin, refreshes ahead included",
-                &c.origin_fetches,
-            ),
-            (
-                "shared_flight_waiters",
-                "Shared GETs answered by another reader's fetch",
-                &c.waiters,
-            ),
-        ] {
-            registry.register(name, help, counter(value));
-        }
-    }
-
-    let mut out = String::new();
-    if let Err(e) = encode(&mut out, &registry) {
-        tracing::warn!(error = %e, "metrics not encoded");
-    }
-    out
 }

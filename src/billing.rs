@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::metrics::Totals;
-use crate::upstream::OwnError;
+use crate::upstream::PoolError;
 
 /// Adds the deltas and recomputes the derived fields, atomically.
 const ROLL_UP: &str = r#"
@@ -109,7 +109,7 @@ async fn roll_up(
     script: &Script,
     sent: &mut HashMap<String, Sent>,
     interval: Duration,
-) -> Result<(), OwnError> {
+) -> Result<(), PoolError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use crate::auth::Authenticator;
 use crate::clients::Registry;
+use crate::market::SharedCache;
 use crate::quota::Quotas;
-use crate::shared::SharedCache;
 use crate::tenant::Tenant;
-use crate::upstream::{Facts, Own, Readiness, Upstream};
+use crate::upstream::{Facts, OwnPool, Readiness, Upstream};
 use crate::wire::Limits;
 
 /// What every session shares.
@@ -22,9 +22,9 @@ pub struct Context {
     /// Quota bookkeeping, when any tenant has a quota.
     pub quotas: Option<Arc<Quotas>>,
     /// The shared-key cache, when `[shared]` is configured.
-    pub shared: Option<Arc<SharedCache>>,
+    pub market: Option<Arc<SharedCache>>,
     /// respite's own connections to Redis (quota bookkeeping, shared fills, health).
-    pub own: Own,
+    pub own: OwnPool,
     /// Whether Redis answers (for /readyz).
     pub readiness: Readiness,
     /// Redis' settings that bound what may be forwarded (RESTORE, argument sizes).

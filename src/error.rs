@@ -87,8 +87,32 @@ pub enum Error {
     /// respite's last check found a key of this command outside the tenant's namespace.
     #[error("ERR internal error: respite refused to send '{0}' with a key outside your namespace")]
     Isolation(String),
-    #[error("ERR {0}")]
-    Other(String),
+    #[error("ERR max number of clients reached")]
+    MaxClients,
+    #[error("ERR Protocol version is not an integer or out of range")]
+    BadProtover,
+    #[error("ERR Syntax error in HELLO option '{0}'")]
+    HelloOption(String),
+    #[error("ERR respite does not run this command inside MULTI")]
+    NotInMulti,
+    #[error("ERR Command not allowed inside a transaction")]
+    NotInTransaction,
+    #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
+    BadClientName,
+    #[error("ERR {0} cannot contain spaces, newlines or special characters.")]
+    BadClientInfo(String),
+    #[error("ERR Unrecognized option '{0}'")]
+    UnknownOption(String),
+    #[error("ERR Unknown client type '{0}'")]
+    UnknownClientType(String),
+    #[error("ERR Invalid client ID")]
+    InvalidClientId,
+    #[error("ERR No such client")]
+    NoSuchClient,
+    #[error("ERR client-id should be greater than 0")]
+    ClientIdNotPositive,
+    #[error("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR")]
+    UnblockReason,
 }
 
 impl Error {

@@ -5,34 +5,38 @@
 //! sharing one Redis can never see, change or enumerate each other's data.
 //!
 //! ```text
-//! client ──TCP──▶ server (accept, max_clients)
-//!                   └─▶ session (one task per connection; the loop)
-//!                         protocol   decode RESP / inline requests, limits
-//!                         auth       AUTH / HELLO / JWT / default tenant → Tenant
-//!                         command    table generated from Redis' own key specs; grammar:
-//!                                    keys of SORT/GEORADIUS/XREAD as the commands parse them
-//!                         local      commands respite answers itself (AUTH, CLIENT, SELECT, ...)
-//!                         keyspace   tenant-wide DBSIZE, KEYS, RANDOMKEY, FLUSHDB, INFO
-//!                         policy     what a tenant may not run (-NOPERM)
-//!                         rewrite    keys, channels, patterns → tenant:<id>:...; a last
-//!                                    guard: no key leaves outside the namespace
-//!                         quota      byte quotas: charge writes, refuse past the limit (-OOM)
-//!                         shared     GET of shared:market:* from an in-proxy cache (L1,
-//!                                    single flight, Redis, HTTP origin)
-//!                         upstream   connection to Redis (raw RESP frames, in order)
-//!                         reply      framing replies, pub/sub pushes, prefixes stripped back
-//!                         metrics    per-tenant outcome, hit/miss, latency (tallied per pass)
-//!                         error      every error → its RESP reply, in one place
-//! background: quota flusher/reconciler, billing roll-ups, admin HTTP (/metrics, /readyz)
+//! client ──TCP──▶ server.rs          accept, max_clients
+//!                   └─▶ session/      one task per connection
+//!                         mod.rs        the loop: read, handle, write, in order
+//!                         decide.rs     the stages, in order:
+//!                           wire/         parse the request (limits, inline commands)
+//!                           auth.rs       AUTH / HELLO / JWT / default tenant → tenant.rs
+//!                           local.rs      commands respite answers itself (AUTH, CLIENT, ...)
+//!                           keyspace.rs   tenant-wide DBSIZE, KEYS, RANDOMKEY, FLUSHDB, INFO
+//!                           command/      the table from Redis' key specs → a KeyMap, once
+//!                           policy.rs     what a tenant may not run (-NOPERM)
+//!                           market.rs     GET of shared:market:* from the in-proxy cache
+//!                           namespace/    keys, channels, patterns → tenant:<id>:...; guard
+//!                           quota/        charge writes, refuse past the limit (-OOM)
+//!                         outbound.rs   requests to Redis over upstream/ (shared or pinned)
+//!                         inbound.rs    replies back: namespace/reply.rs strips the prefix
+//! background: quota/ flusher and reconciler, billing.rs roll-ups, admin.rs (/metrics,
+//!             /readyz via upstream/health.rs), upstream/facts.rs (Redis' settings)
 //! ```
 //!
-//! Modules, in the order a request meets them: [`server`], [`session`], [`protocol`],
-//! [`auth`] (with [`tenant`]), [`command`], [`local`], [`keyspace`], [`policy`], [`rewrite`],
-//! [`quota`], [`shared`], [`upstream`], [`reply`], [`error`]; [`config`] is the TOML file,
-//! [`clients`] the registry of connections behind CLIENT LIST/KILL, [`info`] INFO scoped to
-//! the tenant, [`metrics`] the per-tenant figures (rolled up daily into Redis by
-//! [`billing`]), [`admin`] the HTTP endpoints for operators (/healthz, /readyz, /metrics).
-//! `upstream::Facts` holds the Redis settings that bound what may be forwarded.
+//! The layers, each importing only from those below it (no import circle):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | bytes | [`wire`] (imports nothing of the crate), `command`, `config`, `clients`, `info` |
+//! | errors and figures | `error`, `metrics` |
+//! | Redis | [`upstream`] (shared and pinned connections, respite's own pool, health, facts) |
+//! | data | `market` (the shared-key cache), `quota`, [`tenant`] |
+//! | stages | [`namespace`], `auth`, [`policy`] |
+//! | composition | `context` (what sessions share) |
+//! | connections | `session` (child modules of one type), `admin`, [`billing`], `server` |
+//!
+//! `error` maps every error to its RESP reply, in one place; [`config`] is the TOML file.
 //!
 //! Threads: the binary runs all of this on one thread by default (`server.threads = 1`,
 //! tokio's current-thread scheduler), so a request, the shared upstream task that writes it
@@ -40,22 +44,24 @@
 //! figures, the shared cache) is still `Send + Sync`, so `threads = N` runs the same code
 //! on N worker threads.
 
-pub mod admin;
-pub mod auth;
+// Public: what the binary, the integration tests (the differential test drives the stages
+// directly) and the benches use. Everything else is private to the crate.
+mod admin;
+mod auth;
 pub mod billing;
-pub mod clients;
+mod clients;
 pub mod command;
 pub mod config;
-pub mod context;
-pub mod error;
-pub mod info;
-pub mod metrics;
+mod context;
+mod error;
+mod info;
+mod market;
+mod metrics;
 pub mod namespace;
 pub mod policy;
-pub mod quota;
-pub mod server;
-pub mod session;
-pub mod shared;
+mod quota;
+mod server;
+mod session;
 pub mod tenant;
 pub mod upstream;
 pub mod wire;
@@ -78,17 +84,17 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         .as_ref()
         .map(|d| auth.tenant(d.get_ref()).expect("validated"));
     let ledgers = auth.tenants().filter_map(|t| t.ledger.clone()).collect();
-    let own = upstream::Own::from_config(config)?;
+    let own = upstream::OwnPool::from_config(config)?;
     let quotas = quota::Quotas::from_config(config, ledgers, own.clone()).map(Arc::new);
     let shared = config
         .shared
         .as_ref()
-        .map(|s| shared::SharedCache::new(s.get_ref(), own.clone()))
+        .map(|s| market::SharedCache::new(s.get_ref(), own.clone()))
         .transpose()?
         .map(Arc::new);
     Ok(Arc::new(Context {
         quotas,
-        shared,
+        market: shared,
         own,
         readiness: upstream::Readiness::default(),
         facts: upstream::Facts::default(),

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::session;
-use crate::wire::Resp;
 
 pub async fn run(
     listener: TcpListener,
@@ -50,7 +49,7 @@ pub async fn run(
             tracing::warn!(%peer, "max_clients reached; refusing connection");
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
-                let msg = Resp::error("ERR max number of clients reached");
+                let msg = crate::error::Error::MaxClients.to_resp();
                 let _ = stream.write_all(&msg).await;
             });
             continue;

@@ -49,8 +49,7 @@ fn reply_shape(name: &[u8]) -> Shape {
     }
 }
 
-/// Rewrites a request the policy has allowed.
-/// `keys` is the request's key map.
+/// Rewrites a request the policy has allowed; `keys` is its key map.
 pub fn request(
     cmd: &Command,
     mut args: Vec<Bytes>,
@@ -58,77 +57,11 @@ pub fn request(
     tenant: &Tenant,
 ) -> Result<Forward, Error> {
     let mut marks = Marks::default();
-    let reply = |shape| Expect::Reply(shape);
     let name = cmd.spec.name;
-    let mut blocking = cmd.has(CMD_BLOCKING);
-    let expect = match (cmd.parent.map(|c| c.name), name) {
-        (None, b"scan") => {
-            scan_match(&mut args, 2, &mut marks);
-            reply(Shape::Scan)
-        }
-        (None, b"keys") => {
-            // Outside MULTI `keyspace` answers KEYS in SCAN steps; inside, Redis runs it.
-            marks.set_from(1, args.len());
-            reply(Shape::Keys)
-        }
-        (None, b"publish") => {
-            marks.set(1);
-            reply(Shape::Plain)
-        }
-        (None, b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe") => {
-            marks.set_from(1, args.len());
-            let kind = if name[0] == b'p' {
-                SubKind::Pattern
-            } else {
-                SubKind::Channel
-            };
-            Expect::Confirm {
-                kind,
-                count: (args.len() > 1).then(|| args.len() - 1),
-            }
-        }
-        (None, b"ssubscribe" | b"sunsubscribe") => {
-            // Channels are never shared, whatever their name.
-            mark_keys(&args, keys, tenant, false, &mut marks);
-            Expect::Confirm {
-                kind: SubKind::Shard,
-                count: (args.len() > 1).then(|| args.len() - 1),
-            }
-        }
-        (Some(b"pubsub"), b"channels" | b"shardchannels") => {
-            if args.len() < 3 {
-                args.push(Bytes::from_static(b"*"));
-            }
-            marks.set(2);
-            reply(Shape::Keys)
-        }
-        (Some(b"pubsub"), b"numsub" | b"shardnumsub") => {
-            marks.set_from(2, args.len());
-            reply(Shape::EveryOther)
-        }
-        (Some(b"client"), b"tracking") => {
-            client_tracking(&mut args, &mut marks)?;
-            reply(Shape::Plain)
-        }
-        (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo),
-        (None, b"sort" | b"sort_ro") => {
-            mark_keys(&args, keys, tenant, true, &mut marks);
-            // BY and GET patterns name the keys SORT reads: inside the namespace, whatever
-            // they say (the substituted part always lands after the prefix).
-            let sort =
-                command::grammar::sort(&args, name == b"sort_ro").map_err(|e| key_error(cmd, e))?;
-            sort.patterns.into_iter().for_each(|i| marks.set(i));
-            reply(Shape::Plain)
-        }
-        (None, b"wait") => {
-            blocking = true;
-            reply(Shape::Plain)
-        }
-        _ => {
-            // SPUBLISH's shard channel is a "key" too, but channels are never shared.
-            mark_keys(&args, keys, tenant, name != b"spublish", &mut marks);
-            reply(reply_shape(name))
-        }
+    let blocking = cmd.has(CMD_BLOCKING) || (cmd.parent.is_none() && name == b"wait");
+    let expect = match pubsub(cmd, &mut args, keys, tenant, &mut marks) {
+        Some(expect) => expect,
+        None => Expect::Reply(keyspace(cmd, &mut args, keys, tenant, &mut marks)?),
     };
     guard(cmd, &args, keys, &marks, tenant)?;
     Ok(Forward {
@@ -136,6 +69,93 @@ pub fn request(
         prefixed: marks,
         expect,
         blocking,
+    })
+}
+
+/// Channels and patterns of the pub/sub commands, and what Redis answers them with; `None`
+/// for any other command.
+fn pubsub(
+    cmd: &Command,
+    args: &mut Vec<Bytes>,
+    keys: &KeyMap,
+    tenant: &Tenant,
+    marks: &mut Marks,
+) -> Option<Expect> {
+    let name = cmd.spec.name;
+    let confirms = |kind| Expect::Confirm {
+        kind,
+        count: (args.len() > 1).then(|| args.len() - 1),
+    };
+    Some(match (cmd.parent.map(|c| c.name), name) {
+        (None, b"publish") => {
+            marks.set(1);
+            Expect::Reply(Shape::Plain)
+        }
+        (None, b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe") => {
+            marks.set_from(1, args.len());
+            confirms(match name[0] {
+                b'p' => SubKind::Pattern,
+                _ => SubKind::Channel,
+            })
+        }
+        (None, b"ssubscribe" | b"sunsubscribe") => {
+            // Channels are never shared, whatever their name.
+            mark_keys(args, keys, tenant, false, marks);
+            confirms(SubKind::Shard)
+        }
+        (Some(b"pubsub"), b"channels" | b"shardchannels") => {
+            if args.len() < 3 {
+                args.push(Bytes::from_static(b"*"));
+            }
+            marks.set(2);
+            Expect::Reply(Shape::Keys)
+        }
+        (Some(b"pubsub"), b"numsub" | b"shardnumsub") => {
+            marks.set_from(2, args.len());
+            Expect::Reply(Shape::EveryOther)
+        }
+        _ => return None,
+    })
+}
+
+/// Keys and key patterns of every other command, and the shape of its reply.
+fn keyspace(
+    cmd: &Command,
+    args: &mut Vec<Bytes>,
+    keys: &KeyMap,
+    tenant: &Tenant,
+    marks: &mut Marks,
+) -> Result<Shape, Error> {
+    let name = cmd.spec.name;
+    Ok(match (cmd.parent.map(|c| c.name), name) {
+        (None, b"scan") => {
+            scan_match(args, 2, marks);
+            Shape::Scan
+        }
+        (None, b"keys") => {
+            // Outside MULTI `keyspace` answers KEYS in SCAN steps; inside, Redis runs it.
+            marks.set_from(1, args.len());
+            Shape::Keys
+        }
+        (Some(b"client"), b"tracking") => {
+            client_tracking(args, marks)?;
+            Shape::Plain
+        }
+        (Some(b"client"), b"trackinginfo") => Shape::TrackingInfo,
+        (None, b"sort" | b"sort_ro") => {
+            mark_keys(args, keys, tenant, true, marks);
+            // BY and GET patterns name the keys SORT reads: inside the namespace, whatever
+            // they say (the substituted part always lands after the prefix).
+            let sort =
+                command::grammar::sort(args, name == b"sort_ro").map_err(|e| key_error(cmd, e))?;
+            sort.patterns.into_iter().for_each(|i| marks.set(i));
+            Shape::Plain
+        }
+        _ => {
+            // SPUBLISH's shard channel is a "key" too, but channels are never shared.
+            mark_keys(args, keys, tenant, name != b"spublish", marks);
+            reply_shape(name)
+        }
     })
 }
 

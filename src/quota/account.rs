@@ -21,6 +21,11 @@ impl Written {
         self.charged
     }
 
+    /// A write no quota charges.
+    pub fn uncharged(cost: WriteCost) -> Written {
+        Written::new(cost, 0)
+    }
+
     pub(super) fn new(cost: WriteCost, charged: u64) -> Written {
         Written {
             keys: cost.keys,

@@ -12,7 +12,7 @@ pub struct Ledger {
     /// `None`: unlimited (measured, never refused).
     pub limits: Option<QuotaLimits>,
     pub(super) names: Names,
-    pub(super) local: Mutex<Local>,
+    pub(super) local: Mutex<LeaseState>,
     /// `used` as the last script call saw it.
     pub(super) used: AtomicI64,
     /// Every instance's leases as the last script call saw them.
@@ -42,7 +42,7 @@ pub(super) struct Names {
 /// This instance's lease: `granted` reserved in Redis, of which `charged` is spoken for by
 /// writes not measured yet, of which `settled` have their reply (their keys are `dirty`).
 #[derive(Debug, Default)]
-pub(super) struct Local {
+pub(super) struct LeaseState {
     pub(super) granted: u64,
     pub(super) charged: u64,
     pub(super) settled: u64,
@@ -63,7 +63,7 @@ pub(super) struct Local {
     pub(super) expiring_keys: usize,
 }
 
-impl Local {
+impl LeaseState {
     /// Redis has answered writes of `keys` (named in Redis `prefix` + key): they are to be
     /// measured, and their `charged` bytes are settled.
     pub(super) fn settle(
@@ -127,7 +127,7 @@ impl Ledger {
                 leases: name("leases"),
                 lock: name("reconcile"),
             },
-            local: Mutex::new(Local::default()),
+            local: Mutex::new(LeaseState::default()),
             reserving: tokio::sync::Mutex::new(()),
             flushing: tokio::sync::Mutex::new(()),
             used: AtomicI64::new(0),

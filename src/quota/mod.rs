@@ -56,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use crate::command::{Command, KeyMap, CMD_DENYOOM, CMD_WRITE, KS_RO};
 use crate::config::{Config, QuotaConfig, QuotaLimits};
 use crate::error::{Error, UpstreamError};
-use crate::upstream::{Own, OwnError};
+use crate::upstream::{OwnPool, PoolError};
 use crate::wire::{namespaced, Marks};
 
 pub use account::{Account, Status, Written};
@@ -128,7 +128,7 @@ async fn invoke<T: redis::FromRedisValue>(
 
 /// The quota bookkeeping of one respite instance: every tenant's ledger and the pool to Redis.
 pub struct Quotas {
-    own: Own,
+    own: OwnPool,
     /// This instance's name in the lease hashes.
     instance: String,
     settings: QuotaSettings,
@@ -165,7 +165,7 @@ fn instance_name() -> String {
 
 impl Quotas {
     /// `None` when no tenant has a quota (nothing is measured then).
-    pub fn from_config(config: &Config, ledgers: Vec<Arc<Ledger>>, own: Own) -> Option<Quotas> {
+    pub fn from_config(config: &Config, ledgers: Vec<Arc<Ledger>>, own: OwnPool) -> Option<Quotas> {
         config.quotas_enabled().then(|| Quotas {
             own,
             instance: instance_name(),
@@ -187,7 +187,7 @@ impl Quotas {
         F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
     {
         self.own.run(f).await.map_err(|e| match e {
-            OwnError::Timeout(ms) => UpstreamError::Timeout(ms),
+            PoolError::Timeout(ms) => UpstreamError::Timeout(ms),
             other => UpstreamError::Bookkeeping(other.to_string()),
         })
     }

@@ -2,6 +2,8 @@
 //! commands, policy, key map, rewrite, quota), and acting on what they decided: answer,
 //! refuse, serve from the shared cache, or forward.
 
+use std::ops::ControlFlow::{self, Break, Continue};
+
 use super::*;
 
 impl Session {
@@ -36,7 +38,7 @@ impl Session {
                         }
                     },
                 };
-                if top == b"restore" && self.multi.is_none() {
+                if top == b"restore" && self.state.multi.is_none() {
                     return self.restore(fwd, written).await;
                 }
                 self.forward(fwd, top, Some(written)).await?;
@@ -104,7 +106,7 @@ impl Session {
                     }
                 }
             }
-            Err(crate::upstream::OwnError::Redis(e)) if e.code().is_some() => Err(Error::Redis(
+            Err(crate::upstream::PoolError::Redis(e)) if e.code().is_some() => Err(Error::Redis(
                 format!("{} {}", e.code().unwrap_or("ERR"), e.detail().unwrap_or("")),
             )),
             Err(e) => Err(Error::Upstream(UpstreamError::Bookkeeping(e.to_string()))),
@@ -126,19 +128,19 @@ impl Session {
     /// GET of a shared key, from the shared cache. A publisher's own earlier writes to
     /// shared keys on this connection are waited for first, so it reads what it wrote.
     pub(super) async fn shared_get(&mut self, key: Bytes) -> Result<(), End> {
-        if !self.published.is_empty() {
+        if !self.publishing.published.is_empty() {
             self.drain().await?;
             self.unpublish().await;
         }
-        if !self.to_up.is_empty() {
+        if !self.up.to_up.is_empty() {
             // A miss waits on Redis: let the requests before it go first.
             self.flush_upstream().await;
         }
-        let Some(shared) = &self.ctx.shared else {
+        let Some(shared) = &self.ctx.market else {
             return Ok(());
         };
-        let (reply, outcome, hit) = match shared.get_memo(&mut self.memo, &key).await {
-            Ok(e) => (e.reply(self.protocol), Outcome::Ok, Some(e.found())),
+        let (reply, outcome, hit) = match shared.get_memo(&mut self.publishing.memo, &key).await {
+            Ok(e) => (e.reply(self.state.protocol), Outcome::Ok, Some(e.found())),
             Err(e) => (e.to_resp(), Outcome::Error, None),
         };
         self.answer(reply);
@@ -150,20 +152,20 @@ impl Session {
     /// sent, all of them again once every reply is in (a reader on another connection may
     /// have cached the old value meanwhile), then forgets them.
     pub(super) async fn unpublish(&mut self) {
-        if self.published.is_empty() {
+        if self.publishing.published.is_empty() {
             return;
         }
-        let done = self.awaiting == 0 && self.to_up.is_empty();
-        let from = if done { 0 } else { self.unpublished };
-        if let Some(shared) = &self.ctx.shared {
-            for k in &self.published[from..] {
+        let done = self.up.awaiting == 0 && self.up.to_up.is_empty();
+        let from = if done { 0 } else { self.publishing.unpublished };
+        if let Some(shared) = &self.ctx.market {
+            for k in &self.publishing.published[from..] {
                 shared.invalidate(k).await;
             }
         }
         if done {
-            self.published.clear();
+            self.publishing.published.clear();
         }
-        self.unpublished = self.published.len();
+        self.publishing.unpublished = self.publishing.published.len();
     }
 
     /// The quota stage, when the lease covers the write (no round trip); otherwise the cost
@@ -184,101 +186,123 @@ impl Session {
             self.ctx.quotas.clone(),
             self.tenant.as_ref().and_then(|t| t.ledger.clone()),
         ) else {
-            return Err(Error::Other(
-                "internal: a write cost without a quota".into(),
-            ));
+            // Without quota bookkeeping nothing is charged.
+            return Ok(Written::uncharged(cost));
         };
         quotas.admit(&ledger, cost).await
     }
 
-    /// The stages, in order: auth gate, command table, respite's own commands, policy,
-    /// rewrite. Each either decides or passes on; none reaches back.
+    /// The stages, in order: auth gate and respite's own commands, command table, key map and
+    /// policy, shared keys, rewrite, quota cost. Each either decides (`Err` carries the
+    /// action) or passes on; none reaches back.
     pub(super) fn decide(&mut self, req: Request) -> Action {
+        match self.stages(req) {
+            Continue(action) | Break(action) => action,
+        }
+    }
+
+    fn stages(&mut self, req: Request) -> Decided<Action> {
         let looked_up = command::lookup(&req.args);
         self.note_command(&looked_up);
-        self.current = looked_up
+        self.figures.current = looked_up
             .as_ref()
             .ok()
             .filter(|_| self.ctx.metrics)
-            .map(|c| Meta::of(c, self.read_at));
-        let local = local::recognize(&req, &looked_up, self.tenant.is_some());
+            .map(|c| Meta::of(c, self.figures.read_at));
+        let tenant = self.gate(&req, &looked_up)?;
+        let cmd = known(looked_up, &req)?;
+        let keys = self.police(&cmd, &req, &tenant)?;
+        self.shared_keys(&cmd, &req, &keys, &tenant)?;
+        let fwd = refused(rewrite::request(&cmd, req.args, &keys, &tenant))?;
+        let cost = tenant
+            .ledger
+            .as_ref()
+            .and_then(|_| quota::cost(&cmd, &fwd.args, &keys, &fwd.prefixed, tenant.prefix.len()));
+        Continue(Action::Forward(
+            fwd,
+            cmd.parent.unwrap_or(cmd.spec).name,
+            cost,
+        ))
+    }
+
+    /// The auth gate, then respite's own commands: before AUTH only the commands that log
+    /// in (or leave) pass.
+    fn gate(
+        &mut self,
+        req: &Request,
+        looked_up: &Result<command::Command, Unknown>,
+    ) -> Decided<Arc<Tenant>> {
+        let local = local::recognize(req, looked_up, self.tenant.is_some());
         let Some(tenant) = self.tenant.clone() else {
-            return match local {
+            return Break(match local {
                 Some(l @ (Local::Auth { .. } | Local::Hello { .. } | Local::Ping(_)))
                 | Some(l @ (Local::Quit | Local::Reset)) => Action::Local(l),
                 Some(Local::Invalid(e)) if req.arg_is(0, b"auth") || req.arg_is(0, b"hello") => {
                     Action::Refuse(e)
                 }
                 _ => Action::Refuse(Error::NoAuth),
-            };
+            });
         };
         match local {
             // Inside MULTI, KEYS is queued in Redis like any command, its pattern namespaced.
-            Some(Local::Keys(_)) if self.multi.is_some() => {}
-            Some(l) => return Action::Local(l),
-            None => {}
-        }
-        let cmd = match looked_up {
-            Ok(cmd) => cmd,
-            Err(Unknown::Command) => return Action::Refuse(Error::unknown_command(&req.args)),
-            Err(Unknown::Subcommand(container)) => {
-                return Action::Refuse(Error::UnknownSubcommand {
-                    sub: String::from_utf8_lossy(&req.args[1]).into_owned(),
-                    container: String::from_utf8_lossy(container.name).to_uppercase(),
-                })
+            Some(Local::Keyspace(local::KeyspaceCmd::Keys(_))) if self.state.multi.is_some() => {
+                Continue(tenant)
             }
-        };
-        if !cmd.arity_ok(req.args.len()) {
-            return Action::Refuse(Error::WrongArity(cmd.full_name()));
+            Some(l) => Break(Action::Local(l)),
+            None => Continue(tenant),
         }
-        // The request's keys, found once: every stage below reads this map.
-        let keys = command::KeyMap::find(&cmd, &req.args);
-        if let Err(e) = policy::check(
-            &cmd,
-            &req.args,
-            keys.as_ref().ok(),
-            &tenant,
-            &self.ctx.facts,
-        ) {
+    }
+
+    /// The request's keys, found once (every stage after this reads the map), and the policy.
+    fn police(
+        &self,
+        cmd: &command::Command,
+        req: &Request,
+        tenant: &Tenant,
+    ) -> Decided<command::KeyMap> {
+        let keys = command::KeyMap::find(cmd, &req.args);
+        let facts = &self.ctx.facts;
+        if let Err(e) = policy::check(cmd, &req.args, keys.as_ref().ok(), tenant, facts) {
             tracing::warn!(tenant = %tenant.id, command = %cmd.full_name(), "refused");
-            return Action::Refuse(e);
+            return Break(Action::Refuse(e));
         }
-        let keys = match keys {
-            Ok(keys) => keys,
-            Err(e) => return Action::Refuse(rewrite::key_error(&cmd, e)),
-        };
-        if self.ctx.shared.is_some() {
-            // Inside MULTI a GET is queued in Redis like any command.
-            if self.multi.is_none()
-                && cmd.parent.is_none()
-                && cmd.spec.name == b"get"
-                && tenant.is_shared(&req.args[1])
-            {
-                return Action::SharedGet(req.args[1].clone());
-            }
-            if tenant.publisher && cmd.has(command::CMD_WRITE) {
-                for (i, _) in keys.iter() {
-                    if tenant.is_shared(&req.args[i]) {
-                        self.published.push(req.args[i].clone());
-                    }
+        refused(keys.map_err(|e| rewrite::key_error(cmd, e)))
+    }
+
+    /// A GET of a shared key is served from the shared cache; a publisher's writes to shared
+    /// keys are noted, to be dropped from it.
+    fn shared_keys(
+        &mut self,
+        cmd: &command::Command,
+        req: &Request,
+        keys: &command::KeyMap,
+        tenant: &Tenant,
+    ) -> Decided<()> {
+        if self.ctx.market.is_none() {
+            return Continue(());
+        }
+        // Inside MULTI a GET is queued in Redis like any command.
+        if self.state.multi.is_none()
+            && cmd.parent.is_none()
+            && cmd.spec.name == b"get"
+            && tenant.is_shared(&req.args[1])
+        {
+            return Break(Action::SharedGet(req.args[1].clone()));
+        }
+        if tenant.publisher && cmd.has(command::CMD_WRITE) {
+            for (i, _) in keys.iter() {
+                if tenant.is_shared(&req.args[i]) {
+                    self.publishing.published.push(req.args[i].clone());
                 }
             }
         }
-        let fwd = match rewrite::request(&cmd, req.args, &keys, &tenant) {
-            Ok(fwd) => fwd,
-            Err(e) => return Action::Refuse(e),
-        };
-        let cost = tenant
-            .ledger
-            .as_ref()
-            .and_then(|_| quota::cost(&cmd, &fwd.args, &keys, &fwd.prefixed, tenant.prefix.len()));
-        Action::Forward(fwd, cmd.parent.unwrap_or(cmd.spec).name, cost)
+        Continue(())
     }
 
     /// Remembers the command for CLIENT LIST (`cmd=`, `idle=`).
     pub(super) fn note_command(&mut self, looked_up: &Result<command::Command, Unknown>) {
         if let Ok(cmd) = looked_up {
-            self.noted = Some(match cmd.parent {
+            self.figures.noted = Some(match cmd.parent {
                 Some(p) => (p.name, Some(cmd.spec.name)),
                 None => (cmd.spec.name, None),
             });
@@ -288,26 +312,55 @@ impl Session {
     /// Answers with respite's own reply, unless CLIENT REPLY says not to.
     pub(crate) fn answer(&mut self, reply: Bytes) {
         if !self.take_mute() {
-            self.pending.push_back(Slot::Ready(reply));
+            self.up.pending.push_back(Slot::Ready(reply));
         }
     }
 
     /// Answers with an error; inside MULTI that also dooms the transaction, as in Redis.
     pub(crate) fn refuse(&mut self, e: Error) {
-        if let Some(m) = &mut self.multi {
+        if let Some(m) = &mut self.state.multi {
             m.dirty = true;
         }
         self.answer(e.to_resp());
     }
 
     pub(super) fn take_mute(&mut self) -> bool {
-        match self.reply_mode {
+        match self.state.reply_mode {
             ReplyMode::On => false,
             ReplyMode::Off => true,
             ReplyMode::SkipNext => {
-                self.reply_mode = ReplyMode::On;
+                self.state.reply_mode = ReplyMode::On;
                 true
             }
         }
+    }
+}
+
+/// The command table's answer: a known command with a valid arity, or Redis' own error.
+fn known(looked_up: Result<command::Command, Unknown>, req: &Request) -> Decided<command::Command> {
+    let cmd = match looked_up {
+        Ok(cmd) => cmd,
+        Err(Unknown::Command) => return Break(Action::Refuse(Error::unknown_command(&req.args))),
+        Err(Unknown::Subcommand(container)) => {
+            return Break(Action::Refuse(Error::UnknownSubcommand {
+                sub: String::from_utf8_lossy(&req.args[1]).into_owned(),
+                container: String::from_utf8_lossy(container.name).to_uppercase(),
+            }))
+        }
+    };
+    if !cmd.arity_ok(req.args.len()) {
+        return Break(Action::Refuse(Error::WrongArity(cmd.full_name())));
+    }
+    Continue(cmd)
+}
+
+/// A stage's outcome: go on with this (`Continue`), or the request is decided (`Break`).
+type Decided<T> = ControlFlow<Action, T>;
+
+/// A refusal decides the request.
+fn refused<T>(r: Result<T, Error>) -> Decided<T> {
+    match r {
+        Ok(t) => Continue(t),
+        Err(e) => Break(Action::Refuse(e)),
     }
 }

@@ -9,12 +9,12 @@ impl Session {
     pub(crate) fn deliver(&mut self) {
         let mut routed = false;
         loop {
-            while let Some(Slot::Ready(_)) = self.pending.front() {
-                if let Some(Slot::Ready(b)) = self.pending.pop_front() {
-                    self.out.extend_from_slice(&b);
+            while let Some(Slot::Ready(_)) = self.up.pending.front() {
+                if let Some(Slot::Ready(b)) = self.up.pending.pop_front() {
+                    self.client.out.extend_from_slice(&b);
                 }
             }
-            if let Some(p) = self.pinned.as_mut() {
+            if let Some(p) = self.up.pinned.as_mut() {
                 match p.conn.next_frame() {
                     Ok(Some(frame)) => {
                         self.tick(&mut routed);
@@ -28,7 +28,7 @@ impl Session {
                     }
                 }
             }
-            match self.replies.try_recv() {
+            match self.up.replies.try_recv() {
                 Ok(r) => {
                     self.tick(&mut routed);
                     self.take_reply(Some(r));
@@ -37,9 +37,9 @@ impl Session {
             }
         }
         if routed {
-            self.progress = self.clock;
+            self.up.progress = self.figures.clock;
         }
-        if self.pinned.is_some() && self.awaiting == 0 && !self.needs_pinned() {
+        if self.up.pinned.is_some() && self.up.awaiting == 0 && !self.needs_pinned() {
             self.unpin();
         }
         self.settle();
@@ -55,7 +55,7 @@ impl Session {
     /// The writes still waiting for their replies, which will not come: Redis may or may
     /// not have run them, so they are settled (measured) either way.
     pub(super) fn settle_unanswered(&mut self) {
-        for slot in self.pending.iter_mut() {
+        for slot in self.up.pending.iter_mut() {
             if let Slot::Reply { write, .. } = slot {
                 if let Some(w) = write.take() {
                     self.account.add(w);
@@ -67,7 +67,7 @@ impl Session {
     /// Ends the transaction in progress, if any; its queued writes will not run as queued,
     /// but are settled (their keys measured) all the same.
     pub(super) fn end_multi(&mut self) {
-        if let Some(w) = self.multi.take().and_then(|m| m.writes) {
+        if let Some(w) = self.state.multi.take().and_then(|m| m.writes) {
             self.account.add(w);
         }
     }
@@ -76,7 +76,7 @@ impl Session {
     /// latencies and Redis' progress.
     pub(super) fn tick(&mut self, routed: &mut bool) {
         if !*routed {
-            self.clock = Instant::now();
+            self.figures.clock = Instant::now();
             *routed = true;
         }
     }
@@ -85,7 +85,7 @@ impl Session {
     /// already gave up on (an earlier generation).
     pub(super) fn take_reply(&mut self, r: Option<Reply>) {
         let Some(r) = r else { return };
-        if r.generation != self.sink.generation {
+        if r.generation != self.up.sink.generation {
             return;
         }
         match r.result {
@@ -96,7 +96,9 @@ impl Session {
                     _ => true,
                 };
                 if !mute {
-                    self.out.extend_from_slice(&Error::Upstream(e).to_resp());
+                    self.client
+                        .out
+                        .extend_from_slice(&Error::Upstream(e).to_resp());
                 }
             }
         }
@@ -104,17 +106,17 @@ impl Session {
 
     /// Does Redis hold state for this client, so that its requests must keep one connection?
     pub(super) fn needs_pinned(&self) -> bool {
-        self.has_connection_state() || self.no_evict
+        self.has_connection_state() || self.state.no_evict
     }
 
     /// Gives the pinned connection back: to the pool, reset, if nothing is in flight on it;
     /// otherwise closed.
     pub(crate) fn unpin(&mut self) {
-        if let Some(p) = self.pinned.take() {
+        if let Some(p) = self.up.pinned.take() {
             self.me
                 .upstream_id
                 .store(0, std::sync::atomic::Ordering::Relaxed);
-            if self.awaiting == 0 && self.to_up.is_empty() {
+            if self.up.awaiting == 0 && self.up.to_up.is_empty() {
                 self.ctx.upstream.pinned.release(p);
             } else {
                 p.close();
@@ -124,7 +126,7 @@ impl Session {
 
     /// Takes the head slot, which Redis has just answered.
     pub(super) fn answered(&mut self) -> Option<Slot> {
-        let mut slot = self.pending.pop_front();
+        let mut slot = self.up.pending.pop_front();
         if let Some(Slot::Reply { write, .. }) = &mut slot {
             if let Some(w) = write.take() {
                 // Redis has run the write: its keys can be measured (with the batch).
@@ -132,7 +134,7 @@ impl Session {
             }
         }
         if slot.as_ref().is_some_and(is_upstream_slot) {
-            self.awaiting -= 1;
+            self.up.awaiting -= 1;
         }
         slot
     }
@@ -146,25 +148,26 @@ impl Session {
             kind,
             left: left @ None,
             ..
-        }) = self.pending.front_mut()
+        }) = self.up.pending.front_mut()
         {
             let held = match kind {
-                SubKind::Channel => self.subs.channels.len(),
-                SubKind::Pattern => self.subs.patterns.len(),
-                SubKind::Shard => self.subs.shard.len(),
+                SubKind::Channel => self.state.subs.channels.len(),
+                SubKind::Pattern => self.state.subs.patterns.len(),
+                SubKind::Shard => self.state.subs.shard.len(),
             };
             *left = Some(held.max(1));
         }
-        let head_confirms = matches!(self.pending.front(), Some(Slot::Confirm { .. }));
-        match reply::classify(&frame, self.subs.any() || head_confirms) {
+        let head_confirms = matches!(self.up.pending.front(), Some(Slot::Confirm { .. }));
+        match reply::classify(&frame, self.state.subs.any() || head_confirms) {
             Kind::Message => self
+                .client
                 .out
                 .extend_from_slice(&reply::strip_push(&frame, &prefix)),
             Kind::Confirmation {
                 kind, subscribe, ..
             } => {
                 self.track_subscription(kind, subscribe, reply::confirmation_channel(&frame));
-                let mute = match self.pending.front_mut() {
+                let mute = match self.up.pending.front_mut() {
                     Some(Slot::Confirm { left, mute, .. }) => {
                         let m = *mute;
                         let l = left.get_or_insert(1);
@@ -178,7 +181,8 @@ impl Session {
                     _ => false,
                 };
                 if !mute {
-                    self.out
+                    self.client
+                        .out
                         .extend_from_slice(&reply::strip_push(&frame, &prefix));
                 }
             }
@@ -192,17 +196,20 @@ impl Session {
                         } else {
                             (Outcome::Ok, meta.read.then(|| crate::wire::found(&frame)))
                         };
-                        self.tally.done(&meta, outcome, hit, self.clock);
+                        self.figures
+                            .tally
+                            .done(&meta, outcome, hit, self.figures.clock);
                     }
                     if !mute {
-                        self.out
+                        self.client
+                            .out
                             .extend_from_slice(&reply::strip(&frame, &shape, &prefix));
                     }
                 }
                 // An error instead of confirmations (e.g. wrong arity): one reply.
                 Some(Slot::Confirm { mute, .. }) => {
                     if !mute {
-                        self.out.extend_from_slice(&frame.raw);
+                        self.client.out.extend_from_slice(&frame.raw);
                     }
                 }
                 Some(Slot::Internal) => {}
@@ -223,9 +230,9 @@ impl Session {
     ) {
         let Some(channel) = channel else { return };
         let changed = if subscribe {
-            self.subs.set(kind).insert(channel.clone())
+            self.state.subs.set(kind).insert(channel.clone())
         } else {
-            self.subs.set(kind).remove(&channel)
+            self.state.subs.set(kind).remove(&channel)
         };
         if changed && kind == SubKind::Pattern {
             if let Some(t) = &self.tenant {
@@ -237,9 +244,9 @@ impl Session {
             }
         }
         let mut st = self.me.state.lock().unwrap();
-        st.sub = self.subs.channels.len();
-        st.psub = self.subs.patterns.len();
-        st.ssub = self.subs.shard.len();
+        st.sub = self.state.subs.channels.len();
+        st.psub = self.state.subs.patterns.len();
+        st.ssub = self.state.subs.shard.len();
     }
 
     /// Redis failed this session's requests: every open slot becomes the error, in order. A
@@ -256,13 +263,13 @@ impl Session {
         }
         let reply = Error::Upstream(e).to_resp();
         let now = Instant::now();
-        for slot in self.pending.iter() {
+        for slot in self.up.pending.iter() {
             if let Slot::Reply { meta: Some(m), .. } = slot {
-                self.tally.done(m, Outcome::Error, None, now);
+                self.figures.tally.done(m, Outcome::Error, None, now);
             }
         }
         self.settle_unanswered();
-        for slot in self.pending.iter_mut() {
+        for slot in self.up.pending.iter_mut() {
             match slot {
                 Slot::Reply { mute: false, .. } | Slot::Confirm { mute: false, .. } => {
                     *slot = Slot::Ready(reply.clone())
@@ -271,15 +278,15 @@ impl Session {
                 _ => *slot = Slot::Ready(Bytes::new()),
             }
         }
-        self.awaiting = 0;
-        self.to_up.clear();
-        self.to_up_count = 0;
-        self.sink.generation += 1;
-        if let Some(p) = self.pinned.take() {
+        self.up.awaiting = 0;
+        self.up.to_up.clear();
+        self.up.to_up_count = 0;
+        self.up.sink.generation += 1;
+        if let Some(p) = self.up.pinned.take() {
             p.close();
         }
         if self.has_connection_state() {
-            self.closing = true;
+            self.client.closing = true;
         }
         self.reset_connection_state();
     }
@@ -290,17 +297,17 @@ impl Session {
             .upstream_id
             .store(0, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = &self.tenant {
-            for p in self.subs.patterns.drain() {
+            for p in self.state.subs.patterns.drain() {
                 self.ctx.clients.pattern_removed(&t.id, p);
             }
         }
-        self.subs = Subscriptions::default();
+        self.state.subs = Subscriptions::default();
         self.end_multi();
         // Before the tenant can change (RESET, AUTH): its writes settle with its ledger.
         self.settle();
-        self.watching = false;
-        self.tracking = false;
-        self.no_evict = false;
+        self.state.watching = false;
+        self.state.tracking = false;
+        self.state.no_evict = false;
         let mut st = self.me.state.lock().unwrap();
         (st.sub, st.psub, st.ssub, st.multi) = (0, 0, 0, -1);
     }

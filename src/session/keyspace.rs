@@ -12,7 +12,7 @@ use std::hash::{BuildHasher, Hasher};
 use bytes::Bytes;
 use redis_protocol::resp3::types::RangeFrame;
 
-use super::local::Local;
+use super::local::KeyspaceCmd;
 use super::Session;
 use crate::error::{Error, UpstreamError};
 use crate::metrics::Outcome;
@@ -33,16 +33,13 @@ pub(crate) fn random_u64() -> u64 {
 }
 
 impl Session {
-    pub(crate) async fn keyspace(&mut self, local: Local) -> Bytes {
-        let result = match local {
-            Local::DbSize => self.count_keys().await.map(|n| Resp::int(n as i64)),
-            Local::Keys(pattern) => self.keys(&pattern).await,
-            Local::RandomKey => self.random_key().await,
-            Local::Flush { lazy } => self.flush(lazy).await.map(|_| Resp::ok()),
-            Local::Info(sections) => self.info(&sections).await,
-            other => Ok(
-                Error::Other(format!("internal: {other:?} is not a keyspace command")).to_resp(),
-            ),
+    pub(crate) async fn keyspace(&mut self, cmd: KeyspaceCmd) -> Bytes {
+        let result = match cmd {
+            KeyspaceCmd::DbSize => self.count_keys().await.map(|n| Resp::int(n as i64)),
+            KeyspaceCmd::Keys(pattern) => self.keys(&pattern).await,
+            KeyspaceCmd::RandomKey => self.random_key().await,
+            KeyspaceCmd::Flush { lazy } => self.flush(lazy).await.map(|_| Resp::ok()),
+            KeyspaceCmd::Info(sections) => self.info(&sections).await,
         };
         result.unwrap_or_else(|e| Error::Upstream(e).to_resp())
     }
@@ -165,7 +162,7 @@ impl Session {
             }
             if &next[..] == b"0" {
                 if wrapped {
-                    return Ok(Resp(self.protocol).null());
+                    return Ok(Resp(self.state.protocol).null());
                 }
                 wrapped = true;
             }
@@ -210,7 +207,7 @@ impl Session {
         let wants_tenant = wants(sections, b"tenant");
         let mut out = crate::info::scope(&text, &self.info_figures());
         let wants_shared = wants(sections, b"shared");
-        if let Some(shared) = self.ctx.shared.as_ref().filter(|_| wants_shared) {
+        if let Some(shared) = self.ctx.market.as_ref().filter(|_| wants_shared) {
             if !out.is_empty() && !out.ends_with("\r\n\r\n") {
                 out.push_str("\r\n");
             }
@@ -236,7 +233,7 @@ impl Session {
                 ));
             }
         }
-        Ok(Resp(self.protocol).text(out.as_bytes()))
+        Ok(Resp(self.state.protocol).text(out.as_bytes()))
     }
 }
 

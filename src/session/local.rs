@@ -31,17 +31,34 @@ pub enum Local {
     Ping(Option<Bytes>),
     Quit,
     Reset,
+    ClientKill(Vec<Bytes>),
+    ClientReply(ReplyMode),
+    ClientUnblock(Vec<Bytes>),
+    /// Answered from the session's own state; inside MULTI, queued with its result computed
+    /// now.
+    Session(SessionCmd),
+    /// Answered by walking the tenant's namespace (`keyspace`).
+    Keyspace(KeyspaceCmd),
+    /// Recognised, but malformed: answer with this error.
+    Invalid(Error),
+}
+
+/// A command answered from the session's own state.
+#[derive(Debug)]
+pub enum SessionCmd {
     Select(Bytes),
     ClientId,
     ClientGetName,
     ClientSetName(Bytes),
     ClientInfo,
     ClientList(Vec<Bytes>),
-    ClientKill(Vec<Bytes>),
-    ClientReply(ReplyMode),
     ClientSetInfo(Bytes, Bytes),
-    ClientUnblock(Vec<Bytes>),
     PubsubNumpat,
+}
+
+/// A command answered for the tenant's whole namespace.
+#[derive(Debug)]
+pub enum KeyspaceCmd {
     DbSize,
     /// KEYS, answered from paced SCAN steps: one KEYS would hold Redis for a walk of every
     /// tenant's keys.
@@ -51,25 +68,6 @@ pub enum Local {
         lazy: bool,
     },
     Info(Vec<Bytes>),
-    /// Recognised, but malformed: answer with this error.
-    Invalid(Error),
-}
-
-impl Local {
-    /// Can it be queued inside MULTI with its result computed now?
-    fn queueable(&self) -> bool {
-        matches!(
-            self,
-            Local::Select(_)
-                | Local::ClientId
-                | Local::ClientGetName
-                | Local::ClientSetName(_)
-                | Local::ClientInfo
-                | Local::ClientList(_)
-                | Local::PubsubNumpat
-                | Local::ClientSetInfo(..)
-        )
-    }
 }
 
 fn lower(b: &[u8]) -> Vec<u8> {
@@ -118,7 +116,7 @@ pub fn recognize(
         (b"quit", _) => Local::Quit,
         (b"reset", _) => Local::Reset,
         (b"client", Some(b"setinfo")) => match a.len() {
-            4 => Local::ClientSetInfo(a[2].clone(), a[3].clone()),
+            4 => Local::Session(SessionCmd::ClientSetInfo(a[2].clone(), a[3].clone())),
             _ => Local::Invalid(Error::WrongArity("client|setinfo".into())),
         },
         _ if !is_local_name(name, sub) => return None,
@@ -128,42 +126,48 @@ pub fn recognize(
                     return Some(Local::Invalid(Error::WrongArity(c.full_name())));
                 }
             }
-            match (name, sub) {
-                (b"select", _) => Local::Select(a[1].clone()),
-                (b"client", Some(b"id")) => Local::ClientId,
-                (b"client", Some(b"getname")) => Local::ClientGetName,
-                (b"client", Some(b"setname")) => Local::ClientSetName(a[2].clone()),
-                (b"client", Some(b"info")) => Local::ClientInfo,
-                (b"client", Some(b"list")) => Local::ClientList(a[2..].to_vec()),
-                (b"client", Some(b"kill")) => Local::ClientKill(a[2..].to_vec()),
-                (b"client", Some(b"unblock")) => Local::ClientUnblock(a[2..].to_vec()),
-                (b"client", Some(b"reply")) => {
-                    if req.arg_is(2, b"on") {
-                        Local::ClientReply(ReplyMode::On)
-                    } else if req.arg_is(2, b"off") {
-                        Local::ClientReply(ReplyMode::Off)
-                    } else if req.arg_is(2, b"skip") {
-                        Local::ClientReply(ReplyMode::SkipNext)
-                    } else {
-                        Local::Invalid(Error::Syntax)
-                    }
-                }
-                (b"pubsub", Some(b"numpat")) => Local::PubsubNumpat,
-                (b"dbsize", _) => Local::DbSize,
-                (b"keys", _) => Local::Keys(a[1].clone()),
-                (b"randomkey", _) => Local::RandomKey,
-                (b"flushdb" | b"flushall", _) => match a.len() {
-                    1 => Local::Flush { lazy: false },
-                    2 if req.arg_is(1, b"sync") => Local::Flush { lazy: false },
-                    2 if req.arg_is(1, b"async") => Local::Flush { lazy: true },
-                    _ => Local::Invalid(Error::Syntax),
-                },
-                (b"info", _) => Local::Info(a[1..].to_vec()),
-                _ => return None,
-            }
+            checked(req, name, sub)?
         }
     };
     Some(local)
+}
+
+/// A local command whose arity the table has checked.
+fn checked(req: &Request, name: &[u8], sub: Option<&[u8]>) -> Option<Local> {
+    let a = &req.args;
+    Some(match (name, sub) {
+        (b"select", _) => Local::Session(SessionCmd::Select(a[1].clone())),
+        (b"client", Some(b"id")) => Local::Session(SessionCmd::ClientId),
+        (b"client", Some(b"getname")) => Local::Session(SessionCmd::ClientGetName),
+        (b"client", Some(b"setname")) => Local::Session(SessionCmd::ClientSetName(a[2].clone())),
+        (b"client", Some(b"info")) => Local::Session(SessionCmd::ClientInfo),
+        (b"client", Some(b"list")) => Local::Session(SessionCmd::ClientList(a[2..].to_vec())),
+        (b"client", Some(b"kill")) => Local::ClientKill(a[2..].to_vec()),
+        (b"client", Some(b"unblock")) => Local::ClientUnblock(a[2..].to_vec()),
+        (b"client", Some(b"reply")) => {
+            if req.arg_is(2, b"on") {
+                Local::ClientReply(ReplyMode::On)
+            } else if req.arg_is(2, b"off") {
+                Local::ClientReply(ReplyMode::Off)
+            } else if req.arg_is(2, b"skip") {
+                Local::ClientReply(ReplyMode::SkipNext)
+            } else {
+                Local::Invalid(Error::Syntax)
+            }
+        }
+        (b"pubsub", Some(b"numpat")) => Local::Session(SessionCmd::PubsubNumpat),
+        (b"dbsize", _) => Local::Keyspace(KeyspaceCmd::DbSize),
+        (b"keys", _) => Local::Keyspace(KeyspaceCmd::Keys(a[1].clone())),
+        (b"randomkey", _) => Local::Keyspace(KeyspaceCmd::RandomKey),
+        (b"flushdb" | b"flushall", _) => match a.len() {
+            1 => Local::Keyspace(KeyspaceCmd::Flush { lazy: false }),
+            2 if req.arg_is(1, b"sync") => Local::Keyspace(KeyspaceCmd::Flush { lazy: false }),
+            2 if req.arg_is(1, b"async") => Local::Keyspace(KeyspaceCmd::Flush { lazy: true }),
+            _ => Local::Invalid(Error::Syntax),
+        },
+        (b"info", _) => Local::Keyspace(KeyspaceCmd::Info(a[1..].to_vec())),
+        _ => return None,
+    })
 }
 
 fn is_local_name(name: &[u8], sub: Option<&[u8]>) -> bool {
@@ -200,11 +204,7 @@ fn hello(a: &[Bytes]) -> Local {
             Some(2) => protover = Some(2),
             Some(3) => protover = Some(3),
             Some(_) => return Local::Invalid(Error::NoProto),
-            None => {
-                return Local::Invalid(Error::Other(
-                    "Protocol version is not an integer or out of range".into(),
-                ))
-            }
+            None => return Local::Invalid(Error::BadProtover),
         }
     }
     let mut i = 2;
@@ -221,10 +221,9 @@ fn hello(a: &[Bytes]) -> Local {
                 i += 2;
             }
             _ => {
-                return Local::Invalid(Error::Other(format!(
-                    "Syntax error in HELLO option '{}'",
-                    String::from_utf8_lossy(&a[i])
-                )))
+                return Local::Invalid(Error::HelloOption(
+                    String::from_utf8_lossy(&a[i]).into_owned(),
+                ))
             }
         }
     }
@@ -240,28 +239,24 @@ fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&c| (b'!'..=b'~').contains(&c))
 }
 
-const BAD_NAME: &str = "Client names cannot contain spaces, newlines or special characters.";
-
 impl Session {
     pub(crate) async fn run_local(&mut self, local: Local) -> Result<(), End> {
         // CLIENT INFO / LIST show the command being run, as Redis does.
         self.publish_noted();
-        if self.multi.is_some() {
+        if self.state.multi.is_some() {
             match local {
                 Local::Quit | Local::Reset | Local::Invalid(_) => {}
-                l if l.queueable() => {
+                Local::Session(cmd) => {
                     // Queued like any command: +QUEUED now, the result inside EXEC's reply.
-                    let result = self.local_result(l);
-                    if let Some(m) = &mut self.multi {
+                    let result = self.local_result(cmd);
+                    if let Some(m) = &mut self.state.multi {
                         m.items.push(ExecItem::Local(result));
                     }
                     self.answer(Resp::simple("QUEUED"));
                     return Ok(());
                 }
                 _ => {
-                    self.refuse(Error::Other(
-                        "respite does not run this command inside MULTI".into(),
-                    ));
+                    self.refuse(Error::NotInMulti);
                     return Ok(());
                 }
             }
@@ -279,13 +274,13 @@ impl Session {
             }),
             Local::Quit => {
                 self.answer(Resp::ok());
-                self.closing = true;
+                self.client.closing = true;
             }
             Local::Reset => {
                 self.drain().await?;
                 self.drop_upstream();
-                self.protocol = 2;
-                self.reply_mode = ReplyMode::On;
+                self.state.protocol = 2;
+                self.state.reply_mode = ReplyMode::On;
                 self.tenant = None;
                 self.me.state.lock().unwrap().tenant = None;
                 if let Some(t) = self.ctx.default_tenant.clone() {
@@ -295,7 +290,7 @@ impl Session {
                 self.answer(Resp::simple("RESET"));
             }
             Local::ClientReply(mode) => {
-                self.reply_mode = mode;
+                self.state.reply_mode = mode;
                 if mode == ReplyMode::On {
                     self.answer(Resp::ok());
                 }
@@ -305,18 +300,14 @@ impl Session {
                 self.answer(reply);
             }
             Local::ClientUnblock(args) => self.client_unblock(args).await?,
-            Local::DbSize
-            | Local::Keys(_)
-            | Local::RandomKey
-            | Local::Flush { .. }
-            | Local::Info(_) => {
+            Local::Keyspace(cmd) => {
                 self.drain().await?;
-                let reply = self.keyspace(local).await;
+                let reply = self.keyspace(cmd).await;
                 self.answer(reply);
             }
             Local::Invalid(e) => self.refuse(e),
-            other => {
-                let reply = self.local_result(other);
+            Local::Session(cmd) => {
+                let reply = self.local_result(cmd);
                 self.answer(reply);
             }
         }
@@ -324,10 +315,10 @@ impl Session {
     }
 
     /// The reply of a command that only reads or sets session state.
-    fn local_result(&mut self, local: Local) -> Bytes {
-        let resp = Resp(self.protocol);
-        match local {
-            Local::Select(db) => match std::str::from_utf8(&db)
+    fn local_result(&mut self, cmd: SessionCmd) -> Bytes {
+        let resp = Resp(self.state.protocol);
+        match cmd {
+            SessionCmd::Select(db) => match std::str::from_utf8(&db)
                 .ok()
                 .and_then(|d| d.parse::<i64>().ok())
             {
@@ -335,51 +326,42 @@ impl Session {
                 Some(_) => Error::DbIndex.to_resp(),
                 None => Error::NotInteger.to_resp(),
             },
-            Local::ClientId => Resp::int(self.me.shown_id() as i64),
-            Local::ClientGetName => match &self.me.state.lock().unwrap().name {
+            SessionCmd::ClientId => Resp::int(self.me.shown_id() as i64),
+            SessionCmd::ClientGetName => match &self.me.state.lock().unwrap().name {
                 Some(n) => Resp::bulk(n),
                 None => resp.null(),
             },
-            Local::ClientSetName(name) => {
+            SessionCmd::ClientSetName(name) => {
                 if !valid_name(&name) {
-                    return Error::Other(BAD_NAME.into()).to_resp();
+                    return Error::BadClientName.to_resp();
                 }
                 self.me.state.lock().unwrap().name = (!name.is_empty()).then_some(name);
                 Resp::ok()
             }
-            Local::ClientSetInfo(attr, value) => {
+            SessionCmd::ClientSetInfo(attr, value) => {
                 let mut st = self.me.state.lock().unwrap();
                 match lower(&attr).as_slice() {
                     b"lib-name" if valid_name(&value) => st.lib_name = Some(value),
                     b"lib-ver" if valid_name(&value) => st.lib_ver = Some(value),
                     b"lib-name" | b"lib-ver" => {
-                        return Error::Other(format!(
-                            "{} cannot contain spaces, newlines or special characters.",
-                            String::from_utf8_lossy(&attr)
-                        ))
-                        .to_resp()
+                        return Error::BadClientInfo(String::from_utf8_lossy(&attr).into_owned())
+                            .to_resp()
                     }
                     _ => {
-                        return Error::Other(format!(
-                            "Unrecognized option '{}'",
-                            String::from_utf8_lossy(&attr)
-                        ))
-                        .to_resp()
+                        return Error::UnknownOption(String::from_utf8_lossy(&attr).into_owned())
+                            .to_resp()
                     }
                 }
                 Resp::ok()
             }
-            Local::ClientInfo => {
+            SessionCmd::ClientInfo => {
                 let line = self.me.info_line(Instant::now()) + "\n";
                 resp.text(line.as_bytes())
             }
-            Local::ClientList(args) => self.client_list(&args),
-            Local::PubsubNumpat => {
+            SessionCmd::ClientList(args) => self.client_list(&args),
+            SessionCmd::PubsubNumpat => {
                 let id = self.tenant.as_ref().map(|t| t.id.as_str()).unwrap_or("");
                 Resp::int(self.ctx.clients.numpat(id) as i64)
-            }
-            other => {
-                Error::Other(format!("internal: {other:?} is not a session command")).to_resp()
             }
         }
     }
@@ -446,15 +428,20 @@ impl Session {
         }
         if let Some(name) = &setname {
             if !valid_name(name) {
-                self.refuse(Error::Other(BAD_NAME.into()));
+                self.refuse(Error::BadClientName);
                 return Ok(());
             }
         }
         self.drain().await?;
-        let protover = protover.unwrap_or(self.protocol);
+        let protover = protover.unwrap_or(self.state.protocol);
         // A pinned connection switches protocol with the client; shared ones exist per
         // protocol, so a session without one simply uses the other kind from now on.
-        if let Some(p) = self.pinned.as_mut().filter(|_| protover != self.protocol) {
+        if let Some(p) = self
+            .up
+            .pinned
+            .as_mut()
+            .filter(|_| protover != self.state.protocol)
+        {
             // HELLO's own reply already comes in the new protocol.
             p.conn.protocol = protover;
             let v = protover.to_string();
@@ -463,7 +450,7 @@ impl Session {
                 return Ok(());
             }
         }
-        self.protocol = protover;
+        self.state.protocol = protover;
         {
             let mut st = self.me.state.lock().unwrap();
             st.protocol = protover;
@@ -510,7 +497,7 @@ impl Session {
 
     /// CLIENT LIST [TYPE type] [ID id ...], over the tenant's own connections.
     fn client_list(&self, args: &[Bytes]) -> Bytes {
-        let resp = Resp(self.protocol);
+        let resp = Resp(self.state.protocol);
         let mut ids: Option<Vec<u64>> = None;
         let mut kind: Option<Vec<u8>> = None;
         let mut i = 0;
@@ -522,10 +509,9 @@ impl Session {
                         t.as_slice(),
                         b"normal" | b"master" | b"replica" | b"slave" | b"pubsub"
                     ) {
-                        return Error::Other(format!(
-                            "Unknown client type '{}'",
-                            String::from_utf8_lossy(&args[i + 1])
-                        ))
+                        return Error::UnknownClientType(
+                            String::from_utf8_lossy(&args[i + 1]).into_owned(),
+                        )
                         .to_resp();
                     }
                     kind = Some(t);
@@ -539,7 +525,7 @@ impl Session {
                             .and_then(|s| s.parse::<u64>().ok())
                         {
                             Some(id) if id > 0 => v.push(id),
-                            _ => return Error::Other("Invalid client ID".into()).to_resp(),
+                            _ => return Error::InvalidClientId.to_resp(),
                         }
                     }
                     ids = Some(v);
@@ -584,7 +570,7 @@ impl Session {
                     self.kill(c);
                     Resp::ok()
                 }
-                None => Error::Other("No such client".into()).to_resp(),
+                None => Error::NoSuchClient.to_resp(),
             };
         }
         if args.len() % 2 != 0 {
@@ -602,7 +588,7 @@ impl Session {
                     _ => return Error::Syntax.to_resp(),
                 },
                 b"id" if value.parse::<u64>().is_err() => {
-                    return Error::Other("client-id should be greater than 0".into()).to_resp()
+                    return Error::ClientIdNotPositive.to_resp()
                 }
                 b"maxage" if value.parse::<u64>().is_err() => return Error::NotInteger.to_resp(),
                 b"id" | b"addr" | b"laddr" | b"user" | b"type" | b"maxage" => {
@@ -645,7 +631,7 @@ impl Session {
     fn kill(&mut self, c: &crate::clients::Client) {
         if c.id == self.me.id {
             // Redis closes the caller after its reply.
-            self.closing = true;
+            self.client.closing = true;
         } else {
             c.kill.cancel();
         }
@@ -665,9 +651,7 @@ impl Session {
             if args.len() > 2
                 || !(mode.eq_ignore_ascii_case(b"timeout") || mode.eq_ignore_ascii_case(b"error"))
             {
-                self.refuse(Error::Other(
-                    "CLIENT UNBLOCK reason should be TIMEOUT or ERROR".into(),
-                ));
+                self.refuse(Error::UnblockReason);
                 return Ok(());
             }
         }

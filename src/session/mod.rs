@@ -157,13 +157,38 @@ enum Event {
     Shutdown,
 }
 
+/// One client connection: the loop in this file, the stages in `decide`, requests on their
+/// way to Redis in `outbound`, replies on their way back in `inbound`, respite's own
+/// commands in `local` and `keyspace`. Owned by its task (`serve`).
 pub struct Session {
     pub(crate) ctx: Arc<Context>,
+    /// This connection in the registry behind CLIENT LIST / KILL.
     pub(crate) me: Arc<Client>,
+    pub(crate) tenant: Option<Arc<Tenant>>,
+    /// The quota allowance this session holds, and the writes Redis has answered in this
+    /// batch: settled together with the tenant's ledger at the end of `deliver`.
+    account: quota::Account,
+    pub(crate) client: ClientSide,
+    pub(crate) up: Outbound,
+    pub(crate) state: ConnectionState,
+    figures: Figures,
+    publishing: Publishing,
+}
+
+/// The client's socket and its buffers.
+pub(crate) struct ClientSide {
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
     inbuf: BytesMut,
     pub(crate) out: BytesMut,
+    /// `inbuf` holds whole requests not yet handled (a cap was reached): read no more until
+    /// they are, or the buffer would grow without bound.
+    backlog: bool,
+    pub(crate) closing: bool,
+}
+
+/// Requests on their way to Redis and the replies they wait for, in order.
+pub(crate) struct Outbound {
     /// The pinned connection, while Redis holds state for this client; otherwise requests
     /// go over the shared connection this session is assigned to.
     pub(crate) pinned: Option<Pinned>,
@@ -178,25 +203,15 @@ pub struct Session {
     awaiting: usize,
     /// When Redis last made progress on this connection (for the head-of-line timeout).
     progress: Instant,
-    pub(crate) tenant: Option<Arc<Tenant>>,
-    /// Shared keys this (publisher) connection wrote whose replies are not all in: dropped
-    /// from the shared cache when written and again once Redis has answered.
-    published: Vec<Bytes>,
-    /// The last shared key this session read (see `shared::Memo`).
-    memo: crate::shared::Memo,
-    /// `published[..unpublished]` have been dropped from the cache once already.
-    unpublished: usize,
-    /// This session's figures since they were last handed to its tenant.
-    tally: Tally,
-    /// When the client's bytes were last read: the start of each request's latency.
-    read_at: Instant,
-    /// The command being handled.
-    current: Option<Meta>,
-    /// Read once per batch of replies: when they were ready (for latencies).
-    clock: Instant,
-    /// The quota allowance this session holds, and the writes Redis has answered in this
-    /// batch: settled together with the tenant's ledger at the end of `deliver`.
-    account: quota::Account,
+    /// The head-of-line timer. It is re-armed lazily: it may fire early (then it is re-armed
+    /// for the real deadline), never late, and costs no timer registration per request.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timer_at: Option<Instant>,
+}
+
+/// What the client has set on its connection, in respite or in Redis.
+pub(crate) struct ConnectionState {
+    /// The RESP version (2 or 3), from HELLO.
     pub(crate) protocol: u8,
     pub(crate) multi: Option<Multi>,
     pub(crate) subs: Subscriptions,
@@ -204,16 +219,30 @@ pub struct Session {
     pub(crate) watching: bool,
     pub(crate) tracking: bool,
     pub(crate) no_evict: bool,
-    pub(crate) closing: bool,
-    /// `inbuf` holds whole requests not yet handled (a cap was reached): read no more until
-    /// they are, or the buffer would grow without bound.
-    backlog: bool,
+}
+
+/// This session's figures since they were last handed to its tenant.
+struct Figures {
+    tally: Tally,
+    /// When the client's bytes were last read: the start of each request's latency.
+    read_at: Instant,
+    /// The command being handled.
+    current: Option<Meta>,
+    /// Read once per batch of replies: when they were ready (for latencies).
+    clock: Instant,
     /// The last command handled, published to CLIENT LIST once per batch (not per request).
     noted: Option<(&'static [u8], Option<&'static [u8]>)>,
-    /// The head-of-line timer. It is re-armed lazily: it may fire early (then it is re-armed
-    /// for the real deadline), never late, and costs no timer registration per request.
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-    timer_at: Option<Instant>,
+}
+
+/// A publisher's writes to shared keys, dropped from the shared cache.
+struct Publishing {
+    /// Shared keys this connection wrote whose replies are not all in: dropped from the
+    /// shared cache when written and again once Redis has answered.
+    published: Vec<Bytes>,
+    /// `published[..unpublished]` have been dropped from the cache once already.
+    unpublished: usize,
+    /// The last shared key this session read (see `shared::Memo`).
+    memo: crate::market::Memo,
 }
 
 /// Serves one client connection until it closes, is killed, or the server shuts down.
@@ -229,42 +258,52 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
     let mut s = Session {
         ctx: ctx.clone(),
         me: me.clone(),
-        reader,
-        writer,
-        inbuf: BytesMut::with_capacity(16 * 1024),
-        out: BytesMut::with_capacity(16 * 1024),
-        pinned: None,
-        to_up: BytesMut::with_capacity(16 * 1024),
-        to_up_count: 0,
-        replies,
-        sink: Sink {
-            tx: reply_tx,
-            generation: 0,
-        },
-        pending: VecDeque::new(),
-        awaiting: 0,
-        progress: Instant::now(),
         tenant: None,
         account: quota::Account::default(),
-        tally: Tally::default(),
-        read_at: Instant::now(),
-        current: None,
-        clock: Instant::now(),
-        published: Vec::new(),
-        memo: None,
-        unpublished: 0,
-        protocol: 2,
-        multi: None,
-        subs: Subscriptions::default(),
-        reply_mode: ReplyMode::On,
-        watching: false,
-        tracking: false,
-        no_evict: false,
-        closing: false,
-        backlog: false,
-        noted: None,
-        timer: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
-        timer_at: None,
+        client: ClientSide {
+            reader,
+            writer,
+            inbuf: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::with_capacity(16 * 1024),
+            backlog: false,
+            closing: false,
+        },
+        up: Outbound {
+            pinned: None,
+            to_up: BytesMut::with_capacity(16 * 1024),
+            to_up_count: 0,
+            replies,
+            sink: Sink {
+                tx: reply_tx,
+                generation: 0,
+            },
+            pending: VecDeque::new(),
+            awaiting: 0,
+            progress: Instant::now(),
+            timer: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
+            timer_at: None,
+        },
+        state: ConnectionState {
+            protocol: 2,
+            multi: None,
+            subs: Subscriptions::default(),
+            reply_mode: ReplyMode::On,
+            watching: false,
+            tracking: false,
+            no_evict: false,
+        },
+        figures: Figures {
+            tally: Tally::default(),
+            read_at: Instant::now(),
+            current: None,
+            clock: Instant::now(),
+            noted: None,
+        },
+        publishing: Publishing {
+            published: Vec::new(),
+            unpublished: 0,
+            memo: None,
+        },
     };
     if let Some(t) = ctx.default_tenant.clone() {
         s.set_tenant(t);
@@ -284,7 +323,7 @@ impl Session {
             // Replies read during the last wait free their slots before new requests count
             // against MAX_IN_FLIGHT.
             self.deliver();
-            if !self.published.is_empty() && self.awaiting == 0 {
+            if !self.publishing.published.is_empty() && self.up.awaiting == 0 {
                 // The shared writes are done: drop what a reader may have cached meanwhile.
                 self.unpublish().await;
             }
@@ -293,13 +332,13 @@ impl Session {
             self.flush_upstream().await;
             self.deliver();
             self.write_client_now()?;
-            if self.closing && self.pending.is_empty() && self.out.is_empty() {
+            if self.client.closing && self.up.pending.is_empty() && self.client.out.is_empty() {
                 return Ok(());
             }
             match self.wait(&shutdown).await {
                 Event::ClientRead(Ok(n)) if n > 0 => {
-                    self.read_at = Instant::now();
-                    self.tally.bytes_in += n as u64;
+                    self.figures.read_at = Instant::now();
+                    self.figures.tally.bytes_in += n as u64;
                 }
                 Event::ClientRead(_) => return Err(End::ClientGone),
                 Event::ClientWrote(Ok(n)) if n > 0 => self.wrote(n),
@@ -307,11 +346,11 @@ impl Session {
                 Event::UpstreamRead(Ok(n)) if n > 0 => {}
                 Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
                 Event::SharedReply(r) => {
-                    self.clock = Instant::now();
+                    self.figures.clock = Instant::now();
                     self.take_reply(r)
                 }
                 Event::Timeout => {
-                    self.timer_at = None;
+                    self.up.timer_at = None;
                     if self.deadline().is_some_and(|d| d <= Instant::now()) {
                         self.fail_upstream(UpstreamError::Timeout(
                             self.ctx.upstream.command_timeout_ms(),
@@ -319,7 +358,7 @@ impl Session {
                     }
                 }
                 Event::Killed => return Err(End::Killed),
-                Event::Shutdown => self.closing = true,
+                Event::Shutdown => self.client.closing = true,
             }
         }
     }
@@ -329,16 +368,16 @@ impl Session {
         let Some(d) = deadline else {
             return false;
         };
-        if self.timer_at.is_none_or(|t| t > d) {
-            self.timer.as_mut().reset(d.into());
-            self.timer_at = Some(d);
+        if self.up.timer_at.is_none_or(|t| t > d) {
+            self.up.timer.as_mut().reset(d.into());
+            self.up.timer_at = Some(d);
         }
         true
     }
 
     pub(crate) fn publish_noted(&mut self) {
         self.hand_over_tally();
-        if let Some(cmd) = self.noted.take() {
+        if let Some(cmd) = self.figures.noted.take() {
             let mut st = self.me.state.lock().unwrap();
             st.last_active = Some(Instant::now());
             st.last_command = Some(cmd);
@@ -348,25 +387,25 @@ impl Session {
     async fn wait(&mut self, shutdown: &CancellationToken) -> Event {
         let deadline = self.deadline();
         let timed = self.arm_timer(deadline);
-        let room = self.out.len() < OUT_LIMIT;
-        let read_client = !self.closing && !self.backlog;
-        let up = &mut self.pinned;
-        let out = &self.out;
+        let room = self.client.out.len() < OUT_LIMIT;
+        let read_client = !self.client.closing && !self.client.backlog;
+        let up = &mut self.up.pinned;
+        let out = &self.client.out;
         tokio::select! {
             _ = self.me.kill.cancelled() => Event::Killed,
-            _ = shutdown.cancelled(), if !self.closing => Event::Shutdown,
-            n = self.reader.read_buf(&mut self.inbuf), if read_client => Event::ClientRead(n),
-            n = self.writer.write(out), if !out.is_empty() => Event::ClientWrote(n),
+            _ = shutdown.cancelled(), if !self.client.closing => Event::Shutdown,
+            n = self.client.reader.read_buf(&mut self.client.inbuf), if read_client => Event::ClientRead(n),
+            n = self.client.writer.write(out), if !out.is_empty() => Event::ClientWrote(n),
             n = read_upstream(up), if up.is_some() && room => Event::UpstreamRead(n),
-            r = self.replies.recv(), if room => Event::SharedReply(r),
-            _ = self.timer.as_mut(), if timed => Event::Timeout,
+            r = self.up.replies.recv(), if room => Event::SharedReply(r),
+            _ = self.up.timer.as_mut(), if timed => Event::Timeout,
         }
     }
 
     /// Writes as much output as the socket takes without waiting.
     fn write_client_now(&mut self) -> Result<(), End> {
-        while !self.out.is_empty() {
-            match self.writer.try_write(&self.out) {
+        while !self.client.out.is_empty() {
+            match self.client.writer.try_write(&self.client.out) {
                 Ok(0) => return Err(End::ClientGone),
                 Ok(n) => self.wrote(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -377,38 +416,43 @@ impl Session {
     }
 
     fn wrote(&mut self, n: usize) {
-        let was_full = self.out.len() >= OUT_LIMIT;
-        self.tally.bytes_out += n as u64;
-        self.out.advance(n);
-        if self.out.is_empty() && self.out.capacity() > 1 << 20 {
+        let was_full = self.client.out.len() >= OUT_LIMIT;
+        self.figures.tally.bytes_out += n as u64;
+        self.client.out.advance(n);
+        if self.client.out.is_empty() && self.client.out.capacity() > 1 << 20 {
             // Let a one-off huge reply's buffer go.
-            self.out = BytesMut::with_capacity(16 * 1024);
+            self.client.out = BytesMut::with_capacity(16 * 1024);
         }
-        if was_full && self.out.len() < OUT_LIMIT {
+        if was_full && self.client.out.len() < OUT_LIMIT {
             // Redis was not read while the client caught up: restart its clock.
-            self.progress = Instant::now();
+            self.up.progress = Instant::now();
         }
     }
 
     /// Runs every whole request in the input buffer through the pipeline.
     async fn handle_buffered(&mut self) -> Result<(), End> {
-        self.backlog = false;
-        while !self.closing {
-            if self.pending.len() >= MAX_IN_FLIGHT || self.out.len() >= OUT_LIMIT {
-                self.backlog = true;
+        self.client.backlog = false;
+        while !self.client.closing {
+            if self.up.pending.len() >= MAX_IN_FLIGHT || self.client.out.len() >= OUT_LIMIT {
+                self.client.backlog = true;
                 break;
             }
             let authenticated = self.tenant.is_some();
-            match parse_request(&mut self.inbuf, &self.ctx.request_limits(), authenticated) {
+            match parse_request(
+                &mut self.client.inbuf,
+                &self.ctx.request_limits(),
+                authenticated,
+            ) {
                 Ok(Some(req)) => self.handle(req).await?,
                 Ok(None) => break,
                 Err(e) => {
                     // As Redis: answer, then close once earlier replies are out.
                     tracing::debug!(error = %e, "protocol error");
-                    self.pending
+                    self.up
+                        .pending
                         .push_back(Slot::Ready(Error::Protocol(e.0).to_resp()));
-                    self.inbuf.clear();
-                    self.closing = true;
+                    self.client.inbuf.clear();
+                    self.client.closing = true;
                 }
             }
         }
@@ -424,26 +468,29 @@ impl Session {
 
     /// The instant the head request times out, if it is waiting on Redis and may not block.
     fn deadline(&self) -> Option<Instant> {
-        if self.out.len() >= OUT_LIMIT {
+        if self.client.out.len() >= OUT_LIMIT {
             // Not reading Redis while the client catches up: not Redis' delay.
             return None;
         }
-        match self.pending.front()? {
+        match self.up.pending.front()? {
             Slot::Reply { blocking: true, .. } | Slot::Ready(_) => None,
-            _ => Some(self.progress + self.ctx.upstream.command_timeout()),
+            _ => Some(self.up.progress + self.ctx.upstream.command_timeout()),
         }
     }
 
     /// Does Redis hold state for this connection that a new connection would not have?
     fn has_connection_state(&self) -> bool {
-        self.multi.is_some() || self.watching || self.tracking || self.subs.any()
+        self.state.multi.is_some()
+            || self.state.watching
+            || self.state.tracking
+            || self.state.subs.any()
     }
 
     /// Gives the session's figures to its tenant (once per pass of the loop).
     fn hand_over_tally(&mut self) {
         if let Some(t) = &self.tenant {
-            if !self.tally.is_empty() {
-                t.stats.absorb(&mut self.tally);
+            if !self.figures.tally.is_empty() {
+                t.stats.absorb(&mut self.figures.tally);
             }
         }
     }
@@ -453,18 +500,18 @@ impl Session {
         if self.tenant.is_none() || !self.ctx.metrics {
             return;
         }
-        let meta = self.current.take().unwrap_or(Meta {
+        let meta = self.figures.current.take().unwrap_or(Meta {
             name: b"unknown",
             family: "other",
             read: false,
-            at: self.read_at,
+            at: self.figures.read_at,
         });
-        self.tally.done(&meta, outcome, hit, Instant::now());
+        self.figures.tally.done(&meta, outcome, hit, Instant::now());
     }
 
     /// The outcome of the answer respite just queued.
     fn last_outcome(&self) -> Outcome {
-        match self.pending.back() {
+        match self.up.pending.back() {
             Some(Slot::Ready(b)) if b.first() == Some(&b'-') => Outcome::Error,
             _ => Outcome::Ok,
         }

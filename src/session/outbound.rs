@@ -10,74 +10,24 @@ impl Session {
         &mut self,
         fwd: Forward,
         top: &[u8],
-        mut write: Option<Written>,
+        write: Option<Written>,
     ) -> Result<(), End> {
         let Forward {
             mut args,
             prefixed,
-            mut expect,
+            expect,
             blocking,
         } = fwd;
-        let in_multi = self.multi.is_some();
-        if in_multi && !matches!(top, b"exec" | b"discard" | b"multi" | b"watch") {
-            // Redis queues it and answers +QUEUED; its real reply comes inside EXEC's.
-            match expect {
-                Expect::Confirm { .. } => {
-                    self.refuse(Error::Other(
-                        "Command not allowed inside a transaction".into(),
-                    ));
-                    return Ok(());
-                }
-                Expect::Reply(shape) => {
-                    if let Some(m) = &mut self.multi {
-                        m.items.push(ExecItem::Upstream(shape));
-                        if let Some(mut w) = write.take() {
-                            w.keys.clone_from(&args);
-                            match &mut m.writes {
-                                Some(all) => all.absorb(&mut w),
-                                None => m.writes = Some(w),
-                            }
-                        }
-                    }
-                    expect = Expect::Reply(Shape::Plain);
-                }
-            }
+        let queued = self.state.multi.is_some()
+            && !matches!(top, b"exec" | b"discard" | b"multi" | b"watch");
+        let next = if queued {
+            self.queue_in_multi(expect, write, &args)
         } else {
-            match top {
-                b"multi" if !in_multi => self.multi = Some(Multi::default()),
-                b"exec" => {
-                    self.watching = false;
-                    if let Some(m) = self.multi.take() {
-                        if m.dirty {
-                            if let Some(w) = m.writes {
-                                self.account.add(w);
-                            }
-                            if self.open(false, false).await? {
-                                encode_request(&mut self.to_up, [&b"DISCARD"[..]].into_iter());
-                                self.queue(Slot::Internal);
-                            }
-                            self.answer(Error::ExecAbort.to_resp());
-                            return Ok(());
-                        }
-                        expect = Expect::Reply(Shape::Exec(m.items));
-                        write = m.writes;
-                    }
-                }
-                b"discard" => {
-                    self.end_multi();
-                    self.watching = false;
-                }
-                b"watch" if !in_multi => self.watching = true,
-                b"unwatch" => self.watching = false,
-                b"client" if args[1].eq_ignore_ascii_case(b"tracking") => {
-                    self.tracking = args[2].eq_ignore_ascii_case(b"on");
-                }
-                b"client" if args[1].eq_ignore_ascii_case(b"no-evict") => {
-                    self.no_evict = args[2].eq_ignore_ascii_case(b"on");
-                }
-                _ => {}
-            }
-        }
+            self.track_state(top, &args, expect, write).await?
+        };
+        let Some((expect, write)) = next else {
+            return Ok(());
+        };
         // Connection state begins (or a command may block): it needs a connection of its own.
         let pin = blocking || matches!(expect, Expect::Confirm { .. }) || self.needs_pinned();
         let mute = self.take_mute();
@@ -87,7 +37,7 @@ impl Session {
                 blocking,
                 mute,
                 write,
-                meta: self.current.take(),
+                meta: self.figures.current.take(),
             },
             Expect::Confirm { kind, count } => Slot::Confirm {
                 kind,
@@ -102,13 +52,84 @@ impl Session {
             return Ok(());
         }
         let prefix = self.tenant.as_ref().map_or(&[][..], |t| &t.prefix[..]);
-        encode_marked(&mut self.to_up, &args, prefix, &prefixed);
+        encode_marked(&mut self.up.to_up, &args, prefix, &prefixed);
         self.queue(slot);
-        if let Some(Slot::Reply { write: Some(w), .. }) = self.pending.back_mut() {
+        if let Some(Slot::Reply { write: Some(w), .. }) = self.up.pending.back_mut() {
             // Encoded: the write's key can leave the request rather than be copied.
             w.keys.take_from(&mut args);
         }
         Ok(())
+    }
+
+    /// Inside MULTI: Redis queues the command and answers +QUEUED; its real reply comes
+    /// inside EXEC's, and its write is settled with EXEC. `None`: refused instead.
+    fn queue_in_multi(
+        &mut self,
+        expect: Expect,
+        mut write: Option<Written>,
+        args: &[Bytes],
+    ) -> Option<(Expect, Option<Written>)> {
+        let Expect::Reply(shape) = expect else {
+            self.refuse(Error::NotInTransaction);
+            return None;
+        };
+        if let Some(m) = &mut self.state.multi {
+            m.items.push(ExecItem::Upstream(shape));
+            if let Some(mut w) = write.take() {
+                w.keys.clone_from(args);
+                match &mut m.writes {
+                    Some(all) => all.absorb(&mut w),
+                    None => m.writes = Some(w),
+                }
+            }
+        }
+        Some((Expect::Reply(Shape::Plain), write))
+    }
+
+    /// The connection state a command starts or ends (MULTI/EXEC/DISCARD, WATCH, tracking,
+    /// no-evict), and EXEC's reply shape and writes. `None`: answered here (a doomed EXEC).
+    async fn track_state(
+        &mut self,
+        top: &[u8],
+        args: &[Bytes],
+        mut expect: Expect,
+        mut write: Option<Written>,
+    ) -> Result<Option<(Expect, Option<Written>)>, End> {
+        match top {
+            b"multi" if self.state.multi.is_none() => self.state.multi = Some(Multi::default()),
+            b"exec" => {
+                self.state.watching = false;
+                if let Some(m) = self.state.multi.take() {
+                    if m.dirty {
+                        if let Some(w) = m.writes {
+                            self.account.add(w);
+                        }
+                        if self.open(false, false).await? {
+                            encode_request(&mut self.up.to_up, [&b"DISCARD"[..]].into_iter());
+                            self.queue(Slot::Internal);
+                        }
+                        self.answer(Error::ExecAbort.to_resp());
+                        return Ok(None);
+                    }
+                    expect = Expect::Reply(Shape::Exec(m.items));
+                    write = m.writes;
+                }
+            }
+            b"discard" => {
+                self.end_multi();
+                self.state.watching = false;
+            }
+            b"watch" if self.state.multi.is_none() => self.state.watching = true,
+            b"unwatch" => self.state.watching = false,
+            b"client" if args[1].eq_ignore_ascii_case(b"tracking") => {
+                self.state.tracking = args[2].eq_ignore_ascii_case(b"on");
+            }
+            b"client" if args[1].eq_ignore_ascii_case(b"no-evict") => {
+                self.state.no_evict = args[2].eq_ignore_ascii_case(b"on");
+            }
+            _ => {}
+        }
+        Ok(Some((expect, write)))
     }
 
     /// Makes sure the next request can go to Redis. With `pin`, it goes over a pinned
@@ -116,88 +137,98 @@ impl Session {
     /// session has none. `false` when no pinned connection can be had: the request is not
     /// sent, and is answered with the error instead (unless it is respite's own, `internal`).
     pub(super) async fn open(&mut self, pin: bool, internal: bool) -> Result<bool, End> {
-        if pin && self.pinned.is_none() {
+        if pin && self.up.pinned.is_none() {
             self.drain().await?;
-            match self.ctx.upstream.pinned.acquire(self.protocol).await {
+            match self.ctx.upstream.pinned.acquire(self.state.protocol).await {
                 Ok(p) => {
                     self.me
                         .upstream_id
                         .store(p.conn.client_id, std::sync::atomic::Ordering::Relaxed);
-                    self.pinned = Some(p);
+                    self.up.pinned = Some(p);
                 }
                 Err(e) => {
-                    if let Some(m) = &mut self.multi {
+                    if let Some(m) = &mut self.state.multi {
                         m.dirty = true;
                     }
                     // The state the command would have begun does not exist.
-                    (self.watching, self.tracking, self.no_evict) = (false, false, false);
-                    if self.multi.as_ref().is_some_and(|m| m.items.is_empty()) {
+                    (
+                        self.state.watching,
+                        self.state.tracking,
+                        self.state.no_evict,
+                    ) = (false, false, false);
+                    if self
+                        .state
+                        .multi
+                        .as_ref()
+                        .is_some_and(|m| m.items.is_empty())
+                    {
                         self.end_multi();
                     }
                     if !internal {
-                        self.pending
+                        self.up
+                            .pending
                             .push_back(Slot::Ready(Error::Upstream(e).to_resp()));
                     }
                     return Ok(false);
                 }
             }
         }
-        if self.awaiting == 0 {
-            self.progress = Instant::now();
+        if self.up.awaiting == 0 {
+            self.up.progress = Instant::now();
         }
         Ok(true)
     }
 
     /// Opens the slot of the request just encoded into `to_up`.
     pub(super) fn queue(&mut self, slot: Slot) {
-        self.to_up_count += 1;
-        self.pending.push_back(slot);
-        self.awaiting += 1;
+        self.up.to_up_count += 1;
+        self.up.pending.push_back(slot);
+        self.up.awaiting += 1;
     }
 
     /// Sends what is queued for Redis: written to the pinned connection, or handed to the
     /// shared one as one batch.
     pub(super) async fn flush_upstream(&mut self) {
-        if self.to_up.is_empty() {
+        if self.up.to_up.is_empty() {
             return;
         }
-        let count = std::mem::take(&mut self.to_up_count);
-        let Some(p) = self.pinned.as_mut() else {
-            let data = self.to_up.split().freeze();
-            if self.to_up.capacity() < 4096 {
-                self.to_up.reserve(16 * 1024);
+        let count = std::mem::take(&mut self.up.to_up_count);
+        let Some(p) = self.up.pinned.as_mut() else {
+            let data = self.up.to_up.split().freeze();
+            if self.up.to_up.capacity() < 4096 {
+                self.up.to_up.reserve(16 * 1024);
             }
             self.ctx
                 .upstream
-                .shared(self.protocol, self.me.id)
+                .shared(self.state.protocol, self.me.id)
                 .submit(shared::Submit {
                     data,
                     count,
-                    to: self.sink.clone(),
+                    to: self.up.sink.clone(),
                 });
             return;
         };
         let up = &mut p.conn;
         // Almost always the socket takes it all at once: no timer needed for that.
-        match up.stream.try_write(&self.to_up) {
-            Ok(n) => self.to_up.advance(n),
+        match up.stream.try_write(&self.up.to_up) {
+            Ok(n) => self.up.to_up.advance(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => {
-                self.to_up.clear();
+                self.up.to_up.clear();
                 return self.fail_upstream(UpstreamError::Closed);
             }
         }
-        if self.to_up.is_empty() {
+        if self.up.to_up.is_empty() {
             return;
         }
         let timeout = self.ctx.upstream.command_timeout();
-        let result = match tokio::time::timeout(timeout, up.write_all(&self.to_up)).await {
+        let result = match tokio::time::timeout(timeout, up.write_all(&self.up.to_up)).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout(
                 self.ctx.upstream.command_timeout_ms(),
             )),
         };
-        self.to_up.clear();
+        self.up.to_up.clear();
         if let Err(e) = result {
             self.fail_upstream(e);
         }
@@ -210,15 +241,15 @@ impl Session {
         loop {
             self.flush_upstream().await;
             self.deliver();
-            if self.awaiting == 0 {
+            if self.up.awaiting == 0 {
                 return Ok(());
             }
             let deadline = self.deadline();
-            let up = &mut self.pinned;
+            let up = &mut self.up.pinned;
             let event = tokio::select! {
                 _ = self.me.kill.cancelled() => Event::Killed,
                 n = read_upstream(up), if up.is_some() => Event::UpstreamRead(n),
-                r = self.replies.recv() => Event::SharedReply(r),
+                r = self.up.replies.recv() => Event::SharedReply(r),
                 _ = sleep_until(deadline), if deadline.is_some() => Event::Timeout,
             };
             match event {
@@ -252,16 +283,16 @@ impl Session {
         }
         let n = requests.len();
         let timeout = self.ctx.upstream.command_timeout();
-        let result = match self.pinned.as_mut() {
+        let result = match self.up.pinned.as_mut() {
             Some(p) => {
-                let pubsub = self.subs.any();
+                let pubsub = self.state.subs.any();
                 let prefix = self
                     .tenant
                     .as_ref()
                     .map(|t| t.prefix.clone())
                     .unwrap_or_default();
                 let up = &mut p.conn;
-                let out = &mut self.out;
+                let out = &mut self.client.out;
                 let exchange = async {
                     up.write_all(&data).await?;
                     let mut frames = Vec::with_capacity(n);
@@ -279,14 +310,14 @@ impl Session {
             None => {
                 self.ctx
                     .upstream
-                    .shared(self.protocol, self.me.id)
+                    .shared(self.state.protocol, self.me.id)
                     .submit(shared::Submit {
                         data: data.freeze(),
                         count: n,
-                        to: self.sink.clone(),
+                        to: self.up.sink.clone(),
                     });
-                let generation = self.sink.generation;
-                let replies = &mut self.replies;
+                let generation = self.up.sink.generation;
+                let replies = &mut self.up.replies;
                 let exchange = async {
                     let mut frames = Vec::with_capacity(n);
                     while frames.len() < n {

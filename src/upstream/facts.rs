@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Own;
+use super::OwnPool;
 
 /// How often the settings are read again.
 const EVERY: Duration = Duration::from_secs(5);
@@ -62,7 +62,7 @@ impl Facts {
     }
 
     /// Reads the settings once; on failure (Redis away, CONFIG renamed) the last ones stand.
-    pub async fn refresh(&self, own: &Own) {
+    pub async fn refresh(&self, own: &OwnPool) {
         let read = own
             .run(async |c| {
                 let ((), pairs) = deadpool_redis::redis::pipe()
@@ -120,7 +120,7 @@ impl Facts {
     }
 
     /// Refreshes the settings every few seconds until `stop`.
-    pub async fn watch(&self, own: Own, stop: CancellationToken) {
+    pub async fn watch(&self, own: OwnPool, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(EVERY) => {}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Own;
+use super::OwnPool;
 
 const PING_EVERY: Duration = Duration::from_millis(250);
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
@@ -20,7 +20,7 @@ impl Readiness {
     }
 
     /// PINGs Redis over respite's own pool and records whether it answered.
-    pub async fn watch(&self, own: Own, stop: CancellationToken) {
+    pub async fn watch(&self, own: OwnPool, stop: CancellationToken) {
         loop {
             let ping = own.run(async |c| {
                 deadpool_redis::redis::cmd("PING")

@@ -41,14 +41,14 @@ pub use pinned::Pinned;
 /// billing): a deadpool-redis pool apart from the clients' connections, so that they never
 /// wait behind a client's pipeline, and every use bounded by `command_timeout_ms`.
 #[derive(Clone)]
-pub struct Own {
+pub struct OwnPool {
     pool: deadpool_redis::Pool,
     timeout: Duration,
 }
 
 /// Why one of respite's own requests failed.
 #[derive(Debug)]
-pub enum OwnError {
+pub enum PoolError {
     /// No connection could be had.
     Unavailable(String),
     /// Redis (or the connection) answered with an error.
@@ -57,18 +57,18 @@ pub enum OwnError {
     Timeout(u64),
 }
 
-impl std::fmt::Display for OwnError {
+impl std::fmt::Display for PoolError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            OwnError::Unavailable(why) => f.write_str(why),
-            OwnError::Redis(e) => write!(f, "{e}"),
-            OwnError::Timeout(ms) => write!(f, "no reply within {ms} ms"),
+            PoolError::Unavailable(why) => f.write_str(why),
+            PoolError::Redis(e) => write!(f, "{e}"),
+            PoolError::Timeout(ms) => write!(f, "no reply within {ms} ms"),
         }
     }
 }
 
-impl Own {
-    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Own> {
+impl OwnPool {
+    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<OwnPool> {
         let timeout = Duration::from_millis(config.upstream.command_timeout_ms);
         let mut pool = deadpool_redis::Config::from_url(config.upstream.url.get_ref().clone());
         pool.pool = Some(deadpool_redis::PoolConfig {
@@ -80,14 +80,14 @@ impl Own {
             },
             ..Default::default()
         });
-        Ok(Own {
+        Ok(OwnPool {
             pool: pool.create_pool(Some(deadpool_redis::Runtime::Tokio1))?,
             timeout,
         })
     }
 
     /// Runs `f` on a pooled connection, within the command timeout.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, OwnError>
+    pub async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
     where
         F: AsyncFnOnce(&mut deadpool_redis::Connection) -> deadpool_redis::redis::RedisResult<T>,
     {
@@ -96,12 +96,12 @@ impl Own {
                 .pool
                 .get()
                 .await
-                .map_err(|e| OwnError::Unavailable(e.to_string()))?;
-            f(&mut c).await.map_err(OwnError::Redis)
+                .map_err(|e| PoolError::Unavailable(e.to_string()))?;
+            f(&mut c).await.map_err(PoolError::Redis)
         };
         tokio::time::timeout(self.timeout, work)
             .await
-            .unwrap_or(Err(OwnError::Timeout(self.timeout.as_millis() as u64)))
+            .unwrap_or(Err(PoolError::Timeout(self.timeout.as_millis() as u64)))
     }
 }
 pub use shared::{Reply, Sink};

@@ -154,41 +154,10 @@ fn parse_multibulk(
     let args_start = eol + 2;
     let mut pos = args_start;
     for _ in 0..count {
-        if pos >= buf.len() {
-            return Ok(None);
+        match bulk(buf, pos, max_bulk, authenticated)? {
+            Some(next) => pos = next,
+            None => return Ok(None),
         }
-        if buf[pos] != b'$' {
-            return Err(perr(format!(
-                "expected '$', got '{}'",
-                char::from(buf[pos])
-            )));
-        }
-        let Some(eol) = find_crlf(buf, pos + 1) else {
-            if buf.len() - pos > MAX_INLINE {
-                return Err(perr("too big bulk count string"));
-            }
-            return Ok(None);
-        };
-        if eol - pos > MAX_INLINE {
-            return Err(perr("too big bulk count string"));
-        }
-        let len = parse_int(&buf[pos + 1..eol])
-            .filter(|&l| l >= 0 && l <= max_bulk as i64)
-            .ok_or_else(|| {
-                perr(if authenticated {
-                    "invalid bulk length"
-                } else {
-                    "unauthenticated bulk length"
-                })
-            })? as usize;
-        let start = eol + 2;
-        let end = start + len;
-        if buf.len() < end + 2 {
-            // Make room for the whole argument once, instead of growing step by step.
-            buf.reserve(end + 2 - buf.len());
-            return Ok(None);
-        }
-        pos = end + 2;
     }
     // Second pass over the validated headers: slice the arguments out of the frame.
     let frame = buf.split_to(pos).freeze();
@@ -206,6 +175,50 @@ fn parse_multibulk(
         pos = eol + 2 + len + 2;
     }
     Ok(Some(Request { args }))
+}
+
+/// Checks the bulk string at `pos`: where the next one starts, or `None` until it is all
+/// here (room for it reserved at once, rather than growing step by step).
+#[inline]
+fn bulk(
+    buf: &mut BytesMut,
+    pos: usize,
+    max_bulk: usize,
+    authenticated: bool,
+) -> Result<Option<usize>, ProtocolError> {
+    if pos >= buf.len() {
+        return Ok(None);
+    }
+    if buf[pos] != b'$' {
+        return Err(perr(format!(
+            "expected '$', got '{}'",
+            char::from(buf[pos])
+        )));
+    }
+    let Some(eol) = find_crlf(buf, pos + 1) else {
+        if buf.len() - pos > MAX_INLINE {
+            return Err(perr("too big bulk count string"));
+        }
+        return Ok(None);
+    };
+    if eol - pos > MAX_INLINE {
+        return Err(perr("too big bulk count string"));
+    }
+    let len = parse_int(&buf[pos + 1..eol])
+        .filter(|&l| l >= 0 && l <= max_bulk as i64)
+        .ok_or_else(|| {
+            perr(if authenticated {
+                "invalid bulk length"
+            } else {
+                "unauthenticated bulk length"
+            })
+        })? as usize;
+    let end = eol + 2 + len;
+    if buf.len() < end + 2 {
+        buf.reserve(end + 2 - buf.len());
+        return Ok(None);
+    }
+    Ok(Some(end + 2))
 }
 
 fn parse_inline(buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {

@@ -32,7 +32,7 @@ use deadpool_redis::redis;
 
 use crate::config::SharedConfig;
 use crate::error::{Error, UpstreamError};
-use crate::upstream::{Own, OwnError};
+use crate::upstream::{OwnPool, PoolError};
 use crate::wire::Resp;
 
 /// A session's last shared read: the key, its entry, and the cache generation then.
@@ -98,7 +98,7 @@ pub struct SharedCache {
     max_stale: Duration,
     origin: Option<Origin>,
     l1: moka::future::Cache<Bytes, Arc<Entry>, foldhash::fast::RandomState>,
-    own: Own,
+    own: OwnPool,
     /// Keys being refreshed ahead, so that each is refreshed once.
     refreshing: DashMap<Bytes, ()>,
     /// Bumped whenever an entry is dropped or replaced early, so that a session's [`Memo`]
@@ -127,7 +127,7 @@ impl moka::Expiry<Bytes, Arc<Entry>> for ByEntry {
 }
 
 impl SharedCache {
-    pub fn new(shared: &SharedConfig, own: Own) -> anyhow::Result<SharedCache> {
+    pub fn new(shared: &SharedConfig, own: OwnPool) -> anyhow::Result<SharedCache> {
         let origin = shared
             .origin
             .as_ref()
@@ -376,12 +376,12 @@ impl SharedCache {
         F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
     {
         self.own.run(f).await.map_err(|e| match e {
-            OwnError::Redis(e) if e.code().is_some() => Error::Redis(format!(
+            PoolError::Redis(e) if e.code().is_some() => Error::Redis(format!(
                 "{} {}",
                 e.code().unwrap_or_default(),
                 e.detail().unwrap_or("")
             )),
-            OwnError::Timeout(ms) => Error::Upstream(UpstreamError::Timeout(ms)),
+            PoolError::Timeout(ms) => Error::Upstream(UpstreamError::Timeout(ms)),
             other => Error::Upstream(UpstreamError::SharedFetch(other.to_string())),
         })
     }

@@ -1,0 +1,308 @@
+//! Checking a parsed config, one function per section: each mistake reported with its own
+//! message and, where the TOML has one, its place.
+
+use super::*;
+
+/// What a check reports: the place in the file (when known) and the message.
+type Report<'a> = dyn FnMut(Option<Range<usize>>, String) + 'a;
+
+impl Config {
+    /// Every semantic problem, each with the span of the value at fault when it has one.
+    pub(super) fn validate(&self) -> Vec<(Option<Range<usize>>, String)> {
+        let mut errs = Vec::new();
+        let mut err = |span: Option<Range<usize>>, msg: String| errs.push((span, msg));
+        self.validate_server(&mut err);
+        self.validate_upstream(&mut err);
+        self.validate_bookkeeping(&mut err);
+        self.validate_admin(&mut err);
+        self.validate_shared(&mut err);
+        self.validate_jwt(&mut err);
+        self.validate_tenants(&mut err);
+        self.validate_default_tenant(&mut err);
+        errs
+    }
+
+    /// `[server]`: the listener and the request limits.
+    fn validate_server(&self, err: &mut Report) {
+        if self.server.listen.get_ref().parse::<SocketAddr>().is_err() {
+            err(
+                Some(self.server.listen.span()),
+                format!(
+                    "server.listen: {:?} is not an address like 127.0.0.1:6380",
+                    self.server.listen.get_ref()
+                ),
+            );
+        }
+        if self.server.max_clients == 0 {
+            err(None, "server.max_clients must be at least 1".into());
+        }
+        if !(1..=MAX_THREADS).contains(&self.server.threads) {
+            err(
+                None,
+                format!("server.threads must be between 1 and {MAX_THREADS}"),
+            );
+        }
+        if self.server.max_array_len == 0 || self.server.max_bulk_bytes == 0 {
+            err(
+                None,
+                "server.max_array_len and server.max_bulk_bytes must be at least 1".into(),
+            );
+        }
+    }
+
+    /// `[upstream]`: where Redis is, and how many connections of each kind.
+    fn validate_upstream(&self, err: &mut Report) {
+        if let Err(e) = UpstreamAddr::parse(self.upstream.url.get_ref()) {
+            err(Some(self.upstream.url.span()), format!("upstream.url: {e}"));
+        }
+        if self.upstream.connect_timeout_ms == 0 || self.upstream.command_timeout_ms == 0 {
+            err(
+                None,
+                "upstream.connect_timeout_ms and upstream.command_timeout_ms must be above 0"
+                    .into(),
+            );
+        }
+        if self.upstream.connections == 0
+            || self.upstream.pinned_max == 0
+            || self.upstream.pool_size == 0
+        {
+            err(
+                None,
+                "upstream.connections, upstream.pinned_max and upstream.pool_size must be at \
+                 least 1"
+                    .into(),
+            );
+        }
+    }
+
+    /// `[billing]` and `[quota]`: the intervals of the background bookkeeping.
+    fn validate_bookkeeping(&self, err: &mut Report) {
+        if self.billing.interval_ms == 0 {
+            err(None, "billing.interval_ms must be above 0".into());
+        }
+        if self.quota.flush_interval_ms == 0
+            || self.quota.reconcile_interval_ms == 0
+            || self.quota.reconcile_keys_per_second == 0
+        {
+            err(
+                None,
+                "quota.flush_interval_ms, quota.reconcile_interval_ms and \
+                 quota.reconcile_keys_per_second must be above 0"
+                    .into(),
+            );
+        }
+    }
+
+    /// `[admin]`: the operators' HTTP listener.
+    fn validate_admin(&self, err: &mut Report) {
+        if let Some(admin) = &self.admin {
+            if admin.get_ref().listen.parse::<SocketAddr>().is_err() {
+                err(
+                    Some(admin.span()),
+                    format!(
+                        "admin.listen: {:?} is not an address like 127.0.0.1:9121",
+                        admin.get_ref().listen
+                    ),
+                );
+            }
+        }
+    }
+
+    /// `[shared]`: the shared prefixes (apart from `tenant:`, `respite:` and each other), the
+    /// cache's sizes and TTL tiers, the origin.
+    fn validate_shared(&self, err: &mut Report) {
+        if let Some(shared) = &self.shared {
+            let at = Some(shared.span());
+            let sh = shared.get_ref();
+            // A prefix that is a prefix of `tenant:` (say `t`) would make every tenant's keys
+            // "shared": readable by all, unprefixed. Overlap either way is refused.
+            let overlap = |a: &str, b: &str| a.starts_with(b) || b.starts_with(a);
+            for (i, p) in sh.prefixes.iter().enumerate() {
+                if p.is_empty() || overlap(p, "tenant:") || overlap(p, "respite:") {
+                    err(
+                        at.clone(),
+                        format!(
+                            "shared.prefixes: {p:?} must be non-empty and must not overlap \
+                             tenant: or respite:"
+                        ),
+                    );
+                }
+                if let Some(q) = sh.prefixes[..i].iter().find(|q| overlap(p, q)) {
+                    err(
+                        at.clone(),
+                        format!("shared.prefixes: {p:?} overlaps {q:?}; list the shorter one only"),
+                    );
+                }
+            }
+            if sh.max_stale_ms == 0 || sh.l1_max_bytes == 0 || sh.default_ttl_seconds == 0 {
+                err(
+                    at.clone(),
+                    "shared.max_stale_ms, shared.l1_max_bytes and shared.default_ttl_seconds \
+                     must be above 0"
+                        .into(),
+                );
+            }
+            if sh.ttl.iter().any(|t| t.seconds == 0) {
+                err(at.clone(), "shared.ttl: seconds must be above 0".into());
+            }
+            if let Some(o) = &sh.origin {
+                if !o.url.starts_with("http://") || !o.url.contains("{key}") {
+                    err(
+                        at.clone(),
+                        format!(
+                            "shared.origin.url: {:?} must be an http:// URL with {{key}} in it",
+                            o.url
+                        ),
+                    );
+                }
+                if o.timeout_ms == 0 {
+                    err(at, "shared.origin.timeout_ms must be above 0".into());
+                }
+            }
+        }
+    }
+
+    /// `[auth.jwt]`: exactly one key, and a claim that names the tenant.
+    fn validate_jwt(&self, err: &mut Report) {
+        let jwt = self.auth.jwt.as_ref();
+        if let Some(jwt) = jwt {
+            let j = jwt.get_ref();
+            match (&j.hs256_secret, &j.rs256_public_key_file) {
+                (Some(_), Some(_)) | (None, None) => err(
+                    Some(jwt.span()),
+                    "auth.jwt: set exactly one of hs256_secret and rs256_public_key_file".into(),
+                ),
+                (Some(s), None) if s.expose().is_empty() => err(
+                    Some(jwt.span()),
+                    "auth.jwt.hs256_secret must not be empty".into(),
+                ),
+                (None, Some(path)) => {
+                    if let Err(e) = std::fs::read(path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|pem| {
+                            jsonwebtoken::DecodingKey::from_rsa_pem(&pem).map_err(|e| e.to_string())
+                        })
+                    {
+                        err(
+                            Some(jwt.span()),
+                            format!("auth.jwt.rs256_public_key_file {}: {e}", path.display()),
+                        );
+                    }
+                }
+                _ => {}
+            }
+            if j.tenant_claim.is_empty() {
+                err(
+                    Some(jwt.span()),
+                    "auth.jwt.tenant_claim must not be empty".into(),
+                );
+            }
+        }
+    }
+
+    /// `[[tenants]]`: ids, credentials that pick exactly one tenant, quotas and roles.
+    fn validate_tenants(&self, err: &mut Report) {
+        let mut ids = HashSet::new();
+        let mut digests = HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let id = t.id.get_ref();
+            if !valid_tenant_id(id) {
+                err(
+                    Some(t.id.span()),
+                    format!("tenants[{i}].id: {id:?} must match [A-Za-z0-9_-]{{1,64}}"),
+                );
+            } else if !ids.insert(id.as_str()) {
+                err(
+                    Some(t.id.span()),
+                    format!("tenants[{i}].id: tenant {id:?} is defined twice"),
+                );
+            }
+            let digest = self.credentials(i, t, err);
+            // `AUTH <password>` names no tenant, so a password must pick exactly one.
+            if let Some(d) = digest {
+                if !digests.insert(d) {
+                    err(
+                        Some(t.id.span()),
+                        format!(
+                            "tenants[{i}] ({id}) has the same password as another tenant: \
+                             AUTH <password> could not tell them apart"
+                        ),
+                    );
+                }
+            }
+            if let (None, Some(o)) = (self.limits(t), &t.overage_bytes) {
+                err(
+                    Some(o.span()),
+                    format!(
+                        "tenants[{i}].overage_bytes needs a quota_bytes (here or in [defaults])"
+                    ),
+                );
+            }
+            match t.role.get_ref().as_str() {
+                "tenant" => {}
+                "publisher" if self.shared.is_some() => {}
+                "publisher" => err(
+                    Some(t.role.span()),
+                    format!("tenants[{i}].role = \"publisher\" needs a [shared] section"),
+                ),
+                other => err(
+                    Some(t.role.span()),
+                    format!("tenants[{i}].role: {other:?} is not \"tenant\" or \"publisher\""),
+                ),
+            }
+        }
+    }
+
+    /// The digest of the `i`th tenant's password, if it has a usable one; exactly one way to
+    /// log in is set.
+    fn credentials(&self, i: usize, t: &TenantConfig, err: &mut Report) -> Option<[u8; 32]> {
+        let id = t.id.get_ref();
+        match (&t.password, &t.password_sha256) {
+            (Some(_), Some(h)) => {
+                err(
+                    Some(h.span()),
+                    format!("tenants[{i}]: set password or password_sha256, not both"),
+                );
+                None
+            }
+            (Some(_), None) => t.digest(),
+            (None, Some(h)) => {
+                let digest = t.digest();
+                if digest.is_none() {
+                    err(
+                        Some(h.span()),
+                        format!("tenants[{i}].password_sha256 must be 64 hex digits"),
+                    );
+                }
+                digest
+            }
+            (None, None) => {
+                if self.auth.jwt.is_none() {
+                    err(
+                        Some(t.id.span()),
+                        format!(
+                            "tenants[{i}] ({id}) has no password, password_sha256 or [auth.jwt]: \
+                             nothing could authenticate it"
+                        ),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// `server.default_tenant` names a tenant.
+    fn validate_default_tenant(&self, err: &mut Report) {
+        if let Some(d) = &self.server.default_tenant {
+            if !self.tenants.iter().any(|t| t.id.get_ref() == d.get_ref()) {
+                err(
+                    Some(d.span()),
+                    format!(
+                        "server.default_tenant: {:?} is not a tenant in [[tenants]]",
+                        d.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+}
