@@ -94,13 +94,17 @@ def main():
     ap.add_argument("--baseline", required=True, action="append",
                     help="NAME=PATH of a respite binary to compare with (repeatable)")
     ap.add_argument("--requests", type=int, default=20_000)
+    ap.add_argument("--current", help="the binary to measure (default: a fresh release build)")
     opts = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "redis-server", "redis-benchmark"):
         if not shutil.which(tool):
             raise SystemExit("%s not found" % tool)
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    current = opts.current
+    if not current:
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+        current = os.path.join(ROOT, "target", "release", "respite")
     binaries = [tuple(b.split("=", 1)) for b in opts.baseline]
-    binaries.append(("current", os.path.join(ROOT, "target", "release", "respite")))
+    binaries.append(("current", current))
     tmp = tempfile.mkdtemp()
     rport = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1",

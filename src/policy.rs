@@ -112,11 +112,12 @@ pub fn check(
             "shared keys are read-only (only a publisher tenant writes them)",
         ));
     }
-    for (n, i) in REPEATING_COUNTS {
+    // The name first: parsing every request's argument as a count would cost every request.
+    if let Some((_, i)) = REPEATING_COUNTS.iter().find(|(n, _)| n.as_bytes() == name) {
         let count = args
             .get(*i)
             .and_then(|c| crate::command::grammar::redis_int(c));
-        if n.as_bytes() == name && count.is_some_and(|c| c < -MAX_REPEATING_COUNT) {
+        if count.is_some_and(|c| c < -MAX_REPEATING_COUNT) {
             return Err(Error::Unsupported(format!(
                 "value is out of range: respite allows counts down to -{MAX_REPEATING_COUNT}, \
                  a larger reply would hold the Redis every tenant shares"

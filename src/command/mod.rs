@@ -173,8 +173,8 @@ pub enum KeyError {
 pub enum KeyMap {
     /// No keys.
     None,
-    /// One key, at argument 1, with these flags (GET, SET, HSET, ...): no list to build.
-    Lone(u16),
+    /// One key, at argument 1 (GET, SET, HSET, ...): no list to build.
+    Lone([(usize, u16); 1]),
     /// Every key in spec order, with its spec's flags; an argument may stand twice.
     Many(Vec<(usize, u16)>),
 }
@@ -185,7 +185,7 @@ impl KeyMap {
         if let Some(flags) = cmd.lone_key() {
             return match args.len() {
                 0 | 1 => Err(KeyError::OutOfRange),
-                _ => Ok(KeyMap::Lone(flags)),
+                _ => Ok(KeyMap::Lone([(1, flags)])),
             };
         }
         let mut keys = Vec::new();
@@ -197,13 +197,13 @@ impl KeyMap {
     }
 
     /// (argument index, flags) of every key, in spec order.
-    pub fn iter(&self) -> impl Iterator<Item = (usize, u16)> + '_ {
-        let (lone, many) = match self {
-            KeyMap::None => (None, &[][..]),
-            KeyMap::Lone(flags) => (Some((1, *flags)), &[][..]),
-            KeyMap::Many(keys) => (None, &keys[..]),
+    pub fn iter(&self) -> std::iter::Copied<std::slice::Iter<'_, (usize, u16)>> {
+        let keys: &[(usize, u16)] = match self {
+            KeyMap::None => &[],
+            KeyMap::Lone(key) => key,
+            KeyMap::Many(keys) => keys,
         };
-        lone.into_iter().chain(many.iter().copied())
+        keys.iter().copied()
     }
 }
 

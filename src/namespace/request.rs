@@ -59,9 +59,57 @@ pub fn request(
     let mut marks = Marks::default();
     let name = cmd.spec.name;
     let blocking = cmd.has(CMD_BLOCKING) || (cmd.parent.is_none() && name == b"wait");
-    let expect = match pubsub(cmd, &mut args, keys, tenant, &mut marks) {
-        Some(expect) => expect,
-        None => Expect::Reply(keyspace(cmd, &mut args, keys, tenant, &mut marks)?),
+    let reply = Expect::Reply;
+    // One dispatch on the name: most requests take the last arm.
+    let expect = match (cmd.parent.map(|c| c.name), name) {
+        (None, b"scan") => reply(scan_match(&mut args, 2, &mut marks)),
+        (None, b"keys") => {
+            // Outside MULTI `keyspace` answers KEYS in SCAN steps; inside, Redis runs it.
+            marks.set_from(1, args.len());
+            reply(Shape::Keys)
+        }
+        (None, b"publish") => {
+            marks.set(1);
+            reply(Shape::Plain)
+        }
+        (None, b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe") => {
+            marks.set_from(1, args.len());
+            confirms(
+                &args,
+                if name[0] == b'p' {
+                    SubKind::Pattern
+                } else {
+                    SubKind::Channel
+                },
+            )
+        }
+        (None, b"ssubscribe" | b"sunsubscribe") => {
+            // Channels are never shared, whatever their name.
+            mark_keys(&args, keys, tenant, false, &mut marks);
+            confirms(&args, SubKind::Shard)
+        }
+        (Some(b"pubsub"), b"channels" | b"shardchannels") => {
+            if args.len() < 3 {
+                args.push(Bytes::from_static(b"*"));
+            }
+            marks.set(2);
+            reply(Shape::Keys)
+        }
+        (Some(b"pubsub"), b"numsub" | b"shardnumsub") => {
+            marks.set_from(2, args.len());
+            reply(Shape::EveryOther)
+        }
+        (Some(b"client"), b"tracking") => {
+            client_tracking(&mut args, &mut marks)?;
+            reply(Shape::Plain)
+        }
+        (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo),
+        (None, b"sort" | b"sort_ro") => reply(sort(cmd, &args, keys, tenant, &mut marks)?),
+        _ => {
+            // SPUBLISH's shard channel is a "key" too, but channels are never shared.
+            mark_keys(&args, keys, tenant, name != b"spublish", &mut marks);
+            reply(reply_shape(name))
+        }
     };
     guard(cmd, &args, keys, &marks, tenant)?;
     Ok(Forward {
@@ -72,91 +120,28 @@ pub fn request(
     })
 }
 
-/// Channels and patterns of the pub/sub commands, and what Redis answers them with; `None`
-/// for any other command.
-fn pubsub(
-    cmd: &Command,
-    args: &mut Vec<Bytes>,
-    keys: &KeyMap,
-    tenant: &Tenant,
-    marks: &mut Marks,
-) -> Option<Expect> {
-    let name = cmd.spec.name;
-    let confirms = |kind| Expect::Confirm {
+/// (Un)subscribe confirmations, one per channel named (or, with none, per subscription).
+fn confirms(args: &[Bytes], kind: SubKind) -> Expect {
+    Expect::Confirm {
         kind,
         count: (args.len() > 1).then(|| args.len() - 1),
-    };
-    Some(match (cmd.parent.map(|c| c.name), name) {
-        (None, b"publish") => {
-            marks.set(1);
-            Expect::Reply(Shape::Plain)
-        }
-        (None, b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe") => {
-            marks.set_from(1, args.len());
-            confirms(match name[0] {
-                b'p' => SubKind::Pattern,
-                _ => SubKind::Channel,
-            })
-        }
-        (None, b"ssubscribe" | b"sunsubscribe") => {
-            // Channels are never shared, whatever their name.
-            mark_keys(args, keys, tenant, false, marks);
-            confirms(SubKind::Shard)
-        }
-        (Some(b"pubsub"), b"channels" | b"shardchannels") => {
-            if args.len() < 3 {
-                args.push(Bytes::from_static(b"*"));
-            }
-            marks.set(2);
-            Expect::Reply(Shape::Keys)
-        }
-        (Some(b"pubsub"), b"numsub" | b"shardnumsub") => {
-            marks.set_from(2, args.len());
-            Expect::Reply(Shape::EveryOther)
-        }
-        _ => return None,
-    })
+    }
 }
 
-/// Keys and key patterns of every other command, and the shape of its reply.
-fn keyspace(
+/// SORT's keys, and its BY and GET patterns: inside the namespace, whatever they say (the
+/// substituted part always lands after the prefix).
+fn sort(
     cmd: &Command,
-    args: &mut Vec<Bytes>,
+    args: &[Bytes],
     keys: &KeyMap,
     tenant: &Tenant,
     marks: &mut Marks,
 ) -> Result<Shape, Error> {
-    let name = cmd.spec.name;
-    Ok(match (cmd.parent.map(|c| c.name), name) {
-        (None, b"scan") => {
-            scan_match(args, 2, marks);
-            Shape::Scan
-        }
-        (None, b"keys") => {
-            // Outside MULTI `keyspace` answers KEYS in SCAN steps; inside, Redis runs it.
-            marks.set_from(1, args.len());
-            Shape::Keys
-        }
-        (Some(b"client"), b"tracking") => {
-            client_tracking(args, marks)?;
-            Shape::Plain
-        }
-        (Some(b"client"), b"trackinginfo") => Shape::TrackingInfo,
-        (None, b"sort" | b"sort_ro") => {
-            mark_keys(args, keys, tenant, true, marks);
-            // BY and GET patterns name the keys SORT reads: inside the namespace, whatever
-            // they say (the substituted part always lands after the prefix).
-            let sort =
-                command::grammar::sort(args, name == b"sort_ro").map_err(|e| key_error(cmd, e))?;
-            sort.patterns.into_iter().for_each(|i| marks.set(i));
-            Shape::Plain
-        }
-        _ => {
-            // SPUBLISH's shard channel is a "key" too, but channels are never shared.
-            mark_keys(args, keys, tenant, name != b"spublish", marks);
-            reply_shape(name)
-        }
-    })
+    mark_keys(args, keys, tenant, true, marks);
+    let sort =
+        command::grammar::sort(args, cmd.spec.name == b"sort_ro").map_err(|e| key_error(cmd, e))?;
+    sort.patterns.into_iter().for_each(|i| marks.set(i));
+    Ok(Shape::Plain)
 }
 
 /// Requests the namespace guard refused: each one is a bug in respite's rewriting.
@@ -218,7 +203,7 @@ const SCAN_COUNT_MAX: i64 = 10_000;
 
 /// SCAN's MATCH pattern moves into the namespace; without one, the namespace is the pattern.
 /// A COUNT above [`SCAN_COUNT_MAX`] is lowered to it.
-fn scan_match(args: &mut Vec<Bytes>, options_from: usize, marks: &mut Marks) {
+fn scan_match(args: &mut Vec<Bytes>, options_from: usize, marks: &mut Marks) -> Shape {
     let mut found = false;
     let mut i = options_from;
     while i + 1 < args.len() {
@@ -237,6 +222,7 @@ fn scan_match(args: &mut Vec<Bytes>, options_from: usize, marks: &mut Marks) {
         args.push(Bytes::from_static(b"*"));
         marks.set(args.len() - 1);
     }
+    Shape::Scan
 }
 
 /// CLIENT TRACKING: PREFIX arguments move into the namespace, and BCAST without a prefix is

@@ -130,7 +130,9 @@ pub fn cost(
     }
     let prefix_len = prefix_len as u64;
     match keys {
-        KeyMap::Lone(flags) if !script => lone_key_cost(cmd, args, prefixed, prefix_len, *flags),
+        KeyMap::Lone([(_, flags)]) if !script => {
+            lone_key_cost(cmd, args, prefixed, prefix_len, *flags)
+        }
         _ => keyed_cost(cmd, args, keys, prefixed, prefix_len, script),
     }
 }

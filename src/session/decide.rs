@@ -6,6 +6,16 @@ use std::ops::ControlFlow::{self, Break, Continue};
 
 use super::*;
 
+/// The value a stage passes on, or return the action it decided.
+macro_rules! decided {
+    ($stage:expr) => {
+        match $stage {
+            Continue(value) => value,
+            Break(action) => return action,
+        }
+    };
+}
+
 impl Session {
     /// One request through the stages, then acting on what they decided.
     pub(super) async fn handle(&mut self, req: Request) -> Result<(), End> {
@@ -196,12 +206,6 @@ impl Session {
     /// policy, shared keys, rewrite, quota cost. Each either decides (`Err` carries the
     /// action) or passes on; none reaches back.
     pub(super) fn decide(&mut self, req: Request) -> Action {
-        match self.stages(req) {
-            Continue(action) | Break(action) => action,
-        }
-    }
-
-    fn stages(&mut self, req: Request) -> Decided<Action> {
         let looked_up = command::lookup(&req.args);
         self.note_command(&looked_up);
         self.figures.current = looked_up
@@ -209,20 +213,17 @@ impl Session {
             .ok()
             .filter(|_| self.ctx.metrics)
             .map(|c| Meta::of(c, self.figures.read_at));
-        let tenant = self.gate(&req, &looked_up)?;
-        let cmd = known(looked_up, &req)?;
-        let keys = self.police(&cmd, &req, &tenant)?;
-        self.shared_keys(&cmd, &req, &keys, &tenant)?;
-        let fwd = refused(rewrite::request(&cmd, req.args, &keys, &tenant))?;
+        let tenant = decided!(self.gate(&req, &looked_up));
+        let cmd = decided!(known(looked_up, &req));
+        let keys = decided!(self.police(&cmd, &req, &tenant));
+        decided!(self.shared_keys(&cmd, &req, &keys, &tenant));
+        let fwd = decided!(refused(rewrite::request(&cmd, req.args, &keys, &tenant)));
         let cost = tenant
             .ledger
             .as_ref()
             .and_then(|_| quota::cost(&cmd, &fwd.args, &keys, &fwd.prefixed, tenant.prefix.len()));
-        Continue(Action::Forward(
-            fwd,
-            cmd.parent.unwrap_or(cmd.spec).name,
-            cost,
-        ))
+        // Built in place: the common outcome is not moved through the stages' results.
+        Action::Forward(fwd, cmd.parent.unwrap_or(cmd.spec).name, cost)
     }
 
     /// The auth gate, then respite's own commands: before AUTH only the commands that log

@@ -165,60 +165,68 @@ impl Session {
                 .extend_from_slice(&reply::strip_push(&frame, &prefix)),
             Kind::Confirmation {
                 kind, subscribe, ..
-            } => {
-                self.track_subscription(kind, subscribe, reply::confirmation_channel(&frame));
-                let mute = match self.up.pending.front_mut() {
-                    Some(Slot::Confirm { left, mute, .. }) => {
-                        let m = *mute;
-                        let l = left.get_or_insert(1);
-                        *l = l.saturating_sub(1);
-                        if *l == 0 {
-                            self.answered();
-                        }
-                        m
-                    }
-                    // Redis may also unsubscribe on its own (e.g. a shard channel moving).
-                    _ => false,
-                };
+            } => self.confirmed(&frame, kind, subscribe, &prefix),
+            Kind::Reply => self.replied(&frame, &prefix),
+        }
+    }
+
+    /// A (un)subscribe confirmation: counted against the request it answers.
+    fn confirmed(&mut self, frame: &Frame, kind: SubKind, subscribe: bool, prefix: &[u8]) {
+        self.track_subscription(kind, subscribe, reply::confirmation_channel(frame));
+        let mute = match self.up.pending.front_mut() {
+            Some(Slot::Confirm { left, mute, .. }) => {
+                let m = *mute;
+                let l = left.get_or_insert(1);
+                *l = l.saturating_sub(1);
+                if *l == 0 {
+                    self.answered();
+                }
+                m
+            }
+            // Redis may also unsubscribe on its own (e.g. a shard channel moving).
+            _ => false,
+        };
+        if !mute {
+            self.client
+                .out
+                .extend_from_slice(&reply::strip_push(frame, prefix));
+        }
+    }
+
+    /// A reply: to the oldest request waiting, rewritten by its shape, and counted.
+    fn replied(&mut self, frame: &Frame, prefix: &[u8]) {
+        match self.answered() {
+            Some(Slot::Reply {
+                shape, mute, meta, ..
+            }) => {
+                if let Some(meta) = meta {
+                    let (outcome, hit) = if frame.is_error() {
+                        (Outcome::Error, None)
+                    } else {
+                        (Outcome::Ok, meta.read.then(|| crate::wire::found(frame)))
+                    };
+                    self.figures
+                        .tally
+                        .done(&meta, outcome, hit, self.figures.clock);
+                }
                 if !mute {
                     self.client
                         .out
-                        .extend_from_slice(&reply::strip_push(&frame, &prefix));
+                        .extend_from_slice(&reply::strip(frame, &shape, prefix));
                 }
             }
-            Kind::Reply => match self.answered() {
-                Some(Slot::Reply {
-                    shape, mute, meta, ..
-                }) => {
-                    if let Some(meta) = meta {
-                        let (outcome, hit) = if frame.is_error() {
-                            (Outcome::Error, None)
-                        } else {
-                            (Outcome::Ok, meta.read.then(|| crate::wire::found(&frame)))
-                        };
-                        self.figures
-                            .tally
-                            .done(&meta, outcome, hit, self.figures.clock);
-                    }
-                    if !mute {
-                        self.client
-                            .out
-                            .extend_from_slice(&reply::strip(&frame, &shape, &prefix));
-                    }
+            // An error instead of confirmations (e.g. wrong arity): one reply.
+            Some(Slot::Confirm { mute, .. }) => {
+                if !mute {
+                    self.client.out.extend_from_slice(&frame.raw);
                 }
-                // An error instead of confirmations (e.g. wrong arity): one reply.
-                Some(Slot::Confirm { mute, .. }) => {
-                    if !mute {
-                        self.client.out.extend_from_slice(&frame.raw);
-                    }
-                }
-                Some(Slot::Internal) => {}
-                Some(Slot::Ready(_)) => unreachable!("ready slots are delivered first"),
-                None => {
-                    tracing::warn!("Redis sent a reply nobody asked for; dropping the connection");
-                    self.fail_upstream(UpstreamError::Protocol("unexpected reply".into()));
-                }
-            },
+            }
+            Some(Slot::Internal) => {}
+            Some(Slot::Ready(_)) => unreachable!("ready slots are delivered first"),
+            None => {
+                tracing::warn!("Redis sent a reply nobody asked for; dropping the connection");
+                self.fail_upstream(UpstreamError::Protocol("unexpected reply".into()));
+            }
         }
     }
 

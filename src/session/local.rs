@@ -234,6 +234,32 @@ fn hello(a: &[Bytes]) -> Local {
     }
 }
 
+/// HELLO's map: the server Redis is, the protocol, the connection's number.
+fn hello_reply(protover: u8, version: &str, id: u64) -> Bytes {
+    let resp = Resp(protover);
+    let mut out = BytesMut::new();
+    resp.put_map_len(&mut out, 7);
+    for (k, v) in [
+        ("server", Some("redis")),
+        ("version", Some(version)),
+        ("proto", None),
+        ("id", None),
+        ("mode", Some("standalone")),
+        ("role", Some("master")),
+    ] {
+        Resp::put_bulk(&mut out, k.as_bytes());
+        match (k, v) {
+            ("proto", _) => out.extend_from_slice(&Resp::int(protover as i64)),
+            ("id", _) => out.extend_from_slice(&Resp::int(id as i64)),
+            (_, Some(v)) => Resp::put_bulk(&mut out, v.as_bytes()),
+            _ => {}
+        }
+    }
+    Resp::put_bulk(&mut out, b"modules");
+    Resp::put_array_len(&mut out, 0);
+    out.freeze()
+}
+
 /// Redis' rule for client names: printable ASCII without spaces.
 fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&c| (b'!'..=b'~').contains(&c))
@@ -466,28 +492,8 @@ impl Session {
             }
         }
         let version = self.ctx.upstream.redis_version().unwrap_or_default();
-        let resp = Resp(protover);
-        let mut out = BytesMut::new();
-        resp.put_map_len(&mut out, 7);
-        for (k, v) in [
-            ("server", Some("redis")),
-            ("version", Some(version.as_str())),
-            ("proto", None),
-            ("id", None),
-            ("mode", Some("standalone")),
-            ("role", Some("master")),
-        ] {
-            Resp::put_bulk(&mut out, k.as_bytes());
-            match (k, v) {
-                ("proto", _) => out.extend_from_slice(&Resp::int(protover as i64)),
-                ("id", _) => out.extend_from_slice(&Resp::int(self.me.shown_id() as i64)),
-                (_, Some(v)) => Resp::put_bulk(&mut out, v.as_bytes()),
-                _ => {}
-            }
-        }
-        Resp::put_bulk(&mut out, b"modules");
-        Resp::put_array_len(&mut out, 0);
-        self.answer(out.freeze());
+        let reply = hello_reply(protover, &version, self.me.shown_id());
+        self.answer(reply);
         Ok(())
     }
 

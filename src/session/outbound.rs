@@ -10,24 +10,25 @@ impl Session {
         &mut self,
         fwd: Forward,
         top: &[u8],
-        write: Option<Written>,
+        mut write: Option<Written>,
     ) -> Result<(), End> {
         let Forward {
             mut args,
             prefixed,
-            expect,
+            mut expect,
             blocking,
         } = fwd;
         let queued = self.state.multi.is_some()
             && !matches!(top, b"exec" | b"discard" | b"multi" | b"watch");
-        let next = if queued {
-            self.queue_in_multi(expect, write, &args)
-        } else {
-            self.track_state(top, &args, expect, write).await?
-        };
-        let Some((expect, write)) = next else {
+        if top == b"exec" && self.state.multi.as_ref().is_some_and(|m| m.dirty) {
+            return self.abort_exec().await;
+        }
+        // In place: a request's expectation and charge are not moved through these steps.
+        if !queued {
+            self.track_state(top, &args, &mut expect, &mut write);
+        } else if !self.queue_in_multi(&mut expect, &mut write, &args) {
             return Ok(());
-        };
+        }
         // Connection state begins (or a command may block): it needs a connection of its own.
         let pin = blocking || matches!(expect, Expect::Confirm { .. }) || self.needs_pinned();
         let mute = self.take_mute();
@@ -62,19 +63,20 @@ impl Session {
     }
 
     /// Inside MULTI: Redis queues the command and answers +QUEUED; its real reply comes
-    /// inside EXEC's, and its write is settled with EXEC. `None`: refused instead.
+    /// inside EXEC's, and its write is settled with EXEC. `false`: refused instead.
     fn queue_in_multi(
         &mut self,
-        expect: Expect,
-        mut write: Option<Written>,
+        expect: &mut Expect,
+        write: &mut Option<Written>,
         args: &[Bytes],
-    ) -> Option<(Expect, Option<Written>)> {
+    ) -> bool {
         let Expect::Reply(shape) = expect else {
             self.refuse(Error::NotInTransaction);
-            return None;
+            return false;
         };
         if let Some(m) = &mut self.state.multi {
-            m.items.push(ExecItem::Upstream(shape));
+            m.items
+                .push(ExecItem::Upstream(std::mem::replace(shape, Shape::Plain)));
             if let Some(mut w) = write.take() {
                 w.keys.clone_from(args);
                 match &mut m.writes {
@@ -83,36 +85,42 @@ impl Session {
                 }
             }
         }
-        Some((Expect::Reply(Shape::Plain), write))
+        true
+    }
+
+    /// EXEC of a transaction a refused command doomed: Redis' queue is discarded and the
+    /// client gets EXECABORT, as from Redis.
+    async fn abort_exec(&mut self) -> Result<(), End> {
+        self.state.watching = false;
+        if let Some(m) = self.state.multi.take() {
+            if let Some(w) = m.writes {
+                self.account.add(w);
+            }
+        }
+        if self.open(false, false).await? {
+            encode_request(&mut self.up.to_up, [&b"DISCARD"[..]].into_iter());
+            self.queue(Slot::Internal);
+        }
+        self.answer(Error::ExecAbort.to_resp());
+        Ok(())
     }
 
     /// The connection state a command starts or ends (MULTI/EXEC/DISCARD, WATCH, tracking,
-    /// no-evict), and EXEC's reply shape and writes. `None`: answered here (a doomed EXEC).
-    async fn track_state(
+    /// no-evict), and EXEC's reply shape and writes.
+    fn track_state(
         &mut self,
         top: &[u8],
         args: &[Bytes],
-        mut expect: Expect,
-        mut write: Option<Written>,
-    ) -> Result<Option<(Expect, Option<Written>)>, End> {
+        expect: &mut Expect,
+        write: &mut Option<Written>,
+    ) {
         match top {
             b"multi" if self.state.multi.is_none() => self.state.multi = Some(Multi::default()),
             b"exec" => {
                 self.state.watching = false;
                 if let Some(m) = self.state.multi.take() {
-                    if m.dirty {
-                        if let Some(w) = m.writes {
-                            self.account.add(w);
-                        }
-                        if self.open(false, false).await? {
-                            encode_request(&mut self.up.to_up, [&b"DISCARD"[..]].into_iter());
-                            self.queue(Slot::Internal);
-                        }
-                        self.answer(Error::ExecAbort.to_resp());
-                        return Ok(None);
-                    }
-                    expect = Expect::Reply(Shape::Exec(m.items));
-                    write = m.writes;
+                    *expect = Expect::Reply(Shape::Exec(m.items));
+                    *write = m.writes;
                 }
             }
             b"discard" => {
@@ -129,7 +137,6 @@ impl Session {
             }
             _ => {}
         }
-        Ok(Some((expect, write)))
     }
 
     /// Makes sure the next request can go to Redis. With `pin`, it goes over a pinned
