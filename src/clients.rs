@@ -46,6 +46,13 @@ pub struct Client {
     pub upstream_id: AtomicI64,
 }
 
+impl ClientState {
+    /// Does the connection hold a subscription (pub/sub mode)?
+    pub fn subscribed(&self) -> bool {
+        self.sub + self.psub + self.ssub > 0
+    }
+}
+
 impl Client {
     pub fn shown_id(&self) -> u64 {
         self.shown_id.load(Ordering::Relaxed)
@@ -64,7 +71,7 @@ impl Client {
                 .unwrap_or_default()
         };
         let idle = s.last_active.map_or(0, |t| now.duration_since(t).as_secs());
-        let flags = if s.sub + s.psub + s.ssub > 0 {
+        let flags = if s.subscribed() {
             "P"
         } else if s.multi >= 0 {
             "x"

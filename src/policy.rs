@@ -68,13 +68,6 @@ const MAX_REPEATING_COUNT: i64 = 1024 * 1024;
 /// Redis `admin` commands a tenant may still run: they only affect its own connection.
 const ADMIN_ALLOWED: &[(&str, &str)] = &[("client", "no-evict")];
 
-fn names(cmd: &Command) -> (&'static [u8], Option<&'static [u8]>) {
-    match cmd.parent {
-        Some(p) => (p.name, Some(cmd.spec.name)),
-        None => (cmd.spec.name, None),
-    }
-}
-
 /// Refuses `cmd` with `-NOPERM` (or Redis' own error) when the tenant may not run it.
 /// `keys` is the request's key map, `None` when its keys cannot be found (`rewrite` refuses
 /// it after this, unless a refusal here comes first).
@@ -85,7 +78,7 @@ pub fn check(
     tenant: &Tenant,
     facts: &Facts,
 ) -> Result<(), Error> {
-    let (name, sub) = names(cmd);
+    let (name, sub) = cmd.names();
     let noperm = |why: &'static str| Error::NoPerm {
         command: cmd.full_name(),
         why,

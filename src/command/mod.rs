@@ -34,6 +34,14 @@ impl Command {
         self.spec.acl & acl != 0
     }
 
+    /// (command, subcommand): `(b"get", None)`, `(b"client", Some(b"setname"))`.
+    pub fn names(&self) -> (&'static [u8], Option<&'static [u8]>) {
+        match self.parent {
+            Some(p) => (p.name, Some(self.spec.name)),
+            None => (self.spec.name, None),
+        }
+    }
+
     /// Redis' full name: `get`, or `client|setname` for a subcommand.
     pub fn full_name(&self) -> String {
         let name = String::from_utf8_lossy(self.spec.name);

@@ -303,10 +303,7 @@ impl Session {
     /// Remembers the command for CLIENT LIST (`cmd=`, `idle=`).
     pub(super) fn note_command(&mut self, looked_up: &Result<command::Command, Unknown>) {
         if let Ok(cmd) = looked_up {
-            self.figures.noted = Some(match cmd.parent {
-                Some(p) => (p.name, Some(cmd.spec.name)),
-                None => (cmd.spec.name, None),
-            });
+            self.figures.noted = Some(cmd.names());
         }
     }
 

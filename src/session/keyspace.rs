@@ -21,6 +21,24 @@ use crate::wire::Resp;
 
 const SCAN_COUNT: &[u8] = b"1000";
 
+/// Where a walk over keys (SCAN MATCH `pattern`, step by step) stands.
+struct Walk {
+    pattern: Bytes,
+    cursor: Bytes,
+    /// Redis answered cursor 0: the walk has seen every key.
+    done: bool,
+}
+
+impl Walk {
+    fn new(pattern: Bytes) -> Walk {
+        Walk {
+            pattern,
+            cursor: Bytes::from_static(b"0"),
+            done: false,
+        }
+    }
+}
+
 /// A random u64 without a dependency: std's hasher keys are randomly seeded per process.
 pub(crate) fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -44,11 +62,22 @@ impl Session {
         result.unwrap_or_else(|e| Error::Upstream(e).to_resp())
     }
 
-    /// One SCAN step over the tenant's namespace: the next cursor and the keys as Redis
-    /// names them.
-    async fn scan_step(&mut self, cursor: &[u8]) -> Result<(Bytes, Vec<Bytes>), UpstreamError> {
-        let pattern = all_keys(&self.tenant.as_ref().expect("authenticated").prefix);
-        self.scan_matching(cursor, &pattern).await
+    /// The next batch of `walk`, or `None` once it is done.
+    async fn step(&mut self, walk: &mut Walk) -> Result<Option<Vec<Bytes>>, UpstreamError> {
+        if walk.done {
+            return Ok(None);
+        }
+        let (next, batch) = self.scan_matching(&walk.cursor, &walk.pattern).await?;
+        walk.done = &next[..] == b"0";
+        walk.cursor = next;
+        Ok(Some(batch))
+    }
+
+    /// A walk over the tenant's whole namespace.
+    fn namespace_walk(&self) -> Walk {
+        Walk::new(all_keys(
+            &self.tenant.as_ref().expect("authenticated").prefix,
+        ))
     }
 
     /// One SCAN step over the keys that match `pattern` (a pattern as Redis sees it).
@@ -93,9 +122,8 @@ impl Session {
     /// (keys, keys with a TTL, sum of those TTLs in ms) over the tenant's namespace.
     async fn count_keys_with_ttl(&mut self) -> Result<(u64, u64, u64), UpstreamError> {
         let (mut keys, mut expires, mut ttl_sum) = (0u64, 0u64, 0u64);
-        let mut cursor = Bytes::from_static(b"0");
-        loop {
-            let (next, batch) = self.scan_step(&cursor).await?;
+        let mut walk = self.namespace_walk();
+        while let Some(batch) = self.step(&mut walk).await? {
             keys += batch.len() as u64;
             for f in self.per_key(b"PTTL", &batch).await? {
                 if let RangeFrame::Number { data, .. } = f.tree {
@@ -105,27 +133,18 @@ impl Session {
                     }
                 }
             }
-            if &next[..] == b"0" {
-                return Ok((keys, expires, ttl_sum));
-            }
-            cursor = next;
         }
+        Ok((keys, expires, ttl_sum))
     }
 
     /// KEYS `pattern` within the namespace, as SCAN steps: each key once (SCAN may return a
     /// key twice), in no particular order (as KEYS), named as the tenant names it.
     async fn keys(&mut self, pattern: &[u8]) -> Result<Bytes, UpstreamError> {
         let prefix = self.tenant.as_ref().expect("authenticated").prefix.clone();
-        let pattern = crate::wire::namespaced(&prefix, pattern);
+        let mut walk = Walk::new(crate::wire::namespaced(&prefix, pattern));
         let mut found = std::collections::HashSet::new();
-        let mut cursor = Bytes::from_static(b"0");
-        loop {
-            let (next, batch) = self.scan_matching(&cursor, &pattern).await?;
+        while let Some(batch) = self.step(&mut walk).await? {
             found.extend(batch);
-            if &next[..] == b"0" {
-                break;
-            }
-            cursor = next;
         }
         let mut out = bytes::BytesMut::new();
         Resp::put_array_len(&mut out, found.len());
@@ -137,45 +156,41 @@ impl Session {
 
     async fn count_keys(&mut self) -> Result<u64, UpstreamError> {
         let mut n = 0;
-        let mut cursor = Bytes::from_static(b"0");
-        loop {
-            let (next, batch) = self.scan_step(&cursor).await?;
+        let mut walk = self.namespace_walk();
+        while let Some(batch) = self.step(&mut walk).await? {
             n += batch.len() as u64;
-            if &next[..] == b"0" {
-                return Ok(n);
-            }
-            cursor = next;
         }
+        Ok(n)
     }
 
     /// A key of the tenant's, picked at random: the scan starts at a random cursor and wraps.
     async fn random_key(&mut self) -> Result<Bytes, UpstreamError> {
         let prefix = self.tenant.as_ref().expect("authenticated").prefix.clone();
-        let start = (random_u64() % (1 << 32)).to_string();
-        let mut cursor = Bytes::from(start);
+        let mut walk = self.namespace_walk();
+        walk.cursor = Bytes::from((random_u64() % (1 << 32)).to_string());
         let mut wrapped = false;
         loop {
-            let (next, batch) = self.scan_step(&cursor).await?;
+            let Some(batch) = self.step(&mut walk).await? else {
+                if wrapped {
+                    return Ok(Resp(self.state.protocol).null());
+                }
+                // From the random cursor to the end, then once more from the start.
+                wrapped = true;
+                walk.done = false;
+                continue;
+            };
             if !batch.is_empty() {
                 let k = &batch[(random_u64() % batch.len() as u64) as usize];
                 return Ok(Resp::bulk(&k[prefix.len()..]));
             }
-            if &next[..] == b"0" {
-                if wrapped {
-                    return Ok(Resp(self.state.protocol).null());
-                }
-                wrapped = true;
-            }
-            cursor = next;
         }
     }
 
     /// Deletes every key of the tenant (UNLINK when `lazy`, as FLUSHDB ASYNC).
     async fn flush(&mut self, lazy: bool) -> Result<(), UpstreamError> {
         let del: &[u8] = if lazy { b"UNLINK" } else { b"DEL" };
-        let mut cursor = Bytes::from_static(b"0");
-        loop {
-            let (next, batch) = self.scan_step(&cursor).await?;
+        let mut walk = self.namespace_walk();
+        while let Some(batch) = self.step(&mut walk).await? {
             if !batch.is_empty() {
                 let mut args: Vec<&[u8]> = vec![del];
                 args.extend(batch.iter().map(|k| &k[..]));
@@ -184,11 +199,8 @@ impl Session {
                     ledger.settle(batch, 0);
                 }
             }
-            if &next[..] == b"0" {
-                return Ok(());
-            }
-            cursor = next;
         }
+        Ok(())
     }
 
     /// INFO from Redis, scoped to the tenant (`info`), with its own `# Keyspace` section.

@@ -84,10 +84,7 @@ pub fn recognize(
 ) -> Option<Local> {
     let a = &req.args;
     let (name, sub): (&[u8], Option<&[u8]>) = match looked_up {
-        Ok(c) => match c.parent {
-            Some(p) => (p.name, Some(c.spec.name)),
-            None => (c.spec.name, None),
-        },
+        Ok(c) => c.names(),
         // Redis 7.2's CLIENT SETINFO, sent by current client libraries on connect.
         Err(Unknown::Subcommand(p)) if p.name == b"client" && req.arg_is(1, b"setinfo") => {
             (b"client", Some(b"setinfo"))
@@ -549,7 +546,7 @@ impl Session {
             if let Some(k) = &kind {
                 let pubsub = {
                     let s = c.state.lock().unwrap();
-                    s.sub + s.psub + s.ssub > 0
+                    s.subscribed()
                 };
                 let matches = match k.as_slice() {
                     b"normal" => !pubsub,
@@ -616,7 +613,7 @@ impl Session {
                 b"user" => c.tenant_is(v),
                 b"type" => {
                     let s = c.state.lock().unwrap();
-                    let pubsub = s.sub + s.psub + s.ssub > 0;
+                    let pubsub = s.subscribed();
                     match v.to_ascii_lowercase().as_str() {
                         "normal" => !pubsub,
                         "pubsub" => pubsub,

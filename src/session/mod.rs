@@ -60,6 +60,9 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 /// Reply bytes waiting for the client past which respite stops reading more requests.
 pub const OUT_LIMIT: usize = 4 * 1024 * 1024;
 
+/// A cancellation the session loop waits for (CLIENT KILL, server shutdown).
+type Cancelled<'a> = std::pin::Pin<&'a mut tokio_util::sync::WaitForCancellationFutureOwned>;
+
 /// The place of one request's reply in the outgoing stream.
 #[derive(Debug)]
 pub(crate) enum Slot {
@@ -319,6 +322,11 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
 
 impl Session {
     async fn run(&mut self, shutdown: CancellationToken) -> Result<(), End> {
+        // Made once: a cancellation future made anew for every wait registers with its
+        // token again each time, in every pass of the loop.
+        let killed = self.me.kill.clone().cancelled_owned();
+        let shutdown = shutdown.cancelled_owned();
+        tokio::pin!(killed, shutdown);
         loop {
             // Replies read during the last wait free their slots before new requests count
             // against MAX_IN_FLIGHT.
@@ -335,7 +343,7 @@ impl Session {
             if self.client.closing && self.up.pending.is_empty() && self.client.out.is_empty() {
                 return Ok(());
             }
-            match self.wait(&shutdown).await {
+            match self.wait(killed.as_mut(), shutdown.as_mut()).await {
                 Event::ClientRead(Ok(n)) if n > 0 => {
                     self.figures.read_at = Instant::now();
                     self.figures.tally.bytes_in += n as u64;
@@ -352,9 +360,7 @@ impl Session {
                 Event::Timeout => {
                     self.up.timer_at = None;
                     if self.deadline().is_some_and(|d| d <= Instant::now()) {
-                        self.fail_upstream(UpstreamError::Timeout(
-                            self.ctx.upstream.command_timeout_ms(),
-                        ));
+                        self.fail_upstream(self.ctx.upstream.timed_out());
                     }
                 }
                 Event::Killed => return Err(End::Killed),
@@ -384,7 +390,7 @@ impl Session {
         }
     }
 
-    async fn wait(&mut self, shutdown: &CancellationToken) -> Event {
+    async fn wait(&mut self, killed: Cancelled<'_>, shutdown: Cancelled<'_>) -> Event {
         let deadline = self.deadline();
         let timed = self.arm_timer(deadline);
         let room = self.client.out.len() < OUT_LIMIT;
@@ -392,8 +398,8 @@ impl Session {
         let up = &mut self.up.pinned;
         let out = &self.client.out;
         tokio::select! {
-            _ = self.me.kill.cancelled() => Event::Killed,
-            _ = shutdown.cancelled(), if !self.client.closing => Event::Shutdown,
+            _ = killed => Event::Killed,
+            _ = shutdown, if !self.client.closing => Event::Shutdown,
             n = self.client.reader.read_buf(&mut self.client.inbuf), if read_client => Event::ClientRead(n),
             n = self.client.writer.write(out), if !out.is_empty() => Event::ClientWrote(n),
             n = read_upstream(up), if up.is_some() && room => Event::UpstreamRead(n),

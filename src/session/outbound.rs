@@ -231,9 +231,7 @@ impl Session {
         let timeout = self.ctx.upstream.command_timeout();
         let result = match tokio::time::timeout(timeout, up.write_all(&self.up.to_up)).await {
             Ok(r) => r,
-            Err(_) => Err(UpstreamError::Timeout(
-                self.ctx.upstream.command_timeout_ms(),
-            )),
+            Err(_) => Err(self.ctx.upstream.timed_out()),
         };
         self.up.to_up.clear();
         if let Err(e) = result {
@@ -263,9 +261,7 @@ impl Session {
                 Event::UpstreamRead(Ok(n)) if n > 0 => {}
                 Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
                 Event::SharedReply(r) => self.take_reply(r),
-                Event::Timeout => self.fail_upstream(UpstreamError::Timeout(
-                    self.ctx.upstream.command_timeout_ms(),
-                )),
+                Event::Timeout => self.fail_upstream(self.ctx.upstream.timed_out()),
                 _ => return Err(End::Killed),
             }
         }
@@ -338,11 +334,7 @@ impl Session {
                 tokio::time::timeout(timeout, exchange).await
             }
         };
-        let result = result.unwrap_or_else(|_| {
-            Err(UpstreamError::Timeout(
-                self.ctx.upstream.command_timeout_ms(),
-            ))
-        });
+        let result = result.unwrap_or_else(|_| Err(self.ctx.upstream.timed_out()));
         if let Err(e) = &result {
             self.fail_upstream(e.clone());
         }

@@ -413,6 +413,11 @@ impl Upstream {
         self.connector.command_timeout_ms()
     }
 
+    /// The error of a request Redis did not answer within `command_timeout_ms`.
+    pub fn timed_out(&self) -> UpstreamError {
+        UpstreamError::Timeout(self.command_timeout_ms())
+    }
+
     pub fn redis_version(&self) -> Option<String> {
         self.connector.redis_version()
     }
