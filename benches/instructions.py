@@ -20,32 +20,15 @@ import argparse
 import glob
 import os
 import shutil
-import socket
 import subprocess
+import sys
 import tempfile
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from load import free_port, wait_port  # noqa: E402  (the same helpers as the load bench)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("get", 1), ("get", 16), ("set", 1), ("set", 16)]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, what, seconds=60):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("%s exited early" % what)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("%s did not start" % what)
 
 
 def total_ir(path):
@@ -71,7 +54,7 @@ def measure(binary, rport, tmp, test, pipeline, requests):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "RUST_LOG": "warn"})
     try:
-        wait_port(port, proc, "respite under callgrind")
+        wait_port(port, proc, "respite under callgrind", seconds=60)
         bench = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-a", "bench-secret",
                  "-c", "50", "-P", str(pipeline), "-q"]
         # Warm up (connections, the first lease), then count only the measured run.

@@ -47,8 +47,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, proc, what):
-    for _ in range(300):
+def wait_port(port, proc, what, seconds=15):
+    for _ in range(int(seconds / 0.05)):
         if proc.poll() is not None:
             raise SystemExit("%s exited early" % what)
         try:
