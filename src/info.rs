@@ -9,7 +9,7 @@ use std::fmt::Write;
 enum Scope {
     /// Redis' lines as they are: nothing in them depends on other tenants.
     Keep,
-    /// Only the lines whose field starts with one of these.
+    /// Only the lines of these fields.
     Only(&'static [&'static str]),
     /// Replaced by the tenant's own figures.
     Tenant,
@@ -21,7 +21,15 @@ enum Scope {
 const SECTIONS: &[(&str, Scope)] = &[
     ("Server", Scope::Keep),
     ("Clients", Scope::Tenant),
-    ("Memory", Scope::Only(&["maxmemory", "mem_allocator"])),
+    (
+        "Memory",
+        Scope::Only(&[
+            "maxmemory",
+            "maxmemory_human",
+            "maxmemory_policy",
+            "mem_allocator",
+        ]),
+    ),
     ("Persistence", Scope::Only(&["loading", "async_loading"])),
     ("Stats", Scope::Tenant),
     ("Replication", Scope::Only(&["role"])),
@@ -59,7 +67,7 @@ pub fn scope(text: &str, figures: &Figures) -> String {
         let body = match scope {
             Scope::Keep => lines.map(|l| format!("{l}\r\n")).collect(),
             Scope::Only(fields) => lines
-                .filter(|l| fields.iter().any(|f| l.starts_with(f)))
+                .filter(|l| fields.contains(&l.split(':').next().unwrap_or_default()))
                 .map(|l| format!("{l}\r\n"))
                 .collect(),
             Scope::Tenant => tenant_section(name, figures),
@@ -107,6 +115,7 @@ mod tests {
     fn other_tenants_figures_are_left_out() {
         let redis = "# Server\r\nredis_version:7.0.15\r\n\r\n# Clients\r\nconnected_clients:93\r\n\
                      \r\n# Memory\r\nused_memory:123456\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\
+                     \r\n# Persistence\r\nloading:1\r\nloading_loaded_bytes:999\r\n\
                      \r\n# Stats\r\ntotal_commands_processed:99999\r\n\r\n# CPU\r\nused_cpu_sys:1\r\n\
                      \r\n# Commandstats\r\ncmdstat_get:calls=777\r\n\r\n# Keyspace\r\ndb0:keys=5000\r\n";
         let f = Figures {
@@ -119,6 +128,7 @@ mod tests {
             scope(redis, &f),
             "# Server\r\nredis_version:7.0.15\r\n\r\n# Clients\r\nconnected_clients:2\r\n\
              \r\n# Memory\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\
+             \r\n# Persistence\r\nloading:1\r\n\
              \r\n# Stats\r\ntotal_commands_processed:4\r\nkeyspace_hits:3\r\nkeyspace_misses:1\r\n\
              \r\n# Commandstats\r\ncmdstat_get:calls=4,rejected_calls=0,failed_calls=1\r\n"
         );

@@ -69,7 +69,7 @@ const MAX_REPEATING_COUNT: i64 = 1024 * 1024;
 const ADMIN_ALLOWED: &[(&str, &str)] = &[("client", "no-evict")];
 
 /// Refuses `cmd` with `-NOPERM` (or Redis' own error) when the tenant may not run it.
-/// `keys` is the request's key map, `None` when its keys cannot be found (`rewrite` refuses
+/// `keys` is the request's key map, `None` when its keys cannot be found (`decide` refuses
 /// it after this, unless a refusal here comes first).
 pub fn check(
     cmd: &Command,

@@ -127,7 +127,7 @@ type Index =
     std::collections::HashMap<&'static [u8], &'static CommandSpec, foldhash::fast::FixedState>;
 
 /// A top-level command, by hash: every request does this once, and a binary search of the
-/// ~240 names cost 8 string comparisons (6% of CPU at pipeline 16 in `perf`).
+/// ~240 names costs 8 string comparisons (BENCHMARKS.md has what that cost).
 fn find_command(name: &[u8]) -> Option<&'static CommandSpec> {
     static INDEX: std::sync::OnceLock<Index> = std::sync::OnceLock::new();
     let index = INDEX.get_or_init(|| COMMANDS.iter().map(|c| (c.name, c)).collect());

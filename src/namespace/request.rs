@@ -2,13 +2,14 @@
 //! channel and pattern moved under `tenant:<id>:`; alongside it, the [`Shape`] that tells
 //! `reply` which names to move back out of the answer.
 //!
-//! Keys are found by the command table's key specs. What key specs do not describe is handled
-//! here by name: pub/sub channels and patterns, SCAN/KEYS match patterns, CLIENT TRACKING
-//! prefixes, and SORT's STORE destination.
+//! Keys come from the request's key map (`command::KeyMap`: Redis' key specs, and the
+//! commands' own grammar where the specs do not say). What is not a key is handled here by
+//! name: pub/sub channels and patterns, SCAN/KEYS match patterns, CLIENT TRACKING prefixes,
+//! SORT's BY/GET patterns. A last guard checks every key before the request leaves.
 //!
 //! Names are not copied here: the request keeps the tenant's own arguments, and [`Marks`]
 //! says which of them go to Redis behind the prefix, which is written in front of them as
-//! the request is encoded (`protocol::encode_marked`). A key costs no allocation.
+//! the request is encoded (`wire::encode_marked`). A key costs no allocation.
 
 use bytes::Bytes;
 
@@ -64,7 +65,8 @@ pub fn request(
     let expect = match (cmd.parent.map(|c| c.name), name) {
         (None, b"scan") => reply(scan_match(&mut args, 2, &mut marks)),
         (None, b"keys") => {
-            // Outside MULTI `keyspace` answers KEYS in SCAN steps; inside, Redis runs it.
+            // `keyspace` answers KEYS in SCAN steps (and refuses it inside MULTI); should one
+            // reach Redis, it matches only the namespace.
             marks.set_from(1, args.len());
             reply(Shape::Keys)
         }

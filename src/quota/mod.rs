@@ -103,7 +103,7 @@ const MEASURE: &str = include_str!("scripts/measure.lua");
 
 /// EVALSHA of `script`, its keys and arguments to be added. Built as one command rather than
 /// through `Script::key`, which copies every key into an allocation of its own: with a
-/// batch of 256 keys, that was most of a flush's cost in respite.
+/// batch of 256 keys, that would be most of a flush's cost in respite.
 fn evalsha(script: &Script, keys: usize) -> redis::Cmd {
     let mut call = redis::cmd("EVALSHA");
     call.arg(script.get_hash()).arg(keys);

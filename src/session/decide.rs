@@ -34,6 +34,12 @@ impl Session {
                 self.forward(fwd, top, None).await?;
                 self.unpublish().await;
             }
+            Action::Forward(_, b"restore", Some(_)) if self.state.multi.is_some() => {
+                // Its size is known only once it ran: queued, it would be charged by its
+                // (compressed) payload.
+                self.refuse(Error::NotInMulti);
+                self.count(Outcome::Refused, None);
+            }
             Action::Forward(fwd, top, Some(cost)) => {
                 let written = match self.admit_now(cost) {
                     Ok(w) => w,
@@ -48,7 +54,7 @@ impl Session {
                         }
                     },
                 };
-                if top == b"restore" && self.state.multi.is_none() {
+                if top == b"restore" {
                     return self.restore(fwd, written).await;
                 }
                 self.forward(fwd, top, Some(written)).await?;
@@ -61,8 +67,8 @@ impl Session {
     /// RESTORE under a quota, charged by what Redis holds after it rather than by its
     /// payload (compressed, so a 1 MiB payload can hold tens of MiB): run over respite's own
     /// connection once every earlier reply is in, measured exactly, and deleted again with
-    /// `-OOM` when the measured size does not fit. (Inside MULTI it is queued like any write
-    /// and measured with the next flush.)
+    /// `-OOM` when the measured size does not fit (with REPLACE, the value it replaced is
+    /// put back). Inside MULTI it is refused under a quota.
     pub(super) async fn restore(&mut self, fwd: Forward, mut written: Written) -> Result<(), End> {
         self.drain().await?;
         let (Some(quotas), Some(ledger)) = (
@@ -73,28 +79,22 @@ impl Session {
         };
         written.keys.clone_from(&fwd.args);
         let key = crate::wire::namespaced(&self.prefix(), &fwd.args[1]);
+        let replace = fwd.args[4..]
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(b"replace"));
+        // What REPLACE would overwrite, to put back if the new value does not fit.
+        let old = match replace {
+            true => self.ctx.own.run(async |c| dump(c, &key).await).await.ok(),
+            false => None,
+        };
         let restored = self
             .ctx
             .own
-            .run(async |c| {
-                let mut restore = deadpool_redis::redis::cmd("RESTORE");
-                restore.arg(&key[..]);
-                for a in &fwd.args[2..] {
-                    restore.arg(&a[..]);
-                }
-                let () = restore.query_async(c).await?;
-                deadpool_redis::redis::cmd("MEMORY")
-                    .arg("USAGE")
-                    .arg(&key[..])
-                    .arg("SAMPLES")
-                    .arg(0)
-                    .query_async::<Option<u64>>(c)
-                    .await
-            })
+            .run(async |c| restore_measured(c, &key, &fwd.args[2..]).await)
             .await;
         let outcome = match restored {
             Ok(size) => {
-                let extra = size.unwrap_or(0).saturating_sub(written.charged());
+                let extra = size.saturating_sub(written.charged());
                 match quotas.admit(&ledger, WriteCost::more(extra)).await {
                     Ok(more) => {
                         self.account.add(more);
@@ -102,16 +102,10 @@ impl Session {
                     }
                     Err(e) => {
                         // Over the quota once measured: the key goes again.
-                        let _ = self
-                            .ctx
-                            .own
-                            .run(async |c| {
-                                deadpool_redis::redis::cmd("DEL")
-                                    .arg(&key[..])
-                                    .query_async::<i64>(c)
-                                    .await
-                            })
-                            .await;
+                        let undo = async |c: &mut deadpool_redis::Connection| {
+                            undo_restore(c, &key, old.flatten()).await
+                        };
+                        let _ = self.ctx.own.run(undo).await;
                         Err(e)
                     }
                 }
@@ -203,7 +197,7 @@ impl Session {
     }
 
     /// The stages, in order: auth gate and respite's own commands, command table, key map and
-    /// policy, shared keys, rewrite, quota cost. Each either decides (`Err` carries the
+    /// policy, shared keys, rewrite, quota cost. Each either decides (`Break` carries the
     /// action) or passes on; none reaches back.
     pub(super) fn decide(&mut self, req: Request) -> Action {
         let looked_up = command::lookup(&req.args);
@@ -245,10 +239,6 @@ impl Session {
             });
         };
         match local {
-            // Inside MULTI, KEYS is queued in Redis like any command, its pattern namespaced.
-            Some(Local::Keyspace(local::KeyspaceCmd::Keys(_))) if self.state.multi.is_some() => {
-                Continue(tenant)
-            }
             Some(l) => Break(Action::Local(l)),
             None => Continue(tenant),
         }
@@ -361,4 +351,64 @@ fn refused<T>(r: Result<T, Error>) -> Decided<T> {
         Ok(t) => Continue(t),
         Err(e) => Break(Action::Refuse(e)),
     }
+}
+
+/// A key's DUMP payload and remaining TTL in ms (0 without one), `None` if it does not exist.
+async fn dump(
+    c: &mut deadpool_redis::Connection,
+    key: &[u8],
+) -> deadpool_redis::redis::RedisResult<Option<(Vec<u8>, i64)>> {
+    let (payload, pttl): (Option<Vec<u8>>, i64) = deadpool_redis::redis::pipe()
+        .cmd("DUMP")
+        .arg(key)
+        .cmd("PTTL")
+        .arg(key)
+        .query_async(c)
+        .await?;
+    Ok(payload.map(|p| (p, pttl.max(0))))
+}
+
+/// RESTORE `key` with the client's `rest` (TTL, payload, options), then its exact size.
+async fn restore_measured(
+    c: &mut deadpool_redis::Connection,
+    key: &[u8],
+    rest: &[Bytes],
+) -> deadpool_redis::redis::RedisResult<u64> {
+    let mut restore = deadpool_redis::redis::cmd("RESTORE");
+    restore.arg(key);
+    for a in rest {
+        restore.arg(&a[..]);
+    }
+    let () = restore.query_async(c).await?;
+    let size: Option<u64> = deadpool_redis::redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(key)
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(c)
+        .await?;
+    Ok(size.unwrap_or(0))
+}
+
+/// Removes a restored key that did not fit, and puts back the value it replaced.
+async fn undo_restore(
+    c: &mut deadpool_redis::Connection,
+    key: &[u8],
+    old: Option<(Vec<u8>, i64)>,
+) -> deadpool_redis::redis::RedisResult<()> {
+    let () = deadpool_redis::redis::cmd("DEL")
+        .arg(key)
+        .query_async(c)
+        .await
+        .map(|_: i64| ())?;
+    if let Some((payload, pttl)) = old {
+        deadpool_redis::redis::cmd("RESTORE")
+            .arg(key)
+            .arg(pttl)
+            .arg(payload)
+            .arg("REPLACE")
+            .query_async::<()>(c)
+            .await?;
+    }
+    Ok(())
 }

@@ -577,7 +577,7 @@ async fn restore_is_charged_by_what_redis_holds_after_it() {
                 .await
         }
     };
-    let e = restore("k", big).await.unwrap_err();
+    let e = restore("k", big.clone()).await.unwrap_err();
     assert_eq!(e.code(), Some("OOM"), "{e}");
     assert!(!redis.keys().await.contains(&"tenant:a:k".to_string()));
     assert_eq!(restore("s", small.clone()).await.unwrap(), "OK");
@@ -585,6 +585,29 @@ async fn restore_is_charged_by_what_redis_holds_after_it() {
     assert_eq!(e.code(), Some("BUSYKEY"), "{e}");
     let got: String = q(&mut a, &["GET", "s"]).await.unwrap();
     assert_eq!(got, "hello");
+    // REPLACE with a value that does not fit: refused, and the replaced value is back.
+    let _: i64 = q(&mut a, &["PEXPIRE", "s", "100000"]).await.unwrap();
+    let e = redis::cmd("RESTORE")
+        .arg("s")
+        .arg(0)
+        .arg(big.clone())
+        .arg("REPLACE")
+        .query_async::<String>(&mut a)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("OOM"), "{e}");
+    let got: String = q(&mut a, &["GET", "s"]).await.unwrap();
+    assert_eq!(got, "hello");
+    let ttl: i64 = q(&mut a, &["PTTL", "s"]).await.unwrap();
+    assert!(ttl > 90_000, "the TTL came back too: {ttl}");
+    // Inside MULTI its size could not be known before EXEC: refused.
+    let mut raw = proxy.raw_as("a", "pa").await;
+    assert_eq!(raw.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(
+        raw.cmd(&["RESTORE", "m", "0", "x"]).await,
+        "-ERR respite does not run this command inside MULTI\r\n"
+    );
+    assert!(raw.cmd(&["EXEC"]).await.starts_with("-EXECABORT"));
     let used = usage_settles(&redis, &mut a, "tenant:a:").await;
     assert!(used < 1 << 20, "{used}");
 }
