@@ -32,7 +32,7 @@ use deadpool_redis::redis;
 
 use crate::config::SharedConfig;
 use crate::error::{Error, UpstreamError};
-use crate::upstream::{OwnPool, PoolError};
+use crate::upstream::OwnPool;
 use crate::wire::Resp;
 
 /// A session's last shared read: the key, its entry, and the cache generation then.
@@ -375,15 +375,10 @@ impl SharedCache {
     where
         F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
     {
-        self.own.run(f).await.map_err(|e| match e {
-            PoolError::Redis(e) if e.code().is_some() => Error::Redis(format!(
-                "{} {}",
-                e.code().unwrap_or_default(),
-                e.detail().unwrap_or("")
-            )),
-            PoolError::Timeout(ms) => Error::Upstream(UpstreamError::Timeout(ms)),
-            other => Error::Upstream(UpstreamError::SharedFetch(other.to_string())),
-        })
+        self.own
+            .run(f)
+            .await
+            .map_err(|e| e.for_client(UpstreamError::SharedFetch))
     }
 
     /// INFO's `# Shared` section: this instance's counters.

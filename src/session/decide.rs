@@ -110,10 +110,7 @@ impl Session {
                     }
                 }
             }
-            Err(crate::upstream::PoolError::Redis(e)) if e.code().is_some() => Err(Error::Redis(
-                format!("{} {}", e.code().unwrap_or("ERR"), e.detail().unwrap_or("")),
-            )),
-            Err(e) => Err(Error::Upstream(UpstreamError::Bookkeeping(e.to_string()))),
+            Err(e) => Err(e.for_client(UpstreamError::Bookkeeping)),
         };
         self.account.add(written);
         match outcome {

@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::UpstreamAddr;
-use crate::error::UpstreamError;
+use crate::error::{Error, UpstreamError};
 use crate::wire::encode_request;
 use crate::wire::{next_frame, Frame};
 
@@ -63,6 +63,22 @@ impl std::fmt::Display for PoolError {
             PoolError::Unavailable(why) => f.write_str(why),
             PoolError::Redis(e) => write!(f, "{e}"),
             PoolError::Timeout(ms) => write!(f, "no reply within {ms} ms"),
+        }
+    }
+}
+
+impl PoolError {
+    /// The client's error for a failure of one of respite's own requests made for it: Redis'
+    /// own error reply as it is, anything else as Redis being unavailable for `what`.
+    pub fn for_client(self, what: fn(String) -> UpstreamError) -> Error {
+        match self {
+            PoolError::Redis(e) if e.code().is_some() => Error::Redis(format!(
+                "{} {}",
+                e.code().unwrap_or_default(),
+                e.detail().unwrap_or("")
+            )),
+            PoolError::Timeout(ms) => Error::Upstream(UpstreamError::Timeout(ms)),
+            other => Error::Upstream(what(other.to_string())),
         }
     }
 }
