@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Load benchmark: respite vs direct Redis vs twemproxy, side by side in one run.
+"""Load benchmark: respite vs direct Redis vs twemproxy vs predixy, side by side in one run.
 
     python3 benches/load.py                 # 3 interleaved rounds, the full matrix
     python3 benches/load.py --rounds 1 --quick
@@ -10,7 +10,8 @@
     python3 benches/load.py --perf ...      # also instructions per request (perf stat)
 
 Starts its own redis-server, twemproxy (Debian package `nutcracker`, one pool, one server
-connection) and respite (release build) on free loopback ports, then runs redis-benchmark
+connection), predixy (the C++ multiplexing proxy, one worker thread, from ../shared/bin/predixy
+or $PREDIXY when there is one) and respite (release build) on free loopback ports, then runs redis-benchmark
 (50 clients; GET and SET; pipeline 1 and 16) against each, interleaving the targets within
 every round so that machine noise hits all three alike. Reports the median over rounds of
 throughput, p50 and p99 latency, and the CPU time the server process (redis-server,
@@ -172,6 +173,23 @@ def main():
             wait_port(port, proc, "respite")
             return port, proc.pid
 
+        predixy = os.environ.get("PREDIXY", os.path.join(ROOT, "..", "shared", "bin", "predixy"))
+        peers = []
+        if opts.suite == "proxies" and os.access(predixy, os.X_OK):
+            xport = free_port()
+            with open(os.path.join(tmp, "predixy.conf"), "w") as f:
+                f.write("Name bench\nBind 127.0.0.1:%d\nWorkerThreads 1\nClientTimeout 300\n"
+                        "LogVerbSample 0\nLogDebugSample 0\nLogInfoSample 0\n"
+                        "LogNoticeSample 0\nLogWarnSample 1\nLogErrorSample 1\n"
+                        "Authority {\n Auth {\n  Mode write\n }\n}\n"
+                        "StandaloneServerPool {\n RefreshMethod fixed\n Group shard001 {\n"
+                        "  + 127.0.0.1:%d\n }\n}\n" % (xport, rport))
+            pred = subprocess.Popen([predixy, os.path.join(tmp, "predixy.conf")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(pred)
+            wait_port(xport, pred, "predixy")
+            peers = [("predixy", xport, pred.pid, None)]
+
         # (name, port, pid, password) and (test, pipeline, random keyspace) per suite.
         commands = {}
         if opts.suite == "shared":
@@ -200,8 +218,8 @@ def main():
                 targets.append((name, port, pid, "bench-secret"))
         else:
             pport, ppid = start_respite("")
-            targets = [("redis", rport, redis.pid, None), ("twemproxy", tport, twem.pid, None),
-                       ("respite", pport, ppid, "bench-secret")]
+            targets = ([("redis", rport, redis.pid, None), ("twemproxy", tport, twem.pid, None)]
+                       + peers + [("respite", pport, ppid, "bench-secret")])
             cases = [(t, p, None) for p in (1, 16) for t in ("get", "set")]
         scale = 0.25 if opts.quick else 1.0
         results = {}
