@@ -67,6 +67,7 @@ impl Authenticator {
             let digest = t.digest();
             let id = t.id.get_ref().clone();
             let mut tenant = Tenant::new(&id, t.allow_scripts);
+            tenant.max_clients = config.tenant_max_clients(t);
             tenant.shared = shared.clone();
             tenant.publisher = t.role.get_ref() == "publisher";
             if config.quotas_enabled() {

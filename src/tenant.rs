@@ -1,7 +1,7 @@
 //! A tenant as the rest of the pipeline sees it: its id, the key prefix every one of its keys
 //! and channels lives under, and what it may do.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,6 +27,20 @@ pub struct Tenant {
     pub stats: Arc<TenantStats>,
     /// The last connection number given out (CLIENT ID counts per tenant).
     pub clients_numbered: AtomicU64,
+    /// Connections it may hold at once on this instance; `None`: no cap.
+    pub max_clients: Option<usize>,
+    /// Connections it holds now (each one's [`Seat`]).
+    seated: AtomicUsize,
+}
+
+/// A connection's place among its tenant's `max_clients`, given back when dropped.
+#[derive(Debug)]
+pub struct Seat(Arc<Tenant>);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.seated.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Tenant {
@@ -40,7 +54,20 @@ impl Tenant {
             publisher: false,
             stats: Arc::default(),
             clients_numbered: AtomicU64::new(0),
+            max_clients: None,
+            seated: AtomicUsize::new(0),
         }
+    }
+
+    /// A place for one more connection, unless the tenant holds `max_clients` already.
+    pub fn seat(self: &Arc<Self>) -> Option<Seat> {
+        let max = self.max_clients.unwrap_or(usize::MAX);
+        self.seated
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Seat(self.clone()))
     }
 
     /// The number of the tenant's next connection, as CLIENT ID shows it.

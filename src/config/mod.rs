@@ -154,6 +154,8 @@ pub struct TenantConfig {
     pub password_sha256: Option<Spanned<String>>,
     pub quota_bytes: Option<Spanned<u64>>,
     pub overage_bytes: Option<Spanned<u64>>,
+    /// Connections this tenant may hold at once (else `[defaults]`, else unlimited).
+    pub max_clients: Option<Spanned<usize>>,
     #[serde(default)]
     pub allow_scripts: bool,
     #[serde(default = "default_role")]
@@ -196,6 +198,8 @@ pub struct AdminConfig {
 pub struct DefaultsConfig {
     pub quota_bytes: Option<u64>,
     pub overage_bytes: Option<u64>,
+    /// Connections per tenant.
+    pub max_clients: Option<usize>,
 }
 
 /// How usage is kept (see `quota`): all optional.
@@ -564,6 +568,14 @@ impl Config {
             .get_ref()
             .parse()
             .expect("validated in Config::parse")
+    }
+
+    /// The connections the tenant may hold: its own cap, else `[defaults]`'s; `None`: no cap.
+    pub fn tenant_max_clients(&self, t: &TenantConfig) -> Option<usize> {
+        t.max_clients
+            .as_ref()
+            .map(|m| *m.get_ref())
+            .or(self.defaults.max_clients)
     }
 
     /// The tenant's quota and overage: its own, else `[defaults]`; `None` means unlimited.

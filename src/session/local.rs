@@ -305,11 +305,14 @@ impl Session {
                 self.state.protocol = 2;
                 self.state.reply_mode = ReplyMode::On;
                 self.tenant = None;
+                self.seat = None;
                 self.me.state.lock().unwrap().tenant = None;
-                if let Some(t) = self.ctx.default_tenant.clone() {
-                    self.set_tenant(t);
-                }
                 self.me.state.lock().unwrap().protocol = 2;
+                if let Some(t) = self.ctx.default_tenant.clone() {
+                    if !self.seat_and_set(t) {
+                        return Ok(());
+                    }
+                }
                 self.answer(Resp::simple("RESET"));
             }
             Local::ClientReply(mode) => {
@@ -392,8 +395,9 @@ impl Session {
     async fn auth(&mut self, user: Option<Bytes>, secret: Bytes) -> Result<(), End> {
         match self.authenticator().login(user.as_deref(), &secret) {
             Ok(tenant) => {
-                self.switch_tenant(tenant).await?;
-                self.answer(Resp::ok());
+                if self.switch_tenant(tenant).await? {
+                    self.answer(Resp::ok());
+                }
             }
             Err(why) => {
                 self.auth_failed(user.as_deref(), &why);
@@ -415,18 +419,31 @@ impl Session {
 
     /// Becomes `tenant`. Switching tenant drops the upstream connection (after the replies
     /// of earlier commands), so nothing the previous tenant had set up stays reachable.
-    async fn switch_tenant(&mut self, tenant: Arc<crate::tenant::Tenant>) -> Result<(), End> {
+    /// `false` when the tenant has no room for another connection: answered, and closing.
+    async fn switch_tenant(&mut self, tenant: Arc<crate::tenant::Tenant>) -> Result<bool, End> {
         if self
             .tenant
             .as_ref()
             .is_some_and(|t| Arc::ptr_eq(t, &tenant))
         {
-            return Ok(());
+            return Ok(true);
         }
         self.drain().await?;
         self.drop_upstream();
-        self.set_tenant(tenant);
-        Ok(())
+        Ok(self.seat_and_set(tenant))
+    }
+
+    /// Takes a place among the tenant's `max_clients` and acts as it; without one, answers
+    /// as Redis past `maxclients` and closes the connection (`false`).
+    fn seat_and_set(&mut self, tenant: Arc<crate::tenant::Tenant>) -> bool {
+        let Some(seat) = tenant.seat() else {
+            tracing::warn!(tenant = %tenant.id, "max_clients reached; closing connection");
+            self.refuse(Error::MaxClients);
+            self.client.closing = true;
+            return false;
+        };
+        self.set_tenant(tenant, seat);
+        true
     }
 
     async fn hello(
@@ -437,7 +454,11 @@ impl Session {
     ) -> Result<(), End> {
         if let Some((user, pass)) = auth {
             match self.authenticator().login(Some(&user), &pass) {
-                Ok(t) => self.switch_tenant(t).await?,
+                Ok(t) => {
+                    if !self.switch_tenant(t).await? {
+                        return Ok(());
+                    }
+                }
                 Err(why) => {
                     self.auth_failed(Some(&user), &why);
                     self.refuse(Error::WrongPass);

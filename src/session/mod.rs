@@ -49,7 +49,7 @@ use crate::namespace::reply::{self, ExecItem, Kind, Shape, SubKind};
 use crate::namespace::{self as rewrite, Expect, Forward};
 use crate::policy;
 use crate::quota::{self, WriteCost, Written};
-use crate::tenant::Tenant;
+use crate::tenant::{Seat, Tenant};
 use crate::upstream::{shared, Pinned, Reply, Sink};
 use crate::wire::Frame;
 use crate::wire::{encode_marked, encode_request, parse_request, Request};
@@ -59,6 +59,14 @@ use local::Local;
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// Reply bytes waiting for the client past which respite stops reading more requests.
 pub const OUT_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Answers a connection its tenant has no room for as Redis answers one past `maxclients`,
+/// and closes it.
+async fn refuse_connection(mut client: TcpStream, peer: std::net::SocketAddr) {
+    use tokio::io::AsyncWriteExt;
+    tracing::warn!(%peer, "the default tenant's max_clients reached; refusing connection");
+    let _ = client.write_all(&Error::MaxClients.to_resp()).await;
+}
 
 /// A cancellation the session loop waits for (CLIENT KILL, server shutdown).
 type Cancelled<'a> = std::pin::Pin<&'a mut tokio_util::sync::WaitForCancellationFutureOwned>;
@@ -168,6 +176,8 @@ pub struct Session {
     /// This connection in the registry behind CLIENT LIST / KILL.
     pub(crate) me: Arc<Client>,
     pub(crate) tenant: Option<Arc<Tenant>>,
+    /// This connection's place among its tenant's `max_clients`.
+    seat: Option<Seat>,
     /// The quota allowance this session holds, and the writes Redis has answered in this
     /// batch: settled together with the tenant's ledger at the end of `deliver`.
     account: quota::Account,
@@ -254,6 +264,14 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         return;
     };
     let _ = client.set_nodelay(true);
+    // Sidecar mode: the connection is the default tenant's from the start, if it has room.
+    let seat = match &ctx.default_tenant {
+        Some(t) => match t.seat() {
+            Some(seat) => Some((t.clone(), seat)),
+            None => return refuse_connection(client, peer).await,
+        },
+        None => None,
+    };
     let me = ctx.clients.register(peer, local);
     let (reader, writer) = client.into_split();
     let span = tracing::info_span!("conn", %peer, id = me.id, tenant = tracing::field::Empty);
@@ -262,6 +280,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         ctx: ctx.clone(),
         me: me.clone(),
         tenant: None,
+        seat: None,
         account: quota::Account::default(),
         client: ClientSide {
             reader,
@@ -308,8 +327,8 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             memo: None,
         },
     };
-    if let Some(t) = ctx.default_tenant.clone() {
-        s.set_tenant(t);
+    if let Some((t, seat)) = seat {
+        s.set_tenant(t, seat);
     }
     let ended = s.run(shutdown).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(?ended, "connection closed"));
@@ -523,7 +542,8 @@ impl Session {
         }
     }
 
-    pub(crate) fn set_tenant(&mut self, tenant: Arc<Tenant>) {
+    /// The connection acts as `tenant` from now on, in the place `seat` holds.
+    pub(crate) fn set_tenant(&mut self, tenant: Arc<Tenant>, seat: Seat) {
         self.hand_over_tally();
         tracing::Span::current().record("tenant", tenant.id.as_str());
         let mut state = self.me.state.lock().unwrap();
@@ -536,6 +556,7 @@ impl Session {
         }
         drop(state);
         self.tenant = Some(tenant);
+        self.seat = Some(seat);
     }
 
     /// The authority that decides logins.

@@ -35,6 +35,12 @@ fn each_mistake_has_its_own_error() {
             Some(5),
         ),
         ("[[tenants]]\nid = \"a\"\n", "nothing could authenticate it", Some(2)),
+        (
+            "[[tenants]]\nid = \"a\"\npassword = \"p\"\nmax_clients = 0\n",
+            "tenants[0].max_clients must be at least 1",
+            Some(4),
+        ),
+        ("[defaults]\nmax_clients = 0\n", "defaults.max_clients must be at least 1", None),
         ("[[tenants]]\nid = \"a\"\npassword_sha256 = \"xyz\"\n", "64 hex digits", Some(3)),
         ("[server]\ndefault_tenant = \"zz\"\n", "server.default_tenant", Some(2)),
         ("[admin]\nlisten = \"nope\"\n", "admin.listen", Some(1)),

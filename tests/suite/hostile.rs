@@ -377,3 +377,57 @@ async fn no_single_command_holds_the_shared_redis() {
         assert_eq!(v.reply().await, format!(":{i}\r\n"));
     }
 }
+
+#[tokio::test]
+async fn one_tenant_cannot_take_every_connection() {
+    let redis = Redis::start();
+    let extra = "[defaults]\nmax_clients = 2\n";
+    let proxy = Proxy::start_config(&config(&redis, extra)).await;
+    let mut a1 = proxy.raw_as("a", "pa").await;
+    let mut a2 = proxy.raw_as("a", "pa").await;
+    let mut a3 = proxy.raw().await;
+    assert_eq!(
+        a3.cmd(&["AUTH", "a", "pa"]).await,
+        "-ERR max number of clients reached\r\n"
+    );
+    assert!(a3.closed().await);
+    // Other tenants keep their places; a re-AUTH to the same tenant keeps its own.
+    let mut v = proxy.raw_as("v", "pv").await;
+    assert_eq!(v.cmd(&["PING"]).await, "+PONG\r\n");
+    assert_eq!(a1.cmd(&["AUTH", "a", "pa"]).await, "+OK\r\n");
+    // A freed place can be taken again.
+    drop(a2.cmd(&["QUIT"]).await);
+    assert!(a2.closed().await);
+    let mut a4 = proxy.raw().await;
+    let mut reply = String::new();
+    for _ in 0..50 {
+        // The place is given back when the session ends, just after QUIT's reply.
+        reply = a4.cmd(&["AUTH", "a", "pa"]).await;
+        if reply == "+OK\r\n" {
+            break;
+        }
+        a4 = proxy.raw().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(reply, "+OK\r\n");
+    assert_eq!(a1.cmd(&["PING"]).await, "+PONG\r\n");
+}
+
+#[tokio::test]
+async fn a_sidecar_tenant_at_its_cap_gets_redis_error_on_connect() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&format!(
+        "[server]\ndefault_tenant = \"a\"\n[defaults]\nmax_clients = 1\n{}",
+        config(&redis, "")
+    ))
+    .await;
+    let mut first = proxy.raw().await;
+    assert_eq!(first.cmd(&["SET", "k", "1"]).await, "+OK\r\n");
+    let mut second = proxy.raw().await;
+    assert_eq!(
+        second.reply().await,
+        "-ERR max number of clients reached\r\n"
+    );
+    assert!(second.closed().await);
+    assert_eq!(first.cmd(&["GET", "k"]).await, "$1\r\n1\r\n");
+}
