@@ -1,6 +1,7 @@
 //! What every session shares, built once from the config by `lib::context` and handed to
 //! the server, the sessions, the admin endpoints and the background tasks.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
@@ -31,6 +32,50 @@ pub struct Context {
     pub facts: Facts,
     /// Per-tenant command figures are kept (`server.metrics`).
     pub metrics: bool,
+    /// Connections not yet authenticated, and at most how many, for how long.
+    pub unauthenticated: Unauthenticated,
+}
+
+/// The connections that have not authenticated yet (`server.max_unauthenticated`,
+/// `server.auth_timeout_ms`).
+#[derive(Debug)]
+pub struct Unauthenticated {
+    pub max: usize,
+    pub timeout: std::time::Duration,
+    count: AtomicUsize,
+}
+
+impl Unauthenticated {
+    pub fn new(max: usize, timeout: std::time::Duration) -> Unauthenticated {
+        Unauthenticated {
+            max,
+            timeout,
+            count: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// One connection's place among those not yet authenticated, given back when dropped (it
+/// authenticated, or closed).
+pub struct Waiting(Arc<Context>);
+
+impl Context {
+    /// A place for one more unauthenticated connection, unless all are taken.
+    pub fn waiting(self: &Arc<Self>) -> Option<Waiting> {
+        let u = &self.unauthenticated;
+        u.count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < u.max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Waiting(self.clone()))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.unauthenticated.count.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The longest tenant prefix, `tenant:` + 64 + `:`.

@@ -99,6 +99,10 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         readiness: upstream::Readiness::default(),
         facts: upstream::Facts::default(),
         metrics: config.server.metrics,
+        unauthenticated: context::Unauthenticated::new(
+            config.server.max_unauthenticated,
+            Duration::from_millis(config.server.auth_timeout_ms),
+        ),
         limits: wire::Limits {
             max_bulk_bytes: config.server.max_bulk_bytes,
             max_array_len: config.server.max_array_len,

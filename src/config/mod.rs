@@ -116,6 +116,13 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight commands before closing connections.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// A connection that has not authenticated this long after it opened is closed.
+    #[serde(default = "default_auth_timeout_ms")]
+    pub auth_timeout_ms: u64,
+    /// Connections not yet authenticated, at most: idle sockets cannot take the places of
+    /// tenants' connections.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
     /// Keep per-tenant command counts, hit rates and latencies (INFO, /metrics).
     #[serde(default = "default_true")]
     pub metrics: bool,
@@ -286,6 +293,12 @@ fn default_max_array_len() -> usize {
 fn default_shutdown_grace_ms() -> u64 {
     5_000
 }
+fn default_auth_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_unauthenticated() -> usize {
+    1_000
+}
 /// More runtime threads than any machine respite runs on has cores.
 const MAX_THREADS: usize = 1024;
 
@@ -371,6 +384,8 @@ impl Default for ServerConfig {
             max_bulk_bytes: default_max_bulk_bytes(),
             max_array_len: default_max_array_len(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            auth_timeout_ms: default_auth_timeout_ms(),
+            max_unauthenticated: default_max_unauthenticated(),
             metrics: true,
             threads: default_threads(),
         }

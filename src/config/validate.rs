@@ -36,6 +36,12 @@ impl Config {
         if self.server.max_clients == 0 {
             err(None, "server.max_clients must be at least 1".into());
         }
+        if self.server.auth_timeout_ms == 0 || self.server.max_unauthenticated == 0 {
+            err(
+                None,
+                "server.auth_timeout_ms and server.max_unauthenticated must be at least 1".into(),
+            );
+        }
         if !(1..=MAX_THREADS).contains(&self.server.threads) {
             err(
                 None,

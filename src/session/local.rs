@@ -308,10 +308,24 @@ impl Session {
                 self.seat = None;
                 self.me.state.lock().unwrap().tenant = None;
                 self.me.state.lock().unwrap().protocol = 2;
-                if let Some(t) = self.ctx.default_tenant.clone() {
-                    if !self.seat_and_set(t) {
-                        return Ok(());
+                match self.ctx.default_tenant.clone() {
+                    Some(t) => {
+                        if !self.seat_and_set(t) {
+                            return Ok(());
+                        }
                     }
+                    // Unauthenticated again: a place among those, and a deadline to log in.
+                    None => match self.ctx.waiting() {
+                        Some(w) => {
+                            self.login =
+                                Some((w, Instant::now() + self.ctx.unauthenticated.timeout))
+                        }
+                        None => {
+                            self.refuse(Error::MaxClients);
+                            self.client.closing = true;
+                            return Ok(());
+                        }
+                    },
                 }
                 self.answer(Resp::simple("RESET"));
             }

@@ -36,7 +36,7 @@ use tracing::Instrument;
 use crate::auth::Authenticator;
 use crate::clients::Client;
 use crate::command::{self, Unknown};
-use crate::context::Context;
+use crate::context::{Context, Waiting};
 use crate::error::{Error, UpstreamError};
 mod decide;
 mod inbound;
@@ -62,9 +62,9 @@ pub const OUT_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Answers a connection its tenant has no room for as Redis answers one past `maxclients`,
 /// and closes it.
-async fn refuse_connection(mut client: TcpStream, peer: std::net::SocketAddr) {
+async fn refuse_connection(mut client: TcpStream, peer: std::net::SocketAddr, cap: &str) {
     use tokio::io::AsyncWriteExt;
-    tracing::warn!(%peer, "the default tenant's max_clients reached; refusing connection");
+    tracing::warn!(%peer, cap, "reached; refusing connection");
     let _ = client.write_all(&Error::MaxClients.to_resp()).await;
 }
 
@@ -155,6 +155,8 @@ enum Action {
 pub(crate) enum End {
     ClientGone,
     Killed,
+    /// No AUTH within `server.auth_timeout_ms`.
+    NoLogin,
 }
 
 /// What woke the session up.
@@ -178,6 +180,8 @@ pub struct Session {
     pub(crate) tenant: Option<Arc<Tenant>>,
     /// This connection's place among its tenant's `max_clients`.
     seat: Option<Seat>,
+    /// Until it authenticates: its place among the unauthenticated, and when it is closed.
+    login: Option<(Waiting, Instant)>,
     /// The quota allowance this session holds, and the writes Redis has answered in this
     /// batch: settled together with the tenant's ledger at the end of `deliver`.
     account: quota::Account,
@@ -265,12 +269,20 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
     };
     let _ = client.set_nodelay(true);
     // Sidecar mode: the connection is the default tenant's from the start, if it has room.
-    let seat = match &ctx.default_tenant {
+    let (seat, login) = match &ctx.default_tenant {
         Some(t) => match t.seat() {
-            Some(seat) => Some((t.clone(), seat)),
-            None => return refuse_connection(client, peer).await,
+            Some(seat) => (Some((t.clone(), seat)), None),
+            None => {
+                return refuse_connection(client, peer, "the default tenant's max_clients").await
+            }
         },
-        None => None,
+        None => match ctx.waiting() {
+            Some(w) => (
+                None,
+                Some((w, Instant::now() + ctx.unauthenticated.timeout)),
+            ),
+            None => return refuse_connection(client, peer, "server.max_unauthenticated").await,
+        },
     };
     let me = ctx.clients.register(peer, local);
     let (reader, writer) = client.into_split();
@@ -281,6 +293,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         me: me.clone(),
         tenant: None,
         seat: None,
+        login,
         account: quota::Account::default(),
         client: ClientSide {
             reader,
@@ -378,6 +391,13 @@ impl Session {
                 }
                 Event::Timeout => {
                     self.up.timer_at = None;
+                    if self
+                        .login
+                        .as_ref()
+                        .is_some_and(|(_, by)| *by <= Instant::now())
+                    {
+                        return Err(End::NoLogin);
+                    }
                     if self.deadline().is_some_and(|d| d <= Instant::now()) {
                         self.fail_upstream(self.ctx.upstream.timed_out());
                     }
@@ -410,7 +430,11 @@ impl Session {
     }
 
     async fn wait(&mut self, killed: Cancelled<'_>, shutdown: Cancelled<'_>) -> Event {
-        let deadline = self.deadline();
+        let login_by = self.login.as_ref().map(|(_, by)| *by);
+        let deadline = match (self.deadline(), login_by) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let timed = self.arm_timer(deadline);
         let room = self.client.out.len() < OUT_LIMIT;
         let read_client = !self.client.closing && !self.client.backlog;
@@ -557,6 +581,7 @@ impl Session {
         drop(state);
         self.tenant = Some(tenant);
         self.seat = Some(seat);
+        self.login = None;
     }
 
     /// The authority that decides logins.

@@ -41,6 +41,11 @@ fn each_mistake_has_its_own_error() {
             Some(4),
         ),
         ("[defaults]\nmax_clients = 0\n", "defaults.max_clients must be at least 1", None),
+        (
+            "[server]\nmax_unauthenticated = 0\n",
+            "server.auth_timeout_ms and server.max_unauthenticated must be at least 1",
+            None,
+        ),
         ("[[tenants]]\nid = \"a\"\npassword_sha256 = \"xyz\"\n", "64 hex digits", Some(3)),
         ("[server]\ndefault_tenant = \"zz\"\n", "server.default_tenant", Some(2)),
         ("[admin]\nlisten = \"nope\"\n", "admin.listen", Some(1)),

@@ -431,3 +431,31 @@ async fn a_sidecar_tenant_at_its_cap_gets_redis_error_on_connect() {
     assert!(second.closed().await);
     assert_eq!(first.cmd(&["GET", "k"]).await, "$1\r\n1\r\n");
 }
+
+#[tokio::test]
+async fn idle_sockets_that_never_log_in_cannot_lock_tenants_out() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&format!(
+        "[server]\nauth_timeout_ms = 300\nmax_unauthenticated = 2\n{}",
+        config(&redis, "")
+    ))
+    .await;
+    let mut idle1 = proxy.raw().await;
+    let mut idle2 = proxy.raw().await;
+    // Both places for connections not yet logged in are taken: the next is refused at once.
+    let mut third = proxy.raw().await;
+    assert_eq!(
+        third.reply().await,
+        "-ERR max number of clients reached\r\n"
+    );
+    assert!(third.closed().await);
+    // Logging in gives the place back.
+    assert_eq!(idle1.cmd(&["AUTH", "a", "pa"]).await, "+OK\r\n");
+    let mut fourth = proxy.raw().await;
+    assert_eq!(fourth.cmd(&["AUTH", "v", "pv"]).await, "+OK\r\n");
+    // A socket that never logs in is closed after auth_timeout_ms; logged-in ones stay.
+    assert!(idle2.closed().await);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(idle1.cmd(&["PING"]).await, "+PONG\r\n");
+    assert_eq!(fourth.cmd(&["PING"]).await, "+PONG\r\n");
+}
