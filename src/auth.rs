@@ -68,6 +68,7 @@ impl Authenticator {
             let id = t.id.get_ref().clone();
             let mut tenant = Tenant::new(&id, t.allow_scripts);
             tenant.max_clients = config.tenant_max_clients(t);
+            tenant.pinned = config.tenant_pinned_max(t).map(crate::upstream::Share::new);
             tenant.shared = shared.clone();
             tenant.publisher = t.role.get_ref() == "publisher";
             if config.quotas_enabled() {

@@ -24,6 +24,8 @@ pub enum UpstreamError {
     Backoff(String),
     #[error("all {0} pinned connections are in use (upstream.pinned_max)")]
     PinnedExhausted(usize),
+    #[error("all {0} pinned connections this tenant may hold are in use (pinned_max)")]
+    ShareExhausted(usize),
     #[error("quota bookkeeping failed: {0}")]
     Bookkeeping(String),
     #[error("shared key fetch failed: {0}")]

@@ -29,6 +29,8 @@ pub struct Tenant {
     pub clients_numbered: AtomicU64,
     /// Connections it may hold at once on this instance; `None`: no cap.
     pub max_clients: Option<usize>,
+    /// Its share of the pinned pool (`pinned_max`); `None`: the pool's bound only.
+    pub pinned: Option<crate::upstream::Share>,
     /// Connections it holds now (each one's [`Seat`]).
     seated: AtomicUsize,
 }
@@ -55,6 +57,7 @@ impl Tenant {
             stats: Arc::default(),
             clients_numbered: AtomicU64::new(0),
             max_clients: None,
+            pinned: None,
             seated: AtomicUsize::new(0),
         }
     }

@@ -163,6 +163,9 @@ pub struct TenantConfig {
     pub overage_bytes: Option<Spanned<u64>>,
     /// Connections this tenant may hold at once (else `[defaults]`, else unlimited).
     pub max_clients: Option<Spanned<usize>>,
+    /// Pinned upstream connections this tenant may hold at once (else `[defaults]`, else
+    /// only `upstream.pinned_max` bounds them).
+    pub pinned_max: Option<Spanned<usize>>,
     #[serde(default)]
     pub allow_scripts: bool,
     #[serde(default = "default_role")]
@@ -207,6 +210,8 @@ pub struct DefaultsConfig {
     pub overage_bytes: Option<u64>,
     /// Connections per tenant.
     pub max_clients: Option<usize>,
+    /// Pinned upstream connections per tenant.
+    pub pinned_max: Option<usize>,
 }
 
 /// How usage is kept (see `quota`): all optional.
@@ -591,6 +596,14 @@ impl Config {
             .as_ref()
             .map(|m| *m.get_ref())
             .or(self.defaults.max_clients)
+    }
+
+    /// The pinned connections the tenant may hold: its own cap, else `[defaults]`'s.
+    pub fn tenant_pinned_max(&self, t: &TenantConfig) -> Option<usize> {
+        t.pinned_max
+            .as_ref()
+            .map(|m| *m.get_ref())
+            .or(self.defaults.pinned_max)
     }
 
     /// The tenant's quota and overage: its own, else `[defaults]`; `None` means unlimited.

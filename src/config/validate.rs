@@ -83,8 +83,11 @@ impl Config {
 
     /// `[billing]` and `[quota]`: the intervals of the background bookkeeping.
     fn validate_bookkeeping(&self, err: &mut Report) {
-        if self.defaults.max_clients == Some(0) {
-            err(None, "defaults.max_clients must be at least 1".into());
+        if self.defaults.max_clients == Some(0) || self.defaults.pinned_max == Some(0) {
+            err(
+                None,
+                "defaults.max_clients and defaults.pinned_max must be at least 1".into(),
+            );
         }
         if self.billing.interval_ms == 0 {
             err(None, "billing.interval_ms must be above 0".into());
@@ -239,11 +242,16 @@ impl Config {
                     );
                 }
             }
-            if let Some(m) = t.max_clients.as_ref().filter(|m| *m.get_ref() == 0) {
-                err(
-                    Some(m.span()),
-                    format!("tenants[{i}].max_clients must be at least 1"),
-                );
+            for (name, cap) in [
+                ("max_clients", &t.max_clients),
+                ("pinned_max", &t.pinned_max),
+            ] {
+                if let Some(m) = cap.as_ref().filter(|m| *m.get_ref() == 0) {
+                    err(
+                        Some(m.span()),
+                        format!("tenants[{i}].{name} must be at least 1"),
+                    );
+                }
             }
             if let (None, Some(o)) = (self.limits(t), &t.overage_bytes) {
                 err(

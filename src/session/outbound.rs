@@ -146,7 +146,14 @@ impl Session {
     pub(super) async fn open(&mut self, pin: bool, internal: bool) -> Result<bool, End> {
         if pin && self.up.pinned.is_none() {
             self.drain().await?;
-            match self.ctx.upstream.pinned.acquire(self.state.protocol).await {
+            let share = self.tenant.as_ref().and_then(|t| t.pinned.as_ref());
+            match self
+                .ctx
+                .upstream
+                .pinned
+                .acquire(self.state.protocol, share)
+                .await
+            {
                 Ok(p) => {
                     self.me
                         .upstream_id

@@ -35,7 +35,7 @@ use crate::wire::{next_frame, Frame};
 
 pub use facts::Facts;
 pub use health::Readiness;
-pub use pinned::Pinned;
+pub use pinned::{Pinned, Share};
 
 /// respite's own connections to Redis (quota bookkeeping, shared-key fills, health,
 /// billing): a deadpool-redis pool apart from the clients' connections, so that they never

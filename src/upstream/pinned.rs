@@ -16,10 +16,28 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::{Conn, Connector};
 use crate::error::UpstreamError;
 
-/// A pinned connection and its place in the pool.
+/// A pinned connection and its place in the pool (and in its tenant's share of it).
 pub struct Pinned {
     pub conn: Conn,
     permit: OwnedSemaphorePermit,
+    share: Option<OwnedSemaphorePermit>,
+}
+
+/// A tenant's share of the pool (`pinned_max` per tenant): at most this many of its
+/// connections are pinned at once, so one tenant cannot hold the whole pool.
+#[derive(Debug)]
+pub struct Share {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Share {
+    pub fn new(max: usize) -> Share {
+        Share {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
 }
 
 pub struct Pool {
@@ -45,7 +63,25 @@ impl Pool {
         self.max - self.permits.available_permits()
     }
 
-    pub async fn acquire(&self, protocol: u8) -> Result<Pinned, UpstreamError> {
+    pub async fn acquire(
+        &self,
+        protocol: u8,
+        share: Option<&Share>,
+    ) -> Result<Pinned, UpstreamError> {
+        // The tenant's share first: a tenant at its own limit waits on itself, not on the pool.
+        let share = match share {
+            None => None,
+            Some(s) => Some(match s.permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let wait = self.connector.command_timeout;
+                    tokio::time::timeout(wait, s.permits.clone().acquire_owned())
+                        .await
+                        .map_err(|_| UpstreamError::ShareExhausted(s.max))?
+                        .map_err(|_| UpstreamError::Closed)?
+                }
+            }),
+        };
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -71,7 +107,11 @@ impl Pool {
             Some(conn) => conn,
             None => self.connector.connect(protocol).await?,
         };
-        Ok(Pinned { conn, permit })
+        Ok(Pinned {
+            conn,
+            permit,
+            share,
+        })
     }
 
     /// Takes back a connection with nothing in flight: reset in the background, then idle
@@ -82,7 +122,13 @@ impl Pool {
         let permits = self.permits.clone();
         let max = self.max;
         tokio::spawn(async move {
-            let Pinned { mut conn, permit } = pinned;
+            let Pinned {
+                mut conn,
+                permit,
+                share,
+            } = pinned;
+            // The tenant may pin another connection while this one is reset.
+            drop(share);
             if connector.reset(&mut conn).await.is_ok() {
                 let mut idle = idle.lock().unwrap();
                 let in_use = max - permits.available_permits();

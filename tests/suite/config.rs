@@ -40,7 +40,16 @@ fn each_mistake_has_its_own_error() {
             "tenants[0].max_clients must be at least 1",
             Some(4),
         ),
-        ("[defaults]\nmax_clients = 0\n", "defaults.max_clients must be at least 1", None),
+        (
+            "[defaults]\nmax_clients = 0\n",
+            "defaults.max_clients and defaults.pinned_max must be at least 1",
+            None,
+        ),
+        (
+            "[[tenants]]\nid = \"a\"\npassword = \"p\"\npinned_max = 0\n",
+            "tenants[0].pinned_max must be at least 1",
+            Some(4),
+        ),
         (
             "[server]\nmax_unauthenticated = 0\n",
             "server.auth_timeout_ms and server.max_unauthenticated must be at least 1",

@@ -459,3 +459,26 @@ async fn idle_sockets_that_never_log_in_cannot_lock_tenants_out() {
     assert_eq!(idle1.cmd(&["PING"]).await, "+PONG\r\n");
     assert_eq!(fourth.cmd(&["PING"]).await, "+PONG\r\n");
 }
+
+#[tokio::test]
+async fn one_tenant_cannot_hold_every_pinned_connection() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&config(&redis, "[defaults]\npinned_max = 1\n")).await;
+    let mut a1 = proxy.raw_as("a", "pa").await;
+    let mut a2 = proxy.raw_as("a", "pa").await;
+    let mut v = proxy.raw_as("v", "pv").await;
+    assert_eq!(a1.cmd(&["MULTI"]).await, "+OK\r\n");
+    // Tenant a's share is taken; tenant v's is its own.
+    assert_eq!(v.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(
+        a2.cmd(&["MULTI"]).await,
+        "-ERR upstream unavailable: all 1 pinned connections this tenant may hold are in use \
+         (pinned_max)\r\n"
+    );
+    assert_eq!(v.cmd(&["EXEC"]).await, "*0\r\n");
+    // Its transaction over, a1's place in the share is free again.
+    assert_eq!(a1.cmd(&["EXEC"]).await, "*0\r\n");
+    assert_eq!(a2.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a2.cmd(&["SET", "k", "1"]).await, "+QUEUED\r\n");
+    assert_eq!(a2.cmd(&["EXEC"]).await, "*1\r\n+OK\r\n");
+}
