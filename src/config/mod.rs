@@ -343,6 +343,10 @@ fn default_ttl_tiers() -> Vec<TtlTier> {
     })
     .collect()
 }
+/// A tenant's own setting, else the `[defaults]` one.
+fn own_or<T: Copy>(own: &Option<Spanned<T>>, default: Option<T>) -> Option<T> {
+    own.as_ref().map(|v| *v.get_ref()).or(default)
+}
 fn default_shared_ttl_seconds() -> u64 {
     60
 }
@@ -592,33 +596,18 @@ impl Config {
 
     /// The connections the tenant may hold: its own cap, else `[defaults]`'s; `None`: no cap.
     pub fn tenant_max_clients(&self, t: &TenantConfig) -> Option<usize> {
-        t.max_clients
-            .as_ref()
-            .map(|m| *m.get_ref())
-            .or(self.defaults.max_clients)
+        own_or(&t.max_clients, self.defaults.max_clients)
     }
 
     /// The pinned connections the tenant may hold: its own cap, else `[defaults]`'s.
     pub fn tenant_pinned_max(&self, t: &TenantConfig) -> Option<usize> {
-        t.pinned_max
-            .as_ref()
-            .map(|m| *m.get_ref())
-            .or(self.defaults.pinned_max)
+        own_or(&t.pinned_max, self.defaults.pinned_max)
     }
 
     /// The tenant's quota and overage: its own, else `[defaults]`; `None` means unlimited.
     pub fn limits(&self, t: &TenantConfig) -> Option<QuotaLimits> {
-        let quota = t
-            .quota_bytes
-            .as_ref()
-            .map(|q| *q.get_ref())
-            .or(self.defaults.quota_bytes)?;
-        let overage = t
-            .overage_bytes
-            .as_ref()
-            .map(|o| *o.get_ref())
-            .or(self.defaults.overage_bytes)
-            .unwrap_or(0);
+        let quota = own_or(&t.quota_bytes, self.defaults.quota_bytes)?;
+        let overage = own_or(&t.overage_bytes, self.defaults.overage_bytes).unwrap_or(0);
         Some(QuotaLimits { quota, overage })
     }
 

@@ -68,30 +68,18 @@ impl Pool {
         protocol: u8,
         share: Option<&Share>,
     ) -> Result<Pinned, UpstreamError> {
+        let wait = self.connector.command_timeout;
         // The tenant's share first: a tenant at its own limit waits on itself, not on the pool.
         let share = match share {
             None => None,
-            Some(s) => Some(match s.permits.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    let wait = self.connector.command_timeout;
-                    tokio::time::timeout(wait, s.permits.clone().acquire_owned())
-                        .await
-                        .map_err(|_| UpstreamError::ShareExhausted(s.max))?
-                        .map_err(|_| UpstreamError::Closed)?
-                }
-            }),
+            Some(s) => Some(place(&s.permits, wait, UpstreamError::ShareExhausted(s.max)).await?),
         };
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let wait = self.connector.command_timeout;
-                tokio::time::timeout(wait, self.permits.clone().acquire_owned())
-                    .await
-                    .map_err(|_| UpstreamError::PinnedExhausted(self.max))?
-                    .map_err(|_| UpstreamError::Closed)?
-            }
-        };
+        let permit = place(
+            &self.permits,
+            wait,
+            UpstreamError::PinnedExhausted(self.max),
+        )
+        .await?;
         let p = usize::from(protocol == 3);
         let reused = {
             let mut idle = self.idle.lock().unwrap();
@@ -140,6 +128,21 @@ impl Pool {
             drop(permit);
         });
     }
+}
+
+/// A permit of `permits`, waiting up to `wait` for one; `full` when none came.
+async fn place(
+    permits: &Arc<Semaphore>,
+    wait: std::time::Duration,
+    full: UpstreamError,
+) -> Result<OwnedSemaphorePermit, UpstreamError> {
+    if let Ok(permit) = permits.clone().try_acquire_owned() {
+        return Ok(permit);
+    }
+    tokio::time::timeout(wait, permits.clone().acquire_owned())
+        .await
+        .map_err(|_| full)?
+        .map_err(|_| UpstreamError::Closed)
 }
 
 impl Pinned {
