@@ -7,6 +7,8 @@
     python3 benches/load.py --suite shared  # GET of a shared key (L1) vs a tenant key (Redis)
     python3 benches/load.py --suite metrics # respite with per-tenant metrics off vs on: GET
     python3 benches/load.py --suite threads # respite on 2 worker threads vs 1 thread: GET
+    python3 benches/load.py --suite scripts # EVALSHA of a 3-command script: Redis, respite
+                                            # (confined: tenant ACL user), respite unconfined
     python3 benches/load.py --perf ...      # also instructions per request (perf stat)
 
 Starts its own redis-server, twemproxy (Debian package `nutcracker`, one pool, one server
@@ -68,7 +70,8 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def bench(port, test, pipeline, requests, pid, auth, keyspace=None, command=None):
+def bench(port, test, pipeline, requests, pid, auth, keyspace=None, command=None,
+          redis_pid=None):
     args = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS),
             "-n", str(requests), "-P", str(pipeline), "--csv"]
     if keyspace:
@@ -86,8 +89,10 @@ def bench(port, test, pipeline, requests, pid, auth, keyspace=None, command=None
                                    stderr=subprocess.DEVNULL)
         time.sleep(0.1)
     before = cpu_seconds(pid)
+    redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(pid) - before
+    redis_cpu = cpu_seconds(redis_pid) - redis_before if redis_pid else 0.0
     instructions = None
     if counter:
         counter.send_signal(signal.SIGINT)
@@ -101,9 +106,13 @@ def bench(port, test, pipeline, requests, pid, auth, keyspace=None, command=None
         raise SystemExit("redis-benchmark printed nothing for %s on %d:\n%s" % (test, port, out))
     r = rows[0]
     return {"rps": float(r[1]), "p50": float(r[4]), "p99": float(r[6]),
-            "cpu_us": cpu / requests * 1e6,
+            "cpu_us": cpu / requests * 1e6, "redis_cpu_us": redis_cpu / requests * 1e6,
             "instr": instructions / requests if instructions else float("nan")}
 
+
+# The script of the scripts suite: three commands on its key, as a rate limiter's would be.
+SCRIPT = ("redis.call('INCR', KEYS[1]) redis.call('EXPIRE', KEYS[1], 60) "
+          "return redis.call('GET', KEYS[1])")
 
 # Suites comparing two respite instances: (name, [server] lines, other sections) for the
 # baseline and the variant, then the (test, pipeline, random keyspace) cases.
@@ -121,7 +130,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer requests per run")
-    ap.add_argument("--suite", choices=("proxies", "shared") + tuple(PAIRS),
+    ap.add_argument("--suite", choices=("proxies", "shared", "scripts") + tuple(PAIRS),
                     default="proxies",
                     help="proxies: redis vs twemproxy vs respite; quota: respite, quotas off vs "
                          "on; shared: GET of a shared key vs of a tenant key, one respite")
@@ -209,6 +218,20 @@ def main():
                         ("plain-get", 100): ["GET", "plain:__rand_int__"],
                         ("shared-get", 100): ["GET", "shared:market:__rand_int__:price"]}
             cases = [("get", 16, None), ("get", 16, 100), ("get", 1, None)]
+        elif opts.suite == "scripts":
+            port, pid = start_respite('[[tenants]]\nid = "trusted"\npassword = "trusted-secret"\n'
+                                      'allow_unconfined_scripts = true')
+            targets = [("redis", rport, redis.pid, None), ("respite", port, pid, "bench-secret"),
+                       ("unconfined", port, pid, "trusted-secret")]
+            for name, tport_, _, auth in targets:
+                login = ["-a", auth] if auth else []
+                sha = subprocess.run(["redis-cli", "-p", str(tport_)] + login +
+                                     ["SCRIPT", "LOAD", SCRIPT], check=True, capture_output=True,
+                                     text=True).stdout.strip()
+                for key in (None, 1000):
+                    commands[(name, key)] = ["EVALSHA", sha, "1", "counter:__rand_int__"
+                                             if key else "counter"]
+            cases = [("evalsha", 1, None), ("evalsha", 16, None), ("evalsha", 16, 1000)]
         elif opts.suite in PAIRS:
             # Two respite instances that differ in one setting, baseline first.
             *variants, cases = PAIRS[opts.suite]
@@ -232,12 +255,12 @@ def main():
                 order = targets[k:] + targets[:k]
                 for name, port, pid, auth in order:
                     r = bench(port, test, pipeline, n, pid, auth, keyspace,
-                              commands.get((name, keyspace)))
+                              commands.get((name, keyspace)), redis.pid)
                     results.setdefault((name,) + case, []).append(r)
                     print("round %d %-9s %-3s P%-2d -r %-7s %10.0f rps  p50 %.3f ms  p99 %.3f ms  "
-                          "%.1f us cpu/req  %.0f instr/req" % (
+                          "%.1f us cpu/req (redis %.1f)  %.0f instr/req" % (
                               rnd + 1, name, test.upper(), pipeline, keyspace or "-", r["rps"],
-                              r["p50"], r["p99"], r["cpu_us"], r["instr"]),
+                              r["p50"], r["p99"], r["cpu_us"], r["redis_cpu_us"], r["instr"]),
                           file=sys.stderr)
     finally:
         for p in procs:
@@ -247,7 +270,7 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = {k: {m: statistics.median(r[m] for r in v)
-               for m in ("rps", "p50", "p99", "cpu_us", "instr")}
+               for m in ("rps", "p50", "p99", "cpu_us", "redis_cpu_us", "instr")}
            for k, v in results.items()}
     print("\nMachine: %s, %d cores, %s; redis %s; %d rounds, medians; %d clients.\n" % (
         platform.machine(), os.cpu_count(), platform.platform(terse=True),
@@ -267,18 +290,19 @@ def main():
                 statistics.median(ratios), ", ".join("%.2f" % r for r in ratios)))
         print()
     perf = " instr/req |" if opts.perf else ""
-    print("| test | pipeline | keys | target | req/s | p50 ms | p99 ms | CPU µs/req |%s %s |"
-          % (perf, " | ".join("vs " + n for n in names[:-1])))
-    print("|---" * (8 + bool(opts.perf) + len(names) - 1) + "|")
+    print("| test | pipeline | keys | target | req/s | p50 ms | p99 ms | CPU µs/req | Redis CPU "
+          "µs/req |%s %s |" % (perf, " | ".join("vs " + n for n in names[:-1])))
+    print("|---" * (9 + bool(opts.perf) + len(names) - 1) + "|")
     for case in cases:
         test, pipeline, keyspace = case
         for name in names:
             m = med[(name,) + case]
             ratios = " | ".join("%.2fx" % (m["rps"] / med[(b,) + case]["rps"]) for b in names[:-1])
             instr = " %.0f |" % m["instr"] if opts.perf else ""
-            print("| %s | %d | %s | %s | %.0f | %.3f | %.3f | %.1f |%s %s |" % (
+            print("| %s | %d | %s | %s | %.0f | %.3f | %.3f | %.1f | %.1f |%s %s |" % (
                 test.upper(), pipeline, "random %d" % keyspace if keyspace else "one",
-                name, m["rps"], m["p50"], m["p99"], m["cpu_us"], instr, ratios))
+                name, m["rps"], m["p50"], m["p99"], m["cpu_us"], m["redis_cpu_us"], instr,
+                ratios))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/ensure-redis.sh
+. scripts/ensure-queues.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

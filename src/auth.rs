@@ -66,7 +66,7 @@ impl Authenticator {
         for t in &config.tenants {
             let digest = t.digest();
             let id = t.id.get_ref().clone();
-            let mut tenant = Tenant::new(&id, t.allow_scripts);
+            let mut tenant = Tenant::new(&id, config.tenant_scripts(t));
             tenant.max_clients = config.tenant_max_clients(t);
             tenant.pinned = config.tenant_pinned_max(t).map(crate::upstream::Share::new);
             tenant.shared = shared.clone();

@@ -8,6 +8,7 @@ use crate::auth::Authenticator;
 use crate::clients::Registry;
 use crate::market::SharedCache;
 use crate::quota::Quotas;
+use crate::script::Scripts;
 use crate::tenant::Tenant;
 use crate::upstream::{Facts, OwnPool, Readiness, Upstream};
 use crate::wire::Limits;
@@ -32,6 +33,8 @@ pub struct Context {
     pub facts: Facts,
     /// Per-tenant command figures are kept (`server.metrics`).
     pub metrics: bool,
+    /// Tenant scripts: the prelude, their names, the tenants' ACL users, runaway kills.
+    pub scripts: Scripts,
     /// Connections not yet authenticated, and at most how many, for how long.
     pub unauthenticated: Unauthenticated,
 }

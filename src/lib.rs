@@ -18,10 +18,12 @@
 //!                           market.rs     GET of shared:market:* from the in-proxy cache
 //!                           namespace/    keys, channels, patterns → tenant:<id>:...; guard
 //!                           quota/        charge writes, refuse past the limit (-OOM)
+//!                         scripting.rs  EVAL/EVALSHA/SCRIPT → script/ (prelude, ACL user)
 //!                         outbound.rs   requests to Redis over upstream/ (shared or pinned)
 //!                         inbound.rs    replies back: namespace/reply.rs strips the prefix
 //! background: quota/ flusher and reconciler, billing.rs roll-ups, admin.rs (/metrics,
-//!             /readyz via upstream/health.rs), upstream/facts.rs (Redis' settings)
+//!             /readyz via upstream/health.rs), upstream/facts.rs (Redis' settings),
+//!             script/ warden (kills tenants' runaway scripts)
 //! ```
 //!
 //! The layers, each importing only from those below it (no import circle):
@@ -32,7 +34,7 @@
 //! | errors and figures | `error`, `metrics` |
 //! | Redis | [`upstream`] (shared and pinned connections, respite's own pool, health, facts) |
 //! | data | `market` (the shared-key cache), `quota`, [`tenant`] |
-//! | stages | [`namespace`], `auth`, [`policy`] |
+//! | stages | [`namespace`], `auth`, [`policy`], `script` (tenants' Lua: prelude, ACL users) |
 //! | composition | `context` (what sessions share) |
 //! | connections | `session` (child modules of one type), `admin`, [`billing`], `server` |
 //!
@@ -60,6 +62,7 @@ mod metrics;
 pub mod namespace;
 pub mod policy;
 mod quota;
+mod script;
 mod server;
 mod session;
 pub mod tenant;
@@ -92,10 +95,19 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         .map(|s| market::SharedCache::new(s.get_ref(), own.clone()))
         .transpose()?
         .map(Arc::new);
+    let upstream = upstream::Upstream::new(
+        upstream::Connector::new(
+            config.upstream_addr(),
+            Duration::from_millis(config.upstream.connect_timeout_ms),
+            Duration::from_millis(config.upstream.command_timeout_ms),
+        ),
+        config.upstream.connections,
+        config.upstream.pinned_max,
+    );
     Ok(Arc::new(Context {
         quotas,
         market: shared,
-        own,
+        own: own.clone(),
         readiness: upstream::Readiness::default(),
         facts: upstream::Facts::default(),
         metrics: config.server.metrics,
@@ -109,15 +121,8 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         },
         default_tenant,
         auth,
-        upstream: upstream::Upstream::new(
-            upstream::Connector::new(
-                config.upstream_addr(),
-                Duration::from_millis(config.upstream.connect_timeout_ms),
-                Duration::from_millis(config.upstream.command_timeout_ms),
-            ),
-            config.upstream.connections,
-            config.upstream.pinned_max,
-        ),
+        scripts: script::Scripts::new(config, own, upstream.connector.clone()),
+        upstream,
         clients: clients::Registry::default(),
     }))
 }
@@ -131,6 +136,7 @@ pub async fn run(
     let ctx = context(config)?;
     // What Redis allows decides what respite forwards: known before the first client.
     ctx.facts.refresh(&ctx.own).await;
+    ctx.scripts.probe().await;
     // Quota bookkeeping outlives the sessions: its last flush hands the leases back.
     let bookkeeping = CancellationToken::new();
     let quotas = ctx
@@ -148,6 +154,10 @@ pub async fn run(
         let ctx = ctx.clone();
         let stop = bookkeeping.clone();
         async move { ctx.facts.watch(ctx.own.clone(), stop).await }
+    });
+    tokio::spawn({
+        let (ctx, stop) = (ctx.clone(), bookkeeping.clone());
+        async move { ctx.scripts.watch(stop).await }
     });
     if let Some(admin) = &config.admin {
         let addr = admin.get_ref().listen.as_str();

@@ -1,7 +1,8 @@
 //! Policy: which commands a tenant may not run because they would reach beyond its namespace.
 //!
-//! Mostly data-driven: anything Redis flags `admin` acts on the whole server and is refused,
-//! as is anything in Redis' `@scripting` category unless the tenant has `allow_scripts`. A short
+//! Mostly data-driven: anything Redis flags `admin` acts on the whole server and is refused;
+//! scripts run unless the tenant has `allow_scripts = false` (FUNCTION and FCALL only with
+//! `allow_unconfined_scripts`), and [`allowed_in_scripts`] says what a script may call. A short
 //! table adds the commands that cross tenants without being `admin` (MOVE, SWAPDB, ACL, MEMORY
 //! STATS, SCRIPT DEBUG, ...); COPY's DB is checked argument by argument; shared keys are
 //! writable by publishers only, judged by each key's own flags. (SORT's BY/GET patterns are
@@ -9,7 +10,7 @@
 
 use bytes::Bytes;
 
-use crate::command::{Command, KeyMap, ACL_SCRIPTING, CMD_ADMIN, KS_NOT_KEY, KS_RO};
+use crate::command::{Command, KeyMap, ACL_SCRIPTING, CMD_ADMIN, CMD_NOSCRIPT, KS_NOT_KEY, KS_RO};
 use crate::error::Error;
 use crate::tenant::Tenant;
 use crate::upstream::Facts;
@@ -68,6 +69,54 @@ const MAX_REPEATING_COUNT: i64 = 1024 * 1024;
 /// Redis `admin` commands a tenant may still run: they only affect its own connection.
 const ADMIN_ALLOWED: &[(&str, &str)] = &[("client", "no-evict")];
 
+/// Commands a tenant may run directly but not from inside a script: there respite does not
+/// see them, and Redis' ACL key patterns do not limit them (they act on or list the whole
+/// keyspace, or change the script's database), or Redis' ACL check reads other arguments
+/// as keys than the command writes (GEORADIUS with two STORE options writes the last one
+/// and is checked against the first: checked on Redis 7.0.15).
+const NOT_IN_SCRIPTS: &[&str] = &[
+    "keys",
+    "scan",
+    "randomkey",
+    "dbsize",
+    "flushdb",
+    "flushall",
+    "select",
+    "info",
+    "pubsub",
+    "georadius",
+    "georadiusbymember",
+];
+
+/// May a tenant's script call `cmd` (Redis' `redis.call`)? What `check` lets a tenant run
+/// and Redis runs in scripts, less [`NOT_IN_SCRIPTS`]. Decided by name alone: the script's
+/// arguments are not seen by respite, the tenant's ACL user and the prelude enforce it.
+pub fn allowed_in_scripts(cmd: &Command) -> bool {
+    let (name, _) = cmd.names();
+    denied(cmd).is_none()
+        && !server_wide(cmd)
+        && !cmd.has(CMD_NOSCRIPT)
+        && !cmd.in_category(ACL_SCRIPTING)
+        && !NOT_IN_SCRIPTS.iter().any(|n| n.as_bytes() == name)
+}
+
+/// Why `cmd` is in the [`DENY`] table, if it is.
+fn denied(cmd: &Command) -> Option<&'static str> {
+    let (name, sub) = cmd.names();
+    DENY.iter()
+        .find(|(n, s, _)| n.as_bytes() == name && s.is_none_or(|s| Some(s.as_bytes()) == sub))
+        .map(|(_, _, why)| *why)
+}
+
+/// Does `cmd` act on the whole server (Redis' `admin` flag, less [`ADMIN_ALLOWED`])?
+fn server_wide(cmd: &Command) -> bool {
+    let (name, sub) = cmd.names();
+    cmd.has(CMD_ADMIN)
+        && !ADMIN_ALLOWED
+            .iter()
+            .any(|(n, s)| n.as_bytes() == name && Some(s.as_bytes()) == sub)
+}
+
 /// Refuses `cmd` with `-NOPERM` (or Redis' own error) when the tenant may not run it.
 /// `keys` is the request's key map, `None` when its keys cannot be found (`decide` refuses
 /// it after this, unless a refusal here comes first).
@@ -78,27 +127,19 @@ pub fn check(
     tenant: &Tenant,
     facts: &Facts,
 ) -> Result<(), Error> {
-    let (name, sub) = cmd.names();
+    let (name, _) = cmd.names();
     let noperm = |why: &'static str| Error::NoPerm {
         command: cmd.full_name(),
         why,
     };
-    for (n, s, why) in DENY {
-        if n.as_bytes() == name && s.is_none_or(|s| Some(s.as_bytes()) == sub) {
-            return Err(noperm(why));
-        }
+    if let Some(why) = denied(cmd) {
+        return Err(noperm(why));
     }
-    if cmd.has(CMD_ADMIN)
-        && !ADMIN_ALLOWED
-            .iter()
-            .any(|(n, s)| n.as_bytes() == name && Some(s.as_bytes()) == sub)
-    {
+    if server_wide(cmd) {
         return Err(noperm(SERVER_WIDE));
     }
-    if cmd.in_category(ACL_SCRIPTING) && !tenant.allow_scripts {
-        return Err(noperm(
-            "a script can reach any key; this tenant has allow_scripts = false",
-        ));
+    if cmd.in_category(ACL_SCRIPTING) {
+        scripting(cmd, tenant).map_err(noperm)?;
     }
     if !tenant.publisher && keys.is_some_and(|k| writes_shared(cmd, args, k, tenant)) {
         return Err(noperm(
@@ -125,6 +166,23 @@ pub fn check(
         )),
         _ => Ok(()),
     }
+}
+
+/// Scripts are on unless the tenant has `allow_scripts = false` (`script` confines them);
+/// FUNCTION and FCALL only for trusted tenants: libraries and function names are global in
+/// Redis, and respite does not yet give each tenant its own.
+fn scripting(cmd: &Command, tenant: &Tenant) -> Result<(), &'static str> {
+    if !tenant.scripts.allowed {
+        return Err("this tenant has allow_scripts = false");
+    }
+    let (name, _) = cmd.names();
+    if !tenant.scripts.unconfined && matches!(name, b"function" | b"fcall" | b"fcall_ro") {
+        return Err(
+            "function libraries and names are global in Redis, shared by every tenant; only a \
+             tenant with allow_unconfined_scripts may use them",
+        );
+    }
+    Ok(())
 }
 
 /// Would the request write (or, in a script, could it write) a shared key?
@@ -178,7 +236,13 @@ mod tests {
             &cmd,
             &args,
             keys.as_ref(),
-            &Tenant::new("a", scripts),
+            &Tenant::new(
+                "a",
+                crate::config::ScriptRights {
+                    allowed: scripts,
+                    ..Default::default()
+                },
+            ),
             &Facts::default(),
         )
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::config::ScriptRights;
 use crate::metrics::TenantStats;
 use crate::quota::Ledger;
 
@@ -14,8 +15,8 @@ pub struct Tenant {
     pub id: String,
     /// `tenant:<id>:`, the namespace of the tenant's keys and channels in Redis.
     pub prefix: Bytes,
-    /// EVAL/FCALL and friends can touch any key from inside a script: off unless trusted.
-    pub allow_scripts: bool,
+    /// What its scripts may do: run at all, run unconfined, for how long.
+    pub scripts: ScriptRights,
     /// Its byte usage and quota, when quotas are on.
     pub ledger: Option<Arc<Ledger>>,
     /// Key prefixes every tenant shares (`[shared] prefixes`): never namespaced, read-only
@@ -46,11 +47,11 @@ impl Drop for Seat {
 }
 
 impl Tenant {
-    pub fn new(id: &str, allow_scripts: bool) -> Tenant {
+    pub fn new(id: &str, scripts: ScriptRights) -> Tenant {
         Tenant {
             id: id.to_string(),
             prefix: Bytes::from(format!("tenant:{id}:")),
-            allow_scripts,
+            scripts,
             ledger: None,
             shared: Arc::new([]),
             publisher: false,

@@ -166,8 +166,13 @@ pub struct TenantConfig {
     /// Pinned upstream connections this tenant may hold at once (else `[defaults]`, else
     /// only `upstream.pinned_max` bounds them).
     pub pinned_max: Option<Spanned<usize>>,
-    #[serde(default)]
-    pub allow_scripts: bool,
+    /// EVAL/EVALSHA/SCRIPT, confined to the tenant (else `[defaults]`, else on).
+    pub allow_scripts: Option<Spanned<bool>>,
+    /// Trusted: its scripts run as respite's own Redis user, unconfined, also when respite
+    /// cannot create ACL users, and it may use FUNCTION/FCALL (else `[defaults]`, else off).
+    pub allow_unconfined_scripts: Option<Spanned<bool>>,
+    /// A script of this tenant running longer is killed (else `[defaults]`, else 5,000).
+    pub script_timeout_ms: Option<Spanned<u64>>,
     #[serde(default = "default_role")]
     pub role: Spanned<String>,
 }
@@ -212,6 +217,9 @@ pub struct DefaultsConfig {
     pub max_clients: Option<usize>,
     /// Pinned upstream connections per tenant.
     pub pinned_max: Option<usize>,
+    pub allow_scripts: Option<bool>,
+    pub allow_unconfined_scripts: Option<bool>,
+    pub script_timeout_ms: Option<u64>,
 }
 
 /// How usage is kept (see `quota`): all optional.
@@ -344,6 +352,28 @@ fn default_ttl_tiers() -> Vec<TtlTier> {
     .collect()
 }
 /// A tenant's own setting, else the `[defaults]` one.
+/// A tenant script running longer than this is killed, unless configured otherwise.
+pub const DEFAULT_SCRIPT_TIMEOUT_MS: u64 = 5_000;
+
+/// What a tenant's scripts may do (`allow_scripts`, `allow_unconfined_scripts`,
+/// `script_timeout_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScriptRights {
+    pub allowed: bool,
+    pub unconfined: bool,
+    pub timeout_ms: u64,
+}
+
+impl Default for ScriptRights {
+    fn default() -> ScriptRights {
+        ScriptRights {
+            allowed: true,
+            unconfined: false,
+            timeout_ms: DEFAULT_SCRIPT_TIMEOUT_MS,
+        }
+    }
+}
+
 fn own_or<T: Copy>(own: &Option<Spanned<T>>, default: Option<T>) -> Option<T> {
     own.as_ref().map(|v| *v.get_ref()).or(default)
 }
@@ -602,6 +632,18 @@ impl Config {
     /// The pinned connections the tenant may hold: its own cap, else `[defaults]`'s.
     pub fn tenant_pinned_max(&self, t: &TenantConfig) -> Option<usize> {
         own_or(&t.pinned_max, self.defaults.pinned_max)
+    }
+
+    /// What the tenant's scripts may do: its own settings, else `[defaults]`'s.
+    pub fn tenant_scripts(&self, t: &TenantConfig) -> ScriptRights {
+        let d = &self.defaults;
+        let unconfined = own_or(&t.allow_unconfined_scripts, d.allow_unconfined_scripts);
+        ScriptRights {
+            allowed: own_or(&t.allow_scripts, d.allow_scripts).unwrap_or(true),
+            unconfined: unconfined.unwrap_or(false),
+            timeout_ms: own_or(&t.script_timeout_ms, d.script_timeout_ms)
+                .unwrap_or(DEFAULT_SCRIPT_TIMEOUT_MS),
+        }
     }
 
     /// The tenant's quota and overage: its own, else `[defaults]`; `None` means unlimited.

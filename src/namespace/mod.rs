@@ -6,4 +6,5 @@ pub mod reply;
 pub mod request;
 
 pub use reply::{ExecItem, Kind, Shape, SubKind};
+pub(crate) use request::reply_shape;
 pub use request::{key_error, request, Expect, Forward, GUARD_REFUSALS};

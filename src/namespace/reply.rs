@@ -36,6 +36,9 @@ pub enum Shape {
 pub enum ExecItem {
     Upstream(Shape),
     Local(Bytes),
+    /// A command respite queued itself (the AUTH around a tenant's script): its result is
+    /// left out of the client's EXEC reply.
+    Hidden,
 }
 
 /// A string inside a frame to re-encode without the prefix.
@@ -179,6 +182,7 @@ fn collect_exec(
     let results = elements(f).unwrap_or_default();
     let upstream = items.iter().filter_map(|i| match i {
         ExecItem::Upstream(s) => Some(s),
+        ExecItem::Hidden => Some(&Shape::Plain),
         ExecItem::Local(_) => None,
     });
     for (r, s) in results.iter().zip(upstream) {
@@ -205,7 +209,8 @@ fn exec(frame: &Frame, items: &[ExecItem], prefix: &[u8]) -> Bytes {
     };
     let mut out = BytesMut::with_capacity(stripped.len() + 64);
     out.put_u8(whole.raw[0]);
-    put_int(&mut out, items.len() as i64);
+    let shown = items.iter().filter(|i| **i != ExecItem::Hidden).count();
+    put_int(&mut out, shown as i64);
     let mut upstream = element_spans(&whole, results).into_iter();
     for item in items {
         match item {
@@ -215,6 +220,7 @@ fn exec(frame: &Frame, items: &[ExecItem], prefix: &[u8]) -> Bytes {
                     out.extend_from_slice(&whole.raw[s]);
                 }
             }
+            ExecItem::Hidden => drop(upstream.next()),
         }
     }
     out.freeze()

@@ -41,7 +41,7 @@ pub enum Expect {
 }
 
 /// The shape of replies that carry key names, by command.
-fn reply_shape(name: &[u8]) -> Shape {
+pub(crate) fn reply_shape(name: &[u8]) -> Shape {
     match name {
         b"blpop" | b"brpop" | b"bzpopmin" | b"bzpopmax" | b"lmpop" | b"blmpop" | b"zmpop"
         | b"bzmpop" => Shape::FirstKey,
@@ -274,7 +274,7 @@ mod tests {
             .collect();
         let cmd = lookup(&args).unwrap();
         let keys = KeyMap::find(&cmd, &args).unwrap();
-        request(&cmd, args, &keys, &Tenant::new("a", true)).unwrap()
+        request(&cmd, args, &keys, &Tenant::new("a", Default::default())).unwrap()
     }
 
     /// The request as Redis gets it.

@@ -30,36 +30,25 @@ impl Session {
                 self.count(outcome, None);
             }
             Action::SharedGet(key) => return self.shared_get(key).await,
-            Action::Forward(fwd, top, None) => {
-                self.forward(fwd, top, None).await?;
-                self.unpublish().await;
-            }
             Action::Forward(_, b"restore", Some(_)) if self.state.multi.is_some() => {
                 // Its size is known only once it ran: queued, it would be charged by its
                 // (compressed) payload.
                 self.refuse(Error::NotInMulti);
                 self.count(Outcome::Refused, None);
             }
-            Action::Forward(fwd, top, Some(cost)) => {
-                let written = match self.admit_now(cost) {
-                    Ok(w) => w,
-                    Err(cost) => match self.admit(cost).await {
-                        Ok(w) => w,
-                        Err(e) => {
-                            let command = String::from_utf8_lossy(top);
-                            tracing::warn!(%command, error = %e, "refused");
-                            self.refuse(e);
-                            self.count(Outcome::Refused, None);
-                            return Ok(());
-                        }
-                    },
+            Action::Forward(fwd, top, cost) => {
+                let Some(written) = self.charge(cost, top).await else {
+                    return Ok(());
                 };
                 if top == b"restore" {
-                    return self.restore(fwd, written).await;
+                    if let Some(written) = written {
+                        return self.restore(fwd, written).await;
+                    }
                 }
-                self.forward(fwd, top, Some(written)).await?;
+                self.forward(fwd, top, written, None).await?;
                 self.unpublish().await;
             }
+            Action::Script(kind, fwd, cost) => return self.script(kind, fwd, cost).await,
         }
         Ok(())
     }
@@ -75,7 +64,7 @@ impl Session {
             self.ctx.quotas.clone(),
             self.tenant.as_ref().and_then(|t| t.ledger.clone()),
         ) else {
-            return self.forward(fwd, b"restore", Some(written)).await;
+            return self.forward(fwd, b"restore", Some(written), None).await;
         };
         written.keys.clone_from(&fwd.args);
         let key = crate::wire::namespaced(&self.prefix(), &fwd.args[1]);
@@ -169,6 +158,30 @@ impl Session {
         self.publishing.unpublished = self.publishing.published.len();
     }
 
+    /// The quota stage for a request with a `cost`: its charge, or `None` when it is refused
+    /// (answered with `-OOM`, or the error that kept it from being charged).
+    pub(super) async fn charge(
+        &mut self,
+        cost: Option<WriteCost>,
+        top: &[u8],
+    ) -> Option<Option<Written>> {
+        let Some(cost) = cost else {
+            return Some(None);
+        };
+        let refused = match self.admit_now(cost) {
+            Ok(w) => return Some(Some(w)),
+            Err(cost) => match self.admit(cost).await {
+                Ok(w) => return Some(Some(w)),
+                Err(e) => e,
+            },
+        };
+        let command = String::from_utf8_lossy(top);
+        tracing::warn!(%command, error = %refused, "refused");
+        self.refuse(refused);
+        self.count(Outcome::Refused, None);
+        None
+    }
+
     /// The quota stage, when the lease covers the write (no round trip); otherwise the cost
     /// comes back for [`Session::admit`].
     pub(super) fn admit_now(&mut self, cost: WriteCost) -> Result<Written, WriteCost> {
@@ -213,6 +226,9 @@ impl Session {
             .ledger
             .as_ref()
             .and_then(|_| quota::cost(&cmd, &fwd.args, &keys, &fwd.prefixed, tenant.prefix.len()));
+        if let Some(kind) = ScriptCmd::of(&cmd) {
+            return Action::Script(kind, fwd, cost);
+        }
         // Built in place: the common outcome is not moved through the stages' results.
         Action::Forward(fwd, cmd.parent.unwrap_or(cmd.spec).name, cost)
     }

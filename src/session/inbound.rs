@@ -222,6 +222,12 @@ impl Session {
                 }
             }
             Some(Slot::Internal) => {}
+            Some(Slot::Relogin) if frame.is_error() => {
+                let why = String::from_utf8_lossy(&frame.raw).trim_end().to_string();
+                tracing::error!(error = %why, "respite could not log back in after a tenant script");
+                self.fail_upstream(UpstreamError::Login(why));
+            }
+            Some(Slot::Relogin) => {}
             Some(Slot::Ready(_)) => unreachable!("ready slots are delivered first"),
             None => {
                 tracing::warn!("Redis sent a reply nobody asked for; dropping the connection");

@@ -716,6 +716,6 @@ impl Session {
             expect: Expect::Reply(Shape::Plain),
             blocking: false,
         };
-        self.forward(fwd, b"client", None).await
+        self.forward(fwd, b"client", None, None).await
     }
 }

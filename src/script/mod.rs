@@ -1,0 +1,538 @@
+//! Scripts for every tenant: EVAL and friends, kept inside the tenant's namespace.
+//!
+//! Two parts, one for correctness and one for safety:
+//!
+//! - **The prelude** ([`prelude`]): every script runs behind Lua that puts the keys and
+//!   channels its `redis.call`s name into the tenant's namespace, hands it `KEYS` as the
+//!   tenant wrote them, and takes the prefix out of key names in replies. Keys a script
+//!   builds itself (job queues pass a prefix in ARGV) land in the tenant's namespace too.
+//! - **The wall: Redis' ACLs.** A script can reach the real `redis` table (through
+//!   `loadstring`), so the prelude cannot be the boundary. Each tenant has a Redis ACL user
+//!   (`respite-tenant-<id>`: its keys and channels, the shared prefixes read-only, only the
+//!   commands [`crate::policy::allowed_in_scripts`] lets a script call), which respite
+//!   creates on the tenant's first script. The session logs its upstream connection in as
+//!   that user for exactly one script (`AUTH` before, respite's own login after, in the
+//!   same pipeline, inside MULTI too), so Redis refuses any other key inside the script
+//!   itself; a script the prelude finds running as a user that could touch respite's keys
+//!   refuses to run.
+//!
+//! The client knows its script by the SHA1 of its own body; Redis by that of the wrapped
+//! one. The mapping is kept per tenant in Redis (`respite:scripts:<prelude>:<tenant>`, so
+//! every instance shares it) and cached here. SCRIPT LOAD/EXISTS/FLUSH answer per tenant.
+//!
+//! Runaway scripts: each script sent is noted with its deadline (`script_timeout_ms`);
+//! the warden kills the oldest one in flight once past it, with SCRIPT KILL over a
+//! connection of its own (Redis answers nothing else while a script runs, and the shared
+//! connection is queued behind it).
+
+pub mod prelude;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use deadpool_redis::redis;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{Command, COMMANDS};
+use crate::config::Config;
+use crate::error::Error;
+use crate::tenant::Tenant;
+use crate::upstream::{Connector, OwnPool};
+use crate::wire::encode_request;
+
+pub use prelude::{sha1_hex, Prelude};
+
+/// A kill that found nothing to kill (or could not) is tried again this much later.
+const RETRY: Duration = Duration::from_millis(500);
+
+const UNKNOWN: u8 = 0;
+const NO: u8 = 1;
+const YES: u8 = 2;
+
+/// Scripts as respite runs them: the prelude, the client SHA → wrapped SHA mapping, the
+/// tenants' ACL users and the scripts in flight.
+pub struct Scripts {
+    pub prelude: Prelude,
+    own: OwnPool,
+    connector: Arc<Connector>,
+    /// (tenant prefix, client SHA) → wrapped SHA, as recorded in Redis.
+    known: DashMap<(Bytes, [u8; 40]), [u8; 40]>,
+    /// The AUTH of each tenant whose ACL user this instance has set up.
+    users: DashMap<Bytes, [Bytes; 3]>,
+    /// Can respite's Redis user create ACL users ([`UNKNOWN`], [`NO`], [`YES`])?
+    acl: AtomicU8,
+    /// The `ACL SETUSER` rules every tenant user gets (commands and shared keys).
+    rules: Vec<String>,
+    /// Derives the tenants' ACL passwords, so every instance sets and uses the same ones.
+    secret: String,
+    /// The AUTH arguments of respite's own login, sent after each confined script.
+    relogin: Vec<Bytes>,
+    /// The shortest `script_timeout_ms` of any tenant, to check against Redis'
+    /// `busy-reply-threshold` (no kill reaches Redis before it).
+    shortest_timeout_ms: u64,
+    running: Arc<Running>,
+}
+
+/// Scripts in flight, oldest first, with their deadlines.
+#[derive(Default)]
+pub struct Running {
+    runs: Mutex<BTreeMap<u64, Run>>,
+    next: AtomicU64,
+    changed: Notify,
+    /// Scripts killed for running past their tenant's timeout.
+    pub killed: AtomicU64,
+}
+
+struct Run {
+    prefix: Bytes,
+    tenant: String,
+    deadline: Instant,
+}
+
+/// A script in flight; dropped when its reply is in (or its session gave up on it).
+pub struct RunGuard {
+    running: Arc<Running>,
+    id: u64,
+}
+
+impl std::fmt::Debug for RunGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RunGuard({})", self.id)
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.running.runs.lock().unwrap().remove(&self.id);
+    }
+}
+
+/// How a tenant's script reaches Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confinement {
+    /// As the tenant's ACL user: AUTH with these arguments first, respite's login after.
+    User { auth: [Bytes; 3] },
+    /// As respite's own user (`allow_unconfined_scripts`).
+    Unconfined,
+}
+
+impl Scripts {
+    pub fn new(config: &Config, own: OwnPool, connector: Arc<Connector>) -> Scripts {
+        let shared: Vec<Bytes> = config
+            .shared
+            .as_ref()
+            .map(|s| s.get_ref().prefixes.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(Bytes::from)
+            .collect();
+        let addr = config.upstream_addr();
+        let mut relogin = vec![Bytes::from_static(b"AUTH")];
+        match &addr.password {
+            Some(pass) => {
+                relogin.extend(addr.username.clone().map(Bytes::from));
+                relogin.push(Bytes::from(pass.expose().to_string()));
+            }
+            // respite logged in as `default` without a password: `default` is nopass.
+            None => relogin.extend([Bytes::from_static(b"default"), Bytes::from_static(b"-")]),
+        }
+        Scripts {
+            prelude: Prelude::new(&shared),
+            own,
+            connector,
+            known: DashMap::new(),
+            users: DashMap::new(),
+            acl: AtomicU8::new(UNKNOWN),
+            rules: command_rules(),
+            secret: addr
+                .password
+                .as_ref()
+                .map(|p| p.expose().to_string())
+                .unwrap_or_default(),
+            relogin,
+            shortest_timeout_ms: config
+                .tenants
+                .iter()
+                .map(|t| config.tenant_scripts(t).timeout_ms)
+                .min()
+                .unwrap_or(crate::config::DEFAULT_SCRIPT_TIMEOUT_MS),
+            running: Arc::default(),
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        &self.running
+    }
+
+    /// respite's own login, to send after a confined script.
+    pub fn relogin(&self) -> &[Bytes] {
+        &self.relogin
+    }
+
+    /// `Some(false)` once Redis has said respite's user cannot create ACL users.
+    pub fn can_confine(&self) -> Option<bool> {
+        match self.acl.load(Ordering::Relaxed) {
+            YES => Some(true),
+            NO => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Asks Redis whether respite's user may run ACL SETUSER (at start, and again when it
+    /// was not known), and warns when Redis would not take a SCRIPT KILL in time.
+    pub async fn probe(&self) {
+        self.probe_acl().await;
+        let threshold = self
+            .own
+            .run(async |c| {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("busy-reply-threshold")
+                    .query_async::<Vec<String>>(c)
+                    .await
+            })
+            .await;
+        if let Ok(Some(ms)) = threshold.map(|kv| kv.get(1).and_then(|v| v.parse::<u64>().ok())) {
+            if ms > self.shortest_timeout_ms {
+                tracing::warn!(
+                    busy_reply_threshold_ms = ms,
+                    script_timeout_ms = self.shortest_timeout_ms,
+                    "Redis answers nothing, SCRIPT KILL included, until a script has run for \
+                     busy-reply-threshold: scripts are killed after that, not after \
+                     script_timeout_ms (lower busy-reply-threshold on Redis)"
+                );
+            }
+        }
+    }
+
+    async fn probe_acl(&self) {
+        let probe = self
+            .own
+            .run(async |c| {
+                let me: String = redis::cmd("ACL").arg("WHOAMI").query_async(c).await?;
+                redis::cmd("ACL")
+                    .arg("DRYRUN")
+                    .arg(me)
+                    .arg("ACL")
+                    .arg("SETUSER")
+                    .arg("respite-probe")
+                    .query_async::<String>(c)
+                    .await
+            })
+            .await;
+        let (now, why) = match probe {
+            Ok(ok) if ok == "OK" => (YES, String::new()),
+            Ok(refusal) => (NO, refusal),
+            Err(crate::upstream::PoolError::Redis(e)) => (NO, e.to_string()),
+            Err(_) => return,
+        };
+        if self.acl.swap(now, Ordering::Relaxed) != now && now == NO {
+            tracing::warn!(
+                reason = %why,
+                "respite's Redis user cannot run ACL SETUSER: tenant scripts cannot be \
+                 confined and are refused, except for tenants with allow_unconfined_scripts"
+            );
+        }
+    }
+
+    /// The wrapped script's name for a tenant's `client` SHA, if this instance knows it.
+    pub fn known(&self, tenant: &Tenant, client: &[u8; 40]) -> Option<[u8; 40]> {
+        self.known
+            .get(&(tenant.prefix.clone(), *client))
+            .map(|w| *w)
+    }
+
+    /// The wrapped script's name for a tenant's `client` SHA: known here, or recorded in
+    /// Redis by any instance; `None` when the tenant never loaded it (NOSCRIPT).
+    pub async fn lookup(
+        &self,
+        tenant: &Tenant,
+        client: &[u8; 40],
+    ) -> Result<Option<[u8; 40]>, Error> {
+        if let Some(w) = self.known(tenant, client) {
+            return Ok(Some(w));
+        }
+        let key = self.record_key(tenant);
+        let found: Option<Vec<u8>> = self
+            .own
+            .run(async |c| {
+                redis::cmd("HGET")
+                    .arg(&key)
+                    .arg(&client[..])
+                    .query_async(c)
+                    .await
+            })
+            .await
+            .map_err(|e| e.for_client(crate::error::UpstreamError::Bookkeeping))?;
+        let wrapped = found.and_then(|w| <[u8; 40]>::try_from(&w[..]).ok());
+        if let Some(w) = wrapped {
+            self.known.insert((tenant.prefix.clone(), *client), w);
+        }
+        Ok(wrapped)
+    }
+
+    /// Notes that `client` runs as `wrapped` for the tenant: here at once, in Redis in the
+    /// background the first time (an EVAL need not wait for it).
+    pub fn remember(&self, tenant: &Tenant, client: [u8; 40], wrapped: [u8; 40]) {
+        let old = self.known.insert((tenant.prefix.clone(), client), wrapped);
+        if old != Some(wrapped) {
+            let (own, key) = (self.own.clone(), self.record_key(tenant));
+            tokio::spawn(async move { record(&own, &key, &client, &wrapped).await });
+        }
+    }
+
+    /// As [`Scripts::remember`], waiting until Redis holds it (SCRIPT LOAD).
+    pub async fn record(
+        &self,
+        tenant: &Tenant,
+        client: [u8; 40],
+        wrapped: [u8; 40],
+    ) -> Result<(), Error> {
+        self.known.insert((tenant.prefix.clone(), client), wrapped);
+        let key = self.record_key(tenant);
+        record(&self.own, &key, &client, &wrapped)
+            .await
+            .map_err(|e| e.for_client(crate::error::UpstreamError::Bookkeeping))
+    }
+
+    /// SCRIPT FLUSH for one tenant: its names are forgotten (Redis' script cache, which
+    /// every tenant shares, is left alone).
+    pub async fn forget(&self, tenant: &Tenant) -> Result<(), Error> {
+        self.known.retain(|(p, _), _| *p != tenant.prefix);
+        let key = self.record_key(tenant);
+        self.own
+            .run(async |c| redis::cmd("DEL").arg(&key).query_async::<i64>(c).await)
+            .await
+            .map(drop)
+            .map_err(|e| e.for_client(crate::error::UpstreamError::Bookkeeping))
+    }
+
+    fn record_key(&self, tenant: &Tenant) -> String {
+        format!("respite:scripts:{}:{}", self.prelude.id, tenant.id)
+    }
+
+    /// How the tenant's script runs: as its own ACL user (created on first use), or
+    /// unconfined when the tenant is trusted. Refused when it must be confined and cannot.
+    pub async fn confinement(&self, tenant: &Tenant) -> Result<Confinement, Error> {
+        if tenant.scripts.unconfined {
+            return Ok(Confinement::Unconfined);
+        }
+        if self.can_confine().is_none() {
+            self.probe_acl().await;
+        }
+        if self.can_confine() == Some(false) {
+            return Err(Error::NoPerm {
+                command: "eval".into(),
+                why: "respite's Redis user cannot create ACL users (ACL SETUSER), so this \
+                      tenant's scripts cannot be confined to its keys",
+            });
+        }
+        if let Some(auth) = self.users.get(&tenant.prefix) {
+            return Ok(Confinement::User { auth: auth.clone() });
+        }
+        let (user, pass) = self.user(tenant);
+        let pattern = |access: &[u8], prefix: &[u8]| [access, &glob_escape(prefix), b"*"].concat();
+        let mut setuser = redis::cmd("ACL");
+        setuser
+            .arg("SETUSER")
+            .arg(&user)
+            .arg("reset")
+            .arg("on")
+            .arg(format!("#{}", hex::encode(Sha256::digest(&pass))))
+            .arg("resetchannels")
+            .arg(pattern(b"~", &tenant.prefix))
+            .arg(pattern(b"&", &tenant.prefix));
+        for p in tenant.shared.iter() {
+            let access: &[u8] = if tenant.publisher { b"~" } else { b"%R~" };
+            setuser.arg(pattern(access, p));
+        }
+        for r in &self.rules {
+            setuser.arg(r);
+        }
+        self.own
+            .run(async |c| setuser.query_async::<()>(c).await)
+            .await
+            .map_err(|e| e.for_client(crate::error::UpstreamError::Bookkeeping))?;
+        let auth = [
+            Bytes::from_static(b"AUTH"),
+            Bytes::from(user),
+            Bytes::from(pass),
+        ];
+        self.users.insert(tenant.prefix.clone(), auth.clone());
+        Ok(Confinement::User { auth })
+    }
+
+    /// The tenant's ACL user and its password, the same on every instance (derived from
+    /// respite's own Redis password, which only respite knows).
+    fn user(&self, tenant: &Tenant) -> (String, String) {
+        let mut h = Sha256::new();
+        h.update(b"respite tenant script user\0");
+        h.update(self.secret.as_bytes());
+        h.update(b"\0");
+        h.update(tenant.id.as_bytes());
+        (
+            format!("respite-tenant-{}", tenant.id),
+            hex::encode(h.finalize()),
+        )
+    }
+
+    /// Notes a script of `tenant` sent now; the warden kills it past `timeout`.
+    pub fn start(&self, tenant: &Tenant, timeout: Duration) -> RunGuard {
+        let id = self.running.next.fetch_add(1, Ordering::Relaxed);
+        self.running.runs.lock().unwrap().insert(
+            id,
+            Run {
+                prefix: tenant.prefix.clone(),
+                tenant: tenant.id.clone(),
+                deadline: Instant::now() + timeout,
+            },
+        );
+        self.running.changed.notify_one();
+        RunGuard {
+            running: self.running.clone(),
+            id,
+        }
+    }
+
+    /// SCRIPT KILL from a tenant: only a script of its own can be killed, and respite can
+    /// only tell that the oldest script it has in flight is the one running.
+    pub async fn kill_for(&self, tenant: &Tenant) -> Bytes {
+        let oldest_is_ours = {
+            let runs = self.running.runs.lock().unwrap();
+            runs.values()
+                .next()
+                .is_some_and(|r| r.prefix == tenant.prefix)
+        };
+        if !oldest_is_ours {
+            return crate::wire::Resp::error("NOTBUSY No scripts in execution right now.");
+        }
+        match self.kill().await {
+            Ok(reply) => reply,
+            Err(e) => Error::Upstream(e).to_resp(),
+        }
+    }
+
+    /// SCRIPT KILL over a new connection: the shared ones wait behind the script.
+    async fn kill(&self) -> Result<Bytes, crate::error::UpstreamError> {
+        let mut conn = self.connector.connect(2).await?;
+        let mut out = bytes::BytesMut::new();
+        encode_request(&mut out, [&b"SCRIPT"[..], b"KILL"].into_iter());
+        conn.write_all(&out).await?;
+        let reply = tokio::time::timeout(self.connector.command_timeout, conn.read_frame())
+            .await
+            .map_err(|_| {
+                crate::error::UpstreamError::Timeout(self.connector.command_timeout_ms())
+            })??;
+        Ok(reply.raw)
+    }
+
+    /// Kills scripts past their tenant's `script_timeout_ms` until `stop`.
+    pub async fn watch(&self, stop: CancellationToken) {
+        loop {
+            let oldest = {
+                let runs = self.running.runs.lock().unwrap();
+                runs.iter().next().map(|(id, r)| (*id, r.deadline))
+            };
+            let wait = async {
+                match oldest {
+                    Some((_, deadline)) => tokio::time::sleep_until(deadline.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.running.changed.notified() => continue,
+                _ = wait => {}
+            }
+            let Some((id, _)) = oldest else { continue };
+            let tenant = {
+                let mut runs = self.running.runs.lock().unwrap();
+                match runs.get_mut(&id) {
+                    // Looked at again in a while, whatever the kill does.
+                    Some(r) => {
+                        r.deadline = Instant::now() + RETRY;
+                        r.tenant.clone()
+                    }
+                    None => continue,
+                }
+            };
+            match self.kill().await {
+                Ok(reply) if reply.starts_with(b"+OK") => {
+                    self.running.killed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%tenant, "killed a script running past the tenant's script_timeout_ms");
+                }
+                Ok(reply) if reply.starts_with(b"-NOTBUSY") => {}
+                Ok(reply) => tracing::warn!(
+                    %tenant,
+                    reply = %String::from_utf8_lossy(&reply).trim_end(),
+                    "a script past the tenant's script_timeout_ms could not be killed"
+                ),
+                Err(e) => tracing::warn!(%tenant, error = %e, "SCRIPT KILL failed"),
+            }
+        }
+    }
+}
+
+async fn record(
+    own: &OwnPool,
+    key: &str,
+    client: &[u8; 40],
+    wrapped: &[u8; 40],
+) -> Result<(), crate::upstream::PoolError> {
+    own.run(async |c| {
+        redis::cmd("HSET")
+            .arg(key)
+            .arg(&client[..])
+            .arg(&wrapped[..])
+            .query_async::<i64>(c)
+            .await
+    })
+    .await
+    .map(drop)
+}
+
+/// `-@all`, the script commands, and `+command` (or `+container|sub`) for every command a
+/// script may call.
+fn command_rules() -> Vec<String> {
+    // The scripts themselves run as the user.
+    let mut rules: Vec<String> = ["-@all", "+eval", "+evalsha", "+eval_ro", "+evalsha_ro"]
+        .map(String::from)
+        .to_vec();
+    for spec in COMMANDS {
+        let name = String::from_utf8_lossy(spec.name);
+        if spec.subcommands.is_empty() {
+            if crate::policy::allowed_in_scripts(&Command { spec, parent: None }) {
+                rules.push(format!("+{name}"));
+            }
+            continue;
+        }
+        for sub in spec.subcommands {
+            let cmd = Command {
+                spec: sub,
+                parent: Some(spec),
+            };
+            if crate::policy::allowed_in_scripts(&cmd) {
+                rules.push(format!("+{name}|{}", String::from_utf8_lossy(sub.name)));
+            }
+        }
+    }
+    rules
+}
+
+/// A prefix as a literal in an ACL glob pattern.
+fn glob_escape(prefix: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len());
+    for &c in prefix {
+        if matches!(c, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,152 @@
+-- The prelude respite puts in front of every tenant script (see script/prelude.rs).
+--
+-- It is joined into ONE line (whole-line comments dropped) and the script's own first line
+-- follows it on the same line, so Redis' error messages keep the script's line numbers.
+-- It shadows KEYS, ARGV and redis with locals:
+--   KEYS   the declared keys as the tenant wrote them (respite sent them prefixed);
+--   ARGV   the tenant's arguments (respite's two header arguments taken off);
+--   redis  the real table, but call/pcall put every key and channel argument into the
+--          tenant's namespace (found by the key specs below, as Redis finds them) and take
+--          the prefix back out of key names in replies (BLPOP, LMPOP, XREAD, ...).
+-- It is not the wall (a script can reach the real redis table through loadstring): Redis'
+-- own ACL user for the tenant is. The header's mode "c" makes the prelude refuse to run
+-- the script unless Redis confines it to a user that cannot touch respite's own keys.
+-- @SPECS@ and @SHARED@ are filled in from respite's command table and config.
+local KEYS, ARGV, redis = (function(K, A, R)
+local P, H = A[1], A[2]
+if type(P) ~= 'string' or type(H) ~= 'string' then
+error(R.error_reply('ERR respite: this script runs only through respite'))
+end
+if H == 'c' and R.acl_check_cmd('get', 'respite:confinement-check') then
+error(R.error_reply('ERR respite: refusing to run a tenant script as an unconfined Redis user'))
+end
+local n = #P
+local SPECS = @SPECS@
+local SHARED = @SHARED@
+local function strip(k)
+if type(k) == 'string' and k:sub(1, n) == P then return k:sub(n + 1) end
+return k
+end
+local keys, args = {}, {}
+for i = 1, #K do keys[i] = strip(K[i]) end
+for i = 3, #A do args[i - 2] = A[i] end
+local function key(k, channel)
+if type(k) == 'number' then k = tostring(k) end
+if type(k) ~= 'string' or k:sub(1, n) == P then return k end
+if not channel then
+for i = 1, #SHARED do
+if k:sub(1, #SHARED[i]) == SHARED[i] then return k end
+end
+end
+return P .. k
+end
+local parsed = {}
+local function spec(name)
+local s = parsed[name]
+if s ~= nil then return s end
+s = false
+local at = SPECS:find('|' .. name .. '=', 1, true)
+if at then
+local from = at + #name + 2
+local text = SPECS:sub(from, SPECS:find('|', from, true) - 1)
+local flags, rest = text:match('^(%a*)/(.*)$')
+s = {flags = flags}
+for b, f in rest:gmatch('([^:;]+):([^;]+)') do
+local e = {}
+local idx = b:match('^i(%-?%d+)$')
+if idx then e.i = tonumber(idx) else
+local kw, from_ = b:match('^k([^,]+),(%-?%d+)$')
+e.kw, e.from = kw, tonumber(from_)
+end
+local x, y, z = f:match('^%a(%-?%d+),(%-?%d+),(%-?%d+)$')
+e.f, e.x, e.y, e.z = f:sub(1, 1), tonumber(x), tonumber(y), tonumber(z)
+s[#s + 1] = e
+end
+end
+parsed[name] = s
+return s
+end
+local function lower(v)
+if type(v) == 'string' then return v:lower() end
+return ''
+end
+-- Marks, in a (argv 0 is a[1]), the arguments the key specs name, as Redis' getKeysUsingKeySpecs.
+local function mark(s, a, argc, marks)
+for _, e in ipairs(s) do
+local first = e.i
+if not first then
+local from, to, step = e.from, argc - 1, 1
+if from <= 0 then from, to, step = argc + from, 1, -1 end
+for i = from, to, step do
+if lower(a[i + 1]) == e.kw then first = i + 1 break end
+end
+end
+if first then
+local last, step
+if e.f == 'r' then
+step = e.y
+if e.x >= 0 then last = first + e.x
+elseif e.z == 0 then last = argc + e.x
+else last = first + math.floor((argc - first) / e.z) + e.x end
+else
+step = e.z
+local count = tonumber(a[first + e.x + 1])
+if count and count >= 0 and count == math.floor(count) then
+first = first + e.y
+last = first + (count - 1) * step
+end
+end
+if last and last >= first and last < argc and step > 0 then
+for i = first, last, step do marks[i] = true end
+end
+end
+end
+if s.flags:find('s', 1, true) then
+local i = 2
+while i < argc do
+local v = lower(a[i + 1])
+if v == 'limit' then i = i + 2
+elseif v == 'by' or v == 'get' then i = i + 1
+elseif v == 'store' then marks[i + 1] = true i = i + 1 end
+i = i + 1
+end
+end
+end
+local function shadow(real, raise)
+return function(...)
+local argc = select('#', ...)
+local a = {...}
+local s = false
+if type(a[1]) == 'string' then
+local name = a[1]:lower()
+s = spec(name)
+if not s and type(a[2]) == 'string' then s = spec(name .. ' ' .. a[2]:lower()) end
+end
+if not s then
+local e = R.error_reply('NOPERM respite: ' .. tostring(a[1]) .. ' is not available in a tenant script (it would reach beyond the tenant)')
+if raise then error(e) end
+return e
+end
+local marks = {}
+mark(s, a, argc, marks)
+local channel = s.flags:find('c', 1, true)
+for i in pairs(marks) do a[i + 1] = key(a[i + 1], channel) end
+local r = real(unpack(a, 1, argc))
+if type(r) == 'table' and s.flags ~= '' then
+if s.flags:find('f', 1, true) then
+r[1] = strip(r[1])
+elseif s.flags:find('x', 1, true) then
+if r.map then
+local m = {}
+for k, v in pairs(r.map) do m[strip(k)] = v end
+r.map = m
+else
+for _, pair in ipairs(r) do if type(pair) == 'table' then pair[1] = strip(pair[1]) end end
+end
+end
+end
+return r
+end
+end
+return keys, args, setmetatable({call = shadow(R.call, true), pcall = shadow(R.pcall, false)}, {__index = R})
+end)(KEYS, ARGV, redis);

@@ -1,0 +1,220 @@
+//! The Lua prelude every tenant script runs behind (`prelude.lua`), filled in from the
+//! command table: which commands a script may call, where their keys are (Redis' key specs,
+//! the same table the proxy uses), and which replies carry key names.
+//!
+//! A tenant's script is sent to Redis as `<shebang line>` + the prelude (one line) + the
+//! script, so Redis' error messages keep the script's own line numbers. The prelude does
+//! not depend on the tenant: the tenant's prefix comes as an argument, so one wrapped script
+//! serves every tenant that loads the same body and Redis caches it once.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sha1::{Digest, Sha1};
+
+use crate::command::{BeginSearch, Command, CommandSpec, FindKeys, KeySpec, COMMANDS, KS_NOT_KEY};
+use crate::namespace::{reply_shape, Shape};
+use crate::policy;
+
+const TEMPLATE: &str = include_str!("prelude.lua");
+
+/// The prelude, built once from the table and the shared prefixes.
+#[derive(Debug)]
+pub struct Prelude {
+    line: Bytes,
+    /// A short digest of the prelude: wrapped scripts (and respite's record of them in
+    /// Redis) differ between preludes, so instances with different ones do not mix them.
+    pub id: String,
+}
+
+impl Prelude {
+    pub fn new(shared: &[Bytes]) -> Prelude {
+        let mut specs = String::from("|");
+        for spec in COMMANDS {
+            if spec.subcommands.is_empty() {
+                push_entry(&mut specs, None, spec);
+            }
+            for sub in spec.subcommands {
+                push_entry(&mut specs, Some(spec), sub);
+            }
+        }
+        let shared = shared
+            .iter()
+            .map(|p| lua_string(p))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let filled = TEMPLATE
+            .replace("@SPECS@", &lua_string(specs.as_bytes()))
+            .replace("@SHARED@", &format!("{{{shared}}}"));
+        // One line: whole-line comments go, the rest is joined (Lua does not care).
+        let line = filled
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("--"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Prelude {
+            id: hex::encode(&Sha1::digest(line.as_bytes())[..4]),
+            line: Bytes::from(line + " "),
+        }
+    }
+
+    /// The script Redis runs for a tenant's `body`: the body's shebang line (`#!lua
+    /// flags=...`, which Redis reads from the first line) stays first.
+    pub fn wrap(&self, body: &[u8]) -> Bytes {
+        let split = match body.starts_with(b"#!") {
+            true => body
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(body.len(), |i| i + 1),
+            false => 0,
+        };
+        let (shebang, rest) = body.split_at(split);
+        let mut out = BytesMut::with_capacity(body.len() + self.line.len() + 1);
+        out.put_slice(shebang);
+        if !shebang.is_empty() && !shebang.ends_with(b"\n") {
+            out.put_u8(b'\n');
+        }
+        out.put_slice(&self.line);
+        out.put_slice(rest);
+        out.freeze()
+    }
+}
+
+/// Redis' name for a script: the lowercase hex SHA1 of its body.
+pub fn sha1_hex(body: &[u8]) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    hex::encode_to_slice(Sha1::digest(body), &mut out).expect("40 hex digits");
+    out
+}
+
+/// `|name=flags/spec;spec|` for a command a script may call (subcommands as `container sub`).
+/// Flags: `f` the reply's first element is a key, `x` XREAD's reply, `c` the keys are
+/// channels (never shared), `s` SORT (its STORE key is found by SORT's own grammar).
+fn push_entry(out: &mut String, parent: Option<&'static CommandSpec>, spec: &'static CommandSpec) {
+    let cmd = Command { spec, parent };
+    if !policy::allowed_in_scripts(&cmd) {
+        return;
+    }
+    let name = String::from_utf8_lossy(spec.name);
+    match parent {
+        Some(p) => out.push_str(&format!("{} {name}=", String::from_utf8_lossy(p.name))),
+        None => out.push_str(&format!("{name}=")),
+    }
+    let top = parent.is_none();
+    match reply_shape(spec.name) {
+        Shape::FirstKey if top => out.push('f'),
+        Shape::Streams if top => out.push('x'),
+        _ => {}
+    }
+    let channel = spec.key_specs.iter().any(|k| k.flags & KS_NOT_KEY != 0);
+    if channel || (top && spec.name == b"publish") {
+        out.push('c');
+    }
+    if top && matches!(spec.name, b"sort" | b"sort_ro") {
+        out.push('s');
+    }
+    out.push('/');
+    let mut specs: Vec<String> = spec.key_specs.iter().filter_map(key_spec).collect();
+    if top && spec.name == b"publish" {
+        // PUBLISH's channel has no key spec in Redis 7.0.
+        specs.push("i1:r0,1,0".into());
+    }
+    out.push_str(&specs.join(";"));
+    out.push('|');
+}
+
+/// One key spec as the prelude reads it; `None` for what Redis cannot follow either.
+fn key_spec(k: &KeySpec) -> Option<String> {
+    let begin = match k.begin {
+        BeginSearch::Index(i) => format!("i{i}"),
+        BeginSearch::Keyword {
+            keyword,
+            start_from,
+        } => format!(
+            "k{},{start_from}",
+            String::from_utf8_lossy(keyword).to_lowercase()
+        ),
+        BeginSearch::Unknown => return None,
+    };
+    let find = match k.find {
+        FindKeys::Range {
+            last_key,
+            key_step,
+            limit,
+        } => format!("r{last_key},{key_step},{limit}"),
+        FindKeys::KeyNum {
+            key_num_idx,
+            first_key,
+            key_step,
+        } => format!("n{key_num_idx},{first_key},{key_step}"),
+        FindKeys::Unknown => return None,
+    };
+    Some(format!("{begin}:{find}"))
+}
+
+/// A Lua string literal of any bytes: printable ASCII as is, the rest as `\ddd`.
+fn lua_string(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() + 2);
+    s.push('\'');
+    for &c in b {
+        match c {
+            b'\'' | b'\\' => s.push_str(&format!("\\{c}")),
+            0x20..=0x7e => s.push(c as char),
+            _ => s.push_str(&format!("\\{c:03}")),
+        }
+    }
+    s.push('\'');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prelude() -> Prelude {
+        Prelude::new(&[Bytes::from_static(b"shared:market:")])
+    }
+
+    #[test]
+    fn the_prelude_is_one_line_and_keeps_the_shebang_first() {
+        let p = prelude();
+        assert!(!p.line.contains(&b'\n'));
+        let w = p.wrap(b"#!lua flags=no-writes\nreturn 1");
+        assert!(w.starts_with(b"#!lua flags=no-writes\nlocal KEYS, ARGV, redis = "));
+        assert!(w.ends_with(b"; return 1"));
+        assert_eq!(w.iter().filter(|&&b| b == b'\n').count(), 1);
+        let w = p.wrap(b"return 1\nreturn 2");
+        assert!(w.starts_with(b"local KEYS"));
+    }
+
+    #[test]
+    fn the_table_names_what_scripts_may_call() {
+        let p = prelude();
+        let text = String::from_utf8_lossy(&p.line);
+        for entry in [
+            "|get=/i1:r0,1,0|",
+            "|publish=c/i1:r0,1,0|",
+            "|lmpop=f/i1:n0,1,1|",
+            "|xinfo stream=/i2:r0,1,0|",
+        ] {
+            assert!(text.contains(entry), "{entry}");
+        }
+        for absent in [
+            "|keys=",
+            "|scan=",
+            "|flushall=",
+            "|config get=",
+            "|georadius=",
+            "|eval=",
+        ] {
+            assert!(!text.contains(absent), "{absent}");
+        }
+    }
+
+    #[test]
+    fn sha1_is_redis_script_name() {
+        assert_eq!(
+            &sha1_hex(b"return 1"),
+            b"e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
+        );
+    }
+}

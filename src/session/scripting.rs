@@ -1,0 +1,257 @@
+//! A tenant's scripts (see `script`): EVAL and EVALSHA run wrapped in the prelude, as the
+//! tenant's ACL user, under the tenant's timeout; SCRIPT LOAD, EXISTS, FLUSH and KILL answer
+//! for the tenant's own scripts.
+
+use std::time::Duration;
+
+use super::*;
+use crate::script::{sha1_hex, Confinement};
+
+/// The scripting commands respite runs itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScriptCmd {
+    Eval,
+    EvalSha,
+    Load,
+    Exists,
+    Flush,
+    Kill,
+}
+
+impl ScriptCmd {
+    pub(super) fn of(cmd: &command::Command) -> Option<ScriptCmd> {
+        Some(match cmd.names() {
+            (b"eval" | b"eval_ro", None) => ScriptCmd::Eval,
+            (b"evalsha" | b"evalsha_ro", None) => ScriptCmd::EvalSha,
+            (b"script", Some(b"load")) => ScriptCmd::Load,
+            (b"script", Some(b"exists")) => ScriptCmd::Exists,
+            (b"script", Some(b"flush")) => ScriptCmd::Flush,
+            (b"script", Some(b"kill")) => ScriptCmd::Kill,
+            _ => return None,
+        })
+    }
+}
+
+/// How a script goes out: the AUTH that confines it (none for a trusted tenant), and how
+/// long it may run.
+pub(crate) struct ScriptSend {
+    pub(crate) auth: Option<[Bytes; 3]>,
+    pub(crate) timeout: Duration,
+}
+
+const NOSCRIPT: &str = "NOSCRIPT No matching script. Please use EVAL.";
+
+impl Session {
+    pub(super) async fn script(
+        &mut self,
+        kind: ScriptCmd,
+        fwd: Forward,
+        cost: Option<WriteCost>,
+    ) -> Result<(), End> {
+        let Some(tenant) = self.tenant.clone() else {
+            return Ok(());
+        };
+        let outcome = match kind {
+            ScriptCmd::Eval | ScriptCmd::EvalSha => {
+                return self.run_script(kind, fwd, cost, tenant).await
+            }
+            // Redis would queue these; respite answers them for the tenant, now.
+            _ if self.state.multi.is_some() => Err(Error::NotInMulti),
+            ScriptCmd::Kill => Ok(self.ctx.scripts.kill_for(&tenant).await),
+            ScriptCmd::Flush => self
+                .ctx
+                .scripts
+                .forget(&tenant)
+                .await
+                .map(|()| crate::wire::Resp::ok()),
+            ScriptCmd::Load => self.load_script(&fwd.args[2], &tenant).await?,
+            ScriptCmd::Exists => self.scripts_exist(&fwd.args[2..], &tenant).await?,
+        };
+        match outcome {
+            Ok(reply) => {
+                let failed = reply.first() == Some(&b'-');
+                self.answer(reply);
+                self.count(if failed { Outcome::Error } else { Outcome::Ok }, None);
+            }
+            Err(e) => {
+                self.refuse(e);
+                self.count(Outcome::Refused, None);
+            }
+        }
+        Ok(())
+    }
+
+    /// EVAL / EVALSHA: the wrapped script, the tenant's header arguments after the keys,
+    /// charged like a write, sent as the tenant's ACL user.
+    async fn run_script(
+        &mut self,
+        kind: ScriptCmd,
+        mut fwd: Forward,
+        cost: Option<WriteCost>,
+        tenant: Arc<Tenant>,
+    ) -> Result<(), End> {
+        if self.state.protocol == 2 && self.state.subs.any() {
+            // Redis' own refusal, before respite changes the connection's login.
+            let name = String::from_utf8_lossy(&fwd.args[0]).to_lowercase();
+            return self.refuse_counted(Error::Unsupported(format!(
+                "Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT \
+                 / RESET are allowed in this context"
+            )));
+        }
+        let scripts = &self.ctx.scripts;
+        let confinement = match scripts.confinement(&tenant).await {
+            Ok(c) => c,
+            Err(e) => return self.refuse_counted(e),
+        };
+        if kind == ScriptCmd::Eval {
+            let body = &fwd.args[1];
+            let client = sha1_hex(body);
+            let wrapped = scripts.prelude.wrap(body);
+            let name = scripts
+                .known(&tenant, &client)
+                .unwrap_or_else(|| sha1_hex(&wrapped));
+            scripts.remember(&tenant, client, name);
+            fwd.args[1] = wrapped;
+        } else {
+            let client = fwd.args[1].to_ascii_lowercase();
+            let found = match <[u8; 40]>::try_from(&client[..]) {
+                Ok(client) => match scripts.lookup(&tenant, &client).await {
+                    Ok(found) => found,
+                    Err(e) => return self.refuse_counted(e),
+                },
+                Err(_) => None,
+            };
+            let Some(name) = found else {
+                self.answer(crate::wire::Resp::error(NOSCRIPT));
+                self.count(Outcome::Error, None);
+                return Ok(());
+            };
+            fwd.args[1] = Bytes::copy_from_slice(&name);
+        }
+        // After the keys: the tenant's prefix (a marked empty argument is the prefix
+        // itself) and whether Redis must confine the script.
+        let keys = command::grammar::redis_int(&fwd.args[2])
+            .unwrap_or(0)
+            .max(0) as usize;
+        let at = 3 + keys;
+        let mode = match confinement {
+            Confinement::User { .. } => "c",
+            Confinement::Unconfined => "u",
+        };
+        fwd.args
+            .splice(at..at, [Bytes::new(), Bytes::from_static(mode.as_bytes())]);
+        fwd.prefixed.set(at);
+        let send = ScriptSend {
+            auth: match confinement {
+                Confinement::User { auth } => Some(auth),
+                Confinement::Unconfined => None,
+            },
+            timeout: Duration::from_millis(tenant.scripts.timeout_ms),
+        };
+        let top = if kind == ScriptCmd::Eval {
+            &b"eval"[..]
+        } else {
+            b"evalsha"
+        };
+        let Some(written) = self.charge(cost, top).await else {
+            return Ok(());
+        };
+        self.forward(fwd, top, written, Some(send)).await
+    }
+
+    /// SCRIPT LOAD: Redis loads the wrapped script; the client gets its own script's name.
+    async fn load_script(
+        &mut self,
+        body: &Bytes,
+        tenant: &Tenant,
+    ) -> Result<Result<Bytes, Error>, End> {
+        let client = sha1_hex(body);
+        let wrapped = self.ctx.scripts.prelude.wrap(body);
+        self.drain().await?;
+        let reply = match self.call(&[b"SCRIPT", b"LOAD", &wrapped]).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(Error::Upstream(e))),
+        };
+        let Some(name) = reply
+            .str_at(&reply.tree)
+            .and_then(|n| <[u8; 40]>::try_from(n).ok())
+            .filter(|_| !reply.is_error())
+        else {
+            // Redis' own error (the script does not compile): as Redis said it.
+            return Ok(Ok(reply.raw));
+        };
+        Ok(self
+            .ctx
+            .scripts
+            .record(tenant, client, name)
+            .await
+            .map(|()| crate::wire::Resp::bulk(&client)))
+    }
+
+    /// SCRIPT EXISTS: the tenant loaded the script, and Redis still has it.
+    async fn scripts_exist(
+        &mut self,
+        shas: &[Bytes],
+        tenant: &Tenant,
+    ) -> Result<Result<Bytes, Error>, End> {
+        let mut names = Vec::with_capacity(shas.len());
+        for sha in shas {
+            let client = <[u8; 40]>::try_from(&sha.to_ascii_lowercase()[..]).ok();
+            let name = match client {
+                Some(c) => match self.ctx.scripts.lookup(tenant, &c).await {
+                    Ok(n) => n,
+                    Err(e) => return Ok(Err(e)),
+                },
+                None => None,
+            };
+            names.push(name);
+        }
+        let known: Vec<&[u8]> = names.iter().flatten().map(|n| &n[..]).collect();
+        let mut in_redis = Vec::new();
+        if !known.is_empty() {
+            self.drain().await?;
+            let mut ask: Vec<&[u8]> = vec![b"SCRIPT", b"EXISTS"];
+            ask.extend(known);
+            match self.call(&ask).await {
+                Ok(r) if r.is_error() => return Ok(Ok(r.raw)),
+                Ok(r) => in_redis = integers(&r),
+                Err(e) => return Ok(Err(Error::Upstream(e))),
+            }
+        }
+        let mut in_redis = in_redis.into_iter();
+        let found: Vec<i64> = names
+            .iter()
+            .map(|n| match n {
+                Some(_) => in_redis.next().unwrap_or(0),
+                None => 0,
+            })
+            .collect();
+        let mut out = bytes::BytesMut::new();
+        crate::wire::Resp::put_array_len(&mut out, found.len());
+        for n in found {
+            out.extend_from_slice(&crate::wire::Resp::int(n));
+        }
+        Ok(Ok(out.freeze()))
+    }
+
+    /// Refuses the script (counted as refused); the session goes on.
+    fn refuse_counted(&mut self, e: Error) -> Result<(), End> {
+        self.refuse(e);
+        self.count(Outcome::Refused, None);
+        Ok(())
+    }
+}
+
+/// The integers of an array reply (SCRIPT EXISTS).
+fn integers(frame: &Frame) -> Vec<i64> {
+    use redis_protocol::resp3::types::RangeFrame;
+    frame
+        .elements()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| match e {
+            RangeFrame::Number { data, .. } => *data,
+            _ => 0,
+        })
+        .collect()
+}

@@ -1,0 +1,396 @@
+//! Scripts for every tenant: EVAL/EVALSHA/SCRIPT through respite against a real redis-server.
+//! Keys a script names or builds land in its tenant's namespace; another tenant's keys
+//! cannot be read, written or listed from a script, however it reaches Redis (the tenant's
+//! ACL user is the wall); runaway scripts are killed.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// Tenants `a` and victim `v` (scripts on by default), `off` (allow_scripts = false),
+/// and shared keys.
+fn config(redis: &Redis, extra: &str) -> String {
+    format!(
+        "[upstream]\nurl = \"{}\"\ncommand_timeout_ms = 5000\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\n\
+         [[tenants]]\nid = \"v\"\npassword = \"pv\"\n\
+         [[tenants]]\nid = \"off\"\npassword = \"poff\"\nallow_scripts = false\n\
+         [shared]\nprefixes = [\"shared:market:\"]\n{extra}",
+        redis.url()
+    )
+}
+
+async fn start(extra: &str) -> (Redis, Proxy) {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&config(&redis, extra)).await;
+    (redis, proxy)
+}
+
+/// Redis' keys outside respite's own bookkeeping.
+async fn data_keys(redis: &Redis) -> Vec<String> {
+    let mut keys: Vec<String> = redis
+        .keys()
+        .await
+        .into_iter()
+        .filter(|k| !k.starts_with("respite:"))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn keys_built_inside_a_script_land_in_the_namespace() {
+    let (redis, proxy) = start("").await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    // The issue's repro: BullMQ passes a prefix and builds job keys inside the script.
+    let script = "redis.call('HSET', ARGV[1]..'1', 'n', 'j'); return redis.call('EXISTS', KEYS[1])";
+    assert_eq!(
+        a.cmd(&["EVAL", script, "1", "bull:q:1", "bull:q:"]).await,
+        ":1\r\n"
+    );
+    assert_eq!(data_keys(&redis).await, vec!["tenant:a:bull:q:1"]);
+    // Numbers as key names, and keys that already carry the prefix, are not prefixed twice.
+    let script = "redis.call('SET', 7, 'x'); redis.call('SET', 'tenant:a:y', 'z'); return 1";
+    assert_eq!(a.cmd(&["EVAL", script, "0"]).await, ":1\r\n");
+    assert_eq!(
+        data_keys(&redis).await,
+        vec!["tenant:a:7", "tenant:a:bull:q:1", "tenant:a:y"]
+    );
+}
+
+#[tokio::test]
+async fn scripts_see_keys_as_written_and_key_names_come_back_without_the_prefix() {
+    let (_redis, proxy) = start("").await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(
+        a.cmd(&["EVAL", "return KEYS[1]", "1", "foo"]).await,
+        "$3\r\nfoo\r\n"
+    );
+    assert_eq!(
+        a.cmd(&[
+            "EVAL",
+            "return {KEYS[1], KEYS[2], ARGV[1], #ARGV}",
+            "2",
+            "k1",
+            "k2",
+            "x"
+        ])
+        .await,
+        "*4\r\n$2\r\nk1\r\n$2\r\nk2\r\n$1\r\nx\r\n:1\r\n"
+    );
+    assert_eq!(a.cmd(&["RPUSH", "l", "e"]).await, ":1\r\n");
+    assert_eq!(
+        a.cmd(&["EVAL", "return redis.call('LMPOP', 1, 'l', 'LEFT')", "0"])
+            .await,
+        "*2\r\n$1\r\nl\r\n*1\r\n$1\r\ne\r\n"
+    );
+    let xread = "redis.call('XADD', KEYS[1], '1-1', 'f', 'v'); \
+                 return redis.call('XREAD', 'STREAMS', KEYS[1], '0')[1][1]";
+    assert_eq!(a.cmd(&["EVAL", xread, "1", "s"]).await, "$1\r\ns\r\n");
+    // Shared keys keep their name and are readable; a tenant cannot write them.
+    let mut d = _redis.direct().await;
+    let _: () = q(&mut d, &["SET", "shared:market:btc:price", "42"])
+        .await
+        .unwrap();
+    assert_eq!(
+        a.cmd(&[
+            "EVAL",
+            "return redis.call('GET', 'shared:market:btc:price')",
+            "0"
+        ])
+        .await,
+        "$2\r\n42\r\n"
+    );
+    let write = a
+        .cmd(&[
+            "EVAL",
+            "return redis.call('SET', 'shared:market:btc:price', 1)",
+            "0",
+        ])
+        .await;
+    assert!(
+        write.starts_with("-ERR The user executing the script can't access"),
+        "{write}"
+    );
+    // Line numbers are the script's own (for what the script itself raises).
+    let err = a.cmd(&["EVAL", "local x = 1\nerror('boom')", "0"]).await;
+    assert!(err.starts_with("-ERR user_script:2: boom"), "{err}");
+}
+
+#[tokio::test]
+async fn a_script_cannot_read_write_or_list_another_tenants_keys() {
+    let (redis, proxy) = start("").await;
+    let mut v = proxy.raw_as("v", "pv").await;
+    assert_eq!(v.cmd(&["SET", "secret", "s3cret"]).await, "+OK\r\n");
+    assert_eq!(
+        v.cmd(&["SUBSCRIBE", "ch"]).await,
+        "*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    );
+    let mut a = proxy.raw_as("a", "pa").await;
+    // Through the prelude: the names land in a's own namespace.
+    for (script, argv) in [
+        ("return redis.call('GET', 'tenant:v:secret')", ""),
+        ("return redis.call('GET', ARGV[1] .. 'secret')", "tenant:v:"),
+        ("return redis.pcall('GET', 'tenant:v:secret')", ""),
+    ] {
+        let mut cmd = vec!["EVAL", script, "0"];
+        if !argv.is_empty() {
+            cmd.push(argv);
+        }
+        assert_eq!(a.cmd(&cmd).await, "$-1\r\n", "{script}");
+    }
+    // Around the prelude: Redis' ACLs refuse them.
+    for script in [
+        "return _G.redis.call('GET', 'tenant:v:secret')",
+        "return rawget(_G, 'redis').call('GET', 'tenant:v:secret')",
+        "return loadstring('return redis')().call('GET', 'tenant:v:secret')",
+        "return getfenv(0).redis.call('GET', 'tenant:v:secret')",
+        "return _G.redis.call('SET', 'tenant:v:secret', 'pwned')",
+        "return _G.redis.call('DEL', 'tenant:v:secret')",
+        "return _G.redis.call('RENAME', 'tenant:v:secret', 'tenant:a:mine')",
+        "return _G.redis.call('GET', 'respite:quota:v')",
+        "return _G.redis.call('PUBLISH', 'tenant:v:ch', 'spoof')",
+        "return _G.redis.call('SCAN', 0)",
+        "return _G.redis.call('KEYS', '*')",
+        "return _G.redis.call('RANDOMKEY')",
+        "return _G.redis.call('DBSIZE')",
+        "return _G.redis.call('FLUSHALL')",
+        "return _G.redis.call('FLUSHDB')",
+        "return _G.redis.call('SELECT', 1)",
+        "return _G.redis.call('INFO', 'keyspace')",
+        "return _G.redis.call('CONFIG', 'GET', 'maxmemory')",
+        "return _G.redis.call('PUBSUB', 'CHANNELS')",
+        "return _G.redis.call('OBJECT', 'ENCODING', 'tenant:v:secret')",
+        // Redis 7.0 checks GEORADIUS' first STORE and writes the last.
+        "return _G.redis.call('GEORADIUS', 'tenant:a:g', 0, 0, 1, 'km', 'STORE', 'tenant:a:s', 'STORE', 'tenant:v:s')",
+        // Through the prelude, refused before Redis sees them.
+        "return redis.call('SCAN', 0)",
+        "return redis.call('KEYS', '*')",
+        "return redis.call('FLUSHALL')",
+        "return redis.call('CONFIG', 'GET', 'maxmemory')",
+    ] {
+        let reply = a.cmd(&["EVAL", script, "0"]).await;
+        assert!(reply.starts_with('-'), "{script}: {reply}");
+        assert!(!reply.contains("s3cret"), "{script}: {reply}");
+    }
+    // Declared keys are checked by Redis before the script runs.
+    let reply = a
+        .cmd(&["EVAL", "return _G.redis.call('GET', _G.KEYS[1])", "1", "x"])
+        .await;
+    assert_eq!(reply, "$-1\r\n");
+    assert_eq!(
+        data_keys(&redis).await,
+        vec!["tenant:v:secret"],
+        "nothing written outside a's namespace"
+    );
+    let mut d = redis.direct().await;
+    let secret: String = q(&mut d, &["GET", "tenant:v:secret"]).await.unwrap();
+    assert_eq!(secret, "s3cret");
+    // v's subscriber saw no spoofed message.
+    assert_eq!(v.try_reply(Duration::from_millis(100)).await, None);
+    // a's connection is still a itself, and logged back in as respite between scripts.
+    assert_eq!(a.cmd(&["SET", "k", "1"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["GET", "k"]).await, "$1\r\n1\r\n");
+}
+
+#[tokio::test]
+async fn evalsha_script_load_exists_and_flush_are_per_tenant() {
+    let (redis, proxy) = start("").await;
+    let body = "return redis.call('INCR', KEYS[1])";
+    // Redis' own name for the body.
+    let mut d = redis.direct().await;
+    let sha: String = q(&mut d, &["SCRIPT", "LOAD", body]).await.unwrap();
+    let _: () = q(&mut d, &["SCRIPT", "FLUSH"]).await.unwrap();
+    let mut a = proxy.raw_as("a", "pa").await;
+    let mut v = proxy.raw_as("v", "pv").await;
+    let noscript = "-NOSCRIPT No matching script. Please use EVAL.\r\n";
+    assert_eq!(a.cmd(&["EVALSHA", &sha, "1", "n"]).await, noscript);
+    assert_eq!(
+        a.cmd(&["SCRIPT", "LOAD", body]).await,
+        format!("$40\r\n{sha}\r\n")
+    );
+    assert_eq!(a.cmd(&["EVALSHA", &sha, "1", "n"]).await, ":1\r\n");
+    assert_eq!(
+        a.cmd(&["EVALSHA", &sha.to_uppercase(), "1", "n"]).await,
+        ":2\r\n"
+    );
+    let zeros = "0".repeat(40);
+    assert_eq!(
+        a.cmd(&["SCRIPT", "EXISTS", &sha, &zeros]).await,
+        "*2\r\n:1\r\n:0\r\n"
+    );
+    // Another tenant never loaded it.
+    assert_eq!(v.cmd(&["EVALSHA", &sha, "1", "n"]).await, noscript);
+    assert_eq!(v.cmd(&["SCRIPT", "EXISTS", &sha]).await, "*1\r\n:0\r\n");
+    // EVAL makes it known to EVALSHA, as in Redis (ioredis falls back to EVAL once).
+    assert_eq!(v.cmd(&["EVAL", body, "1", "n"]).await, ":1\r\n");
+    assert_eq!(v.cmd(&["EVALSHA", &sha, "1", "n"]).await, ":2\r\n");
+    // A FLUSH is the tenant's own.
+    assert_eq!(a.cmd(&["SCRIPT", "FLUSH"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["EVALSHA", &sha, "1", "n"]).await, noscript);
+    assert_eq!(v.cmd(&["EVALSHA", &sha, "1", "n"]).await, ":3\r\n");
+    // Another instance (a second respite) knows the names from Redis.
+    let other = Proxy::start_config(&config(&redis, "")).await;
+    let mut v2 = other.raw_as("v", "pv").await;
+    assert_eq!(v2.cmd(&["EVALSHA", &sha, "1", "n"]).await, ":4\r\n");
+    // A script that does not compile: Redis' own error.
+    let bad = a.cmd(&["SCRIPT", "LOAD", "return ("]).await;
+    assert!(bad.starts_with("-ERR Error compiling script"), "{bad}");
+    assert_eq!(data_keys(&redis).await, vec!["tenant:a:n", "tenant:v:n"]);
+}
+
+#[tokio::test]
+async fn scripts_inside_multi_run_confined_and_exec_shows_only_the_clients_replies() {
+    let (redis, proxy) = start("").await;
+    let mut v = proxy.raw_as("v", "pv").await;
+    assert_eq!(v.cmd(&["SET", "secret", "s"]).await, "+OK\r\n");
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["SET", "k", "v1"]).await, "+QUEUED\r\n");
+    assert_eq!(
+        a.cmd(&["EVAL", "return redis.call('GET', KEYS[1])", "1", "k"])
+            .await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(
+        a.cmd(&[
+            "EVAL",
+            "return _G.redis.call('GET', 'tenant:v:secret')",
+            "0"
+        ])
+        .await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(a.cmd(&["GET", "k"]).await, "+QUEUED\r\n");
+    let exec = a.cmd(&["EXEC"]).await;
+    assert!(
+        exec.starts_with(
+            "*4\r\n+OK\r\n$2\r\nv1\r\n-ERR The user executing the script can't access"
+        ),
+        "{exec}"
+    );
+    assert!(exec.ends_with("$2\r\nv1\r\n"), "{exec}");
+    // WATCH (a pinned connection) and a script.
+    assert_eq!(a.cmd(&["WATCH", "k"]).await, "+OK\r\n");
+    assert_eq!(
+        a.cmd(&["EVAL", "return redis.call('SET', KEYS[1], 'v2')", "1", "k"])
+            .await,
+        "+OK\r\n"
+    );
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["GET", "k"]).await, "+QUEUED\r\n");
+    assert_eq!(
+        a.cmd(&["EXEC"]).await,
+        "*-1\r\n",
+        "the script touched a watched key"
+    );
+    assert_eq!(a.cmd(&["GET", "secret"]).await, "$-1\r\n");
+    assert_eq!(
+        data_keys(&redis).await,
+        vec!["tenant:a:k", "tenant:v:secret"]
+    );
+}
+
+#[tokio::test]
+async fn a_runaway_script_is_killed_after_the_tenants_timeout() {
+    let redis = Redis::start_with(&["--busy-reply-threshold", "100"]);
+    let proxy = Proxy::start_config(&config(&redis, "[defaults]\nscript_timeout_ms = 300\n")).await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    let mut v = proxy.raw_as("v", "pv").await;
+    a.send_cmd(&["EVAL", "while true do end", "0"]).await;
+    let killed = tokio::time::timeout(Duration::from_secs(10), a.reply())
+        .await
+        .expect("killed, not left running");
+    assert!(
+        killed.starts_with("-ERR Script killed by user with SCRIPT KILL"),
+        "{killed}"
+    );
+    // Every tenant is served again.
+    assert_eq!(v.cmd(&["SET", "k", "1"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["EVAL", "return 1", "0"]).await, ":1\r\n");
+}
+
+#[tokio::test]
+async fn script_kill_kills_only_the_tenants_own_script() {
+    let redis = Redis::start_with(&["--busy-reply-threshold", "100"]);
+    let proxy =
+        Proxy::start_config(&config(&redis, "[defaults]\nscript_timeout_ms = 60000\n")).await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    a.send_cmd(&["EVAL", "while true do end", "0"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut v = proxy.raw_as("v", "pv").await;
+    assert_eq!(
+        v.cmd(&["SCRIPT", "KILL"]).await,
+        "-NOTBUSY No scripts in execution right now.\r\n"
+    );
+    let mut a2 = proxy.raw_as("a", "pa").await;
+    assert_eq!(a2.cmd(&["SCRIPT", "KILL"]).await, "+OK\r\n");
+    let killed = a.reply().await;
+    assert!(
+        killed.starts_with("-ERR Script killed by user with SCRIPT KILL"),
+        "{killed}"
+    );
+}
+
+#[tokio::test]
+async fn functions_and_switched_off_scripts_are_refused() {
+    let (_redis, proxy) = start("").await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    for cmd in [
+        vec![
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=l\nredis.register_function('f', function() return 1 end)",
+        ],
+        vec!["FCALL", "f", "0"],
+        vec!["FUNCTION", "LIST"],
+    ] {
+        let reply = a.cmd(&cmd).await;
+        assert!(reply.starts_with("-NOPERM"), "{cmd:?}: {reply}");
+    }
+    let mut off = proxy.raw_as("off", "poff").await;
+    assert_eq!(
+        off.cmd(&["EVAL", "return 1", "0"]).await,
+        "-NOPERM this user has no permissions to run the 'eval' command: this tenant has \
+         allow_scripts = false\r\n"
+    );
+}
+
+#[tokio::test]
+async fn without_acl_rights_only_unconfined_tenants_run_scripts() {
+    let redis = Redis::start();
+    let mut d = redis.direct().await;
+    let _: () = q(
+        &mut d,
+        &[
+            "ACL", "SETUSER", "lim", "on", ">pw", "~*", "&*", "+@all", "-@admin",
+        ],
+    )
+    .await
+    .unwrap();
+    let url = format!("redis://lim:pw@127.0.0.1:{}", redis.port);
+    let proxy = Proxy::start_config(&format!(
+        "[upstream]\nurl = \"{url}\"\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\n\
+         [[tenants]]\nid = \"t\"\npassword = \"pt\"\nallow_unconfined_scripts = true\n"
+    ))
+    .await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    let reply = a.cmd(&["EVAL", "return 1", "0"]).await;
+    assert!(
+        reply.starts_with("-NOPERM this user has no permissions to run the 'eval' command: respite's Redis user cannot create ACL users"),
+        "{reply}"
+    );
+    let mut t = proxy.raw_as("t", "pt").await;
+    assert_eq!(
+        t.cmd(&[
+            "EVAL",
+            "redis.call('SET', KEYS[1], 1) return KEYS[1]",
+            "1",
+            "k"
+        ])
+        .await,
+        "$1\r\nk\r\n"
+    );
+    assert_eq!(data_keys(&redis).await, vec!["tenant:t:k"]);
+}
