@@ -50,6 +50,16 @@ const DENY: &[(&str, Option<&str>, &str)] = &[
         "it reports the whole server's memory, every tenant's",
     ),
     (
+        "memory",
+        Some("malloc-stats"),
+        "it reports the whole server's allocator, every tenant's",
+    ),
+    (
+        "memory",
+        Some("purge"),
+        "it acts on the whole server's allocator",
+    ),
+    (
         "script",
         Some("debug"),
         "it turns a connection other tenants share into a Lua debugger session",
@@ -71,9 +81,10 @@ const ADMIN_ALLOWED: &[(&str, &str)] = &[("client", "no-evict")];
 
 /// Commands a tenant may run directly but not from inside a script: there respite does not
 /// see them, and Redis' ACL key patterns do not limit them (they act on or list the whole
-/// keyspace, or change the script's database), or Redis' ACL check reads other arguments
-/// as keys than the command writes (GEORADIUS with two STORE options writes the last one
-/// and is checked against the first: checked on Redis 7.0.15).
+/// keyspace, or change the script's database), Redis' ACL check reads other arguments as
+/// keys than the command writes (GEORADIUS with two STORE options writes the last one and
+/// is checked against the first: checked on Redis 7.0.15), or respite's own checks of the
+/// command (RESTORE, COPY's DB) cannot run inside a script.
 const NOT_IN_SCRIPTS: &[&str] = &[
     "keys",
     "scan",
@@ -86,7 +97,18 @@ const NOT_IN_SCRIPTS: &[&str] = &[
     "pubsub",
     "georadius",
     "georadiusbymember",
+    // Its payload is not checked inside a script (sanitize-dump-payload or not), and what
+    // it restores cannot be measured: a crafted one crashes Redis.
+    "restore",
+    // Its DB argument writes outside database 0, where no quota or scan sees it; ACLs
+    // cannot restrict arguments.
+    "copy",
 ];
+
+/// Commands that change keys Redis' ACLs let a read-only user name (PFCOUNT writes its
+/// cached count into the HyperLogLog, XREADGROUP moves entries into a consumer group's
+/// pending list): a script may run them on the tenant's own keys only, never on shared ones.
+pub const WRITES_THROUGH_READ_ACCESS: &[&str] = &["pfcount", "xreadgroup"];
 
 /// May a tenant's script call `cmd` (Redis' `redis.call`)? What `check` lets a tenant run
 /// and Redis runs in scripts, less [`NOT_IN_SCRIPTS`]. Decided by name alone: the script's

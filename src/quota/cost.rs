@@ -170,8 +170,9 @@ pub(super) fn keyed_cost(
     for (i, flags) in keys_found.iter() {
         take(i, flags & KS_RO == 0 || all_written);
     }
-    if keys.is_empty() {
-        // e.g. GEORADIUS without STORE.
+    if keys.is_empty() && !script {
+        // e.g. GEORADIUS without STORE. A script is charged all the same: it may write keys
+        // it builds itself, so a tenant past its limit cannot run one.
         return None;
     }
     let growth = if !cmd.has(CMD_DENYOOM) && !script && !cmd.grows_without_denyoom() {
@@ -184,7 +185,7 @@ pub(super) fn keyed_cost(
             .map(|a| stored(a.len() as u64))
             .sum::<u64>()
             - key_weight;
-        Growth::Bytes(key_bytes + estimate(name, args, values))
+        Growth::Bytes((key_bytes + estimate(name, args, values)).max(u64::from(script)))
     };
     Some(WriteCost {
         keys,

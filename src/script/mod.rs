@@ -67,8 +67,8 @@ pub struct Scripts {
     users: DashMap<Bytes, [Bytes; 3]>,
     /// Can respite's Redis user create ACL users ([`UNKNOWN`], [`NO`], [`YES`])?
     acl: AtomicU8,
-    /// The `ACL SETUSER` rules every tenant user gets (commands and shared keys).
-    rules: Vec<String>,
+    /// The commands every tenant user may run, and those it may run on its own keys only.
+    rules: (Vec<String>, Vec<String>),
     /// Derives the tenants' ACL passwords, so every instance sets and uses the same ones.
     secret: String,
     /// The AUTH arguments of respite's own login, sent after each confined script.
@@ -93,7 +93,13 @@ struct Run {
     prefix: Bytes,
     tenant: String,
     deadline: Instant,
+    /// Kills that found no script running: after [`MAX_ATTEMPTS`] this one is taken to be
+    /// stuck elsewhere, not running, and is left alone.
+    attempts: u8,
 }
+
+/// Kills tried for one script before respite stops trying.
+const MAX_ATTEMPTS: u8 = 3;
 
 /// A script in flight; dropped when its reply is in (or its session gave up on it).
 pub struct RunGuard {
@@ -352,9 +358,24 @@ impl Scripts {
             let access: &[u8] = if tenant.publisher { b"~" } else { b"%R~" };
             setuser.arg(pattern(access, p));
         }
-        for r in &self.rules {
+        let (rules, own_keys_only) = &self.rules;
+        for r in rules {
             setuser.arg(r);
         }
+        if tenant.publisher {
+            // Shared keys are its to write.
+            for r in &own_keys_only[1..] {
+                setuser.arg(r);
+            }
+        }
+        // A selector: these commands with the tenant's own keys and nothing else.
+        let mut selector = [b"(".as_slice(), &pattern(b"~", &tenant.prefix)].concat();
+        for r in own_keys_only {
+            selector.push(b' ');
+            selector.extend_from_slice(r.as_bytes());
+        }
+        selector.push(b')');
+        setuser.arg(selector);
         self.own
             .run(async |c| setuser.query_async::<()>(c).await)
             .await
@@ -366,6 +387,11 @@ impl Scripts {
         ];
         self.users.insert(tenant.prefix.clone(), auth.clone());
         Ok(Confinement::User { auth })
+    }
+
+    /// Sets the tenant's ACL user up again before its next script.
+    pub fn forget_user(&self, tenant: &Tenant) {
+        self.users.remove(&tenant.prefix);
     }
 
     /// The tenant's ACL user and its password, the same on every instance (derived from
@@ -391,6 +417,7 @@ impl Scripts {
                 prefix: tenant.prefix.clone(),
                 tenant: tenant.id.clone(),
                 deadline: Instant::now() + timeout,
+                attempts: 0,
             },
         );
         self.running.changed.notify_one();
@@ -467,7 +494,15 @@ impl Scripts {
                     self.running.killed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%tenant, "killed a script running past the tenant's script_timeout_ms");
                 }
-                Ok(reply) if reply.starts_with(b"-NOTBUSY") => {}
+                Ok(reply) if reply.starts_with(b"-NOTBUSY") => {
+                    let mut runs = self.running.runs.lock().unwrap();
+                    if let Some(r) = runs.get_mut(&id) {
+                        r.attempts += 1;
+                        if r.attempts >= MAX_ATTEMPTS {
+                            runs.remove(&id);
+                        }
+                    }
+                }
                 Ok(reply) => tracing::warn!(
                     %tenant,
                     reply = %String::from_utf8_lossy(&reply).trim_end(),
@@ -497,18 +532,24 @@ async fn record(
     .map(drop)
 }
 
-/// `-@all`, the script commands, and `+command` (or `+container|sub`) for every command a
-/// script may call.
-fn command_rules() -> Vec<String> {
+/// The commands of a tenant's ACL user: `-@all`, the script commands, and `+command` (or
+/// `+container|sub`) for every command a script may call; the second list holds those that
+/// must reach only the tenant's own keys ([`crate::policy::WRITES_THROUGH_READ_ACCESS`]).
+fn command_rules() -> (Vec<String>, Vec<String>) {
     // The scripts themselves run as the user.
     let mut rules: Vec<String> = ["-@all", "+eval", "+evalsha", "+eval_ro", "+evalsha_ro"]
         .map(String::from)
         .to_vec();
+    let mut own_keys_only = vec!["-@all".to_string()];
     for spec in COMMANDS {
         let name = String::from_utf8_lossy(spec.name);
         if spec.subcommands.is_empty() {
             if crate::policy::allowed_in_scripts(&Command { spec, parent: None }) {
-                rules.push(format!("+{name}"));
+                let into = match crate::policy::WRITES_THROUGH_READ_ACCESS.contains(&&*name) {
+                    true => &mut own_keys_only,
+                    false => &mut rules,
+                };
+                into.push(format!("+{name}"));
             }
             continue;
         }
@@ -522,7 +563,7 @@ fn command_rules() -> Vec<String> {
             }
         }
     }
-    rules
+    (rules, own_keys_only)
 }
 
 /// A prefix as a literal in an ACL glob pattern.

@@ -4,42 +4,60 @@
 -- follows it on the same line, so Redis' error messages keep the script's line numbers.
 -- It shadows KEYS, ARGV and redis with locals:
 --   KEYS   the declared keys as the tenant wrote them (respite sent them prefixed);
---   ARGV   the tenant's arguments (respite's two header arguments taken off);
+--   ARGV   the tenant's arguments (respite's two arguments at the end taken off: the
+--          tenant's prefix, and "c" or "u");
 --   redis  the real table, but call/pcall put every key and channel argument into the
 --          tenant's namespace (found by the key specs below, as Redis finds them) and take
 --          the prefix back out of key names in replies (BLPOP, LMPOP, XREAD, ...).
 -- It is not the wall (a script can reach the real redis table through loadstring): Redis'
 -- own ACL user for the tenant is. The header's mode "c" makes the prelude refuse to run
 -- the script unless Redis confines it to a user that cannot touch respite's own keys.
--- @SPECS@ and @SHARED@ are filled in from respite's command table and config.
-local KEYS, ARGV, redis = (function(K, A, R)
-local P, H = A[1], A[2]
-if type(P) ~= 'string' or type(H) ~= 'string' then
+-- @SPECS@ and @SHARED@ are filled in from respite's command table and config; @FAST@ (per
+-- script) names the commands the script spells out whose only key is their first argument:
+-- those take a path with no table, parsing or copying (most calls of most scripts).
+local KEYS, ARGV, redis = (function(K, A, R, FAST)
+local last = #A
+local P, H = A[last - 1], A[last]
+if H ~= 'c' and H ~= 'u' then
 error(R.error_reply('ERR respite: this script runs only through respite'))
 end
+A[last] = nil
+A[last - 1] = nil
 if H == 'c' and R.acl_check_cmd('get', 'respite:confinement-check') then
 error(R.error_reply('ERR respite: refusing to run a tenant script as an unconfined Redis user'))
 end
 local n = #P
-local SPECS = @SPECS@
 local SHARED = @SHARED@
 local function strip(k)
-if type(k) == 'string' and k:sub(1, n) == P then return k:sub(n + 1) end
+if type(k) == 'string' and k:find(P, 1, true) == 1 then return k:sub(n + 1) end
 return k
 end
-local keys, args = {}, {}
-for i = 1, #K do keys[i] = strip(K[i]) end
-for i = 3, #A do args[i - 2] = A[i] end
+-- Each declared key as the tenant wrote it, and back: a script passing KEYS[i] to
+-- redis.call (the usual case) costs a table lookup, not a new string.
+local declared = {}
+for i = 1, #K do
+local k = K[i]
+local mine = strip(k)
+declared[mine] = k
+K[i] = mine
+end
 local function key(k, channel)
-if type(k) == 'number' then k = tostring(k) end
-if type(k) ~= 'string' or k:sub(1, n) == P then return k end
+local t = type(k)
+if t == 'number' then k = tostring(k) elseif t ~= 'string' then return k end
+local known = declared[k]
+if known and not channel then return known end
+if k:find(P, 1, true) == 1 then return k end
 if not channel then
 for i = 1, #SHARED do
-if k:sub(1, #SHARED[i]) == SHARED[i] then return k end
+if k:find(SHARED[i], 1, true) == 1 then return k end
 end
 end
 return P .. k
 end
+-- The general path, built on a script's first call of a command not on the fast path:
+-- any command, its keys found by its specs, key names taken out of its reply.
+local function general()
+local SPECS = @SPECS@
 local parsed = {}
 local function spec(name)
 local s = parsed[name]
@@ -112,8 +130,7 @@ i = i + 1
 end
 end
 end
-local function shadow(real, raise)
-return function(...)
+return function(real, raise, ...)
 local argc = select('#', ...)
 local a = {...}
 local s = false
@@ -148,5 +165,22 @@ end
 return r
 end
 end
-return keys, args, setmetatable({call = shadow(R.call, true), pcall = shadow(R.pcall, false)}, {__index = R})
-end)(KEYS, ARGV, redis);
+local general_path
+local function slow(real, raise, ...)
+general_path = general_path or general()
+return general_path(real, raise, ...)
+end
+local call, pcall = R.call, R.pcall
+return K, A, setmetatable({
+call = function(...)
+local name, k = ...
+if FAST[name] and k ~= nil then return call(name, key(k), select(3, ...)) end
+return slow(call, true, ...)
+end,
+pcall = function(...)
+local name, k = ...
+if FAST[name] and k ~= nil then return pcall(name, key(k), select(3, ...)) end
+return slow(pcall, false, ...)
+end,
+}, {__index = R})
+end)(KEYS, ARGV, redis, @FAST@);

@@ -7,6 +7,8 @@
 //! not depend on the tenant: the tenant's prefix comes as an argument, so one wrapped script
 //! serves every tenant that loads the same body and Redis caches it once.
 
+use std::collections::HashSet;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
 
@@ -19,7 +21,12 @@ const TEMPLATE: &str = include_str!("prelude.lua");
 /// The prelude, built once from the table and the shared prefixes.
 #[derive(Debug)]
 pub struct Prelude {
-    line: Bytes,
+    /// The line up to and after the per-script part (`@FAST@`).
+    head: Bytes,
+    tail: Bytes,
+    /// Commands (lowercase) whose only key is their first argument and whose reply carries
+    /// no key name: a script that spells one out calls it through the prelude's fast path.
+    fast: HashSet<Vec<u8>>,
     /// A short digest of the prelude: wrapped scripts (and respite's record of them in
     /// Redis) differ between preludes, so instances with different ones do not mix them.
     pub id: String,
@@ -28,9 +35,10 @@ pub struct Prelude {
 impl Prelude {
     pub fn new(shared: &[Bytes]) -> Prelude {
         let mut specs = String::from("|");
+        let mut fast = HashSet::new();
         for spec in COMMANDS {
-            if spec.subcommands.is_empty() {
-                push_entry(&mut specs, None, spec);
+            if spec.subcommands.is_empty() && push_entry(&mut specs, None, spec) {
+                fast.insert(spec.name.to_vec());
             }
             for sub in spec.subcommands {
                 push_entry(&mut specs, Some(spec), sub);
@@ -51,10 +59,28 @@ impl Prelude {
             .filter(|l| !l.is_empty() && !l.starts_with("--"))
             .collect::<Vec<_>>()
             .join(" ");
+        let (head, tail) = line.split_once("@FAST@").expect("the template has @FAST@");
         Prelude {
             id: hex::encode(&Sha1::digest(line.as_bytes())[..4]),
-            line: Bytes::from(line + " "),
+            head: Bytes::copy_from_slice(head.as_bytes()),
+            tail: Bytes::from(format!("{tail} ")),
+            fast,
         }
+    }
+
+    /// `{["INCR"]=1, ...}`: the fast-path commands `body` names in string literals, spelled
+    /// as it spells them (so the prelude need not lowercase the name on each call).
+    fn fast_table(&self, body: &[u8]) -> String {
+        let mut names: Vec<&[u8]> = literals(body)
+            .filter(|l| self.fast.contains(&l.to_ascii_lowercase()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let entries: Vec<String> = names
+            .into_iter()
+            .map(|n| format!("[{}]=1", lua_string(n)))
+            .collect();
+        format!("{{{}}}", entries.join(","))
     }
 
     /// The script Redis runs for a tenant's `body`: the body's shebang line (`#!lua
@@ -68,12 +94,17 @@ impl Prelude {
             false => 0,
         };
         let (shebang, rest) = body.split_at(split);
-        let mut out = BytesMut::with_capacity(body.len() + self.line.len() + 1);
+        let fast = self.fast_table(rest);
+        let mut out = BytesMut::with_capacity(
+            body.len() + self.head.len() + fast.len() + self.tail.len() + 1,
+        );
         out.put_slice(shebang);
         if !shebang.is_empty() && !shebang.ends_with(b"\n") {
             out.put_u8(b'\n');
         }
-        out.put_slice(&self.line);
+        out.put_slice(&self.head);
+        out.put_slice(fast.as_bytes());
+        out.put_slice(&self.tail);
         out.put_slice(rest);
         out.freeze()
     }
@@ -86,14 +117,47 @@ pub fn sha1_hex(body: &[u8]) -> [u8; 40] {
     out
 }
 
+/// The short strings between quotes in a script: the names of the commands it calls (and
+/// other words; only the names matter).
+fn literals(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < body.len() {
+            let q = body[i];
+            i += 1;
+            if q != b'\'' && q != b'"' {
+                continue;
+            }
+            let start = i;
+            while i < body.len() && body[i] != q && body[i] != b'\\' && body[i] != b'\n' {
+                i += 1;
+            }
+            let word = &body[start..i.min(body.len())];
+            if i < body.len() && body[i] == q {
+                i += 1;
+                if (1..=32).contains(&word.len()) {
+                    return Some(word);
+                }
+            }
+        }
+        None
+    })
+}
+
 /// `|name=flags/spec;spec|` for a command a script may call (subcommands as `container sub`).
 /// Flags: `f` the reply's first element is a key, `x` XREAD's reply, `c` the keys are
-/// channels (never shared), `s` SORT (its STORE key is found by SORT's own grammar).
-fn push_entry(out: &mut String, parent: Option<&'static CommandSpec>, spec: &'static CommandSpec) {
+/// channels (never shared), `s` SORT (its STORE key is found by SORT's own grammar). `true`
+/// when the command takes the fast path (one key, its first argument, and plain replies).
+fn push_entry(
+    out: &mut String,
+    parent: Option<&'static CommandSpec>,
+    spec: &'static CommandSpec,
+) -> bool {
     let cmd = Command { spec, parent };
     if !policy::allowed_in_scripts(&cmd) {
-        return;
+        return false;
     }
+    let start = out.len();
     let name = String::from_utf8_lossy(spec.name);
     match parent {
         Some(p) => out.push_str(&format!("{} {name}=", String::from_utf8_lossy(p.name))),
@@ -120,6 +184,8 @@ fn push_entry(out: &mut String, parent: Option<&'static CommandSpec>, spec: &'st
     }
     out.push_str(&specs.join(";"));
     out.push('|');
+    let entry = &out[start..];
+    top && entry.ends_with("=/i1:r0,1,0|")
 }
 
 /// One key spec as the prelude reads it; `None` for what Redis cannot follow either.
@@ -177,7 +243,7 @@ mod tests {
     #[test]
     fn the_prelude_is_one_line_and_keeps_the_shebang_first() {
         let p = prelude();
-        assert!(!p.line.contains(&b'\n'));
+        assert!(!p.head.contains(&b'\n') && !p.tail.contains(&b'\n'));
         let w = p.wrap(b"#!lua flags=no-writes\nreturn 1");
         assert!(w.starts_with(b"#!lua flags=no-writes\nlocal KEYS, ARGV, redis = "));
         assert!(w.ends_with(b"; return 1"));
@@ -189,7 +255,7 @@ mod tests {
     #[test]
     fn the_table_names_what_scripts_may_call() {
         let p = prelude();
-        let text = String::from_utf8_lossy(&p.line);
+        let text = String::from_utf8_lossy(&p.head);
         for entry in [
             "|get=/i1:r0,1,0|",
             "|publish=c/i1:r0,1,0|",
@@ -216,5 +282,20 @@ mod tests {
             &sha1_hex(b"return 1"),
             b"e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
         );
+    }
+}
+
+#[cfg(test)]
+mod fast_tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_path_takes_the_single_key_commands_a_script_spells_out() {
+        let p = Prelude::new(&[]);
+        let body = br#"local n = redis.call("INCR", KEYS[1]) redis.call('expire', KEYS[1], 60)
+            redis.call('LMPOP', 1, 'l', 'LEFT') return redis.call("GET", 'x') -- 'keys'"#;
+        assert_eq!(p.fast_table(body), r#"{['GET']=1,['INCR']=1,['expire']=1}"#);
+        let w = p.wrap(body);
+        assert!(w.windows(10).any(|x| x == b"['INCR']=1"));
     }
 }

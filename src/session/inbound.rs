@@ -228,6 +228,12 @@ impl Session {
                 self.fail_upstream(UpstreamError::Login(why));
             }
             Some(Slot::Relogin) => {}
+            Some(Slot::ScriptLogin) => {
+                if let (true, Some(t)) = (frame.is_error(), &self.tenant) {
+                    tracing::warn!(tenant = %t.id, "the tenant's Redis ACL user refused its login; setting it up again");
+                    self.ctx.scripts.forget_user(t);
+                }
+            }
             Some(Slot::Ready(_)) => unreachable!("ready slots are delivered first"),
             None => {
                 tracing::warn!("Redis sent a reply nobody asked for; dropping the connection");

@@ -103,6 +103,10 @@ pub(crate) enum Slot {
     /// The reply to respite's own login after a tenant's script: dropped, but an error
     /// means the connection is still logged in as the tenant's user.
     Relogin,
+    /// The reply to the login as the tenant's ACL user before its script: dropped, but an
+    /// error means the user is gone from Redis (a restart, ACL changes): it is set up again
+    /// for the next script (this one refuses to run unconfined).
+    ScriptLogin,
 }
 
 /// The channels, patterns and shard channels this connection's upstream is subscribed to,

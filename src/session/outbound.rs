@@ -39,6 +39,11 @@ impl Session {
         let pin = blocking || matches!(expect, Expect::Confirm { .. }) || self.needs_pinned();
         let mute = self.take_mute();
         let timeout = script.as_ref().map(|s| s.timeout).or(exec_scripts);
+        if timeout.is_some() && !queued && self.blocked_in_flight() {
+            // Behind a blocking command Redis would hold the script for as long: it is sent
+            // once that is answered, so that its clock (and SCRIPT KILL) follow it running.
+            self.drain().await?;
+        }
         let run = match (&self.tenant, timeout) {
             (Some(tenant), Some(t)) if !queued => Some(self.ctx.scripts.start(tenant, t)),
             _ => None,
@@ -89,12 +94,20 @@ impl Session {
         Ok(())
     }
 
+    /// Is a blocking command (BLPOP, XREAD BLOCK, WAIT, ...) waiting for its reply?
+    fn blocked_in_flight(&self) -> bool {
+        self.up
+            .pending
+            .iter()
+            .any(|s| matches!(s, Slot::Reply { blocking: true, .. }))
+    }
+
     /// Logs the connection in as the tenant's ACL user for the script about to be encoded
     /// (respite's own login follows it). Inside MULTI the AUTH is queued with the script:
     /// its result is left out of EXEC's reply.
     fn login_for_script(&mut self, auth: &[Bytes; 3], queued: bool) {
         encode_request(&mut self.up.to_up, auth.iter().map(|a| &a[..]));
-        self.queue(Slot::Internal);
+        self.queue(Slot::ScriptLogin);
         if let Some(m) = self.state.multi.as_mut().filter(|_| queued) {
             // Before the script's own item, which `queue_in_multi` pushed.
             let at = m.items.len().saturating_sub(1);

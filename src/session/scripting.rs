@@ -128,19 +128,15 @@ impl Session {
             };
             fwd.args[1] = Bytes::copy_from_slice(&name);
         }
-        // After the keys: the tenant's prefix (a marked empty argument is the prefix
+        // Last, for the prelude: the tenant's prefix (a marked empty argument is the prefix
         // itself) and whether Redis must confine the script.
-        let keys = command::grammar::redis_int(&fwd.args[2])
-            .unwrap_or(0)
-            .max(0) as usize;
-        let at = 3 + keys;
         let mode = match confinement {
             Confinement::User { .. } => "c",
             Confinement::Unconfined => "u",
         };
-        fwd.args
-            .splice(at..at, [Bytes::new(), Bytes::from_static(mode.as_bytes())]);
-        fwd.prefixed.set(at);
+        fwd.prefixed.set(fwd.args.len());
+        fwd.args.push(Bytes::new());
+        fwd.args.push(Bytes::from_static(mode.as_bytes()));
         let send = ScriptSend {
             auth: match confinement {
                 Confinement::User { auth } => Some(auth),

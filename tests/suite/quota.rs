@@ -611,3 +611,37 @@ async fn restore_is_charged_by_what_redis_holds_after_it() {
     let used = usage_settles(&redis, &mut a, "tenant:a:").await;
     assert!(used < 1 << 20, "{used}");
 }
+
+/// A script may write keys it builds itself, which no charge can foresee: past the limit a
+/// tenant's EVAL/EVALSHA is refused like a write; read-only scripts still run.
+#[tokio::test]
+async fn an_over_quota_tenant_cannot_run_scripts_that_may_write() {
+    let redis = Redis::start();
+    let mut d = redis.direct().await;
+    let () = q(&mut d, &["SET", "tenant:a:big", &"x".repeat(30_000)])
+        .await
+        .unwrap();
+    let proxy = Proxy::start_config(&quota_config(&redis, 10_000, 0, 500)).await;
+    let mut a = proxy.client("a", "pa").await;
+    reconciled(&mut a, 0).await;
+    let build = "for i = 1, 20 do redis.call('SETRANGE', 'u' .. i, 5000000, 'x') end return 1";
+    let refused: redis::RedisResult<i64> = q(&mut a, &["EVAL", build, "0"]).await;
+    assert_eq!(refused.unwrap_err().code(), Some("OOM"));
+    let len: i64 = q(
+        &mut a,
+        &[
+            "EVAL_RO",
+            "return redis.call('STRLEN', KEYS[1])",
+            "1",
+            "big",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(len, 30_000);
+    let keys = redis.keys().await;
+    assert!(
+        !keys.iter().any(|k| k.starts_with("tenant:a:u")),
+        "{keys:?}"
+    );
+}

@@ -173,9 +173,9 @@ async fn a_script_cannot_read_write_or_list_another_tenants_keys() {
         assert!(reply.starts_with('-'), "{script}: {reply}");
         assert!(!reply.contains("s3cret"), "{script}: {reply}");
     }
-    // Declared keys are checked by Redis before the script runs.
+    // Around the prelude, the tenant's own keys are still its own.
     let reply = a
-        .cmd(&["EVAL", "return _G.redis.call('GET', _G.KEYS[1])", "1", "x"])
+        .cmd(&["EVAL", "return _G.redis.call('GET', 'tenant:a:x')", "0"])
         .await;
     assert_eq!(reply, "$-1\r\n");
     assert_eq!(
@@ -393,4 +393,151 @@ async fn without_acl_rights_only_unconfined_tenants_run_scripts() {
         "$1\r\nk\r\n"
     );
     assert_eq!(data_keys(&redis).await, vec!["tenant:t:k"]);
+}
+
+/// What a tenant may not do directly it may not do from a script either: RESTORE (its
+/// payload unchecked, a crafted one crashes Redis), COPY into another database, consume a
+/// shared stream's group or rewrite a shared HyperLogLog.
+#[tokio::test]
+async fn scripts_cannot_do_what_respite_refuses_directly() {
+    let (redis, proxy) =
+        start("[[tenants]]\nid = \"pub\"\npassword = \"ppub\"\nrole = \"publisher\"\n").await;
+    let mut publisher = proxy.raw_as("pub", "ppub").await;
+    assert!(publisher
+        .cmd(&["XADD", "shared:market:st", "1-1", "px", "100"])
+        .await
+        .starts_with('$'));
+    assert_eq!(
+        publisher
+            .cmd(&["XGROUP", "CREATE", "shared:market:st", "g", "0"])
+            .await,
+        "+OK\r\n"
+    );
+    assert_eq!(
+        publisher.cmd(&["PFADD", "shared:market:h", "x"]).await,
+        ":1\r\n"
+    );
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["SET", "q", "1"]).await, "+OK\r\n");
+    let dump = a.cmd(&["DUMP", "q"]).await;
+    assert!(dump.starts_with('$'), "{dump}");
+    for (script, keys) in [
+        ("return redis.call('COPY', KEYS[1], KEYS[1], 'DB', '3')", vec!["q"]),
+        ("return redis.call('COPY', KEYS[1], 'q2')", vec!["q"]),
+        ("return redis.call('RESTORE', 'r', 0, redis.call('DUMP', KEYS[1]))", vec!["q"]),
+        ("return redis.call('XREADGROUP', 'GROUP', 'g', 'evil', 'STREAMS', 'shared:market:st', '>')", vec![]),
+        ("return redis.call('PFCOUNT', 'shared:market:h')", vec![]),
+        ("return redis.call('MEMORY', 'MALLOC-STATS')", vec![]),
+    ] {
+        let mut cmd = vec!["EVAL", script];
+        let n = keys.len().to_string();
+        cmd.push(&n);
+        cmd.extend(keys);
+        let reply = a.cmd(&cmd).await;
+        assert!(reply.starts_with('-'), "{script}: {reply}");
+    }
+    // The shared stream's group is untouched; the tenant's own streams and HyperLogLogs
+    // work, as do reads mixing its keys and shared ones.
+    let mut d = redis.direct().await;
+    let pending: Vec<redis::Value> = q(&mut d, &["XPENDING", "shared:market:st", "g"])
+        .await
+        .unwrap();
+    assert_eq!(pending[0], redis::Value::Int(0));
+    assert_eq!(
+        a.cmd(&["XADD", "mine", "1-1", "f", "v"]).await,
+        "$3\r\n1-1\r\n"
+    );
+    assert_eq!(
+        a.cmd(&["XGROUP", "CREATE", "mine", "g", "0"]).await,
+        "+OK\r\n"
+    );
+    let own = "return #redis.call('XREADGROUP', 'GROUP', 'g', 'c', 'STREAMS', KEYS[1], '>')[1][2]";
+    assert_eq!(a.cmd(&["EVAL", own, "1", "mine"]).await, ":1\r\n");
+    assert_eq!(a.cmd(&["PFADD", "h", "x"]).await, ":1\r\n");
+    assert_eq!(
+        a.cmd(&["EVAL", "return redis.call('PFCOUNT', KEYS[1])", "1", "h"])
+            .await,
+        ":1\r\n"
+    );
+    let mixed = "return redis.call('MGET', KEYS[1], 'shared:market:h')[1]";
+    assert_eq!(a.cmd(&["EVAL", mixed, "1", "q"]).await, "$1\r\n1\r\n");
+    // The publisher's scripts write shared keys.
+    assert_eq!(
+        publisher
+            .cmd(&[
+                "EVAL",
+                "return redis.call('PFCOUNT', 'shared:market:h')",
+                "0"
+            ])
+            .await,
+        ":1\r\n"
+    );
+    assert_eq!(
+        data_keys(&redis)
+            .await
+            .iter()
+            .filter(|k| k.starts_with("tenant:a:"))
+            .count(),
+        3
+    );
+}
+
+/// A script queued behind a blocking command is not running: its timeout must not start
+/// (respite kills the oldest script it has in flight), or another tenant's script running
+/// then would be killed in its place.
+#[tokio::test]
+async fn a_script_waiting_behind_a_blocking_command_kills_nothing() {
+    let redis = Redis::start_with(&["--busy-reply-threshold", "100"]);
+    let proxy = Proxy::start_config(&config(
+        &redis,
+        "[defaults]\nscript_timeout_ms = 300\n[[tenants]]\nid = \"slow\"\npassword = \"pslow\"\nscript_timeout_ms = 60000\n",
+    ))
+    .await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    a.send_cmd(&["BLPOP", "never", "0"]).await;
+    a.send_cmd(&["EVAL", "return 1", "0"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut slow = proxy.raw_as("slow", "pslow").await;
+    // Runs for one to two seconds by Redis' clock, well past a's timeout.
+    let busy = "local s = tonumber(redis.call('TIME')[1]) \
+                while tonumber(redis.call('TIME')[1]) < s + 2 do end return 'done'";
+    slow.send_cmd(&["EVAL", busy, "0"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut a2 = proxy.raw_as("a", "pa").await;
+    assert_eq!(
+        a2.cmd(&["SCRIPT", "KILL"]).await,
+        "-NOTBUSY No scripts in execution right now.\r\n"
+    );
+    assert_eq!(slow.reply().await, "$4\r\ndone\r\n");
+    // a's script runs once its BLPOP is answered.
+    assert_eq!(a2.cmd(&["LPUSH", "never", "x"]).await, ":1\r\n");
+    assert_eq!(a.reply().await, "*2\r\n$5\r\nnever\r\n$1\r\nx\r\n");
+    assert_eq!(a.reply().await, ":1\r\n");
+}
+
+/// Redis restarted (its ACL users gone): the first script after it is refused rather than
+/// run unconfined, and the tenant's user is set up again for the next.
+#[tokio::test]
+async fn the_tenants_acl_user_comes_back_after_a_redis_restart() {
+    let (mut redis, proxy) = start("").await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    let set = "return redis.call('SET', KEYS[1], 'v')";
+    assert_eq!(a.cmd(&["EVAL", set, "1", "k"]).await, "+OK\r\n");
+    redis.restart();
+    let mut first = String::new();
+    for _ in 0..50 {
+        first = a.cmd(&["EVAL", set, "1", "k"]).await;
+        if !first.starts_with("-ERR upstream unavailable") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        first.starts_with(
+            "-ERR respite: refusing to run a tenant script as an unconfined Redis user"
+        ),
+        "{first}"
+    );
+    assert_eq!(a.cmd(&["EVAL", set, "1", "k"]).await, "+OK\r\n");
+    assert_eq!(data_keys(&redis).await, vec!["tenant:a:k"]);
 }
