@@ -18,7 +18,7 @@
 //!                           market.rs     GET of shared:market:* from the in-proxy cache
 //!                           namespace/    keys, channels, patterns → tenant:<id>:...; guard
 //!                           quota/        charge writes, refuse past the limit (-OOM)
-//!                         scripting.rs  EVAL/EVALSHA/SCRIPT → script/ (prelude, ACL user)
+//!                         scripting.rs  EVAL, FCALL, SCRIPT, FUNCTION → script/ (preludes, ACL user)
 //!                         outbound.rs   requests to Redis over upstream/ (shared or pinned)
 //!                         inbound.rs    replies back: namespace/reply.rs strips the prefix
 //! background: quota/ flusher and reconciler, billing.rs roll-ups, admin.rs (/metrics,

@@ -1,8 +1,8 @@
 //! Policy: which commands a tenant may not run because they would reach beyond its namespace.
 //!
 //! Mostly data-driven: anything Redis flags `admin` acts on the whole server and is refused;
-//! scripts run unless the tenant has `allow_scripts = false` (FUNCTION and FCALL only with
-//! `allow_unconfined_scripts`), and [`allowed_in_scripts`] says what a script may call. A short
+//! scripts and functions run unless the tenant has `allow_scripts = false`, and
+//! [`allowed_in_scripts`] says what a script may call. A short
 //! table adds the commands that cross tenants without being `admin` (MOVE, SWAPDB, ACL, MEMORY
 //! STATS, SCRIPT DEBUG, ...); COPY's DB is checked argument by argument; shared keys are
 //! writable by publishers only, judged by each key's own flags. (SORT's BY/GET patterns are
@@ -58,6 +58,21 @@ const DENY: &[(&str, Option<&str>, &str)] = &[
         "memory",
         Some("purge"),
         "it acts on the whole server's allocator",
+    ),
+    (
+        "function",
+        Some("dump"),
+        "it dumps every tenant's libraries",
+    ),
+    (
+        "function",
+        Some("restore"),
+        "its payload names libraries and functions outside the tenant's own names",
+    ),
+    (
+        "function",
+        Some("stats"),
+        "it reports the whole server's libraries and the script running, every tenant's",
     ),
     (
         "script",
@@ -160,8 +175,9 @@ pub fn check(
     if server_wide(cmd) {
         return Err(noperm(SERVER_WIDE));
     }
-    if cmd.in_category(ACL_SCRIPTING) {
-        scripting(cmd, tenant).map_err(noperm)?;
+    // Scripts and functions run confined to the tenant (`script`), unless switched off.
+    if cmd.in_category(ACL_SCRIPTING) && !tenant.scripts.allowed {
+        return Err(noperm("this tenant has allow_scripts = false"));
     }
     if !tenant.publisher && keys.is_some_and(|k| writes_shared(cmd, args, k, tenant)) {
         return Err(noperm(
@@ -188,23 +204,6 @@ pub fn check(
         )),
         _ => Ok(()),
     }
-}
-
-/// Scripts are on unless the tenant has `allow_scripts = false` (`script` confines them);
-/// FUNCTION and FCALL only for trusted tenants: libraries and function names are global in
-/// Redis, and respite does not yet give each tenant its own.
-fn scripting(cmd: &Command, tenant: &Tenant) -> Result<(), &'static str> {
-    if !tenant.scripts.allowed {
-        return Err("this tenant has allow_scripts = false");
-    }
-    let (name, _) = cmd.names();
-    if !tenant.scripts.unconfined && matches!(name, b"function" | b"fcall" | b"fcall_ro") {
-        return Err(
-            "function libraries and names are global in Redis, shared by every tenant; only a \
-             tenant with allow_unconfined_scripts may use them",
-        );
-    }
-    Ok(())
 }
 
 /// Would the request write (or, in a script, could it write) a shared key?

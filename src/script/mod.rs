@@ -25,6 +25,7 @@
 //! connection of its own (Redis answers nothing else while a script runs, and the shared
 //! connection is queued behind it).
 
+pub mod library;
 pub mod prelude;
 
 use std::collections::BTreeMap;
@@ -46,7 +47,7 @@ use crate::tenant::Tenant;
 use crate::upstream::{Connector, OwnPool};
 use crate::wire::encode_request;
 
-pub use prelude::{sha1_hex, Prelude};
+pub use prelude::{library_names, sha1_hex, Prelude};
 
 /// A kill that found nothing to kill (or could not) is tried again this much later.
 const RETRY: Duration = Duration::from_millis(500);
@@ -429,7 +430,7 @@ impl Scripts {
 
     /// SCRIPT KILL from a tenant: only a script of its own can be killed, and respite can
     /// only tell that the oldest script it has in flight is the one running.
-    pub async fn kill_for(&self, tenant: &Tenant) -> Bytes {
+    pub async fn kill_for(&self, tenant: &Tenant, which: &[u8]) -> Bytes {
         let oldest_is_ours = {
             let runs = self.running.runs.lock().unwrap();
             runs.values()
@@ -439,17 +440,18 @@ impl Scripts {
         if !oldest_is_ours {
             return crate::wire::Resp::error("NOTBUSY No scripts in execution right now.");
         }
-        match self.kill().await {
+        match self.kill(which).await {
             Ok(reply) => reply,
             Err(e) => Error::Upstream(e).to_resp(),
         }
     }
 
-    /// SCRIPT KILL over a new connection: the shared ones wait behind the script.
-    async fn kill(&self) -> Result<Bytes, crate::error::UpstreamError> {
+    /// SCRIPT KILL (or FUNCTION KILL) over a new connection: the shared ones wait behind
+    /// the script.
+    async fn kill(&self, which: &[u8]) -> Result<Bytes, crate::error::UpstreamError> {
         let mut conn = self.connector.connect(2).await?;
         let mut out = bytes::BytesMut::new();
-        encode_request(&mut out, [&b"SCRIPT"[..], b"KILL"].into_iter());
+        encode_request(&mut out, [which, b"KILL"].into_iter());
         conn.write_all(&out).await?;
         let reply = tokio::time::timeout(self.connector.command_timeout, conn.read_frame())
             .await
@@ -489,7 +491,15 @@ impl Scripts {
                     None => continue,
                 }
             };
-            match self.kill().await {
+            // EVAL scripts and functions have a KILL each; a busy Redis runs one or the other.
+            let killed = match self.kill(b"SCRIPT").await {
+                // -BUSY ... You can only call FUNCTION KILL
+                Ok(r) if r.starts_with(b"-NOTBUSY") || r.starts_with(b"-BUSY") => {
+                    self.kill(b"FUNCTION").await
+                }
+                other => other,
+            };
+            match killed {
                 Ok(reply) if reply.starts_with(b"+OK") => {
                     self.running.killed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%tenant, "killed a script running past the tenant's script_timeout_ms");
@@ -537,9 +547,17 @@ async fn record(
 /// must reach only the tenant's own keys ([`crate::policy::WRITES_THROUGH_READ_ACCESS`]).
 fn command_rules() -> (Vec<String>, Vec<String>) {
     // The scripts themselves run as the user.
-    let mut rules: Vec<String> = ["-@all", "+eval", "+evalsha", "+eval_ro", "+evalsha_ro"]
-        .map(String::from)
-        .to_vec();
+    let mut rules: Vec<String> = [
+        "-@all",
+        "+eval",
+        "+evalsha",
+        "+eval_ro",
+        "+evalsha_ro",
+        "+fcall",
+        "+fcall_ro",
+    ]
+    .map(String::from)
+    .to_vec();
     let mut own_keys_only = vec!["-@all".to_string()];
     for spec in COMMANDS {
         let name = String::from_utf8_lossy(spec.name);

@@ -16,14 +16,18 @@ use crate::command::{BeginSearch, Command, CommandSpec, FindKeys, KeySpec, COMMA
 use crate::namespace::{reply_shape, Shape};
 use crate::policy;
 
-const TEMPLATE: &str = include_str!("prelude.lua");
+const EVAL: &str = include_str!("prelude.lua");
+const FUNCTION: &str = include_str!("function.lua");
+const CORE: &str = include_str!("core.lua");
 
 /// The prelude, built once from the table and the shared prefixes.
 #[derive(Debug)]
 pub struct Prelude {
-    /// The line up to and after the per-script part (`@FAST@`).
+    /// The EVAL prelude's line up to and after the per-script part (`@FAST@`).
     head: Bytes,
     tail: Bytes,
+    /// The FUNCTION library prelude's line, with its per-tenant and per-library parts.
+    library: String,
     /// Commands (lowercase) whose only key is their first argument and whose reply carries
     /// no key name: a script that spells one out calls it through the prelude's fast path.
     fast: HashSet<Vec<u8>>,
@@ -49,23 +53,103 @@ impl Prelude {
             .map(|p| lua_string(p))
             .collect::<Vec<_>>()
             .join(", ");
-        let filled = TEMPLATE
+        let core = one_line(CORE)
             .replace("@SPECS@", &lua_string(specs.as_bytes()))
             .replace("@SHARED@", &format!("{{{shared}}}"));
-        // One line: whole-line comments go, the rest is joined (Lua does not care).
-        let line = filled
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with("--"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let line = one_line(EVAL).replace("@CORE@", &core);
         let (head, tail) = line.split_once("@FAST@").expect("the template has @FAST@");
         Prelude {
             id: hex::encode(&Sha1::digest(line.as_bytes())[..4]),
             head: Bytes::copy_from_slice(head.as_bytes()),
             tail: Bytes::from(format!("{tail} ")),
+            library: one_line(FUNCTION).replace("@CORE@", &core) + " ",
             fast,
         }
+    }
+
+    /// A tenant's FUNCTION library as Redis loads it: the library and its functions renamed
+    /// into the tenant's names (`names`, see [`library_names`]), the library prelude after
+    /// the `#!lua name=...` line. `None` when the first line is not one respite can read
+    /// exactly as Redis does (quotes, escapes): Redis would read a name respite did not
+    /// rename. A library Redis will refuse anyway (no first line, no name) is left alone.
+    pub fn wrap_library(
+        &self,
+        code: &[u8],
+        prefix: &[u8],
+        names: &str,
+        confined: bool,
+    ) -> Option<Bytes> {
+        let Some(end) = code.iter().position(|&b| b == b'\n') else {
+            return Some(Bytes::copy_from_slice(code));
+        };
+        let (first, rest) = (&code[..end], &code[end + 1..]);
+        if !first.starts_with(b"#!") {
+            return Some(Bytes::copy_from_slice(code));
+        }
+        if first
+            .iter()
+            .any(|&b| matches!(b, b'"' | b'\'' | b'\\') || b == 0)
+        {
+            return None;
+        }
+        let mut found = false;
+        let mut shebang = Vec::with_capacity(first.len() + names.len());
+        for (i, part) in first
+            .split(|b| b.is_ascii_whitespace() || *b == 0x0b)
+            .filter(|p| !p.is_empty())
+            .enumerate()
+        {
+            if i > 0 {
+                shebang.push(b' ');
+            }
+            match part.get(..5) {
+                // An empty name goes to Redis as it is, which refuses it.
+                Some(n) if i > 0 && n.eq_ignore_ascii_case(b"name=") && part.len() > 5 => {
+                    found = true;
+                    shebang.extend_from_slice(b"name=");
+                    shebang.extend_from_slice(names.as_bytes());
+                    shebang.extend_from_slice(&part[5..]);
+                }
+                _ => shebang.extend_from_slice(part),
+            }
+        }
+        if !found {
+            return Some(Bytes::copy_from_slice(code));
+        }
+        let prelude = self
+            .library
+            .replace("@PREFIX@", &lua_string(prefix))
+            .replace("@MODE@", if confined { "'c'" } else { "'u'" })
+            .replace("@NAMES@", &lua_string(names.as_bytes()))
+            .replace("@FAST@", &self.fast_table(rest));
+        let mut out = BytesMut::with_capacity(code.len() + prelude.len() + names.len() + 1);
+        out.put_slice(&shebang);
+        out.put_u8(b'\n');
+        out.put_slice(prelude.as_bytes());
+        out.put_slice(rest);
+        Some(out.freeze())
+    }
+
+    /// The library as the tenant wrote it, from the code Redis holds (FUNCTION LIST
+    /// WITHCODE): its own name back in the first line, the prelude line gone.
+    pub fn unwrap_library(&self, code: &[u8], names: &str) -> Bytes {
+        let Some(end) = code.iter().position(|&b| b == b'\n') else {
+            return Bytes::copy_from_slice(code);
+        };
+        let first =
+            String::from_utf8_lossy(&code[..end]).replacen(&format!("name={names}"), "name=", 1);
+        let mut rest = &code[end + 1..];
+        let marker = b"end)(__respite_global_redis(), __respite_global_redis); ";
+        if let Some(at) = rest.windows(marker.len()).position(|w| w == marker) {
+            if rest.starts_with(b"local __respite_global_redis") {
+                rest = &rest[at + marker.len()..];
+            }
+        }
+        let mut out = BytesMut::with_capacity(code.len());
+        out.put_slice(first.as_bytes());
+        out.put_u8(b'\n');
+        out.put_slice(rest);
+        out.freeze()
     }
 
     /// `{["INCR"]=1, ...}`: the fast-path commands `body` names in string literals, spelled
@@ -108,6 +192,32 @@ impl Prelude {
         out.put_slice(rest);
         out.freeze()
     }
+}
+
+/// The prefix of a tenant's FUNCTION library and function names: Redis allows only
+/// `[A-Za-z0-9_]` in them, so the id's `_` and `-` are written `_0` and `_1` and the prefix
+/// ends in `_2`, which no encoded id contains (no tenant's names begin with another's).
+pub fn library_names(tenant_id: &str) -> String {
+    let mut out = String::with_capacity(tenant_id.len() + 4);
+    for c in tenant_id.chars() {
+        match c {
+            '_' => out.push_str("_0"),
+            '-' => out.push_str("_1"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("_2");
+    out
+}
+
+/// A template as one line: whole-line comments go, the rest is joined (Lua does not care).
+fn one_line(template: &str) -> String {
+    template
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Redis' name for a script: the lowercase hex SHA1 of its body.
@@ -297,5 +407,53 @@ mod fast_tests {
         assert_eq!(p.fast_table(body), r#"{['GET']=1,['INCR']=1,['expire']=1}"#);
         let w = p.wrap(body);
         assert!(w.windows(10).any(|x| x == b"['INCR']=1"));
+    }
+}
+
+#[cfg(test)]
+mod library_tests {
+    use super::*;
+
+    #[test]
+    fn tenant_names_never_begin_with_another_tenants() {
+        assert_eq!(library_names("acme"), "acme_2");
+        assert_eq!(library_names("a_b-c"), "a_0b_1c_2");
+        let ids = ["a", "a_", "a_2", "a-", "a_0", "ab", "a2"];
+        for x in ids {
+            for y in ids {
+                let (nx, ny) = (library_names(x), library_names(y));
+                assert!(x == y || !nx.starts_with(&ny), "{x} {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_library_is_renamed_and_given_back_as_written() {
+        let p = Prelude::new(&[]);
+        let code = b"#!lua name=mylib\nredis.register_function('f', function() return 1 end)";
+        let wrapped = p.wrap_library(code, b"tenant:a:", "a_2", true).unwrap();
+        assert!(wrapped.starts_with(b"#!lua name=a_2mylib\nlocal __respite_global_redis"));
+        assert_eq!(wrapped.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(&p.unwrap_library(&wrapped, "a_2")[..], &code[..]);
+        // Spaces and case as Redis' own reading allows.
+        let loose = b"#!lua \t NAME=x  \nreturn";
+        let w = p.wrap_library(loose, b"tenant:a:", "a_2", true).unwrap();
+        assert!(w.starts_with(b"#!lua name=a_2x\n"));
+        // Quotes: Redis would read `name=g`, unrenamed; refused.
+        assert!(p
+            .wrap_library(b"#!lua \"name=g\"\nreturn", b"tenant:a:", "a_2", true)
+            .is_none());
+        // What Redis refuses anyway goes to Redis unchanged.
+        for bad in [
+            &b"return 1"[..],
+            b"#!lua\nreturn",
+            b"#!lua name=x",
+            b"#!lua name=\nr",
+        ] {
+            assert_eq!(
+                &p.wrap_library(bad, b"tenant:a:", "a_2", true).unwrap()[..],
+                bad
+            );
+        }
     }
 }

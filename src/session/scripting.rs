@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::script::{sha1_hex, Confinement};
+use crate::script::{library, sha1_hex, Confinement};
 
 /// The scripting commands respite runs itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,12 @@ pub(crate) enum ScriptCmd {
     Exists,
     Flush,
     Kill,
+    Fcall,
+    FunctionLoad,
+    FunctionDelete,
+    FunctionList,
+    FunctionFlush,
+    FunctionKill,
 }
 
 impl ScriptCmd {
@@ -23,6 +29,12 @@ impl ScriptCmd {
         Some(match cmd.names() {
             (b"eval" | b"eval_ro", None) => ScriptCmd::Eval,
             (b"evalsha" | b"evalsha_ro", None) => ScriptCmd::EvalSha,
+            (b"fcall" | b"fcall_ro", None) => ScriptCmd::Fcall,
+            (b"function", Some(b"load")) => ScriptCmd::FunctionLoad,
+            (b"function", Some(b"delete")) => ScriptCmd::FunctionDelete,
+            (b"function", Some(b"list")) => ScriptCmd::FunctionList,
+            (b"function", Some(b"flush")) => ScriptCmd::FunctionFlush,
+            (b"function", Some(b"kill")) => ScriptCmd::FunctionKill,
             (b"script", Some(b"load")) => ScriptCmd::Load,
             (b"script", Some(b"exists")) => ScriptCmd::Exists,
             (b"script", Some(b"flush")) => ScriptCmd::Flush,
@@ -52,12 +64,20 @@ impl Session {
             return Ok(());
         };
         let outcome = match kind {
-            ScriptCmd::Eval | ScriptCmd::EvalSha => {
+            ScriptCmd::Eval | ScriptCmd::EvalSha | ScriptCmd::Fcall => {
                 return self.run_script(kind, fwd, cost, tenant).await
             }
             // Redis would queue these; respite answers them for the tenant, now.
             _ if self.state.multi.is_some() => Err(Error::NotInMulti),
-            ScriptCmd::Kill => Ok(self.ctx.scripts.kill_for(&tenant).await),
+            ScriptCmd::Kill => Ok(self.ctx.scripts.kill_for(&tenant, b"SCRIPT").await),
+            ScriptCmd::FunctionKill => Ok(self.ctx.scripts.kill_for(&tenant, b"FUNCTION").await),
+            ScriptCmd::FunctionLoad
+            | ScriptCmd::FunctionDelete
+            | ScriptCmd::FunctionList
+            | ScriptCmd::FunctionFlush => {
+                self.drain().await?;
+                self.library(kind, &fwd.args, &tenant).await
+            }
             ScriptCmd::Flush => self
                 .ctx
                 .scripts
@@ -103,6 +123,14 @@ impl Session {
             Ok(c) => c,
             Err(e) => return self.refuse_counted(e),
         };
+        if kind == ScriptCmd::Fcall {
+            // The tenant's function, under its names; the library knows its prefix.
+            let names = crate::script::library_names(&tenant.id);
+            fwd.args[1] = Bytes::from([names.as_bytes(), &fwd.args[1]].concat());
+            return self
+                .send_script(fwd, cost, &tenant, confinement, b"fcall")
+                .await;
+        }
         if kind == ScriptCmd::Eval {
             let body = &fwd.args[1];
             let client = sha1_hex(body);
@@ -137,6 +165,24 @@ impl Session {
         fwd.prefixed.set(fwd.args.len());
         fwd.args.push(Bytes::new());
         fwd.args.push(Bytes::from_static(mode.as_bytes()));
+        let top = if kind == ScriptCmd::Eval {
+            &b"eval"[..]
+        } else {
+            b"evalsha"
+        };
+        self.send_script(fwd, cost, &tenant, confinement, top).await
+    }
+
+    /// A script or function call, charged like a write, sent as the tenant's ACL user (or
+    /// respite's own), under the tenant's timeout.
+    async fn send_script(
+        &mut self,
+        fwd: Forward,
+        cost: Option<WriteCost>,
+        tenant: &Tenant,
+        confinement: Confinement,
+        top: &'static [u8],
+    ) -> Result<(), End> {
         let send = ScriptSend {
             auth: match confinement {
                 Confinement::User { auth } => Some(auth),
@@ -144,15 +190,49 @@ impl Session {
             },
             timeout: Duration::from_millis(tenant.scripts.timeout_ms),
         };
-        let top = if kind == ScriptCmd::Eval {
-            &b"eval"[..]
-        } else {
-            b"evalsha"
-        };
         let Some(written) = self.charge(cost, top).await else {
             return Ok(());
         };
         self.forward(fwd, top, written, Some(send)).await
+    }
+
+    /// FUNCTION LOAD, DELETE, LIST and FLUSH, for the tenant's own libraries.
+    async fn library(
+        &mut self,
+        kind: ScriptCmd,
+        args: &[Bytes],
+        tenant: &Tenant,
+    ) -> Result<Bytes, Error> {
+        let (own, prelude) = (&self.ctx.own, &self.ctx.scripts.prelude);
+        match kind {
+            ScriptCmd::FunctionLoad => {
+                let (code, options) = args[2..].split_last().expect("arity");
+                let mut replace = false;
+                for o in options {
+                    if !o.eq_ignore_ascii_case(b"replace") {
+                        let o = String::from_utf8_lossy(o);
+                        return Err(Error::Unsupported(format!("Unknown option given: {o}")));
+                    }
+                    replace = true;
+                }
+                let confined = !tenant.scripts.unconfined;
+                library::load(own, prelude, tenant, confined, replace, code).await
+            }
+            ScriptCmd::FunctionDelete => library::delete(own, tenant, &args[2]).await,
+            ScriptCmd::FunctionFlush => {
+                let mode_ok =
+                    |a: &Bytes| a.eq_ignore_ascii_case(b"async") || a.eq_ignore_ascii_case(b"sync");
+                if args.len() > 3 || args.get(2).is_some_and(|a| !mode_ok(a)) {
+                    return Err(Error::Syntax);
+                }
+                library::flush(own, prelude, tenant).await
+            }
+            _ => {
+                let (pattern, with_code) = list_options(&args[2..])?;
+                let libraries = library::list(own, prelude, tenant, &pattern, with_code).await?;
+                Ok(library::encode_list(&libraries, self.state.protocol))
+            }
+        }
     }
 
     /// SCRIPT LOAD: Redis loads the wrapped script; the client gets its own script's name.
@@ -250,4 +330,30 @@ fn integers(frame: &Frame) -> Vec<i64> {
             _ => 0,
         })
         .collect()
+}
+
+/// FUNCTION LIST's options as Redis reads them: `LIBRARYNAME <pattern>` and `WITHCODE`, each
+/// at most once, in any order.
+fn list_options(args: &[Bytes]) -> Result<(Bytes, bool), Error> {
+    let (mut pattern, mut with_code) = (None, false);
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if !with_code && a.eq_ignore_ascii_case(b"withcode") {
+            with_code = true;
+        } else if pattern.is_none() && a.eq_ignore_ascii_case(b"libraryname") {
+            i += 1;
+            let Some(p) = args.get(i) else {
+                return Err(Error::Unsupported(
+                    "library name argument was not given".into(),
+                ));
+            };
+            pattern = Some(p.clone());
+        } else {
+            let a = String::from_utf8_lossy(a);
+            return Err(Error::Unsupported(format!("Unknown argument {a}")));
+        }
+        i += 1;
+    }
+    Ok((pattern.unwrap_or(Bytes::from_static(b"*")), with_code))
 }

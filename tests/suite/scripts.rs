@@ -333,21 +333,8 @@ async fn script_kill_kills_only_the_tenants_own_script() {
 }
 
 #[tokio::test]
-async fn functions_and_switched_off_scripts_are_refused() {
+async fn switched_off_scripts_are_refused() {
     let (_redis, proxy) = start("").await;
-    let mut a = proxy.raw_as("a", "pa").await;
-    for cmd in [
-        vec![
-            "FUNCTION",
-            "LOAD",
-            "#!lua name=l\nredis.register_function('f', function() return 1 end)",
-        ],
-        vec!["FCALL", "f", "0"],
-        vec!["FUNCTION", "LIST"],
-    ] {
-        let reply = a.cmd(&cmd).await;
-        assert!(reply.starts_with("-NOPERM"), "{cmd:?}: {reply}");
-    }
     let mut off = proxy.raw_as("off", "poff").await;
     assert_eq!(
         off.cmd(&["EVAL", "return 1", "0"]).await,
@@ -540,4 +527,141 @@ async fn the_tenants_acl_user_comes_back_after_a_redis_restart() {
     );
     assert_eq!(a.cmd(&["EVAL", set, "1", "k"]).await, "+OK\r\n");
     assert_eq!(data_keys(&redis).await, vec!["tenant:a:k"]);
+}
+
+const LIBRARY: &str = "#!lua name=mylib\n\
+    redis.register_function('incr2', function(keys, args) \
+      redis.call('INCRBY', keys[1], 2) return redis.call('GET', keys[1]) end)\n\
+    redis.register_function{function_name='peek', callback=function(keys, args) \
+      return {keys[1], redis.pcall('GET', args[1])} end, flags={'no-writes'}}";
+
+/// FUNCTION libraries and function names are the tenant's own: two tenants load a library
+/// of the same name with functions of the same names, each calls its own, inside its own
+/// keys; LIST shows the tenant's libraries by their names and code, nobody else's.
+#[tokio::test]
+async fn function_libraries_are_per_tenant() {
+    let (redis, proxy) = start("").await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    let mut v = proxy.raw_as("v", "pv").await;
+    assert_eq!(
+        a.cmd(&["FUNCTION", "LOAD", LIBRARY]).await,
+        "$5\r\nmylib\r\n"
+    );
+    let other = "#!lua name=mylib\nredis.register_function('incr2', function() return 'v' end)";
+    assert_eq!(v.cmd(&["FUNCTION", "LOAD", other]).await, "$5\r\nmylib\r\n");
+    assert_eq!(a.cmd(&["FCALL", "incr2", "1", "n"]).await, "$1\r\n2\r\n");
+    assert_eq!(v.cmd(&["FCALL", "incr2", "0"]).await, "$1\r\nv\r\n");
+    assert_eq!(a.cmd(&["FCALL", "incr2", "1", "n"]).await, "$1\r\n4\r\n");
+    // Keys as written, another tenant's key out of reach.
+    assert_eq!(v.cmd(&["SET", "secret", "s"]).await, "+OK\r\n");
+    assert_eq!(
+        a.cmd(&["FCALL_RO", "peek", "1", "k", "tenant:v:secret"])
+            .await,
+        "*2\r\n$1\r\nk\r\n$-1\r\n"
+    );
+    let escape = "#!lua name=esc\nredis.register_function('esc', function() \
+                  return loadstring('return redis')().call('GET', 'tenant:v:secret') end)";
+    assert_eq!(a.cmd(&["FUNCTION", "LOAD", escape]).await, "$3\r\nesc\r\n");
+    let reply = a.cmd(&["FCALL", "esc", "0"]).await;
+    assert!(
+        reply.starts_with("-ERR The user executing the script can't access"),
+        "{reply}"
+    );
+    assert_eq!(
+        a.cmd(&["FUNCTION", "LOAD", LIBRARY]).await,
+        "-ERR Library 'mylib' already exists\r\n"
+    );
+    assert_eq!(
+        a.cmd(&["FUNCTION", "LOAD", "REPLACE", LIBRARY]).await,
+        "$5\r\nmylib\r\n"
+    );
+    // LIST: the tenant's own, byte for byte as Redis would show them had the tenant loaded
+    // them alone (one function each: Redis lists functions in its hash table's order).
+    let one = "#!lua name=one\nredis.register_function{function_name='look', \
+               callback=function(keys, args) return 1 end, flags={'no-writes'}, \
+               description='looks'}";
+    assert_eq!(a.cmd(&["FUNCTION", "LOAD", one]).await, "$3\r\none\r\n");
+    let mut d = Raw::connect(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    assert_eq!(d.cmd(&["FUNCTION", "LOAD", one]).await, "$3\r\none\r\n");
+    for hello in ["2", "3"] {
+        for c in [&mut a, &mut d] {
+            c.protocol = hello.parse().unwrap();
+            assert!(c.cmd(&["HELLO", hello]).await.len() > 10);
+        }
+        for args in [
+            vec!["FUNCTION", "LIST", "LIBRARYNAME", "o*", "WITHCODE"],
+            vec!["FUNCTION", "LIST", "WITHCODE", "LIBRARYNAME", "one"],
+            vec!["FUNCTION", "LIST", "LIBRARYNAME", "one"],
+        ] {
+            assert_eq!(
+                a.cmd(&args).await,
+                d.cmd(&args).await,
+                "RESP{hello} {args:?}"
+            );
+        }
+    }
+    assert_eq!(d.cmd(&["FUNCTION", "DELETE", "one"]).await, "+OK\r\n");
+    let listed = a.cmd(&["FUNCTION", "LIST"]).await;
+    assert!(
+        listed.starts_with("%3\r\n") || listed.starts_with("*3\r\n"),
+        "{listed}"
+    );
+    assert_eq!(
+        v.cmd(&["FUNCTION", "LIST", "LIBRARYNAME", "esc"]).await,
+        "*0\r\n"
+    );
+    // DELETE and FLUSH reach the tenant's own libraries only.
+    assert_eq!(a.cmd(&["FUNCTION", "DELETE", "esc"]).await, "+OK\r\n");
+    assert_eq!(
+        v.cmd(&["FUNCTION", "DELETE", "esc"]).await,
+        "-ERR Library not found\r\n"
+    );
+    assert_eq!(a.cmd(&["FUNCTION", "FLUSH"]).await, "+OK\r\n");
+    assert_eq!(
+        a.cmd(&["FCALL", "incr2", "1", "n"]).await,
+        "-ERR Function not found\r\n"
+    );
+    assert_eq!(v.cmd(&["FCALL", "incr2", "0"]).await, "$1\r\nv\r\n");
+    // A first line respite cannot read as Redis does is refused, not loaded under Redis'
+    // reading of it.
+    let quoted = "#!lua \"name=global\"\nredis.register_function('g', function() return 1 end)";
+    let reply = a.cmd(&["FUNCTION", "LOAD", quoted]).await;
+    assert!(
+        reply.starts_with("-ERR respite reads a library's first line"),
+        "{reply}"
+    );
+    for cmd in [
+        vec!["FUNCTION", "DUMP"],
+        vec!["FUNCTION", "RESTORE", "x"],
+        vec!["FUNCTION", "STATS"],
+    ] {
+        assert!(a.cmd(&cmd).await.starts_with("-NOPERM"), "{cmd:?}");
+    }
+    let libs: Vec<redis::Value> = q(&mut redis.direct().await, &["FUNCTION", "LIST"])
+        .await
+        .unwrap();
+    assert_eq!(libs.len(), 1, "only v's library is left");
+    assert_eq!(
+        data_keys(&redis).await,
+        vec!["tenant:a:n", "tenant:v:secret"]
+    );
+}
+
+#[tokio::test]
+async fn a_runaway_function_is_killed_after_the_tenants_timeout() {
+    let redis = Redis::start_with(&["--busy-reply-threshold", "100"]);
+    let proxy = Proxy::start_config(&config(&redis, "[defaults]\nscript_timeout_ms = 300\n")).await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    let spin = "#!lua name=spin\nredis.register_function('spin', function() while true do end end)";
+    assert_eq!(a.cmd(&["FUNCTION", "LOAD", spin]).await, "$4\r\nspin\r\n");
+    a.send_cmd(&["FCALL", "spin", "0"]).await;
+    let killed = tokio::time::timeout(Duration::from_secs(10), a.reply())
+        .await
+        .expect("killed, not left running");
+    assert!(
+        killed.starts_with("-ERR Script killed by user with"),
+        "{killed}"
+    );
+    let mut v = proxy.raw_as("v", "pv").await;
+    assert_eq!(v.cmd(&["SET", "k", "1"]).await, "+OK\r\n");
 }
