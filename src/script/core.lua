@@ -4,7 +4,8 @@
 -- KEYS[i] to redis.call, the usual case, costs a table lookup, not a new string). It returns
 -- the redis table scripts see, whose call/pcall put every key and channel argument into the
 -- tenant's namespace (found by Redis' key specs, as Redis finds them) and take the prefix
--- back out of key names in replies (LMPOP, ZMPOP, XREAD, ...), and `strip`.
+-- back out of key names in replies (LMPOP, ZMPOP, XREAD, ...), and `declare`, which
+-- hands a call's declared keys to the tenant as it wrote them.
 -- @SPECS@ and @SHARED@ are filled in from respite's command table and config.
 function(P, R, FAST, state)
 local n = #P
@@ -154,5 +155,15 @@ local name, k = ...
 if FAST[name] and k ~= nil then return pcall(name, key(k), select(3, ...)) end
 return slow(pcall, false, ...)
 end,
-}, {__index = R}), strip
+}, {__index = R}), function(K)
+-- The declared keys, as the tenant wrote them, in place; and the way back.
+local declared = {}
+for i = 1, #K do
+local k = K[i]
+local mine = strip(k)
+declared[mine] = k
+K[i] = mine
+end
+state.declared = declared
+end
 end

@@ -11,24 +11,17 @@ local __respite_global_redis = function() return redis end
 local redis
 redis = (function(R0, global)
 local P, H, NAMES, FAST = @PREFIX@, @MODE@, @NAMES@, @FAST@
-local state, shadow, strip = {}
+local shadow, declare
 local function enter(keys, args, callback)
 local R = global()
 if H == 'c' and R.acl_check_cmd('get', 'respite:confinement-check') then
 error(R.error_reply('ERR respite: refusing to run a tenant function as an unconfined Redis user'))
 end
 if not shadow then
-shadow, strip = (@CORE@)(P, R, FAST, state)
+shadow, declare = (@CORE@)(P, R, FAST, {})
 redis = shadow
 end
-local declared = {}
-for i = 1, #keys do
-local k = keys[i]
-local mine = strip(k)
-declared[mine] = k
-keys[i] = mine
-end
-state.declared = declared
+declare(keys)
 return callback(keys, args)
 end
 local function register(a, callback)

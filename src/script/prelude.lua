@@ -24,15 +24,7 @@ A[last - 1] = nil
 if H == 'c' and R.acl_check_cmd('get', 'respite:confinement-check') then
 error(R.error_reply('ERR respite: refusing to run a tenant script as an unconfined Redis user'))
 end
-local state = {}
-local shadow, strip = (@CORE@)(P, R, FAST, state)
-local declared = {}
-for i = 1, #K do
-local k = K[i]
-local mine = strip(k)
-declared[mine] = k
-K[i] = mine
-end
-state.declared = declared
+local shadow, declare = (@CORE@)(P, R, FAST, {})
+declare(K)
 return K, A, shadow
 end)(KEYS, ARGV, redis, @FAST@);
