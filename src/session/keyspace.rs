@@ -295,6 +295,16 @@ impl Session {
             p[2],
             p[3],
         ));
+        let scripts = match (tenant.scripts, self.ctx.scripts.can_confine()) {
+            (s, _) if !s.allowed => "off",
+            (s, _) if s.unconfined => "unconfined",
+            (_, Some(false)) => "refused (respite's Redis user cannot run ACL SETUSER)",
+            _ => "confined",
+        };
+        out.push_str(&format!(
+            "scripts:{scripts}\r\nscript_timeout_ms:{}\r\n",
+            tenant.scripts.timeout_ms
+        ));
         let (Some(quotas), Some(ledger)) = (self.ctx.quotas.clone(), tenant.ledger.as_ref()) else {
             out.push_str("quota:off\r\n");
             return out;

@@ -241,6 +241,17 @@ pub(crate) struct Outbound {
     /// for the real deadline), never late, and costs no timer registration per request.
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     timer_at: Option<Instant>,
+    /// The last request encoded is respite's own login after a tenant's script: the next
+    /// script of the same tenant in the same batch goes inside the same AUTH pair.
+    bracket: Option<Bracket>,
+}
+
+/// Where the login after a tenant's script starts and ends in `to_up`, and for whom.
+pub(crate) struct Bracket {
+    pub(crate) at: usize,
+    pub(crate) end: usize,
+    pub(crate) user: Bytes,
+    pub(crate) queued: bool,
 }
 
 /// What the client has set on its connection, in respite or in Redis.
@@ -334,6 +345,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             progress: Instant::now(),
             timer: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
             timer_at: None,
+            bracket: None,
         },
         state: ConnectionState {
             protocol: 2,

@@ -74,7 +74,9 @@ impl Session {
         }
         let confine = script.and_then(|s| s.auth);
         if let Some(auth) = &confine {
-            self.login_for_script(auth, queued);
+            if !self.reopen_bracket(auth, queued) {
+                self.login_for_script(auth, queued);
+            }
         }
         let prefix = self.tenant.as_ref().map_or(&[][..], |t| &t.prefix[..]);
         encode_marked(&mut self.up.to_up, &args, prefix, &prefixed);
@@ -83,15 +85,47 @@ impl Session {
             // Encoded: the write's key can leave the request rather than be copied.
             w.keys.take_from(&mut args);
         }
-        if confine.is_some() {
+        if let Some(auth) = confine {
+            let at = self.up.to_up.len();
             let relogin = self.ctx.scripts.relogin();
             encode_request(&mut self.up.to_up, relogin.iter().map(|a| &a[..]));
             self.queue(Slot::Relogin);
             if let Some(m) = self.state.multi.as_mut().filter(|_| queued) {
                 m.items.push(ExecItem::Hidden);
             }
+            self.up.bracket = Some(Bracket {
+                at,
+                end: self.up.to_up.len(),
+                user: auth[1].clone(),
+                queued,
+            });
         }
         Ok(())
+    }
+
+    /// A script of the same tenant right after another one's, in the same batch: the login
+    /// after the first is taken back, so both run inside one AUTH pair (a pipeline of
+    /// scripts costs Redis two AUTHs, not two per script).
+    fn reopen_bracket(&mut self, auth: &[Bytes; 3], queued: bool) -> bool {
+        let open = self.up.bracket.take().filter(|b| {
+            b.end == self.up.to_up.len()
+                && b.user == auth[1]
+                && b.queued == queued
+                && matches!(self.up.pending.back(), Some(Slot::Relogin))
+        });
+        let Some(b) = open else {
+            return false;
+        };
+        self.up.to_up.truncate(b.at);
+        self.up.pending.pop_back();
+        self.up.awaiting -= 1;
+        self.up.to_up_count -= 1;
+        if let Some(m) = self.state.multi.as_mut().filter(|_| queued) {
+            // The login's hidden result, before the script's own item `queue_in_multi` pushed.
+            let at = m.items.len() - 2;
+            m.items.remove(at);
+        }
+        true
     }
 
     /// Is a blocking command (BLPOP, XREAD BLOCK, WAIT, ...) waiting for its reply?
@@ -259,6 +293,7 @@ impl Session {
         if self.up.to_up.is_empty() {
             return;
         }
+        self.up.bracket = None;
         let count = std::mem::take(&mut self.up.to_up_count);
         let Some(p) = self.up.pinned.as_mut() else {
             let data = self.up.to_up.split().freeze();

@@ -368,7 +368,16 @@ async fn without_acl_rights_only_unconfined_tenants_run_scripts() {
         reply.starts_with("-NOPERM this user has no permissions to run the 'eval' command: respite's Redis user cannot create ACL users"),
         "{reply}"
     );
+    let info = a.cmd(&["INFO", "tenant"]).await;
+    assert!(
+        info.contains("scripts:refused (respite's Redis user cannot run ACL SETUSER)\r\n"),
+        "{info}"
+    );
     let mut t = proxy.raw_as("t", "pt").await;
+    assert!(t
+        .cmd(&["INFO", "tenant"])
+        .await
+        .contains("scripts:unconfined\r\n"));
     assert_eq!(
         t.cmd(&[
             "EVAL",
@@ -664,4 +673,67 @@ async fn a_runaway_function_is_killed_after_the_tenants_timeout() {
     );
     let mut v = proxy.raw_as("v", "pv").await;
     assert_eq!(v.cmd(&["SET", "k", "1"]).await, "+OK\r\n");
+}
+
+/// Pipelined scripts of a tenant share one AUTH pair; whatever follows them runs as
+/// respite again, in order, and a script that fails in the middle changes nothing of that.
+#[tokio::test]
+async fn pipelined_scripts_share_one_login_and_keep_their_order() {
+    let (redis, proxy) = start("").await;
+    let mut v = proxy.raw_as("v", "pv").await;
+    assert_eq!(v.cmd(&["SET", "secret", "s"]).await, "+OK\r\n");
+    let mut a = proxy.raw_as("a", "pa").await;
+    let mut batch = bytes::BytesMut::new();
+    let incr = "return redis.call('INCR', KEYS[1])";
+    let escape = "return _G.redis.call('GET', 'tenant:v:secret')";
+    for cmd in [
+        vec!["EVAL", incr, "1", "n"],
+        vec!["EVAL", escape, "0"],
+        vec!["EVAL", incr, "1", "n"],
+        vec!["GET", "n"],
+        vec!["EVAL", incr, "1", "n"],
+        vec!["MULTI"],
+        vec!["EVAL", incr, "1", "n"],
+        vec!["EVAL", incr, "1", "n"],
+        vec!["EXEC"],
+        vec!["GET", "n"],
+    ] {
+        respite::wire::encode_request(&mut batch, cmd.iter().map(|a| a.as_bytes()));
+    }
+    a.send(&batch).await;
+    let mut replies = Vec::new();
+    for _ in 0..10 {
+        replies.push(a.reply().await);
+    }
+    assert_eq!(replies[0], ":1\r\n");
+    assert!(
+        replies[1].starts_with("-ERR The user executing the script can't access"),
+        "{}",
+        replies[1]
+    );
+    assert_eq!(replies[2..5], [":2\r\n", "$1\r\n2\r\n", ":3\r\n"]);
+    assert_eq!(
+        replies[5..9],
+        [
+            "+OK\r\n",
+            "+QUEUED\r\n",
+            "+QUEUED\r\n",
+            "*2\r\n:4\r\n:5\r\n"
+        ]
+    );
+    assert_eq!(replies[9], "$1\r\n5\r\n");
+    assert_eq!(
+        data_keys(&redis).await,
+        vec!["tenant:a:n", "tenant:v:secret"]
+    );
+    // Three runs of scripts (the GET and the MULTI end a run): three AUTH pairs.
+    let stats: String = q(&mut redis.direct().await, &["INFO", "commandstats"])
+        .await
+        .unwrap();
+    let auth = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_auth:calls="))
+        .and_then(|l| l.split(',').next())
+        .unwrap_or("0");
+    assert_eq!(auth, "6", "{stats}");
 }
