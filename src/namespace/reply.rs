@@ -30,6 +30,9 @@ pub enum Shape {
     /// EXEC: one shape per queued command; `Local` results are ones respite answered itself,
     /// spliced in at their place.
     Exec(Vec<ExecItem>),
+    /// A tenant's script: Redis' errors name the wrapped script (the first 40 bytes, its
+    /// SHA1), which the tenant knows by its own (the last 40).
+    Script(Box<[u8; 80]>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +104,7 @@ pub fn strip(frame: &Frame, shape: &Shape, prefix: &[u8]) -> Bytes {
     match shape {
         Shape::Plain => frame.raw.clone(),
         Shape::Exec(items) => exec(frame, items, prefix),
+        Shape::Script(names) => rename_script(frame, names),
         _ => {
             let mut edits = Vec::new();
             collect(frame, &frame.tree, shape, prefix, &mut edits);
@@ -109,9 +113,29 @@ pub fn strip(frame: &Frame, shape: &Shape, prefix: &[u8]) -> Bytes {
     }
 }
 
+/// An error naming the wrapped script names the tenant's instead (same length: the frame's
+/// lengths stay as they are).
+fn rename_script(frame: &Frame, names: &[u8; 80]) -> Bytes {
+    let (wrapped, own) = names.split_at(40);
+    if !frame.is_error() || !frame.raw.windows(40).any(|w| w == wrapped) {
+        return frame.raw.clone();
+    }
+    let mut out = frame.raw.to_vec();
+    let mut i = 0;
+    while i + 40 <= out.len() {
+        if &out[i..i + 40] == wrapped {
+            out[i..i + 40].copy_from_slice(own);
+            i += 40;
+        } else {
+            i += 1;
+        }
+    }
+    Bytes::from(out)
+}
+
 fn collect(frame: &Frame, f: &RangeFrame, shape: &Shape, prefix: &[u8], edits: &mut Vec<Edit>) {
     match shape {
-        Shape::Plain => {}
+        Shape::Plain | Shape::Script(_) => {}
         Shape::Keys => {
             for e in elements(f).unwrap_or_default() {
                 edit(frame, e, prefix, edits);

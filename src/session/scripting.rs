@@ -140,21 +140,24 @@ impl Session {
                 .unwrap_or_else(|| sha1_hex(&wrapped));
             scripts.remember(&tenant, client, name);
             fwd.args[1] = wrapped;
+            fwd.expect = Expect::Reply(Shape::Script(script_names(&name, &client)));
         } else {
             let client = fwd.args[1].to_ascii_lowercase();
-            let found = match <[u8; 40]>::try_from(&client[..]) {
-                Ok(client) => match scripts.lookup(&tenant, &client).await {
+            let client = <[u8; 40]>::try_from(&client[..]).ok();
+            let found = match &client {
+                Some(client) => match scripts.lookup(&tenant, client).await {
                     Ok(found) => found,
                     Err(e) => return self.refuse_counted(e),
                 },
-                Err(_) => None,
+                None => None,
             };
-            let Some(name) = found else {
+            let (Some(name), Some(client)) = (found, client) else {
                 self.answer(crate::wire::Resp::error(NOSCRIPT));
                 self.count(Outcome::Error, None);
                 return Ok(());
             };
             fwd.args[1] = Bytes::copy_from_slice(&name);
+            fwd.expect = Expect::Reply(Shape::Script(script_names(&name, &client)));
         }
         // Last, for the prelude: the tenant's prefix (a marked empty argument is the prefix
         // itself) and whether Redis must confine the script.
@@ -356,4 +359,12 @@ fn list_options(args: &[Bytes]) -> Result<(Bytes, bool), Error> {
         i += 1;
     }
     Ok((pattern.unwrap_or(Bytes::from_static(b"*")), with_code))
+}
+
+/// The wrapped script's name, then the tenant's, for [`Shape::Script`].
+fn script_names(wrapped: &[u8; 40], own: &[u8; 40]) -> Box<[u8; 80]> {
+    let mut names = Box::new([0u8; 80]);
+    names[..40].copy_from_slice(wrapped);
+    names[40..].copy_from_slice(own);
+    names
 }

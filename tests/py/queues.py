@@ -1,12 +1,15 @@
-"""RQ (with redis-py 5) and redis-py's Lock through respite: jobs enqueued, run by a worker,
-their results read back; a lock taken, extended, refused to a second holder and released
-(redis-py's Lock runs Lua scripts for all of it). Exits 0 when all of it worked.
+"""RQ (with redis-py 5), redis-py's Lock and the `limits` moving-window rate limiter through
+respite: jobs enqueued, run by a worker, their results read back; a lock taken, extended,
+refused to a second holder and released; a limit of 3 a minute letting 3 hits through and
+refusing the 4th (the Lock and the limiter run Lua scripts for all of it). Exits 0 when all
+of it worked.
 
     python queues.py <port> <tenant> <password>
 """
 import sys
 
 import redis
+from limits import parse, storage, strategies
 from rq import Queue, SimpleWorker
 from rq.job import JobStatus
 
@@ -33,7 +36,13 @@ def main():
     assert lock.owned()
     lock.release()
     assert conn.lock("resource", timeout=10).acquire(blocking=False)
-    print({"results": results, "lock": "ok"})
+    limiter = strategies.MovingWindowRateLimiter(
+        storage.RedisStorage(f"redis://{tenant}:{password}@127.0.0.1:{port}")
+    )
+    three = parse("3/minute")
+    hits = [limiter.hit(three, "api", "user1") for _ in range(4)]
+    assert hits == [True, True, True, False], hits
+    print({"results": results, "lock": "ok", "limits": hits})
 
 
 if __name__ == "__main__":

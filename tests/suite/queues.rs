@@ -1,7 +1,8 @@
-//! Real job queues through respite, with scripts on: BullMQ (npm, `tests/js/`) and RQ with
-//! redis-py's Lock (PyPI, `tests/py/`). Each runs its jobs to completion against a tenant,
-//! and every key it leaves in Redis must be the tenant's. The packages are installed on first
-//! use (pinned: `tests/js/package-lock.json`, `tests/py/requirements.txt`).
+//! Real job queues through respite, with scripts on: BullMQ (npm, `tests/js/`), and RQ with
+//! redis-py's Lock and the `limits` rate limiter (PyPI, `tests/py/`). Each runs its jobs to
+//! completion against a tenant, and every key it leaves in Redis must be the tenant's. The
+//! packages are installed on first use (pinned: `tests/js/package-lock.json`,
+//! `tests/py/requirements.txt`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -109,7 +110,7 @@ async fn venv() -> PathBuf {
 }
 
 #[tokio::test]
-async fn rq_jobs_and_redis_py_locks_work_inside_the_namespace() {
+async fn rq_jobs_redis_py_locks_and_limits_work_inside_the_namespace() {
     let python = venv().await;
     let redis = Redis::start();
     let proxy = Proxy::start_config(&proxy_config(&redis)).await;
@@ -119,10 +120,13 @@ async fn rq_jobs_and_redis_py_locks_work_inside_the_namespace() {
         Command::new(&python)
             .args(["queues.py", &port, "q", "pq"])
             .current_dir(dir),
-        "RQ and redis-py Lock through respite",
+        "RQ, redis-py Lock and limits through respite",
         Duration::from_secs(90),
     )
     .await;
-    assert!(out.contains("'results': [2, 4, 42], 'lock': 'ok'"), "{out}");
+    assert!(
+        out.contains("'results': [2, 4, 42], 'lock': 'ok', 'limits': [True, True, True, False]"),
+        "{out}"
+    );
     assert!(only_tenant_keys(&redis, "q").await > 3);
 }

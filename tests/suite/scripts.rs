@@ -112,9 +112,17 @@ async fn scripts_see_keys_as_written_and_key_names_come_back_without_the_prefix(
         write.starts_with("-ERR The user executing the script can't access"),
         "{write}"
     );
-    // Line numbers are the script's own (for what the script itself raises).
-    let err = a.cmd(&["EVAL", "local x = 1\nerror('boom')", "0"]).await;
-    assert!(err.starts_with("-ERR user_script:2: boom"), "{err}");
+    // Line numbers are the script's own (for what the script itself raises), and so is
+    // the script's name.
+    let boom = "local x = 1\nerror('boom')";
+    let err = a.cmd(&["EVAL", boom, "0"]).await;
+    let mut d = _redis.direct().await;
+    let sha: String = q(&mut d, &["SCRIPT", "LOAD", boom]).await.unwrap();
+    assert_eq!(
+        err,
+        format!("-ERR user_script:2: boom script: {sha}, on @user_script:2.\r\n")
+    );
+    assert_eq!(a.cmd(&["EVALSHA", &sha, "0"]).await, err);
 }
 
 #[tokio::test]
