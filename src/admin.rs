@@ -137,11 +137,72 @@ fn tenant_figures(ctx: &Context, registry: &mut Registry) {
     );
 }
 
+/// What each tenant's limits did, and where it stands against them.
+fn tenant_limits(ctx: &Context, registry: &mut Registry) {
+    let closed = Family::<ByTenant, Counter>::default();
+    let connections = Family::<ByTenant, Gauge>::default();
+    let max_clients = Family::<ByTenant, Gauge>::default();
+    let unread = Family::<ByTenant, Gauge>::default();
+    let throttled = Family::<ByTenant, Gauge<f64, AtomicU64>>::default();
+    let rate_refusals = Family::<ByTenant, Counter>::default();
+    for t in ctx.auth.tenants() {
+        let id = tenant(&t.id);
+        if let Some(r) = &t.rates {
+            let us = r.throttled_us.load(Ordering::Relaxed);
+            throttled.get_or_create(&id).set(us as f64 / 1e6);
+            rate_refusals
+                .get_or_create(&id)
+                .inc_by(r.refused.load(Ordering::Relaxed));
+        }
+        closed
+            .get_or_create(&id)
+            .inc_by(t.limited.closed_for_output.load(Ordering::Relaxed));
+        connections.get_or_create(&id).set(t.connections() as i64);
+        if let Some(max) = t.max_clients {
+            max_clients.get_or_create(&id).set(max as i64);
+        }
+        if let Some(total) = &t.output {
+            unread.get_or_create(&id).set(total.bytes() as i64);
+        }
+    }
+    registry.register(
+        "clients_closed_output",
+        "Clients closed for unread replies past client_output_limit_bytes or the tenant's output_limit_bytes",
+        closed,
+    );
+    registry.register(
+        "tenant_connections",
+        "The tenant's connections on this instance",
+        connections,
+    );
+    registry.register(
+        "tenant_max_clients",
+        "The tenant's max_clients, where set",
+        max_clients,
+    );
+    registry.register(
+        "rate_throttled_seconds",
+        "Time the tenant's connections were held back for its rates (rate_limit = delay)",
+        throttled,
+    );
+    registry.register(
+        "rate_refusals",
+        "Requests refused for the tenant's rates (rate_limit = refuse)",
+        rate_refusals,
+    );
+    registry.register(
+        "tenant_output_unread_bytes",
+        "Reply bytes the tenant's clients have asked for and not read, where output_limit_bytes is set",
+        unread,
+    );
+}
+
 /// The registry, filled with this moment's figures, in the text format.
 async fn metrics(ctx: &Context) -> String {
     let mut registry = <Registry>::with_prefix("respite");
     register_connections(ctx, &mut registry);
     tenant_figures(ctx, &mut registry);
+    tenant_limits(ctx, &mut registry);
     register_upstream(ctx, &mut registry);
     if let Some(quotas) = &ctx.quotas {
         register_quotas(quotas, &mut registry).await;

@@ -69,6 +69,18 @@ impl Authenticator {
             let mut tenant = Tenant::new(&id, config.tenant_scripts(t));
             tenant.max_clients = config.tenant_max_clients(t);
             tenant.pinned = config.tenant_pinned_max(t).map(crate::upstream::Share::new);
+            let rates = config.tenant_rates(t);
+            tenant.rates = crate::rate::Rates::new(
+                rates.ops_per_second,
+                rates.bytes_per_second,
+                match rates.refuse {
+                    true => crate::rate::Past::Refuse,
+                    false => crate::rate::Past::Delay,
+                },
+            );
+            tenant.output = config
+                .tenant_output_limit(t)
+                .map(|limit| Arc::new(crate::upstream::OutputTotal::new(limit)));
             tenant.shared = shared.clone();
             tenant.publisher = t.role.get_ref() == "publisher";
             if config.quotas_enabled() {

@@ -37,6 +37,8 @@ pub struct Context {
     pub scripts: Scripts,
     /// Connections not yet authenticated, and at most how many, for how long.
     pub unauthenticated: Unauthenticated,
+    /// `server.client_output_limit_bytes` (0: no bound).
+    pub client_output_limit: usize,
 }
 
 /// The connections that have not authenticated yet (`server.max_unauthenticated`,

@@ -91,6 +91,9 @@ pub enum Error {
     Isolation(String),
     #[error("ERR max number of clients reached")]
     MaxClients,
+    /// A tenant past its rate with `rate_limit = "refuse"`.
+    #[error("ERR {0}")]
+    RateLimited(String),
     #[error("ERR Protocol version is not an integer or out of range")]
     BadProtover,
     #[error("ERR Syntax error in HELLO option '{0}'")]

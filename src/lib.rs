@@ -33,7 +33,7 @@
 //! | bytes | [`wire`] (imports nothing of the crate), `command`, `config`, `clients`, `info` |
 //! | errors and figures | `error`, `metrics` |
 //! | Redis | [`upstream`] (shared and pinned connections, respite's own pool, health, facts) |
-//! | data | `market` (the shared-key cache), `quota`, [`tenant`] |
+//! | data | `market` (the shared-key cache), `quota`, `rate` (token buckets), [`tenant`] |
 //! | stages | [`namespace`], `auth`, [`policy`], `script` (tenants' Lua: prelude, ACL users) |
 //! | composition | `context` (what sessions share) |
 //! | connections | `session` (child modules of one type), `admin`, [`billing`], `server` |
@@ -62,6 +62,7 @@ mod metrics;
 pub mod namespace;
 pub mod policy;
 mod quota;
+mod rate;
 mod script;
 mod server;
 mod session;
@@ -111,6 +112,7 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         readiness: upstream::Readiness::default(),
         facts: upstream::Facts::default(),
         metrics: config.server.metrics,
+        client_output_limit: config.server.client_output_limit_bytes,
         unauthenticated: context::Unauthenticated::new(
             config.server.max_unauthenticated,
             Duration::from_millis(config.server.auth_timeout_ms),

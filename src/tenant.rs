@@ -32,8 +32,21 @@ pub struct Tenant {
     pub max_clients: Option<usize>,
     /// Its share of the pinned pool (`pinned_max`); `None`: the pool's bound only.
     pub pinned: Option<crate::upstream::Share>,
+    /// Its clients' unread replies and their bound (`output_limit_bytes`).
+    pub output: Option<Arc<crate::upstream::OutputTotal>>,
+    /// What its limits did on this instance.
+    pub limited: Limited,
+    /// Its request and byte rates on this instance (`ops_per_second`, `bytes_per_second`).
+    pub rates: Option<crate::rate::Rates>,
     /// Connections it holds now (each one's [`Seat`]).
     seated: AtomicUsize,
+}
+
+/// What a tenant's limits did on this instance, for /metrics.
+#[derive(Debug, Default)]
+pub struct Limited {
+    /// Clients closed for passing `client_output_limit_bytes` or `output_limit_bytes`.
+    pub closed_for_output: AtomicU64,
 }
 
 /// A connection's place among its tenant's `max_clients`, given back when dropped.
@@ -59,6 +72,9 @@ impl Tenant {
             clients_numbered: AtomicU64::new(0),
             max_clients: None,
             pinned: None,
+            output: None,
+            limited: Limited::default(),
+            rates: None,
             seated: AtomicUsize::new(0),
         }
     }
@@ -72,6 +88,11 @@ impl Tenant {
             })
             .ok()?;
         Some(Seat(self.clone()))
+    }
+
+    /// Connections it holds now on this instance.
+    pub fn connections(&self) -> usize {
+        self.seated.load(Ordering::Relaxed)
     }
 
     /// The number of the tenant's next connection, as CLIENT ID shows it.

@@ -123,6 +123,11 @@ pub struct ServerConfig {
     /// tenants' connections.
     #[serde(default = "default_max_unauthenticated")]
     pub max_unauthenticated: usize,
+    /// Reply bytes one client may have asked for and not read (in respite's buffers or on
+    /// their way from Redis); past it the client is closed, as Redis closes one past its
+    /// client-output-buffer-limit. 0: no bound.
+    #[serde(default = "default_client_output_limit_bytes")]
+    pub client_output_limit_bytes: usize,
     /// Keep per-tenant command counts, hit rates and latencies (INFO, /metrics).
     #[serde(default = "default_true")]
     pub metrics: bool,
@@ -173,6 +178,15 @@ pub struct TenantConfig {
     pub allow_unconfined_scripts: Option<Spanned<bool>>,
     /// A script of this tenant running longer is killed (else `[defaults]`, else 5,000).
     pub script_timeout_ms: Option<Spanned<u64>>,
+    /// Unread reply bytes summed over the tenant's clients (else `[defaults]`, else no
+    /// bound): past it, the client whose replies pass it is closed.
+    pub output_limit_bytes: Option<Spanned<usize>>,
+    /// Requests per second on this instance (else `[defaults]`, else no bound).
+    pub ops_per_second: Option<Spanned<u64>>,
+    /// Request and reply bytes per second on this instance (else `[defaults]`).
+    pub bytes_per_second: Option<Spanned<u64>>,
+    /// Past a rate: "delay" (stop reading the tenant's connections) or "refuse".
+    pub rate_limit: Option<Spanned<String>>,
     #[serde(default = "default_role")]
     pub role: Spanned<String>,
 }
@@ -220,6 +234,10 @@ pub struct DefaultsConfig {
     pub allow_scripts: Option<bool>,
     pub allow_unconfined_scripts: Option<bool>,
     pub script_timeout_ms: Option<u64>,
+    pub output_limit_bytes: Option<usize>,
+    pub ops_per_second: Option<u64>,
+    pub bytes_per_second: Option<u64>,
+    pub rate_limit: Option<String>,
 }
 
 /// How usage is kept (see `quota`): all optional.
@@ -352,6 +370,14 @@ fn default_ttl_tiers() -> Vec<TtlTier> {
     .collect()
 }
 /// A tenant's own setting, else the `[defaults]` one.
+/// A tenant's rates (`ops_per_second`, `bytes_per_second`, `rate_limit = "refuse"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSettings {
+    pub ops_per_second: Option<u64>,
+    pub bytes_per_second: Option<u64>,
+    pub refuse: bool,
+}
+
 /// A tenant script running longer than this is killed, unless configured otherwise.
 pub const DEFAULT_SCRIPT_TIMEOUT_MS: u64 = 5_000;
 
@@ -372,6 +398,10 @@ impl Default for ScriptRights {
             timeout_ms: DEFAULT_SCRIPT_TIMEOUT_MS,
         }
     }
+}
+
+fn default_client_output_limit_bytes() -> usize {
+    32 * 1024 * 1024
 }
 
 fn own_or<T: Copy>(own: &Option<Spanned<T>>, default: Option<T>) -> Option<T> {
@@ -425,6 +455,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: default_shutdown_grace_ms(),
             auth_timeout_ms: default_auth_timeout_ms(),
             max_unauthenticated: default_max_unauthenticated(),
+            client_output_limit_bytes: default_client_output_limit_bytes(),
             metrics: true,
             threads: default_threads(),
         }
@@ -632,6 +663,24 @@ impl Config {
     /// The pinned connections the tenant may hold: its own cap, else `[defaults]`'s.
     pub fn tenant_pinned_max(&self, t: &TenantConfig) -> Option<usize> {
         own_or(&t.pinned_max, self.defaults.pinned_max)
+    }
+
+    /// The tenant's rates on this instance: its own, else `[defaults]`'s.
+    pub fn tenant_rates(&self, t: &TenantConfig) -> RateSettings {
+        let d = &self.defaults;
+        RateSettings {
+            ops_per_second: own_or(&t.ops_per_second, d.ops_per_second),
+            bytes_per_second: own_or(&t.bytes_per_second, d.bytes_per_second),
+            refuse: match &t.rate_limit {
+                Some(r) => r.get_ref() == "refuse",
+                None => d.rate_limit.as_deref() == Some("refuse"),
+            },
+        }
+    }
+
+    /// The tenant's bound on its clients' unread replies: its own, else `[defaults]`'s.
+    pub fn tenant_output_limit(&self, t: &TenantConfig) -> Option<usize> {
+        own_or(&t.output_limit_bytes, self.defaults.output_limit_bytes)
     }
 
     /// What the tenant's scripts may do: its own settings, else `[defaults]`'s.

@@ -83,6 +83,22 @@ impl Config {
 
     /// `[billing]` and `[quota]`: the intervals of the background bookkeeping.
     fn validate_bookkeeping(&self, err: &mut Report) {
+        let d = &self.defaults;
+        if d.ops_per_second == Some(0) || d.bytes_per_second == Some(0) {
+            err(
+                None,
+                "defaults.ops_per_second and defaults.bytes_per_second must be at least 1".into(),
+            );
+        }
+        if d.rate_limit
+            .as_deref()
+            .is_some_and(|r| !matches!(r, "delay" | "refuse"))
+        {
+            err(
+                None,
+                "defaults.rate_limit must be \"delay\" or \"refuse\"".into(),
+            );
+        }
         if self.defaults.max_clients == Some(0) || self.defaults.pinned_max == Some(0) {
             err(
                 None,
@@ -252,6 +268,30 @@ impl Config {
                         format!("tenants[{i}].{name} must be at least 1"),
                     );
                 }
+            }
+            for (name, rate) in [
+                ("ops_per_second", &t.ops_per_second),
+                ("bytes_per_second", &t.bytes_per_second),
+            ] {
+                if let Some(r) = rate.as_ref().filter(|r| *r.get_ref() == 0) {
+                    err(
+                        Some(r.span()),
+                        format!("tenants[{i}].{name} must be at least 1"),
+                    );
+                }
+            }
+            if let Some(r) = t
+                .rate_limit
+                .as_ref()
+                .filter(|r| !matches!(r.get_ref().as_str(), "delay" | "refuse"))
+            {
+                err(
+                    Some(r.span()),
+                    format!(
+                        "tenants[{i}].rate_limit: {:?} is not \"delay\" or \"refuse\"",
+                        r.get_ref()
+                    ),
+                );
             }
             if let (None, Some(o)) = (self.limits(t), &t.overage_bytes) {
                 err(

@@ -89,7 +89,10 @@ impl Session {
             return;
         }
         match r.result {
-            Ok(frame) => self.route(frame),
+            Ok(frame) => {
+                self.up.sink.meter.taken(frame.raw.len());
+                self.route(frame)
+            }
             Err(e) => {
                 let mute = match self.answered() {
                     Some(Slot::Reply { mute, .. }) | Some(Slot::Confirm { mute, .. }) => mute,
@@ -302,6 +305,8 @@ impl Session {
         self.up.to_up.clear();
         self.up.to_up_count = 0;
         self.up.sink.generation += 1;
+        // Replies of the old generation still on their way count on the old meter.
+        self.new_meter();
         if let Some(p) = self.up.pinned.take() {
             p.close();
         }

@@ -305,6 +305,7 @@ impl Session {
             "scripts:{scripts}\r\nscript_timeout_ms:{}\r\n",
             tenant.scripts.timeout_ms
         ));
+        out.push_str(&limits(&tenant, self.ctx.client_output_limit));
         let (Some(quotas), Some(ledger)) = (self.ctx.quotas.clone(), tenant.ledger.as_ref()) else {
             out.push_str("quota:off\r\n");
             return out;
@@ -336,4 +337,31 @@ fn wants(sections: &[Bytes], section: &[u8]) -> bool {
             let s = s.to_ascii_lowercase();
             s == section || matches!(s.as_slice(), b"default" | b"all" | b"everything")
         })
+}
+
+/// INFO `# Tenant`'s limits: what is set (0: no bound), and where the tenant stands.
+fn limits(tenant: &crate::tenant::Tenant, client_output_limit: usize) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let rates = tenant.rates.as_ref();
+    let rate = |b: Option<&crate::rate::Bucket>| b.map_or(0, |b| b.per_second);
+    format!(
+        "max_clients:{}\r\nconnected_clients:{}\r\npinned_max:{}\r\nops_per_second:{}\r\n\
+         bytes_per_second:{}\r\nrate_limit:{}\r\nrate_throttled_us:{}\r\nrate_refusals:{}\r\n\
+         client_output_limit_bytes:{client_output_limit}\r\noutput_limit_bytes:{}\r\n\
+         output_unread_bytes:{}\r\nclients_closed_output:{}\r\n",
+        tenant.max_clients.unwrap_or(0),
+        tenant.connections(),
+        tenant.pinned.as_ref().map_or(0, |p| p.max()),
+        rate(rates.and_then(|r| r.ops.as_ref())),
+        rate(rates.and_then(|r| r.bytes.as_ref())),
+        match rates.map(|r| r.past) {
+            Some(crate::rate::Past::Refuse) => "refuse",
+            _ => "delay",
+        },
+        rates.map_or(0, |r| r.throttled_us.load(Relaxed)),
+        rates.map_or(0, |r| r.refused.load(Relaxed)),
+        tenant.output.as_ref().map_or(0, |o| o.limit),
+        tenant.output.as_ref().map_or(0, |o| o.bytes()),
+        tenant.limited.closed_for_output.load(Relaxed),
+    )
 }

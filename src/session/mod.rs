@@ -52,7 +52,7 @@ use crate::policy;
 use crate::quota::{self, WriteCost, Written};
 use crate::script::RunGuard;
 use crate::tenant::{Seat, Tenant};
-use crate::upstream::{shared, Pinned, Reply, Sink};
+use crate::upstream::{shared, OutputMeter, Pinned, Reply, Sink};
 use crate::wire::Frame;
 use crate::wire::{encode_marked, encode_request, parse_request, Request};
 use local::Local;
@@ -174,6 +174,9 @@ pub(crate) enum End {
     Killed,
     /// No AUTH within `server.auth_timeout_ms`.
     NoLogin,
+    /// Its unread replies passed `client_output_limit_bytes` or its tenant's
+    /// `output_limit_bytes`.
+    OutputLimit,
 }
 
 /// What woke the session up.
@@ -219,6 +222,17 @@ pub(crate) struct ClientSide {
     /// they are, or the buffer would grow without bound.
     backlog: bool,
     pub(crate) closing: bool,
+    /// The tenant is past its rate (`rate_limit = "delay"`): no request is read or handled
+    /// before this, `held` (parsed already) first.
+    held_until: Option<Instant>,
+    held: Option<Request>,
+}
+
+/// What a tenant's rates say of its next request.
+enum Rated {
+    Go,
+    Refused,
+    Held,
 }
 
 /// Requests on their way to Redis and the replies they wait for, in order.
@@ -330,6 +344,8 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             out: BytesMut::with_capacity(16 * 1024),
             backlog: false,
             closing: false,
+            held_until: None,
+            held: None,
         },
         up: Outbound {
             pinned: None,
@@ -339,6 +355,11 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             sink: Sink {
                 tx: reply_tx,
                 generation: 0,
+                meter: Arc::new(OutputMeter::new(
+                    ctx.client_output_limit,
+                    None,
+                    me.kill.clone(),
+                )),
             },
             pending: VecDeque::new(),
             awaiting: 0,
@@ -401,6 +422,7 @@ impl Session {
             self.flush_upstream().await;
             self.deliver();
             self.write_client_now()?;
+            self.up.sink.meter.buffered(self.client.out.len());
             if self.client.closing && self.up.pending.is_empty() && self.client.out.is_empty() {
                 return Ok(());
             }
@@ -408,6 +430,9 @@ impl Session {
                 Event::ClientRead(Ok(n)) if n > 0 => {
                     self.figures.read_at = Instant::now();
                     self.figures.tally.bytes_in += n as u64;
+                    if let Some(rates) = self.tenant.as_ref().and_then(|t| t.rates.as_ref()) {
+                        rates.bytes(n, self.figures.read_at);
+                    }
                 }
                 Event::ClientRead(_) => return Err(End::ClientGone),
                 Event::ClientWrote(Ok(n)) if n > 0 => self.wrote(n),
@@ -431,10 +456,43 @@ impl Session {
                         self.fail_upstream(self.ctx.upstream.timed_out());
                     }
                 }
-                Event::Killed => return Err(End::Killed),
+                Event::Killed => return Err(self.killed()),
                 Event::Shutdown => self.client.closing = true,
             }
         }
+    }
+
+    /// Why the session's kill token fired: CLIENT KILL, or its unread replies passed a
+    /// bound (logged, and counted for its tenant).
+    pub(super) fn killed(&self) -> End {
+        let meter = &self.up.sink.meter;
+        if !meter.exceeded() {
+            return End::Killed;
+        }
+        let tenant = self.tenant.as_ref().map_or("", |t| t.id.as_str());
+        tracing::warn!(
+            tenant,
+            unread_bytes = meter.unread(),
+            "closing a client past its output limit (client_output_limit_bytes or the \
+             tenant's output_limit_bytes)"
+        );
+        if let Some(t) = &self.tenant {
+            t.limited
+                .closed_for_output
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        End::OutputLimit
+    }
+
+    /// A meter for the session's replies from now on (a new tenant, or a new generation of
+    /// replies after the old ones were given up on).
+    pub(super) fn new_meter(&mut self) {
+        let total = self.tenant.as_ref().and_then(|t| t.output.clone());
+        self.up.sink.meter = Arc::new(OutputMeter::new(
+            self.ctx.client_output_limit,
+            total,
+            self.me.kill.clone(),
+        ));
     }
 
     /// Arms the head-of-line timer for `deadline` unless it already fires no later.
@@ -460,13 +518,14 @@ impl Session {
 
     async fn wait(&mut self, killed: Cancelled<'_>, shutdown: Cancelled<'_>) -> Event {
         let login_by = self.login.as_ref().map(|(_, by)| *by);
-        let deadline = match (self.deadline(), login_by) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = [self.deadline(), login_by, self.client.held_until]
+            .into_iter()
+            .flatten()
+            .min();
         let timed = self.arm_timer(deadline);
         let room = self.client.out.len() < OUT_LIMIT;
-        let read_client = !self.client.closing && !self.client.backlog;
+        let read_client =
+            !self.client.closing && !self.client.backlog && self.client.held_until.is_none();
         let up = &mut self.up.pinned;
         let out = &self.client.out;
         tokio::select! {
@@ -496,6 +555,9 @@ impl Session {
     fn wrote(&mut self, n: usize) {
         let was_full = self.client.out.len() >= OUT_LIMIT;
         self.figures.tally.bytes_out += n as u64;
+        if let Some(rates) = self.tenant.as_ref().and_then(|t| t.rates.as_ref()) {
+            rates.bytes(n, Instant::now());
+        }
         self.client.out.advance(n);
         if self.client.out.is_empty() && self.client.out.capacity() > 1 << 20 {
             // Let a one-off huge reply's buffer go.
@@ -515,13 +577,30 @@ impl Session {
                 self.client.backlog = true;
                 break;
             }
+            if let Some(until) = self.client.held_until {
+                if Instant::now() < until {
+                    break;
+                }
+                self.client.held_until = None;
+            }
             let authenticated = self.tenant.is_some();
-            match parse_request(
-                &mut self.client.inbuf,
-                &self.ctx.request_limits(),
-                authenticated,
-            ) {
-                Ok(Some(req)) => self.handle(req).await?,
+            let parsed = match self.client.held.take() {
+                Some(req) => Ok(Some(req)),
+                None => parse_request(
+                    &mut self.client.inbuf,
+                    &self.ctx.request_limits(),
+                    authenticated,
+                ),
+            };
+            match parsed {
+                Ok(Some(req)) => match self.within_rate() {
+                    Rated::Go => self.handle(req).await?,
+                    Rated::Refused => {}
+                    Rated::Held => {
+                        self.client.held = Some(req);
+                        break;
+                    }
+                },
                 Ok(None) => break,
                 Err(e) => {
                     // As Redis: answer, then close once earlier replies are out.
@@ -535,6 +614,37 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The tenant's rates, for the next request: go, refused (answered), or held until the
+    /// bucket refills (`rate_limit = "delay"`: nothing more is read meanwhile).
+    fn within_rate(&mut self) -> Rated {
+        let Some(rates) = self.tenant.as_ref().and_then(|t| t.rates.as_ref()) else {
+            return Rated::Go;
+        };
+        let now = Instant::now();
+        let Err(wait) = rates.admit(now) else {
+            return Rated::Go;
+        };
+        match rates.past {
+            crate::rate::Past::Delay => {
+                rates.throttled_us.fetch_add(
+                    wait.as_micros() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                self.client.held_until = Some(now + wait);
+                Rated::Held
+            }
+            crate::rate::Past::Refuse => {
+                rates
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let why = rates.refusal(self.tenant.as_ref().map_or("", |t| t.id.as_str()));
+                self.refuse(Error::RateLimited(why));
+                self.count(Outcome::Refused, None);
+                Rated::Refused
+            }
+        }
     }
 
     fn prefix(&self) -> Bytes {
@@ -611,6 +721,7 @@ impl Session {
         self.tenant = Some(tenant);
         self.seat = Some(seat);
         self.login = None;
+        self.new_meter();
     }
 
     /// The authority that decides logins.

@@ -357,7 +357,7 @@ impl Session {
                 Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
                 Event::SharedReply(r) => self.take_reply(r),
                 Event::Timeout => self.fail_upstream(self.ctx.upstream.timed_out()),
-                _ => return Err(End::Killed),
+                _ => return Err(self.killed()),
             }
         }
     }
@@ -415,13 +415,16 @@ impl Session {
                         to: self.up.sink.clone(),
                     });
                 let generation = self.up.sink.generation;
+                let meter = &self.up.sink.meter;
                 let replies = &mut self.up.replies;
                 let exchange = async {
                     let mut frames = Vec::with_capacity(n);
                     while frames.len() < n {
                         let r = replies.recv().await.ok_or(UpstreamError::Closed)?;
                         if r.generation == generation {
-                            frames.push(r.result?);
+                            let frame = r.result?;
+                            meter.taken(frame.raw.len());
+                            frames.push(frame);
                         }
                     }
                     Ok(frames)

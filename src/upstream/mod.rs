@@ -18,6 +18,7 @@
 
 mod facts;
 mod health;
+mod meter;
 pub mod pinned;
 pub mod shared;
 
@@ -35,6 +36,7 @@ use crate::wire::{next_frame, Frame};
 
 pub use facts::Facts;
 pub use health::Readiness;
+pub use meter::{OutputMeter, OutputTotal};
 pub use pinned::{Pinned, Share};
 
 /// respite's own connections to Redis (quota bookkeeping, shared-key fills, health,

@@ -38,6 +38,10 @@ impl Share {
             max,
         }
     }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
 }
 
 pub struct Pool {

@@ -31,6 +31,9 @@ use crate::wire::Frame;
 pub struct Sink {
     pub tx: mpsc::UnboundedSender<Reply>,
     pub generation: u64,
+    /// Counts each reply handed over: a client whose unread replies pass its bound is
+    /// closed, however far behind its session is (`meter`).
+    pub meter: Arc<super::OutputMeter>,
 }
 
 /// One reply (or the error that replaces it) for a session.
@@ -130,6 +133,7 @@ impl State {
                         return self
                             .fail_all(UpstreamError::Protocol("a reply nobody asked for".into()));
                     };
+                    route.to.meter.arrived(frame.raw.len());
                     let _ = route.to.tx.send(Reply {
                         generation: route.to.generation,
                         result: Ok(frame),

@@ -51,6 +51,21 @@ fn each_mistake_has_its_own_error() {
             Some(4),
         ),
         (
+            "[[tenants]]\nid = \"a\"\npassword = \"p\"\nops_per_second = 0\n",
+            "tenants[0].ops_per_second must be at least 1",
+            Some(4),
+        ),
+        (
+            "[[tenants]]\nid = \"a\"\npassword = \"p\"\nrate_limit = \"drop\"\n",
+            "tenants[0].rate_limit: \"drop\" is not \"delay\" or \"refuse\"",
+            Some(4),
+        ),
+        (
+            "[defaults]\nrate_limit = \"fast\"\n",
+            "defaults.rate_limit must be \"delay\" or \"refuse\"",
+            None,
+        ),
+        (
             "[server]\nmax_unauthenticated = 0\n",
             "server.auth_timeout_ms and server.max_unauthenticated must be at least 1",
             None,

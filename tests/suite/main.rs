@@ -9,6 +9,7 @@ mod differential;
 mod hostile;
 mod isolation;
 mod multiplex;
+mod neighbours;
 mod protocol;
 mod pubsub;
 mod queues;
