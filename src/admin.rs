@@ -145,8 +145,12 @@ fn tenant_limits(ctx: &Context, registry: &mut Registry) {
     let unread = Family::<ByTenant, Gauge>::default();
     let throttled = Family::<ByTenant, Gauge<f64, AtomicU64>>::default();
     let rate_refusals = Family::<ByTenant, Counter>::default();
+    let origin_limited = Family::<ByTenant, Counter>::default();
     for t in ctx.auth.tenants() {
         let id = tenant(&t.id);
+        origin_limited
+            .get_or_create(&id)
+            .inc_by(t.limited.origin_limited.load(Ordering::Relaxed));
         if let Some(r) = &t.rates {
             let us = r.throttled_us.load(Ordering::Relaxed);
             throttled.get_or_create(&id).set(us as f64 / 1e6);
@@ -189,6 +193,11 @@ fn tenant_limits(ctx: &Context, registry: &mut Registry) {
         "rate_refusals",
         "Requests refused for the tenant's rates (rate_limit = refuse)",
         rate_refusals,
+    );
+    registry.register(
+        "shared_origin_limited",
+        "Misses of shared keys not fetched from the origin for its fetch rates",
+        origin_limited,
     );
     registry.register(
         "tenant_output_unread_bytes",

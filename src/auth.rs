@@ -69,7 +69,9 @@ impl Authenticator {
             let mut tenant = Tenant::new(&id, config.tenant_scripts(t));
             tenant.max_clients = config.tenant_max_clients(t);
             tenant.pinned = config.tenant_pinned_max(t).map(crate::upstream::Share::new);
+            tenant.caps = config.tenant_caps(t);
             let rates = config.tenant_rates(t);
+            tenant.refuse_past_rates = rates.refuse;
             tenant.rates = crate::rate::Rates::new(
                 rates.ops_per_second,
                 rates.bytes_per_second,

@@ -91,6 +91,12 @@ pub enum Error {
     Isolation(String),
     #[error("ERR max number of clients reached")]
     MaxClients,
+    #[error("ERR max number of subscriptions per connection reached ({0}, max_subscriptions)")]
+    MaxSubscriptions(usize),
+    /// A shared key's miss past the origin's fetch rates: not fetched (the session answers
+    /// nil, or this for a tenant with `rate_limit = "refuse"`).
+    #[error("ERR {0}")]
+    OriginLimited(String),
     /// A tenant past its rate with `rate_limit = "refuse"`.
     #[error("ERR {0}")]
     RateLimited(String),

@@ -24,6 +24,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use crate::rate::Bucket;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -97,6 +99,11 @@ pub struct SharedCache {
     default_tier: Duration,
     max_stale: Duration,
     origin: Option<Origin>,
+    /// `fetches_per_second_per_tenant`: each tenant's bucket, made on its first miss.
+    origin_per_tenant: Option<u64>,
+    tenant_fetches: DashMap<String, Bucket>,
+    /// `fetches_per_second`: every fetch's.
+    all_fetches: Option<Bucket>,
     l1: moka::future::Cache<Bytes, Arc<Entry>, foldhash::fast::RandomState>,
     own: OwnPool,
     /// Keys being refreshed ahead, so that each is refreshed once.
@@ -153,6 +160,16 @@ impl SharedCache {
                 .collect(),
             default_tier: Duration::from_secs(shared.default_ttl_seconds),
             max_stale: Duration::from_millis(shared.max_stale_ms),
+            origin_per_tenant: shared
+                .origin
+                .as_ref()
+                .and_then(|o| o.fetches_per_second_per_tenant),
+            tenant_fetches: DashMap::new(),
+            all_fetches: shared
+                .origin
+                .as_ref()
+                .and_then(|o| o.fetches_per_second)
+                .map(Bucket::new),
             origin,
             l1: moka::future::Cache::builder()
                 .max_capacity(shared.l1_max_bytes)
@@ -177,8 +194,9 @@ impl SharedCache {
             .map_or(self.default_tier, |(_, t)| *t)
     }
 
-    /// The value of a shared key: from L1, or fetched once however many ask at once.
-    pub async fn get(self: &Arc<Self>, key: &Bytes) -> Result<Arc<Entry>, Error> {
+    /// The value of a shared key: from L1, or fetched once however many ask at once; an
+    /// origin fetch is charged to `tenant`, whose miss started it.
+    pub async fn get(self: &Arc<Self>, key: &Bytes, tenant: &str) -> Result<Arc<Entry>, Error> {
         if let Some(e) = self.l1.get(key).await {
             self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
             self.refresh_if_due(key, &e);
@@ -190,7 +208,7 @@ impl SharedCache {
             .l1
             .try_get_with(key.clone(), async {
                 led.store(true, Ordering::Relaxed);
-                self.load(key).await
+                self.load(key, tenant).await
             })
             .await;
         if !led.load(Ordering::Relaxed) {
@@ -214,6 +232,7 @@ impl SharedCache {
         self: &Arc<Self>,
         memo: &mut Memo,
         key: &Bytes,
+        tenant: &str,
     ) -> Result<Arc<Entry>, Error> {
         if let Some((k, e, generation)) = memo {
             if k == key
@@ -226,13 +245,13 @@ impl SharedCache {
             }
         }
         let generation = self.generation.load(Ordering::Relaxed);
-        let e = self.get(key).await?;
+        let e = self.get(key, tenant).await?;
         *memo = Some((key.clone(), e.clone(), generation));
         Ok(e)
     }
 
     /// The flight's fetch: Redis, then the origin on a miss.
-    async fn load(&self, key: &Bytes) -> Result<Arc<Entry>, Error> {
+    async fn load(&self, key: &Bytes, tenant: &str) -> Result<Arc<Entry>, Error> {
         self.counters.redis_fetches.fetch_add(1, Ordering::Relaxed);
         // Expiry is counted from before the PTTL is asked, so L1 never outlives the key in
         // Redis however late the reply arrives.
@@ -256,7 +275,7 @@ impl SharedCache {
                 Ok(self.entry(Some(&v), expires, tier))
             }
             None => match &self.origin {
-                Some(origin) => Ok(match self.fetch_origin(origin, key, tier).await? {
+                Some(origin) => Ok(match self.fetch_for(tenant, origin, key, tier).await? {
                     Some((v, expires)) => self.entry(Some(&v), Some(expires), tier),
                     None => self.entry(None, None, tier),
                 }),
@@ -283,6 +302,45 @@ impl SharedCache {
             fresh_until,
             tier,
         })
+    }
+
+    /// [`SharedCache::fetch_origin`] within the origin's rates: `tenant`'s and everyone's.
+    /// Past either, the miss is not fetched, and not cached (`Error::OriginLimited`).
+    async fn fetch_for(
+        &self,
+        tenant: &str,
+        origin: &Origin,
+        key: &[u8],
+        tier: Duration,
+    ) -> Result<Option<(Vec<u8>, Instant)>, Error> {
+        let now = Instant::now();
+        if let Some(per_second) = self.origin_per_tenant {
+            let mine = match self.tenant_fetches.get(tenant) {
+                Some(b) => b.take(now),
+                None => {
+                    let b = Bucket::new(per_second);
+                    let took = b.take(now);
+                    self.tenant_fetches.insert(tenant.to_string(), b);
+                    took
+                }
+            };
+            if mine.is_err() {
+                return Err(Error::OriginLimited(format!(
+                    "rate limit exceeded: tenant '{tenant}' may cause {per_second} origin \
+                     fetches per second on this instance"
+                )));
+            }
+        }
+        if let Some(all) = &self.all_fetches {
+            if all.take(now).is_err() {
+                return Err(Error::OriginLimited(format!(
+                    "rate limit exceeded: at most {} origin fetches per second on this \
+                     instance",
+                    all.per_second
+                )));
+            }
+        }
+        self.fetch_origin(origin, key, tier).await
     }
 
     /// GETs the origin URL for `key`: 200 stores the body in Redis with the key's tier and
@@ -352,7 +410,11 @@ impl SharedCache {
             let tier = me.tier(&key);
             // A reader holding the entry from before the last refresh must not start another.
             let current = me.l1.get(&key).await;
-            if current.is_some_and(|e| !e.refresh_due()) {
+            let over = me
+                .all_fetches
+                .as_ref()
+                .is_some_and(|all| all.take(Instant::now()).is_err());
+            if over || current.is_some_and(|e| !e.refresh_due()) {
                 me.refreshing.remove(&key);
                 return;
             }

@@ -88,9 +88,6 @@ const DENY: &[(&str, Option<&str>, &str)] = &[
 const REPEATING_COUNTS: &[(&str, usize)] =
     &[("srandmember", 2), ("hrandfield", 2), ("zrandmember", 2)];
 
-/// The most elements such a count may ask for: respite's own limit on a request's array.
-const MAX_REPEATING_COUNT: i64 = 1024 * 1024;
-
 /// Redis `admin` commands a tenant may still run: they only affect its own connection.
 const ADMIN_ALLOWED: &[(&str, &str)] = &[("client", "no-evict")];
 
@@ -189,10 +186,12 @@ pub fn check(
         let count = args
             .get(*i)
             .and_then(|c| crate::command::grammar::redis_int(c));
-        if count.is_some_and(|c| c < -MAX_REPEATING_COUNT) {
+        // The tenant's `max_random_count`.
+        let max = tenant.caps.max_random_count.min(i64::MAX as u64) as i64;
+        if count.is_some_and(|c| c < -max) {
             return Err(Error::Unsupported(format!(
-                "value is out of range: respite allows counts down to -{MAX_REPEATING_COUNT}, \
-                 a larger reply would hold the Redis every tenant shares"
+                "value is out of range: respite allows counts down to -{max} \
+                 (max_random_count), a larger reply would hold the Redis every tenant shares"
             )));
         }
     }

@@ -38,6 +38,15 @@ pub struct Tenant {
     pub limited: Limited,
     /// Its request and byte rates on this instance (`ops_per_second`, `bytes_per_second`).
     pub rates: Option<crate::rate::Rates>,
+    /// `rate_limit = "refuse"`: past a rate (its own, or the origin's fetch rate) it gets an
+    /// error rather than a delay or a nil.
+    pub refuse_past_rates: bool,
+    /// Its caps on commands of unbounded cost (`max_subscriptions`, `max_random_count`).
+    pub caps: crate::config::Caps,
+    /// One walk of its namespace at a time (DBSIZE, KEYS, RANDOMKEY, FLUSHDB, INFO's
+    /// keyspace), whichever of its connections asks; the last DBSIZE and when its walk
+    /// began, for callers who asked before that.
+    pub walks: tokio::sync::Mutex<Option<(std::time::Instant, u64)>>,
     /// Connections it holds now (each one's [`Seat`]).
     seated: AtomicUsize,
 }
@@ -47,6 +56,8 @@ pub struct Tenant {
 pub struct Limited {
     /// Clients closed for passing `client_output_limit_bytes` or `output_limit_bytes`.
     pub closed_for_output: AtomicU64,
+    /// Misses of shared keys not fetched from the origin for its fetch rates.
+    pub origin_limited: AtomicU64,
 }
 
 /// A connection's place among its tenant's `max_clients`, given back when dropped.
@@ -75,6 +86,9 @@ impl Tenant {
             output: None,
             limited: Limited::default(),
             rates: None,
+            refuse_past_rates: false,
+            caps: crate::config::Caps::default(),
+            walks: tokio::sync::Mutex::new(None),
             seated: AtomicUsize::new(0),
         }
     }

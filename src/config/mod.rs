@@ -96,6 +96,11 @@ pub struct OriginConfig {
     pub url: String,
     #[serde(default = "default_origin_timeout_ms")]
     pub timeout_ms: u64,
+    /// Origin fetches one tenant's misses may cause per second on this instance; past it a
+    /// miss answers nil (or, for a tenant with `rate_limit = "refuse"`, an error).
+    pub fetches_per_second_per_tenant: Option<u64>,
+    /// Origin fetches per second on this instance, every tenant's and refreshes together.
+    pub fetches_per_second: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +192,12 @@ pub struct TenantConfig {
     pub bytes_per_second: Option<Spanned<u64>>,
     /// Past a rate: "delay" (stop reading the tenant's connections) or "refuse".
     pub rate_limit: Option<Spanned<String>>,
+    /// Channels, patterns and shard channels one connection may be subscribed to (else
+    /// `[defaults]`, else 10,000).
+    pub max_subscriptions: Option<Spanned<usize>>,
+    /// The most elements a negative count may ask of SRANDMEMBER, HRANDFIELD and
+    /// ZRANDMEMBER (else `[defaults]`, else 1,048,576): Redis builds such replies whole.
+    pub max_random_count: Option<Spanned<u64>>,
     #[serde(default = "default_role")]
     pub role: Spanned<String>,
 }
@@ -238,6 +249,8 @@ pub struct DefaultsConfig {
     pub ops_per_second: Option<u64>,
     pub bytes_per_second: Option<u64>,
     pub rate_limit: Option<String>,
+    pub max_subscriptions: Option<usize>,
+    pub max_random_count: Option<u64>,
 }
 
 /// How usage is kept (see `quota`): all optional.
@@ -370,6 +383,25 @@ fn default_ttl_tiers() -> Vec<TtlTier> {
     .collect()
 }
 /// A tenant's own setting, else the `[defaults]` one.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 10_000;
+pub const DEFAULT_MAX_RANDOM_COUNT: u64 = 1024 * 1024;
+
+/// A tenant's caps on commands whose cost Redis does not bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub max_subscriptions: usize,
+    pub max_random_count: u64,
+}
+
+impl Default for Caps {
+    fn default() -> Caps {
+        Caps {
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_random_count: DEFAULT_MAX_RANDOM_COUNT,
+        }
+    }
+}
+
 /// A tenant's rates (`ops_per_second`, `bytes_per_second`, `rate_limit = "refuse"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateSettings {
@@ -663,6 +695,17 @@ impl Config {
     /// The pinned connections the tenant may hold: its own cap, else `[defaults]`'s.
     pub fn tenant_pinned_max(&self, t: &TenantConfig) -> Option<usize> {
         own_or(&t.pinned_max, self.defaults.pinned_max)
+    }
+
+    /// The tenant's caps on commands of unbounded cost: its own, else `[defaults]`'s.
+    pub fn tenant_caps(&self, t: &TenantConfig) -> Caps {
+        let d = &self.defaults;
+        Caps {
+            max_subscriptions: own_or(&t.max_subscriptions, d.max_subscriptions)
+                .unwrap_or(DEFAULT_MAX_SUBSCRIPTIONS),
+            max_random_count: own_or(&t.max_random_count, d.max_random_count)
+                .unwrap_or(DEFAULT_MAX_RANDOM_COUNT),
+        }
     }
 
     /// The tenant's rates on this instance: its own, else `[defaults]`'s.

@@ -129,8 +129,28 @@ impl Session {
         let Some(shared) = &self.ctx.market else {
             return Ok(());
         };
-        let (reply, outcome, hit) = match shared.get_memo(&mut self.publishing.memo, &key).await {
+        let tenant = self.tenant.clone().expect("authenticated");
+        let got = shared
+            .get_memo(&mut self.publishing.memo, &key, &tenant.id)
+            .await;
+        let (reply, outcome, hit) = match got {
             Ok(e) => (e.reply(self.state.protocol), Outcome::Ok, Some(e.found())),
+            Err(e @ Error::OriginLimited(_)) => {
+                // Past the origin's rates a miss is nil, as if the origin had no value,
+                // unless the tenant asked to be told.
+                tenant
+                    .limited
+                    .origin_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match tenant.refuse_past_rates {
+                    true => (e.to_resp(), Outcome::Refused, None),
+                    false => (
+                        crate::wire::Resp(self.state.protocol).null(),
+                        Outcome::Ok,
+                        Some(false),
+                    ),
+                }
+            }
             Err(e) => (e.to_resp(), Outcome::Error, None),
         };
         self.answer(reply);

@@ -3,7 +3,8 @@
 //! tenant's namespace by walking it with `SCAN MATCH tenant:<id>:*`.
 //!
 //! They run on the session's own upstream connection after every earlier request has its
-//! reply (`Session::drain`), so they see exactly the writes the client made before them.
+//! reply (`Session::drain`), so they see exactly the writes the client made before them, and
+//! one at a time per tenant (a DBSIZE asked while another ran takes the next one's count).
 //! The cost is a SCAN of the whole Redis keyspace (as `KEYS` costs in Redis), in steps of
 //! [`SCAN_COUNT`] so that Redis keeps serving other clients in between.
 
@@ -52,8 +53,23 @@ pub(crate) fn random_u64() -> u64 {
 
 impl Session {
     pub(crate) async fn keyspace(&mut self, cmd: KeyspaceCmd) -> Bytes {
+        // One walk per tenant at a time, so that a tenant looping these from many
+        // connections costs Redis one walk at a time; a DBSIZE whose walk began after this
+        // one was asked is this one's answer too.
+        let tenant = self.tenant.clone().expect("authenticated");
+        let asked = std::time::Instant::now();
+        let mut last = tenant.walks.lock().await;
+        if let (KeyspaceCmd::DbSize, Some((began, n))) = (&cmd, *last) {
+            if began >= asked {
+                return Resp::int(n as i64);
+            }
+        }
+        let began = std::time::Instant::now();
         let result = match cmd {
-            KeyspaceCmd::DbSize => self.count_keys().await.map(|n| Resp::int(n as i64)),
+            KeyspaceCmd::DbSize => self.count_keys().await.map(|n| {
+                *last = Some((began, n));
+                Resp::int(n as i64)
+            }),
             KeyspaceCmd::Keys(pattern) => self.keys(&pattern).await,
             KeyspaceCmd::RandomKey => self.random_key().await,
             KeyspaceCmd::Flush { lazy } => self.flush(lazy).await.map(|_| Resp::ok()),

@@ -130,6 +130,25 @@ impl Subscriptions {
     pub(crate) fn any(&self) -> bool {
         !(self.channels.is_empty() && self.patterns.is_empty() && self.shard.is_empty())
     }
+
+    /// Subscriptions of every kind.
+    pub(crate) fn count(&self) -> usize {
+        self.channels.len() + self.patterns.len() + self.shard.len()
+    }
+
+    /// How many of `names` (Redis' names) are not subscribed to yet.
+    pub(crate) fn new_ones(&self, kind: SubKind, names: impl Iterator<Item = Bytes>) -> usize {
+        let set = match kind {
+            SubKind::Channel => &self.channels,
+            SubKind::Pattern => &self.patterns,
+            SubKind::Shard => &self.shard,
+        };
+        names
+            .collect::<HashSet<_>>()
+            .iter()
+            .filter(|n| !set.contains(*n))
+            .count()
+    }
 }
 
 /// MULTI in progress: what EXEC's reply will hold.

@@ -19,6 +19,9 @@ impl Session {
             mut expect,
             blocking,
         } = fwd;
+        if self.past_subscriptions(top, &args, &expect) {
+            return Ok(());
+        }
         let queued = self.state.multi.is_some()
             && !matches!(top, b"exec" | b"discard" | b"multi" | b"watch");
         if top == b"exec" && self.state.multi.as_ref().is_some_and(|m| m.dirty) {
@@ -125,6 +128,26 @@ impl Session {
             let at = m.items.len() - 2;
             m.items.remove(at);
         }
+        true
+    }
+
+    /// A SUBSCRIBE (PSUBSCRIBE, SSUBSCRIBE) that would take the connection past its
+    /// tenant's `max_subscriptions` is refused whole (and `true`).
+    fn past_subscriptions(&mut self, top: &[u8], args: &[Bytes], expect: &Expect) -> bool {
+        let (Expect::Confirm { kind, .. }, Some(tenant)) = (expect, &self.tenant) else {
+            return false;
+        };
+        if !matches!(top, b"subscribe" | b"psubscribe" | b"ssubscribe") {
+            return false;
+        }
+        let max = tenant.caps.max_subscriptions;
+        let names = args[1..]
+            .iter()
+            .map(|c| crate::wire::namespaced(&tenant.prefix, c));
+        if self.state.subs.count() + self.state.subs.new_ones(*kind, names) <= max {
+            return false;
+        }
+        self.refuse(Error::MaxSubscriptions(max));
         true
     }
 

@@ -217,3 +217,100 @@ async fn request_and_reply_bytes_count_against_the_byte_rate() {
         "300 KB out at 200 KB/s: {waited:?}"
     );
 }
+
+/// `max_subscriptions` per connection and `max_random_count`: past them, Redis-style errors
+/// and the connection goes on.
+#[tokio::test]
+async fn subscriptions_and_random_counts_are_capped_per_tenant() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&format!(
+        "[upstream]\nurl = \"{}\"\n[defaults]\nmax_subscriptions = 3\nmax_random_count = 10\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\n",
+        redis.url()
+    ))
+    .await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["SADD", "s", "m"]).await, ":1\r\n");
+    assert_eq!(
+        a.cmd(&["SRANDMEMBER", "s", "-10"]).await.lines().count(),
+        21
+    );
+    let refused = a.cmd(&["SRANDMEMBER", "s", "-11"]).await;
+    assert!(
+        refused.starts_with(
+            "-ERR value is out of range: respite allows counts down to -10 (max_random_count)"
+        ),
+        "{refused}"
+    );
+    let mut batch = bytes::BytesMut::new();
+    respite::wire::encode_request(
+        &mut batch,
+        ["SUBSCRIBE", "c1", "c2", "c3"].iter().map(|a| a.as_bytes()),
+    );
+    a.send(&batch).await;
+    for n in 1..=3 {
+        assert!(a.reply().await.ends_with(&format!(":{n}\r\n")));
+    }
+    let past = "-ERR max number of subscriptions per connection reached (3, max_subscriptions)\r\n";
+    assert_eq!(a.cmd(&["SUBSCRIBE", "c4"]).await, past);
+    assert_eq!(a.cmd(&["PSUBSCRIBE", "p*"]).await, past);
+    // Already held: no new subscription.
+    assert!(a.cmd(&["SUBSCRIBE", "c1"]).await.ends_with(":3\r\n"));
+    assert!(a.cmd(&["UNSUBSCRIBE", "c1"]).await.ends_with(":2\r\n"));
+    assert!(a.cmd(&["SUBSCRIBE", "c4"]).await.ends_with(":3\r\n"));
+}
+
+fn scans(stats: &str) -> i64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// DBSIZE walks Redis' whole keyspace: a tenant asking from many connections at once costs
+/// Redis one walk at a time, the callers that asked while one ran sharing the next.
+#[tokio::test]
+async fn concurrent_dbsize_of_a_tenant_shares_its_walks() {
+    let redis = Redis::start();
+    let mut d = redis.direct().await;
+    for chunk in 0..5 {
+        let mut pipe = redis::pipe();
+        for i in 0..1000 {
+            pipe.cmd("SET")
+                .arg(format!("tenant:b:{chunk}:{i}"))
+                .arg("v");
+        }
+        let () = pipe.query_async(&mut d).await.unwrap();
+    }
+    let proxy = Proxy::start_config(&config(&redis, "")).await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    for i in 0..10 {
+        assert_eq!(a.cmd(&["SET", &format!("k{i}"), "v"]).await, "+OK\r\n");
+    }
+    let stats = |d: &mut redis::aio::MultiplexedConnection| {
+        let mut d = d.clone();
+        async move {
+            let s: String = q(&mut d, &["INFO", "commandstats"]).await.unwrap();
+            scans(&s)
+        }
+    };
+    let before = stats(&mut d).await;
+    assert_eq!(a.cmd(&["DBSIZE"]).await, ":10\r\n");
+    let one_walk = stats(&mut d).await - before;
+    assert!(one_walk >= 2, "{one_walk}");
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(proxy.raw_as("a", "pa").await);
+    }
+    let before = stats(&mut d).await;
+    for c in &mut clients {
+        c.send_cmd(&["DBSIZE"]).await;
+    }
+    for c in &mut clients {
+        assert_eq!(c.reply().await, ":10\r\n");
+    }
+    let walks = (stats(&mut d).await - before) as f64 / one_walk as f64;
+    assert!(walks <= 4.0, "20 DBSIZE at once cost {walks} walks");
+}

@@ -320,3 +320,50 @@ async fn a_hundred_hot_symbols_are_served_from_l1_and_fetched_once_per_window() 
         "{hits} L1 hits of {reads} reads"
     );
 }
+
+/// `fetches_per_second_per_tenant`: a tenant asking for many distinct missing keys causes at
+/// most its rate of origin fetches; past it the misses are nil (not cached), or an error for
+/// a tenant with `rate_limit = "refuse"`; another tenant fetches with its own allowance.
+#[tokio::test]
+async fn a_tenants_misses_fetch_from_the_origin_at_its_rate() {
+    let redis = Redis::start();
+    let origin = Origin::start(Duration::ZERO).await;
+    let extra = format!(
+        "[shared.origin]\nurl = \"{}\"\ntimeout_ms = 1000\nfetches_per_second_per_tenant = 2\n\
+         [[tenants]]\nid = \"strict\"\npassword = \"pstrict\"\nrate_limit = \"refuse\"\n",
+        origin.url
+    );
+    let proxy = Proxy::start_config(&shared_config(&redis, &extra)).await;
+    let key = |i: usize| format!("shared:market:S{i}:price");
+    for i in 0..20 {
+        origin.set(&key(i), 200, "1");
+    }
+    let mut a = proxy.raw_as("t1", "pt1").await;
+    let mut found = 0;
+    for i in 0..10 {
+        match a.cmd(&["GET", &key(i)]).await.as_str() {
+            "$1\r\n1\r\n" => found += 1,
+            "$-1\r\n" => {}
+            other => panic!("{other}"),
+        }
+    }
+    // The burst: two at once (half a second's worth at 2 a second).
+    assert!((1..=3).contains(&found), "{found}");
+    let fetched: usize = (0..10).map(|i| origin.hits(&key(i))).sum();
+    assert_eq!(fetched, found);
+    // Another tenant's allowance is its own.
+    let mut b = proxy.raw_as("t2", "pt2").await;
+    assert_eq!(b.cmd(&["GET", &key(9)]).await, "$1\r\n1\r\n");
+    let mut strict = proxy.raw_as("strict", "pstrict").await;
+    let mut refused = 0;
+    for i in 10..20 {
+        let reply = strict.cmd(&["GET", &key(i)]).await;
+        if reply.starts_with("-ERR rate limit exceeded: tenant 'strict' may cause 2 origin") {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 5, "{refused}");
+    // A refused miss was not cached: the key is fetched once the tenant has allowance again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(a.cmd(&["GET", &key(8)]).await, "$1\r\n1\r\n");
+}
