@@ -7,6 +7,8 @@ every machine).
     cargo build --release && cp target/release/respite /tmp/respite-before   # the old one
     ... change the code ...
     python3 benches/instructions.py --baseline before=/tmp/respite-before [--baseline ...]
+    python3 benches/instructions.py --variant limits="ops_per_second = 100000000"
+                                    # this build, the bench tenant with extra settings
 
 For each binary and each case (GET and SET, pipeline 1 and 16, 50 clients, one key, quotas
 on), respite runs under callgrind against its own redis-server; callgrind's counters are
@@ -40,13 +42,14 @@ def total_ir(path):
     raise SystemExit("no totals in %s" % path)
 
 
-def measure(binary, rport, tmp, test, pipeline, requests):
+def measure(binary, rport, tmp, test, pipeline, requests, extra=""):
     port = free_port()
     conf = os.path.join(tmp, "respite-%d.toml" % port)
     with open(conf, "w") as f:
         f.write('[server]\nlisten = "127.0.0.1:%d"\n[upstream]\nurl = "redis://127.0.0.1:%d"\n'
                 '[defaults]\nquota_bytes = 1073741824\n'
-                '[[tenants]]\nid = "bench"\npassword = "bench-secret"\n' % (port, rport))
+                '[[tenants]]\nid = "bench"\npassword = "bench-secret"\n%s\n'
+                % (port, rport, extra.replace("\\n", "\n")))
     out = os.path.join(tmp, "callgrind-%d.out" % port)
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, binary,
@@ -74,8 +77,11 @@ def measure(binary, rport, tmp, test, pipeline, requests):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--baseline", required=True, action="append",
+    ap.add_argument("--baseline", action="append", default=[],
                     help="NAME=PATH of a respite binary to compare with (repeatable)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME=SETTINGS: the current binary with these lines added to the "
+                         "bench tenant (\\n between lines; repeatable)")
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument("--current", help="the binary to measure (default: a fresh release build)")
     opts = ap.parse_args()
@@ -86,8 +92,9 @@ def main():
     if not current:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
         current = os.path.join(ROOT, "target", "release", "respite")
-    binaries = [tuple(b.split("=", 1)) for b in opts.baseline]
-    binaries.append(("current", current))
+    binaries = [tuple(b.split("=", 1)) + ("",) for b in opts.baseline]
+    binaries.append(("current", current, ""))
+    binaries += [(n, current, extra) for n, extra in (v.split("=", 1) for v in opts.variant)]
     tmp = tempfile.mkdtemp()
     rport = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
@@ -97,8 +104,8 @@ def main():
         wait_port(rport, redis, "redis-server")
         results = {}
         for test, pipeline in CASES:
-            for name, binary in binaries:
-                ir = measure(binary, rport, tmp, test, pipeline, opts.requests)
+            for name, binary, extra in binaries:
+                ir = measure(binary, rport, tmp, test, pipeline, opts.requests, extra)
                 results[(name, test, pipeline)] = ir
                 print("%-8s %s P%-2d %8.0f instructions/request" % (name, test.upper(),
                                                                     pipeline, ir), flush=True)
@@ -108,16 +115,18 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     print("\n%d requests a case, 50 clients, one key, quotas on; callgrind (Ir).\n"
           % opts.requests)
-    names = [n for n, _ in binaries]
+    # Every other one against "current" (this build, the tenant as it is).
+    names = [n for n, _, _ in binaries]
+    others = [n for n in names if n != "current"]
     print("| test | pipeline | %s | %s |" % (
         " | ".join("%s instr/req" % n for n in names),
-        " | ".join("current / %s" % n for n in names[:-1])))
-    print("|---|---" + "|---" * (2 * len(names) - 1) + "|")
+        " | ".join("%s / current" % n for n in others)))
+    print("|---|---" + "|---" * (len(names) + len(others)) + "|")
     for test, pipeline in CASES:
-        ir = [results[(n, test, pipeline)] for n in names]
+        ir = {n: results[(n, test, pipeline)] for n in names}
         print("| %s | %d | %s | %s |" % (
-            test.upper(), pipeline, " | ".join("%.0f" % i for i in ir),
-            " | ".join("%.3fx" % (ir[-1] / i) for i in ir[:-1])))
+            test.upper(), pipeline, " | ".join("%.0f" % ir[n] for n in names),
+            " | ".join("%.3fx" % (ir[n] / ir["current"]) for n in others)))
 
 
 if __name__ == "__main__":

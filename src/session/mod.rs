@@ -62,6 +62,10 @@ use scripting::{ScriptCmd, ScriptSend};
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// Reply bytes waiting for the client past which respite stops reading more requests.
 pub const OUT_LIMIT: usize = 4 * 1024 * 1024;
+/// Requests a session hands its shared connection at a time: a deep pipeline goes out in
+/// turns of this many, between which the other sessions' requests go, so that it does not
+/// starve them (Redis answers a connection's requests in the order they were written).
+pub const FAIR_SHARE: usize = 64;
 
 /// Answers a connection its tenant has no room for as Redis answers one past `maxclients`,
 /// and closes it.
@@ -613,7 +617,10 @@ impl Session {
             };
             match parsed {
                 Ok(Some(req)) => match self.within_rate() {
-                    Rated::Go => self.handle(req).await?,
+                    Rated::Go => {
+                        self.handle(req).await?;
+                        self.take_turns().await;
+                    }
                     Rated::Refused => {}
                     Rated::Held => {
                         self.client.held = Some(req);
@@ -633,6 +640,15 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Past [`FAIR_SHARE`] requests queued for the shared connection, hands them over and
+    /// lets the other runnable sessions hand theirs before queuing more.
+    async fn take_turns(&mut self) {
+        if self.up.to_up_count >= FAIR_SHARE && self.up.pinned.is_none() {
+            self.flush_upstream().await;
+            tokio::task::yield_now().await;
+        }
     }
 
     /// The tenant's rates, for the next request: go, refused (answered), or held until the

@@ -314,3 +314,43 @@ async fn concurrent_dbsize_of_a_tenant_shares_its_walks() {
     let walks = (stats(&mut d).await - before) as f64 / one_walk as f64;
     assert!(walks <= 4.0, "20 DBSIZE at once cost {walks} walks");
 }
+
+/// A deep pipeline goes to the shared connection in turns of 64 requests: another
+/// session's request sent just after it is written (and run by Redis) among the first turns,
+/// not behind all of it. Redis' MONITOR shows the order it ran them in.
+#[tokio::test]
+async fn a_deep_pipeline_does_not_starve_the_other_sessions() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&format!(
+        "[upstream]\nurl = \"{}\"\nconnections = 1\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\n\
+         [[tenants]]\nid = \"b\"\npassword = \"pb\"\n",
+        redis.url()
+    ))
+    .await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    let mut b = proxy.raw_as("b", "pb").await;
+    let mut monitor = Raw::connect(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    assert_eq!(monitor.cmd(&["MONITOR"]).await, "+OK\r\n");
+    let mut batch = bytes::BytesMut::new();
+    for _ in 0..1000 {
+        respite::wire::encode_request(&mut batch, [&b"GET"[..], b"deep"].into_iter());
+    }
+    a.send(&batch).await;
+    b.send_cmd(&["GET", "shallow"]).await;
+    assert_eq!(b.reply().await, "$-1\r\n");
+    let mut before = 0;
+    loop {
+        let line = monitor.reply().await;
+        if line.contains("\"tenant:b:shallow\"") {
+            break;
+        }
+        if line.contains("\"tenant:a:deep\"") {
+            before += 1;
+        }
+    }
+    assert!(before < 500, "b's GET ran after {before} of a's 1000");
+    for _ in 0..1000 {
+        assert_eq!(a.reply().await, "$-1\r\n");
+    }
+}
