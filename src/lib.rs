@@ -32,7 +32,7 @@
 //! |---|---|
 //! | bytes | [`wire`] (imports nothing of the crate), `command`, `config`, `clients`, `info` |
 //! | errors and figures | `error`, `metrics` |
-//! | Redis | [`upstream`] (shared and pinned connections, respite's own pool, health, facts) |
+//! | Redis | [`upstream`] (shared and pinned connections, respite's own pool, health, facts, output meters) |
 //! | data | `market` (the shared-key cache), `quota`, `rate` (token buckets), [`tenant`] |
 //! | stages | [`namespace`], `auth`, [`policy`], `script` (tenants' Lua: prelude, ACL users) |
 //! | composition | `context` (what sessions share) |

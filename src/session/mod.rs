@@ -249,6 +249,9 @@ pub(crate) struct ClientSide {
     /// before this, `held` (parsed already) first.
     held_until: Option<Instant>,
     held: Option<Request>,
+    /// Bytes read and written since they were last charged to the tenant's byte rate
+    /// (charged once per request handled, not per read or write).
+    unbilled: usize,
 }
 
 /// What a tenant's rates say of its next request.
@@ -369,6 +372,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             closing: false,
             held_until: None,
             held: None,
+            unbilled: 0,
         },
         up: Outbound {
             pinned: None,
@@ -453,9 +457,7 @@ impl Session {
                 Event::ClientRead(Ok(n)) if n > 0 => {
                     self.figures.read_at = Instant::now();
                     self.figures.tally.bytes_in += n as u64;
-                    if let Some(rates) = self.tenant.as_ref().and_then(|t| t.rates.as_ref()) {
-                        rates.bytes(n, self.figures.read_at);
-                    }
+                    self.client.unbilled += n;
                 }
                 Event::ClientRead(_) => return Err(End::ClientGone),
                 Event::ClientWrote(Ok(n)) if n > 0 => self.wrote(n),
@@ -578,9 +580,7 @@ impl Session {
     fn wrote(&mut self, n: usize) {
         let was_full = self.client.out.len() >= OUT_LIMIT;
         self.figures.tally.bytes_out += n as u64;
-        if let Some(rates) = self.tenant.as_ref().and_then(|t| t.rates.as_ref()) {
-            rates.bytes(n, Instant::now());
-        }
+        self.client.unbilled += n;
         self.client.out.advance(n);
         if self.client.out.is_empty() && self.client.out.capacity() > 1 << 20 {
             // Let a one-off huge reply's buffer go.
@@ -657,6 +657,17 @@ impl Session {
         let Some(rates) = self.tenant.as_ref().and_then(|t| t.rates.as_ref()) else {
             return Rated::Go;
         };
+        // The time of the read that brought the request: close enough for a bucket, and no
+        // clock reading per request.
+        let read_at = self.figures.read_at;
+        if self.client.unbilled > 0 {
+            rates.bytes(std::mem::take(&mut self.client.unbilled), read_at);
+        }
+        if rates.admit(read_at).is_ok() {
+            return Rated::Go;
+        }
+        // Past the rate at the read's time: ask again with the clock (a held connection
+        // reads nothing, so its last read's time does not move).
         let now = Instant::now();
         let Err(wait) = rates.admit(now) else {
             return Rated::Go;
