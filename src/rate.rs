@@ -43,16 +43,24 @@ impl Bucket {
 
     /// Takes one unit if the bucket has it; otherwise how long until it will.
     pub fn take(&self, at: Instant) -> Result<(), Duration> {
+        self.take_n(1, at)
+    }
+
+    /// Takes `n` units if the bucket has them all; otherwise how long until it will.
+    pub fn take_n(&self, n: u64, at: Instant) -> Result<(), Duration> {
         let now = self.now(at);
+        let cost = n * self.interval;
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
             let from = tat.max(now);
-            if from - now > self.tolerance {
-                return Err(Duration::from_nanos(from - now - self.tolerance));
+            // The last of the n units must fit within the burst.
+            let last = from + cost - self.interval;
+            if last - now > self.tolerance {
+                return Err(Duration::from_nanos(last - now - self.tolerance));
             }
             match self.tat.compare_exchange_weak(
                 tat,
-                from + self.interval,
+                from + cost,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
@@ -114,18 +122,29 @@ impl Rates {
         })
     }
 
-    /// May one more request go now? `Err` is how long until it may.
-    pub fn admit(&self, at: Instant) -> Result<(), Duration> {
+    /// May one more request go now? `Ok` is how many requests a connection may send
+    /// before asking again (it takes up to `want` at once, so that a pipeline pays one
+    /// atomic update per `want` requests, not one each); `Err` how long until one may.
+    /// `credit` is what the connection holds from earlier: spent first.
+    pub fn admit(&self, at: Instant, credit: &mut u32, want: u32) -> Result<(), Duration> {
         if let Some(b) = &self.bytes {
             let wait = b.wait(at);
             if !wait.is_zero() {
                 return Err(wait);
             }
         }
-        match &self.ops {
-            Some(o) => o.take(at),
-            None => Ok(()),
+        let Some(o) = &self.ops else {
+            return Ok(());
+        };
+        if *credit > 0 {
+            *credit -= 1;
+            return Ok(());
         }
+        if want > 1 && o.take_n(u64::from(want), at).is_ok() {
+            *credit = want - 1;
+            return Ok(());
+        }
+        o.take(at)
     }
 
     /// Bytes read from or written to one of the tenant's clients.
@@ -179,13 +198,32 @@ mod tests {
     fn charged_bytes_are_waited_out() {
         let r = Rates::new(None, Some(1000), Past::Delay).unwrap();
         let t0 = Instant::now();
-        assert!(r.admit(t0).is_ok());
+        let mut credit = 0;
+        assert!(r.admit(t0, &mut credit, 1).is_ok());
         r.bytes(2000, t0);
-        let wait = r.admit(t0).unwrap_err();
+        let wait = r.admit(t0, &mut credit, 1).unwrap_err();
         assert!(
             wait > Duration::from_millis(1800) && wait <= Duration::from_secs(2),
             "{wait:?}"
         );
-        assert!(r.admit(t0 + Duration::from_secs(2)).is_ok());
+        assert!(r.admit(t0 + Duration::from_secs(2), &mut credit, 1).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod credit_tests {
+    use super::*;
+
+    #[test]
+    fn a_pipeline_takes_its_units_sixteen_at_a_time_and_never_more_than_the_bucket() {
+        let r = Rates::new(Some(1000), None, Past::Delay).unwrap();
+        let t0 = Instant::now();
+        let mut credit = 0;
+        let mut went = 0;
+        while r.admit(t0, &mut credit, 16).is_ok() {
+            went += 1;
+        }
+        // The burst of 101, taken in sixteens and then one by one.
+        assert_eq!(went, 101);
     }
 }

@@ -66,6 +66,8 @@ pub const OUT_LIMIT: usize = 4 * 1024 * 1024;
 /// turns of this many, between which the other sessions' requests go, so that it does not
 /// starve them (Redis answers a connection's requests in the order they were written).
 pub const FAIR_SHARE: usize = 64;
+/// Requests a connection takes from its tenant's rate at once (`Rates::admit`).
+const OPS_AT_ONCE: u32 = 16;
 
 /// Answers a connection its tenant has no room for as Redis answers one past `maxclients`,
 /// and closes it.
@@ -252,6 +254,8 @@ pub(crate) struct ClientSide {
     /// Bytes read and written since they were last charged to the tenant's byte rate
     /// (charged once per request handled, not per read or write).
     unbilled: usize,
+    /// Requests this connection has taken from its tenant's `ops_per_second` and not sent.
+    credit: u32,
 }
 
 /// What a tenant's rates say of its next request.
@@ -373,6 +377,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             held_until: None,
             held: None,
             unbilled: 0,
+            credit: 0,
         },
         up: Outbound {
             pinned: None,
@@ -663,13 +668,14 @@ impl Session {
         if self.client.unbilled > 0 {
             rates.bytes(std::mem::take(&mut self.client.unbilled), read_at);
         }
-        if rates.admit(read_at).is_ok() {
+        let credit = &mut self.client.credit;
+        if rates.admit(read_at, credit, OPS_AT_ONCE).is_ok() {
             return Rated::Go;
         }
         // Past the rate at the read's time: ask again with the clock (a held connection
         // reads nothing, so its last read's time does not move).
         let now = Instant::now();
-        let Err(wait) = rates.admit(now) else {
+        let Err(wait) = rates.admit(now, credit, 1) else {
             return Rated::Go;
         };
         match rates.past {
