@@ -244,6 +244,18 @@ fn register_connections(ctx: &Context, registry: &mut Registry) {
         "Open client connections, by tenant",
         connections,
     );
+    let waiting = Gauge::<i64>::default();
+    waiting.set(ctx.unauthenticated.count() as i64);
+    registry.register(
+        "unauthenticated",
+        "Connections that have not logged in yet",
+        waiting,
+    );
+    registry.register(
+        "unauthenticated_evicted",
+        "Connections closed before logging in to make room for newer ones (max_unauthenticated)",
+        counter(&ctx.unauthenticated.evicted),
+    );
 }
 
 /// Redis' reachability, the upstream connections' failures, and the namespace guard.

@@ -1,8 +1,11 @@
 //! What every session shares, built once from the config by `lib::context` and handed to
 //! the server, the sessions, the admin endpoints and the background tasks.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::clients::Registry;
@@ -42,12 +45,18 @@ pub struct Context {
 }
 
 /// The connections that have not authenticated yet (`server.max_unauthenticated`,
-/// `server.auth_timeout_ms`).
+/// `server.auth_timeout_ms`). Past the cap the oldest of them is closed to make room: a flood
+/// of idle sockets can hold the places only until a real client comes, which gets one and
+/// has the timeout's length to log in.
 #[derive(Debug)]
 pub struct Unauthenticated {
     pub max: usize,
     pub timeout: std::time::Duration,
-    count: AtomicUsize,
+    /// Each waiting connection's kill switch, oldest first.
+    waiting: Mutex<BTreeMap<u64, CancellationToken>>,
+    next: AtomicU64,
+    /// Connections closed to make room.
+    pub evicted: AtomicU64,
 }
 
 impl Unauthenticated {
@@ -55,31 +64,48 @@ impl Unauthenticated {
         Unauthenticated {
             max,
             timeout,
-            count: AtomicUsize::new(0),
+            waiting: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         }
+    }
+
+    /// Connections waiting to log in now.
+    pub fn count(&self) -> usize {
+        self.waiting.lock().unwrap().len()
     }
 }
 
 /// One connection's place among those not yet authenticated, given back when dropped (it
 /// authenticated, or closed).
-pub struct Waiting(Arc<Context>);
+pub struct Waiting(Arc<Context>, u64);
 
 impl Context {
-    /// A place for one more unauthenticated connection, unless all are taken.
-    pub fn waiting(self: &Arc<Self>) -> Option<Waiting> {
+    /// A place for one more unauthenticated connection (`kill` closes it); the oldest
+    /// waiting one is closed if there is no room.
+    pub fn waiting(self: &Arc<Self>, kill: CancellationToken) -> Waiting {
         let u = &self.unauthenticated;
-        u.count
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < u.max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Waiting(self.clone()))
+        let id = u.next.fetch_add(1, Ordering::Relaxed);
+        let mut waiting = u.waiting.lock().unwrap();
+        waiting.insert(id, kill);
+        while waiting.len() > u.max.max(1) {
+            if let Some((_, oldest)) = waiting.pop_first() {
+                oldest.cancel();
+                u.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Waiting(self.clone(), id)
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.unauthenticated.count.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .unauthenticated
+            .waiting
+            .lock()
+            .unwrap()
+            .remove(&self.1);
     }
 }
 

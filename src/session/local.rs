@@ -315,17 +315,10 @@ impl Session {
                         }
                     }
                     // Unauthenticated again: a place among those, and a deadline to log in.
-                    None => match self.ctx.waiting() {
-                        Some(w) => {
-                            self.login =
-                                Some((w, Instant::now() + self.ctx.unauthenticated.timeout))
-                        }
-                        None => {
-                            self.refuse(Error::MaxClients);
-                            self.client.closing = true;
-                            return Ok(());
-                        }
-                    },
+                    None => {
+                        let w = self.ctx.waiting(self.me.kill.clone());
+                        self.login = Some((w, Instant::now() + self.ctx.unauthenticated.timeout))
+                    }
                 }
                 self.answer(Resp::simple("RESET"));
             }

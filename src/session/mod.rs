@@ -341,22 +341,25 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
     };
     let _ = client.set_nodelay(true);
     // Sidecar mode: the connection is the default tenant's from the start, if it has room.
-    let (seat, login) = match &ctx.default_tenant {
+    let seat = match &ctx.default_tenant {
         Some(t) => match t.seat() {
-            Some(seat) => (Some((t.clone(), seat)), None),
+            Some(seat) => Some((t.clone(), seat)),
             None => {
                 return refuse_connection(client, peer, "the default tenant's max_clients").await
             }
         },
-        None => match ctx.waiting() {
-            Some(w) => (
-                None,
-                Some((w, Instant::now() + ctx.unauthenticated.timeout)),
-            ),
-            None => return refuse_connection(client, peer, "server.max_unauthenticated").await,
-        },
+        None => None,
     };
     let me = ctx.clients.register(peer, local);
+    // Until it logs in: a place among the connections waiting to (the oldest goes if there
+    // is no room), and a deadline.
+    let login = match &seat {
+        Some(_) => None,
+        None => Some((
+            ctx.waiting(me.kill.clone()),
+            Instant::now() + ctx.unauthenticated.timeout,
+        )),
+    };
     let (reader, writer) = client.into_split();
     let span = tracing::info_span!("conn", %peer, id = me.id, tenant = tracing::field::Empty);
     let (reply_tx, replies) = tokio::sync::mpsc::unbounded_channel();
