@@ -63,7 +63,7 @@ pub mod namespace;
 pub mod policy;
 mod quota;
 mod rate;
-mod script;
+pub mod script;
 mod server;
 mod session;
 pub mod tenant;

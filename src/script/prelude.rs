@@ -28,6 +28,8 @@ pub struct Prelude {
     tail: Bytes,
     /// The FUNCTION library prelude's line, with its per-tenant and per-library parts.
     library: String,
+    /// `core.lua` filled in: a Lua function of (prefix, redis, FAST, state).
+    core: String,
     /// Commands (lowercase) whose only key is their first argument and whose reply carries
     /// no key name: a script that spells one out calls it through the prelude's fast path.
     fast: HashSet<Vec<u8>>,
@@ -63,8 +65,16 @@ impl Prelude {
             head: Bytes::copy_from_slice(head.as_bytes()),
             tail: Bytes::from(format!("{tail} ")),
             library: one_line(FUNCTION).replace("@CORE@", &core) + " ",
+            core,
             fast,
         }
+    }
+
+    /// The prelude's core, as a Lua function expression of (prefix, redis, FAST, state)
+    /// returning the shadowed `redis` table: the tests run it with a `redis` whose `call`
+    /// hands back the arguments it was given, to see which ones it put in the namespace.
+    pub fn core(&self) -> &str {
+        &self.core
     }
 
     /// A tenant's FUNCTION library as Redis loads it: the library and its functions renamed

@@ -392,6 +392,16 @@ fn all_commands() -> Vec<(Vec<String>, &'static CommandSpec)> {
     out
 }
 
+/// A seeded proptest runner.
+fn runner(seed: u64) -> TestRunner {
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    TestRunner::new_with_rng(
+        RunnerConfig::default(),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+    )
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -413,12 +423,7 @@ async fn every_key_redis_would_touch_is_the_tenants() {
     let seed = env_u64("RESPITE_DIFF_SEED", 12);
     let t = tenant();
     let mut tally = Tally::default();
-    let mut seed_bytes = [0u8; 32];
-    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let mut runner = TestRunner::new_with_rng(
-        RunnerConfig::default(),
-        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
-    );
+    let mut runner = runner(seed);
     let commands = all_commands();
     assert!(commands.len() > 200, "only {} commands", commands.len());
     for (names, _) in &commands {
@@ -478,4 +483,90 @@ async fn every_key_redis_would_touch_is_the_tenants() {
         tally.unjudged
     );
     assert!(tally.with_keys > tally.generated / 4, "{tally:?}");
+}
+
+/// The script prelude finds keys as respite does: for generated requests of every command a
+/// script may call, the arguments the prelude's `redis.call` puts in the namespace (run in
+/// Redis' own Lua, with a `redis` whose `call` hands back what it was given) are exactly
+/// those respite's rewrite prefixes (which the test above holds to Redis' own key lookup).
+/// SORT is left out: respite also moves its BY/GET patterns into the namespace, while in a
+/// script Redis refuses them to a user without every key.
+#[tokio::test]
+async fn the_script_prelude_prefixes_what_respite_prefixes() {
+    let redis = Redis::start();
+    let mut direct = redis.direct().await;
+    let all: Value = redis::cmd("COMMAND")
+        .arg("DOCS")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let docs = docs(&all);
+    let cases = env_u64("RESPITE_DIFF_CASES", 200) / 5;
+    let mut runner = runner(env_u64("RESPITE_DIFF_SEED", 12));
+    let t = tenant();
+    let prelude = respite::script::Prelude::new(&t.shared);
+    let echo = format!(
+        "local shadow = ({})('{PREFIX}', {{call = function(...) return {{...}} end, \
+         pcall = function(...) return {{...}} end, \
+         error_reply = function(m) return {{err = m}} end}}, {{}}, {{declared = {{}}}}) \
+         return shadow.call(unpack(ARGV))",
+        prelude.core()
+    );
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(&echo)
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let (mut compared, mut with_keys) = (0, 0);
+    for (names, spec) in all_commands() {
+        let parent = (names.len() == 2).then(|| {
+            command::lookup(&[Bytes::from(names[0].clone())])
+                .unwrap()
+                .spec
+        });
+        let cmd = command::Command { spec, parent };
+        if !respite::policy::allowed_in_scripts(&cmd) || matches!(&names[0][..], "sort" | "sort_ro")
+        {
+            continue;
+        }
+        let strat = request(names.clone(), &docs[&names.join("|")]);
+        let mut batch = Vec::new();
+        for _ in 0..cases {
+            let args = strat.new_tree(&mut runner).unwrap().current();
+            if let Some((sent, _)) = through_respite(&t, &args) {
+                batch.push((args, sent));
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for (args, _) in &batch {
+            pipe.cmd("EVALSHA").arg(&sha).arg(0).arg(args);
+        }
+        let replies: Vec<Value> = pipe.ignore_errors().query_async(&mut direct).await.unwrap();
+        for ((args, sent), reply) in batch.iter().zip(&replies) {
+            let Value::Array(lua) = reply else {
+                panic!("{args:?}: the prelude answered {reply:?}");
+            };
+            let lua: Vec<Vec<u8>> = lua
+                .iter()
+                .map(|v| match v {
+                    Value::BulkString(b) => b.clone(),
+                    other => panic!("{args:?}: {other:?}"),
+                })
+                .collect();
+            let ours: Vec<&[u8]> = sent.iter().map(|b| &b[..]).collect();
+            let theirs: Vec<&[u8]> = lua.iter().map(|b| &b[..]).collect();
+            assert_eq!(theirs, ours, "{args:?}: the prelude and respite disagree");
+            compared += 1;
+            with_keys += usize::from(sent.iter().zip(args).any(|(s, a)| s[..] != *a.as_bytes()));
+        }
+    }
+    eprintln!("prelude: {compared} requests compared, {with_keys} with keys in the namespace");
+    assert!(
+        compared > 3000 && with_keys > compared / 4,
+        "{compared} {with_keys}"
+    );
 }
