@@ -402,6 +402,18 @@ fn runner(seed: u64) -> TestRunner {
     )
 }
 
+/// Redis' COMMAND DOCS, by command (`container|sub` for subcommands).
+async fn command_docs(
+    direct: &mut redis::aio::MultiplexedConnection,
+) -> BTreeMap<String, Vec<Arg>> {
+    let all: Value = redis::cmd("COMMAND")
+        .arg("DOCS")
+        .query_async(direct)
+        .await
+        .unwrap();
+    docs(&all)
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -413,12 +425,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 async fn every_key_redis_would_touch_is_the_tenants() {
     let redis = Redis::start();
     let mut direct = redis.direct().await;
-    let all: Value = redis::cmd("COMMAND")
-        .arg("DOCS")
-        .query_async(&mut direct)
-        .await
-        .unwrap();
-    let docs = docs(&all);
+    let docs = command_docs(&mut direct).await;
     let cases = env_u64("RESPITE_DIFF_CASES", 200);
     let seed = env_u64("RESPITE_DIFF_SEED", 12);
     let t = tenant();
@@ -495,12 +502,7 @@ async fn every_key_redis_would_touch_is_the_tenants() {
 async fn the_script_prelude_prefixes_what_respite_prefixes() {
     let redis = Redis::start();
     let mut direct = redis.direct().await;
-    let all: Value = redis::cmd("COMMAND")
-        .arg("DOCS")
-        .query_async(&mut direct)
-        .await
-        .unwrap();
-    let docs = docs(&all);
+    let docs = command_docs(&mut direct).await;
     let cases = env_u64("RESPITE_DIFF_CASES", 200) / 5;
     let mut runner = runner(env_u64("RESPITE_DIFF_SEED", 12));
     let t = tenant();
