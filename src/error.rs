@@ -30,6 +30,8 @@ pub enum UpstreamError {
     Bookkeeping(String),
     #[error("shared key fetch failed: {0}")]
     SharedFetch(String),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// An error answered by respite instead of (or before) Redis.
@@ -37,6 +39,13 @@ pub enum UpstreamError {
 pub enum Error {
     #[error("NOAUTH Authentication required.")]
     NoAuth,
+    #[error("CROSSSLOT Keys in request don't hash to the same slot")]
+    CrossSlot,
+    #[error(
+        "ERR this connection's WATCH, subscriptions or tracking are on another node of the \
+         cluster than this key's slot: use another connection for it"
+    )]
+    OtherNode,
     #[error(
         "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
          HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \

@@ -96,14 +96,23 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         .map(|s| market::SharedCache::new(s.get_ref(), own.clone()))
         .transpose()?
         .map(Arc::new);
+    let (connect_timeout, command_timeout) = (
+        Duration::from_millis(config.upstream.connect_timeout_ms),
+        Duration::from_millis(config.upstream.command_timeout_ms),
+    );
+    let cluster = config.cluster().then(|| {
+        Arc::new(upstream::cluster::Topology::new(
+            config.seed_addrs(),
+            connect_timeout,
+            command_timeout,
+            config.upstream.connections,
+        ))
+    });
     let upstream = upstream::Upstream::new(
-        upstream::Connector::new(
-            config.upstream_addr(),
-            Duration::from_millis(config.upstream.connect_timeout_ms),
-            Duration::from_millis(config.upstream.command_timeout_ms),
-        ),
+        upstream::Connector::new(config.upstream_addr(), connect_timeout, command_timeout),
         config.upstream.connections,
         config.upstream.pinned_max,
+        cluster,
     );
     Ok(Arc::new(Context {
         quotas,
@@ -136,6 +145,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ctx = context(config)?;
+    if let Some(topology) = &ctx.upstream.cluster {
+        // The slot map before the first client; a cluster not reachable yet is retried by
+        // the watcher, and requests meanwhile fail fast with why.
+        if let Err(e) = topology.refresh().await {
+            tracing::warn!(error = %e, "cannot read the cluster's slot map yet");
+        }
+    }
     // What Redis allows decides what respite forwards: known before the first client.
     ctx.facts.refresh(&ctx.own).await;
     ctx.scripts.probe().await;
@@ -161,6 +177,9 @@ pub async fn run(
         let (ctx, stop) = (ctx.clone(), bookkeeping.clone());
         async move { ctx.scripts.watch(stop).await }
     });
+    if let Some(topology) = ctx.upstream.cluster.clone() {
+        tokio::spawn(topology.watch(bookkeeping.clone()));
+    }
     if let Some(admin) = &config.admin {
         let addr = admin.get_ref().listen.as_str();
         let listener = TcpListener::bind(addr)

@@ -146,8 +146,18 @@ pub struct ServerConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// "standalone" (one Redis) or "cluster" (`url` and `seeds` are seed nodes of a Redis
+    /// Cluster).
+    #[serde(default = "default_mode")]
+    pub mode: Spanned<String>,
     #[serde(default = "default_upstream_url")]
     pub url: Spanned<String>,
+    /// More seed nodes (cluster mode), tried after `url` when the slot map is first read.
+    #[serde(default)]
+    pub seeds: Vec<Spanned<String>>,
+    /// Where tenants' reads go in cluster mode: "master" (the only choice built so far).
+    #[serde(default = "default_read_from")]
+    pub read_from: Spanned<String>,
     /// Connections of the pool respite's own commands use (quota bookkeeping).
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
@@ -349,6 +359,12 @@ const MAX_THREADS: usize = 1024;
 fn default_threads() -> usize {
     1
 }
+fn default_mode() -> Spanned<String> {
+    Spanned::new(0..0, "standalone".into())
+}
+fn default_read_from() -> Spanned<String> {
+    Spanned::new(0..0, "master".into())
+}
 fn default_upstream_url() -> Spanned<String> {
     Spanned::new(0..0, "redis://127.0.0.1:6379".into())
 }
@@ -497,7 +513,10 @@ impl Default for ServerConfig {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
+            mode: default_mode(),
             url: default_upstream_url(),
+            seeds: Vec::new(),
+            read_from: default_read_from(),
             pool_size: default_pool_size(),
             connections: default_connections(),
             pinned_max: default_pinned_max(),
@@ -752,6 +771,19 @@ impl Config {
 
     pub fn upstream_addr(&self) -> UpstreamAddr {
         UpstreamAddr::parse(self.upstream.url.get_ref()).expect("validated in Config::parse")
+    }
+
+    /// Is the upstream a Redis Cluster?
+    pub fn cluster(&self) -> bool {
+        self.upstream.mode.get_ref() == "cluster"
+    }
+
+    /// The seed nodes of a cluster: `url`, then `seeds`.
+    pub fn seed_addrs(&self) -> Vec<UpstreamAddr> {
+        std::iter::once(&self.upstream.url)
+            .chain(&self.upstream.seeds)
+            .map(|u| UpstreamAddr::parse(u.get_ref()).expect("validated in Config::parse"))
+            .collect()
     }
 
     /// Applies the command line's `--listen` / `--upstream`, checking them like the file's.

@@ -61,6 +61,40 @@ impl Config {
         if let Err(e) = UpstreamAddr::parse(self.upstream.url.get_ref()) {
             err(Some(self.upstream.url.span()), format!("upstream.url: {e}"));
         }
+        let up = &self.upstream;
+        if !matches!(up.mode.get_ref().as_str(), "standalone" | "cluster") {
+            err(
+                Some(up.mode.span()),
+                "upstream.mode must be \"standalone\" or \"cluster\"".into(),
+            );
+        }
+        for seed in &up.seeds {
+            if let Err(e) = UpstreamAddr::parse(seed.get_ref()) {
+                err(Some(seed.span()), format!("upstream.seeds: {e}"));
+            }
+        }
+        if !up.seeds.is_empty() && !self.cluster() {
+            err(
+                Some(up.seeds[0].span()),
+                "upstream.seeds are seed nodes of a cluster: set upstream.mode = \"cluster\""
+                    .into(),
+            );
+        }
+        match up.read_from.get_ref().as_str() {
+            "master" => {}
+            "replica-preferred" => err(
+                Some(up.read_from.span()),
+                "upstream.read_from = \"replica-preferred\" is not built yet; reads go to masters"
+                    .into(),
+            ),
+            _ => err(
+                Some(up.read_from.span()),
+                "upstream.read_from must be \"master\" or \"replica-preferred\"".into(),
+            ),
+        }
+        if self.cluster() {
+            self.validate_cluster(err);
+        }
         if self.upstream.connect_timeout_ms == 0 || self.upstream.command_timeout_ms == 0 {
             err(
                 None,
@@ -77,6 +111,26 @@ impl Config {
                 "upstream.connections, upstream.pinned_max and upstream.pool_size must be at \
                  least 1"
                     .into(),
+            );
+        }
+    }
+
+    /// What cluster mode cannot do (yet): a database other than 0 (a cluster has one), and
+    /// what needs one Redis behind it.
+    fn validate_cluster(&self, err: &mut Report) {
+        let seeds = std::iter::once(&self.upstream.url).chain(&self.upstream.seeds);
+        for url in seeds {
+            if UpstreamAddr::parse(url.get_ref()).is_ok_and(|a| a.db != 0) {
+                err(
+                    Some(url.span()),
+                    "a Redis Cluster has only database 0: drop the /db from the URL".into(),
+                );
+            }
+        }
+        if self.quotas_enabled() {
+            err(
+                None,
+                "quotas (quota_bytes) are not built for upstream.mode = \"cluster\" yet".into(),
             );
         }
     }

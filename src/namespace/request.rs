@@ -28,6 +28,9 @@ pub struct Forward {
     pub expect: Expect,
     /// May legitimately wait longer than `command_timeout_ms` (BLPOP 0, XREAD BLOCK, WAIT).
     pub blocking: bool,
+    /// Cluster mode: the slot of the request's first key as Redis gets it (set by the
+    /// session, which knows the upstream is a cluster).
+    pub slot: Option<u16>,
 }
 
 /// What Redis answers with.
@@ -119,6 +122,7 @@ pub fn request(
         prefixed: marks,
         expect,
         blocking,
+        slot: None,
     })
 }
 

@@ -241,7 +241,13 @@ impl Session {
         let cmd = decided!(known(looked_up, &req));
         let keys = decided!(self.police(&cmd, &req, &tenant));
         decided!(self.shared_keys(&cmd, &req, &keys, &tenant));
-        let fwd = decided!(refused(rewrite::request(&cmd, req.args, &keys, &tenant)));
+        let mut fwd = decided!(refused(rewrite::request(&cmd, req.args, &keys, &tenant)));
+        if self.ctx.upstream.cluster.is_some() {
+            fwd.slot = keys
+                .iter()
+                .next()
+                .map(|(i, _)| routing::slot_of(&fwd, i, &tenant));
+        }
         let cost = tenant
             .ledger
             .as_ref()

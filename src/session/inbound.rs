@@ -304,6 +304,8 @@ impl Session {
         self.up.awaiting = 0;
         self.up.to_up.clear();
         self.up.to_up_count = 0;
+        self.up.plan.clear();
+        self.up.plan_end = 0;
         self.up.sink.generation += 1;
         // Replies of the old generation still on their way count on the old meter.
         self.new_meter();

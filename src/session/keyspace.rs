@@ -17,8 +17,10 @@ use super::local::KeyspaceCmd;
 use super::Session;
 use crate::error::{Error, UpstreamError};
 use crate::metrics::Outcome;
+use crate::upstream::cluster::{Node, Target};
 use crate::wire::all_keys;
 use crate::wire::Resp;
+use std::sync::Arc;
 
 /// Keys a SCAN step asks for: each step holds Redis briefly, so other tenants' commands go
 /// between steps (1,000 held them past 2 ms at p99 while a tenant looped DBSIZE over 200,000
@@ -31,6 +33,8 @@ struct Walk {
     cursor: Bytes,
     /// Redis answered cursor 0: the walk has seen every key.
     done: bool,
+    /// Cluster mode: the masters still to walk, the one being walked first.
+    nodes: std::collections::VecDeque<Arc<Node>>,
 }
 
 impl Walk {
@@ -39,6 +43,7 @@ impl Walk {
             pattern,
             cursor: Bytes::from_static(b"0"),
             done: false,
+            nodes: Default::default(),
         }
     }
 }
@@ -86,15 +91,35 @@ impl Session {
         if walk.done {
             return Ok(None);
         }
-        let (next, batch) = self.scan_matching(&walk.cursor, &walk.pattern).await?;
+        let node = walk.nodes.front().cloned();
+        let (next, batch) = self
+            .scan_matching(&walk.cursor, &walk.pattern, node)
+            .await?;
         walk.done = &next[..] == b"0";
         walk.cursor = next;
+        if walk.done && walk.nodes.len() > 1 {
+            // That master is done: on to the next.
+            walk.nodes.pop_front();
+            walk.done = false;
+        }
         Ok(Some(batch))
+    }
+
+    /// A walk over the keys matching `pattern` (as Redis sees it): on every master of a
+    /// cluster, one after the other.
+    fn walk(&self, pattern: Bytes) -> Walk {
+        let mut walk = Walk::new(pattern);
+        if let Some(topology) = &self.ctx.upstream.cluster {
+            let mut masters = topology.map().masters().to_vec();
+            masters.sort_by(|a, b| a.addr.cmp(&b.addr));
+            walk.nodes = masters.into();
+        }
+        walk
     }
 
     /// A walk over the tenant's whole namespace.
     fn namespace_walk(&self) -> Walk {
-        Walk::new(all_keys(
+        self.walk(all_keys(
             &self.tenant.as_ref().expect("authenticated").prefix,
         ))
     }
@@ -104,10 +129,11 @@ impl Session {
         &mut self,
         cursor: &[u8],
         pattern: &[u8],
+        node: Option<Arc<Node>>,
     ) -> Result<(Bytes, Vec<Bytes>), UpstreamError> {
-        let frame = self
-            .call(&[b"SCAN", cursor, b"MATCH", pattern, b"COUNT", SCAN_COUNT])
-            .await?;
+        let scan: &[&[u8]] = &[b"SCAN", cursor, b"MATCH", pattern, b"COUNT", SCAN_COUNT];
+        let targets = node.map(Target::Node).into_iter().collect();
+        let frame = self.call_routed(&[scan], targets).await?.remove(0);
         let bad = || UpstreamError::Protocol("unexpected SCAN reply".into());
         let elems = frame.elements().ok_or_else(bad)?;
         let next = frame
@@ -135,7 +161,18 @@ impl Session {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        self.call_many(&requests).await
+        self.call_routed(&requests, self.slots(keys)).await
+    }
+
+    /// Cluster mode: each key's slot (the keys as Redis names them), for `call_routed`.
+    fn slots(&self, keys: &[Bytes]) -> Vec<Target> {
+        match self.ctx.upstream.cluster {
+            Some(_) => keys
+                .iter()
+                .map(|k| Target::Slot(crate::wire::key_slot(b"", k)))
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// (keys, keys with a TTL, sum of those TTLs in ms) over the tenant's namespace.
@@ -160,7 +197,7 @@ impl Session {
     /// key twice), in no particular order (as KEYS), named as the tenant names it.
     async fn keys(&mut self, pattern: &[u8]) -> Result<Bytes, UpstreamError> {
         let prefix = self.tenant.as_ref().expect("authenticated").prefix.clone();
-        let mut walk = Walk::new(crate::wire::namespaced(&prefix, pattern));
+        let mut walk = self.walk(crate::wire::namespaced(&prefix, pattern));
         let mut found = std::collections::HashSet::new();
         while let Some(batch) = self.step(&mut walk).await? {
             found.extend(batch);
@@ -176,10 +213,17 @@ impl Session {
     async fn count_keys(&mut self) -> Result<u64, UpstreamError> {
         let mut n = 0;
         let mut walk = self.namespace_walk();
+        // In a cluster, a key migrating while the walk goes may be met on both nodes: the
+        // names are kept, so it counts once.
+        let mut seen = std::collections::HashSet::new();
+        let cluster = !walk.nodes.is_empty();
         while let Some(batch) = self.step(&mut walk).await? {
-            n += batch.len() as u64;
+            match cluster {
+                true => seen.extend(batch),
+                false => n += batch.len() as u64,
+            }
         }
-        Ok(n)
+        Ok(n + seen.len() as u64)
     }
 
     /// A key of the tenant's, picked at random: the scan starts at a random cursor and wraps.
@@ -187,6 +231,10 @@ impl Session {
         let prefix = self.tenant.as_ref().expect("authenticated").prefix.clone();
         let mut walk = self.namespace_walk();
         walk.cursor = Bytes::from((random_u64() % (1 << 32)).to_string());
+        // In a cluster: from a master picked at random, on through the others.
+        let turn = random_u64() as usize % walk.nodes.len().max(1);
+        walk.nodes.rotate_left(turn);
+        let all = walk.nodes.clone();
         let mut wrapped = false;
         loop {
             let Some(batch) = self.step(&mut walk).await? else {
@@ -196,6 +244,7 @@ impl Session {
                 // From the random cursor to the end, then once more from the start.
                 wrapped = true;
                 walk.done = false;
+                walk.nodes = all.clone();
                 continue;
             };
             if !batch.is_empty() {
@@ -211,9 +260,14 @@ impl Session {
         let mut walk = self.namespace_walk();
         while let Some(batch) = self.step(&mut walk).await? {
             if !batch.is_empty() {
-                let mut args: Vec<&[u8]> = vec![del];
-                args.extend(batch.iter().map(|k| &k[..]));
-                self.call(&args).await?;
+                if self.ctx.upstream.cluster.is_some() {
+                    // One slot per request in a cluster: one key each, pipelined.
+                    self.per_key(del, &batch).await?;
+                } else {
+                    let mut args: Vec<&[u8]> = vec![del];
+                    args.extend(batch.iter().map(|k| &k[..]));
+                    self.call(&args).await?;
+                }
                 if let Some(ledger) = self.tenant.as_ref().and_then(|t| t.ledger.as_ref()) {
                     ledger.settle(batch, 0);
                 }

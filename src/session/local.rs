@@ -708,6 +708,7 @@ impl Session {
             prefixed: Default::default(),
             expect: Expect::Reply(Shape::Plain),
             blocking: false,
+            slot: None,
         };
         self.forward(fwd, b"client", None, None).await
     }

@@ -43,6 +43,7 @@ mod inbound;
 mod keyspace;
 mod local;
 mod outbound;
+mod routing;
 mod scripting;
 
 use crate::metrics::{Meta, Outcome, Tally};
@@ -52,7 +53,7 @@ use crate::policy;
 use crate::quota::{self, WriteCost, Written};
 use crate::script::RunGuard;
 use crate::tenant::{Seat, Tenant};
-use crate::upstream::{shared, OutputMeter, Pinned, Reply, Sink};
+use crate::upstream::{cluster, shared, OutputMeter, Pinned, Reply, Sink};
 use crate::wire::Frame;
 use crate::wire::{encode_marked, encode_request, parse_request, Request};
 use local::Local;
@@ -167,6 +168,12 @@ pub(crate) struct Multi {
     pub writes: Option<Written>,
     /// Scripts are queued: EXEC runs them, within the longest of their timeouts.
     pub script_timeout: Option<std::time::Duration>,
+    /// Cluster mode: MULTI is answered by respite and sent with the first command queued,
+    /// to the node of that command's slot (`true` until then).
+    pub begin_pending: bool,
+    /// Cluster mode: the slot of the transaction's keys (of its WATCH, or its first keyed
+    /// command); a command with keys of another slot is refused with CROSSSLOT.
+    pub slot: Option<u16>,
 }
 
 /// CLIENT REPLY.
@@ -288,6 +295,11 @@ pub(crate) struct Outbound {
     /// The last request encoded is respite's own login after a tenant's script: the next
     /// script of the same tenant in the same batch goes inside the same AUTH pair.
     bracket: Option<Bracket>,
+    /// Cluster mode: where each request in `to_up` goes, up to `plan_end` bytes of it, and
+    /// the target of the request being encoded.
+    plan: Vec<cluster::Part>,
+    plan_end: usize,
+    target: cluster::Target,
 }
 
 /// Where the login after a tenant's script starts and ends in `to_up`, and for whom.
@@ -306,6 +318,8 @@ pub(crate) struct ConnectionState {
     pub(crate) subs: Subscriptions,
     pub(crate) reply_mode: ReplyMode,
     pub(crate) watching: bool,
+    /// Cluster mode: the slot of the keys watched.
+    pub(crate) watch_slot: Option<u16>,
     pub(crate) tracking: bool,
     pub(crate) no_evict: bool,
 }
@@ -402,6 +416,9 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             timer: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
             timer_at: None,
             bracket: None,
+            plan: Vec::new(),
+            plan_end: 0,
+            target: cluster::Target::Any,
         },
         state: ConnectionState {
             protocol: 2,
@@ -409,6 +426,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             subs: Subscriptions::default(),
             reply_mode: ReplyMode::On,
             watching: false,
+            watch_slot: None,
             tracking: false,
             no_evict: false,
         },

@@ -18,6 +18,7 @@ impl Session {
             prefixed,
             mut expect,
             blocking,
+            slot: key_slot,
         } = fwd;
         if self.past_subscriptions(top, &args, &expect) {
             return Ok(());
@@ -26,6 +27,20 @@ impl Session {
             && !matches!(top, b"exec" | b"discard" | b"multi" | b"watch");
         if top == b"exec" && self.state.multi.as_ref().is_some_and(|m| m.dirty) {
             return self.abort_exec().await;
+        }
+        let cluster = self.ctx.upstream.cluster.is_some();
+        if cluster {
+            if let routing::Routed::Done = self.route_in_cluster(top, key_slot, queued) {
+                return Ok(());
+            }
+            if top == b"scan" && self.state.multi.is_none() {
+                if let routing::Routed::Done = self.cluster_scan(&mut args, &mut expect) {
+                    return Ok(());
+                }
+            }
+            if !self.keep_to_node().await? {
+                return Ok(());
+            }
         }
         // EXEC runs the scripts queued in the transaction.
         let exec_scripts = match top {
@@ -75,14 +90,28 @@ impl Session {
             }
             return Ok(());
         }
+        if let Some(m) = self
+            .state
+            .multi
+            .as_mut()
+            .filter(|m| m.begin_pending && queued)
+        {
+            // Cluster mode: the transaction begins on the node of its first command.
+            m.begin_pending = false;
+            encode_request(&mut self.up.to_up, [&b"MULTI"[..]].into_iter());
+            self.queue(Slot::Internal);
+        }
         let confine = script.and_then(|s| s.auth);
         if let Some(auth) = &confine {
             if !self.reopen_bracket(auth, queued) {
                 self.login_for_script(auth, queued);
             }
         }
-        let prefix = self.tenant.as_ref().map_or(&[][..], |t| &t.prefix[..]);
-        encode_marked(&mut self.up.to_up, &args, prefix, &prefixed);
+        let split = cluster && !queued && self.up.pinned.is_none();
+        if !(split && self.split(top, &args, &prefixed)) {
+            let prefix = self.tenant.as_ref().map_or(&[][..], |t| &t.prefix[..]);
+            encode_marked(&mut self.up.to_up, &args, prefix, &prefixed);
+        }
         self.queue(slot);
         if let Some(Slot::Reply { write: Some(w), .. }) = self.up.pending.back_mut() {
             // Encoded: the write's key can leave the request rather than be copied.
@@ -202,12 +231,14 @@ impl Session {
     /// client gets EXECABORT, as from Redis.
     async fn abort_exec(&mut self) -> Result<(), End> {
         self.state.watching = false;
+        let mut sent = true;
         if let Some(m) = self.state.multi.take() {
+            sent = !m.begin_pending;
             if let Some(w) = m.writes {
                 self.account.add(w);
             }
         }
-        if self.open(false, false).await? {
+        if sent && self.open(false, false).await? {
             encode_request(&mut self.up.to_up, [&b"DISCARD"[..]].into_iter());
             self.queue(Slot::Internal);
         }
@@ -257,13 +288,19 @@ impl Session {
         if pin && self.up.pinned.is_none() {
             self.drain().await?;
             let share = self.tenant.as_ref().and_then(|t| t.pinned.as_ref());
-            match self
-                .ctx
-                .upstream
-                .pinned
-                .acquire(self.state.protocol, share)
-                .await
-            {
+            let acquired = match self.target_node() {
+                Ok(node) => {
+                    let node = node.as_ref().map(|n| &n.connector);
+                    let protocol = self.state.protocol;
+                    self.ctx
+                        .upstream
+                        .pinned
+                        .acquire(node, protocol, share)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match acquired {
                 Ok(p) => {
                     self.me
                         .upstream_id
@@ -305,6 +342,9 @@ impl Session {
 
     /// Opens the slot of the request just encoded into `to_up`.
     pub(super) fn queue(&mut self, slot: Slot) {
+        if self.ctx.upstream.cluster.is_some() && self.up.pinned.is_none() {
+            self.plan_part();
+        }
         self.up.to_up_count += 1;
         self.up.pending.push_back(slot);
         self.up.awaiting += 1;
@@ -318,6 +358,7 @@ impl Session {
         }
         self.up.bracket = None;
         let count = std::mem::take(&mut self.up.to_up_count);
+        self.up.plan_end = 0;
         let Some(p) = self.up.pinned.as_mut() else {
             let data = self.up.to_up.split().freeze();
             if self.up.to_up.capacity() < 4096 {
@@ -330,6 +371,8 @@ impl Session {
                     data,
                     count,
                     to: self.up.sink.clone(),
+                    from: self.me.id,
+                    plan: std::mem::take(&mut self.up.plan),
                 });
             return;
         };
@@ -398,9 +441,30 @@ impl Session {
         &mut self,
         requests: &[&[&[u8]]],
     ) -> Result<Vec<Frame>, UpstreamError> {
+        self.call_routed(requests, Vec::new()).await
+    }
+
+    /// [`Session::call_many`] with, in cluster mode, a target per request (any master for
+    /// those past the end of `targets`).
+    pub(crate) async fn call_routed(
+        &mut self,
+        requests: &[&[&[u8]]],
+        mut targets: Vec<cluster::Target>,
+    ) -> Result<Vec<Frame>, UpstreamError> {
         let mut data = BytesMut::new();
+        let mut plan = Vec::new();
+        let cluster = self.ctx.upstream.cluster.is_some();
+        targets.reverse();
         for r in requests {
+            let at = data.len();
             encode_request(&mut data, r.iter().copied());
+            if cluster {
+                plan.push(cluster::Part {
+                    len: data.len() - at,
+                    target: targets.pop().unwrap_or(cluster::Target::Any),
+                    join: None,
+                });
+            }
         }
         let n = requests.len();
         let timeout = self.ctx.upstream.command_timeout();
@@ -436,6 +500,8 @@ impl Session {
                         data: data.freeze(),
                         count: n,
                         to: self.up.sink.clone(),
+                        from: self.me.id,
+                        plan,
                     });
                 let generation = self.up.sink.generation;
                 let meter = &self.up.sink.meter;

@@ -63,6 +63,12 @@ impl Session {
         let Some(tenant) = self.tenant.clone() else {
             return Ok(());
         };
+        if self.ctx.upstream.cluster.is_some() {
+            return self.refuse_counted(Error::NoPerm {
+                command: String::from_utf8_lossy(&fwd.args[0]).to_lowercase(),
+                why: "scripts are not built for a Redis Cluster upstream yet",
+            });
+        }
         let outcome = match kind {
             ScriptCmd::Eval | ScriptCmd::EvalSha | ScriptCmd::Fcall => {
                 return self.run_script(kind, fwd, cost, tenant).await

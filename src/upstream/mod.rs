@@ -16,6 +16,7 @@
 //! backoff, capped), so a dead Redis costs each command one fast error and the first attempt
 //! after the window finds a Redis that is back.
 
+pub mod cluster;
 mod facts;
 mod health;
 mod meter;
@@ -177,6 +178,11 @@ impl Connector {
             gate: Mutex::new(Gate::default()),
             version: Mutex::new(None),
         }
+    }
+
+    /// The host this connector connects to.
+    pub fn host(&self) -> &str {
+        &self.addr.host
     }
 
     /// `redis_version` of the upstream, once any connection has been made.
@@ -392,35 +398,74 @@ impl Conn {
 }
 
 /// Everything behind the boundary: the shared connections of each protocol and the pinned
-/// pool, both opened through one [`Connector`].
+/// pool, both opened through one [`Connector`]; in cluster mode, routers in place of the
+/// shared connections, and the cluster's [`cluster::Topology`].
 pub struct Upstream {
     pub connector: Arc<Connector>,
     shared_per_protocol: usize,
     shared: [OnceLock<Vec<shared::Shared>>; 2],
+    routers: [OnceLock<Vec<cluster::Router>>; 2],
+    pub cluster: Option<Arc<cluster::Topology>>,
     pub pinned: pinned::Pool,
 }
 
+/// Where a session's batches go: a shared connection, or (cluster mode) a router.
+pub enum Lane<'a> {
+    Shared(&'a shared::Shared),
+    Routed(&'a cluster::Router),
+}
+
+impl Lane<'_> {
+    pub fn submit(&self, batch: shared::Submit) {
+        match self {
+            Lane::Shared(s) => s.submit(batch),
+            Lane::Routed(r) => r.submit(batch),
+        }
+    }
+}
+
 impl Upstream {
-    /// `connections` shared connections per protocol, at most `pinned_max` pinned ones.
-    pub fn new(connector: Connector, connections: usize, pinned_max: usize) -> Upstream {
+    /// `connections` shared connections per protocol (per node in a cluster), at most
+    /// `pinned_max` pinned ones.
+    pub fn new(
+        connector: Connector,
+        connections: usize,
+        pinned_max: usize,
+        cluster: Option<Arc<cluster::Topology>>,
+    ) -> Upstream {
         let connector = Arc::new(connector);
         Upstream {
             pinned: pinned::Pool::new(connector.clone(), pinned_max),
             connector,
             shared_per_protocol: connections.max(1),
             shared: [OnceLock::new(), OnceLock::new()],
+            routers: [OnceLock::new(), OnceLock::new()],
+            cluster,
         }
     }
 
-    /// The shared connection a session (by its id) uses for `protocol`. Sticky, so that a
-    /// session's commands keep their order.
-    pub fn shared(&self, protocol: u8, session: u64) -> &shared::Shared {
-        let conns = self.shared[usize::from(protocol == 3)].get_or_init(|| {
-            (0..self.shared_per_protocol)
-                .map(|_| shared::Shared::spawn(self.connector.clone(), protocol))
-                .collect()
-        });
-        &conns[(session % conns.len() as u64) as usize]
+    /// Where a session (by its id) sends its stateless requests for `protocol`. Sticky, so
+    /// that a session's commands keep their order.
+    pub fn shared(&self, protocol: u8, session: u64) -> Lane<'_> {
+        let p = usize::from(protocol == 3);
+        let n = self.shared_per_protocol;
+        let pick = (session % n as u64) as usize;
+        match &self.cluster {
+            None => Lane::Shared(
+                &self.shared[p].get_or_init(|| {
+                    (0..n)
+                        .map(|_| shared::Shared::spawn(self.connector.clone(), protocol))
+                        .collect()
+                })[pick],
+            ),
+            Some(topology) => Lane::Routed(
+                &self.routers[p].get_or_init(|| {
+                    (0..n)
+                        .map(|lane| cluster::Router::spawn(topology.clone(), protocol, lane))
+                        .collect()
+                })[pick],
+            ),
+        }
     }
 
     pub fn command_timeout(&self) -> Duration {

@@ -19,6 +19,8 @@ use crate::error::UpstreamError;
 /// A pinned connection and its place in the pool (and in its tenant's share of it).
 pub struct Pinned {
     pub conn: Conn,
+    /// The node it is connected to (cluster mode: one per node).
+    connector: Arc<Connector>,
     permit: OwnedSemaphorePermit,
     share: Option<OwnedSemaphorePermit>,
 }
@@ -44,12 +46,15 @@ impl Share {
     }
 }
 
+/// A clean connection and the node it is on.
+type Idle = (Arc<Connector>, Conn);
+
 pub struct Pool {
     connector: Arc<Connector>,
     max: usize,
     permits: Arc<Semaphore>,
-    /// Clean connections by protocol (index 0: RESP2, 1: RESP3).
-    idle: Arc<Mutex<[Vec<Conn>; 2]>>,
+    /// Clean connections, with the node each is connected to.
+    idle: Arc<Mutex<Vec<Idle>>>,
 }
 
 impl Pool {
@@ -58,7 +63,7 @@ impl Pool {
             connector,
             max,
             permits: Arc::new(Semaphore::new(max)),
-            idle: Arc::new(Mutex::new([Vec::new(), Vec::new()])),
+            idle: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -67,11 +72,14 @@ impl Pool {
         self.max - self.permits.available_permits()
     }
 
+    /// A connection to `node` (cluster mode; else the one Redis) in `protocol`, clean.
     pub async fn acquire(
         &self,
+        node: Option<&Arc<Connector>>,
         protocol: u8,
         share: Option<&Share>,
     ) -> Result<Pinned, UpstreamError> {
+        let connector = node.unwrap_or(&self.connector).clone();
         let wait = self.connector.command_timeout;
         // The tenant's share first: a tenant at its own limit waits on itself, not on the pool.
         let share = match share {
@@ -84,23 +92,28 @@ impl Pool {
             UpstreamError::PinnedExhausted(self.max),
         )
         .await?;
-        let p = usize::from(protocol == 3);
         let reused = {
             let mut idle = self.idle.lock().unwrap();
-            let conn = idle[p].pop();
-            if conn.is_none() && self.open() + idle[1 - p].len() > self.max {
-                // A new connection would pass the bound: close an idle one of the other
-                // protocol to make room.
-                drop(idle[1 - p].pop());
+            let fits = |(c, conn): &Idle| Arc::ptr_eq(c, &connector) && conn.protocol == protocol;
+            match idle.iter().rposition(fits) {
+                Some(i) => Some(idle.swap_remove(i).1),
+                None => {
+                    if self.open() + idle.len() > self.max {
+                        // A new connection would pass the bound: close an idle one (of the
+                        // other protocol, or another node) to make room.
+                        idle.pop();
+                    }
+                    None
+                }
             }
-            conn
         };
         let conn = match reused {
             Some(conn) => conn,
-            None => self.connector.connect(protocol).await?,
+            None => connector.connect(protocol).await?,
         };
         Ok(Pinned {
             conn,
+            connector,
             permit,
             share,
         })
@@ -109,13 +122,13 @@ impl Pool {
     /// Takes back a connection with nothing in flight: reset in the background, then idle
     /// (before its permit is freed, so that a waiter woken by the permit finds it).
     pub fn release(&self, pinned: Pinned) {
-        let connector = self.connector.clone();
         let idle = self.idle.clone();
         let permits = self.permits.clone();
         let max = self.max;
         tokio::spawn(async move {
             let Pinned {
                 mut conn,
+                connector,
                 permit,
                 share,
             } = pinned;
@@ -124,8 +137,8 @@ impl Pool {
             if connector.reset(&mut conn).await.is_ok() {
                 let mut idle = idle.lock().unwrap();
                 let in_use = max - permits.available_permits();
-                if in_use + idle[0].len() + idle[1].len() <= max {
-                    idle[usize::from(conn.protocol == 3)].push(conn);
+                if in_use + idle.len() <= max {
+                    idle.push((connector, conn));
                 }
             }
             // Otherwise the connection is dropped, which closes it.
@@ -150,6 +163,11 @@ async fn place(
 }
 
 impl Pinned {
+    /// The node this connection is on.
+    pub fn connector(&self) -> &Arc<Connector> {
+        &self.connector
+    }
+
     /// Closes the connection (Redis drops whatever state it held) and frees its place.
     pub fn close(self) {
         drop(self.permit);

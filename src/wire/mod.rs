@@ -6,7 +6,9 @@
 mod frame;
 mod marks;
 mod request;
+mod slot;
 
 pub use frame::{element_spans, elements, found, next_frame, Frame};
 pub use marks::{all_keys, namespaced, Marks};
 pub use request::*;
+pub use slot::{key_slot, SLOTS};

@@ -441,3 +441,212 @@ pub async fn connect(client: &redis::Client) -> redis::aio::MultiplexedConnectio
         .await
         .unwrap()
 }
+
+/// A Redis Cluster of six real redis-server processes on loopback (3 masters, 3 replicas),
+/// made by `redis-cli --cluster create`. Ports below 30000, so that each node's cluster bus
+/// (port + 10000) is a valid port too. Every node is killed on drop.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+/// A port in 20000..29999 free together with its cluster bus port.
+fn free_cluster_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
+        );
+        let port = 20000 + (h.finish() % 10000) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10000) {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+impl Cluster {
+    /// Starts six nodes, joins them (one replica per master), and waits until every node
+    /// says `cluster_state:ok` and knows all six.
+    pub fn start() -> Cluster {
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let node = (0..5).find_map(|_| {
+                let dir = TempDir::new();
+                let extra: Vec<String> = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "1000",
+                    // Other masters' slots stay served while one master is down (Redis'
+                    // default stops the whole cluster): what the README asks of operators.
+                    "--cluster-require-full-coverage",
+                    "no",
+                    // Replicas in sync at once (Redis 7 waits 5 s for more replicas to
+                    // share a diskless sync): a replica never synced cannot take over.
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    "--cluster-config-file",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([dir.0.join("nodes.conf").display().to_string()])
+                .collect();
+                let port = free_cluster_port();
+                let child = spawn_redis(port, &dir.0, &extra);
+                let mut r = Redis {
+                    port,
+                    child,
+                    _dir: dir,
+                    extra,
+                };
+                r.wait_ready().then_some(r)
+            });
+            nodes.push(node.expect("a cluster node started"));
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be on PATH");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Cluster { nodes };
+        cluster.wait_ok(&(0..6).collect::<Vec<_>>());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster.nodes.iter().all(|n| {
+            let info = cli(n.port, &["INFO", "replication"]);
+            info.contains("role:master") || info.contains("master_link_status:up")
+        }) {
+            assert!(Instant::now() < deadline, "replicas not in sync after 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// The seed URL for respite.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// Waits (up to 20 s) until each of `nodes` answers `cluster_state:ok` with every slot
+    /// served and agrees with the others on who the masters are.
+    pub fn wait_ok(&self, nodes: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = nodes.iter().all(|&i| {
+                cli(self.nodes[i].port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            });
+            let masters: Vec<_> = nodes.iter().map(|&i| self.masters_seen_by(i)).collect();
+            if ok && masters.windows(2).all(|w| w[0] == w[1]) && masters[0].len() == 3 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster not ok after 20 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The ports of the masters that serve slots, as node `i` sees them, sorted.
+    fn masters_seen_by(&self, i: usize) -> Vec<u16> {
+        let mut ports: Vec<u16> = cli(self.nodes[i].port, &["CLUSTER", "NODES"])
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                f.len() > 8 && f[2].contains("master") && !f[2].contains("fail")
+            })
+            .filter_map(|l| l.split(' ').nth(1)?.split(['@', ':']).nth(1)?.parse().ok())
+            .collect();
+        ports.sort();
+        ports
+    }
+
+    /// Indexes (into `nodes`) of the masters serving slots now.
+    pub fn masters(&self) -> Vec<usize> {
+        let alive = (0..6)
+            .find(|&i| self.nodes[i].alive())
+            .expect("a live node");
+        let ports = self.masters_seen_by(alive);
+        (0..6)
+            .filter(|&i| ports.contains(&self.nodes[i].port))
+            .collect()
+    }
+
+    /// The index of the node serving `slot` as its master.
+    pub fn owner(&self, slot: u16) -> usize {
+        let alive = (0..6).find(|&i| self.nodes[i].alive()).unwrap();
+        let out = cli(self.nodes[alive].port, &["CLUSTER", "NODES"]);
+        for l in out.lines() {
+            let f: Vec<&str> = l.split(' ').collect();
+            if f.len() < 9 || !f[2].contains("master") {
+                continue;
+            }
+            let owns = f[8..].iter().any(|r| {
+                let mut it = r.split('-');
+                let (Some(a), b) = (it.next(), it.next()) else {
+                    return false;
+                };
+                let (Ok(a), b) = (a.parse::<u16>(), b.map(|b| b.parse::<u16>())) else {
+                    return false;
+                };
+                match b {
+                    Some(Ok(b)) => (a..=b).contains(&slot),
+                    None => a == slot,
+                    _ => false,
+                }
+            });
+            if owns {
+                let port: u16 = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+                return (0..6).find(|&i| self.nodes[i].port == port).unwrap();
+            }
+        }
+        panic!("no owner of slot {slot}");
+    }
+
+    /// Every key on every master, sorted.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        for i in self.masters() {
+            all.extend(self.nodes[i].keys().await);
+        }
+        all.sort();
+        all
+    }
+}
+
+/// One redis-cli command against a node on loopback, its output as text ("" if it failed).
+pub fn cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+impl Redis {
+    /// Is the process still running (not killed by a test)?
+    pub fn alive(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
+    /// `kill -9`, the way a machine dies: no shutdown, no save.
+    pub fn kill9(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}

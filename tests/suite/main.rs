@@ -4,6 +4,7 @@ mod harness;
 
 mod admin;
 mod auth;
+mod cluster;
 mod config;
 mod differential;
 mod hostile;

@@ -1,0 +1,817 @@
+//! A Redis Cluster behind respite: the slot map, a node handle per master, and the routers
+//! that carry sessions' requests to the node owning each one's slot, so that a tenant sees
+//! one plain Redis.
+//!
+//! - **Slot map** ([`Topology`]): `CLUSTER SLOTS` from a known node (the masters of the last
+//!   map first, then the seeds), read at start, every [`REFRESH_EVERY`] and at once after a
+//!   MOVED, a failed connection or a CLUSTERDOWN, at most once per [`REFRESH_GAP`]. A new map
+//!   replaces the old whole ([`SlotMap`] behind an `Arc`): a session reading it never waits.
+//! - **Nodes** ([`Node`]): one per address, kept across refreshes, each with its own
+//!   [`Connector`] (login, backoff, counters) and its own shared connections.
+//! - **Routers** ([`Router`]): in cluster mode a session hands its batch to a router, as it
+//!   would to a shared connection, with the target of each request (its slot, a node, or
+//!   any master). The router passes each run of requests for one node to that node's shared
+//!   connection in one piece, and hands the replies back to the session in the order of its
+//!   requests, whichever node answers first: a slow node holds up only the replies that come
+//!   after its own in the same session.
+//! - **Redirects** never reach a client: MOVED updates the slot and sends the request again
+//!   to the node named; ASK sends `ASKING` and the request to the node named, the map
+//!   unchanged; TRYAGAIN (keys of a slot being migrated) sends it again after
+//!   [`TRYAGAIN_WAIT`], until `command_timeout_ms`. After [`MAX_REDIRECTS`] redirects the
+//!   request fails with `-ERR upstream unavailable`.
+//! - **Split requests**: a request the session split by slot (MGET, DEL, MSET, ...) comes as
+//!   several parts with one [`Merge`]; their replies are joined into one.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp3::types::RangeFrame;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::shared::{Reply, Shared, Sink, Submit};
+use super::{Connector, OutputMeter};
+use crate::config::UpstreamAddr;
+use crate::error::UpstreamError;
+use crate::wire::{encode_request, next_frame, Frame, SLOTS};
+
+/// The slot map is read again this often even when nothing suggests it changed.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// At most one refresh per this, however many redirects and failures ask for one.
+pub const REFRESH_GAP: Duration = Duration::from_millis(100);
+/// Redirects one request may follow.
+pub const MAX_REDIRECTS: u8 = 5;
+/// Before a TRYAGAIN is tried again.
+pub const TRYAGAIN_WAIT: Duration = Duration::from_millis(20);
+
+/// Where one request goes.
+#[derive(Clone)]
+pub enum Target {
+    /// Any master (a command with no key).
+    Any,
+    /// The master of this slot.
+    Slot(u16),
+    /// This node (a tenant-wide walk, one master at a time).
+    Node(Arc<Node>),
+}
+
+/// How the replies of a split request become one reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// Arrays, concatenated in order (MGET).
+    Concat,
+    /// Integers, summed (DEL, UNLINK, EXISTS, TOUCH).
+    Sum,
+    /// `+OK` from every part is `+OK` (MSET).
+    AllOk,
+}
+
+/// One request of a batch: its encoded length, where it goes, and, on the first part of a
+/// split request, how its parts' replies are joined and how many parts there are.
+pub struct Part {
+    pub len: usize,
+    pub target: Target,
+    pub join: Option<(Merge, usize)>,
+}
+
+/// Requests, errors and redirects of one node, for /metrics.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub redirects: AtomicU64,
+}
+
+/// One Redis node: its address, its connector and its shared connections.
+pub struct Node {
+    id: u64,
+    /// `host:port`.
+    pub addr: String,
+    pub connector: Arc<Connector>,
+    pub counters: NodeCounters,
+    per_protocol: usize,
+    shared: [OnceLock<Vec<Shared>>; 2],
+}
+
+impl Node {
+    /// The node's shared connection for `protocol` that router `lane` uses: always the
+    /// same one, so that the requests a router sends a node are answered in order.
+    fn shared(&self, protocol: u8, lane: usize) -> &Shared {
+        let conns = self.shared[usize::from(protocol == 3)].get_or_init(|| {
+            (0..self.per_protocol)
+                .map(|_| Shared::spawn(self.connector.clone(), protocol))
+                .collect()
+        });
+        &conns[lane % conns.len()]
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+/// Which master serves each slot, as one node last said.
+pub struct SlotMap {
+    /// Index into `masters` per slot; `NONE` where no master serves it.
+    owner: Vec<u16>,
+    masters: Vec<Arc<Node>>,
+}
+
+const NONE: u16 = u16::MAX;
+
+impl SlotMap {
+    fn empty() -> SlotMap {
+        SlotMap {
+            owner: vec![NONE; SLOTS as usize],
+            masters: Vec::new(),
+        }
+    }
+
+    pub fn master(&self, slot: u16) -> Option<&Arc<Node>> {
+        self.masters.get(*self.owner.get(slot as usize)? as usize)
+    }
+
+    /// The masters that serve at least one slot.
+    pub fn masters(&self) -> &[Arc<Node>] {
+        &self.masters
+    }
+
+    /// Does every slot have a master?
+    pub fn complete(&self) -> bool {
+        self.owner.iter().all(|&o| o != NONE)
+    }
+}
+
+/// The slot map, the nodes, and what keeps the map current.
+pub struct Topology {
+    map: RwLock<Arc<SlotMap>>,
+    nodes: Mutex<HashMap<String, Arc<Node>>>,
+    seeds: Vec<UpstreamAddr>,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    per_protocol: usize,
+    wake: Notify,
+    next_id: AtomicU64,
+    /// Slot maps read, and attempts that failed.
+    pub refreshes: AtomicU64,
+    pub refresh_errors: AtomicU64,
+    last_error: Mutex<String>,
+}
+
+impl Topology {
+    /// `seeds` carry the credentials every node is logged in with; `per_protocol` shared
+    /// connections per node and protocol.
+    pub fn new(
+        seeds: Vec<UpstreamAddr>,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+        per_protocol: usize,
+    ) -> Topology {
+        Topology {
+            map: RwLock::new(Arc::new(SlotMap::empty())),
+            nodes: Mutex::new(HashMap::new()),
+            seeds,
+            connect_timeout,
+            command_timeout,
+            per_protocol: per_protocol.max(1),
+            wake: Notify::new(),
+            next_id: AtomicU64::new(1),
+            refreshes: AtomicU64::new(0),
+            refresh_errors: AtomicU64::new(0),
+            last_error: Mutex::new("the slot map has not been read yet".into()),
+        }
+    }
+
+    /// The slot map now.
+    pub fn map(&self) -> Arc<SlotMap> {
+        self.map.read().unwrap().clone()
+    }
+
+    /// Every node met so far, masters or not, by address.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        let mut nodes: Vec<_> = self.nodes.lock().unwrap().values().cloned().collect();
+        nodes.sort_by(|a, b| a.addr.cmp(&b.addr));
+        nodes
+    }
+
+    /// The node at `host:port`, made on first use.
+    pub fn node(&self, host: &str, port: u16) -> Arc<Node> {
+        let addr = format!("{host}:{port}");
+        let mut nodes = self.nodes.lock().unwrap();
+        if let Some(n) = nodes.get(&addr) {
+            return n.clone();
+        }
+        let seed = &self.seeds[0];
+        let node = Arc::new(Node {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            addr: addr.clone(),
+            connector: Arc::new(Connector::new(
+                UpstreamAddr {
+                    host: host.to_string(),
+                    port,
+                    username: seed.username.clone(),
+                    password: seed.password.clone(),
+                    db: 0,
+                },
+                self.connect_timeout,
+                self.command_timeout,
+            )),
+            counters: NodeCounters::default(),
+            per_protocol: self.per_protocol,
+            shared: [OnceLock::new(), OnceLock::new()],
+        });
+        nodes.insert(addr, node.clone());
+        node
+    }
+
+    /// Asks for the slot map to be read again soon (rate-limited by the watcher).
+    pub fn refresh_soon(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Why the slot map is not known, while it is not.
+    pub fn last_error(&self) -> String {
+        self.last_error.lock().unwrap().clone()
+    }
+
+    /// A MOVED: `slot` is served by `node` now. The map is updated at once (a copy with
+    /// that slot changed) and read again soon, as other slots may have moved with it.
+    fn moved(&self, slot: u16, node: &Arc<Node>) {
+        let mut map = self.map.write().unwrap();
+        if map.master(slot).is_some_and(|m| Arc::ptr_eq(m, node)) {
+            return;
+        }
+        let mut owner = map.owner.clone();
+        let mut masters = map.masters.clone();
+        let at = match masters.iter().position(|m| Arc::ptr_eq(m, node)) {
+            Some(i) => i,
+            None => {
+                masters.push(node.clone());
+                masters.len() - 1
+            }
+        };
+        owner[slot as usize] = at as u16;
+        *map = Arc::new(SlotMap { owner, masters });
+        drop(map);
+        self.refresh_soon();
+    }
+
+    /// Reads the slot map from the first node that answers: the masters of the current
+    /// map, then the seeds.
+    pub async fn refresh(&self) -> Result<(), String> {
+        let mut candidates: Vec<Arc<Node>> = self.map().masters.clone();
+        for s in &self.seeds {
+            let n = self.node(&s.host, s.port);
+            if !candidates.iter().any(|c| Arc::ptr_eq(c, &n)) {
+                candidates.push(n);
+            }
+        }
+        let mut why = String::new();
+        for node in candidates {
+            match self.read_slots(&node).await {
+                Ok(map) => {
+                    *self.map.write().unwrap() = Arc::new(map);
+                    self.refreshes.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => why = format!("{}: {e}", node.addr),
+            }
+        }
+        self.refresh_errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap() = why.clone();
+        Err(why)
+    }
+
+    async fn read_slots(&self, node: &Arc<Node>) -> Result<SlotMap, String> {
+        let mut conn = node.connector.connect(2).await.map_err(|e| e.to_string())?;
+        let mut out = BytesMut::new();
+        encode_request(&mut out, [&b"CLUSTER"[..], b"SLOTS"].into_iter());
+        let frame = tokio::time::timeout(self.command_timeout, async {
+            conn.write_all(&out).await?;
+            conn.read_frame().await
+        })
+        .await
+        .map_err(|_| "CLUSTER SLOTS: no reply".to_string())?
+        .map_err(|e| e.to_string())?;
+        if frame.is_error() {
+            return Err(String::from_utf8_lossy(&frame.raw).trim().to_string());
+        }
+        let asked_host = node.connector.host().to_string();
+        let mut map = SlotMap::empty();
+        for range in frame.elements().unwrap_or_default() {
+            let Some(f) = crate::wire::elements(range) else {
+                continue;
+            };
+            let (Some(start), Some(end), Some(master)) =
+                (number(f.first()), number(f.get(1)), f.get(2))
+            else {
+                continue;
+            };
+            let Some(endpoint) = crate::wire::elements(master) else {
+                continue;
+            };
+            let host = endpoint
+                .first()
+                .and_then(|h| frame.str_at(h))
+                .map(|h| String::from_utf8_lossy(h).into_owned())
+                .filter(|h| !h.is_empty() && h != "?")
+                .unwrap_or_else(|| asked_host.clone());
+            let Some(port) = number(endpoint.get(1)).and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            let master = self.node(&host, port);
+            let at = match map.masters.iter().position(|m| Arc::ptr_eq(m, &master)) {
+                Some(i) => i,
+                None => {
+                    map.masters.push(master);
+                    map.masters.len() - 1
+                }
+            };
+            let (start, end) = (start.clamp(0, 16383) as usize, end.clamp(0, 16383) as usize);
+            for o in &mut map.owner[start..=end] {
+                *o = at as u16;
+            }
+        }
+        if map.masters.is_empty() {
+            return Err("CLUSTER SLOTS named no master".into());
+        }
+        Ok(map)
+    }
+
+    /// Keeps the slot map current until `stop`: every [`REFRESH_EVERY`], and soon after
+    /// anyone asks ([`Topology::refresh_soon`]), at most once per [`REFRESH_GAP`].
+    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(REFRESH_EVERY) => {}
+            }
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "cannot read the cluster's slot map");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(REFRESH_GAP) => {}
+            }
+        }
+    }
+}
+
+fn number(f: Option<&RangeFrame>) -> Option<i64> {
+    match f? {
+        RangeFrame::Number { data, .. } => Some(*data),
+        _ => None,
+    }
+}
+
+/// The handle sessions hand batches to; the routing itself lives in the router's task.
+pub struct Router {
+    tx: mpsc::UnboundedSender<Submit>,
+}
+
+impl Router {
+    /// A router for `protocol`; `lane` picks which of each node's shared connections it
+    /// uses.
+    pub fn spawn(topology: Arc<Topology>, protocol: u8, lane: usize) -> Router {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(topology, protocol, lane, rx));
+        Router { tx }
+    }
+
+    pub fn submit(&self, batch: Submit) {
+        if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch) {
+            for _ in 0..batch.count {
+                let _ = batch.to.tx.send(Reply {
+                    generation: batch.to.generation,
+                    result: Err(UpstreamError::Closed),
+                });
+            }
+        }
+    }
+}
+
+/// One request waiting for its reply.
+struct Entry {
+    seq: u64,
+    generation: u64,
+    bytes: Bytes,
+    target: Target,
+    redirects: u8,
+    started: Instant,
+    join: Option<(Merge, usize)>,
+    done: Option<Result<Frame, UpstreamError>>,
+}
+
+/// A session's requests in the order it sent them, and where their replies go (a session
+/// moves to a new generation, with a new sink, when it gives up on a request).
+struct Queue {
+    sinks: Vec<Sink>,
+    entries: VecDeque<Entry>,
+}
+
+/// What went to a node, in order: its replies come back in the same order.
+enum Sent {
+    /// The `ASKING` before an ASK-redirected request: its `+OK` is dropped.
+    Asking,
+    Request {
+        session: u64,
+        seq: u64,
+    },
+}
+
+struct State {
+    topology: Arc<Topology>,
+    protocol: u8,
+    lane: usize,
+    timeout: Duration,
+    /// Where nodes' replies come to this router (the sink's generation is the node's id).
+    back: mpsc::UnboundedSender<Reply>,
+    quiet: Arc<OutputMeter>,
+    sessions: HashMap<u64, Queue>,
+    sent: HashMap<u64, (Arc<Node>, VecDeque<Sent>)>,
+    retries: Vec<(Instant, u64, u64)>,
+    next_seq: u64,
+}
+
+async fn run(
+    topology: Arc<Topology>,
+    protocol: u8,
+    lane: usize,
+    mut rx: mpsc::UnboundedReceiver<Submit>,
+) {
+    let (back, mut replies) = mpsc::unbounded_channel();
+    let timeout = topology.command_timeout;
+    let mut st = State {
+        topology,
+        protocol,
+        lane,
+        timeout,
+        back,
+        // Replies pass through the router: the sessions' own meters count them.
+        quiet: Arc::new(OutputMeter::new(usize::MAX, None, CancellationToken::new())),
+        sessions: HashMap::new(),
+        sent: HashMap::new(),
+        retries: Vec::new(),
+        next_seq: 0,
+    };
+    loop {
+        let retry_at = st.retries.iter().map(|r| r.0).min();
+        tokio::select! {
+            b = rx.recv() => match b {
+                Some(b) => {
+                    st.accept(b);
+                    // As a shared connection does: whatever other sessions queued meanwhile
+                    // goes out in the same writes.
+                    while let Ok(b) = rx.try_recv() {
+                        st.accept(b);
+                    }
+                }
+                None => return,
+            },
+            Some(r) = replies.recv() => {
+                let mut touched = Vec::new();
+                st.answer(r, &mut touched);
+                while let Ok(r) = replies.try_recv() {
+                    st.answer(r, &mut touched);
+                }
+                touched.sort_unstable();
+                touched.dedup();
+                for s in touched {
+                    st.deliver(s);
+                }
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
+                st.retry_due();
+            }
+        }
+    }
+}
+
+impl State {
+    /// A session's batch: each run of requests for one node goes to it in one piece.
+    fn accept(&mut self, b: Submit) {
+        let session = b.from;
+        let q = self.sessions.entry(session).or_insert_with(|| Queue {
+            sinks: Vec::new(),
+            entries: VecDeque::new(),
+        });
+        if q.sinks
+            .last()
+            .is_none_or(|s| s.generation != b.to.generation)
+        {
+            q.sinks.push(b.to.clone());
+        }
+        let generation = b.to.generation;
+        let map = self.topology.map();
+        let now = Instant::now();
+        let mut at = 0;
+        // Runs of consecutive requests for one node: (node, their seqs, their bytes).
+        let mut runs: Vec<(Arc<Node>, Vec<u64>, std::ops::Range<usize>)> = Vec::new();
+        let mut failed = Vec::new();
+        let mut broken = false;
+        for part in b.plan {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let node = resolve(&map, &part.target, session);
+            let span = at..at + part.len;
+            q.entries.push_back(Entry {
+                seq,
+                generation,
+                bytes: b.data.slice(span.clone()),
+                target: part.target,
+                redirects: 0,
+                started: now,
+                join: part.join,
+                done: None,
+            });
+            match (node, runs.last_mut()) {
+                (None, _) => {
+                    failed.push(seq);
+                    broken = true;
+                }
+                (Some(node), Some((n, seqs, bytes))) if !broken && Arc::ptr_eq(n, &node) => {
+                    seqs.push(seq);
+                    bytes.end = span.end;
+                }
+                (Some(node), _) => {
+                    runs.push((node, vec![seq], span));
+                    broken = false;
+                }
+            }
+            at += part.len;
+        }
+        for (node, seqs, bytes) in runs {
+            send(self, &node, session, &seqs, b.data.slice(bytes), false);
+        }
+        if !failed.is_empty() {
+            let e = self.no_master();
+            for seq in failed {
+                self.finish(session, seq, Err(e.clone()));
+            }
+            self.deliver(session);
+        }
+    }
+
+    fn no_master(&self) -> UpstreamError {
+        self.topology.refresh_soon();
+        UpstreamError::Cluster(format!(
+            "no master known for the slot ({})",
+            self.topology.last_error()
+        ))
+    }
+
+    fn finish(&mut self, session: u64, seq: u64, result: Result<Frame, UpstreamError>) {
+        if let Some(e) = self.entry(session, seq) {
+            e.done = Some(result);
+        }
+    }
+
+    fn entry(&mut self, session: u64, seq: u64) -> Option<&mut Entry> {
+        let q = self.sessions.get_mut(&session)?;
+        let i = q.entries.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        q.entries.get_mut(i)
+    }
+
+    /// A reply from a node: the answer to the oldest request sent there, unless it is a
+    /// redirect, which sends the request on.
+    fn answer(&mut self, r: Reply, touched: &mut Vec<u64>) {
+        let Some((node, fifo)) = self.sent.get_mut(&r.generation) else {
+            return;
+        };
+        let node = node.clone();
+        let Some(Sent::Request { session, seq }) = fifo.pop_front() else {
+            return;
+        };
+        touched.push(session);
+        let result = match r.result {
+            Ok(frame) if frame.raw.first() == Some(&b'-') => {
+                self.redirect(&node, session, seq, frame)
+            }
+            Ok(frame) => Some(Ok(frame)),
+            Err(e) => {
+                node.counters.errors.fetch_add(1, Ordering::Relaxed);
+                self.topology.refresh_soon();
+                Some(Err(e))
+            }
+        };
+        if let Some(result) = result {
+            self.finish(session, seq, result);
+        }
+    }
+
+    /// An error reply: a redirect is followed (`None`: the request is on its way again);
+    /// anything else is the answer.
+    fn redirect(
+        &mut self,
+        from: &Arc<Node>,
+        session: u64,
+        seq: u64,
+        frame: Frame,
+    ) -> Option<Result<Frame, UpstreamError>> {
+        let text = &frame.raw[1..frame.raw.len().saturating_sub(2)];
+        let word = text.split(|&b| b == b' ').next().unwrap_or_default();
+        match word {
+            b"MOVED" | b"ASK" | b"TRYAGAIN" => {}
+            b"CLUSTERDOWN" => {
+                self.topology.refresh_soon();
+                return Some(Ok(frame));
+            }
+            _ => return Some(Ok(frame)),
+        }
+        let timeout = self.timeout;
+        let topology = self.topology.clone();
+        let entry = self.entry(session, seq)?;
+        if word == b"TRYAGAIN" {
+            if entry.started.elapsed() + TRYAGAIN_WAIT >= timeout {
+                return Some(Ok(frame));
+            }
+            self.retries
+                .push((Instant::now() + TRYAGAIN_WAIT, session, seq));
+            return None;
+        }
+        from.counters.redirects.fetch_add(1, Ordering::Relaxed);
+        entry.redirects += 1;
+        let Some((slot, host, port)) = parse_redirect(text, from) else {
+            return Some(Ok(frame));
+        };
+        if entry.redirects > MAX_REDIRECTS {
+            topology.refresh_soon();
+            return Some(Err(UpstreamError::Cluster(format!(
+                "more than {MAX_REDIRECTS} redirects for slot {slot}"
+            ))));
+        }
+        let node = topology.node(&host, port);
+        let bytes = entry.bytes.clone();
+        let asking = word == b"ASK";
+        if !asking {
+            topology.moved(slot, &node);
+        }
+        send(self, &node, session, &[seq], bytes, asking);
+        None
+    }
+
+    /// Sends again the TRYAGAIN requests whose wait is over, to their slot's master now.
+    fn retry_due(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.retries.drain(..).partition(|r| r.0 <= now);
+        self.retries = later;
+        let map = self.topology.map();
+        for (_, session, seq) in due {
+            let Some(e) = self.entry(session, seq) else {
+                continue;
+            };
+            let (bytes, node) = (e.bytes.clone(), resolve(&map, &e.target.clone(), session));
+            match node {
+                Some(node) => send(self, &node, session, &[seq], bytes, false),
+                None => {
+                    let e = self.no_master();
+                    self.finish(session, seq, Err(e));
+                    self.deliver(session);
+                }
+            }
+        }
+    }
+
+    /// Hands the session every reply that is next in its order.
+    fn deliver(&mut self, session: u64) {
+        let protocol = self.protocol;
+        let Some(q) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        while let Some(first) = q.entries.front() {
+            let parts = first.join.map_or(1, |(_, n)| n);
+            if q.entries.len() < parts || q.entries.iter().take(parts).any(|e| e.done.is_none()) {
+                break;
+            }
+            let generation = first.generation;
+            let join = first.join;
+            let mut done: Vec<_> = q.entries.drain(..parts).filter_map(|e| e.done).collect();
+            let result = match join {
+                Some((merge, _)) => merged(merge, done, protocol),
+                None => done.pop().expect("one reply"),
+            };
+            q.sinks.retain(|s| s.generation >= generation);
+            if let Some(to) = q.sinks.iter().find(|s| s.generation == generation) {
+                if let Ok(f) = &result {
+                    to.meter.arrived(f.raw.len());
+                }
+                let _ = to.tx.send(Reply { generation, result });
+            }
+        }
+        if q.entries.is_empty() {
+            self.sessions.remove(&session);
+        }
+    }
+}
+
+/// The node a request goes to now, if one is known.
+fn resolve(map: &SlotMap, target: &Target, session: u64) -> Option<Arc<Node>> {
+    match target {
+        Target::Slot(s) => map.master(*s).cloned(),
+        Target::Node(n) => Some(n.clone()),
+        Target::Any => {
+            let m = map.masters();
+            (!m.is_empty()).then(|| m[(session % m.len() as u64) as usize].clone())
+        }
+    }
+}
+
+/// Sends requests `seqs` (encoded back to back in `data`) of `session` to `node`, after an
+/// `ASKING` when `asking`.
+fn send(st: &mut State, node: &Arc<Node>, session: u64, seqs: &[u64], data: Bytes, asking: bool) {
+    let (_, fifo) = st
+        .sent
+        .entry(node.id)
+        .or_insert_with(|| (node.clone(), VecDeque::new()));
+    let mut count = seqs.len();
+    let data = if asking {
+        fifo.push_back(Sent::Asking);
+        count += 1;
+        let mut b = BytesMut::with_capacity(data.len() + 16);
+        b.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
+        b.extend_from_slice(&data);
+        b.freeze()
+    } else {
+        data
+    };
+    fifo.extend(seqs.iter().map(|&seq| Sent::Request { session, seq }));
+    node.counters
+        .requests
+        .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+    node.shared(st.protocol, st.lane).submit(Submit {
+        data,
+        count,
+        to: Sink {
+            tx: st.back.clone(),
+            generation: node.id,
+            meter: st.quiet.clone(),
+        },
+        from: 0,
+        plan: Vec::new(),
+    });
+}
+
+/// `MOVED <slot> <host>:<port>` or `ASK ...`: the slot and the node named. An endpoint with
+/// no host (`:6380`) is on the host of the node that answered.
+fn parse_redirect(text: &[u8], from: &Node) -> Option<(u16, String, u16)> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut words = text.split(' ');
+    let _ = words.next()?;
+    let slot: u16 = words.next()?.parse().ok()?;
+    let endpoint = words.next()?;
+    let (host, port) = endpoint.rsplit_once(':')?;
+    let host = match host.trim_start_matches('[').trim_end_matches(']') {
+        "" | "?" => from.connector.host().to_string(),
+        h => h.to_string(),
+    };
+    Some((slot, host, port.parse().ok()?))
+}
+
+/// The replies of a split request's parts as one: the first error if any part failed.
+fn merged(
+    merge: Merge,
+    parts: Vec<Result<Frame, UpstreamError>>,
+    protocol: u8,
+) -> Result<Frame, UpstreamError> {
+    let mut frames = Vec::with_capacity(parts.len());
+    for p in parts {
+        let f = p?;
+        if f.is_error() {
+            return Ok(f);
+        }
+        frames.push(f);
+    }
+    let mut out = BytesMut::new();
+    match merge {
+        Merge::Concat => {
+            let mut n = 0;
+            let mut body = BytesMut::new();
+            for f in &frames {
+                n += f.elements().map_or(0, |e| e.len());
+                let header = f.raw.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+                body.extend_from_slice(&f.raw[header..]);
+            }
+            out.extend_from_slice(b"*");
+            crate::wire::put_int(&mut out, n as i64);
+            out.extend_from_slice(&body);
+        }
+        Merge::Sum => {
+            let sum: i64 = frames
+                .iter()
+                .map(|f| number(Some(&f.tree)).unwrap_or(0))
+                .sum();
+            out.extend_from_slice(b":");
+            crate::wire::put_int(&mut out, sum);
+        }
+        Merge::AllOk => out.extend_from_slice(b"+OK\r\n"),
+    }
+    next_frame(&mut out, protocol)
+        .map_err(UpstreamError::Protocol)?
+        .ok_or_else(|| UpstreamError::Protocol("a merged reply is incomplete".into()))
+}

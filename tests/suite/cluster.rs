@@ -1,0 +1,410 @@
+//! respite in front of a real Redis Cluster (six redis-server processes on loopback, three
+//! masters and three replicas): tenants see one plain Redis.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// respite in cluster mode in front of `cluster`.
+async fn proxy(cluster: &Cluster, extra: &str) -> Proxy {
+    Proxy::start_config(&format!(
+        "[upstream]\nmode = \"cluster\"\nurl = \"{}\"\ncommand_timeout_ms = 3000\n\
+         connect_timeout_ms = 500\n{TENANTS}{extra}",
+        cluster.url()
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_tenants_keys_spread_over_every_master_and_read_back_whole() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let mut a = p.raw_as("a", "pa").await;
+    for i in 0..300 {
+        let k = format!("k{i}");
+        assert_eq!(a.cmd(&["SET", &k, &format!("v{i}")]).await, "+OK\r\n");
+    }
+    // Every master holds some of them, all under the tenant's prefix.
+    for m in cluster.masters() {
+        let keys = cluster.nodes[m].keys().await;
+        assert!(keys.len() > 50, "master {m} holds {}", keys.len());
+        assert!(keys.iter().all(|k| k.starts_with("tenant:a:k")), "{keys:?}");
+    }
+    assert_eq!(cluster.keys().await.len(), 300);
+    // Pipelined reads come back in order whichever node answers.
+    let mut raw = bytes::BytesMut::new();
+    for i in 0..300 {
+        respite::wire::encode_request(
+            &mut raw,
+            ["GET".as_bytes(), format!("k{i}").as_bytes()].into_iter(),
+        );
+    }
+    a.send(&raw).await;
+    for i in 0..300 {
+        let v = format!("v{i}");
+        assert_eq!(a.reply().await, format!("${}\r\n{v}\r\n", v.len()));
+    }
+    // Multi-key commands across slots answer whole.
+    assert_eq!(
+        a.cmd(&["MGET", "k1", "k2", "nope", "k3"]).await,
+        "*4\r\n$2\r\nv1\r\n$2\r\nv2\r\n$-1\r\n$2\r\nv3\r\n"
+    );
+    assert_eq!(a.cmd(&["EXISTS", "k1", "k2", "nope", "k1"]).await, ":3\r\n");
+    assert_eq!(
+        a.cmd(&["MSET", "x1", "1", "x2", "2", "x3", "3"]).await,
+        "+OK\r\n"
+    );
+    assert_eq!(a.cmd(&["DEL", "x1", "x2", "x3", "nope"]).await, ":3\r\n");
+    assert_eq!(a.cmd(&["TOUCH", "k1", "k2"]).await, ":2\r\n");
+    assert_eq!(a.cmd(&["UNLINK", "k1", "k2"]).await, ":2\r\n");
+    // Anything else across slots is Redis' own CROSSSLOT.
+    let crossslot = "-CROSSSLOT Keys in request don't hash to the same slot\r\n";
+    assert_eq!(a.cmd(&["MSETNX", "y1", "1", "y2", "2"]).await, crossslot);
+    assert_eq!(a.cmd(&["RENAME", "k3", "k4"]).await, crossslot);
+    assert_eq!(a.cmd(&["SUNIONSTORE", "d", "s1", "s2"]).await, crossslot);
+    // The same with one hash tag works.
+    assert_eq!(a.cmd(&["MSETNX", "{u}1", "1", "{u}2", "2"]).await, ":1\r\n");
+    assert_eq!(a.cmd(&["RENAME", "{u}1", "{u}3"]).await, "+OK\r\n");
+    // Another tenant sees none of it.
+    let mut b = p.raw_as("b", "pb").await;
+    assert_eq!(b.cmd(&["GET", "k3"]).await, "$-1\r\n");
+    assert_eq!(b.cmd(&["EXISTS", "k3", "k4", "k5"]).await, ":0\r\n");
+}
+
+#[tokio::test]
+async fn transactions_stay_on_one_slot() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let mut a = p.raw_as("a", "pa").await;
+    // `{tag}` keys in MULTI/EXEC.
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["SET", "{t}a", "1"]).await, "+QUEUED\r\n");
+    assert_eq!(a.cmd(&["INCR", "{t}b"]).await, "+QUEUED\r\n");
+    assert_eq!(a.cmd(&["EXEC"]).await, "*2\r\n+OK\r\n:1\r\n");
+    // A transaction whose keys span slots: CROSSSLOT when queued, EXECABORT, nothing applied.
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["SET", "{t}c", "1"]).await, "+QUEUED\r\n");
+    assert_eq!(
+        a.cmd(&["SET", "other", "1"]).await,
+        "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+    );
+    assert!(a.cmd(&["EXEC"]).await.starts_with("-EXECABORT"));
+    assert_eq!(a.cmd(&["EXISTS", "{t}c", "other"]).await, ":0\r\n");
+    // Empty transactions and DISCARD.
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["EXEC"]).await, "*0\r\n");
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["SET", "{t}d", "1"]).await, "+QUEUED\r\n");
+    assert_eq!(a.cmd(&["DISCARD"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["EXISTS", "{t}d"]).await, ":0\r\n");
+    // WATCH: a change by another client aborts the transaction.
+    assert_eq!(a.cmd(&["WATCH", "{t}a"]).await, "+OK\r\n");
+    let mut b = p.raw_as("a", "pa").await;
+    assert_eq!(b.cmd(&["SET", "{t}a", "2"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["SET", "{t}a", "3"]).await, "+QUEUED\r\n");
+    assert_eq!(a.cmd(&["EXEC"]).await, "*-1\r\n");
+    assert_eq!(a.cmd(&["GET", "{t}a"]).await, "$1\r\n2\r\n");
+    let _ = Instant::now();
+    let _ = Duration::ZERO;
+}
+
+/// The tenant's keys as a sorted list of names.
+fn sorted(reply: &str) -> Vec<String> {
+    let mut keys: Vec<String> = reply
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.starts_with(['*', '$']))
+        .map(String::from)
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn tenant_wide_commands_cover_every_master() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let mut a = p.raw_as("a", "pa").await;
+    let mut b = p.raw_as("b", "pb").await;
+    let mut want = Vec::new();
+    for i in 0..300 {
+        let k = format!("k{i}");
+        assert_eq!(a.cmd(&["SET", &k, "v"]).await, "+OK\r\n");
+        want.push(k);
+    }
+    want.sort();
+    for i in 0..50 {
+        assert_eq!(b.cmd(&["SET", &format!("other{i}"), "v"]).await, "+OK\r\n");
+    }
+    assert_eq!(a.cmd(&["DBSIZE"]).await, ":300\r\n");
+    assert_eq!(b.cmd(&["DBSIZE"]).await, ":50\r\n");
+    assert_eq!(sorted(&a.cmd(&["KEYS", "*"]).await), want);
+    assert_eq!(sorted(&a.cmd(&["KEYS", "k1?"]).await).len(), 10);
+    // A full SCAN, cursor to cursor: every key once, none of b's.
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_string();
+    loop {
+        a.send_cmd(&["SCAN", &cursor, "COUNT", "40"]).await;
+        let reply = a.reply().await;
+        let mut lines = reply.split("\r\n").skip(2);
+        cursor = lines.next().unwrap().to_string();
+        seen.extend(sorted(&lines.collect::<Vec<_>>().join("\r\n")));
+        if cursor == "0" {
+            break;
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, want);
+    let r = a.cmd(&["RANDOMKEY"]).await;
+    assert!(r.starts_with("$") && r.contains("\r\nk"), "{r}");
+    assert!(a.cmd(&["INFO", "keyspace"]).await.contains("db0:keys=300,"));
+    assert_eq!(a.cmd(&["FLUSHDB"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["DBSIZE"]).await, ":0\r\n");
+    assert_eq!(b.cmd(&["DBSIZE"]).await, ":50\r\n");
+    assert_eq!(a.cmd(&["RANDOMKEY"]).await, "$-1\r\n");
+    assert_eq!(cluster.keys().await.len(), 50);
+}
+
+#[tokio::test]
+async fn pubsub_and_blocking_commands_work_across_nodes() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let mut sub = p.raw_as("a", "pa").await;
+    assert_eq!(
+        sub.cmd(&["SUBSCRIBE", "news"]).await,
+        "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    // Published through every master (each client lands on a different one), each message
+    // reaches the subscriber.
+    for i in 0..6 {
+        let mut publisher = p.raw_as("a", "pa").await;
+        let n = publisher.cmd(&["PUBLISH", "news", &format!("m{i}")]).await;
+        assert!(n == ":1\r\n" || n == ":0\r\n", "{n}");
+        assert_eq!(
+            sub.reply().await,
+            format!("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nm{i}\r\n")
+        );
+    }
+    // Another tenant's subscriber hears nothing of it.
+    let mut other = p.raw_as("b", "pb").await;
+    assert_eq!(other.cmd(&["PUBLISH", "news", "x"]).await, ":0\r\n");
+    // Shard channels go to their slot's master.
+    let mut ssub = p.raw_as("a", "pa").await;
+    assert_eq!(
+        ssub.cmd(&["SSUBSCRIBE", "shard1"]).await,
+        "*3\r\n$10\r\nssubscribe\r\n$6\r\nshard1\r\n:1\r\n"
+    );
+    let mut publisher = p.raw_as("a", "pa").await;
+    assert_eq!(publisher.cmd(&["SPUBLISH", "shard1", "hi"]).await, ":1\r\n");
+    assert_eq!(
+        ssub.reply().await,
+        "*3\r\n$8\r\nsmessage\r\n$6\r\nshard1\r\n$2\r\nhi\r\n"
+    );
+    // BLPOP waits on its key's master and wakes on a push from another client.
+    let mut blocked = p.raw_as("a", "pa").await;
+    for key in ["q1", "q2", "q3", "q4"] {
+        blocked.send_cmd(&["BLPOP", key, "5"]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(publisher.cmd(&["RPUSH", key, "job"]).await, ":1\r\n");
+        assert_eq!(
+            blocked.reply().await,
+            format!("*2\r\n$2\r\n{key}\r\n$3\r\njob\r\n")
+        );
+    }
+    // And a plain command on the same connection after it goes wherever its key is.
+    assert_eq!(blocked.cmd(&["SET", "after", "1"]).await, "+OK\r\n");
+}
+
+#[tokio::test]
+async fn many_clients_cost_each_node_few_connections() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        clients.push(p.raw_as("a", "pa").await);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.cmd(&["SET", &format!("k{i}"), "v"]).await, "+OK\r\n");
+    }
+    let mut all = futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .enumerate()
+            .map(|(i, c)| async move { c.cmd(&["GET", &format!("k{i}")]).await }),
+    )
+    .await;
+    all.dedup();
+    assert_eq!(all, vec!["$1\r\nv\r\n".to_string()]);
+    for n in &cluster.nodes {
+        let info = cli(n.port, &["INFO", "clients"]);
+        let connected = info_field(&info, "connected_clients");
+        assert!(connected <= 32, "{} clients on {}", connected, n.port);
+    }
+}
+
+/// `CLUSTER KEYSLOT` of a name, asked of a node.
+fn keyslot(cluster: &Cluster, name: &str) -> u16 {
+    cli(cluster.nodes[0].port, &["CLUSTER", "KEYSLOT", name])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Moves `slot` from its master to `to`, key by key, the way `redis-cli --cluster reshard`
+/// does: IMPORTING/MIGRATING, MIGRATE in small batches (with a pause, so clients run in the
+/// middle of it), then NODE on every master.
+fn migrate_slot(cluster: &Cluster, slot: u16, to: usize) {
+    let from = cluster.owner(slot);
+    let id = |i: usize| {
+        cli(cluster.nodes[i].port, &["CLUSTER", "MYID"])
+            .trim()
+            .to_string()
+    };
+    let (from_id, to_id) = (id(from), id(to));
+    let s = slot.to_string();
+    let (fp, tp) = (cluster.nodes[from].port, cluster.nodes[to].port);
+    assert!(cli(tp, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]).contains("OK"));
+    assert!(cli(fp, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]).contains("OK"));
+    loop {
+        let keys = cli(fp, &["CLUSTER", "GETKEYSINSLOT", &s, "5"]);
+        let keys: Vec<&str> = keys.split_whitespace().collect();
+        if keys.is_empty() {
+            break;
+        }
+        let port = tp.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(&keys);
+        let out = cli(fp, &args);
+        assert!(out.contains("OK"), "MIGRATE: {out}");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    for m in cluster.masters() {
+        cli(
+            cluster.nodes[m].port,
+            &["CLUSTER", "SETSLOT", &s, "NODE", &to_id],
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slot_migrated_under_load_loses_nothing() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let slot = keyslot(&cluster, "mig");
+    let from = cluster.owner(slot);
+    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+    let mut a = p.raw_as("a", "pa").await;
+    for i in 0..60 {
+        assert_eq!(
+            a.cmd(&["SET", &format!("{{mig}}{i}"), "0"]).await,
+            "+OK\r\n"
+        );
+    }
+    // Run the migration on a thread while this task keeps writing and reading the slot.
+    let cluster = std::sync::Arc::new(cluster);
+    let worker = {
+        let cluster = cluster.clone();
+        std::thread::spawn(move || migrate_slot(&cluster, slot, to))
+    };
+    let mut round = 0u64;
+    while !worker.is_finished() || round < 5 {
+        round += 1;
+        for i in 0..60 {
+            let k = format!("{{mig}}{i}");
+            let v = format!("{round}-{i}");
+            assert_eq!(a.cmd(&["SET", &k, &v]).await, "+OK\r\n", "round {round}");
+            assert_eq!(
+                a.cmd(&["GET", &k]).await,
+                format!("${}\r\n{v}\r\n", v.len()),
+                "round {round}"
+            );
+        }
+        // Multi-key on the migrating slot: answered whole, never with a redirect.
+        let r = a.cmd(&["MGET", "{mig}1", "{mig}2"]).await;
+        assert!(r.starts_with("*2\r\n") || r.starts_with("-TRYAGAIN"), "{r}");
+    }
+    worker.join().unwrap();
+    assert_eq!(cluster.owner(slot), to);
+    assert_eq!(cluster.nodes[to].keys().await.len(), 60);
+    assert!(round > 5, "the loop ran {round} rounds");
+}
+
+#[tokio::test]
+async fn a_master_killed_under_load_fails_over_without_wrong_values() {
+    let mut cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let doomed = cluster.owner(keyslot(&cluster, "gone"));
+    let survivor = cluster.owner(keyslot(&cluster, "stays"));
+    let survivor = if survivor == doomed {
+        // Find a tag on another master.
+        (0..1000)
+            .map(|i| format!("stays{i}"))
+            .find(|t| cluster.owner(keyslot(&cluster, t)) != doomed)
+            .unwrap()
+    } else {
+        "stays".to_string()
+    };
+    let mut a = p.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["SET", "{gone}k", "0"]).await, "+OK\r\n");
+    assert_eq!(
+        a.cmd(&["SET", &format!("{{{survivor}}}k"), "0"]).await,
+        "+OK\r\n"
+    );
+    // The replica must have the write before its master dies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.nodes[doomed].kill9();
+    let killed = Instant::now();
+    let mut recovered = None;
+    let mut last_good = 0u64;
+    let mut i = 0u64;
+    while recovered.is_none() {
+        i += 1;
+        if killed.elapsed() > Duration::from_secs(20) {
+            let alive = (0..6).find(|&j| j != doomed).unwrap();
+            panic!(
+                "no failover after 20 s: {}\n{}",
+                a.cmd(&["INCR", "{gone}k"]).await,
+                cli(cluster.nodes[alive].port, &["CLUSTER", "NODES"])
+            );
+        }
+        // The other master's slots never stop.
+        let k = format!("{{{survivor}}}k");
+        let t = Instant::now();
+        assert_eq!(a.cmd(&["SET", &k, &i.to_string()]).await, "+OK\r\n");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        // The dead master's slot: an error or the right value, never a hang.
+        let t = Instant::now();
+        let r = a.cmd(&["INCR", "{gone}k"]).await;
+        assert!(
+            t.elapsed() < Duration::from_millis(3500),
+            "{:?}",
+            t.elapsed()
+        );
+        if let Some(n) = r.strip_prefix(':') {
+            let n: u64 = n.trim().parse().unwrap();
+            assert!(n > last_good, "{n} after {last_good}");
+            last_good = n;
+            recovered = Some(Instant::now());
+        } else {
+            assert!(
+                r.starts_with("-ERR upstream unavailable") || r.starts_with("-CLUSTERDOWN"),
+                "{r}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The replica took over: it is a master now, and respite serves its slots.
+    let alive: Vec<usize> = (0..6).filter(|&i| i != doomed).collect();
+    cluster.wait_ok(&alive);
+    let promoted_at = Instant::now();
+    for _ in 0..20 {
+        let r = a.cmd(&["INCR", "{gone}k"]).await;
+        assert!(r.starts_with(':'), "{r}");
+    }
+    assert!(promoted_at.elapsed() < Duration::from_secs(5));
+    eprintln!(
+        "failover: served again {:?} after the kill",
+        recovered.unwrap() - killed
+    );
+}
