@@ -288,6 +288,70 @@ fn register_upstream(ctx: &Context, registry: &mut Registry) {
     ] {
         registry.register(name, help, counter(value));
     }
+    if let Some(topology) = &ctx.upstream.cluster {
+        register_cluster(topology, registry);
+    }
+}
+
+/// Cluster mode: the slot map's refreshes, and each node's requests, errors and redirects.
+fn register_cluster(topology: &crate::upstream::cluster::Topology, registry: &mut Registry) {
+    registry.register(
+        "cluster_slot_map_refreshes",
+        "Times the cluster's slot map was read (CLUSTER SLOTS)",
+        counter(&topology.refreshes),
+    );
+    registry.register(
+        "cluster_slot_map_refresh_errors",
+        "Attempts to read the cluster's slot map that no node answered",
+        counter(&topology.refresh_errors),
+    );
+    let slots = Gauge::<i64>::default();
+    slots.set(topology.map().served() as i64);
+    registry.register(
+        "cluster_slots_served",
+        "Slots of the cluster with a master in respite's slot map (16384 when whole)",
+        slots,
+    );
+    let families: [(&str, &str, Family<ByTenant, Counter>); 4] = [
+        (
+            "upstream_node_requests",
+            "Requests respite's routers sent to each node (redirects resent included)",
+            Family::default(),
+        ),
+        (
+            "upstream_node_errors",
+            "Requests that failed on each node's connections (closed, timed out, unreachable)",
+            Family::default(),
+        ),
+        (
+            "upstream_node_redirects",
+            "MOVED and ASK replies from each node, followed by respite",
+            Family::default(),
+        ),
+        (
+            "upstream_node_connect_errors",
+            "Failed attempts to connect to each node",
+            Family::default(),
+        ),
+    ];
+    for node in topology.nodes() {
+        let label = vec![("node".to_string(), node.addr.clone())];
+        let c = &node.counters;
+        let values = [
+            &c.requests,
+            &c.errors,
+            &c.redirects,
+            &node.connector.counters.connect_errors,
+        ];
+        for ((_, _, family), value) in families.iter().zip(values) {
+            family
+                .get_or_create(&label)
+                .inc_by(value.load(Ordering::Relaxed));
+        }
+    }
+    for (name, help, family) in families {
+        registry.register(name, help, family);
+    }
 }
 
 /// Usage, quota and decisions, by tenant.

@@ -89,7 +89,6 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         .map(|d| auth.tenant(d.get_ref()).expect("validated"));
     let ledgers = auth.tenants().filter_map(|t| t.ledger.clone()).collect();
     let own = upstream::OwnPool::from_config(config)?;
-    let quotas = quota::Quotas::from_config(config, ledgers, own.clone()).map(Arc::new);
     let shared = config
         .shared
         .as_ref()
@@ -112,8 +111,9 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         upstream::Connector::new(config.upstream_addr(), connect_timeout, command_timeout),
         config.upstream.connections,
         config.upstream.pinned_max,
-        cluster,
+        cluster.clone(),
     );
+    let quotas = quota::Quotas::from_config(config, ledgers, own.clone(), cluster).map(Arc::new);
     Ok(Arc::new(Context {
         quotas,
         market: shared,
@@ -187,7 +187,10 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!("admin.listen {addr}: {e}"))?;
         tokio::spawn({
             let (ctx, stop) = (ctx.clone(), bookkeeping.clone());
-            async move { ctx.readiness.watch(ctx.own.clone(), stop).await }
+            async move {
+                let cluster = ctx.upstream.cluster.clone();
+                ctx.readiness.watch(ctx.own.clone(), cluster, stop).await
+            }
         });
         tokio::spawn(admin::run(listener, ctx.clone(), bookkeeping.clone()));
     }

@@ -435,7 +435,7 @@ impl SharedCache {
     /// reply, as if Redis had answered the client.
     async fn with_conn<T, F>(&self, f: F) -> Result<T, Error>
     where
-        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+        F: AsyncFnOnce(&mut crate::upstream::OwnConn) -> redis::RedisResult<T>,
     {
         self.own
             .run(f)

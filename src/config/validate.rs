@@ -115,8 +115,7 @@ impl Config {
         }
     }
 
-    /// What cluster mode cannot do (yet): a database other than 0 (a cluster has one), and
-    /// what needs one Redis behind it.
+    /// A cluster has only database 0.
     fn validate_cluster(&self, err: &mut Report) {
         let seeds = std::iter::once(&self.upstream.url).chain(&self.upstream.seeds);
         for url in seeds {
@@ -126,12 +125,6 @@ impl Config {
                     "a Redis Cluster has only database 0: drop the /db from the URL".into(),
                 );
             }
-        }
-        if self.quotas_enabled() {
-            err(
-                None,
-                "quotas (quota_bytes) are not built for upstream.mode = \"cluster\" yet".into(),
-            );
         }
     }
 

@@ -97,9 +97,20 @@ const UNLIMITED: u64 = 1 << 50;
 /// live lease plus `need` passes the limit. Expired leases (dead instances) are dropped.
 const RESERVE: &str = include_str!("scripts/reserve.lua");
 
-/// Atomically: measure each key (KEYS[4..]), replace its entry in `sizes`, move `used` by the
-/// difference, and take `release` off the instance's lease (renewing what is left).
-const MEASURE: &str = include_str!("scripts/measure.lua");
+/// Atomically: measure each key (KEYS[4..]; in a cluster, sizes measured by [`SIZE`] come as
+/// arguments), replace its entry in `sizes`, move `used` by the difference, and take
+/// `release` off the instance's lease (renewing what is left).
+const MEASURE: &str = concat!(
+    include_str!("scripts/usage.lua"),
+    include_str!("scripts/measure.lua")
+);
+
+/// The size of one key, measured as [`MEASURE`] measures it: in a cluster, on the key's own
+/// node (a script reaches the keys of one slot; the ledger's keys are in another).
+const SIZE: &str = concat!(
+    include_str!("scripts/usage.lua"),
+    include_str!("scripts/size.lua")
+);
 
 /// EVALSHA of `script`, its keys and arguments to be added. Built as one command rather than
 /// through `Script::key`, which copies every key into an allocation of its own: with a
@@ -113,7 +124,7 @@ fn evalsha(script: &Script, keys: usize) -> redis::Cmd {
 /// Runs an [`evalsha`] call, loading the script first when Redis does not have it (it
 /// restarted, or SCRIPT FLUSH).
 async fn invoke<T: redis::FromRedisValue>(
-    c: &mut deadpool_redis::Connection,
+    c: &mut crate::upstream::OwnConn,
     script: &Script,
     call: &redis::Cmd,
 ) -> redis::RedisResult<T> {
@@ -135,6 +146,9 @@ pub struct Quotas {
     ledgers: Vec<Arc<Ledger>>,
     reserve: Script,
     measure: Script,
+    size: Script,
+    /// Cluster mode: the masters, to walk each one's keys.
+    cluster: Option<Arc<crate::upstream::cluster::Topology>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -165,7 +179,12 @@ fn instance_name() -> String {
 
 impl Quotas {
     /// `None` when no tenant has a quota (nothing is measured then).
-    pub fn from_config(config: &Config, ledgers: Vec<Arc<Ledger>>, own: OwnPool) -> Option<Quotas> {
+    pub fn from_config(
+        config: &Config,
+        ledgers: Vec<Arc<Ledger>>,
+        own: OwnPool,
+        cluster: Option<Arc<crate::upstream::cluster::Topology>>,
+    ) -> Option<Quotas> {
         config.quotas_enabled().then(|| Quotas {
             own,
             instance: instance_name(),
@@ -173,6 +192,8 @@ impl Quotas {
             ledgers,
             reserve: Script::new(RESERVE),
             measure: Script::new(MEASURE),
+            size: Script::new(SIZE),
+            cluster,
         })
     }
 
@@ -184,7 +205,7 @@ impl Quotas {
     /// Runs `f` on respite's own pool; failures are the bookkeeping's.
     async fn with_conn<T, F>(&self, f: F) -> Result<T, UpstreamError>
     where
-        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+        F: AsyncFnOnce(&mut crate::upstream::OwnConn) -> redis::RedisResult<T>,
     {
         self.own.run(f).await.map_err(|e| match e {
             PoolError::Timeout(ms) => UpstreamError::Timeout(ms),
@@ -251,18 +272,22 @@ impl Quotas {
     /// The total MEMORY USAGE of `keys`.
     async fn sizes(&self, prefix: &[u8], keys: &[Source]) -> Result<u64, UpstreamError> {
         self.with_conn(async |c| {
-            let mut pipe = redis::pipe();
-            for k in keys {
-                let usage = pipe.cmd("MEMORY").arg("USAGE");
-                if k.mine {
-                    usage.arg(&namespaced(prefix, &k.name)[..]);
-                } else {
-                    usage.arg(&k.name[..]);
-                }
-                // Every element: a copy costs Redis as much anyway.
-                usage.arg("SAMPLES").arg(0);
-            }
-            let sizes: Vec<Option<u64>> = pipe.query_async(c).await?;
+            let calls: Vec<redis::Cmd> = keys
+                .iter()
+                .map(|k| {
+                    let mut usage = redis::cmd("MEMORY");
+                    usage.arg("USAGE");
+                    if k.mine {
+                        usage.arg(&namespaced(prefix, &k.name)[..]);
+                    } else {
+                        usage.arg(&k.name[..]);
+                    }
+                    // Every element: a copy costs Redis as much anyway.
+                    usage.arg("SAMPLES").arg(0);
+                    usage
+                })
+                .collect();
+            let sizes: Vec<Option<u64>> = c.each(&calls).await?;
             Ok(sizes.into_iter().flatten().sum())
         })
         .await
@@ -332,22 +357,55 @@ impl Quotas {
 
     async fn measure_on(
         &self,
-        c: &mut deadpool_redis::Connection,
+        c: &mut crate::upstream::OwnConn,
         ledger: &Ledger,
         keys: &[Bytes],
         release: u64,
     ) -> redis::RedisResult<()> {
-        let mut call = evalsha(&self.measure, 3 + keys.len());
+        // A cluster: each key measured on its own node first, all in one pipeline (the
+        // cluster connection sends each call to its key's node).
+        let sizes: Vec<u64> = match (&self.cluster, keys.is_empty()) {
+            (Some(_), false) => {
+                let calls: Vec<redis::Cmd> = keys
+                    .iter()
+                    .map(|k| {
+                        let mut call = evalsha(&self.size, 1);
+                        call.arg(&k[..]);
+                        call
+                    })
+                    .collect();
+                match c.each(&calls).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        self.size.load_async(c).await?;
+                        c.each(&calls).await?
+                    }
+                    other => other?,
+                }
+            }
+            _ => Vec::new(),
+        };
+        let local = if self.cluster.is_some() {
+            0
+        } else {
+            keys.len()
+        };
+        let mut call = evalsha(&self.measure, 3 + local);
         call.arg(&ledger.names.used)
             .arg(&ledger.names.sizes)
             .arg(&ledger.names.leases);
-        for k in keys {
+        for k in &keys[..local] {
             call.arg(&k[..]);
         }
         call.arg(&self.instance)
             .arg(release)
             .arg(LEASE_TTL_MS)
             .arg(ledger.prefix.len());
+        for (k, size) in keys.iter().zip(sizes) {
+            call.arg(&k[ledger.prefix.len()..]).arg(size);
+        }
         let (used, leased): (i64, i64) = invoke(c, &self.measure, &call).await?;
         ledger.saw(used, leased);
         Ok(())
@@ -391,39 +449,54 @@ impl Quotas {
         target: &str,
         fields: bool,
     ) -> Result<(), UpstreamError> {
-        let mut cursor = 0u64;
         let pause =
             Duration::from_secs_f64(MEASURE_BATCH as f64 / self.settings.keys_per_second as f64);
-        loop {
-            let (next, items): (u64, Vec<Vec<u8>>) = self
-                .with_conn(async |c| {
-                    let mut cmd = redis::cmd(how);
-                    if fields {
-                        cmd.arg(target).arg(cursor);
-                    } else {
-                        cmd.arg(cursor).arg("MATCH").arg(target);
-                    }
-                    cmd.arg("COUNT").arg(MEASURE_BATCH).query_async(c).await
-                })
-                .await?;
-            let keys: Vec<Bytes> = if fields {
-                // HSCAN yields field, value, field, value...
-                items
-                    .chunks(2)
-                    .map(|fv| crate::wire::namespaced(&ledger.prefix, &fv[0]))
-                    .collect()
-            } else {
-                items.into_iter().map(Bytes::from).collect()
-            };
-            if !keys.is_empty() {
-                self.measure(ledger, &keys, 0).await?;
+        // A SCAN walks one node: in a cluster, every master in turn.
+        let nodes: Vec<Option<(String, u16)>> = match (&self.cluster, fields) {
+            (Some(t), false) => t
+                .map()
+                .masters()
+                .iter()
+                .map(|n| Some((n.host.clone(), n.port)))
+                .collect(),
+            _ => vec![None],
+        };
+        for node in nodes {
+            let node = node.as_ref().map(|(h, p)| (h.as_str(), *p));
+            let mut cursor = 0u64;
+            loop {
+                let (next, items): (u64, Vec<Vec<u8>>) = self
+                    .with_conn(async |c| {
+                        let mut cmd = redis::cmd(how);
+                        if fields {
+                            cmd.arg(target).arg(cursor);
+                        } else {
+                            cmd.arg(cursor).arg("MATCH").arg(target);
+                        }
+                        cmd.arg("COUNT").arg(MEASURE_BATCH);
+                        c.on_node(&cmd, node).await
+                    })
+                    .await?;
+                let keys: Vec<Bytes> = if fields {
+                    // HSCAN yields field, value, field, value...
+                    items
+                        .chunks(2)
+                        .map(|fv| crate::wire::namespaced(&ledger.prefix, &fv[0]))
+                        .collect()
+                } else {
+                    items.into_iter().map(Bytes::from).collect()
+                };
+                if !keys.is_empty() {
+                    self.measure(ledger, &keys, 0).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+                tokio::time::sleep(pause).await;
             }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-            tokio::time::sleep(pause).await;
         }
+        Ok(())
     }
 
     /// Every tenant's figures, with `used` read from Redis now (one MGET).

@@ -91,7 +91,7 @@ impl Session {
                     }
                     Err(e) => {
                         // Over the quota once measured: the key goes again.
-                        let undo = async |c: &mut deadpool_redis::Connection| {
+                        let undo = async |c: &mut crate::upstream::OwnConn| {
                             undo_restore(c, &key, old.flatten()).await
                         };
                         let _ = self.ctx.own.run(undo).await;
@@ -394,7 +394,7 @@ fn refused<T>(r: Result<T, Error>) -> Decided<T> {
 
 /// A key's DUMP payload and remaining TTL in ms (0 without one), `None` if it does not exist.
 async fn dump(
-    c: &mut deadpool_redis::Connection,
+    c: &mut crate::upstream::OwnConn,
     key: &[u8],
 ) -> deadpool_redis::redis::RedisResult<Option<(Vec<u8>, i64)>> {
     let (payload, pttl): (Option<Vec<u8>>, i64) = deadpool_redis::redis::pipe()
@@ -409,7 +409,7 @@ async fn dump(
 
 /// RESTORE `key` with the client's `rest` (TTL, payload, options), then its exact size.
 async fn restore_measured(
-    c: &mut deadpool_redis::Connection,
+    c: &mut crate::upstream::OwnConn,
     key: &[u8],
     rest: &[Bytes],
 ) -> deadpool_redis::redis::RedisResult<u64> {
@@ -431,7 +431,7 @@ async fn restore_measured(
 
 /// Removes a restored key that did not fit, and puts back the value it replaced.
 async fn undo_restore(
-    c: &mut deadpool_redis::Connection,
+    c: &mut crate::upstream::OwnConn,
     key: &[u8],
     old: Option<(Vec<u8>, i64)>,
 ) -> deadpool_redis::redis::RedisResult<()> {

@@ -90,6 +90,8 @@ pub struct Node {
     id: u64,
     /// `host:port`.
     pub addr: String,
+    pub host: String,
+    pub port: u16,
     pub connector: Arc<Connector>,
     pub counters: NodeCounters,
     per_protocol: usize,
@@ -141,9 +143,9 @@ impl SlotMap {
         &self.masters
     }
 
-    /// Does every slot have a master?
-    pub fn complete(&self) -> bool {
-        self.owner.iter().all(|&o| o != NONE)
+    /// How many slots have a master.
+    pub fn served(&self) -> usize {
+        self.owner.iter().filter(|&&o| o != NONE).count()
     }
 }
 
@@ -210,6 +212,8 @@ impl Topology {
         let node = Arc::new(Node {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             addr: addr.clone(),
+            host: host.to_string(),
+            port,
             connector: Arc::new(Connector::new(
                 UpstreamAddr {
                     host: host.to_string(),

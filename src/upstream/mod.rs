@@ -42,11 +42,108 @@ pub use pinned::{Pinned, Share};
 
 /// respite's own connections to Redis (quota bookkeeping, shared-key fills, health,
 /// billing): a deadpool-redis pool apart from the clients' connections, so that they never
-/// wait behind a client's pipeline, and every use bounded by `command_timeout_ms`.
+/// wait behind a client's pipeline, and every use bounded by `command_timeout_ms`. In
+/// cluster mode a pool of redis-rs cluster connections, which route each command by its key
+/// and follow redirects themselves.
 #[derive(Clone)]
 pub struct OwnPool {
-    pool: deadpool_redis::Pool,
+    pool: Pools,
     timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Pools {
+    One(deadpool_redis::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+/// One of respite's own connections: to the one Redis, or to a cluster.
+pub enum OwnConn {
+    One(deadpool_redis::Connection),
+    Cluster(deadpool_redis::cluster::Connection),
+}
+
+impl deadpool_redis::redis::aio::ConnectionLike for OwnConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a deadpool_redis::redis::Cmd,
+    ) -> deadpool_redis::redis::RedisFuture<'a, deadpool_redis::redis::Value> {
+        match self {
+            OwnConn::One(c) => c.req_packed_command(cmd),
+            OwnConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a deadpool_redis::redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> deadpool_redis::redis::RedisFuture<'a, Vec<deadpool_redis::redis::Value>> {
+        match self {
+            OwnConn::One(c) => c.req_packed_commands(pipeline, offset, count),
+            OwnConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            OwnConn::One(c) => c.get_db(),
+            OwnConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl OwnConn {
+    /// Runs `cmd` on the node at `host:port` (cluster mode), or where its key routes it
+    /// (`None`, and always with one Redis).
+    pub async fn on_node<T: deadpool_redis::redis::FromRedisValue>(
+        &mut self,
+        cmd: &deadpool_redis::redis::Cmd,
+        node: Option<(&str, u16)>,
+    ) -> deadpool_redis::redis::RedisResult<T> {
+        use deadpool_redis::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        match (self, node) {
+            (OwnConn::Cluster(c), Some((host, port))) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.to_string(),
+                    port,
+                });
+                let value = c.route_command(cmd.clone(), routing).await?;
+                Ok(deadpool_redis::redis::from_redis_value(value)?)
+            }
+            (c, _) => cmd.query_async(c).await,
+        }
+    }
+
+    /// Runs every command, each where its key routes it, and returns their replies in
+    /// order: one pipeline to one Redis; in a cluster, all at once over the cluster
+    /// connection (a redis-rs pipeline must stay within one slot).
+    pub async fn each<T: deadpool_redis::redis::FromRedisValue>(
+        &mut self,
+        cmds: &[deadpool_redis::redis::Cmd],
+    ) -> deadpool_redis::redis::RedisResult<Vec<T>> {
+        match self {
+            OwnConn::Cluster(c) => {
+                let conn: &deadpool_redis::cluster::ClusterConnection = c;
+                let calls = cmds.iter().map(|cmd| {
+                    let mut conn = conn.clone();
+                    async move { cmd.query_async::<T>(&mut conn).await }
+                });
+                futures_util::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
+            c => {
+                let mut pipe = deadpool_redis::redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd.clone());
+                }
+                pipe.query_async(c).await
+            }
+        }
+    }
 }
 
 /// Why one of respite's own requests failed.
@@ -89,8 +186,7 @@ impl PoolError {
 impl OwnPool {
     pub fn from_config(config: &crate::config::Config) -> anyhow::Result<OwnPool> {
         let timeout = Duration::from_millis(config.upstream.command_timeout_ms);
-        let mut pool = deadpool_redis::Config::from_url(config.upstream.url.get_ref().clone());
-        pool.pool = Some(deadpool_redis::PoolConfig {
+        let settings = deadpool_redis::PoolConfig {
             max_size: config.upstream.pool_size,
             timeouts: deadpool_redis::Timeouts {
                 wait: Some(timeout),
@@ -98,24 +194,39 @@ impl OwnPool {
                 recycle: Some(timeout),
             },
             ..Default::default()
-        });
-        Ok(OwnPool {
-            pool: pool.create_pool(Some(deadpool_redis::Runtime::Tokio1))?,
-            timeout,
-        })
+        };
+        let runtime = Some(deadpool_redis::Runtime::Tokio1);
+        let pool = if config.cluster() {
+            let urls: Vec<String> = std::iter::once(&config.upstream.url)
+                .chain(&config.upstream.seeds)
+                .map(|u| u.get_ref().clone())
+                .collect();
+            let mut c = deadpool_redis::cluster::Config::from_urls(urls);
+            c.pool = Some(settings);
+            Pools::Cluster(c.create_pool(runtime)?)
+        } else {
+            let mut c = deadpool_redis::Config::from_url(config.upstream.url.get_ref().clone());
+            c.pool = Some(settings);
+            Pools::One(c.create_pool(runtime)?)
+        };
+        Ok(OwnPool { pool, timeout })
     }
 
     /// Runs `f` on a pooled connection, within the command timeout.
     pub async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
     where
-        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> deadpool_redis::redis::RedisResult<T>,
+        F: AsyncFnOnce(&mut OwnConn) -> deadpool_redis::redis::RedisResult<T>,
     {
         let work = async {
-            let mut c = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| PoolError::Unavailable(e.to_string()))?;
+            let unavailable = |e: String| PoolError::Unavailable(e);
+            let mut c = match &self.pool {
+                Pools::One(p) => {
+                    OwnConn::One(p.get().await.map_err(|e| unavailable(e.to_string()))?)
+                }
+                Pools::Cluster(p) => {
+                    OwnConn::Cluster(p.get().await.map_err(|e| unavailable(e.to_string()))?)
+                }
+            };
             f(&mut c).await.map_err(PoolError::Redis)
         };
         tokio::time::timeout(self.timeout, work)

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::*;
 
 /// `GET path` over HTTP/1.1: the status and the body; status 0 if nothing listens yet.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return (0, String::new());
     };
@@ -29,7 +29,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// Waits up to `within` for `path` to answer `status`; returns how long it took.
-async fn answers(addr: SocketAddr, path: &str, status: u16, within: Duration) -> Duration {
+pub async fn answers(addr: SocketAddr, path: &str, status: u16, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
         if http_get(addr, path).await.0 == status {

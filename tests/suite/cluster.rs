@@ -290,7 +290,8 @@ fn migrate_slot(cluster: &Cluster, slot: u16, to: usize) {
 #[tokio::test]
 async fn a_slot_migrated_under_load_loses_nothing() {
     let cluster = Cluster::start();
-    let p = proxy(&cluster, "").await;
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let p = proxy(&cluster, &format!("[admin]\nlisten = \"{admin}\"\n")).await;
     let slot = keyslot(&cluster, "mig");
     let from = cluster.owner(slot);
     let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
@@ -328,12 +329,22 @@ async fn a_slot_migrated_under_load_loses_nothing() {
     assert_eq!(cluster.owner(slot), to);
     assert_eq!(cluster.nodes[to].keys().await.len(), 60);
     assert!(round > 5, "the loop ran {round} rounds");
+    // The loop met the migration: respite followed redirects (ASK, then MOVED).
+    let (_, metrics) = crate::admin::http_get(admin, "/metrics").await;
+    let redirects: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("respite_upstream_node_redirects_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(redirects > 0, "{metrics}");
 }
 
 #[tokio::test]
 async fn a_master_killed_under_load_fails_over_without_wrong_values() {
     let mut cluster = Cluster::start();
-    let p = proxy(&cluster, "").await;
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let p = proxy(&cluster, &format!("[admin]\nlisten = \"{admin}\"\n")).await;
+    crate::admin::answers(admin, "/readyz", 200, Duration::from_secs(5)).await;
     let doomed = cluster.owner(keyslot(&cluster, "gone"));
     let survivor = cluster.owner(keyslot(&cluster, "stays"));
     let survivor = if survivor == doomed {
@@ -397,6 +408,7 @@ async fn a_master_killed_under_load_fails_over_without_wrong_values() {
     // The replica took over: it is a master now, and respite serves its slots.
     let alive: Vec<usize> = (0..6).filter(|&i| i != doomed).collect();
     cluster.wait_ok(&alive);
+    crate::admin::answers(admin, "/readyz", 200, Duration::from_secs(5)).await;
     let promoted_at = Instant::now();
     for _ in 0..20 {
         let r = a.cmd(&["INCR", "{gone}k"]).await;
@@ -407,4 +419,155 @@ async fn a_master_killed_under_load_fails_over_without_wrong_values() {
         "failover: served again {:?} after the kill",
         recovered.unwrap() - killed
     );
+}
+
+/// The sum of MEMORY USAGE over every key under `prefix` on every master.
+async fn memory_on_masters(cluster: &Cluster, prefix: &str) -> i64 {
+    let mut total = 0;
+    for m in cluster.masters() {
+        let mut d = cluster.nodes[m].direct().await;
+        for k in cluster.nodes[m].keys().await {
+            if k.starts_with(prefix) {
+                let size: Option<i64> = q(&mut d, &["MEMORY", "USAGE", &k, "SAMPLES", "0"])
+                    .await
+                    .unwrap();
+                total += size.unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_hold_across_nodes() {
+    let cluster = Cluster::start();
+    let p = Proxy::start_config(&format!(
+        "[upstream]\nmode = \"cluster\"\nurl = \"{}\"\ncommand_timeout_ms = 3000\n\
+         [quota]\nflush_interval_ms = 20\nreconcile_interval_ms = 600000\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\nquota_bytes = 20000\noverage_bytes = 5000\n\
+         [[tenants]]\nid = \"b\"\npassword = \"pb\"\n",
+        cluster.url()
+    ))
+    .await;
+    let mut a = p.raw_as("a", "pa").await;
+    let value = "x".repeat(1000);
+    let mut refused = None;
+    for i in 0..100 {
+        let key = format!("k{i}");
+        let r = a.cmd(&["SET", &key, &value]).await;
+        if r != "+OK\r\n" {
+            refused = Some((key, r));
+            break;
+        }
+    }
+    let (key, reply) = refused.expect("the quota stopped the writes");
+    assert!(
+        reply.starts_with("-OOM command not allowed: tenant 'a' is at "),
+        "{reply}"
+    );
+    assert_eq!(a.cmd(&["EXISTS", &key]).await, ":0\r\n");
+    // What Redis holds, summed over the masters, is within quota + overage (+ one write).
+    let held = memory_on_masters(&cluster, "tenant:a:").await;
+    assert!((20_000..=26_100).contains(&held), "holds {held}");
+    // The keys really are on several masters.
+    let mut spread = 0;
+    for m in cluster.masters() {
+        let keys = cluster.nodes[m].keys().await;
+        spread += usize::from(keys.iter().any(|k| k.starts_with("tenant:a:k")));
+    }
+    assert_eq!(spread, 3);
+    // Reads and deletes still work; deleting makes room again.
+    assert_eq!(a.cmd(&["STRLEN", "k0"]).await, ":1000\r\n");
+    assert_eq!(a.cmd(&["DEL", "k0", "k1", "k2", "k3"]).await, ":4\r\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = a.cmd(&["SET", "more", &value]).await;
+        if r == "+OK\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The usage figure settles to what the masters hold.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let info = a.cmd(&["INFO", "tenant"]).await;
+        let used = info_field(&info, "used_bytes");
+        let truth = memory_on_masters(&cluster, "tenant:a:").await;
+        if used == truth {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "usage {used} never reached {truth}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another tenant is not limited.
+    let mut b = p.raw_as("b", "pb").await;
+    assert_eq!(b.cmd(&["SET", "big", &"y".repeat(50_000)]).await, "+OK\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_market_data_and_admin_figures_in_a_cluster() {
+    let cluster = Cluster::start();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut config = format!(
+        "[upstream]\nmode = \"cluster\"\nurl = \"{}\"\ncommand_timeout_ms = 3000\n\
+         [admin]\nlisten = \"{admin}\"\n\
+         [[tenants]]\nid = \"pub\"\npassword = \"ppub\"\nrole = \"publisher\"\n",
+        cluster.url()
+    );
+    for i in 0..20 {
+        config.push_str(&format!(
+            "[[tenants]]\nid = \"t{i}\"\npassword = \"pt{i}\"\n"
+        ));
+    }
+    config.push_str("[shared]\nprefixes = [\"shared:market:\"]\n");
+    let p = Proxy::start_config(&config).await;
+    crate::admin::answers(admin, "/readyz", 200, Duration::from_secs(5)).await;
+    let mut publisher = p.raw_as("pub", "ppub").await;
+    let names: Vec<String> = (0..30)
+        .map(|i| format!("shared:market:S{i}:price"))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(
+            publisher.cmd(&["SET", name, &i.to_string()]).await,
+            "+OK\r\n"
+        );
+    }
+    // Stored by their plain names, on whichever master owns each.
+    let keys = cluster.keys().await;
+    assert!(names.iter().all(|n| keys.contains(n)), "{keys:?}");
+    // Every tenant reads each one (filled from its master, then from respite's cache).
+    for t in 0..20 {
+        let mut c = p.raw_as(&format!("t{t}"), &format!("pt{t}")).await;
+        for (i, name) in names.iter().enumerate() {
+            let v = i.to_string();
+            assert_eq!(
+                c.cmd(&["GET", name]).await,
+                format!("${}\r\n{v}\r\n", v.len())
+            );
+        }
+        let r = c.cmd(&["SET", &names[0], "x"]).await;
+        assert!(r.starts_with("-NOPERM"), "{r}");
+    }
+    let mut t0 = p.raw_as("t0", "pt0").await;
+    let info = t0.cmd(&["INFO", "shared"]).await;
+    assert!(info_field(&info, "shared_l1_hits") >= 19 * 30, "{info}");
+    // A publisher's new value is what the next read sees.
+    assert_eq!(publisher.cmd(&["SET", &names[3], "new"]).await, "+OK\r\n");
+    assert_eq!(t0.cmd(&["GET", &names[3]]).await, "$3\r\nnew\r\n");
+    // Per-node figures.
+    let (status, metrics) = crate::admin::http_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("respite_cluster_slots_served 16384"),
+        "{metrics}"
+    );
+    let nodes = metrics
+        .lines()
+        .filter(|l| l.starts_with("respite_upstream_node_requests_total{node="))
+        .count();
+    assert!(nodes >= 3, "{metrics}");
 }

@@ -1,24 +1,4 @@
--- Exact sizes: Redis samples 5 elements of a collection by default, and a skewed one (many
--- small members, a few huge) would be counted at a fraction of what it holds. Every element
--- is measured (about 16 ns each) while this call has measured fewer than 200,000 in all
--- (about 3 ms of Redis); past that budget, and for a collection of more than 100,000
--- elements, 10,000 samples, so that one call never holds Redis for long. Reconciliation
--- measures every key again later, each call with a fresh budget.
-local LEN = {list = 'LLEN', set = 'SCARD', zset = 'ZCARD', hash = 'HLEN', stream = 'XLEN'}
-local budget = 200000
-local function usage(key)
-  local len = LEN[redis.call('TYPE', key)['ok']]
-  local samples = 0
-  if len then
-    local n = redis.call(len, key)
-    if n > 100000 or n > budget then
-      samples = 10000
-    else
-      budget = budget - n
-    end
-  end
-  return redis.call('MEMORY', 'USAGE', key, 'SAMPLES', samples) or 0
-end
+-- After usage.lua: measures and settles a tenant's keys (see quota/mod.rs).
 local plen = tonumber(ARGV[4])
 local delta = 0
 -- One EXISTS, HMGET and HSET for the batch rather than a call of each per key: a Lua call
@@ -33,13 +13,25 @@ for i = 4, #KEYS do
     fields[#fields + 1] = field
   end
 end
+-- In a cluster a script reaches one slot: each key is measured on its own node (size.lua)
+-- and its size comes here as ARGV[5..], field, size, field, size, ...
+local given = {}
+for i = 5, #ARGV - 1, 2 do
+  if not seen[ARGV[i]] then
+    seen[ARGV[i]] = true
+    fields[#fields + 1] = ARGV[i]
+    given[#fields] = tonumber(ARGV[i + 1]) or 0
+  end
+end
 if #fields > 0 then
   local olds = redis.call('HMGET', KEYS[2], unpack(fields))
   -- MEMORY USAGE alone still sees a key whose TTL has passed; EXISTS expires it.
-  redis.call('EXISTS', unpack(keys))
+  if #keys > 0 then
+    redis.call('EXISTS', unpack(keys))
+  end
   local changed, gone = {}, {}
   for i, field in ipairs(fields) do
-    local size = usage(keys[i])
+    local size = given[i] or usage(keys[i])
     local old = tonumber(olds[i]) or 0
     -- An overwrite of the same size (the common cache refresh) leaves the hash alone.
     if size ~= old then
