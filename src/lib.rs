@@ -132,7 +132,12 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         },
         default_tenant,
         auth,
-        scripts: script::Scripts::new(config, own, upstream.connector.clone()),
+        scripts: script::Scripts::new(
+            config,
+            own,
+            upstream.connector.clone(),
+            upstream.cluster.clone(),
+        ),
         upstream,
         clients: clients::Registry::default(),
     }))

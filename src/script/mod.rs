@@ -62,6 +62,8 @@ pub struct Scripts {
     pub prelude: Prelude,
     own: OwnPool,
     connector: Arc<Connector>,
+    /// Cluster mode: a script runs on one of the masters, which respite does not track.
+    cluster: Option<Arc<crate::upstream::cluster::Topology>>,
     /// (tenant prefix, client SHA) → wrapped SHA, as recorded in Redis.
     known: DashMap<(Bytes, [u8; 40]), [u8; 40]>,
     /// The AUTH of each tenant whose ACL user this instance has set up.
@@ -130,7 +132,12 @@ pub enum Confinement {
 }
 
 impl Scripts {
-    pub fn new(config: &Config, own: OwnPool, connector: Arc<Connector>) -> Scripts {
+    pub fn new(
+        config: &Config,
+        own: OwnPool,
+        connector: Arc<Connector>,
+        cluster: Option<Arc<crate::upstream::cluster::Topology>>,
+    ) -> Scripts {
         let shared: Vec<Bytes> = config
             .shared
             .as_ref()
@@ -153,6 +160,7 @@ impl Scripts {
             prelude: Prelude::new(&shared),
             own,
             connector,
+            cluster,
             known: DashMap::new(),
             users: DashMap::new(),
             acl: AtomicU8::new(UNKNOWN),
@@ -447,18 +455,29 @@ impl Scripts {
     }
 
     /// SCRIPT KILL (or FUNCTION KILL) over a new connection: the shared ones wait behind
-    /// the script.
+    /// the script. In a cluster, on every master: the first answer other than NOTBUSY is
+    /// the one that counts.
     async fn kill(&self, which: &[u8]) -> Result<Bytes, crate::error::UpstreamError> {
-        let mut conn = self.connector.connect(2).await?;
-        let mut out = bytes::BytesMut::new();
-        encode_request(&mut out, [which, b"KILL"].into_iter());
-        conn.write_all(&out).await?;
-        let reply = tokio::time::timeout(self.connector.command_timeout, conn.read_frame())
-            .await
-            .map_err(|_| {
-                crate::error::UpstreamError::Timeout(self.connector.command_timeout_ms())
-            })??;
-        Ok(reply.raw)
+        let connectors: Vec<Arc<Connector>> = match &self.cluster {
+            None => vec![self.connector.clone()],
+            Some(t) => t
+                .map()
+                .masters()
+                .iter()
+                .map(|n| n.connector.clone())
+                .collect(),
+        };
+        let mut last = Ok(crate::wire::Resp::error(
+            "NOTBUSY No scripts in execution right now.",
+        ));
+        for connector in connectors {
+            match kill_on(&connector, which).await {
+                Ok(reply) if reply.starts_with(b"-NOTBUSY") => {}
+                Ok(reply) => return Ok(reply),
+                Err(e) => last = Err(e),
+            }
+        }
+        last
     }
 
     /// Kills scripts past their tenant's `script_timeout_ms` until `stop`.
@@ -522,6 +541,21 @@ impl Scripts {
             }
         }
     }
+}
+
+/// SCRIPT KILL (or FUNCTION KILL) on the Redis `connector` connects to.
+async fn kill_on(
+    connector: &Connector,
+    which: &[u8],
+) -> Result<Bytes, crate::error::UpstreamError> {
+    let mut conn = connector.connect(2).await?;
+    let mut out = bytes::BytesMut::new();
+    encode_request(&mut out, [which, b"KILL"].into_iter());
+    conn.write_all(&out).await?;
+    let reply = tokio::time::timeout(connector.command_timeout, conn.read_frame())
+        .await
+        .map_err(|_| crate::error::UpstreamError::Timeout(connector.command_timeout_ms()))??;
+    Ok(reply.raw)
 }
 
 async fn record(

@@ -212,10 +212,13 @@ impl Session {
                         .tally
                         .done(&meta, outcome, hit, self.figures.clock);
                 }
+                let moved = self.moved_under_state(frame, matches!(shape, Shape::Exec(_)));
                 if !mute {
-                    self.client
-                        .out
-                        .extend_from_slice(&reply::strip(frame, &shape, prefix));
+                    let reply = match moved {
+                        Some(e) => e,
+                        None => reply::strip(frame, &shape, prefix),
+                    };
+                    self.client.out.extend_from_slice(&reply);
                 }
             }
             // An error instead of confirmations (e.g. wrong arity): one reply.
@@ -243,6 +246,32 @@ impl Session {
                 self.fail_upstream(UpstreamError::Protocol("unexpected reply".into()));
             }
         }
+    }
+
+    /// Cluster mode: a MOVED or ASK on a pinned connection (its key's slot moved while the
+    /// connection held state on the old node, e.g. inside MULTI) cannot be followed; the
+    /// client gets an error that names no node (EXEC: EXECABORT, as Redis discarded the
+    /// transaction), a transaction in progress is doomed, and the slot map is read again.
+    fn moved_under_state(&mut self, frame: &Frame, exec: bool) -> Option<Bytes> {
+        let topology = self.ctx.upstream.cluster.as_ref()?;
+        if !(frame.raw.starts_with(b"-MOVED ") || frame.raw.starts_with(b"-ASK ")) {
+            return None;
+        }
+        topology.refresh_soon();
+        if exec {
+            return Some(Error::ExecAbort.to_resp());
+        }
+        if let Some(m) = &mut self.state.multi {
+            m.dirty = true;
+        }
+        Some(
+            Error::Upstream(UpstreamError::Cluster(
+                "the key's slot moved to another node while this connection held state \
+                 (MULTI, WATCH, a blocking command) on the old one; try again"
+                    .into(),
+            ))
+            .to_resp(),
+        )
     }
 
     pub(super) fn track_subscription(

@@ -300,6 +300,8 @@ pub(crate) struct Outbound {
     plan: Vec<cluster::Part>,
     plan_end: usize,
     target: cluster::Target,
+    /// The logins around the script being encoded (see `routing::login_around`).
+    login: Option<Arc<cluster::Login>>,
 }
 
 /// Where the login after a tenant's script starts and ends in `to_up`, and for whom.
@@ -419,6 +421,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             plan: Vec::new(),
             plan_end: 0,
             target: cluster::Target::Any,
+            login: None,
         },
         state: ConnectionState {
             protocol: 2,

@@ -103,8 +103,12 @@ impl Session {
         }
         let confine = script.and_then(|s| s.auth);
         if let Some(auth) = &confine {
-            if !self.reopen_bracket(auth, queued) {
+            // In a cluster the next script may be for another node: one pair each.
+            if cluster || !self.reopen_bracket(auth, queued) {
                 self.login_for_script(auth, queued);
+            }
+            if cluster && self.up.pinned.is_none() {
+                self.login_around(auth);
             }
         }
         let split = cluster && !queued && self.up.pinned.is_none();
@@ -463,6 +467,7 @@ impl Session {
                     len: data.len() - at,
                     target: targets.pop().unwrap_or(cluster::Target::Any),
                     join: None,
+                    login: None,
                 });
             }
         }

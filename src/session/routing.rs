@@ -6,7 +6,7 @@
 
 use super::*;
 use crate::namespace::reply::CURSOR_NODES;
-use crate::upstream::cluster::{Merge, Node, Part, Target};
+use crate::upstream::cluster::{Login, Merge, Node, Part, Target};
 
 /// What the cluster stage decided for a request.
 pub(super) enum Routed {
@@ -238,10 +238,26 @@ impl Session {
                 len: self.up.to_up.len() - self.up.plan_end,
                 target: Target::Slot(s),
                 join: (k == 0).then_some((merge, n)),
+                login: None,
             });
             self.up.plan_end = self.up.to_up.len();
         }
         true
+    }
+
+    /// Cluster mode: the script about to be encoded runs between these logins (`auth`, then
+    /// respite's own): should a redirect send it to another node, it goes between them
+    /// there too.
+    pub(super) fn login_around(&mut self, auth: &[Bytes; 3]) {
+        let mut as_tenant = bytes::BytesMut::new();
+        encode_request(&mut as_tenant, auth.iter().map(|a| &a[..]));
+        let mut back = bytes::BytesMut::new();
+        let relogin = self.ctx.scripts.relogin();
+        encode_request(&mut back, relogin.iter().map(|a| &a[..]));
+        self.up.login = Some(Arc::new(Login {
+            as_tenant: as_tenant.freeze(),
+            back: back.freeze(),
+        }));
     }
 
     /// Cluster mode: the request encoded last in `to_up` is a part of the batch's plan,
@@ -249,10 +265,12 @@ impl Session {
     pub(super) fn plan_part(&mut self) {
         let len = self.up.to_up.len() - self.up.plan_end;
         if len > 0 {
+            // The target stays for what else this request brings (a script's AUTH pair).
             self.up.plan.push(Part {
                 len,
-                target: std::mem::replace(&mut self.up.target, Target::Any),
+                target: self.up.target.clone(),
                 join: None,
+                login: self.up.login.take(),
             });
             self.up.plan_end = self.up.to_up.len();
         }

@@ -63,12 +63,6 @@ impl Session {
         let Some(tenant) = self.tenant.clone() else {
             return Ok(());
         };
-        if self.ctx.upstream.cluster.is_some() {
-            return self.refuse_counted(Error::NoPerm {
-                command: String::from_utf8_lossy(&fwd.args[0]).to_lowercase(),
-                why: "scripts are not built for a Redis Cluster upstream yet",
-            });
-        }
         let outcome = match kind {
             ScriptCmd::Eval | ScriptCmd::EvalSha | ScriptCmd::Fcall => {
                 return self.run_script(kind, fwd, cost, tenant).await
@@ -252,6 +246,35 @@ impl Session {
     ) -> Result<Result<Bytes, Error>, End> {
         let client = sha1_hex(body);
         let wrapped = self.ctx.scripts.prelude.wrap(body);
+        if self.ctx.upstream.cluster.is_some() {
+            // Every node's script cache: an EVALSHA goes wherever its keys are.
+            let loaded = self
+                .ctx
+                .own
+                .run(async |c| {
+                    deadpool_redis::redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(&wrapped[..])
+                        .query_async::<String>(c)
+                        .await
+                })
+                .await;
+            let name = match loaded {
+                Ok(name) => name,
+                Err(e) => return Ok(Err(e.for_client(UpstreamError::Bookkeeping))),
+            };
+            let Ok(name) = <[u8; 40]>::try_from(name.as_bytes()) else {
+                return Ok(Err(Error::Upstream(UpstreamError::Protocol(
+                    "SCRIPT LOAD answered no SHA1".into(),
+                ))));
+            };
+            return Ok(self
+                .ctx
+                .scripts
+                .record(tenant, client, name)
+                .await
+                .map(|()| crate::wire::Resp::bulk(&client)));
+        }
         self.drain().await?;
         let reply = match self.call(&[b"SCRIPT", b"LOAD", &wrapped]).await {
             Ok(r) => r,

@@ -75,6 +75,15 @@ pub struct Part {
     pub len: usize,
     pub target: Target,
     pub join: Option<(Merge, usize)>,
+    /// A tenant's script between two logins (as the tenant's ACL user, then back as
+    /// respite): sent on after a redirect, it goes between the same two again.
+    pub login: Option<Arc<Login>>,
+}
+
+/// The encoded logins around a confined script.
+pub struct Login {
+    pub as_tenant: Bytes,
+    pub back: Bytes,
 }
 
 /// Requests, errors and redirects of one node, for /metrics.
@@ -409,6 +418,7 @@ struct Entry {
     redirects: u8,
     started: Instant,
     join: Option<(Merge, usize)>,
+    login: Option<Arc<Login>>,
     done: Option<Result<Frame, UpstreamError>>,
 }
 
@@ -421,8 +431,9 @@ struct Queue {
 
 /// What went to a node, in order: its replies come back in the same order.
 enum Sent {
-    /// The `ASKING` before an ASK-redirected request: its `+OK` is dropped.
-    Asking,
+    /// Sent by the router itself (the `ASKING` before an ASK-redirected request, the logins
+    /// around a redirected script): its reply is dropped.
+    Skip,
     Request {
         session: u64,
         seq: u64,
@@ -532,6 +543,7 @@ impl State {
                 redirects: 0,
                 started: now,
                 join: part.join,
+                login: part.login,
                 done: None,
             });
             match (node, runs.last_mut()) {
@@ -551,7 +563,7 @@ impl State {
             at += part.len;
         }
         for (node, seqs, bytes) in runs {
-            send(self, &node, session, &seqs, b.data.slice(bytes), false);
+            send(self, &node, session, &seqs, b.data.slice(bytes), Resend::No);
         }
         if !failed.is_empty() {
             let e = self.no_master();
@@ -652,11 +664,19 @@ impl State {
         }
         let node = topology.node(&host, port);
         let bytes = entry.bytes.clone();
+        let login = entry.login.clone();
         let asking = word == b"ASK";
         if !asking {
             topology.moved(slot, &node);
         }
-        send(self, &node, session, &[seq], bytes, asking);
+        send(
+            self,
+            &node,
+            session,
+            &[seq],
+            bytes,
+            Resend::Yes { asking, login },
+        );
         None
     }
 
@@ -670,9 +690,15 @@ impl State {
             let Some(e) = self.entry(session, seq) else {
                 continue;
             };
-            let (bytes, node) = (e.bytes.clone(), resolve(&map, &e.target.clone(), session));
-            match node {
-                Some(node) => send(self, &node, session, &[seq], bytes, false),
+            let (bytes, login) = (e.bytes.clone(), e.login.clone());
+            match resolve(&map, &e.target.clone(), session) {
+                Some(node) => {
+                    let again = Resend::Yes {
+                        asking: false,
+                        login,
+                    };
+                    send(self, &node, session, &[seq], bytes, again)
+                }
                 None => {
                     let e = self.no_master();
                     self.finish(session, seq, Err(e));
@@ -726,25 +752,54 @@ fn resolve(map: &SlotMap, target: &Target, session: u64) -> Option<Arc<Node>> {
     }
 }
 
-/// Sends requests `seqs` (encoded back to back in `data`) of `session` to `node`, after an
-/// `ASKING` when `asking`.
-fn send(st: &mut State, node: &Arc<Node>, session: u64, seqs: &[u64], data: Bytes, asking: bool) {
+/// How a request goes to a node.
+enum Resend {
+    /// First time, as the session encoded it.
+    No,
+    /// Again, after a redirect: after an `ASKING` when `asking`, and between the logins of
+    /// a confined script.
+    Yes {
+        asking: bool,
+        login: Option<Arc<Login>>,
+    },
+}
+
+/// Sends requests `seqs` (encoded back to back in `data`) of `session` to `node`.
+fn send(st: &mut State, node: &Arc<Node>, session: u64, seqs: &[u64], data: Bytes, how: Resend) {
     let (_, fifo) = st
         .sent
         .entry(node.id)
         .or_insert_with(|| (node.clone(), VecDeque::new()));
-    let mut count = seqs.len();
-    let data = if asking {
-        fifo.push_back(Sent::Asking);
-        count += 1;
-        let mut b = BytesMut::with_capacity(data.len() + 16);
-        b.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
-        b.extend_from_slice(&data);
-        b.freeze()
-    } else {
-        data
+    let requests = seqs.iter().map(|&seq| Sent::Request { session, seq });
+    let (data, count) = match how {
+        Resend::No => {
+            fifo.extend(requests);
+            (data, seqs.len())
+        }
+        Resend::Yes { asking, login } => {
+            let mut b = BytesMut::with_capacity(data.len() + 64);
+            let mut count = seqs.len();
+            // The login first: ASKING holds for the one command after it.
+            if let Some(l) = &login {
+                fifo.push_back(Sent::Skip);
+                b.extend_from_slice(&l.as_tenant);
+                count += 1;
+            }
+            if asking {
+                fifo.push_back(Sent::Skip);
+                b.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
+                count += 1;
+            }
+            fifo.extend(requests);
+            b.extend_from_slice(&data);
+            if let Some(l) = &login {
+                fifo.push_back(Sent::Skip);
+                b.extend_from_slice(&l.back);
+                count += 1;
+            }
+            (b.freeze(), count)
+        }
     };
-    fifo.extend(seqs.iter().map(|&seq| Sent::Request { session, seq }));
     node.counters
         .requests
         .fetch_add(seqs.len() as u64, Ordering::Relaxed);

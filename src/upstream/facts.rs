@@ -65,17 +65,20 @@ impl Facts {
     pub async fn refresh(&self, own: &OwnPool) {
         let read = own
             .run(async |c| {
-                let ((), pairs) = deadpool_redis::redis::pipe()
-                    // respite's own connection says so in Redis' CLIENT LIST.
-                    .cmd("CLIENT")
+                // Two calls, not a pipeline: a cluster connection routes each on its own
+                // (a pipeline of it must stay within one slot).
+                // respite's own connection says so in Redis' CLIENT LIST.
+                let () = deadpool_redis::redis::cmd("CLIENT")
                     .arg("SETNAME")
                     .arg(OWN_NAME)
-                    .cmd("CONFIG")
+                    .query_async(c)
+                    .await?;
+                let pairs: Vec<String> = deadpool_redis::redis::cmd("CONFIG")
                     .arg("GET")
                     .arg("sanitize-dump-payload")
                     .arg("proto-max-bulk-len")
                     .arg("client-query-buffer-limit")
-                    .query_async::<((), Vec<String>)>(c)
+                    .query_async(c)
                     .await?;
                 Ok(pairs)
             })

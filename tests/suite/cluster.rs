@@ -321,13 +321,20 @@ async fn a_slot_migrated_under_load_loses_nothing() {
                 "round {round}"
             );
         }
+        // A confined script on the migrating slot runs once per call, wherever its key is.
+        let script = "return redis.call('INCR', KEYS[1])";
+        assert_eq!(
+            a.cmd(&["EVAL", script, "1", "{mig}count"]).await,
+            format!(":{round}\r\n"),
+            "round {round}"
+        );
         // Multi-key on the migrating slot: answered whole, never with a redirect.
         let r = a.cmd(&["MGET", "{mig}1", "{mig}2"]).await;
         assert!(r.starts_with("*2\r\n") || r.starts_with("-TRYAGAIN"), "{r}");
     }
     worker.join().unwrap();
     assert_eq!(cluster.owner(slot), to);
-    assert_eq!(cluster.nodes[to].keys().await.len(), 60);
+    assert_eq!(cluster.nodes[to].keys().await.len(), 61);
     assert!(round > 5, "the loop ran {round} rounds");
     // The loop met the migration: respite followed redirects (ASK, then MOVED).
     let (_, metrics) = crate::admin::http_get(admin, "/metrics").await;
@@ -570,4 +577,106 @@ async fn shared_market_data_and_admin_figures_in_a_cluster() {
         .filter(|l| l.starts_with("respite_upstream_node_requests_total{node="))
         .count();
     assert!(nodes >= 3, "{metrics}");
+}
+
+#[tokio::test]
+async fn scripts_run_confined_on_their_keys_master() {
+    let cluster = Cluster::start_with(&["--busy-reply-threshold", "100"]);
+    let p = Proxy::start_config(&format!(
+        "[upstream]\nmode = \"cluster\"\nurl = \"{}\"\ncommand_timeout_ms = 5000\n\
+         [defaults]\nscript_timeout_ms = 300\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\n\
+         [[tenants]]\nid = \"v\"\npassword = \"pv\"\n",
+        cluster.url()
+    ))
+    .await;
+    let mut v = p.raw_as("v", "pv").await;
+    let mut a = p.raw_as("a", "pa").await;
+    for i in 0..20 {
+        assert_eq!(
+            v.cmd(&["SET", &format!("secret{i}"), "s3cret"]).await,
+            "+OK\r\n"
+        );
+    }
+    // EVAL on keys of every master, in the tenant's namespace, names as written.
+    let incr = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
+    for i in 0..20 {
+        let k = format!("n{i}");
+        assert_eq!(a.cmd(&["EVAL", incr, "1", &k, "2"]).await, ":2\r\n");
+    }
+    assert_eq!(
+        a.cmd(&["EVAL", "return {KEYS[1], KEYS[2]}", "2", "{t}x", "{t}y"])
+            .await,
+        "*2\r\n$4\r\n{t}x\r\n$4\r\n{t}y\r\n"
+    );
+    // Keys of two slots: Redis' own CROSSSLOT.
+    let r = a.cmd(&["EVAL", "return 1", "2", "n1", "n2"]).await;
+    assert!(r.starts_with("-CROSSSLOT"), "{r}");
+    // SCRIPT LOAD reaches every master: EVALSHA works wherever its keys are.
+    let sha = a.cmd(&["SCRIPT", "LOAD", incr]).await;
+    let sha = sha.split("\r\n").nth(1).unwrap().to_string();
+    for i in 0..20 {
+        let k = format!("n{i}");
+        assert_eq!(a.cmd(&["EVALSHA", &sha, "1", &k, "1"]).await, ":3\r\n");
+    }
+    // Another tenant's keys stay out of reach, on every master.
+    for i in 0..20 {
+        let name = format!("tenant:v:secret{i}");
+        let around = format!("return _G.redis.call('GET', '{name}')");
+        let r = a.cmd(&["EVAL", &around, "1", &name]).await;
+        assert!(r.starts_with('-') && !r.contains("s3cret"), "{r}");
+        let through = "return redis.call('GET', KEYS[1])";
+        assert_eq!(a.cmd(&["EVAL", through, "1", &name]).await, "$-1\r\n");
+    }
+    // Functions: loaded on every master, called on their keys' master.
+    let lib = "#!lua name=mylib\nredis.register_function('incr2', function(keys, args) \
+               return redis.call('INCRBY', keys[1], 2) end)";
+    assert_eq!(a.cmd(&["FUNCTION", "LOAD", lib]).await, "$5\r\nmylib\r\n");
+    for i in 0..20 {
+        let k = format!("f{i}");
+        assert_eq!(a.cmd(&["FCALL", "incr2", "1", &k]).await, ":2\r\n");
+    }
+    // A runaway script is killed on whichever master runs it; the others never stopped.
+    a.send_cmd(&["EVAL", "while true do end", "1", "spin"])
+        .await;
+    assert_eq!(v.cmd(&["GET", "secret1"]).await, "$6\r\ns3cret\r\n");
+    let killed = tokio::time::timeout(Duration::from_secs(10), a.reply())
+        .await
+        .expect("killed, not left running");
+    assert!(killed.starts_with("-ERR Script killed"), "{killed}");
+    assert_eq!(a.cmd(&["EVAL", "return 1", "1", "spin"]).await, ":1\r\n");
+    // The connection is still a's, logged back in as respite.
+    assert_eq!(a.cmd(&["GET", "n1"]).await, "$1\r\n3\r\n");
+    let keys = cluster.keys().await;
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("tenant:") || k.starts_with("respite:")),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slot_moving_under_a_transaction_aborts_it_with_no_node_named() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let slot = keyslot(&cluster, "tx");
+    let from = cluster.owner(slot);
+    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+    let mut a = p.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["SET", "{tx}a", "1"]).await, "+QUEUED\r\n");
+    // The slot (empty: nothing was written yet) moves to another master.
+    migrate_slot(&cluster, slot, to);
+    let r = a.cmd(&["SET", "{tx}b", "1"]).await;
+    assert!(
+        r.starts_with("-ERR upstream unavailable: the key's slot moved"),
+        "{r}"
+    );
+    assert!(!r.contains("127.0.0.1"), "{r}");
+    assert!(a.cmd(&["EXEC"]).await.starts_with("-EXECABORT"));
+    // The next transaction goes to the slot's new master.
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["SET", "{tx}a", "2"]).await, "+QUEUED\r\n");
+    assert_eq!(a.cmd(&["EXEC"]).await, "*1\r\n+OK\r\n");
+    assert_eq!(cluster.nodes[to].keys().await, vec!["tenant:a:{tx}a"]);
 }

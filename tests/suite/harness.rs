@@ -473,6 +473,11 @@ impl Cluster {
     /// Starts six nodes, joins them (one replica per master), and waits until every node
     /// says `cluster_state:ok` and knows all six.
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// [`Cluster::start`] with `extra` options for every node.
+    pub fn start_with(more: &[&str]) -> Cluster {
         let mut nodes = Vec::new();
         for _ in 0..6 {
             let node = (0..5).find_map(|_| {
@@ -495,6 +500,7 @@ impl Cluster {
                 .iter()
                 .map(|s| s.to_string())
                 .chain([dir.0.join("nodes.conf").display().to_string()])
+                .chain(more.iter().map(|s| s.to_string()))
                 .collect();
                 let port = free_cluster_port();
                 let child = spawn_redis(port, &dir.0, &extra);
