@@ -198,6 +198,17 @@ impl Session {
 
     /// A reply: to the oldest request waiting, rewritten by its shape, and counted.
     fn replied(&mut self, frame: &Frame, prefix: &[u8]) {
+        if self.up.blocked.is_some() {
+            if frame.is_error() && self.resend_blocked(frame) {
+                return;
+            }
+            if matches!(
+                self.up.pending.front(),
+                Some(Slot::Reply { blocking: true, .. })
+            ) {
+                self.up.blocked = None;
+            }
+        }
         match self.answered() {
             Some(Slot::Reply {
                 shape, mute, meta, ..
@@ -335,6 +346,8 @@ impl Session {
         self.up.to_up_count = 0;
         self.up.plan.clear();
         self.up.plan_end = 0;
+        self.up.blocked = None;
+        self.up.reblock = None;
         self.up.sink.generation += 1;
         // Replies of the old generation still on their way count on the old meter.
         self.new_meter();

@@ -302,6 +302,10 @@ pub(crate) struct Outbound {
     target: cluster::Target,
     /// The logins around the script being encoded (see `routing::login_around`).
     login: Option<Arc<cluster::Login>>,
+    /// Cluster mode: the blocking command waiting on the pinned connection, and whether it
+    /// is to be sent again to another node (see `routing::resend_blocked`).
+    blocked: Option<Box<routing::Blocked>>,
+    reblock: Option<routing::Reblock>,
 }
 
 /// Where the login after a tenant's script starts and ends in `to_up`, and for whom.
@@ -422,6 +426,8 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             plan_end: 0,
             target: cluster::Target::Any,
             login: None,
+            blocked: None,
+            reblock: None,
         },
         state: ConnectionState {
             protocol: 2,
@@ -473,6 +479,9 @@ impl Session {
                 // The shared writes are done: drop what a reader may have cached meanwhile.
                 self.unpublish().await;
             }
+            if self.up.reblock.is_some() {
+                self.reblock().await?;
+            }
             self.handle_buffered().await?;
             self.publish_noted();
             self.flush_upstream().await;
@@ -492,7 +501,11 @@ impl Session {
                 Event::ClientWrote(Ok(n)) if n > 0 => self.wrote(n),
                 Event::ClientWrote(_) => return Err(End::ClientGone),
                 Event::UpstreamRead(Ok(n)) if n > 0 => {}
-                Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
+                Event::UpstreamRead(_) => {
+                    if !self.reblock_on_close() {
+                        self.fail_upstream(UpstreamError::Closed)
+                    }
+                }
                 Event::SharedReply(r) => {
                     self.figures.clock = Instant::now();
                     self.take_reply(r)

@@ -111,6 +111,9 @@ impl Session {
                 self.login_around(auth);
             }
         }
+        if cluster && blocking && !queued {
+            self.remember_blocked(top, &args, &prefixed);
+        }
         let split = cluster && !queued && self.up.pinned.is_none();
         if !(split && self.split(top, &args, &prefixed)) {
             let prefix = self.tenant.as_ref().map_or(&[][..], |t| &t.prefix[..]);

@@ -7,6 +7,45 @@
 use super::*;
 use crate::namespace::reply::CURSOR_NODES;
 use crate::upstream::cluster::{Login, Merge, Node, Part, Target};
+use crate::wire::Frame;
+
+/// Redirects a blocked command follows before its client is told the slot moved.
+const MAX_REBLOCKS: u8 = 5;
+
+/// A blocking command in flight on a pinned connection (cluster mode): sent again, with the
+/// time it has left, to the node its slot moved to (MOVED, ASK, or UNBLOCKED when its
+/// master turned replica).
+pub(crate) struct Blocked {
+    args: Vec<Bytes>,
+    marks: crate::wire::Marks,
+    /// The timeout argument, and whether it counts milliseconds (XREAD BLOCK) rather than
+    /// seconds (BLPOP and the like).
+    timeout: (usize, bool),
+    sent: std::time::Instant,
+    redirects: u8,
+    target: Target,
+}
+
+/// Ready to be sent again: the request, and whether `ASKING` goes first.
+pub(crate) struct Reblock {
+    node: Option<Arc<Node>>,
+    asking: bool,
+}
+
+/// Where a blocking command's timeout is: (argument, in milliseconds).
+fn block_timeout(top: &[u8], args: &[Bytes]) -> Option<(usize, bool)> {
+    match top {
+        b"blpop" | b"brpop" | b"bzpopmin" | b"bzpopmax" | b"blmove" | b"brpoplpush" => {
+            Some((args.len() - 1, false))
+        }
+        b"blmpop" | b"bzmpop" => Some((1, false)),
+        b"xread" | b"xreadgroup" => args
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"block"))
+            .map(|i| (i + 1, true)),
+        _ => None,
+    }
+}
 
 /// What the cluster stage decided for a request.
 pub(super) enum Routed {
@@ -242,6 +281,180 @@ impl Session {
             });
             self.up.plan_end = self.up.to_up.len();
         }
+        true
+    }
+
+    /// Cluster mode: remembers a blocking command sent on a pinned connection, to send it
+    /// again if its slot moves while it waits.
+    pub(super) fn remember_blocked(
+        &mut self,
+        top: &[u8],
+        args: &[Bytes],
+        marks: &crate::wire::Marks,
+    ) {
+        self.up.blocked = block_timeout(top, args).map(|timeout| {
+            Box::new(Blocked {
+                args: args.to_vec(),
+                marks: marks.clone(),
+                timeout,
+                sent: std::time::Instant::now(),
+                redirects: 0,
+                target: self.up.target.clone(),
+            })
+        });
+    }
+
+    /// A redirect (MOVED, ASK, UNBLOCKED) answering the blocked command this connection is
+    /// waiting on alone: the pinned connection is let go and the command is sent again, with
+    /// the time it has left, to the slot's node now (`true`; `reblock` does it).
+    pub(super) fn resend_blocked(&mut self, frame: &Frame) -> bool {
+        let Some(topology) = self.ctx.upstream.cluster.clone() else {
+            return false;
+        };
+        let redirect = frame.raw.starts_with(b"-MOVED ")
+            || frame.raw.starts_with(b"-ASK ")
+            || frame.raw.starts_with(b"-UNBLOCKED ");
+        let alone = self.up.awaiting == 1 && self.up.to_up.is_empty() && self.state.multi.is_none();
+        let head_blocks = matches!(
+            self.up.pending.front(),
+            Some(Slot::Reply { blocking: true, .. })
+        );
+        if !(redirect && alone && head_blocks) {
+            return false;
+        }
+        let (Some(b), Some(pinned)) = (self.up.blocked.as_mut(), self.up.pinned.as_ref()) else {
+            return false;
+        };
+        b.redirects += 1;
+        if b.redirects > MAX_REBLOCKS || self.state.watching || self.state.subs.any() {
+            return false;
+        }
+        let (node, asking) = match topology.follow(&frame.raw, pinned.connector()) {
+            Some((node, asking)) => (Some(node), asking),
+            // UNBLOCKED: the slot's master is wherever the map says once read again.
+            None => (None, false),
+        };
+        topology.refresh_soon();
+        if let Some(p) = self.up.pinned.take() {
+            p.close();
+        }
+        self.me
+            .upstream_id
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.up.reblock = Some(Reblock { node, asking });
+        true
+    }
+
+    /// Sends the blocked command again (see `resend_blocked`) over a pinned connection to
+    /// its slot's node, with the time it has left.
+    pub(super) async fn reblock(&mut self) -> Result<(), End> {
+        let Some(Reblock { node, asking }) = self.up.reblock.take() else {
+            return Ok(());
+        };
+        let acquired = match node {
+            Some(node) => self.pin_to(&node).await,
+            // UNBLOCKED, or the node went away: the slot's master once the map shows one
+            // that answers (a replica promoted), within `command_timeout_ms`.
+            None => {
+                let gave_up = std::time::Instant::now() + self.ctx.upstream.command_timeout();
+                if let Some(b) = &self.up.blocked {
+                    self.up.target = b.target.clone();
+                }
+                loop {
+                    tokio::time::sleep(crate::upstream::cluster::REFRESH_GAP).await;
+                    let tried = match self.target_node() {
+                        Ok(Some(node)) => self.pin_to(&node).await,
+                        Ok(None) => Err(UpstreamError::Closed),
+                        Err(e) => Err(e),
+                    };
+                    if tried.is_ok() || std::time::Instant::now() >= gave_up {
+                        break tried;
+                    }
+                }
+            }
+        };
+        let (p, Some(b)) = (acquired, &self.up.blocked) else {
+            return Ok(());
+        };
+        let p = match p {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail_upstream(e);
+                return Ok(());
+            }
+        };
+        // The time it has left, counted from when it was first sent.
+        let (at, millis) = b.timeout;
+        let mut args = b.args.clone();
+        let total = std::str::from_utf8(&b.args[at])
+            .ok()
+            .and_then(|t| t.parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .map(|t| if millis { t / 1000.0 } else { t });
+        if let Some(total) = total {
+            // Out of time: one millisecond, so that Redis answers the timeout itself.
+            let left = (total - b.sent.elapsed().as_secs_f64()).max(0.001);
+            args[at] = Bytes::from(match millis {
+                true => format!("{}", (left * 1000.0).ceil() as u64),
+                false => format!("{left:.3}"),
+            });
+        }
+        let marks = b.marks.clone();
+        self.me
+            .upstream_id
+            .store(p.conn.client_id, std::sync::atomic::Ordering::Relaxed);
+        self.up.pinned = Some(p);
+        if asking {
+            encode_request(&mut self.up.to_up, [&b"ASKING"[..]].into_iter());
+            // Its +OK comes before the command's reply: a slot of its own.
+            self.up.pending.push_front(Slot::Internal);
+            self.up.awaiting += 1;
+        }
+        let prefix = self
+            .tenant
+            .as_ref()
+            .map_or(Bytes::new(), |t| t.prefix.clone());
+        encode_marked(&mut self.up.to_up, &args, &prefix, &marks);
+        self.flush_upstream().await;
+        Ok(())
+    }
+
+    /// A pinned connection to `node`.
+    async fn pin_to(&mut self, node: &Arc<Node>) -> Result<Pinned, UpstreamError> {
+        let share = self.tenant.as_ref().and_then(|t| t.pinned.as_ref());
+        let protocol = self.state.protocol;
+        let pinned = &self.ctx.upstream.pinned;
+        pinned.acquire(Some(&node.connector), protocol, share).await
+    }
+
+    /// The pinned connection under a lone blocked command broke (its master died): the
+    /// command is sent again to the slot's master once there is one (`true`).
+    pub(super) fn reblock_on_close(&mut self) -> bool {
+        let alone = self.up.awaiting == 1 && self.up.to_up.is_empty() && self.state.multi.is_none();
+        let head_blocks = matches!(
+            self.up.pending.front(),
+            Some(Slot::Reply { blocking: true, .. })
+        );
+        let stateless = !self.state.watching && !self.state.subs.any() && !self.state.tracking;
+        if self.ctx.upstream.cluster.is_none() || self.up.blocked.is_none() {
+            return false;
+        }
+        if !(alone && head_blocks && stateless) {
+            return false;
+        }
+        if let Some(topology) = &self.ctx.upstream.cluster {
+            topology.refresh_soon();
+        }
+        if let Some(p) = self.up.pinned.take() {
+            p.close();
+        }
+        self.me
+            .upstream_id
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.up.reblock = Some(Reblock {
+            node: None,
+            asking: false,
+        });
         true
     }
 

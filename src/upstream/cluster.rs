@@ -274,6 +274,22 @@ impl Topology {
         self.refresh_soon();
     }
 
+    /// The node a MOVED or ASK error (`-MOVED <slot> <host>:<port>`, from the node `from`
+    /// connects to) sends a request to, and whether it is an ASK; a MOVED updates the map.
+    pub fn follow(&self, error: &[u8], from: &Connector) -> Option<(Arc<Node>, bool)> {
+        let text = error.strip_prefix(b"-")?.strip_suffix(b"\r\n")?;
+        let asking = text.starts_with(b"ASK ");
+        if !asking && !text.starts_with(b"MOVED ") {
+            return None;
+        }
+        let (slot, host, port) = parse_redirect(text, from.host())?;
+        let node = self.node(&host, port);
+        if !asking {
+            self.moved(slot, &node);
+        }
+        Some((node, asking))
+    }
+
     /// Reads the slot map from the first node that answers: the masters of the current
     /// map, then the seeds.
     pub async fn refresh(&self) -> Result<(), String> {
@@ -653,7 +669,7 @@ impl State {
         }
         from.counters.redirects.fetch_add(1, Ordering::Relaxed);
         entry.redirects += 1;
-        let Some((slot, host, port)) = parse_redirect(text, from) else {
+        let Some((slot, host, port)) = parse_redirect(text, from.connector.host()) else {
             return Some(Ok(frame));
         };
         if entry.redirects > MAX_REDIRECTS {
@@ -818,7 +834,7 @@ fn send(st: &mut State, node: &Arc<Node>, session: u64, seqs: &[u64], data: Byte
 
 /// `MOVED <slot> <host>:<port>` or `ASK ...`: the slot and the node named. An endpoint with
 /// no host (`:6380`) is on the host of the node that answered.
-fn parse_redirect(text: &[u8], from: &Node) -> Option<(u16, String, u16)> {
+fn parse_redirect(text: &[u8], from: &str) -> Option<(u16, String, u16)> {
     let text = std::str::from_utf8(text).ok()?;
     let mut words = text.split(' ');
     let _ = words.next()?;
@@ -826,7 +842,7 @@ fn parse_redirect(text: &[u8], from: &Node) -> Option<(u16, String, u16)> {
     let endpoint = words.next()?;
     let (host, port) = endpoint.rsplit_once(':')?;
     let host = match host.trim_start_matches('[').trim_end_matches(']') {
-        "" | "?" => from.connector.host().to_string(),
+        "" | "?" => from.to_string(),
         h => h.to_string(),
     };
     Some((slot, host, port.parse().ok()?))

@@ -369,6 +369,9 @@ async fn a_master_killed_under_load_fails_over_without_wrong_values() {
         a.cmd(&["SET", &format!("{{{survivor}}}k"), "0"]).await,
         "+OK\r\n"
     );
+    // A client blocked on the doomed master's slot.
+    let mut blocked = p.raw_as("a", "pa").await;
+    blocked.send_cmd(&["BLPOP", "{gone}q", "20"]).await;
     // The replica must have the write before its master dies.
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.nodes[doomed].kill9();
@@ -422,6 +425,12 @@ async fn a_master_killed_under_load_fails_over_without_wrong_values() {
         assert!(r.starts_with(':'), "{r}");
     }
     assert!(promoted_at.elapsed() < Duration::from_secs(5));
+    // The blocked client was sent on to the promoted replica, and wakes on a push there.
+    assert_eq!(a.cmd(&["RPUSH", "{gone}q", "job"]).await, ":1\r\n");
+    assert_eq!(
+        blocked.reply().await,
+        "*2\r\n$7\r\n{gone}q\r\n$3\r\njob\r\n"
+    );
     eprintln!(
         "failover: served again {:?} after the kill",
         recovered.unwrap() - killed
@@ -679,4 +688,60 @@ async fn a_slot_moving_under_a_transaction_aborts_it_with_no_node_named() {
     assert_eq!(a.cmd(&["SET", "{tx}a", "2"]).await, "+QUEUED\r\n");
     assert_eq!(a.cmd(&["EXEC"]).await, "*1\r\n+OK\r\n");
     assert_eq!(cluster.nodes[to].keys().await, vec!["tenant:a:{tx}a"]);
+}
+
+#[tokio::test]
+async fn a_blocked_command_follows_its_slot_to_the_new_master() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let slot = keyslot(&cluster, "bq");
+    let from = cluster.owner(slot);
+    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+    let mut blocked = p.raw_as("a", "pa").await;
+    blocked.send_cmd(&["BLPOP", "{bq}jobs", "8"]).await;
+    let mut x = p.raw_as("a", "pa").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    // The slot (empty) moves while BLPOP waits on it: Redis unblocks it with MOVED, and
+    // respite sends it again to the new master.
+    migrate_slot(&cluster, slot, to);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(x.cmd(&["RPUSH", "{bq}jobs", "j1"]).await, ":1\r\n");
+    assert_eq!(
+        blocked.reply().await,
+        "*2\r\n$8\r\n{bq}jobs\r\n$2\r\nj1\r\n"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // XREAD BLOCK the same way, back to the first master.
+    blocked
+        .send_cmd(&["XREAD", "BLOCK", "8000", "STREAMS", "{bq}s", "$"])
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    migrate_slot(&cluster, slot, from);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = x.cmd(&["XADD", "{bq}s", "*", "f", "v"]).await;
+    let reply = blocked.reply().await;
+    assert!(
+        reply.contains("{bq}s") && reply.contains("$1\r\nf\r\n"),
+        "{reply} after {id}"
+    );
+    // Its time counts from when it was first sent: moved after 1.2 s of its 2, it times
+    // out 2 s after it was sent, not 2 s after the move.
+    blocked.send_cmd(&["BLPOP", "{bq}none", "2"]).await;
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    migrate_slot(&cluster, slot, to);
+    assert_eq!(blocked.reply().await, "*-1\r\n");
+    assert!(
+        t.elapsed() < Duration::from_millis(2900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        t.elapsed()
+    );
+    migrate_slot(&cluster, slot, from);
+    assert_eq!(cluster.nodes[from].keys().await, vec!["tenant:a:{bq}s"]);
 }
