@@ -70,6 +70,7 @@ impl Authenticator {
             tenant.max_clients = config.tenant_max_clients(t);
             tenant.pinned = config.tenant_pinned_max(t).map(crate::upstream::Share::new);
             tenant.caps = config.tenant_caps(t);
+            tenant.reads_replicas = config.tenant_reads_replicas(t);
             let rates = config.tenant_rates(t);
             tenant.refuse_past_rates = rates.refuse;
             tenant.rates = crate::rate::Rates::new(

@@ -20,10 +20,15 @@
 //!                           quota/        charge writes, refuse past the limit (-OOM)
 //!                         scripting.rs  EVAL, FCALL, SCRIPT, FUNCTION → script/ (preludes, ACL user)
 //!                         outbound.rs   requests to Redis over upstream/ (shared or pinned)
+//!                         routing.rs    cluster mode: each request's slot, MULTI on one
+//!                                       node, MGET/DEL/MSET split by slot, blocked commands
+//!                                       sent on when their slot moves
 //!                         inbound.rs    replies back: namespace/reply.rs strips the prefix
 //! background: quota/ flusher and reconciler, billing.rs roll-ups, admin.rs (/metrics,
 //!             /readyz via upstream/health.rs), upstream/facts.rs (Redis' settings),
-//!             script/ warden (kills tenants' runaway scripts)
+//!             script/ warden (kills tenants' runaway scripts), upstream/cluster.rs (the
+//!             slot map of a Redis Cluster, and the routers that carry each request to the
+//!             node of its slot, follow redirects, and keep each session's replies in order)
 //! ```
 //!
 //! The layers, each importing only from those below it (no import circle):
@@ -32,7 +37,7 @@
 //! |---|---|
 //! | bytes | [`wire`] (imports nothing of the crate), `command`, `config`, `clients`, `info` |
 //! | errors and figures | `error`, `metrics` |
-//! | Redis | [`upstream`] (shared and pinned connections, respite's own pool, health, facts, output meters) |
+//! | Redis | [`upstream`] (shared and pinned connections, cluster routing, respite's own pool, health, facts, output meters) |
 //! | data | `market` (the shared-key cache), `quota`, `rate` (token buckets), [`tenant`] |
 //! | stages | [`namespace`], `auth`, [`policy`], `script` (tenants' Lua: prelude, ACL users) |
 //! | composition | `context` (what sessions share) |

@@ -43,6 +43,8 @@ pub struct Tenant {
     pub refuse_past_rates: bool,
     /// Its caps on commands of unbounded cost (`max_subscriptions`, `max_random_count`).
     pub caps: crate::config::Caps,
+    /// Cluster mode: its reads may go to a replica of the key's master.
+    pub reads_replicas: bool,
     /// One walk of its namespace at a time (DBSIZE, KEYS, RANDOMKEY, FLUSHDB, INFO's
     /// keyspace), whichever of its connections asks; the last DBSIZE and when its walk
     /// began, for callers who asked before that.
@@ -88,6 +90,7 @@ impl Tenant {
             rates: None,
             refuse_past_rates: false,
             caps: crate::config::Caps::default(),
+            reads_replicas: false,
             walks: tokio::sync::Mutex::new(None),
             seated: AtomicUsize::new(0),
         }

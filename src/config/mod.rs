@@ -155,7 +155,8 @@ pub struct UpstreamConfig {
     /// More seed nodes (cluster mode), tried after `url` when the slot map is first read.
     #[serde(default)]
     pub seeds: Vec<Spanned<String>>,
-    /// Where tenants' reads go in cluster mode: "master" (the only choice built so far).
+    /// Where reads of tenants with `read_from_replicas` go in cluster mode: "master", or
+    /// "replica-preferred" (a replica of the key's master, the master when none answers).
     #[serde(default = "default_read_from")]
     pub read_from: Spanned<String>,
     /// Connections of the pool respite's own commands use (quota bookkeeping).
@@ -208,6 +209,9 @@ pub struct TenantConfig {
     /// The most elements a negative count may ask of SRANDMEMBER, HRANDFIELD and
     /// ZRANDMEMBER (else `[defaults]`, else 1,048,576): Redis builds such replies whole.
     pub max_random_count: Option<Spanned<u64>>,
+    /// Its reads may be served by replicas (cluster mode with `read_from =
+    /// "replica-preferred"`; else `[defaults]`, else off): replicas lag their master.
+    pub read_from_replicas: Option<Spanned<bool>>,
     #[serde(default = "default_role")]
     pub role: Spanned<String>,
 }
@@ -261,6 +265,7 @@ pub struct DefaultsConfig {
     pub rate_limit: Option<String>,
     pub max_subscriptions: Option<usize>,
     pub max_random_count: Option<u64>,
+    pub read_from_replicas: Option<bool>,
 }
 
 /// How usage is kept (see `quota`): all optional.
@@ -755,6 +760,15 @@ impl Config {
             timeout_ms: own_or(&t.script_timeout_ms, d.script_timeout_ms)
                 .unwrap_or(DEFAULT_SCRIPT_TIMEOUT_MS),
         }
+    }
+
+    /// Whether the tenant's reads go to replicas: it opted in (or `[defaults]` did) and the
+    /// upstream is a cluster read with `read_from = "replica-preferred"`.
+    pub fn tenant_reads_replicas(&self, t: &TenantConfig) -> bool {
+        let opted = own_or(&t.read_from_replicas, self.defaults.read_from_replicas);
+        self.cluster()
+            && self.upstream.read_from.get_ref() == "replica-preferred"
+            && opted.unwrap_or(false)
     }
 
     /// The tenant's quota and overage: its own, else `[defaults]`; `None` means unlimited.

@@ -82,9 +82,11 @@ impl Config {
         }
         match up.read_from.get_ref().as_str() {
             "master" => {}
+            "replica-preferred" if self.cluster() => {}
             "replica-preferred" => err(
                 Some(up.read_from.span()),
-                "upstream.read_from = \"replica-preferred\" is not built yet; reads go to masters"
+                "upstream.read_from = \"replica-preferred\" reads a cluster's replicas: set \
+                 upstream.mode = \"cluster\""
                     .into(),
             ),
             _ => err(

@@ -28,9 +28,11 @@ pub struct Forward {
     pub expect: Expect,
     /// May legitimately wait longer than `command_timeout_ms` (BLPOP 0, XREAD BLOCK, WAIT).
     pub blocking: bool,
-    /// Cluster mode: the slot of the request's first key as Redis gets it (set by the
-    /// session, which knows the upstream is a cluster).
+    /// Cluster mode: the slot of the request's first key as Redis gets it, and whether the
+    /// command only reads (a replica may serve it); set by the session, which knows the
+    /// upstream is a cluster.
     pub slot: Option<u16>,
+    pub read_only: bool,
 }
 
 /// What Redis answers with.
@@ -123,6 +125,7 @@ pub fn request(
         expect,
         blocking,
         slot: None,
+        read_only: false,
     })
 }
 

@@ -247,6 +247,7 @@ impl Session {
                 .iter()
                 .next()
                 .map(|(i, _)| routing::slot_of(&fwd, i, &tenant));
+            fwd.read_only = cmd.has(command::CMD_READONLY) && !cmd.has(command::CMD_BLOCKING);
         }
         let cost = tenant
             .ledger

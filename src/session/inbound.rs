@@ -268,6 +268,10 @@ impl Session {
         if !(frame.raw.starts_with(b"-MOVED ") || frame.raw.starts_with(b"-ASK ")) {
             return None;
         }
+        // The slot's new node, in the map now: the next transaction goes there.
+        if let Some(p) = &self.up.pinned {
+            topology.follow(&frame.raw, p.connector());
+        }
         topology.refresh_soon();
         if exec {
             return Some(Error::ExecAbort.to_resp());

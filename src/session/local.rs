@@ -709,6 +709,7 @@ impl Session {
             expect: Expect::Reply(Shape::Plain),
             blocking: false,
             slot: None,
+            read_only: false,
         };
         self.forward(fwd, b"client", None, None).await
     }

@@ -19,6 +19,7 @@ impl Session {
             mut expect,
             blocking,
             slot: key_slot,
+            read_only,
         } = fwd;
         if self.past_subscriptions(top, &args, &expect) {
             return Ok(());
@@ -30,7 +31,7 @@ impl Session {
         }
         let cluster = self.ctx.upstream.cluster.is_some();
         if cluster {
-            if let routing::Routed::Done = self.route_in_cluster(top, key_slot, queued) {
+            if let routing::Routed::Done = self.route_in_cluster(top, key_slot, read_only, queued) {
                 return Ok(());
             }
             if top == b"scan" && self.state.multi.is_none() {
@@ -374,13 +375,15 @@ impl Session {
             self.ctx
                 .upstream
                 .shared(self.state.protocol, self.me.id)
-                .submit(shared::Submit {
-                    data,
-                    count,
-                    to: self.up.sink.clone(),
-                    from: self.me.id,
-                    plan: std::mem::take(&mut self.up.plan),
-                });
+                .submit(
+                    shared::Submit {
+                        data,
+                        count,
+                        to: self.up.sink.clone(),
+                        from: self.me.id,
+                    },
+                    std::mem::take(&mut self.up.plan),
+                );
             return;
         };
         let up = &mut p.conn;
@@ -504,13 +507,15 @@ impl Session {
                 self.ctx
                     .upstream
                     .shared(self.state.protocol, self.me.id)
-                    .submit(shared::Submit {
-                        data: data.freeze(),
-                        count: n,
-                        to: self.up.sink.clone(),
-                        from: self.me.id,
+                    .submit(
+                        shared::Submit {
+                            data: data.freeze(),
+                            count: n,
+                            to: self.up.sink.clone(),
+                            from: self.me.id,
+                        },
                         plan,
-                    });
+                    );
                 let generation = self.up.sink.generation;
                 let meter = &self.up.sink.meter;
                 let replies = &mut self.up.replies;

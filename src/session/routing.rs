@@ -83,6 +83,7 @@ impl Session {
         &mut self,
         top: &[u8],
         slot: Option<u16>,
+        read_only: bool,
         queued: bool,
     ) -> Routed {
         if !self.state.watching {
@@ -144,7 +145,10 @@ impl Session {
             .and_then(|m| m.slot)
             .or(slot)
             .map_or(Target::Any, Target::Slot);
-        self.up.target = target;
+        self.up.target = match target {
+            Target::Slot(s) if read_only && self.reads_replicas() => Target::Replica(s),
+            t => t,
+        };
         Routed::Go
     }
 
@@ -178,6 +182,15 @@ impl Session {
         Routed::Go
     }
 
+    /// May this request be read from a replica: the tenant opted in, and the connection
+    /// holds no state (a transaction, WATCH, a pinned connection) that needs its master.
+    fn reads_replicas(&self) -> bool {
+        self.tenant.as_ref().is_some_and(|t| t.reads_replicas)
+            && self.state.multi.is_none()
+            && !self.state.watching
+            && self.up.pinned.is_none()
+    }
+
     /// The node of the request about to be sent, for a pinned connection.
     pub(super) fn target_node(&self) -> Result<Option<Arc<Node>>, UpstreamError> {
         let Some(topology) = &self.ctx.upstream.cluster else {
@@ -185,7 +198,7 @@ impl Session {
         };
         let map = topology.map();
         let node = match &self.up.target {
-            Target::Slot(s) => map.master(*s).cloned(),
+            Target::Slot(s) | Target::Replica(s) => map.master(*s).cloned(),
             Target::Node(n) => Some(n.clone()),
             Target::Any => map
                 .masters()
@@ -260,6 +273,7 @@ impl Session {
         if runs.len() == 1 {
             return false;
         }
+        let read_only = matches!(self.up.target, Target::Replica(_));
         self.plan_part();
         let n = runs.len();
         for (k, (s, from, to)) in runs.into_iter().enumerate() {
@@ -275,7 +289,10 @@ impl Session {
             encode_marked(&mut self.up.to_up, &sub, &prefix, &sub_marks);
             self.up.plan.push(Part {
                 len: self.up.to_up.len() - self.up.plan_end,
-                target: Target::Slot(s),
+                target: match read_only {
+                    true => Target::Replica(s),
+                    false => Target::Slot(s),
+                },
                 join: (k == 0).then_some((merge, n)),
                 login: None,
             });
@@ -314,19 +331,14 @@ impl Session {
         let redirect = frame.raw.starts_with(b"-MOVED ")
             || frame.raw.starts_with(b"-ASK ")
             || frame.raw.starts_with(b"-UNBLOCKED ");
-        let alone = self.up.awaiting == 1 && self.up.to_up.is_empty() && self.state.multi.is_none();
-        let head_blocks = matches!(
-            self.up.pending.front(),
-            Some(Slot::Reply { blocking: true, .. })
-        );
-        if !(redirect && alone && head_blocks) {
+        if !(redirect && self.blocked_alone()) {
             return false;
         }
         let (Some(b), Some(pinned)) = (self.up.blocked.as_mut(), self.up.pinned.as_ref()) else {
             return false;
         };
         b.redirects += 1;
-        if b.redirects > MAX_REBLOCKS || self.state.watching || self.state.subs.any() {
+        if b.redirects > MAX_REBLOCKS {
             return false;
         }
         let (node, asking) = match topology.follow(&frame.raw, pinned.connector()) {
@@ -334,15 +346,41 @@ impl Session {
             // UNBLOCKED: the slot's master is wherever the map says once read again.
             None => (None, false),
         };
-        topology.refresh_soon();
+        self.let_go_blocked(Reblock { node, asking });
+        true
+    }
+
+    /// Is a remembered blocking command the only request in flight on a connection with no
+    /// other state (nothing else would be lost with the connection)?
+    fn blocked_alone(&self) -> bool {
+        let head_blocks = matches!(
+            self.up.pending.front(),
+            Some(Slot::Reply { blocking: true, .. })
+        );
+        let stateless = self.state.multi.is_none()
+            && !self.state.watching
+            && !self.state.subs.any()
+            && !self.state.tracking;
+        self.up.blocked.is_some()
+            && head_blocks
+            && self.up.awaiting == 1
+            && self.up.to_up.is_empty()
+            && stateless
+    }
+
+    /// Lets the blocked command's pinned connection go; `reblock` sends it again, as
+    /// `again` says.
+    fn let_go_blocked(&mut self, again: Reblock) {
+        if let Some(topology) = &self.ctx.upstream.cluster {
+            topology.refresh_soon();
+        }
         if let Some(p) = self.up.pinned.take() {
             p.close();
         }
         self.me
             .upstream_id
             .store(0, std::sync::atomic::Ordering::Relaxed);
-        self.up.reblock = Some(Reblock { node, asking });
-        true
+        self.up.reblock = Some(again);
     }
 
     /// Sends the blocked command again (see `resend_blocked`) over a pinned connection to
@@ -430,28 +468,10 @@ impl Session {
     /// The pinned connection under a lone blocked command broke (its master died): the
     /// command is sent again to the slot's master once there is one (`true`).
     pub(super) fn reblock_on_close(&mut self) -> bool {
-        let alone = self.up.awaiting == 1 && self.up.to_up.is_empty() && self.state.multi.is_none();
-        let head_blocks = matches!(
-            self.up.pending.front(),
-            Some(Slot::Reply { blocking: true, .. })
-        );
-        let stateless = !self.state.watching && !self.state.subs.any() && !self.state.tracking;
-        if self.ctx.upstream.cluster.is_none() || self.up.blocked.is_none() {
+        if self.ctx.upstream.cluster.is_none() || !self.blocked_alone() {
             return false;
         }
-        if !(alone && head_blocks && stateless) {
-            return false;
-        }
-        if let Some(topology) = &self.ctx.upstream.cluster {
-            topology.refresh_soon();
-        }
-        if let Some(p) = self.up.pinned.take() {
-            p.close();
-        }
-        self.me
-            .upstream_id
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        self.up.reblock = Some(Reblock {
+        self.let_go_blocked(Reblock {
             node: None,
             asking: false,
         });

@@ -54,6 +54,9 @@ pub enum Target {
     Any,
     /// The master of this slot.
     Slot(u16),
+    /// A replica of this slot's master that answers, else the master (a read of a tenant
+    /// with `read_from_replicas`).
+    Replica(u16),
     /// This node (a tenant-wide walk, one master at a time).
     Node(Arc<Node>),
 }
@@ -131,6 +134,8 @@ pub struct SlotMap {
     /// Index into `masters` per slot; `NONE` where no master serves it.
     owner: Vec<u16>,
     masters: Vec<Arc<Node>>,
+    /// The replicas of each master, by the master's index.
+    replicas: Vec<Vec<Arc<Node>>>,
 }
 
 const NONE: u16 = u16::MAX;
@@ -140,6 +145,19 @@ impl SlotMap {
         SlotMap {
             owner: vec![NONE; SLOTS as usize],
             masters: Vec::new(),
+            replicas: Vec::new(),
+        }
+    }
+
+    /// A replica of `slot`'s master that is not backing off after a failure (by `pick`,
+    /// to spread sessions), else the master.
+    pub fn reader(&self, slot: u16, pick: u64) -> Option<&Arc<Node>> {
+        let at = *self.owner.get(slot as usize)? as usize;
+        let replicas = self.replicas.get(at).map_or(&[][..], |r| &r[..]);
+        let healthy: Vec<&Arc<Node>> = replicas.iter().filter(|r| r.connector.healthy()).collect();
+        match healthy.is_empty() {
+            true => self.masters.get(at),
+            false => Some(healthy[(pick % healthy.len() as u64) as usize]),
         }
     }
 
@@ -223,7 +241,7 @@ impl Topology {
             addr: addr.clone(),
             host: host.to_string(),
             port,
-            connector: Arc::new(Connector::new(
+            connector: Arc::new(Connector::cluster_node(
                 UpstreamAddr {
                     host: host.to_string(),
                     port,
@@ -261,15 +279,21 @@ impl Topology {
         }
         let mut owner = map.owner.clone();
         let mut masters = map.masters.clone();
+        let mut replicas = map.replicas.clone();
         let at = match masters.iter().position(|m| Arc::ptr_eq(m, node)) {
             Some(i) => i,
             None => {
                 masters.push(node.clone());
+                replicas.push(Vec::new());
                 masters.len() - 1
             }
         };
         owner[slot as usize] = at as u16;
-        *map = Arc::new(SlotMap { owner, masters });
+        *map = Arc::new(SlotMap {
+            owner,
+            masters,
+            replicas,
+        });
         drop(map);
         self.refresh_soon();
     }
@@ -341,16 +365,7 @@ impl Topology {
             else {
                 continue;
             };
-            let Some(endpoint) = crate::wire::elements(master) else {
-                continue;
-            };
-            let host = endpoint
-                .first()
-                .and_then(|h| frame.str_at(h))
-                .map(|h| String::from_utf8_lossy(h).into_owned())
-                .filter(|h| !h.is_empty() && h != "?")
-                .unwrap_or_else(|| asked_host.clone());
-            let Some(port) = number(endpoint.get(1)).and_then(|p| u16::try_from(p).ok()) else {
+            let Some((host, port)) = endpoint(&frame, master, &asked_host) else {
                 continue;
             };
             let master = self.node(&host, port);
@@ -358,9 +373,18 @@ impl Topology {
                 Some(i) => i,
                 None => {
                     map.masters.push(master);
+                    map.replicas.push(Vec::new());
                     map.masters.len() - 1
                 }
             };
+            for replica in &f[3.min(f.len())..] {
+                if let Some((host, port)) = endpoint(&frame, replica, &asked_host) {
+                    let node = self.node(&host, port);
+                    if !map.replicas[at].iter().any(|r| Arc::ptr_eq(r, &node)) {
+                        map.replicas[at].push(node);
+                    }
+                }
+            }
             let (start, end) = (start.clamp(0, 16383) as usize, end.clamp(0, 16383) as usize);
             for o in &mut map.owner[start..=end] {
                 *o = at as u16;
@@ -392,6 +416,20 @@ impl Topology {
     }
 }
 
+/// A node of a `CLUSTER SLOTS` range, `[host, port, id, ...]`: its host (empty or `?`: the
+/// host respite asked) and port.
+fn endpoint(frame: &Frame, node: &RangeFrame, asked_host: &str) -> Option<(String, u16)> {
+    let fields = crate::wire::elements(node)?;
+    let host = fields
+        .first()
+        .and_then(|h| frame.str_at(h))
+        .map(|h| String::from_utf8_lossy(h).into_owned())
+        .filter(|h| !h.is_empty() && h != "?")
+        .unwrap_or_else(|| asked_host.to_string());
+    let port = number(fields.get(1)).and_then(|p| u16::try_from(p).ok())?;
+    Some((host, port))
+}
+
 fn number(f: Option<&RangeFrame>) -> Option<i64> {
     match f? {
         RangeFrame::Number { data, .. } => Some(*data),
@@ -401,7 +439,7 @@ fn number(f: Option<&RangeFrame>) -> Option<i64> {
 
 /// The handle sessions hand batches to; the routing itself lives in the router's task.
 pub struct Router {
-    tx: mpsc::UnboundedSender<Submit>,
+    tx: mpsc::UnboundedSender<(Submit, Vec<Part>)>,
 }
 
 impl Router {
@@ -413,8 +451,9 @@ impl Router {
         Router { tx }
     }
 
-    pub fn submit(&self, batch: Submit) {
-        if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch) {
+    /// Queues a batch and where each of its requests goes.
+    pub fn submit(&self, batch: Submit, plan: Vec<Part>) {
+        if let Err(mpsc::error::SendError((batch, _))) = self.tx.send((batch, plan)) {
             for _ in 0..batch.count {
                 let _ = batch.to.tx.send(Reply {
                     generation: batch.to.generation,
@@ -474,7 +513,7 @@ async fn run(
     topology: Arc<Topology>,
     protocol: u8,
     lane: usize,
-    mut rx: mpsc::UnboundedReceiver<Submit>,
+    mut rx: mpsc::UnboundedReceiver<(Submit, Vec<Part>)>,
 ) {
     let (back, mut replies) = mpsc::unbounded_channel();
     let timeout = topology.command_timeout;
@@ -495,12 +534,12 @@ async fn run(
         let retry_at = st.retries.iter().map(|r| r.0).min();
         tokio::select! {
             b = rx.recv() => match b {
-                Some(b) => {
-                    st.accept(b);
+                Some((b, plan)) => {
+                    st.accept(b, plan);
                     // As a shared connection does: whatever other sessions queued meanwhile
                     // goes out in the same writes.
-                    while let Ok(b) = rx.try_recv() {
-                        st.accept(b);
+                    while let Ok((b, plan)) = rx.try_recv() {
+                        st.accept(b, plan);
                     }
                 }
                 None => return,
@@ -526,7 +565,7 @@ async fn run(
 
 impl State {
     /// A session's batch: each run of requests for one node goes to it in one piece.
-    fn accept(&mut self, b: Submit) {
+    fn accept(&mut self, b: Submit, plan: Vec<Part>) {
         let session = b.from;
         let q = self.sessions.entry(session).or_insert_with(|| Queue {
             sinks: Vec::new(),
@@ -546,7 +585,7 @@ impl State {
         let mut runs: Vec<(Arc<Node>, Vec<u64>, std::ops::Range<usize>)> = Vec::new();
         let mut failed = Vec::new();
         let mut broken = false;
-        for part in b.plan {
+        for part in plan {
             let seq = self.next_seq;
             self.next_seq += 1;
             let node = resolve(&map, &part.target, session);
@@ -629,7 +668,7 @@ impl State {
             Err(e) => {
                 node.counters.errors.fetch_add(1, Ordering::Relaxed);
                 self.topology.refresh_soon();
-                Some(Err(e))
+                self.read_from_master(session, seq, e)
             }
         };
         if let Some(result) = result {
@@ -693,6 +732,32 @@ impl State {
             bytes,
             Resend::Yes { asking, login },
         );
+        None
+    }
+
+    /// A read a replica failed (its connection broke, or it does not answer): a read is
+    /// safe to send again, to the slot's master (`None`: on its way); anything else fails.
+    fn read_from_master(
+        &mut self,
+        session: u64,
+        seq: u64,
+        e: UpstreamError,
+    ) -> Option<Result<Frame, UpstreamError>> {
+        let map = self.topology.map();
+        let entry = self.entry(session, seq)?;
+        let Target::Replica(slot) = entry.target else {
+            return Some(Err(e));
+        };
+        let Some(master) = map.master(slot).cloned() else {
+            return Some(Err(e));
+        };
+        entry.target = Target::Slot(slot);
+        let (bytes, login) = (entry.bytes.clone(), entry.login.clone());
+        let again = Resend::Yes {
+            asking: false,
+            login,
+        };
+        send(self, &master, session, &[seq], bytes, again);
         None
     }
 
@@ -760,6 +825,7 @@ impl State {
 fn resolve(map: &SlotMap, target: &Target, session: u64) -> Option<Arc<Node>> {
     match target {
         Target::Slot(s) => map.master(*s).cloned(),
+        Target::Replica(s) => map.reader(*s, session).cloned(),
         Target::Node(n) => Some(n.clone()),
         Target::Any => {
             let m = map.masters();
@@ -828,7 +894,6 @@ fn send(st: &mut State, node: &Arc<Node>, session: u64, seqs: &[u64], data: Byte
             meter: st.quiet.clone(),
         },
         from: 0,
-        plan: Vec::new(),
     });
 }
 

@@ -11,6 +11,9 @@
 //!   connection state lives (MULTI, WATCH, blocking commands, subscriptions, tracking), then
 //!   returns clean (RESET and the login again) or closes.
 //!
+//! In cluster mode ([`cluster`]) every master has its own shared connections and sessions
+//! hand their batches to routers, which send each request to its slot's node.
+//!
 //! Every connection logs in with the URL's credentials, selects the URL's database and speaks
 //! its protocol ([`Connector`]). After a failed attempt, attempts are spaced out (exponential
 //! backoff, capped), so a dead Redis costs each command one fast error and the first attempt
@@ -266,6 +269,9 @@ pub struct Connector {
     pub command_timeout: Duration,
     gate: Mutex<Gate>,
     version: Mutex<Option<String>>,
+    /// Cluster mode: each connection says READONLY, so that a replica serves reads of its
+    /// master's slots (a master ignores it).
+    readonly: bool,
 }
 
 /// One connection to Redis.
@@ -288,7 +294,26 @@ impl Connector {
             counters: UpstreamCounters::default(),
             gate: Mutex::new(Gate::default()),
             version: Mutex::new(None),
+            readonly: false,
         }
+    }
+
+    /// A connector for a cluster node: its connections say READONLY.
+    pub fn cluster_node(
+        addr: UpstreamAddr,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Self {
+        Connector {
+            readonly: true,
+            ..Connector::new(addr, connect_timeout, command_timeout)
+        }
+    }
+
+    /// Not backing off after a failed connection attempt.
+    pub fn healthy(&self) -> bool {
+        let gate = self.gate.lock().unwrap();
+        gate.retry_at.is_none_or(|t| Instant::now() >= t)
     }
 
     /// The host this connector connects to.
@@ -391,6 +416,9 @@ impl Connector {
             encode_request(&mut out, [&b"SELECT"[..], db.as_bytes()].into_iter());
             steps += 1;
         }
+        if self.readonly {
+            encode_request(&mut out, [&b"READONLY"[..]].into_iter());
+        }
         let proto = conn.protocol.to_string();
         encode_request(&mut out, [&b"HELLO"[..], proto.as_bytes()].into_iter());
         let login_err =
@@ -413,6 +441,12 @@ impl Connector {
                 if f.is_error() {
                     return Err(login_err(&f));
                 }
+            }
+            if self.readonly {
+                // Refused only by a node busy with a script (-BUSY): the connection is
+                // still good for SCRIPT KILL, and a replica without it redirects reads to
+                // its master.
+                conn.read_frame().await?;
             }
             let hello = conn.read_frame().await?;
             if hello.is_error() {
@@ -527,10 +561,12 @@ pub enum Lane<'a> {
 }
 
 impl Lane<'_> {
-    pub fn submit(&self, batch: shared::Submit) {
+    /// Hands over a batch; `plan` says where each of its requests goes (cluster mode; a
+    /// shared connection has one place to send them).
+    pub fn submit(&self, batch: shared::Submit, plan: Vec<cluster::Part>) {
         match self {
             Lane::Shared(s) => s.submit(batch),
-            Lane::Routed(r) => r.submit(batch),
+            Lane::Routed(r) => r.submit(batch, plan),
         }
     }
 }

@@ -51,8 +51,6 @@ pub struct Submit {
     pub to: Sink,
     /// The session (cluster mode: a router keeps each session's replies in order).
     pub from: u64,
-    /// Cluster mode: where each request goes (empty for a shared connection).
-    pub plan: Vec<super::cluster::Part>,
 }
 
 /// The handle sessions use; the connection itself lives in its task.

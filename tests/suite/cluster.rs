@@ -255,15 +255,21 @@ fn keyslot(cluster: &Cluster, name: &str) -> u16 {
 /// does: IMPORTING/MIGRATING, MIGRATE in small batches (with a pause, so clients run in the
 /// middle of it), then NODE on every master.
 fn migrate_slot(cluster: &Cluster, slot: u16, to: usize) {
-    let from = cluster.owner(slot);
-    let id = |i: usize| {
-        cli(cluster.nodes[i].port, &["CLUSTER", "MYID"])
-            .trim()
-            .to_string()
-    };
-    let (from_id, to_id) = (id(from), id(to));
+    let masters = cluster
+        .masters()
+        .iter()
+        .map(|&m| cluster.nodes[m].port)
+        .collect();
+    let from = cluster.nodes[cluster.owner(slot)].port;
+    migrate(masters, slot, from, cluster.nodes[to].port);
+}
+
+/// [`migrate_slot`] by ports only, so that a thread can run it while the test owns the
+/// cluster (and stops it, should the test fail).
+fn migrate(masters: Vec<u16>, slot: u16, fp: u16, tp: u16) {
+    let id = |port: u16| cli(port, &["CLUSTER", "MYID"]).trim().to_string();
+    let (from_id, to_id) = (id(fp), id(tp));
     let s = slot.to_string();
-    let (fp, tp) = (cluster.nodes[from].port, cluster.nodes[to].port);
     assert!(cli(tp, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]).contains("OK"));
     assert!(cli(fp, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]).contains("OK"));
     loop {
@@ -279,11 +285,8 @@ fn migrate_slot(cluster: &Cluster, slot: u16, to: usize) {
         assert!(out.contains("OK"), "MIGRATE: {out}");
         std::thread::sleep(Duration::from_millis(30));
     }
-    for m in cluster.masters() {
-        cli(
-            cluster.nodes[m].port,
-            &["CLUSTER", "SETSLOT", &s, "NODE", &to_id],
-        );
+    for m in masters {
+        cli(m, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
     }
 }
 
@@ -303,10 +306,14 @@ async fn a_slot_migrated_under_load_loses_nothing() {
         );
     }
     // Run the migration on a thread while this task keeps writing and reading the slot.
-    let cluster = std::sync::Arc::new(cluster);
     let worker = {
-        let cluster = cluster.clone();
-        std::thread::spawn(move || migrate_slot(&cluster, slot, to))
+        let masters = cluster
+            .masters()
+            .iter()
+            .map(|&m| cluster.nodes[m].port)
+            .collect();
+        let (fp, tp) = (cluster.nodes[from].port, cluster.nodes[to].port);
+        std::thread::spawn(move || migrate(masters, slot, fp, tp))
     };
     let mut round = 0u64;
     while !worker.is_finished() || round < 5 {
@@ -467,16 +474,7 @@ async fn quotas_hold_across_nodes() {
     .await;
     let mut a = p.raw_as("a", "pa").await;
     let value = "x".repeat(1000);
-    let mut refused = None;
-    for i in 0..100 {
-        let key = format!("k{i}");
-        let r = a.cmd(&["SET", &key, &value]).await;
-        if r != "+OK\r\n" {
-            refused = Some((key, r));
-            break;
-        }
-    }
-    let (key, reply) = refused.expect("the quota stopped the writes");
+    let (key, reply) = a.set_until_refused(&value).await;
     assert!(
         reply.starts_with("-OOM command not allowed: tenant 'a' is at "),
         "{reply}"
@@ -744,4 +742,96 @@ async fn a_blocked_command_follows_its_slot_to_the_new_master() {
     );
     migrate_slot(&cluster, slot, from);
     assert_eq!(cluster.nodes[from].keys().await, vec!["tenant:a:{bq}s"]);
+}
+
+/// `cmdstat_get` calls on node `i` (0 when it has none).
+fn gets_on(cluster: &Cluster, i: usize) -> i64 {
+    let info = cli(cluster.nodes[i].port, &["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|l| l.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn tenants_that_opt_in_read_from_replicas() {
+    let mut cluster = Cluster::start();
+    // CLUSTER SLOTS lists a replica once it has replicated something (offset above 0).
+    for m in cluster.masters() {
+        let tag = (0..)
+            .map(|i| format!("warm{i}"))
+            .find(|t| cluster.owner(respite::wire::key_slot(b"", t.as_bytes())) == m)
+            .unwrap();
+        cli(cluster.nodes[m].port, &["SET", &tag, "1"]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = || {
+        let slots = cli(cluster.nodes[0].port, &["CLUSTER", "SLOTS"]);
+        slots.lines().filter(|l| *l == "127.0.0.1").count()
+    };
+    while listed() < 6 {
+        assert!(Instant::now() < deadline, "replicas never listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let p = Proxy::start_config(&format!(
+        "[upstream]\nmode = \"cluster\"\nurl = \"{}\"\nread_from = \"replica-preferred\"\n\
+         command_timeout_ms = 3000\nconnect_timeout_ms = 300\n\
+         [[tenants]]\nid = \"r\"\npassword = \"pr\"\nread_from_replicas = true\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\n",
+        cluster.url()
+    ))
+    .await;
+    let mut r = p.raw_as("r", "pr").await;
+    let mut a = p.raw_as("a", "pa").await;
+    for i in 0..50 {
+        assert_eq!(
+            r.cmd(&["SET", &format!("k{i}"), &format!("v{i}")]).await,
+            "+OK\r\n"
+        );
+        assert_eq!(
+            a.cmd(&["SET", &format!("k{i}"), &format!("v{i}")]).await,
+            "+OK\r\n"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in &cluster.nodes {
+        cli(n.port, &["CONFIG", "RESETSTAT"]);
+    }
+    let masters = cluster.masters();
+    let replicas: Vec<usize> = (0..6).filter(|i| !masters.contains(i)).collect();
+    for i in 0..50 {
+        let v = format!("v{i}");
+        let want = format!("${}\r\n{v}\r\n", v.len());
+        assert_eq!(r.cmd(&["GET", &format!("k{i}")]).await, want);
+    }
+    // MGET across slots: split, each part read from a replica.
+    let mget = r.cmd(&["MGET", "k1", "k2", "k3"]).await;
+    assert_eq!(mget, "*3\r\n$2\r\nv1\r\n$2\r\nv2\r\n$2\r\nv3\r\n");
+    let on_replicas: i64 = replicas.iter().map(|&i| gets_on(&cluster, i)).sum();
+    let on_masters: i64 = masters.iter().map(|&i| gets_on(&cluster, i)).sum();
+    assert_eq!((on_replicas, on_masters), (50, 0));
+    // A tenant that did not opt in reads its masters.
+    for i in 0..10 {
+        assert!(a.cmd(&["GET", &format!("k{i}")]).await.starts_with("$2"));
+    }
+    let on_masters: i64 = masters.iter().map(|&i| gets_on(&cluster, i)).sum();
+    assert_eq!(on_masters, 10);
+    // Writes, and reads inside a transaction, stay on masters.
+    assert_eq!(r.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(r.cmd(&["GET", "k1"]).await, "+QUEUED\r\n");
+    assert_eq!(r.cmd(&["EXEC"]).await, "*1\r\n$2\r\nv1\r\n");
+    // A replica dies: its master's slots are read from the master, no error reaches r.
+    let dead = replicas[0];
+    cluster.nodes[dead].kill9();
+    for round in 0..3 {
+        for i in 0..50 {
+            let v = format!("v{i}");
+            let want = format!("${}\r\n{v}\r\n", v.len());
+            assert_eq!(
+                r.cmd(&["GET", &format!("k{i}")]).await,
+                want,
+                "round {round}"
+            );
+        }
+    }
 }

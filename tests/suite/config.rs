@@ -22,6 +22,32 @@ fn each_mistake_has_its_own_error() {
         ("[server]\nbogus = 1\n", "unknown field `bogus`", Some(2)),
         ("[upstream]\nurl = \"http://x\"\n", "upstream.url: scheme must be redis://", Some(2)),
         ("[upstream]\nurl = \"rediss://x\"\n", "rediss:// (TLS) is not built yet", Some(2)),
+        ("[upstream]\nmode = \"sentinel\"\n", "upstream.mode must be", Some(2)),
+        (
+            "[upstream]\nseeds = [\"redis://a:1\"]\n",
+            "seed nodes of a cluster: set upstream.mode",
+            Some(2),
+        ),
+        (
+            "[upstream]\nmode = \"cluster\"\nseeds = [\"http://a:1\"]\n",
+            "upstream.seeds: scheme must be redis://",
+            Some(3),
+        ),
+        (
+            "[upstream]\nmode = \"cluster\"\nurl = \"redis://a:1/2\"\n",
+            "a Redis Cluster has only database 0",
+            Some(3),
+        ),
+        (
+            "[upstream]\nread_from = \"replica-preferred\"\n",
+            "reads a cluster's replicas: set upstream.mode",
+            Some(2),
+        ),
+        (
+            "[upstream]\nmode = \"cluster\"\nread_from = \"nearest\"\n",
+            "upstream.read_from must be",
+            Some(3),
+        ),
         ("[[tenants]]\nid = \"a:b\"\npassword = \"p\"\n", "tenants[0].id", Some(2)),
         ("[[tenants]]\nid = \"a*\"\npassword = \"p\"\n", "must match [A-Za-z0-9_-]{1,64}", Some(2)),
         (

@@ -318,6 +318,19 @@ impl Raw {
         }
     }
 
+    /// SETs `k0`, `k1`, ... to `value` until one is refused (a quota): that key and the
+    /// refusal. Panics if 100 writes all pass.
+    pub async fn set_until_refused(&mut self, value: &str) -> (String, String) {
+        for i in 0..100 {
+            let key = format!("k{i}");
+            let r = self.cmd(&["SET", &key, value]).await;
+            if r != "+OK\r\n" {
+                return (key, r);
+            }
+        }
+        panic!("the quota never stopped the writes");
+    }
+
     /// True if the server closed the connection (EOF within 2 s).
     pub async fn closed(&mut self) -> bool {
         let mut b = [0u8; 64];

@@ -86,16 +86,7 @@ async fn writes_past_quota_and_overage_get_oom_and_redis_is_untouched() {
     let proxy = Proxy::start_config(&quota_config(&redis, 20_000, 5_000, 600_000)).await;
     let mut a = proxy.raw_as("a", "pa").await;
     let value = "x".repeat(1000);
-    let mut refused = None;
-    for i in 0..100 {
-        let key = format!("k{i}");
-        let r = a.cmd(&["SET", &key, &value]).await;
-        if r != "+OK\r\n" {
-            refused = Some((key, r));
-            break;
-        }
-    }
-    let (key, reply) = refused.expect("the quota stopped the writes");
+    let (key, reply) = a.set_until_refused(&value).await;
     assert!(
         reply.starts_with("-OOM command not allowed: tenant 'a' is at ")
             && reply.contains("of its 25000 bytes (quota 20000 + overage 5000)"),
