@@ -17,9 +17,6 @@ pub enum Shape {
     Plain,
     /// SCAN: `[cursor, [key, ...]]`.
     Scan,
-    /// SCAN of one master of a cluster (`node` of `nodes`, in address order): the tenant's
-    /// cursor carries the node's index in its low bits (see [`cluster_cursor`]).
-    ClusterScan { node: u64, nodes: u64 },
     /// KEYS, PUBSUB CHANNELS: `[key, ...]`.
     Keys,
     /// BLPOP, BZPOPMIN, LMPOP, ZMPOP, ...: `[key, ...]`, the first element a key.
@@ -108,58 +105,12 @@ pub fn strip(frame: &Frame, shape: &Shape, prefix: &[u8]) -> Bytes {
         Shape::Plain => frame.raw.clone(),
         Shape::Exec(items) => exec(frame, items, prefix),
         Shape::Script(names) => rename_script(frame, names),
-        Shape::ClusterScan { node, nodes } => {
-            let mut edits = Vec::new();
-            collect(frame, &frame.tree, &Shape::Scan, prefix, &mut edits);
-            recursor(frame, apply(frame, edits), *node, *nodes)
-        }
         _ => {
             let mut edits = Vec::new();
             collect(frame, &frame.tree, shape, prefix, &mut edits);
             apply(frame, edits)
         }
     }
-}
-
-/// The most masters a tenant's SCAN cursor can tell apart.
-pub const CURSOR_NODES: u64 = 1024;
-
-/// The tenant's SCAN cursor for a node's `cursor` on master `node` (of `nodes`): the node's
-/// index in the low bits; the node's end (0) goes on to the next master, and the last
-/// master's end is the whole iteration's, 0.
-pub fn cluster_cursor(cursor: u64, node: u64, nodes: u64) -> u64 {
-    match cursor {
-        0 if node + 1 < nodes => node + 1,
-        0 => 0,
-        c => c.saturating_mul(CURSOR_NODES).saturating_add(node),
-    }
-}
-
-/// A SCAN reply (already stripped) with the node's cursor replaced by the tenant's.
-fn recursor(frame: &Frame, stripped: Bytes, node: u64, nodes: u64) -> Bytes {
-    let Some(cursor) = frame
-        .elements()
-        .and_then(|e| e.first())
-        .and_then(|c| frame.str_at(c))
-    else {
-        return stripped;
-    };
-    let Some(c) = std::str::from_utf8(cursor)
-        .ok()
-        .and_then(|c| c.parse::<u64>().ok())
-    else {
-        return stripped;
-    };
-    // `*2\r\n$<n>\r\n<cursor>\r\n` then the keys, unchanged.
-    let head = 4 + 1 + decimal_digits(cursor.len()) + 2 + cursor.len() + 2;
-    let new = cluster_cursor(c, node, nodes).to_string();
-    let mut out = BytesMut::with_capacity(stripped.len() + 16);
-    out.extend_from_slice(b"*2\r\n$");
-    put_int(&mut out, new.len() as i64);
-    out.extend_from_slice(new.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&stripped[head.min(stripped.len())..]);
-    out.freeze()
 }
 
 /// An error naming the wrapped script names the tenant's instead (same length: the frame's
@@ -190,7 +141,7 @@ fn collect(frame: &Frame, f: &RangeFrame, shape: &Shape, prefix: &[u8], edits: &
                 edit(frame, e, prefix, edits);
             }
         }
-        Shape::Scan | Shape::ClusterScan { .. } => {
+        Shape::Scan => {
             if let Some(keys) = elements(f).and_then(|e| e.get(1)) {
                 collect(frame, keys, &Shape::Keys, prefix, edits);
             }

@@ -17,9 +17,9 @@ use super::local::KeyspaceCmd;
 use super::Session;
 use crate::error::{Error, UpstreamError};
 use crate::metrics::Outcome;
-use crate::upstream::cluster::{Node, Target};
-use crate::wire::all_keys;
+use crate::upstream::cluster::{Node, SlotMap, Target};
 use crate::wire::Resp;
+use crate::wire::{all_keys, Marks};
 use std::sync::Arc;
 
 /// Keys a SCAN step asks for: each step holds Redis briefly, so other tenants' commands go
@@ -33,8 +33,10 @@ struct Walk {
     cursor: Bytes,
     /// Redis answered cursor 0: the walk has seen every key.
     done: bool,
-    /// Cluster mode: the masters still to walk, the one being walked first.
+    /// Cluster mode: the masters still to walk, the one being walked first, and the slot map
+    /// when the walk began (see `moved_away`).
     nodes: std::collections::VecDeque<Arc<Node>>,
+    began: Option<Arc<SlotMap>>,
 }
 
 impl Walk {
@@ -44,7 +46,96 @@ impl Walk {
             cursor: Bytes::from_static(b"0"),
             done: false,
             nodes: Default::default(),
+            began: None,
         }
+    }
+}
+
+/// The most masters a tenant's SCAN cursor can tell apart (cluster mode).
+const CURSOR_NODES: u64 = 1024;
+
+/// The tenant's SCAN cursor for a node's `cursor` on master `node` (of `nodes`, in address
+/// order): the node's index in the low bits; the node's end (0) goes on to the next master,
+/// and the last master's end is the whole iteration's, 0.
+fn cluster_cursor(cursor: u64, node: u64, nodes: u64) -> u64 {
+    match cursor {
+        0 if node + 1 < nodes => node + 1,
+        0 => 0,
+        c => c.saturating_mul(CURSOR_NODES).saturating_add(node),
+    }
+}
+
+/// SCAN's MATCH pattern as Redis gets it (the last MATCH, as Redis takes it).
+fn scan_pattern(args: &[Bytes], marks: &Marks, prefix: &[u8]) -> Vec<u8> {
+    let at = (2..args.len().saturating_sub(1))
+        .rev()
+        .find(|&i| args[i].eq_ignore_ascii_case(b"match"));
+    match at {
+        Some(i) if marks.has(i + 1) => [prefix, &args[i + 1][..]].concat(),
+        Some(i) => args[i + 1].to_vec(),
+        None => [prefix, b"*"].concat(),
+    }
+}
+
+/// SCAN's TYPE, if asked for.
+fn scan_type(args: &[Bytes]) -> Option<Bytes> {
+    (2..args.len().saturating_sub(1))
+        .rev()
+        .find(|&i| args[i].eq_ignore_ascii_case(b"type"))
+        .map(|i| args[i + 1].clone())
+}
+
+/// A node's own account of the cluster (its `CLUSTER NODES`): who serves each slot, and
+/// the slots it is migrating away (`[slot->-<id>]` on its `myself` line) and to whom.
+struct NodesView {
+    /// Index into `addrs` per slot (`u16::MAX`: nobody).
+    owner: Vec<u16>,
+    addrs: Vec<(String, u16)>,
+    migrating: Vec<(u16, (String, u16))>,
+}
+
+impl NodesView {
+    fn parse(text: &str) -> NodesView {
+        let mut view = NodesView {
+            owner: vec![u16::MAX; crate::wire::SLOTS as usize],
+            addrs: Vec::new(),
+            migrating: Vec::new(),
+        };
+        let addr_of = |line: &str| {
+            let addr = line.split(' ').nth(1)?.split('@').next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.to_string(), port.parse::<u16>().ok()?))
+        };
+        for line in text.lines() {
+            let Some(addr) = addr_of(line) else { continue };
+            let at = view.addrs.len() as u16;
+            view.addrs.push(addr);
+            for field in line.split(' ').skip(8) {
+                if let Some(mark) = field.strip_prefix('[').and_then(|f| f.strip_suffix(']')) {
+                    let Some((slot, to)) = mark.split_once("->-") else {
+                        continue;
+                    };
+                    let to = text.lines().find(|l| l.starts_with(to)).and_then(addr_of);
+                    if let (Ok(slot), Some(to), true) = (slot.parse(), to, line.contains("myself"))
+                    {
+                        view.migrating.push((slot, to));
+                    }
+                    continue;
+                }
+                let (a, b) = field.split_once('-').unwrap_or((field, field));
+                if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                    for o in view.owner.iter_mut().take(b + 1).skip(a) {
+                        *o = at;
+                    }
+                }
+            }
+        }
+        view
+    }
+
+    fn owner(&self, slot: u16) -> Option<(&str, u16)> {
+        let (host, port) = self.addrs.get(*self.owner.get(slot as usize)? as usize)?;
+        Some((host.as_str(), *port))
     }
 }
 
@@ -92,17 +183,193 @@ impl Session {
             return Ok(None);
         }
         let node = walk.nodes.front().cloned();
-        let (next, batch) = self
-            .scan_matching(&walk.cursor, &walk.pattern, node)
+        let (next, mut batch) = self
+            .scan_matching(&walk.cursor, &walk.pattern, node.clone())
             .await?;
         walk.done = &next[..] == b"0";
         walk.cursor = next;
+        if let (true, Some(node), Some(began)) = (walk.done, &node, walk.began.clone()) {
+            batch.extend(self.moved_away(node, &began, &walk.pattern).await?);
+        }
         if walk.done && walk.nodes.len() > 1 {
             // That master is done: on to the next.
             walk.nodes.pop_front();
             walk.done = false;
         }
         Ok(Some(batch))
+    }
+
+    /// Cluster mode, at the end of `node`'s walk: the keys matching `pattern` that left it
+    /// for another node during the walk (a key migrating from a master not walked yet to one
+    /// walked already would be missed otherwise). They are in the slots `node` is migrating
+    /// now (`[slot->-id]` in its CLUSTER NODES), and in those it owned when the walk began
+    /// (`began`) and, by its own account, no longer does; each is read where it went
+    /// (CLUSTER GETKEYSINSLOT). Nothing to read but CLUSTER NODES when no slot moves.
+    async fn moved_away(
+        &mut self,
+        node: &Arc<Node>,
+        began: &SlotMap,
+        pattern: &[u8],
+    ) -> Result<Vec<Bytes>, UpstreamError> {
+        let Some(topology) = self.ctx.upstream.cluster.clone() else {
+            return Ok(Vec::new());
+        };
+        let nodes = self
+            .call_routed(&[&[b"CLUSTER", b"NODES"]], vec![Target::Node(node.clone())])
+            .await?
+            .remove(0);
+        let text = nodes
+            .str_at(&nodes.tree)
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .unwrap_or_default();
+        let view = NodesView::parse(&text);
+        let mut gone: Vec<(u16, Arc<Node>)> = view
+            .migrating
+            .iter()
+            .map(|(slot, (host, port))| (*slot, topology.node(host, *port)))
+            .collect();
+        for slot in 0..crate::wire::SLOTS {
+            let owned = began.master(slot).is_some_and(|m| Arc::ptr_eq(m, node));
+            if !owned || gone.iter().any(|(s, _)| *s == slot) {
+                continue;
+            }
+            match view.owner(slot) {
+                Some((host, port)) if (host, port) != (node.host.as_str(), node.port) => {
+                    gone.push((slot, topology.node(host, port)));
+                }
+                _ => {}
+            }
+        }
+        let mut keys = Vec::new();
+        for (slot, to) in gone {
+            let slot = slot.to_string();
+            let target = || vec![Target::Node(to.clone())];
+            let count = self
+                .call_routed(
+                    &[&[b"CLUSTER", b"COUNTKEYSINSLOT", slot.as_bytes()]],
+                    target(),
+                )
+                .await?
+                .remove(0);
+            let RangeFrame::Number { data: n, .. } = count.tree else {
+                continue;
+            };
+            if n <= 0 {
+                continue;
+            }
+            let n = n.to_string();
+            let ask: &[&[u8]] = &[b"CLUSTER", b"GETKEYSINSLOT", slot.as_bytes(), n.as_bytes()];
+            let found = self.call_routed(&[ask], target()).await?.remove(0);
+            for k in found.elements().unwrap_or_default() {
+                if let Some(k) = found
+                    .str_at(k)
+                    .filter(|k| crate::wire::glob_match(pattern, k))
+                {
+                    keys.push(Bytes::copy_from_slice(k));
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Cluster mode: a tenant's SCAN (`args` rewritten, `marks` its namespaced arguments),
+    /// over every master in turn. The cursor carries the master's index in its low bits
+    /// (`cursor = node cursor × 1024 + master`, masters in address order); at the end of
+    /// each master, the keys that migrated away from it meanwhile are added (`moved_away`;
+    /// SCAN may return a key twice, never miss one that existed throughout). Answered by
+    /// respite, after the requests before it.
+    pub(super) async fn cluster_scan(&mut self, args: &[Bytes], marks: &Marks) -> Bytes {
+        match self.try_cluster_scan(args, marks).await {
+            Ok(reply) => reply,
+            Err(e) => Error::Upstream(e).to_resp(),
+        }
+    }
+
+    async fn try_cluster_scan(
+        &mut self,
+        args: &[Bytes],
+        marks: &Marks,
+    ) -> Result<Bytes, UpstreamError> {
+        let topology = self.ctx.upstream.cluster.clone().expect("cluster mode");
+        let prefix = self.tenant.as_ref().expect("authenticated").prefix.clone();
+        let mut masters = topology.map().masters().to_vec();
+        masters.sort_by(|a, b| a.addr.cmp(&b.addr));
+        let cursor = std::str::from_utf8(&args[1])
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok());
+        let Some(cursor) = cursor else {
+            // Redis says why (any master does).
+            return Ok(Resp::error("ERR invalid cursor"));
+        };
+        let (i, at) = (cursor % CURSOR_NODES, cursor / CURSOR_NODES);
+        let Some(node) = masters.get(i as usize).cloned() else {
+            // Past the last master (the cluster shrank): the iteration is over.
+            return Ok(Bytes::from_static(b"*2\r\n$1\r\n0\r\n*0\r\n"));
+        };
+        if cursor == 0 {
+            self.scan_began = Some(topology.map());
+        }
+        let mut request = bytes::BytesMut::new();
+        let mut sent = args.to_vec();
+        sent[1] = Bytes::from(at.to_string());
+        crate::wire::encode_marked(&mut request, &sent, &prefix, marks);
+        let reply = self
+            .call_encoded(request.freeze(), Target::Node(node.clone()))
+            .await?;
+        if reply.is_error() {
+            return Ok(reply.raw);
+        }
+        let bad = || UpstreamError::Protocol("unexpected SCAN reply".into());
+        let elems = reply.elements().ok_or_else(bad)?;
+        let next: u64 = reply
+            .str_at(elems.first().ok_or_else(bad)?)
+            .and_then(|c| std::str::from_utf8(c).ok()?.parse().ok())
+            .ok_or_else(bad)?;
+        let mut keys: Vec<Bytes> = crate::wire::elements(elems.get(1).ok_or_else(bad)?)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|k| reply.str_at(k).map(Bytes::copy_from_slice))
+            .collect();
+        if next == 0 {
+            let began = match &self.scan_began {
+                Some(map) => map.clone(),
+                // The iteration began on another connection: the slots migrating now.
+                None => topology.map(),
+            };
+            let pattern = scan_pattern(&sent, marks, &prefix);
+            let mut moved = self.moved_away(&node, &began, &pattern).await?;
+            if let Some(kind) = scan_type(&sent) {
+                moved = self.of_type(moved, &kind).await?;
+            }
+            keys.extend(moved);
+        }
+        let cursor = cluster_cursor(next, i, masters.len() as u64).to_string();
+        let mut out = bytes::BytesMut::new();
+        Resp::put_array_len(&mut out, 2);
+        Resp::put_bulk(&mut out, cursor.as_bytes());
+        Resp::put_array_len(&mut out, keys.len());
+        for k in &keys {
+            Resp::put_bulk(&mut out, k.strip_prefix(&prefix[..]).unwrap_or(k));
+        }
+        Ok(out.freeze())
+    }
+
+    /// The `keys` whose type is `kind` (SCAN ... TYPE), asked of each key's node.
+    async fn of_type(
+        &mut self,
+        keys: Vec<Bytes>,
+        kind: &[u8],
+    ) -> Result<Vec<Bytes>, UpstreamError> {
+        let types = self.per_key(b"TYPE", &keys).await?;
+        Ok(keys
+            .into_iter()
+            .zip(types)
+            .filter(|(_, t)| {
+                t.str_at(&t.tree)
+                    .is_some_and(|t| t.eq_ignore_ascii_case(kind))
+            })
+            .map(|(k, _)| k)
+            .collect())
     }
 
     /// A walk over the keys matching `pattern` (as Redis sees it): on every master of a
@@ -113,6 +380,7 @@ impl Session {
             let mut masters = topology.map().masters().to_vec();
             masters.sort_by(|a, b| a.addr.cmp(&b.addr));
             walk.nodes = masters.into();
+            walk.began = Some(topology.map());
         }
         walk
     }

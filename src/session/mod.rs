@@ -242,6 +242,9 @@ pub struct Session {
     pub(crate) state: ConnectionState,
     figures: Figures,
     publishing: Publishing,
+    /// Cluster mode: the slot map when this connection's last SCAN iteration began (see
+    /// `keyspace::cluster_scan`).
+    scan_began: Option<Arc<cluster::SlotMap>>,
 }
 
 /// The client's socket and its buffers.
@@ -451,6 +454,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             unpublished: 0,
             memo: None,
         },
+        scan_began: None,
     };
     if let Some((t, seat)) = seat {
         s.set_tenant(t, seat);

@@ -34,10 +34,12 @@ impl Session {
             if let routing::Routed::Done = self.route_in_cluster(top, key_slot, read_only, queued) {
                 return Ok(());
             }
-            if top == b"scan" && self.state.multi.is_none() {
-                if let routing::Routed::Done = self.cluster_scan(&mut args, &mut expect) {
-                    return Ok(());
-                }
+            if top == b"scan" && !queued {
+                // Over every master in turn, answered by respite.
+                self.drain().await?;
+                let reply = self.cluster_scan(&args, &prefixed).await;
+                self.answer(reply);
+                return Ok(());
             }
             if !self.keep_to_node().await? {
                 return Ok(());
@@ -444,6 +446,23 @@ impl Session {
         Ok(replies.pop().expect("one reply per request"))
     }
 
+    /// Runs one of respite's own requests, already encoded, at `target` (cluster mode).
+    pub(crate) async fn call_encoded(
+        &mut self,
+        request: Bytes,
+        target: cluster::Target,
+    ) -> Result<Frame, UpstreamError> {
+        let len = request.len();
+        let plan = vec![cluster::Part {
+            len,
+            target,
+            join: None,
+            login: None,
+        }];
+        let mut frames = self.exchange(request, 1, plan, true).await?;
+        Ok(frames.pop().expect("one reply per request"))
+    }
+
     /// Runs several of respite's own requests, pipelined, on the session's connection
     /// (pinned or shared) after a drain, and returns their replies in order. Pub/sub
     /// messages that arrive meanwhile on a pinned connection go on to the client.
@@ -464,6 +483,7 @@ impl Session {
         let mut data = BytesMut::new();
         let mut plan = Vec::new();
         let cluster = self.ctx.upstream.cluster.is_some();
+        let routed = cluster && !targets.is_empty();
         targets.reverse();
         for r in requests {
             let at = data.len();
@@ -477,9 +497,23 @@ impl Session {
                 });
             }
         }
-        let n = requests.len();
+        self.exchange(data.freeze(), requests.len(), plan, routed)
+            .await
+    }
+
+    /// Sends `n` of respite's own requests (encoded in `data`) and waits for their replies:
+    /// over the pinned connection if the session holds one, unless `routed` (cluster mode:
+    /// the plan names the nodes, which the routers reach).
+    async fn exchange(
+        &mut self,
+        data: Bytes,
+        n: usize,
+        plan: Vec<cluster::Part>,
+        routed: bool,
+    ) -> Result<Vec<Frame>, UpstreamError> {
         let timeout = self.ctx.upstream.command_timeout();
-        let result = match self.up.pinned.as_mut() {
+        let pinned = self.up.pinned.as_mut().filter(|_| !routed);
+        let result = match pinned {
             Some(p) => {
                 let pubsub = self.state.subs.any();
                 let prefix = self
@@ -509,7 +543,7 @@ impl Session {
                     .shared(self.state.protocol, self.me.id)
                     .submit(
                         shared::Submit {
-                            data: data.freeze(),
+                            data,
                             count: n,
                             to: self.up.sink.clone(),
                             from: self.me.id,

@@ -5,7 +5,6 @@
 //! whose replies the router joins (`upstream::cluster`).
 
 use super::*;
-use crate::namespace::reply::CURSOR_NODES;
 use crate::upstream::cluster::{Login, Merge, Node, Part, Target};
 use crate::wire::Frame;
 
@@ -149,36 +148,6 @@ impl Session {
             Target::Slot(s) if read_only && self.reads_replicas() => Target::Replica(s),
             t => t,
         };
-        Routed::Go
-    }
-
-    /// SCAN over every master in turn: the tenant's cursor says which master (its low bits)
-    /// and where on it; the reply's cursor goes on to the next master when one is done.
-    pub(super) fn cluster_scan(&mut self, args: &mut [Bytes], expect: &mut Expect) -> Routed {
-        let Some(topology) = &self.ctx.upstream.cluster else {
-            return Routed::Go;
-        };
-        let Some(cursor) = std::str::from_utf8(&args[1])
-            .ok()
-            .and_then(|c| c.parse::<u64>().ok())
-        else {
-            // Redis says why.
-            return Routed::Go;
-        };
-        let mut masters = topology.map().masters().to_vec();
-        masters.sort_by(|a, b| a.addr.cmp(&b.addr));
-        let (node, at) = (cursor % CURSOR_NODES, cursor / CURSOR_NODES);
-        let Some(master) = masters.get(node as usize) else {
-            // A cursor past the last master (the cluster shrank): the iteration is over.
-            self.answer(Bytes::from_static(b"*2\r\n$1\r\n0\r\n*0\r\n"));
-            return Routed::Done;
-        };
-        args[1] = Bytes::from(at.to_string());
-        *expect = Expect::Reply(Shape::ClusterScan {
-            node,
-            nodes: masters.len() as u64,
-        });
-        self.up.target = Target::Node(master.clone());
         Routed::Go
     }
 

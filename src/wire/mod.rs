@@ -4,11 +4,13 @@
 //! of the crate: every layer above speaks to the network through it.
 
 mod frame;
+mod glob;
 mod marks;
 mod request;
 mod slot;
 
 pub use frame::{element_spans, elements, found, next_frame, Frame};
+pub use glob::glob_match;
 pub use marks::{all_keys, namespaced, Marks};
 pub use request::*;
 pub use slot::{key_slot, SLOTS};

@@ -835,3 +835,97 @@ async fn tenants_that_opt_in_read_from_replicas() {
         }
     }
 }
+
+/// A full SCAN iteration of `c`, `COUNT` at a time, with `between` run once after the call
+/// that starts the walk of master `at` (in address order); the keys seen, sorted, deduped.
+async fn scan_all(c: &mut Raw, count: &str, at: u64, mut between: impl FnMut()) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_string();
+    let mut ran = false;
+    loop {
+        let reply = c.cmd(&["SCAN", &cursor, "COUNT", count]).await;
+        let mut lines = reply.split("\r\n").skip(2);
+        cursor = lines.next().unwrap().to_string();
+        seen.extend(sorted(&lines.collect::<Vec<_>>().join("\r\n")));
+        let node = cursor.parse::<u64>().unwrap() % 1024;
+        if !ran && node == at {
+            between();
+            ran = true;
+        }
+        if cursor == "0" {
+            break;
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+#[tokio::test]
+async fn scan_and_keys_return_every_key_across_a_migration() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    // Masters in address order, as respite walks them; a tag on the last one.
+    let mut masters = cluster.masters();
+    masters.sort_by_key(|&m| format!("127.0.0.1:{}", cluster.nodes[m].port));
+    let (first, last) = (masters[0], masters[2]);
+    let tag = (0..)
+        .map(|i| format!("m{i}"))
+        .find(|t| cluster.owner(keyslot(&cluster, t)) == last)
+        .unwrap();
+    let slot = keyslot(&cluster, &tag);
+    let mut a = p.raw_as("a", "pa").await;
+    let mut want = Vec::new();
+    for i in 0..40 {
+        for k in [format!("{{{tag}}}{i}"), format!("plain{i}")] {
+            assert_eq!(a.cmd(&["SET", &k, "v"]).await, "+OK\r\n");
+            want.push(k);
+        }
+    }
+    want.sort();
+    let id = |i: usize| {
+        cli(cluster.nodes[i].port, &["CLUSTER", "MYID"])
+            .trim()
+            .to_string()
+    };
+    let (fp, tp) = (cluster.nodes[last].port, cluster.nodes[first].port);
+    let (from_id, to_id) = (id(last), id(first));
+    let s = slot.to_string();
+    // 1. Half the slot's keys move to the first master (walked already) while the walk is on
+    //    the last: found there, at the end of the last master's walk (MIGRATING).
+    let half = || {
+        cli(tp, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]);
+        cli(fp, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]);
+        let keys = cli(fp, &["CLUSTER", "GETKEYSINSLOT", &s, "20"]);
+        let mut args = vec!["MIGRATE", "127.0.0.1", "", "", "0", "5000", "KEYS"];
+        let port = tp.to_string();
+        args[2] = &port;
+        args.extend(keys.split_whitespace());
+        assert!(cli(fp, &args).contains("OK"));
+    };
+    assert_eq!(scan_all(&mut a, "5", 2, half).await, want);
+    // KEYS and DBSIZE in the middle of that migration: each key once.
+    assert_eq!(sorted(&a.cmd(&["KEYS", "*"]).await), want);
+    assert_eq!(a.cmd(&["DBSIZE"]).await, format!(":{}\r\n", want.len()));
+    // 2. The rest moves and the slot is handed over while the walk is on the last master:
+    //    no migration left to see at its end, but the slot was its when its walk began.
+    let rest = || {
+        let keys = cli(fp, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
+        let port = tp.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys.split_whitespace());
+        assert!(cli(fp, &args).contains("OK"));
+        for m in [fp, tp, cluster.nodes[masters[1]].port] {
+            cli(m, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
+        }
+    };
+    assert_eq!(scan_all(&mut a, "5", 2, rest).await, want);
+    assert_eq!(cluster.owner(slot), first);
+    assert_eq!(sorted(&a.cmd(&["KEYS", "*"]).await), want);
+    // Cursor edge cases answer as Redis does.
+    assert_eq!(a.cmd(&["SCAN", "abc"]).await, "-ERR invalid cursor\r\n");
+    assert_eq!(
+        a.cmd(&["SCAN", "999999999999"]).await.get(..4),
+        Some("*2\r\n")
+    );
+}
