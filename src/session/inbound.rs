@@ -352,6 +352,7 @@ impl Session {
         self.up.plan_end = 0;
         self.up.blocked = None;
         self.up.reblock = None;
+        self.up.detour = false;
         self.up.sink.generation += 1;
         // Replies of the old generation still on their way count on the old meter.
         self.new_meter();

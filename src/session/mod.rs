@@ -309,6 +309,10 @@ pub(crate) struct Outbound {
     /// is to be sent again to another node (see `routing::resend_blocked`).
     blocked: Option<Box<routing::Blocked>>,
     reblock: Option<routing::Reblock>,
+    /// Cluster mode: the requests in `to_up` (and in flight) go over the shared connections
+    /// although a pinned one is held: they are for another node (see
+    /// `routing::keep_to_node`).
+    detour: bool,
 }
 
 /// Where the login after a tenant's script starts and ends in `to_up`, and for whom.
@@ -431,6 +435,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             login: None,
             blocked: None,
             reblock: None,
+            detour: false,
         },
         state: ConnectionState {
             protocol: 2,

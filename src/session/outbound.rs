@@ -41,7 +41,8 @@ impl Session {
                 self.answer(reply);
                 return Ok(());
             }
-            if !self.keep_to_node().await? {
+            let pins = blocking || matches!(expect, Expect::Confirm { .. });
+            if !self.keep_to_node(top, pins).await? {
                 return Ok(());
             }
         }
@@ -110,14 +111,14 @@ impl Session {
             if cluster || !self.reopen_bracket(auth, queued) {
                 self.login_for_script(auth, queued);
             }
-            if cluster && self.up.pinned.is_none() {
+            if cluster && self.shared_path() {
                 self.login_around(auth);
             }
         }
         if cluster && blocking && !queued {
             self.remember_blocked(top, &args, &prefixed);
         }
-        let split = cluster && !queued && self.up.pinned.is_none();
+        let split = cluster && !queued && self.shared_path();
         if !(split && self.split(top, &args, &prefixed)) {
             let prefix = self.tenant.as_ref().map_or(&[][..], |t| &t.prefix[..]);
             encode_marked(&mut self.up.to_up, &args, prefix, &prefixed);
@@ -350,9 +351,15 @@ impl Session {
         Ok(true)
     }
 
+    /// Do the requests being encoded go over the shared connections (no pinned connection,
+    /// or a detour from it in cluster mode)?
+    pub(super) fn shared_path(&self) -> bool {
+        self.up.pinned.is_none() || self.up.detour
+    }
+
     /// Opens the slot of the request just encoded into `to_up`.
     pub(super) fn queue(&mut self, slot: Slot) {
-        if self.ctx.upstream.cluster.is_some() && self.up.pinned.is_none() {
+        if self.ctx.upstream.cluster.is_some() && self.shared_path() {
             self.plan_part();
         }
         self.up.to_up_count += 1;
@@ -369,7 +376,8 @@ impl Session {
         self.up.bracket = None;
         let count = std::mem::take(&mut self.up.to_up_count);
         self.up.plan_end = 0;
-        let Some(p) = self.up.pinned.as_mut() else {
+        let detour = self.up.detour;
+        let Some(p) = self.up.pinned.as_mut().filter(|_| !detour) else {
             let data = self.up.to_up.split().freeze();
             if self.up.to_up.capacity() < 4096 {
                 self.up.to_up.reserve(16 * 1024);
@@ -420,6 +428,7 @@ impl Session {
             self.flush_upstream().await;
             self.deliver();
             if self.up.awaiting == 0 {
+                self.up.detour = false;
                 return Ok(());
             }
             let deadline = self.deadline();

@@ -188,26 +188,47 @@ impl Session {
 
     /// Cluster mode, over a pinned connection: a request for another node than the one the
     /// connection is on cannot be sent on it. Outside a transaction, a connection pinned
-    /// only for replies in flight is given back first (`true`: go on); one that holds state
-    /// (WATCH, subscriptions, tracking) cannot follow the key to its node.
-    pub(super) async fn keep_to_node(&mut self) -> Result<bool, End> {
+    /// only for replies in flight is given back first; under WATCH or subscriptions, a
+    /// request that starts no state of its own takes a detour over the shared connections
+    /// (after the pinned connection's replies, and before its next request). A request that
+    /// would need a second pinned connection (a blocking command, a WATCH or SUBSCRIBE of
+    /// another node), and any other node's request under CLIENT TRACKING (whose
+    /// invalidations come on one connection), is refused (`false`).
+    pub(super) async fn keep_to_node(&mut self, top: &[u8], pins: bool) -> Result<bool, End> {
         let Some(pinned) = &self.up.pinned else {
             return Ok(true);
         };
-        let Ok(Some(node)) = self.target_node() else {
-            return Ok(true);
+        let elsewhere = match self.target_node() {
+            Ok(Some(node)) => {
+                !matches!(self.up.target, Target::Any)
+                    && !Arc::ptr_eq(&node.connector, pinned.connector())
+            }
+            _ => false,
         };
-        if matches!(self.up.target, Target::Any) || Arc::ptr_eq(&node.connector, pinned.connector())
-        {
+        if !elsewhere {
+            if self.up.detour {
+                // Back to the pinned connection, once the detour's replies are in.
+                self.drain().await?;
+            }
             return Ok(true);
         }
         if !self.needs_pinned() {
+            // Pinned only for replies in flight: given back once they are in.
             self.drain().await?;
             return Ok(true);
         }
-        if self.state.multi.is_none() {
+        if self.state.multi.is_some() {
+            // Redis answers MOVED and dooms the transaction (see `moved_under_state`).
+            return Ok(true);
+        }
+        let starts_state = pins || matches!(top, b"watch" | b"client");
+        if starts_state || self.state.tracking {
             self.refuse(Error::OtherNode);
             return Ok(false);
+        }
+        if !self.up.detour {
+            self.drain().await?;
+            self.up.detour = true;
         }
         Ok(true)
     }

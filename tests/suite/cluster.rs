@@ -929,3 +929,70 @@ async fn scan_and_keys_return_every_key_across_a_migration() {
         Some("*2\r\n")
     );
 }
+
+#[tokio::test]
+async fn watch_and_subscriptions_still_reach_every_node() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let mut a = p.raw_as("a", "pa").await;
+    for i in 0..30 {
+        assert_eq!(
+            a.cmd(&["SET", &format!("k{i}"), &format!("v{i}")]).await,
+            "+OK\r\n"
+        );
+    }
+    // WATCH pins the connection to {w}'s master; reads of every other node still answer,
+    // in order, and the transaction keeps its WATCH.
+    assert_eq!(a.cmd(&["WATCH", "{w}a"]).await, "+OK\r\n");
+    let mut pipeline = bytes::BytesMut::new();
+    for i in 0..30 {
+        respite::wire::encode_request(
+            &mut pipeline,
+            ["GET".as_bytes(), format!("k{i}").as_bytes()].into_iter(),
+        );
+    }
+    a.send(&pipeline).await;
+    for i in 0..30 {
+        let v = format!("v{i}");
+        assert_eq!(a.reply().await, format!("${}\r\n{v}\r\n", v.len()));
+    }
+    assert_eq!(
+        a.cmd(&["MGET", "k1", "k2"]).await,
+        "*2\r\n$2\r\nv1\r\n$2\r\nv2\r\n"
+    );
+    let mut b = p.raw_as("a", "pa").await;
+    assert_eq!(b.cmd(&["SET", "{w}a", "changed"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["SET", "{w}a", "mine"]).await, "+QUEUED\r\n");
+    assert_eq!(a.cmd(&["EXEC"]).await, "*-1\r\n");
+    assert_eq!(a.cmd(&["GET", "{w}a"]).await, "$7\r\nchanged\r\n");
+    // A second WATCH on another node's key cannot share the connection: a clear error.
+    assert_eq!(a.cmd(&["WATCH", "{w}a"]).await, "+OK\r\n");
+    let other = (0..30)
+        .map(|i| format!("k{i}"))
+        .find(|k| keyslot(&cluster, &format!("tenant:a:{k}")) != keyslot(&cluster, "w"))
+        .unwrap();
+    let r = a.cmd(&["WATCH", &other]).await;
+    assert!(
+        r.starts_with("-CROSSSLOT") || r.starts_with("-ERR this connection"),
+        "{r}"
+    );
+    assert_eq!(a.cmd(&["UNWATCH"]).await, "+OK\r\n");
+    // A RESP3 subscriber reads keys of every node between its messages.
+    let mut s = p.raw_as("a", "pa").await;
+    s.protocol = 3;
+    assert!(s.cmd(&["HELLO", "3"]).await.starts_with('%'));
+    assert!(s.cmd(&["SUBSCRIBE", "news"]).await.starts_with(">3"));
+    for i in 0..30 {
+        let v = format!("v{i}");
+        assert_eq!(
+            s.cmd(&["GET", &format!("k{i}")]).await,
+            format!("${}\r\n{v}\r\n", v.len())
+        );
+    }
+    assert_eq!(b.cmd(&["PUBLISH", "news", "hi"]).await.get(..1), Some(":"));
+    assert_eq!(
+        s.reply().await,
+        ">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
+    );
+}
