@@ -27,6 +27,9 @@ pub struct ClientState {
     pub ssub: usize,
     /// Commands queued in MULTI, or -1 outside one.
     pub multi: i64,
+    /// Cluster mode: the node (`host`, `port`) of its pinned connection, whose `upstream_id`
+    /// CLIENT UNBLOCK names.
+    pub upstream_node: Option<(String, u16)>,
 }
 
 /// One client connection.
@@ -128,6 +131,7 @@ impl Registry {
             created: Instant::now(),
             state: Mutex::new(ClientState {
                 multi: -1,
+                upstream_node: None,
                 protocol: 2,
                 ..ClientState::default()
             }),

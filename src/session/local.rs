@@ -686,12 +686,12 @@ impl Session {
                 return Ok(());
             }
         }
-        let upstream_id = self
-            .ctx
-            .clients
-            .get_shown(self.tenant_id(), target)
+        let blocked = self.ctx.clients.get_shown(self.tenant_id(), target);
+        let upstream_id = blocked
+            .as_ref()
             .map(|c| c.upstream_id.load(std::sync::atomic::Ordering::Relaxed))
             .unwrap_or(0);
+        let node = blocked.and_then(|c| c.state.lock().unwrap().upstream_node.clone());
         if upstream_id == 0 {
             // Only a session blocked on a pinned connection can be unblocked.
             self.answer(Resp::int(0));
@@ -703,6 +703,10 @@ impl Session {
             Bytes::from(upstream_id.to_string()),
         ];
         fwd_args.extend(args.into_iter().skip(1));
+        if let (Some(node), true) = (node, self.ctx.upstream.cluster.is_some()) {
+            // Its id is that node's.
+            return self.unblock_on(node, fwd_args).await;
+        }
         let fwd = Forward {
             args: fwd_args,
             prefixed: Default::default(),

@@ -312,12 +312,7 @@ impl Session {
                 Err(e) => Err(e),
             };
             match acquired {
-                Ok(p) => {
-                    self.me
-                        .upstream_id
-                        .store(p.conn.client_id, std::sync::atomic::Ordering::Relaxed);
-                    self.up.pinned = Some(p);
-                }
+                Ok(p) => self.hold(p),
                 Err(e) => {
                     if let Some(m) = &mut self.state.multi {
                         m.dirty = true;

@@ -428,10 +428,7 @@ impl Session {
             });
         }
         let marks = b.marks.clone();
-        self.me
-            .upstream_id
-            .store(p.conn.client_id, std::sync::atomic::Ordering::Relaxed);
-        self.up.pinned = Some(p);
+        self.hold(p);
         if asking {
             encode_request(&mut self.up.to_up, [&b"ASKING"[..]].into_iter());
             // Its +OK comes before the command's reply: a slot of its own.
@@ -444,6 +441,39 @@ impl Session {
             .map_or(Bytes::new(), |t| t.prefix.clone());
         encode_marked(&mut self.up.to_up, &args, &prefix, &marks);
         self.flush_upstream().await;
+        Ok(())
+    }
+
+    /// Holds `p` as the session's pinned connection, and tells CLIENT LIST / UNBLOCK its id
+    /// (and, in cluster mode, its node).
+    pub(super) fn hold(&mut self, p: Pinned) {
+        self.me
+            .upstream_id
+            .store(p.conn.client_id, std::sync::atomic::Ordering::Relaxed);
+        if self.ctx.upstream.cluster.is_some() {
+            let node = (p.connector().host().to_string(), p.connector().port());
+            self.me.state.lock().unwrap().upstream_node = Some(node);
+        }
+        self.up.pinned = Some(p);
+    }
+
+    /// Cluster mode: CLIENT UNBLOCK of a connection blocked on `node` (its `upstream_id`
+    /// there): sent to that node, after the requests before it.
+    pub(super) async fn unblock_on(
+        &mut self,
+        node: (String, u16),
+        args: Vec<Bytes>,
+    ) -> Result<(), End> {
+        let topology = self.ctx.upstream.cluster.clone().expect("cluster mode");
+        self.drain().await?;
+        let mut request = bytes::BytesMut::new();
+        encode_request(&mut request, args.iter().map(|a| &a[..]));
+        let target = Target::Node(topology.node(&node.0, node.1));
+        let reply = match self.call_encoded(request.freeze(), target).await {
+            Ok(frame) => frame.raw,
+            Err(e) => Error::Upstream(e).to_resp(),
+        };
+        self.answer(reply);
         Ok(())
     }
 

@@ -321,6 +321,11 @@ impl Connector {
         &self.addr.host
     }
 
+    /// The port this connector connects to.
+    pub fn port(&self) -> u16 {
+        self.addr.port
+    }
+
     /// `redis_version` of the upstream, once any connection has been made.
     pub fn redis_version(&self) -> Option<String> {
         self.version.lock().unwrap().clone()

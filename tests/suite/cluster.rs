@@ -214,6 +214,15 @@ async fn pubsub_and_blocking_commands_work_across_nodes() {
     }
     // And a plain command on the same connection after it goes wherever its key is.
     assert_eq!(blocked.cmd(&["SET", "after", "1"]).await, "+OK\r\n");
+    // CLIENT UNBLOCK reaches the node the client is blocked on, whichever it is.
+    let id = blocked.cmd(&["CLIENT", "ID"]).await;
+    let id = id.trim_start_matches(':').trim().to_string();
+    for key in ["q1", "q2", "q3", "q4"] {
+        blocked.send_cmd(&["BLPOP", key, "10"]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(publisher.cmd(&["CLIENT", "UNBLOCK", &id]).await, ":1\r\n");
+        assert_eq!(blocked.reply().await, "*-1\r\n");
+    }
 }
 
 #[tokio::test]
