@@ -10,7 +10,9 @@ use crate::wire::Resp;
 /// `upstream unavailable: `.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum UpstreamError {
-    #[error("cannot connect to {addr}: {reason}")]
+    /// The address is for respite's log, not for the client's error (a tenant learns no
+    /// address of Redis, nor of a cluster's nodes).
+    #[error("cannot connect to Redis: {reason}")]
     Connect { addr: String, reason: String },
     #[error("no reply within {0} ms")]
     Timeout(u64),
@@ -41,6 +43,10 @@ pub enum Error {
     NoAuth,
     #[error("CROSSSLOT Keys in request don't hash to the same slot")]
     CrossSlot,
+    /// What a standalone Redis answers to CLUSTER, READONLY, READWRITE and ASKING: what a
+    /// tenant sees of a cluster behind respite is one plain Redis.
+    #[error("ERR This instance has cluster support disabled")]
+    ClusterDisabled,
     #[error(
         "ERR this connection's WATCH, subscriptions or tracking are on another node of the \
          cluster than this key's slot: use another connection for it"

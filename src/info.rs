@@ -15,11 +15,14 @@ enum Scope {
     Tenant,
     /// Left out: every line speaks of the whole server's traffic.
     Drop,
+    /// Redis' lines, with these fields' values replaced: what a tenant sees of a cluster
+    /// behind respite is one plain Redis.
+    Standalone(&'static [(&'static str, &'static str)]),
 }
 
 /// Sections by header (`# Memory`), as Redis 7 names them; an unknown section is dropped.
 const SECTIONS: &[(&str, Scope)] = &[
-    ("Server", Scope::Keep),
+    ("Server", Scope::Standalone(&[("redis_mode", "standalone")])),
     ("Clients", Scope::Tenant),
     (
         "Memory",
@@ -38,7 +41,7 @@ const SECTIONS: &[(&str, Scope)] = &[
     ("Commandstats", Scope::Tenant),
     ("Errorstats", Scope::Drop),
     ("Latencystats", Scope::Drop),
-    ("Cluster", Scope::Keep),
+    ("Cluster", Scope::Standalone(&[("cluster_enabled", "0")])),
     ("Keyspace", Scope::Drop),
 ];
 
@@ -72,6 +75,15 @@ pub fn scope(text: &str, figures: &Figures) -> String {
                 .collect(),
             Scope::Tenant => tenant_section(name, figures),
             Scope::Drop => continue,
+            Scope::Standalone(values) => lines
+                .map(|l| {
+                    let field = l.split(':').next().unwrap_or_default();
+                    match values.iter().find(|(f, _)| *f == field) {
+                        Some((f, v)) => format!("{f}:{v}\r\n"),
+                        None => format!("{l}\r\n"),
+                    }
+                })
+                .collect(),
         };
         if !out.is_empty() {
             out.push_str("\r\n");

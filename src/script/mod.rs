@@ -96,6 +96,9 @@ struct Run {
     prefix: Bytes,
     tenant: String,
     deadline: Instant,
+    /// The node it was sent to (cluster mode): each node runs one script at a time, the
+    /// oldest sent there.
+    node: Option<Arc<Connector>>,
     /// Kills that found no script running: after [`MAX_ATTEMPTS`] this one is taken to be
     /// stuck elsewhere, not running, and is left alone.
     attempts: u8,
@@ -385,10 +388,7 @@ impl Scripts {
         }
         selector.push(b')');
         setuser.arg(selector);
-        self.own
-            .run(async |c| setuser.query_async::<()>(c).await)
-            .await
-            .map_err(|e| e.for_client(crate::error::UpstreamError::Bookkeeping))?;
+        self.set_up_user(&setuser).await?;
         let auth = [
             Bytes::from_static(b"AUTH"),
             Bytes::from(user),
@@ -396,6 +396,42 @@ impl Scripts {
         ];
         self.users.insert(tenant.prefix.clone(), auth.clone());
         Ok(Confinement::User { auth })
+    }
+
+    /// Runs the ACL SETUSER of a tenant's user: on the one Redis, or on every node of a
+    /// cluster that takes it. A node that cannot now (busy with a script, or down) is left
+    /// for later: a script of the tenant's there fails its login, which sets the user up
+    /// again for the next one (`forget_user`).
+    async fn set_up_user(&self, setuser: &redis::Cmd) -> Result<(), Error> {
+        let for_client =
+            |e: crate::upstream::PoolError| e.for_client(crate::error::UpstreamError::Bookkeeping);
+        let Some(topology) = &self.cluster else {
+            return self
+                .own
+                .run(async |c| setuser.query_async::<()>(c).await)
+                .await
+                .map_err(for_client);
+        };
+        let mut failed = None;
+        let mut done = 0;
+        for node in topology.nodes() {
+            let at = Some((node.host.as_str(), node.port));
+            match self
+                .own
+                .run(async |c| c.on_node::<()>(setuser, at).await)
+                .await
+            {
+                Ok(()) => done += 1,
+                Err(e) => {
+                    tracing::warn!(node = %node.addr, error = %e, "ACL SETUSER of a tenant's user failed on a node");
+                    failed = Some(e);
+                }
+            }
+        }
+        match (done, failed) {
+            (0, Some(e)) => Err(for_client(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Sets the tenant's ACL user up again before its next script.
@@ -417,8 +453,14 @@ impl Scripts {
         )
     }
 
-    /// Notes a script of `tenant` sent now; the warden kills it past `timeout`.
-    pub fn start(&self, tenant: &Tenant, timeout: Duration) -> RunGuard {
+    /// Notes a script of `tenant` sent now (to `node`, in a cluster); the warden kills it
+    /// past `timeout`.
+    pub fn start(
+        &self,
+        tenant: &Tenant,
+        timeout: Duration,
+        node: Option<Arc<Connector>>,
+    ) -> RunGuard {
         let id = self.running.next.fetch_add(1, Ordering::Relaxed);
         self.running.runs.lock().unwrap().insert(
             id,
@@ -426,6 +468,7 @@ impl Scripts {
                 prefix: tenant.prefix.clone(),
                 tenant: tenant.id.clone(),
                 deadline: Instant::now() + timeout,
+                node,
                 attempts: 0,
             },
         );
@@ -437,30 +480,38 @@ impl Scripts {
     }
 
     /// SCRIPT KILL from a tenant: only a script of its own can be killed, and respite can
-    /// only tell that the oldest script it has in flight is the one running.
+    /// only tell that the oldest script it has in flight (on that node, in a cluster) is the
+    /// one running.
     pub async fn kill_for(&self, tenant: &Tenant, which: &[u8]) -> Bytes {
-        let oldest_is_ours = {
+        let node = {
             let runs = self.running.runs.lock().unwrap();
-            runs.values()
-                .next()
-                .is_some_and(|r| r.prefix == tenant.prefix)
+            let heads = oldest_per_node(&runs);
+            heads
+                .into_iter()
+                .find(|(_, r)| r.prefix == tenant.prefix)
+                .map(|(_, r)| r.node.clone())
         };
-        if !oldest_is_ours {
+        let Some(node) = node else {
             return crate::wire::Resp::error("NOTBUSY No scripts in execution right now.");
-        }
-        match self.kill(which).await {
+        };
+        match self.kill(which, node.as_ref()).await {
             Ok(reply) => reply,
             Err(e) => Error::Upstream(e).to_resp(),
         }
     }
 
-    /// SCRIPT KILL (or FUNCTION KILL) over a new connection: the shared ones wait behind
-    /// the script. In a cluster, on every master: the first answer other than NOTBUSY is
-    /// the one that counts.
-    async fn kill(&self, which: &[u8]) -> Result<Bytes, crate::error::UpstreamError> {
-        let connectors: Vec<Arc<Connector>> = match &self.cluster {
-            None => vec![self.connector.clone()],
-            Some(t) => t
+    /// SCRIPT KILL (or FUNCTION KILL) over a new connection (the shared ones wait behind
+    /// the script), on `node`; without one, the one Redis (or, in a cluster, every master
+    /// until one kills a script).
+    async fn kill(
+        &self,
+        which: &[u8],
+        node: Option<&Arc<Connector>>,
+    ) -> Result<Bytes, crate::error::UpstreamError> {
+        let connectors: Vec<Arc<Connector>> = match (node, &self.cluster) {
+            (Some(n), _) => vec![n.clone()],
+            (None, None) => vec![self.connector.clone()],
+            (None, Some(t)) => t
                 .map()
                 .masters()
                 .iter()
@@ -483,9 +534,14 @@ impl Scripts {
     /// Kills scripts past their tenant's `script_timeout_ms` until `stop`.
     pub async fn watch(&self, stop: CancellationToken) {
         loop {
+            // The script running on each node is the oldest sent there: the first of those
+            // to pass its deadline is the one to wait for.
             let oldest = {
                 let runs = self.running.runs.lock().unwrap();
-                runs.iter().next().map(|(id, r)| (*id, r.deadline))
+                oldest_per_node(&runs)
+                    .into_iter()
+                    .min_by_key(|(_, r)| r.deadline)
+                    .map(|(id, r)| (id, r.deadline))
             };
             let wait = async {
                 match oldest {
@@ -499,22 +555,22 @@ impl Scripts {
                 _ = wait => {}
             }
             let Some((id, _)) = oldest else { continue };
-            let tenant = {
+            let (tenant, node) = {
                 let mut runs = self.running.runs.lock().unwrap();
                 match runs.get_mut(&id) {
                     // Looked at again in a while, whatever the kill does.
                     Some(r) => {
                         r.deadline = Instant::now() + RETRY;
-                        r.tenant.clone()
+                        (r.tenant.clone(), r.node.clone())
                     }
                     None => continue,
                 }
             };
             // EVAL scripts and functions have a KILL each; a busy Redis runs one or the other.
-            let killed = match self.kill(b"SCRIPT").await {
+            let killed = match self.kill(b"SCRIPT", node.as_ref()).await {
                 // -BUSY ... You can only call FUNCTION KILL
                 Ok(r) if r.starts_with(b"-NOTBUSY") || r.starts_with(b"-BUSY") => {
-                    self.kill(b"FUNCTION").await
+                    self.kill(b"FUNCTION", node.as_ref()).await
                 }
                 other => other,
             };
@@ -541,6 +597,23 @@ impl Scripts {
             }
         }
     }
+}
+
+/// The oldest run of each node (by the node it was sent to; one Redis: the oldest of all),
+/// with its id: the scripts that can be running now.
+fn oldest_per_node(runs: &BTreeMap<u64, Run>) -> Vec<(u64, &Run)> {
+    let mut heads: Vec<(u64, &Run)> = Vec::new();
+    for (id, r) in runs {
+        let same = |h: &(u64, &Run)| match (&h.1.node, &r.node) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !heads.iter().any(same) {
+            heads.push((*id, r));
+        }
+    }
+    heads
 }
 
 /// SCRIPT KILL (or FUNCTION KILL) on the Redis `connector` connects to.

@@ -239,6 +239,12 @@ impl Session {
             .map(|c| Meta::of(c, self.figures.read_at));
         let tenant = decided!(self.gate(&req, &looked_up));
         let cmd = decided!(known(looked_up, &req));
+        let top = cmd.parent.unwrap_or(cmd.spec).name;
+        if self.ctx.upstream.cluster.is_some()
+            && matches!(top, b"cluster" | b"readonly" | b"readwrite" | b"asking")
+        {
+            return Action::Refuse(Error::ClusterDisabled);
+        }
         let keys = decided!(self.police(&cmd, &req, &tenant));
         decided!(self.shared_keys(&cmd, &req, &keys, &tenant));
         let mut fwd = decided!(refused(rewrite::request(&cmd, req.args, &keys, &tenant)));
@@ -247,7 +253,11 @@ impl Session {
                 .iter()
                 .next()
                 .map(|(i, _)| routing::slot_of(&fwd, i, &tenant));
-            fwd.read_only = cmd.has(command::CMD_READONLY) && !cmd.has(command::CMD_BLOCKING);
+            // Not a script (EVAL_RO and the like): its logins must reach one node, the one
+            // that runs it.
+            fwd.read_only = cmd.has(command::CMD_READONLY)
+                && !cmd.has(command::CMD_BLOCKING)
+                && ScriptCmd::of(&cmd).is_none();
         }
         let cost = tenant
             .ledger

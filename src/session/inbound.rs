@@ -223,7 +223,8 @@ impl Session {
                         .tally
                         .done(&meta, outcome, hit, self.figures.clock);
                 }
-                let moved = self.moved_under_state(frame, matches!(shape, Shape::Exec(_)));
+                let exec = matches!(shape, Shape::Exec(_));
+                let moved = self.moved_under_state(frame, exec, matches!(shape, Shape::Script(_)));
                 if !mute {
                     let reply = match moved {
                         Some(e) => e,
@@ -232,10 +233,15 @@ impl Session {
                     self.client.out.extend_from_slice(&reply);
                 }
             }
-            // An error instead of confirmations (e.g. wrong arity): one reply.
+            // An error instead of confirmations (e.g. wrong arity, or a shard channel's slot
+            // moved): one reply.
             Some(Slot::Confirm { mute, .. }) => {
+                let reply = match self.moved_under_state(frame, false, false) {
+                    Some(e) => e,
+                    None => frame.raw.clone(),
+                };
                 if !mute {
-                    self.client.out.extend_from_slice(&frame.raw);
+                    self.client.out.extend_from_slice(&reply);
                 }
             }
             Some(Slot::Internal) => {}
@@ -263,13 +269,14 @@ impl Session {
     /// connection held state on the old node, e.g. inside MULTI) cannot be followed; the
     /// client gets an error that names no node (EXEC: EXECABORT, as Redis discarded the
     /// transaction), a transaction in progress is doomed, and the slot map is read again.
-    fn moved_under_state(&mut self, frame: &Frame, exec: bool) -> Option<Bytes> {
+    fn moved_under_state(&mut self, frame: &Frame, exec: bool, script: bool) -> Option<Bytes> {
         let topology = self.ctx.upstream.cluster.as_ref()?;
         if !(frame.raw.starts_with(b"-MOVED ") || frame.raw.starts_with(b"-ASK ")) {
             return None;
         }
-        // The slot's new node, in the map now: the next transaction goes there.
-        if let Some(p) = &self.up.pinned {
+        // The slot's new node (one the cluster named), in the map now: the next transaction
+        // goes there. Not from a script, whose errors are the tenant's own words.
+        if let (Some(p), false) = (&self.up.pinned, script) {
             topology.follow(&frame.raw, p.connector());
         }
         topology.refresh_soon();

@@ -354,6 +354,63 @@ impl Session {
         Ok(out.freeze())
     }
 
+    /// Cluster mode: PUBSUB CHANNELS, NUMSUB and their shard forms (`args` rewritten into
+    /// the namespace) over every master: subscribers are spread over the masters (a
+    /// connection subscribes on one), so each is asked and the answers merged: channels
+    /// once each, counts summed per channel.
+    pub(super) async fn cluster_pubsub(&mut self, args: &[Bytes], marks: &Marks) -> Bytes {
+        let topology = self.ctx.upstream.cluster.clone().expect("cluster mode");
+        let prefix = self.tenant.as_ref().expect("authenticated").prefix.clone();
+        let mut request = bytes::BytesMut::new();
+        crate::wire::encode_marked(&mut request, args, &prefix, marks);
+        let request = request.freeze();
+        let counting =
+            args[1].eq_ignore_ascii_case(b"numsub") || args[1].eq_ignore_ascii_case(b"shardnumsub");
+        // (name as Redis has it, count), in the order first seen.
+        let mut merged: Vec<(Bytes, i64)> = Vec::new();
+        for node in topology.map().masters().to_vec() {
+            let reply = match self.call_encoded(request.clone(), Target::Node(node)).await {
+                Ok(r) if r.is_error() => return r.raw,
+                Ok(r) => r,
+                Err(e) => return Error::Upstream(e).to_resp(),
+            };
+            let flat: Vec<&RangeFrame> = match &reply.tree {
+                RangeFrame::Map { data, .. } => data.iter().flat_map(|(k, v)| [k, v]).collect(),
+                other => crate::wire::elements(other)
+                    .unwrap_or_default()
+                    .iter()
+                    .collect(),
+            };
+            let step = if counting { 2 } else { 1 };
+            for pair in flat.chunks(step) {
+                let Some(name) = reply.str_at(pair[0]) else {
+                    continue;
+                };
+                let n = match pair.get(1) {
+                    Some(RangeFrame::Number { data, .. }) => *data,
+                    _ => 0,
+                };
+                match merged.iter_mut().find(|(m, _)| &m[..] == name) {
+                    Some((_, total)) => *total += n,
+                    None => merged.push((Bytes::copy_from_slice(name), n)),
+                }
+            }
+        }
+        let resp = Resp(self.state.protocol);
+        let mut out = bytes::BytesMut::new();
+        match counting {
+            true => resp.put_map_len(&mut out, merged.len()),
+            false => Resp::put_array_len(&mut out, merged.len()),
+        }
+        for (name, n) in &merged {
+            Resp::put_bulk(&mut out, name.strip_prefix(&prefix[..]).unwrap_or(name));
+            if counting {
+                out.extend_from_slice(&Resp::int(*n));
+            }
+        }
+        out.freeze()
+    }
+
     /// The `keys` whose type is `kind` (SCAN ... TYPE), asked of each key's node.
     async fn of_type(
         &mut self,

@@ -168,9 +168,12 @@ pub(crate) struct Multi {
     pub writes: Option<Written>,
     /// Scripts are queued: EXEC runs them, within the longest of their timeouts.
     pub script_timeout: Option<std::time::Duration>,
-    /// Cluster mode: MULTI is answered by respite and sent with the first command queued,
-    /// to the node of that command's slot (`true` until then).
+    /// Cluster mode: MULTI is answered by respite and sent with the first command queued
+    /// that has keys, to the node of their slot (`true` until then); the commands without
+    /// keys queued before it wait in `held` (encoded, one each), answered +QUEUED by
+    /// respite.
     pub begin_pending: bool,
+    pub held: Vec<Bytes>,
     /// Cluster mode: the slot of the transaction's keys (of its WATCH, or its first keyed
     /// command); a command with keys of another slot is refused with CROSSSLOT.
     pub slot: Option<u16>,
@@ -303,8 +306,12 @@ pub(crate) struct Outbound {
     plan: Vec<cluster::Part>,
     plan_end: usize,
     target: cluster::Target,
-    /// The logins around the script being encoded (see `routing::login_around`).
-    login: Option<Arc<cluster::Login>>,
+    /// The request being encoded is a tenant's script (or a login around one): the router
+    /// never follows a redirect in its reply (see `cluster::Part::script`).
+    script: bool,
+    /// Cluster mode: a transaction of commands without keys only, to begin at its EXEC on
+    /// any node (see `routing::route_in_cluster`).
+    begin_at_exec: Option<Vec<Bytes>>,
     /// Cluster mode: the blocking command waiting on the pinned connection, and whether it
     /// is to be sent again to another node (see `routing::resend_blocked`).
     blocked: Option<Box<routing::Blocked>>,
@@ -432,10 +439,11 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             plan: Vec::new(),
             plan_end: 0,
             target: cluster::Target::Any,
-            login: None,
+            script: false,
             blocked: None,
             reblock: None,
             detour: false,
+            begin_at_exec: None,
         },
         state: ConnectionState {
             protocol: 2,

@@ -24,6 +24,7 @@ impl Session {
         if self.past_subscriptions(top, &args, &expect) {
             return Ok(());
         }
+        self.up.script = script.is_some();
         let queued = self.state.multi.is_some()
             && !matches!(top, b"exec" | b"discard" | b"multi" | b"watch");
         if top == b"exec" && self.state.multi.as_ref().is_some_and(|m| m.dirty) {
@@ -32,6 +33,24 @@ impl Session {
         let cluster = self.ctx.upstream.cluster.is_some();
         if cluster {
             if let routing::Routed::Done = self.route_in_cluster(top, key_slot, read_only, queued) {
+                return Ok(());
+            }
+            let pending = self.state.multi.as_ref().is_some_and(|m| m.begin_pending);
+            if pending && queued && key_slot.is_none() && script.is_none() {
+                return self.hold_in_multi(args, prefixed, expect);
+            }
+            let merged = [
+                &b"channels"[..],
+                b"numsub",
+                b"shardchannels",
+                b"shardnumsub",
+            ];
+            let merges = |sub: &Bytes| merged.iter().any(|m| sub.eq_ignore_ascii_case(m));
+            if top == b"pubsub" && !queued && args.get(1).is_some_and(merges) {
+                // Over every master, answered by respite.
+                self.drain().await?;
+                let reply = self.cluster_pubsub(&args, &prefixed).await;
+                self.answer(reply);
                 return Ok(());
             }
             if top == b"scan" && !queued {
@@ -67,7 +86,14 @@ impl Session {
             self.drain().await?;
         }
         let run = match (&self.tenant, timeout) {
-            (Some(tenant), Some(t)) if !queued => Some(self.ctx.scripts.start(tenant, t)),
+            (Some(tenant), Some(t)) if !queued => {
+                let node = self
+                    .target_node()
+                    .ok()
+                    .flatten()
+                    .map(|n| n.connector.clone());
+                Some(self.ctx.scripts.start(tenant, t, node))
+            }
             _ => None,
         };
         if let (true, Some(t), Some(m)) = (queued, timeout, &mut self.state.multi) {
@@ -94,25 +120,29 @@ impl Session {
             }
             return Ok(());
         }
-        if let Some(m) = self
-            .state
-            .multi
-            .as_mut()
-            .filter(|m| m.begin_pending && queued)
-        {
-            // Cluster mode: the transaction begins on the node of its first command.
-            m.begin_pending = false;
+        let begin = match self.state.multi.as_mut() {
+            Some(m) if m.begin_pending && queued => {
+                m.begin_pending = false;
+                Some(std::mem::take(&mut m.held))
+            }
+            _ => self.up.begin_at_exec.take(),
+        };
+        if let Some(held) = begin {
+            // Cluster mode: the transaction begins on the node of its first command with
+            // keys, with the commands without keys queued before it (their +QUEUED was
+            // respite's).
             encode_request(&mut self.up.to_up, [&b"MULTI"[..]].into_iter());
             self.queue(Slot::Internal);
+            for request in held {
+                self.up.to_up.extend_from_slice(&request);
+                self.queue(Slot::Internal);
+            }
         }
         let confine = script.and_then(|s| s.auth);
         if let Some(auth) = &confine {
             // In a cluster the next script may be for another node: one pair each.
             if cluster || !self.reopen_bracket(auth, queued) {
                 self.login_for_script(auth, queued);
-            }
-            if cluster && self.shared_path() {
-                self.login_around(auth);
             }
         }
         if cluster && blocking && !queued {
@@ -143,6 +173,31 @@ impl Session {
                 queued,
             });
         }
+        Ok(())
+    }
+
+    /// Cluster mode, a transaction not begun yet (no command with keys so far): a command
+    /// without keys waits for the first one with keys, which picks the node; respite
+    /// answers +QUEUED as Redis would, and its result comes in EXEC's reply.
+    fn hold_in_multi(
+        &mut self,
+        args: Vec<Bytes>,
+        prefixed: crate::wire::Marks,
+        mut expect: Expect,
+    ) -> Result<(), End> {
+        if !self.queue_in_multi(&mut expect, &mut None, &args) {
+            return Ok(());
+        }
+        let prefix = self
+            .tenant
+            .as_ref()
+            .map_or(Bytes::new(), |t| t.prefix.clone());
+        if let Some(m) = self.state.multi.as_mut() {
+            let mut request = BytesMut::new();
+            encode_marked(&mut request, &args, &prefix, &prefixed);
+            m.held.push(request.freeze());
+        }
+        self.answer(Bytes::from_static(b"+QUEUED\r\n"));
         Ok(())
     }
 
@@ -461,7 +516,7 @@ impl Session {
             len,
             target,
             join: None,
-            login: None,
+            script: false,
         }];
         let mut frames = self.exchange(request, 1, plan, true).await?;
         Ok(frames.pop().expect("one reply per request"))
@@ -497,7 +552,7 @@ impl Session {
                     len: data.len() - at,
                     target: targets.pop().unwrap_or(cluster::Target::Any),
                     join: None,
-                    login: None,
+                    script: false,
                 });
             }
         }

@@ -5,7 +5,7 @@
 //! whose replies the router joins (`upstream::cluster`).
 
 use super::*;
-use crate::upstream::cluster::{Login, Merge, Node, Part, Target};
+use crate::upstream::cluster::{Merge, Node, Part, Target};
 use crate::wire::Frame;
 
 /// Redirects a blocked command follows before its client is told the slot moved.
@@ -67,7 +67,7 @@ pub(super) fn slot_of(fwd: &Forward, i: usize, tenant: &Tenant) -> u16 {
 /// (merge, the first key's index, arguments per key).
 fn splits(top: &[u8]) -> Option<(Merge, usize)> {
     match top {
-        b"mget" => Some((Merge::Concat, 1)),
+        b"mget" => Some((Merge::Concat(None), 1)),
         b"del" | b"unlink" | b"exists" | b"touch" => Some((Merge::Sum, 1)),
         b"mset" => Some((Merge::AllOk, 2)),
         _ => None,
@@ -88,7 +88,13 @@ impl Session {
         if !self.state.watching {
             self.state.watch_slot = None;
         }
-        if self.state.multi.as_ref().is_some_and(|m| m.begin_pending) {
+        if let Some(m) = self.state.multi.as_mut().filter(|m| m.begin_pending) {
+            if top == b"exec" && !m.held.is_empty() {
+                // Only commands without keys: the transaction runs on any master.
+                self.up.begin_at_exec = Some(std::mem::take(&mut m.held));
+                self.up.target = Target::Any;
+                return Routed::Go;
+            }
             let reply = match top {
                 b"exec" => Some(Bytes::from_static(b"*0\r\n")),
                 b"discard" => Some(crate::wire::Resp::ok()),
@@ -118,8 +124,10 @@ impl Session {
             self.answer(crate::wire::Resp::ok());
             return Routed::Done;
         }
+        let watched = self.state.watch_slot;
         if let (true, Some(s), Some(m)) = (queued, slot, self.state.multi.as_mut()) {
-            match m.slot {
+            // WATCH pinned the connection to its key's node: the transaction stays there.
+            match m.slot.or(watched) {
                 None => m.slot = Some(s),
                 Some(t) if t != s => {
                     self.refuse(Error::CrossSlot);
@@ -178,10 +186,10 @@ impl Session {
             Some(n) => Ok(Some(n)),
             None => {
                 topology.refresh_soon();
-                Err(UpstreamError::Cluster(format!(
-                    "no master known for the slot ({})",
-                    topology.last_error()
-                )))
+                tracing::warn!(why = %topology.last_error(), "no master known for a slot");
+                Err(UpstreamError::Cluster(
+                    "no master of the cluster serves the key's slot".into(),
+                ))
             }
         }
     }
@@ -251,30 +259,51 @@ impl Session {
             let p: &[u8] = if marks.has(i) { &prefix } else { b"" };
             crate::wire::key_slot(p, &args[i])
         };
-        // Runs of consecutive keys in one slot: (slot, first key index, past the last).
-        let mut runs: Vec<(u16, usize, usize)> = Vec::new();
+        // The keys (their first argument's index) of each slot, slots in order of first
+        // appearance: one request per slot, however the keys interleave (at most 16,384).
+        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+        let mut of_slot: std::collections::HashMap<u16, usize> = Default::default();
         for i in (1..args.len()).step_by(step) {
             let s = slot(i);
-            match runs.last_mut() {
-                Some((rs, _, end)) if *rs == s => *end = i + step,
-                _ => runs.push((s, i, i + step)),
-            }
+            let g = *of_slot.entry(s).or_insert_with(|| {
+                groups.push((s, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
         }
-        if runs.len() == 1 {
+        if groups.len() == 1 {
             return false;
         }
+        let merge = match merge {
+            // MGET: the values go back to the order of the keys.
+            Merge::Concat(_) => {
+                let mut at = vec![0u32; (args.len() - 1) / step];
+                let mut flat = 0u32;
+                for (_, keys) in &groups {
+                    for &i in keys {
+                        at[(i - 1) / step] = flat;
+                        flat += 1;
+                    }
+                }
+                let sorted = at.iter().enumerate().all(|(k, &f)| f as usize == k);
+                Merge::Concat((!sorted).then(|| at.into()))
+            }
+            other => other,
+        };
         let read_only = matches!(self.up.target, Target::Replica(_));
         self.plan_part();
-        let n = runs.len();
-        for (k, (s, from, to)) in runs.into_iter().enumerate() {
-            let mut sub = Vec::with_capacity(1 + to - from);
+        let n = groups.len();
+        for (k, (s, keys)) in groups.into_iter().enumerate() {
+            let mut sub = Vec::with_capacity(1 + keys.len() * step);
             let mut sub_marks = crate::wire::Marks::default();
             sub.push(args[0].clone());
-            for (i, arg) in args.iter().enumerate().take(to).skip(from) {
-                if marks.has(i) {
-                    sub_marks.set(sub.len());
+            for i in keys {
+                for (j, arg) in args[i..i + step].iter().enumerate() {
+                    if marks.has(i + j) {
+                        sub_marks.set(sub.len());
+                    }
+                    sub.push(arg.clone());
                 }
-                sub.push(arg.clone());
             }
             encode_marked(&mut self.up.to_up, &sub, &prefix, &sub_marks);
             self.up.plan.push(Part {
@@ -283,8 +312,8 @@ impl Session {
                     true => Target::Replica(s),
                     false => Target::Slot(s),
                 },
-                join: (k == 0).then_some((merge, n)),
-                login: None,
+                join: (k == 0).then(|| (merge.clone(), n)),
+                script: false,
             });
             self.up.plan_end = self.up.to_up.len();
         }
@@ -318,9 +347,11 @@ impl Session {
         let Some(topology) = self.ctx.upstream.cluster.clone() else {
             return false;
         };
+        // UNBLOCKED by Redis as its master turned replica; not by a CLIENT UNBLOCK ... ERROR
+        // ("-UNBLOCKED client unblocked via CLIENT UNBLOCK"), which is the client's answer.
         let redirect = frame.raw.starts_with(b"-MOVED ")
             || frame.raw.starts_with(b"-ASK ")
-            || frame.raw.starts_with(b"-UNBLOCKED ");
+            || frame.raw.starts_with(b"-UNBLOCKED force unblock");
         if !(redirect && self.blocked_alone()) {
             return false;
         }
@@ -389,7 +420,11 @@ impl Session {
                     self.up.target = b.target.clone();
                 }
                 loop {
-                    tokio::time::sleep(crate::upstream::cluster::REFRESH_GAP).await;
+                    let gap = tokio::time::sleep(crate::upstream::cluster::REFRESH_GAP);
+                    tokio::select! {
+                        _ = gap => {}
+                        _ = self.me.kill.cancelled() => return Err(self.killed()),
+                    }
                     let tried = match self.target_node() {
                         Ok(Some(node)) => self.pin_to(&node).await,
                         Ok(None) => Err(UpstreamError::Closed),
@@ -498,21 +533,6 @@ impl Session {
         true
     }
 
-    /// Cluster mode: the script about to be encoded runs between these logins (`auth`, then
-    /// respite's own): should a redirect send it to another node, it goes between them
-    /// there too.
-    pub(super) fn login_around(&mut self, auth: &[Bytes; 3]) {
-        let mut as_tenant = bytes::BytesMut::new();
-        encode_request(&mut as_tenant, auth.iter().map(|a| &a[..]));
-        let mut back = bytes::BytesMut::new();
-        let relogin = self.ctx.scripts.relogin();
-        encode_request(&mut back, relogin.iter().map(|a| &a[..]));
-        self.up.login = Some(Arc::new(Login {
-            as_tenant: as_tenant.freeze(),
-            back: back.freeze(),
-        }));
-    }
-
     /// Cluster mode: the request encoded last in `to_up` is a part of the batch's plan,
     /// for the target set for it.
     pub(super) fn plan_part(&mut self) {
@@ -523,7 +543,7 @@ impl Session {
                 len,
                 target: self.up.target.clone(),
                 join: None,
-                login: self.up.login.take(),
+                script: self.up.script,
             });
             self.up.plan_end = self.up.to_up.len();
         }

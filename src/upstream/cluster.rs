@@ -62,10 +62,11 @@ pub enum Target {
 }
 
 /// How the replies of a split request become one reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Merge {
-    /// Arrays, concatenated in order (MGET).
-    Concat,
+    /// Arrays, concatenated (MGET); with an order, element `i` of the reply is element
+    /// `order[i]` of the concatenation (keys of one slot were sent together).
+    Concat(Option<Arc<[u32]>>),
     /// Integers, summed (DEL, UNLINK, EXISTS, TOUCH).
     Sum,
     /// `+OK` from every part is `+OK` (MSET).
@@ -78,15 +79,9 @@ pub struct Part {
     pub len: usize,
     pub target: Target,
     pub join: Option<(Merge, usize)>,
-    /// A tenant's script between two logins (as the tenant's ACL user, then back as
-    /// respite): sent on after a redirect, it goes between the same two again.
-    pub login: Option<Arc<Login>>,
-}
-
-/// The encoded logins around a confined script.
-pub struct Login {
-    pub as_tenant: Bytes,
-    pub back: Bytes,
+    /// A tenant's script (or a login around one): its error replies are the tenant's own
+    /// words, so a redirect in them is never followed (see `State::redirect`).
+    pub script: bool,
 }
 
 /// Requests, errors and redirects of one node, for /metrics.
@@ -260,6 +255,16 @@ impl Topology {
         node
     }
 
+    /// The node at `host:port` if the cluster named it (in CLUSTER SLOTS, or as a seed):
+    /// a redirect is followed only there, never to an address a reply merely spells.
+    pub fn known(&self, host: &str, port: u16) -> Option<Arc<Node>> {
+        self.nodes
+            .lock()
+            .unwrap()
+            .get(&format!("{host}:{port}"))
+            .cloned()
+    }
+
     /// Asks for the slot map to be read again soon (rate-limited by the watcher).
     pub fn refresh_soon(&self) {
         self.wake.notify_one();
@@ -300,6 +305,7 @@ impl Topology {
 
     /// The node a MOVED or ASK error (`-MOVED <slot> <host>:<port>`, from the node `from`
     /// connects to) sends a request to, and whether it is an ASK; a MOVED updates the map.
+    /// `None` for anything else, and for a node the cluster never named.
     pub fn follow(&self, error: &[u8], from: &Connector) -> Option<(Arc<Node>, bool)> {
         let text = error.strip_prefix(b"-")?.strip_suffix(b"\r\n")?;
         let asking = text.starts_with(b"ASK ");
@@ -307,7 +313,7 @@ impl Topology {
             return None;
         }
         let (slot, host, port) = parse_redirect(text, from.host())?;
-        let node = self.node(&host, port);
+        let node = self.known(&host, port)?;
         if !asking {
             self.moved(slot, &node);
         }
@@ -430,6 +436,11 @@ fn endpoint(frame: &Frame, node: &RangeFrame, asked_host: &str) -> Option<(Strin
     Some((host, port))
 }
 
+/// A replica's refusal to serve yet (`-LOADING`, `-MASTERDOWN`): its master may.
+fn unready(frame: &Frame) -> bool {
+    frame.raw.starts_with(b"-LOADING") || frame.raw.starts_with(b"-MASTERDOWN")
+}
+
 fn number(f: Option<&RangeFrame>) -> Option<i64> {
     match f? {
         RangeFrame::Number { data, .. } => Some(*data),
@@ -473,7 +484,11 @@ struct Entry {
     redirects: u8,
     started: Instant,
     join: Option<(Merge, usize)>,
-    login: Option<Arc<Login>>,
+    /// The first part of a split request: how many of its parts are not answered yet.
+    left: usize,
+    /// A later part of a split request: its first part's seq.
+    head: Option<u64>,
+    script: bool,
     done: Option<Result<Frame, UpstreamError>>,
 }
 
@@ -486,8 +501,8 @@ struct Queue {
 
 /// What went to a node, in order: its replies come back in the same order.
 enum Sent {
-    /// Sent by the router itself (the `ASKING` before an ASK-redirected request, the logins
-    /// around a redirected script): its reply is dropped.
+    /// Sent by the router itself (the `ASKING` before an ASK-redirected request): its reply
+    /// is dropped.
     Skip,
     Request {
         session: u64,
@@ -585,11 +600,23 @@ impl State {
         let mut runs: Vec<(Arc<Node>, Vec<u64>, std::ops::Range<usize>)> = Vec::new();
         let mut failed = Vec::new();
         let mut broken = false;
+        let mut head: Option<(u64, usize)> = None;
         for part in plan {
             let seq = self.next_seq;
             self.next_seq += 1;
             let node = resolve(&map, &part.target, session);
             let span = at..at + part.len;
+            let (left, of) = match (&part.join, head) {
+                (Some((_, n)), _) => {
+                    head = Some((seq, n - 1));
+                    (*n, None)
+                }
+                (None, Some((h, more))) if more > 0 => {
+                    head = Some((h, more - 1));
+                    (0, Some(h))
+                }
+                _ => (0, None),
+            };
             q.entries.push_back(Entry {
                 seq,
                 generation,
@@ -598,7 +625,9 @@ impl State {
                 redirects: 0,
                 started: now,
                 join: part.join,
-                login: part.login,
+                left,
+                head: of,
+                script: part.script,
                 done: None,
             });
             match (node, runs.last_mut()) {
@@ -631,15 +660,23 @@ impl State {
 
     fn no_master(&self) -> UpstreamError {
         self.topology.refresh_soon();
-        UpstreamError::Cluster(format!(
-            "no master known for the slot ({})",
-            self.topology.last_error()
-        ))
+        tracing::warn!(why = %self.topology.last_error(), "no master known for a slot");
+        UpstreamError::Cluster("no master of the cluster serves the key's slot".into())
     }
 
     fn finish(&mut self, session: u64, seq: u64, result: Result<Frame, UpstreamError>) {
-        if let Some(e) = self.entry(session, seq) {
-            e.done = Some(result);
+        let Some(e) = self.entry(session, seq) else {
+            return;
+        };
+        e.done = Some(result);
+        // A split request's part: one fewer for its first part to wait on.
+        let head = match (e.head, e.join.is_some()) {
+            (Some(h), _) => h,
+            (None, true) => seq,
+            (None, false) => return,
+        };
+        if let Some(h) = self.entry(session, head) {
+            h.left = h.left.saturating_sub(1);
         }
     }
 
@@ -661,6 +698,7 @@ impl State {
         };
         touched.push(session);
         let result = match r.result {
+            Ok(frame) if unready(&frame) => self.read_from_master(session, seq, Ok(frame)),
             Ok(frame) if frame.raw.first() == Some(&b'-') => {
                 self.redirect(&node, session, seq, frame)
             }
@@ -668,7 +706,8 @@ impl State {
             Err(e) => {
                 node.counters.errors.fetch_add(1, Ordering::Relaxed);
                 self.topology.refresh_soon();
-                self.read_from_master(session, seq, e)
+                tracing::debug!(node = %node.addr, error = %e, "a request failed on a node");
+                self.read_from_master(session, seq, Err(e))
             }
         };
         if let Some(result) = result {
@@ -677,7 +716,10 @@ impl State {
     }
 
     /// An error reply: a redirect is followed (`None`: the request is on its way again);
-    /// anything else is the answer.
+    /// anything else is the answer. A redirect is followed only to a node the cluster named
+    /// and only for the request's own slot. A script's errors are the tenant's own words
+    /// (`redis.error_reply('MOVED ...')`), so a MOVED or ASK from a script is never followed
+    /// (it could point anywhere, or run the script twice): the client is told to try again.
     fn redirect(
         &mut self,
         from: &Arc<Node>,
@@ -698,6 +740,16 @@ impl State {
         let timeout = self.timeout;
         let topology = self.topology.clone();
         let entry = self.entry(session, seq)?;
+        if entry.script {
+            if word == b"TRYAGAIN" {
+                // Names no node: as Redis said it (or as the script made it).
+                return Some(Ok(frame));
+            }
+            topology.refresh_soon();
+            return Some(Err(UpstreamError::Cluster(
+                "the script's keys are moving to another node of the cluster; try again".into(),
+            )));
+        }
         if word == b"TRYAGAIN" {
             if entry.started.elapsed() + TRYAGAIN_WAIT >= timeout {
                 return Some(Ok(frame));
@@ -708,8 +760,18 @@ impl State {
         }
         from.counters.redirects.fetch_add(1, Ordering::Relaxed);
         entry.redirects += 1;
-        let Some((slot, host, port)) = parse_redirect(text, from.connector.host()) else {
-            return Some(Ok(frame));
+        let for_this = |slot: u16| match entry.target {
+            Target::Slot(s) | Target::Replica(s) => s == slot,
+            Target::Any | Target::Node(_) => true,
+        };
+        let parsed = parse_redirect(text, from.connector.host());
+        let Some((slot, host, port)) = parsed.filter(|(slot, ..)| for_this(*slot)) else {
+            // Not a redirect of this request's slot: whatever it says, it names a node the
+            // client must not see.
+            topology.refresh_soon();
+            return Some(Err(UpstreamError::Cluster(
+                "a node of the cluster answered with a redirect respite cannot follow".into(),
+            )));
         };
         if entry.redirects > MAX_REDIRECTS {
             topology.refresh_soon();
@@ -717,47 +779,50 @@ impl State {
                 "more than {MAX_REDIRECTS} redirects for slot {slot}"
             ))));
         }
-        let node = topology.node(&host, port);
-        let bytes = entry.bytes.clone();
-        let login = entry.login.clone();
         let asking = word == b"ASK";
+        let Some(node) = topology.known(&host, port) else {
+            // A node the map does not have yet (just added): sent again by the map once it
+            // has been read again.
+            topology.refresh_soon();
+            self.retries
+                .push((Instant::now() + REFRESH_GAP, session, seq));
+            return None;
+        };
+        let bytes = entry.bytes.clone();
         if !asking {
             topology.moved(slot, &node);
         }
-        send(
-            self,
-            &node,
-            session,
-            &[seq],
-            bytes,
-            Resend::Yes { asking, login },
-        );
+        send(self, &node, session, &[seq], bytes, Resend::Yes { asking });
         None
     }
 
-    /// A read a replica failed (its connection broke, or it does not answer): a read is
-    /// safe to send again, to the slot's master (`None`: on its way); anything else fails.
+    /// A read a replica failed (its connection broke, it is loading, or it lost its
+    /// master): a read is safe to send again, to the slot's master (`None`: on its way);
+    /// anything else is answered with `failed`.
     fn read_from_master(
         &mut self,
         session: u64,
         seq: u64,
-        e: UpstreamError,
+        failed: Result<Frame, UpstreamError>,
     ) -> Option<Result<Frame, UpstreamError>> {
         let map = self.topology.map();
         let entry = self.entry(session, seq)?;
         let Target::Replica(slot) = entry.target else {
-            return Some(Err(e));
+            return Some(failed);
         };
         let Some(master) = map.master(slot).cloned() else {
-            return Some(Err(e));
+            return Some(failed);
         };
         entry.target = Target::Slot(slot);
-        let (bytes, login) = (entry.bytes.clone(), entry.login.clone());
-        let again = Resend::Yes {
-            asking: false,
-            login,
-        };
-        send(self, &master, session, &[seq], bytes, again);
+        let bytes = entry.bytes.clone();
+        send(
+            self,
+            &master,
+            session,
+            &[seq],
+            bytes,
+            Resend::Yes { asking: false },
+        );
         None
     }
 
@@ -771,13 +836,10 @@ impl State {
             let Some(e) = self.entry(session, seq) else {
                 continue;
             };
-            let (bytes, login) = (e.bytes.clone(), e.login.clone());
+            let bytes = e.bytes.clone();
             match resolve(&map, &e.target.clone(), session) {
                 Some(node) => {
-                    let again = Resend::Yes {
-                        asking: false,
-                        login,
-                    };
+                    let again = Resend::Yes { asking: false };
                     send(self, &node, session, &[seq], bytes, again)
                 }
                 None => {
@@ -796,12 +858,16 @@ impl State {
             return;
         };
         while let Some(first) = q.entries.front() {
-            let parts = first.join.map_or(1, |(_, n)| n);
-            if q.entries.len() < parts || q.entries.iter().take(parts).any(|e| e.done.is_none()) {
+            let parts = first.join.as_ref().map_or(1, |(_, n)| *n);
+            let ready = match first.join {
+                Some(_) => first.left == 0,
+                None => first.done.is_some(),
+            };
+            if !ready || q.entries.len() < parts {
                 break;
             }
             let generation = first.generation;
-            let join = first.join;
+            let join = first.join.clone();
             let mut done: Vec<_> = q.entries.drain(..parts).filter_map(|e| e.done).collect();
             let result = match join {
                 Some((merge, _)) => merged(merge, done, protocol),
@@ -838,12 +904,8 @@ fn resolve(map: &SlotMap, target: &Target, session: u64) -> Option<Arc<Node>> {
 enum Resend {
     /// First time, as the session encoded it.
     No,
-    /// Again, after a redirect: after an `ASKING` when `asking`, and between the logins of
-    /// a confined script.
-    Yes {
-        asking: bool,
-        login: Option<Arc<Login>>,
-    },
+    /// Again, after a redirect (after an `ASKING` when `asking`) or a failed replica read.
+    Yes { asking: bool },
 }
 
 /// Sends requests `seqs` (encoded back to back in `data`) of `session` to `node`.
@@ -858,15 +920,9 @@ fn send(st: &mut State, node: &Arc<Node>, session: u64, seqs: &[u64], data: Byte
             fifo.extend(requests);
             (data, seqs.len())
         }
-        Resend::Yes { asking, login } => {
-            let mut b = BytesMut::with_capacity(data.len() + 64);
+        Resend::Yes { asking } => {
             let mut count = seqs.len();
-            // The login first: ASKING holds for the one command after it.
-            if let Some(l) = &login {
-                fifo.push_back(Sent::Skip);
-                b.extend_from_slice(&l.as_tenant);
-                count += 1;
-            }
+            let mut b = BytesMut::with_capacity(data.len() + 16);
             if asking {
                 fifo.push_back(Sent::Skip);
                 b.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
@@ -874,11 +930,6 @@ fn send(st: &mut State, node: &Arc<Node>, session: u64, seqs: &[u64], data: Byte
             }
             fifo.extend(requests);
             b.extend_from_slice(&data);
-            if let Some(l) = &login {
-                fifo.push_back(Sent::Skip);
-                b.extend_from_slice(&l.back);
-                count += 1;
-            }
             (b.freeze(), count)
         }
     };
@@ -929,7 +980,7 @@ fn merged(
     }
     let mut out = BytesMut::new();
     match merge {
-        Merge::Concat => {
+        Merge::Concat(None) => {
             let mut n = 0;
             let mut body = BytesMut::new();
             for f in &frames {
@@ -940,6 +991,23 @@ fn merged(
             out.extend_from_slice(b"*");
             crate::wire::put_int(&mut out, n as i64);
             out.extend_from_slice(&body);
+        }
+        Merge::Concat(Some(order)) => {
+            // Every element of every part, in the concatenation's order, then as `order`
+            // puts them back.
+            let mut elements: Vec<&[u8]> = Vec::with_capacity(order.len());
+            for f in &frames {
+                let spans = crate::wire::element_spans(f, f.elements().unwrap_or_default());
+                elements.extend(spans.into_iter().map(|s| &f.raw[s]));
+            }
+            out.extend_from_slice(b"*");
+            crate::wire::put_int(&mut out, order.len() as i64);
+            for &i in order.iter() {
+                let e = elements.get(i as usize).ok_or_else(|| {
+                    UpstreamError::Protocol("a split reply is missing elements".into())
+                })?;
+                out.extend_from_slice(e);
+            }
         }
         Merge::Sum => {
             let sum: i64 = frames

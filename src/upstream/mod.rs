@@ -362,7 +362,8 @@ impl Connector {
                     .min(BACKOFF_MAX);
                 gate.retry_at = Some(Instant::now() + wait);
                 gate.last_error = e.to_string();
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "upstream connect failed");
+                let addr = format!("{}:{}", self.addr.host, self.addr.port);
+                tracing::warn!(%addr, error = %e, retry_in_ms = wait.as_millis() as u64, "upstream connect failed");
             }
         }
         result

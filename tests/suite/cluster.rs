@@ -50,6 +50,22 @@ async fn a_tenants_keys_spread_over_every_master_and_read_back_whole() {
         "*4\r\n$2\r\nv1\r\n$2\r\nv2\r\n$-1\r\n$2\r\nv3\r\n"
     );
     assert_eq!(a.cmd(&["EXISTS", "k1", "k2", "nope", "k1"]).await, ":3\r\n");
+    // Keys of one slot go together, however they interleave; values come back in order.
+    assert_eq!(
+        a.cmd(&["MGET", "k1", "k2", "k1", "nope", "k3", "k2"]).await,
+        "*6\r\n$2\r\nv1\r\n$2\r\nv2\r\n$2\r\nv1\r\n$-1\r\n$2\r\nv3\r\n$2\r\nv2\r\n"
+    );
+    // A huge MGET is one request per slot, not per key, and answers whole.
+    let mut many = vec!["MGET".to_string()];
+    many.extend((0..50_000).map(|i| format!("k{}", i % 300)));
+    let many: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+    let reply = a.cmd(&many).await;
+    assert!(
+        reply.starts_with("*50000\r\n$2\r\nv0\r\n$2\r\nv1\r\n"),
+        "{}",
+        &reply[..40]
+    );
+    assert!(reply.ends_with("$4\r\nv199\r\n"));
     assert_eq!(
         a.cmd(&["MSET", "x1", "1", "x2", "2", "x3", "3"]).await,
         "+OK\r\n"
@@ -90,6 +106,27 @@ async fn transactions_stay_on_one_slot() {
     );
     assert!(a.cmd(&["EXEC"]).await.starts_with("-EXECABORT"));
     assert_eq!(a.cmd(&["EXISTS", "{t}c", "other"]).await, ":0\r\n");
+    // Commands without keys before the first with keys wait for it: every key's node works.
+    for k in ["k1", "k2", "k3", "k4", "k5", "k6"] {
+        assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+        assert_eq!(a.cmd(&["PING"]).await, "+QUEUED\r\n");
+        assert_eq!(a.cmd(&["SET", k, "1"]).await, "+QUEUED\r\n");
+        assert_eq!(a.cmd(&["ECHO", "e"]).await, "+QUEUED\r\n");
+        assert_eq!(a.cmd(&["EXEC"]).await, "*3\r\n+PONG\r\n+OK\r\n$1\r\ne\r\n");
+    }
+    // ... and a transaction of them alone runs on any master.
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["PING"]).await, "+QUEUED\r\n");
+    assert_eq!(a.cmd(&["ECHO", "x"]).await, "+QUEUED\r\n");
+    assert_eq!(a.cmd(&["EXEC"]).await, "*2\r\n+PONG\r\n$1\r\nx\r\n");
+    // WATCH keeps the transaction on its key's slot.
+    assert_eq!(a.cmd(&["WATCH", "{t}a"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(
+        a.cmd(&["SET", "other", "1"]).await,
+        "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+    );
+    assert!(a.cmd(&["EXEC"]).await.starts_with("-EXECABORT"));
     // Empty transactions and DISCARD.
     assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
     assert_eq!(a.cmd(&["EXEC"]).await, "*0\r\n");
@@ -186,6 +223,30 @@ async fn pubsub_and_blocking_commands_work_across_nodes() {
             format!("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nm{i}\r\n")
         );
     }
+    // PUBSUB CHANNELS and NUMSUB count the subscribers of every master.
+    let mut subs = Vec::new();
+    for i in 0..6 {
+        let mut c = p.raw_as("a", "pa").await;
+        let ch = format!("ch{i}");
+        assert!(c
+            .cmd(&["SUBSCRIBE", &ch, "news"])
+            .await
+            .contains("subscribe"));
+        c.reply().await;
+        subs.push(c);
+    }
+    let mut admin = p.raw_as("a", "pa").await;
+    let channels = sorted(&admin.cmd(&["PUBSUB", "CHANNELS"]).await);
+    assert_eq!(channels, ["ch0", "ch1", "ch2", "ch3", "ch4", "ch5", "news"]);
+    assert_eq!(
+        admin
+            .cmd(&["PUBSUB", "NUMSUB", "news", "ch3", "none"])
+            .await,
+        "*6\r\n$4\r\nnews\r\n:7\r\n$3\r\nch3\r\n:1\r\n$4\r\nnone\r\n:0\r\n"
+    );
+    let mut b = p.raw_as("b", "pb").await;
+    assert_eq!(b.cmd(&["PUBSUB", "CHANNELS"]).await, "*0\r\n");
+    drop(subs);
     // Another tenant's subscriber hears nothing of it.
     let mut other = p.raw_as("b", "pb").await;
     assert_eq!(other.cmd(&["PUBLISH", "news", "x"]).await, ":0\r\n");
@@ -324,7 +385,7 @@ async fn a_slot_migrated_under_load_loses_nothing() {
         let (fp, tp) = (cluster.nodes[from].port, cluster.nodes[to].port);
         std::thread::spawn(move || migrate(masters, slot, fp, tp))
     };
-    let mut round = 0u64;
+    let (mut round, mut ran) = (0u64, 0u64);
     while !worker.is_finished() || round < 5 {
         round += 1;
         for i in 0..60 {
@@ -337,20 +398,31 @@ async fn a_slot_migrated_under_load_loses_nothing() {
                 "round {round}"
             );
         }
-        // A confined script on the migrating slot runs once per call, wherever its key is.
+        // A script on the migrating slot runs once, or is refused (not run) while its key
+        // moves: never twice, never with a redirect.
         let script = "return redis.call('INCR', KEYS[1])";
-        assert_eq!(
-            a.cmd(&["EVAL", script, "1", "{mig}count"]).await,
-            format!(":{round}\r\n"),
-            "round {round}"
-        );
+        let r = a.cmd(&["EVAL", script, "1", "{mig}count"]).await;
+        if r.starts_with(':') {
+            ran += 1;
+            assert_eq!(r, format!(":{ran}\r\n"), "round {round}");
+        } else {
+            assert!(r.contains("keys are moving to another node"), "{r}");
+        }
         // Multi-key on the migrating slot: answered whole, never with a redirect.
         let r = a.cmd(&["MGET", "{mig}1", "{mig}2"]).await;
         assert!(r.starts_with("*2\r\n") || r.starts_with("-TRYAGAIN"), "{r}");
     }
     worker.join().unwrap();
     assert_eq!(cluster.owner(slot), to);
-    assert_eq!(cluster.nodes[to].keys().await.len(), 61);
+    assert_eq!(
+        cluster.nodes[to].keys().await.len(),
+        60 + usize::from(ran > 0)
+    );
+    if ran > 0 {
+        let n = ran.to_string();
+        let want = format!("${}\r\n{n}\r\n", n.len());
+        assert_eq!(a.cmd(&["GET", "{mig}count"]).await, want);
+    }
     assert!(round > 5, "the loop ran {round} rounds");
     // The loop met the migration: respite followed redirects (ASK, then MOVED).
     let (_, metrics) = crate::admin::http_get(admin, "/metrics").await;
@@ -388,6 +460,54 @@ async fn a_master_killed_under_load_fails_over_without_wrong_values() {
     // A client blocked on the doomed master's slot.
     let mut blocked = p.raw_as("a", "pa").await;
     blocked.send_cmd(&["BLPOP", "{gone}q", "20"]).await;
+    // Eight more clients write and read back keys of every slot, pipelined, the whole time:
+    // each reply is an error or the value just written, never another, and none waits past
+    // command_timeout_ms (3 s).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for w in 0..8 {
+        let (addr, stop) = (p.addr, stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut c = Raw::login(addr, "a", "pa").await;
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut round = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                round += 1;
+                let mut batch = bytes::BytesMut::new();
+                for i in 0..8 {
+                    let (k, v) = (format!("w{w}:{i}"), format!("{round}"));
+                    respite::wire::encode_request(
+                        &mut batch,
+                        ["SET".as_bytes(), k.as_bytes(), v.as_bytes()].into_iter(),
+                    );
+                    respite::wire::encode_request(
+                        &mut batch,
+                        ["GET".as_bytes(), k.as_bytes()].into_iter(),
+                    );
+                }
+                let t = Instant::now();
+                c.send(&batch).await;
+                for _ in 0..8 {
+                    let (set, get) = (c.reply().await, c.reply().await);
+                    let v = round.to_string();
+                    match (set.as_str(), get) {
+                        ("+OK\r\n", g) if g == format!("${}\r\n{v}\r\n", v.len()) => ok += 1,
+                        (s, g) => {
+                            assert!(s.starts_with('-') || s == "+OK\r\n", "{s}");
+                            assert!(g.starts_with('-'), "a wrong value: {g}");
+                            failed += 1;
+                        }
+                    }
+                }
+                assert!(
+                    t.elapsed() < Duration::from_millis(3500),
+                    "{:?}",
+                    t.elapsed()
+                );
+            }
+            (ok, failed)
+        }));
+    }
     // The replica must have the write before its master dies.
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.nodes[doomed].kill9();
@@ -447,8 +567,15 @@ async fn a_master_killed_under_load_fails_over_without_wrong_values() {
         blocked.reply().await,
         "*2\r\n$7\r\n{gone}q\r\n$3\r\njob\r\n"
     );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for l in load {
+        let (o, f) = l.await.unwrap();
+        (ok, failed) = (ok + o, failed + f);
+    }
+    assert!(ok > 1000, "{ok} answered, {failed} failed");
     eprintln!(
-        "failover: served again {:?} after the kill",
+        "failover: served again {:?} after the kill; load: {ok} pairs answered, {failed} failed",
         recovered.unwrap() - killed
     );
 }
@@ -1004,4 +1131,221 @@ async fn watch_and_subscriptions_still_reach_every_node() {
         s.reply().await,
         ">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
     );
+}
+
+/// A fake "node" on loopback: records every byte it gets, answers AUTH/READONLY/ASKING with
+/// +OK, HELLO with a small map, anything else with "hacked".
+async fn evil_node() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = l.accept().await else {
+                return;
+            };
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    let Ok(n) = c.read(&mut tmp).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.lock().unwrap().extend_from_slice(&tmp[..n]);
+                    buf.extend_from_slice(&tmp[..n]);
+                    // Parse whole arrays of bulk strings.
+                    loop {
+                        let text = buf.clone();
+                        let Some((args, used)) = parse(&text) else {
+                            break;
+                        };
+                        buf.drain(..used);
+                        let cmd = args[0].to_ascii_uppercase();
+                        let reply: Vec<u8> = match &cmd[..] {
+                            b"AUTH" | b"READONLY" | b"ASKING" => b"+OK\r\n".to_vec(),
+                            b"HELLO" if args.get(1).map(|a| &a[..]) == Some(b"3") => {
+                                b"%1\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n".to_vec()
+                            }
+                            b"HELLO" => b"*2\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n".to_vec(),
+                            _ => b"$6\r\nhacked\r\n".to_vec(),
+                        };
+                        if c.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    fn parse(b: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+        let line = |at: usize| -> Option<(Vec<u8>, usize)> {
+            let end = b[at..].windows(2).position(|w| w == b"\r\n")? + at;
+            Some((b[at..end].to_vec(), end + 2))
+        };
+        let (head, mut at) = line(0)?;
+        let n: usize = std::str::from_utf8(&head[1..]).ok()?.parse().ok()?;
+        let mut args = Vec::new();
+        for _ in 0..n {
+            let (h, next) = line(at)?;
+            let len: usize = std::str::from_utf8(&h[1..]).ok()?.parse().ok()?;
+            if b.len() < next + len + 2 {
+                return None;
+            }
+            args.push(b[next..next + len].to_vec());
+            at = next + len + 2;
+        }
+        Some((args, at))
+    }
+    (port, seen)
+}
+
+/// A hostile tenant: redirects a script makes up are never followed (no request of another
+/// tenant, no credentials and no re-run reach anyone), cluster internals answer as a
+/// standalone Redis, and no error names a node.
+#[tokio::test]
+async fn a_tenant_cannot_steer_the_cluster_routing() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let (port, seen) = evil_node().await;
+    let mut a = p.raw_as("a", "pa").await;
+    let mut b = p.raw_as("b", "pb").await;
+    assert_eq!(b.cmd(&["SET", "secret", "before"]).await, "+OK\r\n");
+    // A MOVED (and an ASK) made up by a script, to a node of the attacker's, for the slot
+    // of another tenant's key.
+    let slot = keyslot(&cluster, "tenant:b:secret");
+    for word in ["MOVED", "ASK"] {
+        let script = format!("return redis.error_reply('{word} {slot} 127.0.0.1:{port}')");
+        for _ in 0..20 {
+            let r = a.cmd(&["EVAL", &script, "0"]).await;
+            assert!(r.starts_with("-ERR upstream unavailable"), "{r}");
+            assert!(!r.contains("127.0.0.1"), "{r}");
+        }
+    }
+    for i in 0..50 {
+        let v = format!("topsecret{i}");
+        assert_eq!(b.cmd(&["SET", "secret", &v]).await, "+OK\r\n");
+        assert_eq!(
+            b.cmd(&["GET", "secret"]).await,
+            format!("${}\r\n{v}\r\n", v.len())
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "respite connected to the attacker's node"
+    );
+    // A made-up TRYAGAIN, or a MOVED to the very node that ran it, runs the script once.
+    let script = "redis.call('INCR', KEYS[1]) return redis.error_reply('TRYAGAIN fake')";
+    assert_eq!(
+        a.cmd(&["EVAL", script, "1", "cnt"]).await,
+        "-TRYAGAIN fake\r\n"
+    );
+    assert_eq!(a.cmd(&["GET", "cnt"]).await, "$1\r\n1\r\n");
+    let slot = keyslot(&cluster, "tenant:a:cnt2");
+    let owner = cluster.nodes[cluster.owner(slot)].port;
+    let script = format!(
+        "redis.call('INCR', KEYS[1]) return redis.error_reply('MOVED {slot} 127.0.0.1:{owner}')"
+    );
+    assert!(a
+        .cmd(&["EVAL", &script, "1", "cnt2"])
+        .await
+        .starts_with("-ERR upstream"));
+    assert_eq!(a.cmd(&["GET", "cnt2"]).await, "$1\r\n1\r\n");
+    // The cluster's own commands answer as a standalone Redis does.
+    let disabled = "-ERR This instance has cluster support disabled\r\n";
+    for c in [
+        vec!["CLUSTER", "NODES"],
+        vec!["CLUSTER", "SLOTS"],
+        vec!["CLUSTER", "SHARDS"],
+        vec!["CLUSTER", "INFO"],
+        vec!["CLUSTER", "MYID"],
+        vec!["CLUSTER", "KEYSLOT", "x"],
+        vec!["CLUSTER", "GETKEYSINSLOT", "1", "10"],
+        vec!["READONLY"],
+        vec!["READWRITE"],
+        vec!["ASKING"],
+    ] {
+        assert_eq!(a.cmd(&c).await, disabled, "{c:?}");
+    }
+    let info = a.cmd(&["INFO"]).await;
+    assert!(info.contains("redis_mode:standalone\r\n"), "{info}");
+    assert!(info.contains("cluster_enabled:0\r\n"), "{info}");
+    // Tenant-wide commands over a pinned connection still cover every master.
+    for i in 0..60 {
+        assert_eq!(a.cmd(&["SET", &format!("w{i}"), "v"]).await, "+OK\r\n");
+    }
+    assert_eq!(a.cmd(&["CLIENT", "NO-EVICT", "on"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["DBSIZE"]).await, ":62\r\n");
+    assert_eq!(sorted(&a.cmd(&["KEYS", "w*"]).await).len(), 60);
+    assert_eq!(a.cmd(&["FLUSHDB"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["DBSIZE"]).await, ":0\r\n");
+}
+
+/// SCRIPT KILL (and the warden) reach the node the tenant's script runs on, and only when
+/// it is the tenant's: another tenant's script on another master keeps running.
+#[tokio::test]
+async fn script_kill_kills_only_the_callers_script_on_its_node() {
+    let cluster = Cluster::start_with(&["--busy-reply-threshold", "100"]);
+    let p = Proxy::start_config(&format!(
+        "[upstream]\nmode = \"cluster\"\nurl = \"{}\"\ncommand_timeout_ms = 20000\n\
+         [defaults]\nscript_timeout_ms = 15000\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\n\
+         [[tenants]]\nid = \"b\"\npassword = \"pb\"\n",
+        cluster.url()
+    ))
+    .await;
+    let first = cluster.owner(0);
+    let find = |tenant: &str, on_first: bool| {
+        (0..)
+            .map(|i| format!("s{i}"))
+            .find(|k| {
+                let slot =
+                    respite::wire::key_slot(format!("tenant:{tenant}:").as_bytes(), k.as_bytes());
+                (cluster.owner(slot) == first) == on_first
+            })
+            .unwrap()
+    };
+    let (ka, kb) = (find("a", false), find("b", true));
+    let mut a = p.raw_as("a", "pa").await;
+    let mut b = p.raw_as("b", "pb").await;
+    let spin = "while true do end";
+    a.send_cmd(&["EVAL", spin, "1", &ka]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.send_cmd(&["EVAL", spin, "1", &kb]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut a2 = p.raw_as("a", "pa").await;
+    assert_eq!(a2.cmd(&["SCRIPT", "KILL"]).await, "+OK\r\n");
+    let killed = a.reply().await;
+    assert!(killed.starts_with("-ERR Script killed"), "{killed}");
+    assert_eq!(
+        b.try_reply(Duration::from_millis(500)).await,
+        None,
+        "b's script was killed"
+    );
+    let mut b2 = p.raw_as("b", "pb").await;
+    assert_eq!(b2.cmd(&["SCRIPT", "KILL"]).await, "+OK\r\n");
+    assert!(b.reply().await.starts_with("-ERR Script killed"));
+}
+
+/// A shard channel whose slot moved before the SSUBSCRIBE: an error that names no node.
+#[tokio::test]
+async fn ssubscribe_after_a_move_names_no_node() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    for i in 0..3 {
+        let ch = format!("chan{i}");
+        let slot = keyslot(&cluster, &format!("tenant:a:{ch}"));
+        let from = cluster.owner(slot);
+        let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+        let mut s = p.raw_as("a", "pa").await;
+        migrate_slot(&cluster, slot, to);
+        let r = s.cmd(&["SSUBSCRIBE", &ch]).await;
+        assert!(!r.contains("MOVED") && !r.contains("127.0.0.1"), "{r}");
+    }
 }
