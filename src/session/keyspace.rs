@@ -65,24 +65,28 @@ fn cluster_cursor(cursor: u64, node: u64, nodes: u64) -> u64 {
     }
 }
 
-/// SCAN's MATCH pattern as Redis gets it (the last MATCH, as Redis takes it).
+/// SCAN's option `name` (MATCH, TYPE): its last value, the options read in pairs from the
+/// third argument on, as Redis reads them.
+fn scan_option(args: &[Bytes], name: &[u8]) -> Option<usize> {
+    (2..args.len().saturating_sub(1))
+        .step_by(2)
+        .filter(|&i| args[i].eq_ignore_ascii_case(name))
+        .last()
+        .map(|i| i + 1)
+}
+
+/// SCAN's MATCH pattern as Redis gets it.
 fn scan_pattern(args: &[Bytes], marks: &Marks, prefix: &[u8]) -> Vec<u8> {
-    let at = (2..args.len().saturating_sub(1))
-        .rev()
-        .find(|&i| args[i].eq_ignore_ascii_case(b"match"));
-    match at {
-        Some(i) if marks.has(i + 1) => [prefix, &args[i + 1][..]].concat(),
-        Some(i) => args[i + 1].to_vec(),
+    match scan_option(args, b"match") {
+        Some(i) if marks.has(i) => [prefix, &args[i][..]].concat(),
+        Some(i) => args[i].to_vec(),
         None => [prefix, b"*"].concat(),
     }
 }
 
 /// SCAN's TYPE, if asked for.
 fn scan_type(args: &[Bytes]) -> Option<Bytes> {
-    (2..args.len().saturating_sub(1))
-        .rev()
-        .find(|&i| args[i].eq_ignore_ascii_case(b"type"))
-        .map(|i| args[i + 1].clone())
+    scan_option(args, b"type").map(|i| args[i].clone())
 }
 
 /// A node's own account of the cluster (its `CLUSTER NODES`): who serves each slot, and
@@ -90,8 +94,12 @@ fn scan_type(args: &[Bytes]) -> Option<Bytes> {
 struct NodesView {
     /// Index into `addrs` per slot (`u16::MAX`: nobody).
     owner: Vec<u16>,
-    addrs: Vec<(String, u16)>,
-    migrating: Vec<(u16, (String, u16))>,
+    /// Each node's (ip, port, hostname if it announces one).
+    addrs: Vec<(String, u16, Option<String>)>,
+    /// The index of the node that answered (the `myself` line).
+    me: Option<u16>,
+    /// (slot, index of the node it goes to).
+    migrating: Vec<(u16, u16)>,
 }
 
 impl NodesView {
@@ -99,26 +107,35 @@ impl NodesView {
         let mut view = NodesView {
             owner: vec![u16::MAX; crate::wire::SLOTS as usize],
             addrs: Vec::new(),
+            me: None,
             migrating: Vec::new(),
         };
+        // `<id> <ip>:<port>@<cport>[,<hostname>] <flags> ...`
         let addr_of = |line: &str| {
-            let addr = line.split(' ').nth(1)?.split('@').next()?;
-            let (host, port) = addr.rsplit_once(':')?;
-            Some((host.to_string(), port.parse::<u16>().ok()?))
+            let field = line.split(' ').nth(1)?;
+            let (addr, hostname) = match field.split_once(',') {
+                Some((a, h)) => (a, Some(h.to_string()).filter(|h| !h.is_empty())),
+                None => (field, None),
+            };
+            let (host, port) = addr.split('@').next()?.rsplit_once(':')?;
+            Some((host.to_string(), port.parse::<u16>().ok()?, hostname))
         };
-        for line in text.lines() {
-            let Some(addr) = addr_of(line) else { continue };
-            let at = view.addrs.len() as u16;
-            view.addrs.push(addr);
+        let lines: Vec<&str> = text.lines().filter(|l| addr_of(l).is_some()).collect();
+        let index_of = |id: &str| lines.iter().position(|l| l.starts_with(id));
+        for (at, line) in lines.iter().enumerate() {
+            let at = at as u16;
+            view.addrs.push(addr_of(line).expect("filtered"));
+            let myself = line.split(' ').nth(2).is_some_and(|f| f.contains("myself"));
+            if myself {
+                view.me = Some(at);
+            }
             for field in line.split(' ').skip(8) {
                 if let Some(mark) = field.strip_prefix('[').and_then(|f| f.strip_suffix(']')) {
                     let Some((slot, to)) = mark.split_once("->-") else {
                         continue;
                     };
-                    let to = text.lines().find(|l| l.starts_with(to)).and_then(addr_of);
-                    if let (Ok(slot), Some(to), true) = (slot.parse(), to, line.contains("myself"))
-                    {
-                        view.migrating.push((slot, to));
+                    if let (Ok(slot), Some(to), true) = (slot.parse(), index_of(to), myself) {
+                        view.migrating.push((slot, to as u16));
                     }
                     continue;
                 }
@@ -133,9 +150,21 @@ impl NodesView {
         view
     }
 
-    fn owner(&self, slot: u16) -> Option<(&str, u16)> {
-        let (host, port) = self.addrs.get(*self.owner.get(slot as usize)? as usize)?;
-        Some((host.as_str(), *port))
+    /// Does the node that answered serve `slot`, by its own account?
+    fn mine(&self, slot: u16) -> bool {
+        self.me
+            .is_some_and(|me| self.owner.get(slot as usize) == Some(&me))
+    }
+
+    /// The node at `index`, as respite knows it: by the hostname it announces if respite
+    /// met it so (`cluster-preferred-endpoint-type hostname`), else by its address.
+    fn node(&self, index: u16, topology: &crate::upstream::cluster::Topology) -> Option<Arc<Node>> {
+        let (ip, port, hostname) = self.addrs.get(index as usize)?;
+        hostname
+            .as_ref()
+            .and_then(|h| topology.known(h, *port))
+            .or_else(|| topology.known(ip, *port))
+            .or_else(|| Some(topology.node(ip, *port)))
     }
 }
 
@@ -226,18 +255,16 @@ impl Session {
         let mut gone: Vec<(u16, Arc<Node>)> = view
             .migrating
             .iter()
-            .map(|(slot, (host, port))| (*slot, topology.node(host, *port)))
+            .filter_map(|&(slot, to)| Some((slot, view.node(to, &topology)?)))
             .collect();
         for slot in 0..crate::wire::SLOTS {
             let owned = began.master(slot).is_some_and(|m| Arc::ptr_eq(m, node));
-            if !owned || gone.iter().any(|(s, _)| *s == slot) {
+            if !owned || view.mine(slot) || gone.iter().any(|(s, _)| *s == slot) {
                 continue;
             }
-            match view.owner(slot) {
-                Some((host, port)) if (host, port) != (node.host.as_str(), node.port) => {
-                    gone.push((slot, topology.node(host, port)));
-                }
-                _ => {}
+            let to = view.owner.get(slot as usize).copied().unwrap_or(u16::MAX);
+            if let Some(to) = view.node(to, &topology) {
+                gone.push((slot, to));
             }
         }
         let mut keys = Vec::new();
@@ -366,8 +393,13 @@ impl Session {
         let request = request.freeze();
         let counting =
             args[1].eq_ignore_ascii_case(b"numsub") || args[1].eq_ignore_ascii_case(b"shardnumsub");
-        // (name as Redis has it, count), in the order first seen.
-        let mut merged: Vec<(Bytes, i64)> = Vec::new();
+        // CHANNELS: each name once, in the order first seen. NUMSUB: one (name, count) per
+        // channel asked, in the order asked (as Redis answers, repeats included), the
+        // counts summed over the masters.
+        let mut merged: Vec<(Bytes, i64)> = match counting {
+            true => args[2..].iter().map(|c| (c.clone(), 0)).collect(),
+            false => Vec::new(),
+        };
         for node in topology.map().masters().to_vec() {
             let reply = match self.call_encoded(request.clone(), Target::Node(node)).await {
                 Ok(r) if r.is_error() => return r.raw,
@@ -381,27 +413,24 @@ impl Session {
                     .iter()
                     .collect(),
             };
-            let step = if counting { 2 } else { 1 };
-            for pair in flat.chunks(step) {
-                let Some(name) = reply.str_at(pair[0]) else {
-                    continue;
-                };
-                let n = match pair.get(1) {
-                    Some(RangeFrame::Number { data, .. }) => *data,
-                    _ => 0,
-                };
-                match merged.iter_mut().find(|(m, _)| &m[..] == name) {
-                    Some((_, total)) => *total += n,
-                    None => merged.push((Bytes::copy_from_slice(name), n)),
+            if counting {
+                for (i, pair) in flat.chunks(2).enumerate() {
+                    if let (Some((_, total)), Some(RangeFrame::Number { data, .. })) =
+                        (merged.get_mut(i), pair.get(1))
+                    {
+                        *total += *data;
+                    }
+                }
+                continue;
+            }
+            for name in flat.iter().filter_map(|f| reply.str_at(f)) {
+                if !merged.iter().any(|(m, _)| &m[..] == name) {
+                    merged.push((Bytes::copy_from_slice(name), 0));
                 }
             }
         }
-        let resp = Resp(self.state.protocol);
         let mut out = bytes::BytesMut::new();
-        match counting {
-            true => resp.put_map_len(&mut out, merged.len()),
-            false => Resp::put_array_len(&mut out, merged.len()),
-        }
+        Resp::put_array_len(&mut out, merged.len() * if counting { 2 } else { 1 });
         for (name, n) in &merged {
             Resp::put_bulk(&mut out, name.strip_prefix(&prefix[..]).unwrap_or(name));
             if counting {

@@ -77,7 +77,13 @@ impl Session {
             return Ok(());
         }
         // Connection state begins (or a command may block): it needs a connection of its own.
-        let pin = blocking || matches!(expect, Expect::Confirm { .. }) || self.needs_pinned();
+        // A transaction of commands without keys, begun at its EXEC (cluster mode), runs on
+        // a pinned connection too: what it sets (CLIENT TRACKING, NO-EVICT) stays off the
+        // shared connections.
+        let pin = blocking
+            || matches!(expect, Expect::Confirm { .. })
+            || self.needs_pinned()
+            || self.up.begin_at_exec.is_some();
         let mute = self.take_mute();
         let timeout = script.as_ref().map(|s| s.timeout).or(exec_scripts);
         if timeout.is_some() && !queued && self.blocked_in_flight() {
@@ -87,11 +93,15 @@ impl Session {
         }
         let run = match (&self.tenant, timeout) {
             (Some(tenant), Some(t)) if !queued => {
-                let node = self
-                    .target_node()
-                    .ok()
-                    .flatten()
-                    .map(|n| n.connector.clone());
+                // The node it runs on: the pinned connection's, if it goes there.
+                let node = match (&self.up.pinned, self.shared_path()) {
+                    (Some(p), false) => Some(p.connector().clone()),
+                    _ => self
+                        .target_node()
+                        .ok()
+                        .flatten()
+                        .map(|n| n.connector.clone()),
+                };
                 Some(self.ctx.scripts.start(tenant, t, node))
             }
             _ => None,
@@ -198,6 +208,7 @@ impl Session {
             m.held.push(request.freeze());
         }
         self.answer(Bytes::from_static(b"+QUEUED\r\n"));
+        self.count(Outcome::Ok, None);
         Ok(())
     }
 
@@ -477,6 +488,10 @@ impl Session {
         loop {
             self.flush_upstream().await;
             self.deliver();
+            if self.up.reblock.is_some() {
+                // A blocked command whose slot moved while this drain waited on it.
+                self.reblock().await?;
+            }
             if self.up.awaiting == 0 {
                 self.up.detour = false;
                 return Ok(());
@@ -628,8 +643,16 @@ impl Session {
             }
         };
         let result = result.unwrap_or_else(|_| Err(self.ctx.upstream.timed_out()));
-        if let Err(e) = &result {
-            self.fail_upstream(e.clone());
+        match &result {
+            // Cluster mode, past a pinned connection with nothing in flight on it: that
+            // connection and its state (WATCH, subscriptions) are not the failure's; late
+            // replies to the routed requests are left behind with their generation.
+            Err(_) if routed && self.up.pinned.is_some() && self.up.awaiting == 0 => {
+                self.up.sink.generation += 1;
+                self.new_meter();
+            }
+            Err(e) => self.fail_upstream(e.clone()),
+            Ok(_) => {}
         }
         result
     }

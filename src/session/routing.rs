@@ -115,7 +115,10 @@ impl Session {
                 return Routed::Done;
             }
         }
-        if top == b"multi" && self.state.multi.is_none() && self.up.pinned.is_none() {
+        // Deferred unless state holds the connection to a node (WATCH, subscriptions,
+        // tracking, NO-EVICT): a connection pinned only for replies in flight (an EXEC just
+        // sent) is let go when the transaction's node is known.
+        if top == b"multi" && self.state.multi.is_none() && !self.needs_pinned() {
             self.state.multi = Some(Multi {
                 begin_pending: true,
                 slot: self.state.watch_slot,
@@ -157,6 +160,11 @@ impl Session {
             t => t,
         };
         Routed::Go
+    }
+
+    /// State other than a transaction that holds the connection to its node.
+    fn state_outside_multi(&self) -> bool {
+        self.state.watching || self.state.tracking || self.state.subs.any() || self.state.no_evict
     }
 
     /// May this request be read from a replica: the tenant opted in, and the connection
@@ -223,6 +231,18 @@ impl Session {
         if !self.needs_pinned() {
             // Pinned only for replies in flight: given back once they are in.
             self.drain().await?;
+            return Ok(true);
+        }
+        if self.state.multi.as_ref().is_some_and(|m| m.begin_pending) {
+            // The transaction begins now, on the key's node: the connection pinned only for
+            // replies in flight (an earlier EXEC) goes back once they are in; one that state
+            // holds to another node cannot follow.
+            if self.state_outside_multi() {
+                self.refuse(Error::OtherNode);
+                return Ok(false);
+            }
+            self.drain().await?;
+            self.unpin();
             return Ok(true);
         }
         if self.state.multi.is_some() {

@@ -306,11 +306,14 @@ async fn many_clients_cost_each_node_few_connections() {
     .await;
     all.dedup();
     assert_eq!(all, vec!["$1\r\nv\r\n".to_string()]);
+    let mut most = 0;
     for n in &cluster.nodes {
         let info = cli(n.port, &["INFO", "clients"]);
         let connected = info_field(&info, "connected_clients");
         assert!(connected <= 32, "{} clients on {}", connected, n.port);
+        most = most.max(connected);
     }
+    eprintln!("200 clients: at most {most} connections on a node");
 }
 
 /// `CLUSTER KEYSLOT` of a name, asked of a node.
@@ -1348,4 +1351,132 @@ async fn ssubscribe_after_a_move_names_no_node() {
         let r = s.cmd(&["SSUBSCRIBE", &ch]).await;
         assert!(!r.contains("MOVED") && !r.contains("127.0.0.1"), "{r}");
     }
+}
+
+/// Transactions pipelined back to back on different nodes, and one of commands without keys
+/// that sets connection state: each runs whole on a connection of its own, and nothing it
+/// sets reaches the connections other clients share.
+#[tokio::test]
+async fn transactions_in_a_row_and_without_keys_keep_to_their_own_connection() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let mut a = p.raw_as("a", "pa").await;
+    let (x, y) = (0..)
+        .map(|i| (format!("x{i}"), format!("y{i}")))
+        .find(|(x, y)| {
+            let slot = |k: &str| respite::wire::key_slot(b"tenant:a:", k.as_bytes());
+            cluster.owner(slot(x)) != cluster.owner(slot(y))
+        })
+        .unwrap();
+    let mut batch = bytes::BytesMut::new();
+    for args in [
+        vec!["MULTI"],
+        vec!["SET", &x, "1"],
+        vec!["EXEC"],
+        vec!["MULTI"],
+        vec!["SET", &y, "2"],
+        vec!["EXEC"],
+    ] {
+        respite::wire::encode_request(&mut batch, args.iter().map(|a| a.as_bytes()));
+    }
+    a.send(&batch).await;
+    for want in ["+OK", "+QUEUED", "*1\r\n+OK", "+OK", "+QUEUED", "*1\r\n+OK"] {
+        assert_eq!(a.reply().await, format!("{want}\r\n"));
+    }
+    // A transaction of commands without keys turns tracking on for its own connection only.
+    let mut t = p.raw_as("a", "pa").await;
+    t.protocol = 3;
+    assert!(t.cmd(&["HELLO", "3"]).await.starts_with('%'));
+    assert_eq!(t.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(t.cmd(&["CLIENT", "TRACKING", "ON"]).await, "+QUEUED\r\n");
+    assert_eq!(t.cmd(&["EXEC"]).await, "*1\r\n+OK\r\n");
+    for m in cluster.masters() {
+        let list = cli(cluster.nodes[m].port, &["CLIENT", "LIST"]);
+        assert!(
+            !list.contains("flags=t"),
+            "a connection tracks keys: {list}"
+        );
+    }
+    let mut b = p.raw_as("b", "pb").await;
+    b.protocol = 3;
+    assert!(b.cmd(&["HELLO", "3"]).await.starts_with('%'));
+    for i in 0..20 {
+        let k = format!("k{i}");
+        assert_eq!(b.cmd(&["SET", &k, "v"]).await, "+OK\r\n");
+        assert_eq!(b.cmd(&["GET", &k]).await, "$1\r\nv\r\n");
+    }
+    // PUBSUB NUMSUB answers one pair per channel asked, repeats included, as Redis does.
+    assert_eq!(
+        b.cmd(&["PUBSUB", "NUMSUB", "c1", "c1"]).await,
+        "*4\r\n$2\r\nc1\r\n:0\r\n$2\r\nc1\r\n:0\r\n"
+    );
+}
+
+/// A blocked command with another request pipelined behind it, its slot moving meanwhile:
+/// sent on to the new master, then the request behind it.
+#[tokio::test]
+async fn a_blocked_command_with_a_request_behind_it_follows_its_slot() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let slot = keyslot(&cluster, "bq");
+    let from = cluster.owner(slot);
+    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+    let other = (0..)
+        .map(|i| format!("o{i}"))
+        .find(|k| cluster.owner(respite::wire::key_slot(b"tenant:a:", k.as_bytes())) != from)
+        .unwrap();
+    let mut blocked = p.raw_as("a", "pa").await;
+    let mut batch = bytes::BytesMut::new();
+    for args in [vec!["BLPOP", "{bq}jobs", "0"], vec!["GET", &other]] {
+        respite::wire::encode_request(&mut batch, args.iter().map(|a| a.as_bytes()));
+    }
+    blocked.send(&batch).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    migrate_slot(&cluster, slot, to);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut x = p.raw_as("a", "pa").await;
+    assert_eq!(x.cmd(&["RPUSH", "{bq}jobs", "j1"]).await, ":1\r\n");
+    assert_eq!(
+        blocked.reply().await,
+        "*2\r\n$8\r\n{bq}jobs\r\n$2\r\nj1\r\n"
+    );
+    assert_eq!(blocked.reply().await, "$-1\r\n");
+}
+
+/// Nodes that announce hostnames (`cluster-preferred-endpoint-type hostname`): walks stay
+/// exact and quick.
+#[tokio::test]
+async fn a_cluster_of_hostnames_walks_exactly() {
+    let cluster = Cluster::start_with(&[
+        "--cluster-announce-hostname",
+        "localhost",
+        "--cluster-preferred-endpoint-type",
+        "hostname",
+    ]);
+    let p = proxy(&cluster, "").await;
+    let mut a = p.raw_as("a", "pa").await;
+    let mut want = Vec::new();
+    for i in 0..300 {
+        let k = format!("k{i}");
+        assert_eq!(a.cmd(&["SET", &k, "v"]).await, "+OK\r\n");
+        want.push(k);
+    }
+    want.sort();
+    let t = Instant::now();
+    assert_eq!(a.cmd(&["DBSIZE"]).await, ":300\r\n");
+    assert_eq!(sorted(&a.cmd(&["KEYS", "*"]).await), want);
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let reply = a.cmd(&["SCAN", &cursor, "COUNT", "100"]).await;
+        let mut lines = reply.split("\r\n").skip(2);
+        cursor = lines.next().unwrap().to_string();
+        seen.extend(sorted(&lines.collect::<Vec<_>>().join("\r\n")));
+        if cursor == "0" {
+            break;
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, want, "each key once");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
