@@ -18,7 +18,11 @@
 //!   to the node named; ASK sends `ASKING` and the request to the node named, the map
 //!   unchanged; TRYAGAIN (keys of a slot being migrated) sends it again after
 //!   [`TRYAGAIN_WAIT`], until `command_timeout_ms`. After [`MAX_REDIRECTS`] redirects the
-//!   request fails with `-ERR upstream unavailable`.
+//!   request fails with `-ERR upstream unavailable`. A redirect is followed only for the
+//!   request's own slot and to a node the cluster named ([`Topology::known`]), and never from
+//!   a tenant's script, whose error replies are its own words.
+//! - **No address reaches a client**: errors speak of "a node of the cluster"; respite's log
+//!   has the addresses.
 //! - **Split requests**: a request the session split by slot (MGET, DEL, MSET, ...) comes as
 //!   several parts with one [`Merge`]; their replies are joined into one.
 
@@ -223,7 +227,8 @@ impl Topology {
         nodes
     }
 
-    /// The node at `host:port`, made on first use.
+    /// The node at `host:port`, made on first use: only for addresses the cluster itself
+    /// gives (CLUSTER SLOTS, a node's CLUSTER NODES, the seeds), never a reply's text.
     pub fn node(&self, host: &str, port: u16) -> Arc<Node> {
         let addr = format!("{host}:{port}");
         let mut nodes = self.nodes.lock().unwrap();

@@ -129,6 +129,13 @@ impl State {
         let mut any = false;
         loop {
             match conn.next_frame() {
+                Ok(Some(frame)) if frame.raw.first() == Some(&b'>') => {
+                    // A RESP3 push answers no request: nothing a shared connection carries
+                    // subscribes or tracks, so it can only be stray (say, a tracking a
+                    // command left on); routed as a reply, it would shift every reply after
+                    // it onto the wrong request, of any tenant. Dropped.
+                    tracing::warn!("a push on a shared upstream connection; dropped");
+                }
                 Ok(Some(frame)) => {
                     any = true;
                     let Some(route) = self.routes.front_mut() else {
