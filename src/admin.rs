@@ -315,7 +315,7 @@ fn register_cluster(topology: &crate::upstream::cluster::Topology, registry: &mu
     let families: [(&str, &str, Family<ByTenant, Counter>); 4] = [
         (
             "upstream_node_requests",
-            "Requests respite's routers sent to each node (redirects resent included)",
+            "Requests respite sent to each node (redirects resent included)",
             Family::default(),
         ),
         (

@@ -27,8 +27,9 @@
 //! background: quota/ flusher and reconciler, billing.rs roll-ups, admin.rs (/metrics,
 //!             /readyz via upstream/health.rs), upstream/facts.rs (Redis' settings),
 //!             script/ warden (kills tenants' runaway scripts), upstream/cluster.rs (the
-//!             slot map of a Redis Cluster, and the routers that carry each request to the
-//!             node of its slot, follow redirects, and keep each session's replies in order)
+//!             slot map of a Redis Cluster, refreshed in the background; each session's
+//!             Flight carries its requests to their nodes, follows redirects and keeps its
+//!             replies in order)
 //! ```
 //!
 //! The layers, each importing only from those below it (no import circle):

@@ -88,7 +88,43 @@ impl Session {
         if r.generation != self.up.sink.generation {
             return;
         }
-        match r.result {
+        let Some(flight) = self.up.flight.as_mut() else {
+            return self.take_result(r.result);
+        };
+        // Cluster mode: the replies now next in this session's order.
+        flight.take(r);
+        self.take_flight_ready();
+    }
+
+    /// Takes the replies the cluster flight has ready, in order.
+    fn take_flight_ready(&mut self) {
+        let Some(flight) = self.up.flight.as_mut() else {
+            return;
+        };
+        let mut ready = flight.take_ready();
+        for result in ready.drain(..) {
+            self.take_result(result);
+        }
+        if let Some(flight) = self.up.flight.as_mut() {
+            flight.give_back(ready);
+        }
+    }
+
+    /// Cluster mode: sends again the requests whose wait (TRYAGAIN) is over, and takes the
+    /// replies that makes ready.
+    pub(super) fn retry_due(&mut self) {
+        let Some(flight) = self.up.flight.as_mut() else {
+            return;
+        };
+        if flight.next_retry().is_some_and(|t| t <= Instant::now()) {
+            flight.retry_due();
+            self.take_flight_ready();
+        }
+    }
+
+    /// One reply (or its error) for the oldest open slot.
+    fn take_result(&mut self, result: Result<Frame, UpstreamError>) {
+        match result {
             Ok(frame) => {
                 self.up.sink.meter.taken(frame.raw.len());
                 self.route(frame)
@@ -360,9 +396,7 @@ impl Session {
         self.up.blocked = None;
         self.up.reblock = None;
         self.up.detour = false;
-        self.up.sink.generation += 1;
-        // Replies of the old generation still on their way count on the old meter.
-        self.new_meter();
+        self.new_generation();
         if let Some(p) = self.up.pinned.take() {
             p.close();
         }

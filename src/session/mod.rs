@@ -306,9 +306,12 @@ pub(crate) struct Outbound {
     plan: Vec<cluster::Part>,
     plan_end: usize,
     target: cluster::Target,
-    /// The request being encoded is a tenant's script (or a login around one): the router
-    /// never follows a redirect in its reply (see `cluster::Part::script`).
+    /// The request being encoded is a tenant's script (or a login around one): the cluster
+    /// flight never follows a redirect in its reply (see `cluster::Part::script`).
     script: bool,
+    /// Cluster mode: this session's requests in flight to the cluster's nodes, put back in
+    /// its order (see `upstream::cluster::Flight`).
+    flight: Option<Box<cluster::Flight>>,
     /// Cluster mode: a transaction of commands without keys only, to begin at its EXEC on
     /// any node (see `routing::route_in_cluster`).
     begin_at_exec: Option<Vec<Bytes>>,
@@ -424,6 +427,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             sink: Sink {
                 tx: reply_tx,
                 generation: 0,
+                tag: 0,
                 meter: Arc::new(OutputMeter::new(
                     ctx.client_output_limit,
                     None,
@@ -444,6 +448,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             reblock: None,
             detour: false,
             begin_at_exec: None,
+            flight: None,
         },
         state: ConnectionState {
             protocol: 2,
@@ -469,6 +474,11 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         },
         scan_began: None,
     };
+    if let Some(topology) = &ctx.upstream.cluster {
+        let flight =
+            crate::upstream::cluster::Flight::new(topology.clone(), s.up.sink.clone(), me.id);
+        s.up.flight = Some(Box::new(flight));
+    }
     if let Some((t, seat)) = seat {
         s.set_tenant(t, seat);
     }
@@ -529,6 +539,7 @@ impl Session {
                 }
                 Event::Timeout => {
                     self.up.timer_at = None;
+                    self.retry_due();
                     if self
                         .login
                         .as_ref()
@@ -570,6 +581,16 @@ impl Session {
 
     /// A meter for the session's replies from now on (a new tenant, or a new generation of
     /// replies after the old ones were given up on).
+    /// Gives up on the requests in flight: their late replies (of the old generation) are
+    /// ignored, and count on the old meter.
+    pub(super) fn new_generation(&mut self) {
+        self.up.sink.generation += 1;
+        self.new_meter();
+        if let Some(f) = self.up.flight.as_mut() {
+            f.reset();
+        }
+    }
+
     pub(super) fn new_meter(&mut self) {
         let total = self.tenant.as_ref().and_then(|t| t.output.clone());
         self.up.sink.meter = Arc::new(OutputMeter::new(
@@ -602,7 +623,8 @@ impl Session {
 
     async fn wait(&mut self, killed: Cancelled<'_>, shutdown: Cancelled<'_>) -> Event {
         let login_by = self.login.as_ref().map(|(_, by)| *by);
-        let deadline = [self.deadline(), login_by, self.client.held_until]
+        let retry = self.up.flight.as_ref().and_then(|f| f.next_retry());
+        let deadline = [self.deadline(), login_by, self.client.held_until, retry]
             .into_iter()
             .flatten()
             .min();

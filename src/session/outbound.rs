@@ -443,18 +443,19 @@ impl Session {
             if self.up.to_up.capacity() < 4096 {
                 self.up.to_up.reserve(16 * 1024);
             }
-            self.ctx
-                .upstream
-                .shared(self.state.protocol, self.me.id)
-                .submit(
-                    shared::Submit {
+            let plan = std::mem::take(&mut self.up.plan);
+            match self.up.flight.as_mut() {
+                Some(f) => f.send(data, plan, &self.up.sink, self.state.protocol),
+                None => self
+                    .ctx
+                    .upstream
+                    .shared(self.state.protocol, self.me.id)
+                    .submit(shared::Submit {
                         data,
                         count,
                         to: self.up.sink.clone(),
-                        from: self.me.id,
-                    },
-                    std::mem::take(&mut self.up.plan),
-                );
+                    }),
+            }
             return;
         };
         let up = &mut p.conn;
@@ -497,18 +498,25 @@ impl Session {
                 return Ok(());
             }
             let deadline = self.deadline();
+            let retry = self.up.flight.as_ref().and_then(|f| f.next_retry());
+            let wake = [deadline, retry].into_iter().flatten().min();
             let up = &mut self.up.pinned;
             let event = tokio::select! {
                 _ = self.me.kill.cancelled() => Event::Killed,
                 n = read_upstream(up), if up.is_some() => Event::UpstreamRead(n),
                 r = self.up.replies.recv() => Event::SharedReply(r),
-                _ = sleep_until(deadline), if deadline.is_some() => Event::Timeout,
+                _ = sleep_until(wake), if wake.is_some() => Event::Timeout,
             };
             match event {
                 Event::UpstreamRead(Ok(n)) if n > 0 => {}
                 Event::UpstreamRead(_) => self.fail_upstream(UpstreamError::Closed),
                 Event::SharedReply(r) => self.take_reply(r),
-                Event::Timeout => self.fail_upstream(self.ctx.upstream.timed_out()),
+                Event::Timeout => {
+                    self.retry_due();
+                    if deadline.is_some_and(|d| d <= Instant::now()) {
+                        self.fail_upstream(self.ctx.upstream.timed_out());
+                    }
+                }
                 _ => return Err(self.killed()),
             }
         }
@@ -577,7 +585,7 @@ impl Session {
 
     /// Sends `n` of respite's own requests (encoded in `data`) and waits for their replies:
     /// over the pinned connection if the session holds one, unless `routed` (cluster mode:
-    /// the plan names the nodes, which the routers reach).
+    /// the plan names the nodes, which the flight reaches).
     async fn exchange(
         &mut self,
         data: Bytes,
@@ -612,27 +620,49 @@ impl Session {
                 tokio::time::timeout(timeout, exchange).await
             }
             None => {
-                self.ctx
-                    .upstream
-                    .shared(self.state.protocol, self.me.id)
-                    .submit(
-                        shared::Submit {
+                let protocol = self.state.protocol;
+                match self.up.flight.as_mut() {
+                    Some(f) => f.send(data, plan, &self.up.sink, protocol),
+                    None => self
+                        .ctx
+                        .upstream
+                        .shared(protocol, self.me.id)
+                        .submit(shared::Submit {
                             data,
                             count: n,
                             to: self.up.sink.clone(),
-                            from: self.me.id,
-                        },
-                        plan,
-                    );
+                        }),
+                }
                 let generation = self.up.sink.generation;
                 let meter = &self.up.sink.meter;
                 let replies = &mut self.up.replies;
+                let flight = &mut self.up.flight;
                 let exchange = async {
                     let mut frames = Vec::with_capacity(n);
                     while frames.len() < n {
-                        let r = replies.recv().await.ok_or(UpstreamError::Closed)?;
-                        if r.generation == generation {
-                            let frame = r.result?;
+                        let retry = flight.as_ref().and_then(|f| f.next_retry());
+                        let r = tokio::select! {
+                            r = replies.recv() => r.ok_or(UpstreamError::Closed)?,
+                            _ = sleep_until(retry), if retry.is_some() => {
+                                if let Some(f) = flight.as_mut() {
+                                    f.retry_due();
+                                }
+                                continue;
+                            }
+                        };
+                        if r.generation != generation {
+                            continue;
+                        }
+                        // Cluster mode: the replies in this session's order, as they come.
+                        let results: Vec<_> = match flight.as_mut() {
+                            Some(f) => {
+                                f.take(r);
+                                f.take_ready()
+                            }
+                            None => vec![r.result],
+                        };
+                        for result in results {
+                            let frame = result?;
                             meter.taken(frame.raw.len());
                             frames.push(frame);
                         }
@@ -648,8 +678,7 @@ impl Session {
             // connection and its state (WATCH, subscriptions) are not the failure's; late
             // replies to the routed requests are left behind with their generation.
             Err(_) if routed && self.up.pinned.is_some() && self.up.awaiting == 0 => {
-                self.up.sink.generation += 1;
-                self.new_meter();
+                self.new_generation();
             }
             Err(e) => self.fail_upstream(e.clone()),
             Ok(_) => {}

@@ -2,7 +2,7 @@
 //! slot (MULTI is sent with its first command, to that command's node), a pinned connection
 //! on the right node, and the multi-key commands Redis Cluster refuses across slots (MGET,
 //! DEL, UNLINK, EXISTS, TOUCH, MSET) split into one request per run of keys of one slot,
-//! whose replies the router joins (`upstream::cluster`).
+//! whose replies the flight joins (`upstream::cluster`).
 
 use super::*;
 use crate::upstream::cluster::{Merge, Node, Part, Target};
@@ -262,7 +262,7 @@ impl Session {
     }
 
     /// Encodes a multi-key request whose keys span slots as one request per run of keys of
-    /// one slot (`true`), each a part the router sends to its slot's master; `false` when
+    /// one slot (`true`), each a part the flight sends to its slot's master; `false` when
     /// the request is not one of those or its keys share a slot.
     pub(super) fn split(&mut self, top: &[u8], args: &[Bytes], marks: &crate::wire::Marks) -> bool {
         let Some((merge, step)) = splits(top) else {

@@ -1,6 +1,6 @@
-//! A Redis Cluster behind respite: the slot map, a node handle per master, and the routers
-//! that carry sessions' requests to the node owning each one's slot, so that a tenant sees
-//! one plain Redis.
+//! A Redis Cluster behind respite: the slot map, a node handle per master, and each
+//! session's [`Flight`], which carries its requests to the node owning each one's slot and
+//! puts the replies back in order, so that a tenant sees one plain Redis.
 //!
 //! - **Slot map** ([`Topology`]): `CLUSTER SLOTS` from a known node (the masters of the last
 //!   map first, then the seeds), read at start, every [`REFRESH_EVERY`] and at once after a
@@ -8,12 +8,13 @@
 //!   replaces the old whole ([`SlotMap`] behind an `Arc`): a session reading it never waits.
 //! - **Nodes** ([`Node`]): one per address, kept across refreshes, each with its own
 //!   [`Connector`] (login, backoff, counters) and its own shared connections.
-//! - **Routers** ([`Router`]): in cluster mode a session hands its batch to a router, as it
-//!   would to a shared connection, with the target of each request (its slot, a node, or
-//!   any master). The router passes each run of requests for one node to that node's shared
-//!   connection in one piece, and hands the replies back to the session in the order of its
-//!   requests, whichever node answers first: a slow node holds up only the replies that come
-//!   after its own in the same session.
+//! - **Flights** ([`Flight`]): in cluster mode a session sends its batch through its flight,
+//!   with the target of each request (its slot, a replica, a node, or any master). The
+//!   flight passes each run of requests for one node to that node's shared connection in one
+//!   piece (the session's reply channel, tagged with the node) and puts the replies back in
+//!   the session's order, whichever node answers first, in the session's own task: a slow
+//!   node holds up only the replies that come after its own in the same session, and a
+//!   request crosses no task but the shared connection's, as with one Redis.
 //! - **Redirects** never reach a client: MOVED updates the slot and sends the request again
 //!   to the node named; ASK sends `ASKING` and the request to the node named, the map
 //!   unchanged; TRYAGAIN (keys of a slot being migrated) sends it again after
@@ -33,11 +34,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp3::types::RangeFrame;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::shared::{Reply, Shared, Sink, Submit};
-use super::{Connector, OutputMeter};
+use super::Connector;
 use crate::config::UpstreamAddr;
 use crate::error::UpstreamError;
 use crate::wire::{encode_request, next_frame, Frame, SLOTS};
@@ -110,8 +111,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// The node's shared connection for `protocol` that router `lane` uses: always the
-    /// same one, so that the requests a router sends a node are answered in order.
+    /// The node's shared connection for `protocol` that a session (`lane`, its id) uses:
+    /// always the same one, so that the requests a session sends a node are answered in
+    /// order.
     fn shared(&self, protocol: u8, lane: usize) -> &Shared {
         let conns = self.shared[usize::from(protocol == 3)].get_or_init(|| {
             (0..self.per_protocol)
@@ -453,37 +455,9 @@ fn number(f: Option<&RangeFrame>) -> Option<i64> {
     }
 }
 
-/// The handle sessions hand batches to; the routing itself lives in the router's task.
-pub struct Router {
-    tx: mpsc::UnboundedSender<(Submit, Vec<Part>)>,
-}
-
-impl Router {
-    /// A router for `protocol`; `lane` picks which of each node's shared connections it
-    /// uses.
-    pub fn spawn(topology: Arc<Topology>, protocol: u8, lane: usize) -> Router {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(topology, protocol, lane, rx));
-        Router { tx }
-    }
-
-    /// Queues a batch and where each of its requests goes.
-    pub fn submit(&self, batch: Submit, plan: Vec<Part>) {
-        if let Err(mpsc::error::SendError((batch, _))) = self.tx.send((batch, plan)) {
-            for _ in 0..batch.count {
-                let _ = batch.to.tx.send(Reply {
-                    generation: batch.to.generation,
-                    result: Err(UpstreamError::Closed),
-                });
-            }
-        }
-    }
-}
-
 /// One request waiting for its reply.
 struct Entry {
     seq: u64,
-    generation: u64,
     bytes: Bytes,
     target: Target,
     redirects: u8,
@@ -497,107 +471,63 @@ struct Entry {
     done: Option<Result<Frame, UpstreamError>>,
 }
 
-/// A session's requests in the order it sent them, and where their replies go (a session
-/// moves to a new generation, with a new sink, when it gives up on a request).
-struct Queue {
-    sinks: Vec<Sink>,
-    entries: VecDeque<Entry>,
-}
-
 /// What went to a node, in order: its replies come back in the same order.
 enum Sent {
-    /// Sent by the router itself (the `ASKING` before an ASK-redirected request): its reply
-    /// is dropped.
+    /// Sent by respite itself (the `ASKING` before an ASK-redirected request): its reply is
+    /// dropped.
     Skip,
     Request {
-        session: u64,
         seq: u64,
     },
 }
 
-struct State {
+/// One session's requests in flight in a cluster: each goes straight to its node's shared
+/// connection (the session's sink tagged with the node), and the replies, which come back
+/// in each node's order, are put back in the session's own order here, in the session's
+/// task: a request and its reply cross no other task than the shared connection's.
+pub struct Flight {
     topology: Arc<Topology>,
+    /// The session: its replies' channel and generation, and its id (which master takes
+    /// its requests without keys, which of each node's shared connections it uses).
+    sink: Sink,
+    session: u64,
     protocol: u8,
-    lane: usize,
     timeout: Duration,
-    /// Where nodes' replies come to this router (the sink's generation is the node's id).
-    back: mpsc::UnboundedSender<Reply>,
-    quiet: Arc<OutputMeter>,
-    sessions: HashMap<u64, Queue>,
-    sent: HashMap<u64, (Arc<Node>, VecDeque<Sent>)>,
-    retries: Vec<(Instant, u64, u64)>,
+    entries: VecDeque<Entry>,
+    /// What went to each node (by its id), in order: a handful of nodes, looked up in turn.
+    sent: Vec<(u64, Arc<Node>, VecDeque<Sent>)>,
+    retries: Vec<(Instant, u64)>,
     next_seq: u64,
+    /// Replies in the session's order, ready to be taken.
+    ready: Vec<Result<Frame, UpstreamError>>,
 }
 
-async fn run(
-    topology: Arc<Topology>,
-    protocol: u8,
-    lane: usize,
-    mut rx: mpsc::UnboundedReceiver<(Submit, Vec<Part>)>,
-) {
-    let (back, mut replies) = mpsc::unbounded_channel();
-    let timeout = topology.command_timeout;
-    let mut st = State {
-        topology,
-        protocol,
-        lane,
-        timeout,
-        back,
-        // Replies pass through the router: the sessions' own meters count them.
-        quiet: Arc::new(OutputMeter::new(usize::MAX, None, CancellationToken::new())),
-        sessions: HashMap::new(),
-        sent: HashMap::new(),
-        retries: Vec::new(),
-        next_seq: 0,
-    };
-    loop {
-        let retry_at = st.retries.iter().map(|r| r.0).min();
-        tokio::select! {
-            b = rx.recv() => match b {
-                Some((b, plan)) => {
-                    st.accept(b, plan);
-                    // As a shared connection does: whatever other sessions queued meanwhile
-                    // goes out in the same writes.
-                    while let Ok((b, plan)) = rx.try_recv() {
-                        st.accept(b, plan);
-                    }
-                }
-                None => return,
-            },
-            Some(r) = replies.recv() => {
-                let mut touched = Vec::new();
-                st.answer(r, &mut touched);
-                while let Ok(r) = replies.try_recv() {
-                    st.answer(r, &mut touched);
-                }
-                touched.sort_unstable();
-                touched.dedup();
-                for s in touched {
-                    st.deliver(s);
-                }
-            }
-            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
-                st.retry_due();
-            }
+impl Flight {
+    /// A session's flight: `sink` is where its replies come, `session` its id.
+    pub fn new(topology: Arc<Topology>, sink: Sink, session: u64) -> Flight {
+        let timeout = topology.command_timeout;
+        Flight {
+            topology,
+            sink,
+            session,
+            protocol: 2,
+            timeout,
+            entries: VecDeque::new(),
+            sent: Vec::new(),
+            retries: Vec::new(),
+            next_seq: 0,
+            ready: Vec::new(),
         }
     }
-}
 
-impl State {
-    /// A session's batch: each run of requests for one node goes to it in one piece.
-    fn accept(&mut self, b: Submit, plan: Vec<Part>) {
-        let session = b.from;
-        let q = self.sessions.entry(session).or_insert_with(|| Queue {
-            sinks: Vec::new(),
-            entries: VecDeque::new(),
-        });
-        if q.sinks
-            .last()
-            .is_none_or(|s| s.generation != b.to.generation)
-        {
-            q.sinks.push(b.to.clone());
+    /// Sends a batch (`data`, requests back to back; `plan` says where each goes), each run
+    /// of requests for one node to it in one piece. `sink` is the session's now (after it
+    /// gave up on a request, a new generation).
+    pub fn send(&mut self, data: Bytes, plan: Vec<Part>, sink: &Sink, protocol: u8) {
+        if self.sink.generation != sink.generation || !Arc::ptr_eq(&self.sink.meter, &sink.meter) {
+            self.sink = sink.clone();
         }
-        let generation = b.to.generation;
+        self.protocol = protocol;
         let map = self.topology.map();
         let now = Instant::now();
         let mut at = 0;
@@ -609,7 +539,7 @@ impl State {
         for part in plan {
             let seq = self.next_seq;
             self.next_seq += 1;
-            let node = resolve(&map, &part.target, session);
+            let node = resolve(&map, &part.target, self.session);
             let span = at..at + part.len;
             let (left, of) = match (&part.join, head) {
                 (Some((_, n)), _) => {
@@ -622,10 +552,9 @@ impl State {
                 }
                 _ => (0, None),
             };
-            q.entries.push_back(Entry {
+            self.entries.push_back(Entry {
                 seq,
-                generation,
-                bytes: b.data.slice(span.clone()),
+                bytes: data.slice(span.clone()),
                 target: part.target,
                 redirects: 0,
                 started: now,
@@ -652,15 +581,55 @@ impl State {
             at += part.len;
         }
         for (node, seqs, bytes) in runs {
-            send(self, &node, session, &seqs, b.data.slice(bytes), Resend::No);
+            send(self, &node, &seqs, data.slice(bytes), Resend::No);
         }
         if !failed.is_empty() {
             let e = self.no_master();
             for seq in failed {
-                self.finish(session, seq, Err(e.clone()));
+                self.finish(seq, Err(e.clone()));
             }
-            self.deliver(session);
+            self.deliver();
         }
+    }
+
+    /// Takes a reply from a node's shared connection (its tag names the node): the answer to
+    /// the oldest request sent there, unless it is a redirect, which sends the request on.
+    /// The replies now next in the session's order are then [`Flight::ready`].
+    pub fn take(&mut self, r: Reply) {
+        self.answer(r);
+        self.deliver();
+    }
+
+    /// The replies ready, in the session's order (hand the emptied list back with
+    /// [`Flight::give_back`], so that it is not allocated again per reply).
+    pub fn take_ready(&mut self) -> Vec<Result<Frame, UpstreamError>> {
+        std::mem::take(&mut self.ready)
+    }
+
+    pub fn give_back(&mut self, mut ready: Vec<Result<Frame, UpstreamError>>) {
+        if self.ready.is_empty() {
+            ready.clear();
+            self.ready = ready;
+        }
+    }
+
+    /// Requests in flight (answered or not, not yet taken).
+    pub fn in_flight(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// When the next TRYAGAIN (or a redirect to a node not in the map yet) is due again.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.retries.iter().map(|r| r.0).min()
+    }
+
+    /// Forgets everything in flight: the session gave up on it (a new generation, whose
+    /// replies it will not take).
+    pub fn reset(&mut self) {
+        self.entries.clear();
+        self.sent.clear();
+        self.retries.clear();
+        self.ready.clear();
     }
 
     fn no_master(&self) -> UpstreamError {
@@ -669,8 +638,8 @@ impl State {
         UpstreamError::Cluster("no master of the cluster serves the key's slot".into())
     }
 
-    fn finish(&mut self, session: u64, seq: u64, result: Result<Frame, UpstreamError>) {
-        let Some(e) = self.entry(session, seq) else {
+    fn finish(&mut self, seq: u64, result: Result<Frame, UpstreamError>) {
+        let Some(e) = self.entry(seq) else {
             return;
         };
         e.done = Some(result);
@@ -680,43 +649,56 @@ impl State {
             (None, true) => seq,
             (None, false) => return,
         };
-        if let Some(h) = self.entry(session, head) {
+        if let Some(h) = self.entry(head) {
             h.left = h.left.saturating_sub(1);
         }
     }
 
-    fn entry(&mut self, session: u64, seq: u64) -> Option<&mut Entry> {
-        let q = self.sessions.get_mut(&session)?;
-        let i = q.entries.binary_search_by_key(&seq, |e| e.seq).ok()?;
-        q.entries.get_mut(i)
+    fn entry(&mut self, seq: u64) -> Option<&mut Entry> {
+        let i = self.entries.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        self.entries.get_mut(i)
     }
 
-    /// A reply from a node: the answer to the oldest request sent there, unless it is a
-    /// redirect, which sends the request on.
-    fn answer(&mut self, r: Reply, touched: &mut Vec<u64>) {
-        let Some((node, fifo)) = self.sent.get_mut(&r.generation) else {
+    fn answer(&mut self, r: Reply) {
+        let Some((_, node, fifo)) = self.sent.iter_mut().find(|s| s.0 == r.tag) else {
             return;
         };
         let node = node.clone();
-        let Some(Sent::Request { session, seq }) = fifo.pop_front() else {
+        let Some(Sent::Request { seq }) = fifo.pop_front() else {
+            if let Ok(f) = &r.result {
+                self.sink.meter.taken(f.raw.len());
+            }
             return;
         };
-        touched.push(session);
         let result = match r.result {
-            Ok(frame) if unready(&frame) => self.read_from_master(session, seq, Ok(frame)),
+            Ok(frame) if unready(&frame) => {
+                let len = frame.raw.len();
+                let answer = self.read_from_master(seq, Ok(frame));
+                if answer.is_none() {
+                    // Sent to the master: this reply is not the session's.
+                    self.sink.meter.taken(len);
+                }
+                answer
+            }
             Ok(frame) if frame.raw.first() == Some(&b'-') => {
-                self.redirect(&node, session, seq, frame)
+                let len = frame.raw.len();
+                let answer = self.redirect(&node, seq, frame);
+                if !matches!(answer, Some(Ok(_))) {
+                    // Followed, or replaced by respite's own error: not the session's.
+                    self.sink.meter.taken(len);
+                }
+                answer
             }
             Ok(frame) => Some(Ok(frame)),
             Err(e) => {
                 node.counters.errors.fetch_add(1, Ordering::Relaxed);
                 self.topology.refresh_soon();
                 tracing::debug!(node = %node.addr, error = %e, "a request failed on a node");
-                self.read_from_master(session, seq, Err(e))
+                self.read_from_master(seq, Err(e))
             }
         };
         if let Some(result) = result {
-            self.finish(session, seq, result);
+            self.finish(seq, result);
         }
     }
 
@@ -728,7 +710,6 @@ impl State {
     fn redirect(
         &mut self,
         from: &Arc<Node>,
-        session: u64,
         seq: u64,
         frame: Frame,
     ) -> Option<Result<Frame, UpstreamError>> {
@@ -744,7 +725,7 @@ impl State {
         }
         let timeout = self.timeout;
         let topology = self.topology.clone();
-        let entry = self.entry(session, seq)?;
+        let entry = self.entry(seq)?;
         if entry.script {
             if word == b"TRYAGAIN" {
                 // Names no node: as Redis said it (or as the script made it).
@@ -759,8 +740,7 @@ impl State {
             if entry.started.elapsed() + TRYAGAIN_WAIT >= timeout {
                 return Some(Ok(frame));
             }
-            self.retries
-                .push((Instant::now() + TRYAGAIN_WAIT, session, seq));
+            self.retries.push((Instant::now() + TRYAGAIN_WAIT, seq));
             return None;
         }
         from.counters.redirects.fetch_add(1, Ordering::Relaxed);
@@ -789,15 +769,14 @@ impl State {
             // A node the map does not have yet (just added): sent again by the map once it
             // has been read again.
             topology.refresh_soon();
-            self.retries
-                .push((Instant::now() + REFRESH_GAP, session, seq));
+            self.retries.push((Instant::now() + REFRESH_GAP, seq));
             return None;
         };
         let bytes = entry.bytes.clone();
         if !asking {
             topology.moved(slot, &node);
         }
-        send(self, &node, session, &[seq], bytes, Resend::Yes { asking });
+        send(self, &node, &[seq], bytes, Resend::Yes { asking });
         None
     }
 
@@ -806,12 +785,11 @@ impl State {
     /// anything else is answered with `failed`.
     fn read_from_master(
         &mut self,
-        session: u64,
         seq: u64,
         failed: Result<Frame, UpstreamError>,
     ) -> Option<Result<Frame, UpstreamError>> {
         let map = self.topology.map();
-        let entry = self.entry(session, seq)?;
+        let entry = self.entry(seq)?;
         let Target::Replica(slot) = entry.target else {
             return Some(failed);
         };
@@ -820,74 +798,64 @@ impl State {
         };
         entry.target = Target::Slot(slot);
         let bytes = entry.bytes.clone();
-        send(
-            self,
-            &master,
-            session,
-            &[seq],
-            bytes,
-            Resend::Yes { asking: false },
-        );
+        send(self, &master, &[seq], bytes, Resend::Yes { asking: false });
         None
     }
 
-    /// Sends again the TRYAGAIN requests whose wait is over, to their slot's master now.
-    fn retry_due(&mut self) {
+    /// Sends again the requests whose wait is over (TRYAGAIN, or a redirect to a node the
+    /// map did not have yet), to their slot's master now.
+    pub fn retry_due(&mut self) {
         let now = Instant::now();
         let (due, later): (Vec<_>, Vec<_>) = self.retries.drain(..).partition(|r| r.0 <= now);
         self.retries = later;
         let map = self.topology.map();
-        for (_, session, seq) in due {
-            let Some(e) = self.entry(session, seq) else {
+        for (_, seq) in due {
+            let Some(e) = self.entry(seq) else {
                 continue;
             };
-            let bytes = e.bytes.clone();
-            match resolve(&map, &e.target.clone(), session) {
-                Some(node) => {
-                    let again = Resend::Yes { asking: false };
-                    send(self, &node, session, &[seq], bytes, again)
-                }
+            let (bytes, target) = (e.bytes.clone(), e.target.clone());
+            match resolve(&map, &target, self.session) {
+                Some(node) => send(self, &node, &[seq], bytes, Resend::Yes { asking: false }),
                 None => {
                     let e = self.no_master();
-                    self.finish(session, seq, Err(e));
-                    self.deliver(session);
+                    self.finish(seq, Err(e));
                 }
             }
         }
+        self.deliver();
     }
 
-    /// Hands the session every reply that is next in its order.
-    fn deliver(&mut self, session: u64) {
+    /// Moves every reply that is next in the session's order to `ready`.
+    fn deliver(&mut self) {
         let protocol = self.protocol;
-        let Some(q) = self.sessions.get_mut(&session) else {
-            return;
-        };
-        while let Some(first) = q.entries.front() {
+        while let Some(first) = self.entries.front() {
             let parts = first.join.as_ref().map_or(1, |(_, n)| *n);
             let ready = match first.join {
                 Some(_) => first.left == 0,
                 None => first.done.is_some(),
             };
-            if !ready || q.entries.len() < parts {
+            if !ready || self.entries.len() < parts {
                 break;
             }
-            let generation = first.generation;
-            let join = first.join.clone();
-            let mut done: Vec<_> = q.entries.drain(..parts).filter_map(|e| e.done).collect();
-            let result = match join {
-                Some((merge, _)) => merged(merge, done, protocol),
-                None => done.pop().expect("one reply"),
-            };
-            q.sinks.retain(|s| s.generation >= generation);
-            if let Some(to) = q.sinks.iter().find(|s| s.generation == generation) {
-                if let Ok(f) = &result {
-                    to.meter.arrived(f.raw.len());
+            let result = match first.join.clone() {
+                Some((merge, _)) => {
+                    let done: Vec<_> = self.entries.drain(..parts).filter_map(|e| e.done).collect();
+                    // The parts' replies become one: counted as it.
+                    for f in done.iter().flatten() {
+                        self.sink.meter.taken(f.raw.len());
+                    }
+                    let result = merged(merge, done, protocol);
+                    if let Ok(f) = &result {
+                        self.sink.meter.arrived(f.raw.len());
+                    }
+                    result
                 }
-                let _ = to.tx.send(Reply { generation, result });
-            }
-        }
-        if q.entries.is_empty() {
-            self.sessions.remove(&session);
+                None => {
+                    let e = self.entries.pop_front().expect("the first entry");
+                    e.done.expect("done")
+                }
+            };
+            self.ready.push(result);
         }
     }
 }
@@ -913,13 +881,18 @@ enum Resend {
     Yes { asking: bool },
 }
 
-/// Sends requests `seqs` (encoded back to back in `data`) of `session` to `node`.
-fn send(st: &mut State, node: &Arc<Node>, session: u64, seqs: &[u64], data: Bytes, how: Resend) {
-    let (_, fifo) = st
-        .sent
-        .entry(node.id)
-        .or_insert_with(|| (node.clone(), VecDeque::new()));
-    let requests = seqs.iter().map(|&seq| Sent::Request { session, seq });
+/// Sends requests `seqs` (encoded back to back in `data`) to `node`'s shared connection,
+/// their replies tagged with the node.
+fn send(f: &mut Flight, node: &Arc<Node>, seqs: &[u64], data: Bytes, how: Resend) {
+    let at = match f.sent.iter().position(|s| s.0 == node.id) {
+        Some(i) => i,
+        None => {
+            f.sent.push((node.id, node.clone(), VecDeque::new()));
+            f.sent.len() - 1
+        }
+    };
+    let fifo = &mut f.sent[at].2;
+    let requests = seqs.iter().map(|&seq| Sent::Request { seq });
     let (data, count) = match how {
         Resend::No => {
             fifo.extend(requests);
@@ -941,15 +914,14 @@ fn send(st: &mut State, node: &Arc<Node>, session: u64, seqs: &[u64], data: Byte
     node.counters
         .requests
         .fetch_add(seqs.len() as u64, Ordering::Relaxed);
-    node.shared(st.protocol, st.lane).submit(Submit {
+    let lane = f.session as usize;
+    node.shared(f.protocol, lane).submit(Submit {
         data,
         count,
         to: Sink {
-            tx: st.back.clone(),
-            generation: node.id,
-            meter: st.quiet.clone(),
+            tag: node.id,
+            ..f.sink.clone()
         },
-        from: 0,
     });
 }
 

@@ -11,8 +11,9 @@
 //!   connection state lives (MULTI, WATCH, blocking commands, subscriptions, tracking), then
 //!   returns clean (RESET and the login again) or closes.
 //!
-//! In cluster mode ([`cluster`]) every master has its own shared connections and sessions
-//! hand their batches to routers, which send each request to its slot's node.
+//! In cluster mode ([`cluster`]) every master has its own shared connections, and each
+//! session sends each request to its slot's node and puts the replies back in its order
+//! ([`cluster::Flight`]).
 //!
 //! Every connection logs in with the URL's credentials, selects the URL's database and speaks
 //! its protocol ([`Connector`]). After a failed attempt, attempts are spaced out (exponential
@@ -549,32 +550,15 @@ impl Conn {
 }
 
 /// Everything behind the boundary: the shared connections of each protocol and the pinned
-/// pool, both opened through one [`Connector`]; in cluster mode, routers in place of the
-/// shared connections, and the cluster's [`cluster::Topology`].
+/// pool, both opened through one [`Connector`]; in cluster mode, the cluster's
+/// [`cluster::Topology`], whose nodes have shared connections of their own (sessions reach
+/// them through a [`cluster::Flight`]).
 pub struct Upstream {
     pub connector: Arc<Connector>,
     shared_per_protocol: usize,
     shared: [OnceLock<Vec<shared::Shared>>; 2],
-    routers: [OnceLock<Vec<cluster::Router>>; 2],
     pub cluster: Option<Arc<cluster::Topology>>,
     pub pinned: pinned::Pool,
-}
-
-/// Where a session's batches go: a shared connection, or (cluster mode) a router.
-pub enum Lane<'a> {
-    Shared(&'a shared::Shared),
-    Routed(&'a cluster::Router),
-}
-
-impl Lane<'_> {
-    /// Hands over a batch; `plan` says where each of its requests goes (cluster mode; a
-    /// shared connection has one place to send them).
-    pub fn submit(&self, batch: shared::Submit, plan: Vec<cluster::Part>) {
-        match self {
-            Lane::Shared(s) => s.submit(batch),
-            Lane::Routed(r) => r.submit(batch, plan),
-        }
-    }
 }
 
 impl Upstream {
@@ -592,33 +576,19 @@ impl Upstream {
             connector,
             shared_per_protocol: connections.max(1),
             shared: [OnceLock::new(), OnceLock::new()],
-            routers: [OnceLock::new(), OnceLock::new()],
             cluster,
         }
     }
 
-    /// Where a session (by its id) sends its stateless requests for `protocol`. Sticky, so
-    /// that a session's commands keep their order.
-    pub fn shared(&self, protocol: u8, session: u64) -> Lane<'_> {
-        let p = usize::from(protocol == 3);
-        let n = self.shared_per_protocol;
-        let pick = (session % n as u64) as usize;
-        match &self.cluster {
-            None => Lane::Shared(
-                &self.shared[p].get_or_init(|| {
-                    (0..n)
-                        .map(|_| shared::Shared::spawn(self.connector.clone(), protocol))
-                        .collect()
-                })[pick],
-            ),
-            Some(topology) => Lane::Routed(
-                &self.routers[p].get_or_init(|| {
-                    (0..n)
-                        .map(|lane| cluster::Router::spawn(topology.clone(), protocol, lane))
-                        .collect()
-                })[pick],
-            ),
-        }
+    /// The shared connection a session (by its id) uses for `protocol` (one Redis). Sticky,
+    /// so that a session's commands keep their order.
+    pub fn shared(&self, protocol: u8, session: u64) -> &shared::Shared {
+        let conns = self.shared[usize::from(protocol == 3)].get_or_init(|| {
+            (0..self.shared_per_protocol)
+                .map(|_| shared::Shared::spawn(self.connector.clone(), protocol))
+                .collect()
+        });
+        &conns[(session % conns.len() as u64) as usize]
     }
 
     pub fn command_timeout(&self) -> Duration {

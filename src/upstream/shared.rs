@@ -34,11 +34,16 @@ pub struct Sink {
     /// Counts each reply handed over: a client whose unread replies pass its bound is
     /// closed, however far behind its session is (`meter`).
     pub meter: Arc<super::OutputMeter>,
+    /// Copied into each reply: in cluster mode, the node whose connection answered (0 for
+    /// one Redis).
+    pub tag: u64,
 }
 
 /// One reply (or the error that replaces it) for a session.
 pub struct Reply {
     pub generation: u64,
+    /// The sink's tag (see [`Sink::tag`]).
+    pub tag: u64,
     pub result: Result<Frame, UpstreamError>,
 }
 
@@ -49,8 +54,6 @@ pub struct Submit {
     /// How many requests `data` holds (= replies expected).
     pub count: usize,
     pub to: Sink,
-    /// The session (cluster mode: a router keeps each session's replies in order).
-    pub from: u64,
 }
 
 /// The handle sessions use; the connection itself lives in its task.
@@ -79,6 +82,7 @@ fn fail(to: &Sink, count: usize, e: &UpstreamError) {
     for _ in 0..count {
         let _ = to.tx.send(Reply {
             generation: to.generation,
+            tag: to.tag,
             result: Err(e.clone()),
         });
     }
@@ -145,6 +149,7 @@ impl State {
                     route.to.meter.arrived(frame.raw.len());
                     let _ = route.to.tx.send(Reply {
                         generation: route.to.generation,
+                        tag: route.to.tag,
                         result: Ok(frame),
                     });
                     route.left -= 1;
