@@ -96,15 +96,21 @@ impl Session {
         self.take_flight_ready();
     }
 
-    /// Takes the replies the cluster flight has ready, in order.
-    fn take_flight_ready(&mut self) {
+    /// Takes the replies the cluster flight has ready, in order. Should one of them fail
+    /// the upstream (a new generation), the rest were the old generation's: dropped.
+    pub(super) fn take_flight_ready(&mut self) {
         let Some(flight) = self.up.flight.as_mut() else {
             return;
         };
         let mut ready = flight.take_ready();
+        let generation = self.up.sink.generation;
         for result in ready.drain(..) {
+            if self.up.sink.generation != generation {
+                break;
+            }
             self.take_result(result);
         }
+        ready.clear();
         if let Some(flight) = self.up.flight.as_mut() {
             flight.give_back(ready);
         }

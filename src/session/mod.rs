@@ -587,7 +587,7 @@ impl Session {
         self.up.sink.generation += 1;
         self.new_meter();
         if let Some(f) = self.up.flight.as_mut() {
-            f.reset();
+            f.reset(&self.up.sink);
         }
     }
 

@@ -445,7 +445,11 @@ impl Session {
             }
             let plan = std::mem::take(&mut self.up.plan);
             match self.up.flight.as_mut() {
-                Some(f) => f.send(data, plan, &self.up.sink, self.state.protocol),
+                Some(f) => {
+                    f.send(data, plan, &self.up.sink, self.state.protocol);
+                    // A request with no node to go to is answered at once.
+                    self.take_flight_ready();
+                }
                 None => self
                     .ctx
                     .upstream
@@ -639,13 +643,25 @@ impl Session {
                 let flight = &mut self.up.flight;
                 let exchange = async {
                     let mut frames = Vec::with_capacity(n);
-                    while frames.len() < n {
+                    // Cluster mode: a request with no node to go to is answered already.
+                    let mut results: Vec<_> =
+                        flight.as_mut().map(|f| f.take_ready()).unwrap_or_default();
+                    loop {
+                        for result in results.drain(..) {
+                            let frame = result?;
+                            meter.taken(frame.raw.len());
+                            frames.push(frame);
+                        }
+                        if frames.len() >= n {
+                            break;
+                        }
                         let retry = flight.as_ref().and_then(|f| f.next_retry());
                         let r = tokio::select! {
                             r = replies.recv() => r.ok_or(UpstreamError::Closed)?,
                             _ = sleep_until(retry), if retry.is_some() => {
                                 if let Some(f) = flight.as_mut() {
                                     f.retry_due();
+                                    results = f.take_ready();
                                 }
                                 continue;
                             }
@@ -654,18 +670,13 @@ impl Session {
                             continue;
                         }
                         // Cluster mode: the replies in this session's order, as they come.
-                        let results: Vec<_> = match flight.as_mut() {
+                        results = match flight.as_mut() {
                             Some(f) => {
                                 f.take(r);
                                 f.take_ready()
                             }
                             None => vec![r.result],
                         };
-                        for result in results {
-                            let frame = result?;
-                            meter.taken(frame.raw.len());
-                            frames.push(frame);
-                        }
                     }
                     Ok(frames)
                 };

@@ -624,8 +624,10 @@ impl Flight {
     }
 
     /// Forgets everything in flight: the session gave up on it (a new generation, whose
-    /// replies it will not take).
-    pub fn reset(&mut self) {
+    /// replies it will not take); `sink` is the session's from now on, so that the old one's
+    /// meter is let go (what it counted leaves the tenant's total with it).
+    pub fn reset(&mut self, sink: &Sink) {
+        self.sink = sink.clone();
         self.entries.clear();
         self.sent.clear();
         self.retries.clear();

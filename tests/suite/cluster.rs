@@ -1480,3 +1480,49 @@ async fn a_cluster_of_hostnames_walks_exactly() {
     assert_eq!(seen, want, "each key once");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
+
+/// A slot no master serves: its requests are answered at once with an error that names no
+/// node, alone or pipelined with others, and the others are served.
+#[tokio::test]
+async fn a_slot_without_a_master_answers_at_once() {
+    let cluster = Cluster::start();
+    let p = proxy(&cluster, "").await;
+    let mut a = p.raw_as("a", "pa").await;
+    let slot = keyslot(&cluster, "orphan");
+    for n in &cluster.nodes {
+        cli(n.port, &["CLUSTER", "DELSLOTS", &slot.to_string()]);
+    }
+    let other = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| keyslot(&cluster, &format!("tenant:a:{k}")) != slot)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let unserved = "-ERR upstream unavailable: no master of the cluster serves the key's slot\r\n";
+    loop {
+        let t = Instant::now();
+        let r = a.cmd(&["GET", "{orphan}k"]).await;
+        if r == unserved {
+            assert!(
+                t.elapsed() < Duration::from_millis(500),
+                "{:?}",
+                t.elapsed()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut batch = bytes::BytesMut::new();
+    for args in [
+        vec!["SET", &other, "v"],
+        vec!["GET", "{orphan}k"],
+        vec!["GET", &other],
+    ] {
+        respite::wire::encode_request(&mut batch, args.iter().map(|a| a.as_bytes()));
+    }
+    a.send(&batch).await;
+    assert_eq!(a.reply().await, "+OK\r\n");
+    assert_eq!(a.reply().await, unserved);
+    assert_eq!(a.reply().await, "$1\r\nv\r\n");
+    assert_eq!(a.cmd(&["DBSIZE"]).await, ":1\r\n");
+}
