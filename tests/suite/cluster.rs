@@ -15,6 +15,47 @@ async fn proxy(cluster: &Cluster, extra: &str) -> Proxy {
     .await
 }
 
+/// respite in cluster mode for tenant `a` and `other` (password `p<other>`), scripts killed
+/// past `script_ms`.
+async fn script_proxy(cluster: &Cluster, command_ms: u64, script_ms: u64, other: &str) -> Proxy {
+    Proxy::start_config(&format!(
+        "[upstream]\nmode = \"cluster\"\nurl = \"{}\"\ncommand_timeout_ms = {command_ms}\n\
+         [defaults]\nscript_timeout_ms = {script_ms}\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\n\
+         [[tenants]]\nid = \"{other}\"\npassword = \"p{other}\"\n",
+        cluster.url()
+    ))
+    .await
+}
+
+/// The slot of `tag`, its master, and another master to move it to.
+fn moving(cluster: &Cluster, tag: &str) -> (u16, usize, usize) {
+    let slot = keyslot(cluster, tag);
+    let from = cluster.owner(slot);
+    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+    (slot, from, to)
+}
+
+/// Sends `commands` in one write (a pipeline).
+async fn pipeline(c: &mut Raw, commands: &[Vec<&str>]) {
+    let mut batch = bytes::BytesMut::new();
+    for args in commands {
+        respite::wire::encode_request(&mut batch, args.iter().map(|a| a.as_bytes()));
+    }
+    c.send(&batch).await;
+}
+
+/// GET of `k0` .. `k{n-1}`, pipelined: each answers `v<i>`, in order.
+async fn pipelined_gets_answer_in_order(c: &mut Raw, n: usize) {
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    let commands: Vec<Vec<&str>> = keys.iter().map(|k| vec!["GET", k.as_str()]).collect();
+    pipeline(c, &commands).await;
+    for i in 0..n {
+        let v = format!("v{i}");
+        assert_eq!(c.reply().await, format!("${}\r\n{v}\r\n", v.len()));
+    }
+}
+
 #[tokio::test]
 async fn a_tenants_keys_spread_over_every_master_and_read_back_whole() {
     let cluster = Cluster::start();
@@ -32,18 +73,7 @@ async fn a_tenants_keys_spread_over_every_master_and_read_back_whole() {
     }
     assert_eq!(cluster.keys().await.len(), 300);
     // Pipelined reads come back in order whichever node answers.
-    let mut raw = bytes::BytesMut::new();
-    for i in 0..300 {
-        respite::wire::encode_request(
-            &mut raw,
-            ["GET".as_bytes(), format!("k{i}").as_bytes()].into_iter(),
-        );
-    }
-    a.send(&raw).await;
-    for i in 0..300 {
-        let v = format!("v{i}");
-        assert_eq!(a.reply().await, format!("${}\r\n{v}\r\n", v.len()));
-    }
+    pipelined_gets_answer_in_order(&mut a, 300).await;
     // Multi-key commands across slots answer whole.
     assert_eq!(
         a.cmd(&["MGET", "k1", "k2", "nope", "k3"]).await,
@@ -368,9 +398,7 @@ async fn a_slot_migrated_under_load_loses_nothing() {
     let cluster = Cluster::start();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let p = proxy(&cluster, &format!("[admin]\nlisten = \"{admin}\"\n")).await;
-    let slot = keyslot(&cluster, "mig");
-    let from = cluster.owner(slot);
-    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+    let (slot, from, to) = moving(&cluster, "mig");
     let mut a = p.raw_as("a", "pa").await;
     for i in 0..60 {
         assert_eq!(
@@ -728,14 +756,7 @@ async fn shared_market_data_and_admin_figures_in_a_cluster() {
 #[tokio::test]
 async fn scripts_run_confined_on_their_keys_master() {
     let cluster = Cluster::start_with(&["--busy-reply-threshold", "100"]);
-    let p = Proxy::start_config(&format!(
-        "[upstream]\nmode = \"cluster\"\nurl = \"{}\"\ncommand_timeout_ms = 5000\n\
-         [defaults]\nscript_timeout_ms = 300\n\
-         [[tenants]]\nid = \"a\"\npassword = \"pa\"\n\
-         [[tenants]]\nid = \"v\"\npassword = \"pv\"\n",
-        cluster.url()
-    ))
-    .await;
+    let p = script_proxy(&cluster, 5000, 300, "v").await;
     let mut v = p.raw_as("v", "pv").await;
     let mut a = p.raw_as("a", "pa").await;
     for i in 0..20 {
@@ -805,9 +826,7 @@ async fn scripts_run_confined_on_their_keys_master() {
 async fn a_slot_moving_under_a_transaction_aborts_it_with_no_node_named() {
     let cluster = Cluster::start();
     let p = proxy(&cluster, "").await;
-    let slot = keyslot(&cluster, "tx");
-    let from = cluster.owner(slot);
-    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+    let (slot, _, to) = moving(&cluster, "tx");
     let mut a = p.raw_as("a", "pa").await;
     assert_eq!(a.cmd(&["MULTI"]).await, "+OK\r\n");
     assert_eq!(a.cmd(&["SET", "{tx}a", "1"]).await, "+QUEUED\r\n");
@@ -831,9 +850,7 @@ async fn a_slot_moving_under_a_transaction_aborts_it_with_no_node_named() {
 async fn a_blocked_command_follows_its_slot_to_the_new_master() {
     let cluster = Cluster::start();
     let p = proxy(&cluster, "").await;
-    let slot = keyslot(&cluster, "bq");
-    let from = cluster.owner(slot);
-    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+    let (slot, from, to) = moving(&cluster, "bq");
     let mut blocked = p.raw_as("a", "pa").await;
     blocked.send_cmd(&["BLPOP", "{bq}jobs", "8"]).await;
     let mut x = p.raw_as("a", "pa").await;
@@ -1083,18 +1100,7 @@ async fn watch_and_subscriptions_still_reach_every_node() {
     // WATCH pins the connection to {w}'s master; reads of every other node still answer,
     // in order, and the transaction keeps its WATCH.
     assert_eq!(a.cmd(&["WATCH", "{w}a"]).await, "+OK\r\n");
-    let mut pipeline = bytes::BytesMut::new();
-    for i in 0..30 {
-        respite::wire::encode_request(
-            &mut pipeline,
-            ["GET".as_bytes(), format!("k{i}").as_bytes()].into_iter(),
-        );
-    }
-    a.send(&pipeline).await;
-    for i in 0..30 {
-        let v = format!("v{i}");
-        assert_eq!(a.reply().await, format!("${}\r\n{v}\r\n", v.len()));
-    }
+    pipelined_gets_answer_in_order(&mut a, 30).await;
     assert_eq!(
         a.cmd(&["MGET", "k1", "k2"]).await,
         "*2\r\n$2\r\nv1\r\n$2\r\nv2\r\n"
@@ -1295,14 +1301,7 @@ async fn a_tenant_cannot_steer_the_cluster_routing() {
 #[tokio::test]
 async fn script_kill_kills_only_the_callers_script_on_its_node() {
     let cluster = Cluster::start_with(&["--busy-reply-threshold", "100"]);
-    let p = Proxy::start_config(&format!(
-        "[upstream]\nmode = \"cluster\"\nurl = \"{}\"\ncommand_timeout_ms = 20000\n\
-         [defaults]\nscript_timeout_ms = 15000\n\
-         [[tenants]]\nid = \"a\"\npassword = \"pa\"\n\
-         [[tenants]]\nid = \"b\"\npassword = \"pb\"\n",
-        cluster.url()
-    ))
-    .await;
+    let p = script_proxy(&cluster, 20000, 15000, "b").await;
     let first = cluster.owner(0);
     let find = |tenant: &str, on_first: bool| {
         (0..)
@@ -1368,18 +1367,18 @@ async fn transactions_in_a_row_and_without_keys_keep_to_their_own_connection() {
             cluster.owner(slot(x)) != cluster.owner(slot(y))
         })
         .unwrap();
-    let mut batch = bytes::BytesMut::new();
-    for args in [
-        vec!["MULTI"],
-        vec!["SET", &x, "1"],
-        vec!["EXEC"],
-        vec!["MULTI"],
-        vec!["SET", &y, "2"],
-        vec!["EXEC"],
-    ] {
-        respite::wire::encode_request(&mut batch, args.iter().map(|a| a.as_bytes()));
-    }
-    a.send(&batch).await;
+    pipeline(
+        &mut a,
+        &[
+            vec!["MULTI"],
+            vec!["SET", &x, "1"],
+            vec!["EXEC"],
+            vec!["MULTI"],
+            vec!["SET", &y, "2"],
+            vec!["EXEC"],
+        ],
+    )
+    .await;
     for want in ["+OK", "+QUEUED", "*1\r\n+OK", "+OK", "+QUEUED", "*1\r\n+OK"] {
         assert_eq!(a.reply().await, format!("{want}\r\n"));
     }
@@ -1418,19 +1417,17 @@ async fn transactions_in_a_row_and_without_keys_keep_to_their_own_connection() {
 async fn a_blocked_command_with_a_request_behind_it_follows_its_slot() {
     let cluster = Cluster::start();
     let p = proxy(&cluster, "").await;
-    let slot = keyslot(&cluster, "bq");
-    let from = cluster.owner(slot);
-    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+    let (slot, from, to) = moving(&cluster, "bq");
     let other = (0..)
         .map(|i| format!("o{i}"))
         .find(|k| cluster.owner(respite::wire::key_slot(b"tenant:a:", k.as_bytes())) != from)
         .unwrap();
     let mut blocked = p.raw_as("a", "pa").await;
-    let mut batch = bytes::BytesMut::new();
-    for args in [vec!["BLPOP", "{bq}jobs", "0"], vec!["GET", &other]] {
-        respite::wire::encode_request(&mut batch, args.iter().map(|a| a.as_bytes()));
-    }
-    blocked.send(&batch).await;
+    pipeline(
+        &mut blocked,
+        &[vec!["BLPOP", "{bq}jobs", "0"], vec!["GET", &other]],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     migrate_slot(&cluster, slot, to);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1512,15 +1509,15 @@ async fn a_slot_without_a_master_answers_at_once() {
         assert!(Instant::now() < deadline, "{r}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut batch = bytes::BytesMut::new();
-    for args in [
-        vec!["SET", &other, "v"],
-        vec!["GET", "{orphan}k"],
-        vec!["GET", &other],
-    ] {
-        respite::wire::encode_request(&mut batch, args.iter().map(|a| a.as_bytes()));
-    }
-    a.send(&batch).await;
+    pipeline(
+        &mut a,
+        &[
+            vec!["SET", &other, "v"],
+            vec!["GET", "{orphan}k"],
+            vec!["GET", &other],
+        ],
+    )
+    .await;
     assert_eq!(a.reply().await, "+OK\r\n");
     assert_eq!(a.reply().await, unserved);
     assert_eq!(a.reply().await, "$1\r\nv\r\n");
