@@ -36,7 +36,6 @@ pub(super) struct Names {
     pub(super) used: String,
     pub(super) sizes: String,
     pub(super) leases: String,
-    pub(super) lock: String,
 }
 
 /// This instance's lease: `granted` reserved in Redis, of which `charged` is spoken for by
@@ -125,7 +124,6 @@ impl Ledger {
                 used: name("used"),
                 sizes: name("sizes"),
                 leases: name("leases"),
-                lock: name("reconcile"),
             },
             local: Mutex::new(LeaseState::default()),
             reserving: tokio::sync::Mutex::new(()),

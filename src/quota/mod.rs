@@ -10,7 +10,7 @@
 //!                                 last measured
 //! respite:quota:{<id>}:leases     hash: instance → "<bytes>:<expiry ms>", allowance an instance
 //!                                 has reserved for writes not measured yet
-//! respite:quota:{<id>}:reconcile  lock: one instance walks the tenant's keys per interval
+//! respite:quota:reconcile         lock: one instance reconciles every tenant per interval
 //! ```
 //!
 //! A write's way through:
@@ -31,9 +31,11 @@
 //!    USAGE, replaces its entry in `sizes`, moves `used` by the difference and hands the lease
 //!    back. So the figure follows overwrites, APPEND, collections, DEL, RENAME, MULTI/EXEC as
 //!    Redis itself measures them. Measuring is idempotent: a retried flush does no harm.
-//! 4. **reconcile** (every `reconcile_interval_ms`, paced): HSCAN `sizes` and SCAN
-//!    `tenant:<id>:*`, measured the same way. It catches what no command told respite about:
-//!    keys that expired or were evicted, and keys written around respite.
+//! 4. **reconcile** (every `reconcile_interval_ms`, paced): HSCAN each tenant's `sizes`, and
+//!    one SCAN `tenant:*` for every tenant at once (each key measured for its tenant), the
+//!    same way. It catches what no command told respite about: keys that expired or were
+//!    evicted, and keys written around respite. One walk of the keyspace per interval,
+//!    whatever the number of tenants.
 //!
 //! Reads and deletes are never refused. respite's own commands go through a deadpool-redis
 //! pool, not the clients' connections.
@@ -111,6 +113,16 @@ const SIZE: &str = concat!(
     include_str!("scripts/usage.lua"),
     include_str!("scripts/size.lua")
 );
+
+/// The lock one instance holds while it reconciles every tenant, for an interval.
+const RECONCILE_LOCK: &str = "respite:quota:reconcile";
+
+/// `tenant:<id>:` of a key in a tenant's namespace.
+fn tenant_prefix(key: &[u8]) -> Option<&[u8]> {
+    let rest = key.strip_prefix(b"tenant:")?;
+    let id = rest.iter().position(|&b| b == b':')?;
+    Some(&key[..7 + id + 1])
+}
 
 /// EVALSHA of `script`, its keys and arguments to be added. Built as one command rather than
 /// through `Script::key`, which copies every key into an allocation of its own: with a
@@ -411,14 +423,17 @@ impl Quotas {
         Ok(())
     }
 
-    /// One reconciliation pass over the tenant, unless another instance did one within the
-    /// interval. Returns whether it ran.
-    pub async fn reconcile(&self, ledger: &Ledger) -> Result<bool, UpstreamError> {
+    /// One reconciliation pass over every tenant, unless another instance did one within the
+    /// interval: each tenant's `sizes` (its own keys, measured before), then ONE walk of every
+    /// tenant's keys in Redis (`tenant:*`), each key measured for its tenant. Its cost is the
+    /// keyspace's, once per interval, whatever the number of tenants (a walk per tenant cost
+    /// the whole keyspace per tenant). Returns whether it ran.
+    pub async fn reconcile_all(&self) -> Result<bool, UpstreamError> {
         let interval_ms = self.settings.reconcile_interval.as_millis() as u64;
         let locked: Option<String> = self
             .with_conn(async |c| {
                 redis::cmd("SET")
-                    .arg(&ledger.names.lock)
+                    .arg(RECONCILE_LOCK)
                     .arg(&self.instance)
                     .arg("NX")
                     .arg("PX")
@@ -431,20 +446,24 @@ impl Quotas {
             return Ok(false);
         }
         // Keys measured before: the ones that expired or were evicted measure as gone.
-        self.walk(ledger, "HSCAN", &ledger.names.sizes, true)
-            .await?;
+        for ledger in &self.ledgers {
+            self.walk(Some(ledger), "HSCAN", &ledger.names.sizes, true)
+                .await?;
+        }
         // Keys in Redis: written around respite, or before it.
-        let pattern = format!("{}*", String::from_utf8_lossy(&ledger.prefix));
-        self.walk(ledger, "SCAN", &pattern, false).await?;
-        ledger.reconciled.fetch_add(1, Ordering::Relaxed);
+        self.walk(None, "SCAN", "tenant:*", false).await?;
+        for ledger in &self.ledgers {
+            ledger.reconciled.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(true)
     }
 
     /// Measures every key a SCAN (`target` is the MATCH pattern) or an HSCAN of `sizes`
-    /// (`target` is the hash; its fields are keys without the prefix) yields, paced.
+    /// (`target` is the hash; its fields are keys without the prefix) yields, paced: for
+    /// `ledger`, or (a SCAN of every tenant's keys) for the ledger of each key's tenant.
     async fn walk(
         &self,
-        ledger: &Ledger,
+        ledger: Option<&Ledger>,
         how: &str,
         target: &str,
         fields: bool,
@@ -477,23 +496,47 @@ impl Quotas {
                         c.on_node(&cmd, node).await
                     })
                     .await?;
-                let keys: Vec<Bytes> = if fields {
-                    // HSCAN yields field, value, field, value...
-                    items
-                        .chunks(2)
-                        .map(|fv| crate::wire::namespaced(&ledger.prefix, &fv[0]))
-                        .collect()
-                } else {
-                    items.into_iter().map(Bytes::from).collect()
-                };
-                if !keys.is_empty() {
-                    self.measure(ledger, &keys, 0).await?;
+                match ledger {
+                    Some(ledger) => {
+                        let keys: Vec<Bytes> = if fields {
+                            // HSCAN yields field, value, field, value...
+                            items
+                                .chunks(2)
+                                .map(|fv| crate::wire::namespaced(&ledger.prefix, &fv[0]))
+                                .collect()
+                        } else {
+                            items.into_iter().map(Bytes::from).collect()
+                        };
+                        if !keys.is_empty() {
+                            self.measure(ledger, &keys, 0).await?;
+                        }
+                    }
+                    None => self.measure_by_tenant(items).await?,
                 }
                 if next == 0 {
                     break;
                 }
                 cursor = next;
                 tokio::time::sleep(pause).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Measures a batch of keys of any tenants (a walk of every tenant's keys), each for its
+    /// tenant's ledger; keys of tenants this instance does not know are left alone.
+    async fn measure_by_tenant(&self, keys: Vec<Vec<u8>>) -> Result<(), UpstreamError> {
+        let mut of: BTreeMap<&[u8], Vec<Bytes>> = BTreeMap::new();
+        for key in &keys {
+            if let Some(prefix) = tenant_prefix(key) {
+                of.entry(prefix)
+                    .or_default()
+                    .push(Bytes::copy_from_slice(key));
+            }
+        }
+        for (prefix, keys) in of {
+            if let Some(ledger) = self.ledgers.iter().find(|l| &l.prefix[..] == prefix) {
+                self.measure(ledger, &keys, 0).await?;
             }
         }
         Ok(())
@@ -564,14 +607,12 @@ impl Quotas {
     async fn reconcile_forever(self: Arc<Self>, stop: CancellationToken) {
         loop {
             let started = Instant::now();
-            for l in &self.ledgers {
-                let pass = tokio::select! {
-                    r = self.reconcile(l) => r,
-                    _ = stop.cancelled() => return,
-                };
-                if let Err(e) = pass {
-                    tracing::warn!(tenant = %l.tenant, error = %e, "quota reconciliation failed");
-                }
+            let pass = tokio::select! {
+                r = self.reconcile_all() => r,
+                _ = stop.cancelled() => return,
+            };
+            if let Err(e) = pass {
+                tracing::warn!(error = %e, "quota reconciliation failed");
             }
             let next = started + self.settings.reconcile_interval;
             tokio::select! {

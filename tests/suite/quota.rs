@@ -636,3 +636,52 @@ async fn an_over_quota_tenant_cannot_run_scripts_that_may_write() {
         "{keys:?}"
     );
 }
+
+/// Reconciliation walks the keyspace once per pass for every tenant, not once per tenant:
+/// 50 tenants with keys written around respite each get their usage from one walk, and Redis
+/// sees as many SCAN steps as one walk of its keys takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reconciliation_walk_serves_every_tenant() {
+    let redis = Redis::start();
+    let mut d = redis.direct().await;
+    let mut config = format!(
+        "[upstream]\nurl = \"{}\"\ncommand_timeout_ms = 2000\n\
+         [quota]\nflush_interval_ms = 20\nreconcile_interval_ms = 600000\n\
+         reconcile_keys_per_second = 1000000\n",
+        redis.url()
+    );
+    for t in 0..50 {
+        config.push_str(&format!(
+            "[[tenants]]\nid = \"t{t}\"\npassword = \"pt{t}\"\nquota_bytes = 10000000\n"
+        ));
+        // Written around respite: 20 keys each, 1,000 in all.
+        for i in 0..20 {
+            let () = q(
+                &mut d,
+                &["SET", &format!("tenant:t{t}:k{i}"), &"x".repeat(100 + t)],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let () = q(&mut d, &["CONFIG", "RESETSTAT"]).await.unwrap();
+    let proxy = Proxy::start_config(&config).await;
+    let mut clients = Vec::new();
+    for t in [0, 17, 49] {
+        let mut c = proxy.client(&format!("t{t}"), &format!("pt{t}")).await;
+        reconciled(&mut c, 0).await;
+        clients.push((t, c));
+    }
+    let stats: String = q(&mut d, &["INFO", "commandstats"]).await.unwrap();
+    for (t, c) in &mut clients {
+        let used = tenant_figure(c, "used_bytes").await;
+        assert_eq!(used, memory_of(&redis, &format!("tenant:t{t}:")).await);
+    }
+    let scans: i64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|l| l.split(',').next()?.parse().ok())
+        .unwrap_or(0);
+    // 1,000 keys in steps of 256: a handful of SCAN calls, not 50 walks of the keyspace.
+    assert!((1..=10).contains(&scans), "{scans} SCAN calls");
+}
