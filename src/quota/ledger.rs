@@ -40,6 +40,13 @@ pub(super) struct Names {
 
 /// This instance's lease: `granted` reserved in Redis, of which `charged` is spoken for by
 /// writes not measured yet, of which `settled` have their reply (their keys are `dirty`).
+/// How long a lease is kept without writes before it goes back to Redis.
+pub(super) const IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A lease kept is renewed (by a flush) this long after it was last: well before Redis lets
+/// it expire (`LEASE_TTL_MS`, 10 s), so that no other instance counts it gone while held.
+pub(super) const RENEW_AFTER: std::time::Duration = std::time::Duration::from_secs(4);
+
 #[derive(Debug, Default)]
 pub(super) struct LeaseState {
     pub(super) granted: u64,
@@ -57,6 +64,12 @@ pub(super) struct LeaseState {
     /// The last reservation's size, and whether writes were charged since the last flush.
     pub(super) last_grant: u64,
     pub(super) busy: bool,
+    /// When a write was last charged, and when the lease was last reserved or renewed in
+    /// Redis (every flush renews it): a lease is kept through [`IDLE_GRACE`] without writes,
+    /// so that a tenant writing now and then does not pay a reservation (a round trip on its
+    /// request's way) for each write.
+    pub(super) last_charge: Option<Instant>,
+    pub(super) renewed: Option<Instant>,
     /// Keys to measure again when their TTL runs out.
     pub(super) expiring: BTreeMap<Instant, Vec<Bytes>>,
     pub(super) expiring_keys: usize,
@@ -160,6 +173,7 @@ impl Ledger {
         if left >= bytes {
             l.charged += bytes;
             l.busy = true;
+            l.last_charge = Some(Instant::now());
             if let Some(a) = allowance {
                 *a = SESSION_SPARE.min((left - bytes) / 16);
                 l.charged += *a;
@@ -197,11 +211,13 @@ impl Ledger {
         // While writes keep coming, the instance keeps up to its last grant (which shrinks
         // near the limit) so that they need no reservation; idle, it hands back everything.
         let unused = l.granted - l.charged;
-        let keep = if keep && l.busy {
+        let recent = l.last_charge.is_some_and(|t| t.elapsed() < IDLE_GRACE);
+        let keep = if keep && (l.busy || recent) {
             unused.min(l.last_grant)
         } else {
             0
         };
+        l.renewed = Some(now);
         l.busy = false;
         let release = l.settled + unused - keep;
         let settled = std::mem::take(&mut l.settled);
@@ -222,15 +238,29 @@ impl Ledger {
         l.settled += f.settled;
         l.charged += f.settled;
         l.granted += f.release;
+        // Not renewed after all.
+        l.renewed = None;
     }
 
+    /// Does this instance hold an allowance of the tenant's?
+    pub(super) fn holds_lease(&self) -> bool {
+        self.local.lock().unwrap().granted > 0
+    }
+
+    /// Does the next flush have anything to do? Keys to measure, settled writes, keys
+    /// whose TTL ran out; or a lease to hand back (no write for [`IDLE_GRACE`]) or to renew
+    /// before Redis lets it expire. A tenant that wrote nothing lately costs no round trip.
     pub(super) fn has_work(&self) -> bool {
         let l = self.local.lock().unwrap();
+        let now = Instant::now();
+        let idle = l.last_charge.is_none_or(|t| now - t >= IDLE_GRACE);
+        let stale = l.renewed.is_none_or(|t| now - t >= RENEW_AFTER);
         !l.dirty.is_empty()
-            || l.granted > 0
+            || l.settled > 0
+            || (l.granted > 0 && (idle || stale))
             || l.expiring
                 .first_key_value()
-                .is_some_and(|(at, _)| *at <= Instant::now())
+                .is_some_and(|(at, _)| *at <= now)
     }
 
     pub(super) fn status(&self, used: i64) -> Status {

@@ -326,6 +326,7 @@ impl Quotas {
             let mut l = ledger.local.lock().unwrap();
             l.granted += grant;
             l.last_grant = grant;
+            l.renewed = Some(Instant::now());
         }
         Ok(grant > 0)
     }
@@ -588,16 +589,17 @@ impl Quotas {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => break,
             }
-            self.flush_all().await;
+            self.flush_all(true).await;
         }
-        self.flush_all().await;
+        // The last flush hands every lease back: this instance is going away.
+        self.flush_all(false).await;
         let _ = reconciler.await;
     }
 
-    async fn flush_all(&self) {
+    async fn flush_all(&self, keep: bool) {
         for l in &self.ledgers {
-            if l.has_work() {
-                if let Err(e) = self.flush(l, true).await {
+            if l.has_work() || (!keep && l.holds_lease()) {
+                if let Err(e) = self.flush(l, keep).await {
                     tracing::warn!(tenant = %l.tenant, error = %e, "quota flush failed; will retry");
                 }
             }

@@ -208,8 +208,36 @@ fn a_busy_instance_keeps_its_last_grant_until_it_goes_idle() {
     l.settle([Bytes::from("k")], 300);
     assert_eq!(l.take_flush(true).release, 300);
     assert_eq!(l.local.lock().unwrap().granted, 700);
+    // Written lately: kept, and nothing to do until the grace or the renewal is due.
+    assert!(
+        !l.has_work(),
+        "a lease of a tenant that wrote lately costs no flush"
+    );
+    assert_eq!(l.take_flush(true).release, 0);
+    // No write for the grace: all of it goes back.
+    let long_ago = std::time::Instant::now() - super::ledger::IDLE_GRACE;
+    l.local.lock().unwrap().last_charge = Some(long_ago);
+    assert!(l.has_work());
     assert_eq!(l.take_flush(true).release, 700, "idle: all of it goes back");
     assert_eq!(l.local.lock().unwrap().granted, 0);
+    assert!(!l.has_work());
+}
+
+#[test]
+fn a_kept_lease_is_renewed_before_redis_lets_it_expire() {
+    let l = Ledger::new("a", None);
+    {
+        let mut local = l.local.lock().unwrap();
+        (local.granted, local.last_grant) = (1000, 1000);
+        local.last_charge = Some(std::time::Instant::now());
+        local.renewed = Some(std::time::Instant::now());
+    }
+    assert!(!l.has_work());
+    let long_ago = std::time::Instant::now() - super::ledger::RENEW_AFTER;
+    l.local.lock().unwrap().renewed = Some(long_ago);
+    assert!(l.has_work(), "a flush renews the lease");
+    assert_eq!(l.take_flush(true).release, 0, "still writing: kept");
+    assert!(!l.has_work());
 }
 
 #[test]
