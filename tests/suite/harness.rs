@@ -605,30 +605,24 @@ impl Cluster {
 
     /// The index of the node serving `slot` as its master.
     pub fn owner(&self, slot: u16) -> usize {
-        let alive = (0..6).find(|&i| self.nodes[i].alive()).unwrap();
-        let out = cli(self.nodes[alive].port, &["CLUSTER", "NODES"]);
-        for l in out.lines() {
-            let f: Vec<&str> = l.split(' ').collect();
-            if f.len() < 9 || !f[2].contains("master") {
-                continue;
-            }
-            let owns = f[8..].iter().any(|r| {
-                let mut it = r.split('-');
-                let (Some(a), b) = (it.next(), it.next()) else {
-                    return false;
-                };
-                let (Ok(a), b) = (a.parse::<u16>(), b.map(|b| b.parse::<u16>())) else {
-                    return false;
-                };
-                match b {
-                    Some(Ok(b)) => (a..=b).contains(&slot),
-                    None => a == slot,
-                    _ => false,
-                }
-            });
-            if owns {
-                let port: u16 = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
-                return (0..6).find(|&i| self.nodes[i].port == port).unwrap();
+        // The node that says so itself (its own `myself` line), rather than any node's view
+        // of the others, which gossip updates late.
+        let claims = |line: &str| {
+            let f: Vec<&str> = line.split(' ').collect();
+            f.len() >= 9
+                && f[2].contains("master")
+                && f[8..].iter().any(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    match (a.parse::<u16>(), b.parse::<u16>()) {
+                        (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                        _ => false,
+                    }
+                })
+        };
+        for i in (0..6).filter(|&i| self.nodes[i].alive()) {
+            let out = cli(self.nodes[i].port, &["CLUSTER", "NODES"]);
+            if out.lines().any(|l| l.contains("myself") && claims(l)) {
+                return i;
             }
         }
         panic!("no owner of slot {slot}");
