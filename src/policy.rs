@@ -123,7 +123,7 @@ const NOT_IN_SCRIPTS: &[&str] = &[
 pub const WRITES_THROUGH_READ_ACCESS: &[&str] = &["pfcount", "xreadgroup"];
 
 /// May a tenant's script call `cmd` (Redis' `redis.call`)? What `check` lets a tenant run
-/// and Redis runs in scripts, less [`NOT_IN_SCRIPTS`]. Decided by name alone: the script's
+/// and Redis runs in scripts, less `NOT_IN_SCRIPTS`. Decided by name alone: the script's
 /// arguments are not seen by respite, the tenant's ACL user and the prelude enforce it.
 pub fn allowed_in_scripts(cmd: &Command) -> bool {
     let (name, _) = cmd.names();

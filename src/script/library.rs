@@ -40,7 +40,7 @@ fn redis_error(e: &redis::RedisError, names: &str) -> Error {
     Error::Redis(text.replace(names, ""))
 }
 
-/// FUNCTION LOAD [REPLACE]: the library under the tenant's names; the reply is its name as
+/// FUNCTION LOAD \[REPLACE\]: the library under the tenant's names; the reply is its name as
 /// the tenant gave it.
 pub async fn load(
     own: &OwnPool,

@@ -594,7 +594,7 @@ impl Flight {
 
     /// Takes a reply from a node's shared connection (its tag names the node): the answer to
     /// the oldest request sent there, unless it is a redirect, which sends the request on.
-    /// The replies now next in the session's order are then [`Flight::ready`].
+    /// The replies now next in the session's order are then [`Flight::take_ready`]'s.
     pub fn take(&mut self, r: Reply) {
         self.answer(r);
         self.deliver();
