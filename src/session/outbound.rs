@@ -33,6 +33,14 @@ impl Session {
         let cluster = self.ctx.upstream.cluster.is_some();
         if cluster {
             if let routing::Routed::Done = self.route_in_cluster(top, key_slot, read_only, queued) {
+                self.give_back(write);
+                return Ok(());
+            }
+            if top == b"mset" && !queued && args.len() % 2 == 0 {
+                // One Redis checks the pairs before anything else; a cluster would first
+                // answer CROSSSLOT (or respite split the request on a lone key).
+                self.give_back(write);
+                self.refuse(Error::WrongArity("mset".into()));
                 return Ok(());
             }
             let pending = self.state.multi.as_ref().is_some_and(|m| m.begin_pending);
@@ -62,6 +70,7 @@ impl Session {
             }
             let pins = blocking || matches!(expect, Expect::Confirm { .. });
             if !self.keep_to_node(top, pins).await? {
+                self.give_back(write);
                 return Ok(());
             }
         }
@@ -210,6 +219,14 @@ impl Session {
         self.answer(Bytes::from_static(b"+QUEUED\r\n"));
         self.count(Outcome::Ok, None);
         Ok(())
+    }
+
+    /// A write refused before it was sent: its charge is settled (its keys measured as they
+    /// are) rather than dropped, which would leave it spoken for.
+    fn give_back(&mut self, write: Option<Written>) {
+        if let Some(w) = write {
+            self.account.add(w);
+        }
     }
 
     /// A script of the same tenant right after another one's, in the same batch: the login
