@@ -6,13 +6,19 @@
 //! - `GET /metrics`: Prometheus text format, made by the `prometheus-client` crate from the
 //!   figures the other stages keep: connections per tenant, quota usage and decisions per
 //!   tenant, the shared cache's counters, Redis' reachability.
+//! - `POST /reload` with `Authorization: Bearer <admin.token>`: reads the config file again
+//!   (see `reload`); 200 and what changed, 400 and every error of an invalid file (nothing
+//!   changes), 401 without the token, 403 when no `admin.token` is set.
+//!
+//! The read-only endpoints need no token: probes and scrapers hold none.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
+use crate::tenant::Tenant;
 
 /// Serves the admin endpoints on `listener` until `shutdown`.
 pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: CancellationToken) {
@@ -37,6 +44,16 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: Cancellatio
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "Redis does not answer\n")
                     }
+                }
+            }),
+        )
+        .route(
+            "/reload",
+            post({
+                let ctx = ctx.clone();
+                move |headers: HeaderMap| {
+                    let ctx = ctx.clone();
+                    async move { reload(&ctx, &headers).await }
                 }
             }),
         )
@@ -64,14 +81,99 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: Cancellatio
     }
 }
 
+/// `POST /reload`, for the holder of `admin.token`.
+async fn reload(ctx: &Arc<Context>, headers: &HeaderMap) -> axum::response::Response {
+    let config = ctx.auth.config();
+    let Some(token) = config
+        .admin
+        .as_ref()
+        .and_then(|a| a.get_ref().token.clone())
+    else {
+        return (
+            StatusCode::FORBIDDEN,
+            "no admin.token is set: reload with SIGHUP, or set one\n",
+        )
+            .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let digest = |t: &str| crate::config::sha256(t.as_bytes());
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        &digest(given)[..],
+        &digest(token.expose())[..],
+    )) {
+        tracing::warn!("POST /reload refused: missing or wrong admin token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "admin token required\n",
+        )
+            .into_response();
+    }
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    match crate::reload::reload(ctx, "POST /reload").await {
+        Ok(report) => (
+            StatusCode::OK,
+            json,
+            serde_json::to_string(&report).unwrap_or_default(),
+        )
+            .into_response(),
+        Err(crate::reload::ReloadError::Invalid(errors)) => {
+            let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+            let body = serde_json::json!({ "errors": list });
+            (StatusCode::BAD_REQUEST, json, body.to_string()).into_response()
+        }
+        Err(e) => {
+            let body = serde_json::json!({ "errors": [e.to_string()] });
+            (StatusCode::CONFLICT, json, body.to_string()).into_response()
+        }
+    }
+}
+
 type ByTenant = Vec<(String, String)>;
 
 fn tenant(id: &str) -> ByTenant {
     vec![("tenant".into(), id.into())]
 }
 
+/// The tenants /metrics names: those with a connection, or whose figures moved within
+/// `admin.tenant_window_seconds`. With ten thousand configured tenants the label count
+/// follows the active ones; the rest are counted in `respite_tenants{state="quiet"}`.
+fn reported(ctx: &Context, registry: &mut Registry) -> Vec<Arc<Tenant>> {
+    let window = ctx
+        .auth
+        .config()
+        .admin
+        .as_ref()
+        .map_or(300, |a| a.get_ref().tenant_window_seconds);
+    let since = Instant::now()
+        .checked_sub(Duration::from_secs(window))
+        .unwrap_or_else(Instant::now);
+    let all = ctx.auth.tenants();
+    let known = all.len();
+    let active: Vec<_> = all
+        .into_iter()
+        .filter(|t| t.connections() > 0 || t.stats.active_since(since))
+        .collect();
+    let tenants = Family::<Vec<(String, String)>, Gauge>::default();
+    for (state, n) in [("active", active.len()), ("quiet", known - active.len())] {
+        tenants
+            .get_or_create(&vec![("state".into(), state.into())])
+            .set(n as i64);
+    }
+    registry.register(
+        "tenants",
+        "Tenants known (listed, or made from tokens): active ones are named in the per-tenant figures",
+        tenants,
+    );
+    active
+}
+
 /// Commands, hits, bytes, auth failures and latency percentiles, per tenant.
-fn tenant_figures(ctx: &Context, registry: &mut Registry) {
+fn tenant_figures(tenants: &[Arc<Tenant>], registry: &mut Registry) {
     let commands = Family::<ByTenant, Counter>::default();
     let hits = Family::<ByTenant, Counter>::default();
     let misses = Family::<ByTenant, Counter>::default();
@@ -80,7 +182,7 @@ fn tenant_figures(ctx: &Context, registry: &mut Registry) {
     let bytes_written = Family::<ByTenant, Counter>::default();
     let auth_failures = Family::<ByTenant, Counter>::default();
     let latency = Family::<ByTenant, Gauge>::default();
-    for t in ctx.auth.tenants() {
+    for t in tenants {
         let s = t.stats.snapshot();
         let id = tenant(&t.id);
         for ((name, outcome), n) in &s.commands {
@@ -138,7 +240,7 @@ fn tenant_figures(ctx: &Context, registry: &mut Registry) {
 }
 
 /// What each tenant's limits did, and where it stands against them.
-fn tenant_limits(ctx: &Context, registry: &mut Registry) {
+fn tenant_limits(tenants: &[Arc<Tenant>], registry: &mut Registry) {
     let closed = Family::<ByTenant, Counter>::default();
     let connections = Family::<ByTenant, Gauge>::default();
     let max_clients = Family::<ByTenant, Gauge>::default();
@@ -146,11 +248,11 @@ fn tenant_limits(ctx: &Context, registry: &mut Registry) {
     let throttled = Family::<ByTenant, Gauge<f64, AtomicU64>>::default();
     let rate_refusals = Family::<ByTenant, Counter>::default();
     let origin_limited = Family::<ByTenant, Counter>::default();
-    for t in ctx.auth.tenants() {
+    for t in tenants {
         let id = tenant(&t.id);
         origin_limited
             .get_or_create(&id)
-            .inc_by(t.limited.origin_limited.load(Ordering::Relaxed));
+            .inc_by(t.live.limited.origin_limited.load(Ordering::Relaxed));
         if let Some(r) = &t.rates {
             let us = r.throttled_us.load(Ordering::Relaxed);
             throttled.get_or_create(&id).set(us as f64 / 1e6);
@@ -160,7 +262,7 @@ fn tenant_limits(ctx: &Context, registry: &mut Registry) {
         }
         closed
             .get_or_create(&id)
-            .inc_by(t.limited.closed_for_output.load(Ordering::Relaxed));
+            .inc_by(t.live.limited.closed_for_output.load(Ordering::Relaxed));
         connections.get_or_create(&id).set(t.connections() as i64);
         if let Some(max) = t.max_clients {
             max_clients.get_or_create(&id).set(max as i64);
@@ -210,11 +312,14 @@ fn tenant_limits(ctx: &Context, registry: &mut Registry) {
 async fn metrics(ctx: &Context) -> String {
     let mut registry = <Registry>::with_prefix("respite");
     register_connections(ctx, &mut registry);
-    tenant_figures(ctx, &mut registry);
-    tenant_limits(ctx, &mut registry);
+    register_reloads(ctx, &mut registry);
+    let tenants = reported(ctx, &mut registry);
+    tenant_figures(&tenants, &mut registry);
+    tenant_limits(&tenants, &mut registry);
     register_upstream(ctx, &mut registry);
     if let Some(quotas) = &ctx.quotas {
-        register_quotas(quotas, &mut registry).await;
+        let ledgers = tenants.iter().filter_map(|t| t.ledger.clone()).collect();
+        register_quotas(quotas, ledgers, &mut registry).await;
     }
     if let Some(shared) = &ctx.market {
         register_shared(shared, &mut registry);
@@ -354,14 +459,41 @@ fn register_cluster(topology: &crate::upstream::cluster::Topology, registry: &mu
     }
 }
 
-/// Usage, quota and decisions, by tenant.
-async fn register_quotas(quotas: &crate::quota::Quotas, registry: &mut Registry) {
+/// Config reloads applied and refused, and whether the last one was refused.
+fn register_reloads(ctx: &Context, registry: &mut Registry) {
+    let r = &ctx.reloads;
+    let reloads = Family::<Vec<(String, String)>, Counter>::default();
+    for (result, n) in [("applied", &r.applied), ("invalid", &r.invalid)] {
+        reloads
+            .get_or_create(&vec![("result".into(), result.into())])
+            .inc_by(n.load(Ordering::Relaxed));
+    }
+    registry.register(
+        "config_reloads",
+        "Config reloads (SIGHUP, POST /reload): applied, or refused for an invalid file",
+        reloads,
+    );
+    let failed = Gauge::<i64>::default();
+    failed.set(r.last_failed.load(Ordering::Relaxed) as i64);
+    registry.register(
+        "config_last_reload_failed",
+        "1 when the last reload was refused (the running config is older than the file)",
+        failed,
+    );
+}
+
+/// Usage, quota and decisions, for the tenants reported.
+async fn register_quotas(
+    quotas: &crate::quota::Quotas,
+    ledgers: Vec<Arc<crate::quota::Ledger>>,
+    registry: &mut Registry,
+) {
     let used = Family::<ByTenant, Gauge>::default();
     let quota = Family::<ByTenant, Gauge>::default();
     let overage = Family::<ByTenant, Gauge>::default();
     let refusals = Family::<ByTenant, Counter>::default();
     let overage_writes = Family::<ByTenant, Counter>::default();
-    for (ledger, status) in quotas.statuses().await {
+    for (ledger, status) in quotas.statuses(ledgers).await {
         let t = tenant(&ledger.tenant);
         used.get_or_create(&t).set(status.used);
         if let Some(l) = status.limits {

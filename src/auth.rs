@@ -5,14 +5,16 @@
 //! is configured) is accepted wherever a password is; its tenant comes from a claim.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use subtle::ConstantTimeEq;
 
 use crate::config::{sha256, Config, JwtConfig};
-use crate::quota::Ledger;
+use crate::quota::Ledgers;
 use crate::tenant::Tenant;
 
 /// Why a login failed. Every variant becomes the same `-WRONGPASS` reply (a client must not
@@ -29,6 +31,8 @@ pub enum AuthFailure {
     NoTenantClaim,
     #[error("token is for another tenant")]
     TenantMismatch,
+    #[error("token names a plan with no [plans.<name>] table")]
+    UnknownPlan,
 }
 
 struct Entry {
@@ -40,18 +44,251 @@ struct Jwt {
     key: DecodingKey,
     validation: Validation,
     claim: String,
+    /// `dynamic_tenants`: the claim naming the plan of a tenant no entry lists.
+    dynamic: Option<String>,
+    /// The settings it was built from, to tell whether a reload changed them.
+    settings: String,
 }
 
-/// Every tenant and how each may log in.
-pub struct Authenticator {
-    tenants: HashMap<String, Entry>,
+/// One config's tenants and how each may log in; a reload puts a new one in place.
+struct Book {
+    config: Arc<Config>,
+    shared: Arc<[Bytes]>,
+    listed: HashMap<String, Entry>,
+    /// Tenants no `[[tenants]]` entry names, made from tokens (`dynamic_tenants`), with the
+    /// plan each was made on.
+    unlisted: Mutex<HashMap<String, Arc<Tenant>>>,
     jwt: Option<Jwt>,
+    default_tenant: Option<String>,
+    /// Usage is kept (decided at start): tenants get ledgers.
+    quotas: bool,
+}
+
+/// A successful login.
+pub struct Login {
+    pub tenant: Arc<Tenant>,
+    /// When the token it came from expires (a password never does).
+    pub expires: Option<SystemTime>,
+}
+
+/// What a reload changed among the tenants: the tenants whose connections must close, and
+/// what to report.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Tenants whose password changed: their connections close too.
+    pub new_credentials: Vec<String>,
+    /// The token key, issuer, audience or claims changed: connections that logged in with
+    /// a token close.
+    pub token_settings: bool,
+}
+
+/// Every tenant and how each may log in. A reload ([`Authenticator::replace`]) swaps in a
+/// new book of tenants and moves the generation on; sessions notice it at their next pass
+/// and take their tenant's new settings.
+pub struct Authenticator {
+    book: RwLock<Arc<Book>>,
+    generation: AtomicU64,
+    /// Where each tenant's ledger is kept, when quotas are.
+    ledgers: Option<Arc<Ledgers>>,
 }
 
 impl Authenticator {
-    /// Builds from a config that [`Config::parse`] already validated.
-    pub fn from_config(config: &Config) -> anyhow::Result<Authenticator> {
-        let mut tenants = HashMap::new();
+    /// Builds from a config that [`Config::parse`] already validated; `ledgers` when usage
+    /// is kept.
+    pub fn from_config(
+        config: Config,
+        ledgers: Option<Arc<Ledgers>>,
+    ) -> anyhow::Result<Authenticator> {
+        let book = Book::new(config, None, ledgers.as_deref())?;
+        Ok(Authenticator {
+            book: RwLock::new(Arc::new(book)),
+            generation: AtomicU64::new(0),
+            ledgers,
+        })
+    }
+
+    fn book(&self) -> Arc<Book> {
+        self.book.read().unwrap().clone()
+    }
+
+    /// Moves on with every reload (and when an unlisted tenant's plan changes).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Every tenant known now: the listed ones and those made from tokens.
+    pub fn tenants(&self) -> Vec<Arc<Tenant>> {
+        let book = self.book();
+        let mut all: Vec<_> = book.listed.values().map(|e| e.tenant.clone()).collect();
+        all.extend(book.unlisted.lock().unwrap().values().cloned());
+        all
+    }
+
+    /// The tenant called `id` now, listed or made from a token.
+    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.book().get(id)
+    }
+
+    /// Sidecar mode: the tenant of connections that never authenticate.
+    pub fn default_tenant(&self) -> Option<Arc<Tenant>> {
+        let book = self.book();
+        book.default_tenant.as_deref().and_then(|id| book.get(id))
+    }
+
+    /// The config in effect, without its `[[tenants]]` (each is kept as its [`Tenant`]
+    /// only: ten thousand entries would double what tenants cost in memory).
+    pub fn config(&self) -> Arc<Config> {
+        self.book().config.clone()
+    }
+
+    /// `AUTH <secret>` or `AUTH <tenant> <secret>`; the secret is a password or a JWT.
+    /// `default` as the user name means none, as Redis' default user does.
+    pub fn login(&self, user: Option<&[u8]>, secret: &[u8]) -> Result<Login, AuthFailure> {
+        let book = self.book();
+        let user = user.filter(|u| *u != b"default");
+        let digest = sha256(secret);
+        let by_password = |tenant: &Arc<Tenant>| Login {
+            tenant: tenant.clone(),
+            expires: None,
+        };
+        match user {
+            Some(user) => {
+                let named = std::str::from_utf8(user).ok();
+                let entry = named.and_then(|u| book.listed.get(u));
+                if let Some(e) = entry {
+                    if e.digest.is_some_and(|d| bool::from(d.ct_eq(&digest))) {
+                        return Ok(by_password(&e.tenant));
+                    }
+                }
+                let (id, plan, expires) = book.verify_jwt(secret)?;
+                if named != Some(id.as_str()) {
+                    return Err(match entry.is_some() || book.may_make(&id) {
+                        true => AuthFailure::TenantMismatch,
+                        false => AuthFailure::UnknownTenant,
+                    });
+                }
+                let tenant = self.vouched(&book, &id, plan)?;
+                Ok(Login {
+                    tenant,
+                    expires: Some(expires),
+                })
+            }
+            None => {
+                // Compare against every tenant so the time taken does not say which matched.
+                let mut found = None;
+                for e in book.listed.values() {
+                    if e.digest.is_some_and(|d| bool::from(d.ct_eq(&digest))) {
+                        found = Some(e.tenant.clone());
+                    }
+                }
+                match found {
+                    Some(t) => Ok(by_password(&t)),
+                    None if book.jwt.is_some() && looks_like_jwt(secret) => {
+                        let (id, plan, expires) = book.verify_jwt(secret)?;
+                        Ok(Login {
+                            tenant: self.vouched(&book, &id, plan)?,
+                            expires: Some(expires),
+                        })
+                    }
+                    None => Err(AuthFailure::WrongPassword),
+                }
+            }
+        }
+    }
+
+    /// The tenant a valid token names: listed, or (`dynamic_tenants`) made on the token's
+    /// plan, or made anew when the token names another plan than the one it was made on.
+    fn vouched(
+        &self,
+        book: &Book,
+        id: &str,
+        plan: Option<String>,
+    ) -> Result<Arc<Tenant>, AuthFailure> {
+        if let Some(e) = book.listed.get(id) {
+            return Ok(e.tenant.clone());
+        }
+        if !book.may_make(id) {
+            return Err(AuthFailure::UnknownTenant);
+        }
+        if plan
+            .as_ref()
+            .is_some_and(|p| !book.config.plans.contains_key(p))
+        {
+            return Err(AuthFailure::UnknownPlan);
+        }
+        let mut unlisted = book.unlisted.lock().unwrap();
+        let was = unlisted.get(id).cloned();
+        if let Some(t) = &was {
+            if t.plan == plan {
+                return Ok(t.clone());
+            }
+        }
+        let tenant = Arc::new(book.make(id, plan.as_deref(), was.as_deref()));
+        if let (Some(ledgers), Some(l)) = (&self.ledgers, &tenant.ledger) {
+            ledgers.insert(l);
+        }
+        unlisted.insert(id.to_string(), tenant.clone());
+        drop(unlisted);
+        if was.is_some() {
+            // Its connections take the new plan at their next pass.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(tenant)
+    }
+
+    /// Puts `config`'s tenants in place of the current ones (a reload): tenants that stay
+    /// keep what they gathered and take their new settings; unlisted tenants stay on their
+    /// plans while `dynamic_tenants` is on. Returns what changed.
+    pub fn replace(&self, config: Config) -> anyhow::Result<Changes> {
+        let old = self.book();
+        let new = Book::new(config, Some(&old), self.ledgers.as_deref())?;
+        let mut changes = Changes {
+            token_settings: old.jwt.as_ref().map(|j| &j.settings)
+                != new.jwt.as_ref().map(|j| &j.settings),
+            ..Changes::default()
+        };
+        for (id, e) in &new.listed {
+            match old.listed.get(id) {
+                None if !old.unlisted.lock().unwrap().contains_key(id) => {
+                    changes.added.push(id.clone())
+                }
+                Some(was) if was.digest != e.digest => changes.new_credentials.push(id.clone()),
+                _ => {}
+            }
+        }
+        let unlisted = new.unlisted.lock().unwrap();
+        let gone = old
+            .listed
+            .keys()
+            .chain(old.unlisted.lock().unwrap().keys())
+            .filter(|id| !new.listed.contains_key(*id) && !unlisted.contains_key(*id))
+            .cloned()
+            .collect::<Vec<_>>();
+        drop(unlisted);
+        if let Some(ledgers) = &self.ledgers {
+            for id in &gone {
+                ledgers.retire(format!("tenant:{id}:").as_bytes());
+            }
+        }
+        changes.removed = gone;
+        changes.added.sort();
+        changes.removed.sort();
+        changes.new_credentials.sort();
+        *self.book.write().unwrap() = Arc::new(new);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(changes)
+    }
+}
+
+impl Book {
+    /// The tenants of `config`; those of `was` (the book before a reload) carry over.
+    fn new(
+        mut config: Config,
+        was: Option<&Book>,
+        ledgers: Option<&Ledgers>,
+    ) -> anyhow::Result<Book> {
         let shared: Arc<[Bytes]> = config
             .shared
             .as_ref()
@@ -63,92 +300,85 @@ impl Authenticator {
                     .collect()
             })
             .unwrap_or_default();
-        for t in &config.tenants {
-            let digest = t.digest();
-            let id = t.id.get_ref().clone();
-            let mut tenant = Tenant::new(&id, config.tenant_scripts(t));
-            tenant.max_clients = config.tenant_max_clients(t);
-            tenant.pinned = config.tenant_pinned_max(t).map(crate::upstream::Share::new);
-            tenant.caps = config.tenant_caps(t);
-            tenant.reads_replicas = config.tenant_reads_replicas(t);
-            let rates = config.tenant_rates(t);
-            tenant.refuse_past_rates = rates.refuse;
-            tenant.rates = crate::rate::Rates::new(
-                rates.ops_per_second,
-                rates.bytes_per_second,
-                match rates.refuse {
-                    true => crate::rate::Past::Refuse,
-                    false => crate::rate::Past::Delay,
-                },
-            );
-            tenant.output = config
-                .tenant_output_limit(t)
-                .map(|limit| Arc::new(crate::upstream::OutputTotal::new(limit)));
-            tenant.shared = shared.clone();
-            tenant.publisher = t.role.get_ref() == "publisher";
-            if config.quotas_enabled() {
-                tenant.ledger = Some(Arc::new(Ledger::new(&id, config.limits(t))));
-            }
-            let tenant = Arc::new(tenant);
-            tenants.insert(id, Entry { tenant, digest });
-        }
         let jwt = config
             .auth
             .jwt
             .as_ref()
             .map(|j| Jwt::from_config(j.get_ref()))
             .transpose()?;
-        Ok(Authenticator { tenants, jwt })
-    }
-
-    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
-        self.tenants.values().map(|e| &e.tenant)
-    }
-
-    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
-        self.tenants.get(id).map(|e| e.tenant.clone())
-    }
-
-    /// `AUTH <secret>` or `AUTH <tenant> <secret>`; the secret is a password or a JWT.
-    /// `default` as the user name means none, as Redis' default user does.
-    pub fn login(&self, user: Option<&[u8]>, secret: &[u8]) -> Result<Arc<Tenant>, AuthFailure> {
-        let user = user.filter(|u| *u != b"default");
-        let digest = sha256(secret);
-        match user {
-            Some(user) => {
-                let entry = std::str::from_utf8(user)
-                    .ok()
-                    .and_then(|u| self.tenants.get(u));
-                if let Some(e) = entry {
-                    if e.digest.is_some_and(|d| bool::from(d.ct_eq(&digest))) {
-                        return Ok(e.tenant.clone());
-                    }
-                }
-                let tenant = self.verify_jwt(secret)?;
-                match entry {
-                    None => Err(AuthFailure::UnknownTenant),
-                    Some(e) if Arc::ptr_eq(&e.tenant, &tenant) => Ok(tenant),
-                    Some(_) => Err(AuthFailure::TenantMismatch),
+        let quotas = ledgers.is_some();
+        let mut listed = HashMap::with_capacity(config.tenants.len());
+        for t in std::mem::take(&mut config.tenants) {
+            let id = t.id.get_ref();
+            let before = was.and_then(|w| w.get(id));
+            let tenant = Tenant::from_config(&config, &t, &shared, quotas, before.as_deref());
+            if let (Some(ledgers), Some(l)) = (ledgers, &tenant.ledger) {
+                ledgers.insert(l);
+            }
+            let entry = Entry {
+                tenant: Arc::new(tenant),
+                digest: t.digest(),
+            };
+            listed.insert(id.clone(), entry);
+        }
+        let mut book = Book {
+            default_tenant: config
+                .server
+                .default_tenant
+                .as_ref()
+                .map(|d| d.get_ref().clone()),
+            config: Arc::new(config),
+            shared,
+            listed,
+            unlisted: Mutex::default(),
+            jwt,
+            quotas,
+        };
+        // Unlisted tenants stay, on their plans, while tokens may still make them.
+        if let Some(was) = was {
+            let mut unlisted = HashMap::new();
+            for (id, t) in was.unlisted.lock().unwrap().iter() {
+                let plan_kept = t
+                    .plan
+                    .as_ref()
+                    .is_none_or(|p| book.config.plans.contains_key(p));
+                if book.may_make(id) && plan_kept {
+                    unlisted.insert(
+                        id.clone(),
+                        Arc::new(book.make(id, t.plan.as_deref(), Some(t))),
+                    );
                 }
             }
-            None => {
-                // Compare against every tenant so the time taken does not say which matched.
-                let mut found = None;
-                for e in self.tenants.values() {
-                    if e.digest.is_some_and(|d| bool::from(d.ct_eq(&digest))) {
-                        found = Some(e.tenant.clone());
-                    }
-                }
-                match found {
-                    Some(t) => Ok(t),
-                    None if self.jwt.is_some() && looks_like_jwt(secret) => self.verify_jwt(secret),
-                    None => Err(AuthFailure::WrongPassword),
-                }
-            }
+            book.unlisted = Mutex::new(unlisted);
+        }
+        Ok(book)
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Tenant>> {
+        match self.listed.get(id) {
+            Some(e) => Some(e.tenant.clone()),
+            None => self.unlisted.lock().unwrap().get(id).cloned(),
         }
     }
 
-    fn verify_jwt(&self, token: &[u8]) -> Result<Arc<Tenant>, AuthFailure> {
+    /// May a valid token make tenant `id`, which no entry lists?
+    fn may_make(&self, id: &str) -> bool {
+        self.jwt.as_ref().is_some_and(|j| j.dynamic.is_some())
+            && !self.listed.contains_key(id)
+            && crate::config::valid_tenant_id(id)
+    }
+
+    /// An unlisted tenant on `plan` (else `[defaults]`).
+    fn make(&self, id: &str, plan: Option<&str>, was: Option<&Tenant>) -> Tenant {
+        let entry = crate::config::TenantConfig::unlisted(id, plan);
+        Tenant::from_config(&self.config, &entry, &self.shared, self.quotas, was)
+    }
+
+    /// The tenant, plan and expiry a valid token names.
+    fn verify_jwt(
+        &self,
+        token: &[u8],
+    ) -> Result<(String, Option<String>, SystemTime), AuthFailure> {
         let Some(jwt) = &self.jwt else {
             return Err(AuthFailure::WrongPassword);
         };
@@ -161,12 +391,22 @@ impl Authenticator {
             &jwt.validation,
         )
         .map_err(|e| AuthFailure::BadToken(e.to_string()))?;
-        let id = data
-            .claims
+        let claims = data.claims;
+        let id = claims
             .get(&jwt.claim)
             .and_then(|v| v.as_str())
             .ok_or(AuthFailure::NoTenantClaim)?;
-        self.tenant(id).ok_or(AuthFailure::UnknownTenant)
+        let plan = jwt
+            .dynamic
+            .as_ref()
+            .and_then(|c| claims.get(c))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        // `exp` is required and checked by the validation: a number of seconds.
+        let exp = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0);
+        let expires =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(exp.saturating_add(jwt.validation.leeway));
+        Ok((id.to_string(), plan, expires))
     }
 }
 
@@ -176,15 +416,16 @@ fn looks_like_jwt(token: &[u8]) -> bool {
 
 impl Jwt {
     fn from_config(c: &JwtConfig) -> anyhow::Result<Jwt> {
-        let (key, alg) = match (&c.hs256_secret, &c.rs256_public_key_file) {
+        let (key, alg, material) = match (&c.hs256_secret, &c.rs256_public_key_file) {
             (Some(secret), _) => (
                 DecodingKey::from_secret(secret.expose().as_bytes()),
                 Algorithm::HS256,
+                secret.expose().as_bytes().to_vec(),
             ),
-            (None, Some(path)) => (
-                DecodingKey::from_rsa_pem(&std::fs::read(path)?)?,
-                Algorithm::RS256,
-            ),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path)?;
+                (DecodingKey::from_rsa_pem(&pem)?, Algorithm::RS256, pem)
+            }
             (None, None) => anyhow::bail!("auth.jwt has no key"),
         };
         let mut validation = Validation::new(alg);
@@ -201,6 +442,9 @@ impl Jwt {
             key,
             validation,
             claim: c.tenant_claim.clone(),
+            dynamic: c.dynamic_tenants.then(|| c.plan_claim.clone()),
+            // The key by its digest (the secret's Debug is masked), and every other setting.
+            settings: format!("{}{c:?}", hex::encode(sha256(&material))),
         })
     }
 }

@@ -117,7 +117,7 @@ async fn roll_up(
     let slot = now.as_millis() as u64 / interval.as_millis().max(1) as u64;
     let usage: HashMap<String, i64> = match &ctx.quotas {
         Some(q) => q
-            .statuses()
+            .statuses(q.ledgers())
             .await
             .into_iter()
             .map(|(l, s)| (l.tenant.clone(), s.used.max(0)))

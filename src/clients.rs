@@ -30,6 +30,8 @@ pub struct ClientState {
     /// Cluster mode: the node (`host`, `port`) of its pinned connection, whose `upstream_id`
     /// CLIENT UNBLOCK names.
     pub upstream_node: Option<(String, u16)>,
+    /// It logged in with a token: a reload that changes the token settings closes it.
+    pub by_token: bool,
 }
 
 /// One client connection.
@@ -163,6 +165,19 @@ impl Registry {
             }
         }
         counts.into_iter().collect()
+    }
+
+    /// Closes every connection that `close` picks (by its state): a reload's removed
+    /// tenants, changed passwords, changed token settings. Returns how many.
+    pub fn kill_where(&self, close: impl Fn(&ClientState) -> bool) -> usize {
+        let mut n = 0;
+        for c in self.clients.iter() {
+            if close(&c.state.lock().unwrap()) {
+                c.kill.cancel();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// The tenant's connections, oldest first.

@@ -12,16 +12,18 @@ use crate::clients::Registry;
 use crate::market::SharedCache;
 use crate::quota::Quotas;
 use crate::script::Scripts;
-use crate::tenant::Tenant;
 use crate::upstream::{Facts, OwnPool, Readiness, Upstream};
 use crate::wire::Limits;
 
 /// What every session shares.
 pub struct Context {
     pub limits: Limits,
-    /// Sidecar mode: the tenant of connections that never authenticate.
-    pub default_tenant: Option<Arc<Tenant>>,
+    /// The tenants and how they log in; a reload swaps them.
     pub auth: Authenticator,
+    /// Where a reload reads the config from (none: the config was given, not read).
+    pub source: Option<crate::config::Source>,
+    /// Reloads applied and refused, and the last one's outcome.
+    pub reloads: Reloads,
     pub upstream: Upstream,
     pub clients: Registry,
     /// Quota bookkeeping, when any tenant has a quota.
@@ -42,6 +44,16 @@ pub struct Context {
     pub unauthenticated: Unauthenticated,
     /// `server.client_output_limit_bytes` (0: no bound).
     pub client_output_limit: usize,
+}
+
+/// Config reloads (see `reload`).
+#[derive(Debug, Default)]
+pub struct Reloads {
+    pub applied: AtomicU64,
+    pub invalid: AtomicU64,
+    pub last_failed: std::sync::atomic::AtomicBool,
+    /// One reload at a time.
+    pub applying: tokio::sync::Mutex<()>,
 }
 
 /// The connections that have not authenticated yet (`server.max_unauthenticated`,

@@ -10,7 +10,9 @@
 //!                         mod.rs        the loop: read, handle, write, in order
 //!                         decide.rs     the stages, in order:
 //!                           wire/         parse the request (limits, inline commands)
-//!                           auth.rs       AUTH / HELLO / JWT / default tenant → tenant.rs
+//!                           auth.rs       AUTH / HELLO / JWT / default tenant → tenant.rs;
+//!                                         tenants from tokens on their plans; a reload
+//!                                         swaps the book of tenants
 //!                           local.rs      commands respite answers itself (AUTH, CLIENT, ...)
 //!                           keyspace.rs   tenant-wide DBSIZE, KEYS, RANDOMKEY, FLUSHDB, INFO
 //!                           command/      the table from Redis' key specs → a KeyMap, once
@@ -24,8 +26,10 @@
 //!                                       node, MGET/DEL/MSET split by slot, blocked commands
 //!                                       sent on when their slot moves
 //!                         inbound.rs    replies back: namespace/reply.rs strips the prefix
-//! background: quota/ flusher and reconciler, billing.rs roll-ups, admin.rs (/metrics,
-//!             /readyz via upstream/health.rs), upstream/facts.rs (Redis' settings),
+//! background: quota/ flusher (awake tenants only) and reconciler, billing.rs roll-ups,
+//!             admin.rs (/metrics, /readyz via upstream/health.rs, POST /reload),
+//!             reload.rs (SIGHUP, POST /reload: the file again, applied live),
+//!             upstream/facts.rs (Redis' settings),
 //!             script/ warden (kills tenants' runaway scripts), upstream/cluster.rs (the
 //!             slot map of a Redis Cluster, refreshed in the background; each session's
 //!             Flight carries its requests to their nodes, follows redirects and keeps its
@@ -42,7 +46,7 @@
 //! | data | `market` (the shared-key cache), `quota`, `rate` (token buckets), [`tenant`] |
 //! | stages | [`namespace`], `auth`, [`policy`], `script` (tenants' Lua: prelude, ACL users) |
 //! | composition | `context` (what sessions share) |
-//! | connections | `session` (child modules of one type), `admin`, [`billing`], `server` |
+//! | connections | `session` (child modules of one type), `reload`, `admin`, [`billing`], `server` |
 //!
 //! `error` maps every error to its RESP reply, in one place; [`config`] is the TOML file.
 //!
@@ -69,6 +73,7 @@ pub mod namespace;
 pub mod policy;
 mod quota;
 mod rate;
+mod reload;
 pub mod script;
 mod server;
 mod session;
@@ -86,14 +91,20 @@ use config::Config;
 use context::Context;
 
 /// Builds the shared state of a running proxy from a validated config.
-pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
-    let auth = auth::Authenticator::from_config(config)?;
-    let default_tenant = config
-        .server
-        .default_tenant
-        .as_ref()
-        .map(|d| auth.tenant(d.get_ref()).expect("validated"));
-    let ledgers = auth.tenants().filter_map(|t| t.ledger.clone()).collect();
+pub fn context(config: Config, source: Option<config::Source>) -> anyhow::Result<Arc<Context>> {
+    let ledgers = config
+        .quotas_enabled()
+        .then(|| Arc::new(quota::Ledgers::default()));
+    let auth = auth::Authenticator::from_config(config, ledgers.clone())?;
+    // From here on the config without its tenants: each lives on as its `Tenant`.
+    let config = auth.config();
+    let shortest_script_timeout = auth
+        .tenants()
+        .iter()
+        .map(|t| t.scripts.timeout_ms)
+        .min()
+        .unwrap_or(config::DEFAULT_SCRIPT_TIMEOUT_MS);
+    let config = &*config;
     let own = upstream::OwnPool::from_config(config)?;
     let shared = config
         .shared
@@ -119,7 +130,9 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
         config.upstream.pinned_max,
         cluster.clone(),
     );
-    let quotas = quota::Quotas::from_config(config, ledgers, own.clone(), cluster).map(Arc::new);
+    let quotas = ledgers
+        .map(|ledgers| quota::Quotas::new(config, ledgers, own.clone(), cluster))
+        .map(Arc::new);
     Ok(Arc::new(Context {
         quotas,
         market: shared,
@@ -136,10 +149,12 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
             max_bulk_bytes: config.server.max_bulk_bytes,
             max_array_len: config.server.max_array_len,
         },
-        default_tenant,
         auth,
+        source,
+        reloads: context::Reloads::default(),
         scripts: script::Scripts::new(
             config,
+            shortest_script_timeout,
             own,
             upstream.connector.clone(),
             upstream.cluster.clone(),
@@ -151,11 +166,14 @@ pub fn context(config: &Config) -> anyhow::Result<Arc<Context>> {
 
 /// Runs the proxy on `listener` until `shutdown` is cancelled.
 pub async fn run(
-    config: &Config,
+    config: Config,
+    source: Option<config::Source>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ctx = context(config)?;
+    let ctx = context(config, source)?;
+    let config = ctx.auth.config();
+    reload::give_back_freed_memory();
     if let Some(topology) = &ctx.upstream.cluster {
         // The slot map before the first client; a cluster not reachable yet is retried by
         // the watcher, and requests meanwhile fail fast with why.
@@ -190,6 +208,9 @@ pub async fn run(
     });
     if let Some(topology) = ctx.upstream.cluster.clone() {
         tokio::spawn(topology.watch(bookkeeping.clone()));
+    }
+    if ctx.source.is_some() {
+        tokio::spawn(reload::on_hangup(ctx.clone(), bookkeeping.clone()));
     }
     if let Some(admin) = &config.admin {
         let addr = admin.get_ref().listen.as_str();

@@ -93,7 +93,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let source = respite::config::Source {
+        path: path.clone(),
+        listen: cli.listen.clone(),
+        upstream: cli.upstream.clone(),
+    };
+    match runtime.block_on(serve(config, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("respite: {e:#}");
@@ -118,7 +123,7 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     .build()
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, source: respite::config::Source) -> anyhow::Result<()> {
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -136,7 +141,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("signal received: stopping");
         signal.cancel();
     });
-    respite::run(&config, listener, shutdown).await
+    respite::run(config, Some(source), listener, shutdown).await
 }
 
 async fn wait_for_signal() {

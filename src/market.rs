@@ -94,9 +94,33 @@ struct Origin {
     client: reqwest::Client,
 }
 
+/// TTL tiers: the first pattern a key matches gives its TTL, else the default.
+struct Tiers {
+    patterns: Vec<(Vec<u8>, Duration)>,
+    default: Duration,
+}
+
+impl Tiers {
+    fn of(shared: &SharedConfig) -> Tiers {
+        Tiers {
+            patterns: shared
+                .ttl
+                .iter()
+                .map(|t| {
+                    (
+                        t.pattern.as_bytes().to_vec(),
+                        Duration::from_secs(t.seconds),
+                    )
+                })
+                .collect(),
+            default: Duration::from_secs(shared.default_ttl_seconds),
+        }
+    }
+}
+
 pub struct SharedCache {
-    tiers: Vec<(Vec<u8>, Duration)>,
-    default_tier: Duration,
+    /// A reload sets them anew: values cached from then on take the new TTLs.
+    tiers: std::sync::RwLock<Tiers>,
     max_stale: Duration,
     origin: Option<Origin>,
     /// `fetches_per_second_per_tenant`: each tenant's bucket, made on its first miss.
@@ -148,17 +172,7 @@ impl SharedCache {
             })
             .transpose()?;
         Ok(SharedCache {
-            tiers: shared
-                .ttl
-                .iter()
-                .map(|t| {
-                    (
-                        t.pattern.as_bytes().to_vec(),
-                        Duration::from_secs(t.seconds),
-                    )
-                })
-                .collect(),
-            default_tier: Duration::from_secs(shared.default_ttl_seconds),
+            tiers: std::sync::RwLock::new(Tiers::of(shared)),
             max_stale: Duration::from_millis(shared.max_stale_ms),
             origin_per_tenant: shared
                 .origin
@@ -188,10 +202,17 @@ impl SharedCache {
 
     /// The TTL tier of `key`: the first pattern it matches, else the default.
     pub fn tier(&self, key: &[u8]) -> Duration {
-        self.tiers
+        let tiers = self.tiers.read().unwrap();
+        tiers
+            .patterns
             .iter()
             .find(|(p, _)| glob_match(p, key))
-            .map_or(self.default_tier, |(_, t)| *t)
+            .map_or(tiers.default, |(_, t)| *t)
+    }
+
+    /// New TTL tiers (a reload); values already cached keep theirs until they expire.
+    pub fn set_tiers(&self, shared: &SharedConfig) {
+        *self.tiers.write().unwrap() = Tiers::of(shared);
     }
 
     /// The value of a shared key: from L1, or fetched once however many ask at once; an

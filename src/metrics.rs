@@ -136,6 +136,8 @@ pub struct Totals {
     pub latency: HashMap<&'static str, Histogram<u64>, foldhash::fast::RandomState>,
     /// The sum of every latency, for the billing roll-up's mean.
     pub latency_sum_us: u64,
+    /// When its figures last moved (/metrics lists the tenants active lately).
+    pub last_active: Option<Instant>,
 }
 
 impl Totals {
@@ -192,10 +194,22 @@ impl TenantStats {
         s.misses += std::mem::take(&mut t.misses);
         s.bytes_in += std::mem::take(&mut t.bytes_in);
         s.bytes_out += std::mem::take(&mut t.bytes_out);
+        s.last_active = Some(Instant::now());
     }
 
     pub fn auth_failed(&self) {
-        self.inner.lock().unwrap().auth_failures += 1;
+        let mut s = self.inner.lock().unwrap();
+        s.auth_failures += 1;
+        s.last_active = Some(Instant::now());
+    }
+
+    /// Did its figures move since `since`?
+    pub fn active_since(&self, since: Instant) -> bool {
+        self.inner
+            .lock()
+            .unwrap()
+            .last_active
+            .is_some_and(|at| at >= since)
     }
 
     /// A copy of the figures (for /metrics and INFO).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::ScriptRights;
+use crate::config::{Config, RateSettings, ScriptRights, TenantConfig};
 use crate::metrics::TenantStats;
 use crate::quota::Ledger;
 
@@ -26,18 +26,15 @@ pub struct Tenant {
     pub publisher: bool,
     /// Its commands, hits, bytes and latencies on this instance.
     pub stats: Arc<TenantStats>,
-    /// The last connection number given out (CLIENT ID counts per tenant).
-    pub clients_numbered: AtomicU64,
     /// Connections it may hold at once on this instance; `None`: no cap.
     pub max_clients: Option<usize>,
     /// Its share of the pinned pool (`pinned_max`); `None`: the pool's bound only.
-    pub pinned: Option<crate::upstream::Share>,
+    pub pinned: Option<Arc<crate::upstream::Share>>,
     /// Its clients' unread replies and their bound (`output_limit_bytes`).
     pub output: Option<Arc<crate::upstream::OutputTotal>>,
-    /// What its limits did on this instance.
-    pub limited: Limited,
     /// Its request and byte rates on this instance (`ops_per_second`, `bytes_per_second`).
-    pub rates: Option<crate::rate::Rates>,
+    pub rates: Option<Arc<crate::rate::Rates>>,
+    rate_settings: RateSettings,
     /// `rate_limit = "refuse"`: past a rate (its own, or the origin's fetch rate) it gets an
     /// error rather than a delay or a nil.
     pub refuse_past_rates: bool,
@@ -45,6 +42,21 @@ pub struct Tenant {
     pub caps: crate::config::Caps,
     /// Cluster mode: its reads may go to a replica of the key's master.
     pub reads_replicas: bool,
+    /// The `[plans.<name>]` its settings come from, if any.
+    pub plan: Option<String>,
+    /// What it gathers while respite runs, kept when a reload changes its settings.
+    pub live: Arc<Live>,
+}
+
+/// What a tenant gathers while respite runs. A reload builds the tenant anew from the new
+/// settings; this part (and its figures, its ledger, and its rates, pinned share and
+/// output total where their settings stay) carries over.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// The last connection number given out (CLIENT ID counts per tenant).
+    pub clients_numbered: AtomicU64,
+    /// What its limits did on this instance.
+    pub limited: Limited,
     /// One walk of its namespace at a time (DBSIZE, KEYS, RANDOMKEY, FLUSHDB, INFO's
     /// keyspace), whichever of its connections asks; the last DBSIZE and when its walk
     /// began, for callers who asked before that.
@@ -64,7 +76,7 @@ pub struct Limited {
 
 /// A connection's place among its tenant's `max_clients`, given back when dropped.
 #[derive(Debug)]
-pub struct Seat(Arc<Tenant>);
+pub struct Seat(Arc<Live>);
 
 impl Drop for Seat {
     fn drop(&mut self) {
@@ -82,39 +94,103 @@ impl Tenant {
             shared: Arc::new([]),
             publisher: false,
             stats: Arc::default(),
-            clients_numbered: AtomicU64::new(0),
             max_clients: None,
             pinned: None,
             output: None,
-            limited: Limited::default(),
             rates: None,
+            rate_settings: RateSettings::default(),
             refuse_past_rates: false,
             caps: crate::config::Caps::default(),
             reads_replicas: false,
-            walks: tokio::sync::Mutex::new(None),
-            seated: AtomicUsize::new(0),
+            plan: None,
+            live: Arc::default(),
         }
+    }
+
+    /// Tenant `t` as `config` sets it up (its own settings, else its plan's, else
+    /// `[defaults]`), with a ledger when `quotas` are kept. `was` is the same tenant before
+    /// a reload: what it gathered carries over (its ledger takes the new limits).
+    pub fn from_config(
+        config: &Config,
+        t: &TenantConfig,
+        shared: &Arc<[Bytes]>,
+        quotas: bool,
+        was: Option<&Tenant>,
+    ) -> Tenant {
+        let id = t.id.get_ref();
+        let mut tenant = Tenant::new(id, config.tenant_scripts(t));
+        if let Some(was) = was {
+            tenant.stats = was.stats.clone();
+            tenant.live = was.live.clone();
+        }
+        tenant.max_clients = config.tenant_max_clients(t);
+        tenant.pinned =
+            config
+                .tenant_pinned_max(t)
+                .map(|max| match was.and_then(|w| w.pinned.as_ref()) {
+                    Some(share) if share.max() == max => share.clone(),
+                    _ => Arc::new(crate::upstream::Share::new(max)),
+                });
+        tenant.caps = config.tenant_caps(t);
+        tenant.reads_replicas = config.tenant_reads_replicas(t);
+        let rates = config.tenant_rates(t);
+        tenant.refuse_past_rates = rates.refuse;
+        tenant.rate_settings = rates;
+        tenant.rates = match was {
+            Some(w) if w.rate_settings == rates => w.rates.clone(),
+            _ => crate::rate::Rates::new(
+                rates.ops_per_second,
+                rates.bytes_per_second,
+                match rates.refuse {
+                    true => crate::rate::Past::Refuse,
+                    false => crate::rate::Past::Delay,
+                },
+            )
+            .map(Arc::new),
+        };
+        tenant.output =
+            config
+                .tenant_output_limit(t)
+                .map(|limit| match was.and_then(|w| w.output.as_ref()) {
+                    Some(total) if total.limit == limit => total.clone(),
+                    _ => Arc::new(crate::upstream::OutputTotal::new(limit)),
+                });
+        tenant.shared = shared.clone();
+        tenant.publisher = t.role.get_ref() == "publisher";
+        tenant.plan = t.plan.as_ref().map(|p| p.get_ref().clone());
+        if quotas {
+            let limits = config.limits(t);
+            tenant.ledger = Some(match was.and_then(|w| w.ledger.as_ref()) {
+                Some(ledger) => {
+                    ledger.set_limits(limits);
+                    ledger.clone()
+                }
+                None => Arc::new(Ledger::new(id, limits)),
+            });
+        }
+        tenant
     }
 
     /// A place for one more connection, unless the tenant holds `max_clients` already.
     pub fn seat(self: &Arc<Self>) -> Option<Seat> {
         let max = self.max_clients.unwrap_or(usize::MAX);
-        self.seated
+        self.live
+            .seated
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
-        Some(Seat(self.clone()))
+        Some(Seat(self.live.clone()))
     }
 
     /// Connections it holds now on this instance.
     pub fn connections(&self) -> usize {
-        self.seated.load(Ordering::Relaxed)
+        self.live.seated.load(Ordering::Relaxed)
     }
 
     /// The number of the tenant's next connection, as CLIENT ID shows it.
     pub fn number_client(&self) -> u64 {
-        self.clients_numbered.fetch_add(1, Ordering::Relaxed) + 1
+        self.live.clients_numbered.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Is `key` (as the tenant wrote it) a shared key?

@@ -7,7 +7,7 @@
 
 mod validate;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -57,10 +57,14 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub shared: Option<Spanned<SharedConfig>>,
+    /// Named sets of per-tenant settings (`[plans.<name>]`), picked by a tenant's `plan` or
+    /// by a token's plan claim; what a plan leaves out comes from `[defaults]`.
+    #[serde(default)]
+    pub plans: BTreeMap<String, DefaultsConfig>,
 }
 
 /// Shared market data (see `shared`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SharedConfig {
     /// Key prefixes every tenant reads by the same name (never namespaced, read-only).
@@ -82,14 +86,14 @@ pub struct SharedConfig {
     pub origin: Option<OriginConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TtlTier {
     pub pattern: String,
     pub seconds: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OriginConfig {
     /// `http://host:port/path/{key}`: where a value comes from when Redis has none.
@@ -103,7 +107,7 @@ pub struct OriginConfig {
     pub fetches_per_second: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
@@ -143,7 +147,7 @@ pub struct ServerConfig {
     pub threads: usize,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// "standalone" (one Redis) or "cluster" (`url` and `seeds` are seed nodes of a Redis
@@ -214,9 +218,36 @@ pub struct TenantConfig {
     pub read_from_replicas: Option<Spanned<bool>>,
     #[serde(default = "default_role")]
     pub role: Spanned<String>,
+    /// The `[plans.<name>]` its unset settings come from (before `[defaults]`).
+    pub plan: Option<Spanned<String>>,
 }
 
 impl TenantConfig {
+    /// A tenant no `[[tenants]]` entry names: one a signed token vouched for, on `plan`.
+    pub fn unlisted(id: &str, plan: Option<&str>) -> TenantConfig {
+        TenantConfig {
+            id: Spanned::new(0..0, id.to_string()),
+            password: None,
+            password_sha256: None,
+            quota_bytes: None,
+            overage_bytes: None,
+            max_clients: None,
+            pinned_max: None,
+            allow_scripts: None,
+            allow_unconfined_scripts: None,
+            script_timeout_ms: None,
+            output_limit_bytes: None,
+            ops_per_second: None,
+            bytes_per_second: None,
+            rate_limit: None,
+            max_subscriptions: None,
+            max_random_count: None,
+            read_from_replicas: None,
+            role: default_role(),
+            plan: plan.map(|p| Spanned::new(0..0, p.to_string())),
+        }
+    }
+
     /// The SHA-256 of the tenant's password, from `password` or `password_sha256` (the
     /// first when both are set, which `validate` refuses); `None` when neither is usable.
     pub fn digest(&self) -> Option<[u8; 32]> {
@@ -240,14 +271,21 @@ fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
 }
 
 /// The HTTP listener for operators (see `admin`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: String,
+    /// Bearer token for `POST /reload`; without one, reload is by SIGHUP only.
+    pub token: Option<Secret>,
+    /// /metrics lists a tenant by name while it has a connection or did something within
+    /// this many seconds: the label count follows the active tenants, not the configured.
+    #[serde(default = "default_tenant_window_seconds")]
+    pub tenant_window_seconds: u64,
 }
 
-/// What a tenant gets when its own entry does not say.
-#[derive(Debug, Default, Deserialize)]
+/// What a tenant gets when its own entry does not say (`[defaults]`, and each
+/// `[plans.<name>]`).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultsConfig {
     pub quota_bytes: Option<u64>,
@@ -269,7 +307,7 @@ pub struct DefaultsConfig {
 }
 
 /// How usage is kept (see `quota`): all optional.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {
     /// How often written keys are measured and unused allowance handed back.
@@ -294,7 +332,7 @@ impl Default for QuotaConfig {
 }
 
 /// Daily billing roll-ups in Redis (see `billing`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BillingConfig {
     /// How often each instance adds what it served to `respite:metrics:<tenant>:<date>`.
@@ -335,6 +373,12 @@ pub struct JwtConfig {
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(default)]
     pub leeway_seconds: u64,
+    /// A valid token's tenant is a tenant even when no `[[tenants]]` entry names it.
+    #[serde(default)]
+    pub dynamic_tenants: bool,
+    /// The claim naming such a tenant's `[plans.<name>]` (else `[defaults]` applies).
+    #[serde(default = "default_plan_claim")]
+    pub plan_claim: String,
 }
 
 fn default_listen() -> Spanned<String> {
@@ -424,7 +468,7 @@ impl Default for Caps {
 }
 
 /// A tenant's rates (`ops_per_second`, `bytes_per_second`, `rate_limit = "refuse"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RateSettings {
     pub ops_per_second: Option<u64>,
     pub bytes_per_second: Option<u64>,
@@ -492,6 +536,12 @@ fn default_command_timeout_ms() -> u64 {
 }
 fn default_role() -> Spanned<String> {
     Spanned::new(0..0, "tenant".into())
+}
+fn default_tenant_window_seconds() -> u64 {
+    300
+}
+fn default_plan_claim() -> String {
+    "plan".into()
 }
 fn default_tenant_claim() -> String {
     "tenant_id".into()
@@ -667,6 +717,24 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Where the running config came from, for a reload to read it again: the file, and the
+/// command line's overrides (applied again on top of it).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+}
+
+impl Source {
+    /// Reads, overrides and validates the config.
+    pub fn load(&self) -> Result<Config, ConfigErrors> {
+        let mut config = Config::load(&self.path)?;
+        config.override_with(self.listen.clone(), self.upstream.clone())?;
+        Ok(config)
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -711,76 +779,112 @@ impl Config {
             .expect("validated in Config::parse")
     }
 
-    /// The connections the tenant may hold: its own cap, else `[defaults]`'s; `None`: no cap.
+    /// A setting the tenant's own entry leaves out: its plan's, else `[defaults]`'s.
+    fn inherited<T>(
+        &self,
+        t: &TenantConfig,
+        f: impl Fn(&DefaultsConfig) -> Option<T>,
+    ) -> Option<T> {
+        t.plan
+            .as_ref()
+            .and_then(|p| self.plans.get(p.get_ref()))
+            .and_then(&f)
+            .or_else(|| f(&self.defaults))
+    }
+
+    /// The connections the tenant may hold: its own cap, else its plan's or `[defaults]`'s;
+    /// `None`: no cap.
     pub fn tenant_max_clients(&self, t: &TenantConfig) -> Option<usize> {
-        own_or(&t.max_clients, self.defaults.max_clients)
+        own_or(&t.max_clients, self.inherited(t, |d| d.max_clients))
     }
 
-    /// The pinned connections the tenant may hold: its own cap, else `[defaults]`'s.
+    /// The pinned connections the tenant may hold: its own cap, else inherited.
     pub fn tenant_pinned_max(&self, t: &TenantConfig) -> Option<usize> {
-        own_or(&t.pinned_max, self.defaults.pinned_max)
+        own_or(&t.pinned_max, self.inherited(t, |d| d.pinned_max))
     }
 
-    /// The tenant's caps on commands of unbounded cost: its own, else `[defaults]`'s.
+    /// The tenant's caps on commands of unbounded cost: its own, else inherited.
     pub fn tenant_caps(&self, t: &TenantConfig) -> Caps {
-        let d = &self.defaults;
         Caps {
-            max_subscriptions: own_or(&t.max_subscriptions, d.max_subscriptions)
-                .unwrap_or(DEFAULT_MAX_SUBSCRIPTIONS),
-            max_random_count: own_or(&t.max_random_count, d.max_random_count)
-                .unwrap_or(DEFAULT_MAX_RANDOM_COUNT),
+            max_subscriptions: own_or(
+                &t.max_subscriptions,
+                self.inherited(t, |d| d.max_subscriptions),
+            )
+            .unwrap_or(DEFAULT_MAX_SUBSCRIPTIONS),
+            max_random_count: own_or(
+                &t.max_random_count,
+                self.inherited(t, |d| d.max_random_count),
+            )
+            .unwrap_or(DEFAULT_MAX_RANDOM_COUNT),
         }
     }
 
-    /// The tenant's rates on this instance: its own, else `[defaults]`'s.
+    /// The tenant's rates on this instance: its own, else inherited.
     pub fn tenant_rates(&self, t: &TenantConfig) -> RateSettings {
-        let d = &self.defaults;
         RateSettings {
-            ops_per_second: own_or(&t.ops_per_second, d.ops_per_second),
-            bytes_per_second: own_or(&t.bytes_per_second, d.bytes_per_second),
+            ops_per_second: own_or(&t.ops_per_second, self.inherited(t, |d| d.ops_per_second)),
+            bytes_per_second: own_or(
+                &t.bytes_per_second,
+                self.inherited(t, |d| d.bytes_per_second),
+            ),
             refuse: match &t.rate_limit {
                 Some(r) => r.get_ref() == "refuse",
-                None => d.rate_limit.as_deref() == Some("refuse"),
+                None => self.inherited(t, |d| d.rate_limit.clone()).as_deref() == Some("refuse"),
             },
         }
     }
 
-    /// The tenant's bound on its clients' unread replies: its own, else `[defaults]`'s.
+    /// The tenant's bound on its clients' unread replies: its own, else inherited.
     pub fn tenant_output_limit(&self, t: &TenantConfig) -> Option<usize> {
-        own_or(&t.output_limit_bytes, self.defaults.output_limit_bytes)
+        own_or(
+            &t.output_limit_bytes,
+            self.inherited(t, |d| d.output_limit_bytes),
+        )
     }
 
-    /// What the tenant's scripts may do: its own settings, else `[defaults]`'s.
+    /// What the tenant's scripts may do: its own settings, else inherited.
     pub fn tenant_scripts(&self, t: &TenantConfig) -> ScriptRights {
-        let d = &self.defaults;
-        let unconfined = own_or(&t.allow_unconfined_scripts, d.allow_unconfined_scripts);
+        let unconfined = own_or(
+            &t.allow_unconfined_scripts,
+            self.inherited(t, |d| d.allow_unconfined_scripts),
+        );
         ScriptRights {
-            allowed: own_or(&t.allow_scripts, d.allow_scripts).unwrap_or(true),
+            allowed: own_or(&t.allow_scripts, self.inherited(t, |d| d.allow_scripts))
+                .unwrap_or(true),
             unconfined: unconfined.unwrap_or(false),
-            timeout_ms: own_or(&t.script_timeout_ms, d.script_timeout_ms)
-                .unwrap_or(DEFAULT_SCRIPT_TIMEOUT_MS),
+            timeout_ms: own_or(
+                &t.script_timeout_ms,
+                self.inherited(t, |d| d.script_timeout_ms),
+            )
+            .unwrap_or(DEFAULT_SCRIPT_TIMEOUT_MS),
         }
     }
 
-    /// Whether the tenant's reads go to replicas: it opted in (or `[defaults]` did) and the
-    /// upstream is a cluster read with `read_from = "replica-preferred"`.
+    /// Whether the tenant's reads go to replicas: it opted in (or its plan or `[defaults]`
+    /// did) and the upstream is a cluster read with `read_from = "replica-preferred"`.
     pub fn tenant_reads_replicas(&self, t: &TenantConfig) -> bool {
-        let opted = own_or(&t.read_from_replicas, self.defaults.read_from_replicas);
+        let opted = own_or(
+            &t.read_from_replicas,
+            self.inherited(t, |d| d.read_from_replicas),
+        );
         self.cluster()
             && self.upstream.read_from.get_ref() == "replica-preferred"
             && opted.unwrap_or(false)
     }
 
-    /// The tenant's quota and overage: its own, else `[defaults]`; `None` means unlimited.
+    /// The tenant's quota and overage: its own, else inherited; `None` means unlimited.
     pub fn limits(&self, t: &TenantConfig) -> Option<QuotaLimits> {
-        let quota = own_or(&t.quota_bytes, self.defaults.quota_bytes)?;
-        let overage = own_or(&t.overage_bytes, self.defaults.overage_bytes).unwrap_or(0);
+        let quota = own_or(&t.quota_bytes, self.inherited(t, |d| d.quota_bytes))?;
+        let overage = own_or(&t.overage_bytes, self.inherited(t, |d| d.overage_bytes)).unwrap_or(0);
         Some(QuotaLimits { quota, overage })
     }
 
-    /// Usage is kept once any tenant has a quota; without one, writes cost nothing extra.
+    /// Usage is kept once any tenant or plan has a quota; without one, writes cost nothing
+    /// extra.
     pub fn quotas_enabled(&self) -> bool {
-        self.defaults.quota_bytes.is_some() || self.tenants.iter().any(|t| t.quota_bytes.is_some())
+        self.defaults.quota_bytes.is_some()
+            || self.plans.values().any(|p| p.quota_bytes.is_some())
+            || self.tenants.iter().any(|t| t.quota_bytes.is_some())
     }
 
     pub fn upstream_addr(&self) -> UpstreamAddr {

@@ -6,6 +6,32 @@ use super::*;
 /// What a check reports: the place in the file (when known) and the message.
 type Report<'a> = dyn FnMut(Option<Range<usize>>, String) + 'a;
 
+/// `[defaults]` or a `[plans.<name>]` (`what`): rates and caps of at least 1, a known
+/// `rate_limit`.
+fn validate_inherited(what: &str, d: &DefaultsConfig, err: &mut Report) {
+    if d.ops_per_second == Some(0) || d.bytes_per_second == Some(0) {
+        err(
+            None,
+            format!("{what}.ops_per_second and {what}.bytes_per_second must be at least 1"),
+        );
+    }
+    if d.rate_limit
+        .as_deref()
+        .is_some_and(|r| !matches!(r, "delay" | "refuse"))
+    {
+        err(
+            None,
+            format!("{what}.rate_limit must be \"delay\" or \"refuse\""),
+        );
+    }
+    if d.max_clients == Some(0) || d.pinned_max == Some(0) {
+        err(
+            None,
+            format!("{what}.max_clients and {what}.pinned_max must be at least 1"),
+        );
+    }
+}
+
 impl Config {
     /// Every semantic problem, each with the span of the value at fault when it has one.
     pub(super) fn validate(&self) -> Vec<(Option<Range<usize>>, String)> {
@@ -132,27 +158,15 @@ impl Config {
 
     /// `[billing]` and `[quota]`: the intervals of the background bookkeeping.
     fn validate_bookkeeping(&self, err: &mut Report) {
-        let d = &self.defaults;
-        if d.ops_per_second == Some(0) || d.bytes_per_second == Some(0) {
-            err(
-                None,
-                "defaults.ops_per_second and defaults.bytes_per_second must be at least 1".into(),
-            );
-        }
-        if d.rate_limit
-            .as_deref()
-            .is_some_and(|r| !matches!(r, "delay" | "refuse"))
-        {
-            err(
-                None,
-                "defaults.rate_limit must be \"delay\" or \"refuse\"".into(),
-            );
-        }
-        if self.defaults.max_clients == Some(0) || self.defaults.pinned_max == Some(0) {
-            err(
-                None,
-                "defaults.max_clients and defaults.pinned_max must be at least 1".into(),
-            );
+        validate_inherited("defaults", &self.defaults, err);
+        for (name, plan) in &self.plans {
+            if !valid_tenant_id(name) {
+                err(
+                    None,
+                    format!("plans.{name}: a plan's name must match [A-Za-z0-9_-]{{1,64}}"),
+                );
+            }
+            validate_inherited(&format!("plans.{name}"), plan, err);
         }
         if self.billing.interval_ms == 0 {
             err(None, "billing.interval_ms must be above 0".into());
@@ -293,6 +307,17 @@ impl Config {
                     Some(t.id.span()),
                     format!("tenants[{i}].id: tenant {id:?} is defined twice"),
                 );
+            }
+            if let Some(plan) = &t.plan {
+                if !self.plans.contains_key(plan.get_ref()) {
+                    err(
+                        Some(plan.span()),
+                        format!(
+                            "tenants[{i}].plan: {:?} is not a [plans.<name>] table",
+                            plan.get_ref()
+                        ),
+                    );
+                }
             }
             let digest = self.credentials(i, t, err);
             // `AUTH <password>` names no tenant, so a password must pick exactly one.

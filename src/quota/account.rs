@@ -89,7 +89,7 @@ impl Account {
             Growth::Bytes(b) => b,
             Growth::CopyOf(..) => return Err(cost),
         };
-        let charged = match ledger.limits {
+        let charged = match ledger.limits() {
             Some(limits) if bytes > 0 => {
                 if self.allowance >= bytes {
                     self.allowance -= bytes;
@@ -158,6 +158,8 @@ impl Account {
             self.keys.drain(..),
             std::mem::take(&mut self.charged),
         );
+        drop(l);
+        ledger.wake();
     }
 }
 

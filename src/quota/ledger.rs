@@ -9,8 +9,10 @@ pub struct Ledger {
     pub tenant: String,
     /// `tenant:<id>:`.
     pub(super) prefix: Bytes,
-    /// `None`: unlimited (measured, never refused).
-    pub limits: Option<QuotaLimits>,
+    /// Its quota (`u64::MAX`: unlimited, measured and never refused) and overage; a reload
+    /// sets them anew while writes go on.
+    quota: AtomicU64,
+    overage: AtomicU64,
     pub(super) names: Names,
     pub(super) local: Mutex<LeaseState>,
     /// `used` as the last script call saw it.
@@ -29,6 +31,11 @@ pub struct Ledger {
     pub overage_writes: AtomicU64,
     /// Reconciliation passes this instance completed.
     pub reconciled: AtomicU64,
+    /// It holds something for the flusher (a lease, keys to measure, keys to expire): the
+    /// flusher looks at awake ledgers only, so a thousand idle tenants cost it nothing.
+    pub(super) awake: std::sync::atomic::AtomicBool,
+    /// Where it says it woke up (set when [`Ledgers`] takes it in).
+    pub(super) wakeups: std::sync::OnceLock<Arc<Mutex<Vec<Bytes>>>>,
 }
 
 #[derive(Debug)]
@@ -64,6 +71,8 @@ pub(super) struct LeaseState {
     /// The last reservation's size, and whether writes were charged since the last flush.
     pub(super) last_grant: u64,
     pub(super) busy: bool,
+    /// Lease given up when the limits changed (a reload), handed back by the next flush.
+    pub(super) dropped: u64,
     /// When a write was last charged, and when the lease was last reserved or renewed in
     /// Redis (every flush renews it): a lease is kept through [`IDLE_GRACE`] without writes,
     /// so that a tenant writing now and then does not pay a reservation (a round trip on its
@@ -132,7 +141,9 @@ impl Ledger {
         Ledger {
             tenant: tenant.to_string(),
             prefix: Bytes::from(format!("tenant:{tenant}:")),
-            limits,
+            // Unlimited until `with_limits`, which sets them.
+            quota: AtomicU64::new(u64::MAX),
+            overage: AtomicU64::new(0),
             names: Names {
                 used: name("used"),
                 sizes: name("sizes"),
@@ -146,11 +157,73 @@ impl Ledger {
             refusals: AtomicU64::new(0),
             overage_writes: AtomicU64::new(0),
             reconciled: AtomicU64::new(0),
+            awake: Default::default(),
+            wakeups: Default::default(),
+        }
+        .with_limits(limits)
+    }
+
+    /// It now holds something the flusher must see to.
+    pub(super) fn wake(&self) {
+        if !self.awake.load(Ordering::Relaxed) && !self.awake.swap(true, Ordering::AcqRel) {
+            if let Some(w) = self.wakeups.get() {
+                w.lock().unwrap().push(self.prefix.clone());
+            }
+        }
+    }
+
+    /// Holds nothing the flusher must see to: no lease, no write in flight, nothing to
+    /// measure or to expire.
+    pub(super) fn quiet(&self) -> bool {
+        let l = self.local.lock().unwrap();
+        l.granted == 0
+            && l.charged == 0
+            && l.settled == 0
+            && l.dropped == 0
+            && l.dirty.is_empty()
+            && l.expiring.is_empty()
+    }
+
+    fn with_limits(self, limits: Option<QuotaLimits>) -> Ledger {
+        self.set_limits(limits);
+        self
+    }
+
+    /// `None`: unlimited (measured, never refused).
+    pub fn limits(&self) -> Option<QuotaLimits> {
+        match self.quota.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            quota => Some(QuotaLimits {
+                quota,
+                overage: self.overage.load(Ordering::Relaxed),
+            }),
+        }
+    }
+
+    /// New limits (a reload): the next write is admitted against them.
+    pub fn set_limits(&self, limits: Option<QuotaLimits>) {
+        if self.limits() == limits {
+            return;
+        }
+        let (quota, overage) = limits.map_or((u64::MAX, 0), |l| (l.quota, l.overage));
+        self.overage.store(overage, Ordering::Relaxed);
+        self.quota.store(quota, Ordering::Relaxed);
+        // A refusal remembered under the old limits says nothing of the new ones, and a
+        // lease reserved under them may not fit the new: the next write reserves anew.
+        let mut l = self.local.lock().unwrap();
+        l.full = None;
+        let unused = l.granted - l.charged;
+        l.granted = l.charged;
+        l.dropped += unused;
+        l.last_grant = 0;
+        drop(l);
+        if unused > 0 {
+            self.wake();
         }
     }
 
     pub(super) fn limit(&self) -> u64 {
-        self.limits.map_or(UNLIMITED, |l| l.quota + l.overage)
+        self.limits().map_or(UNLIMITED, |l| l.quota + l.overage)
     }
 
     /// Takes `bytes` from the lease, if it has them. With a session's `allowance`, that is
@@ -193,6 +266,7 @@ impl Ledger {
     /// Keys (as Redis names them) to measure, e.g. what a FLUSHDB deleted.
     pub fn settle(&self, keys: impl IntoIterator<Item = Bytes>, charged: u64) {
         self.local.lock().unwrap().settle(b"", keys, charged);
+        self.wake();
     }
 
     /// The dirty keys and the lease to hand back (all of it but what in-flight writes hold).
@@ -219,7 +293,7 @@ impl Ledger {
         };
         l.renewed = Some(now);
         l.busy = false;
-        let release = l.settled + unused - keep;
+        let release = l.settled + unused - keep + std::mem::take(&mut l.dropped);
         let settled = std::mem::take(&mut l.settled);
         l.charged -= settled;
         l.granted = l.charged + keep;
@@ -257,6 +331,7 @@ impl Ledger {
         let stale = l.renewed.is_none_or(|t| now - t >= RENEW_AFTER);
         !l.dirty.is_empty()
             || l.settled > 0
+            || l.dropped > 0
             || (l.granted > 0 && (idle || stale))
             || l.expiring
                 .first_key_value()
@@ -266,7 +341,7 @@ impl Ledger {
     pub(super) fn status(&self, used: i64) -> Status {
         Status {
             used,
-            limits: self.limits,
+            limits: self.limits(),
             refusals: self.refusals.load(Ordering::Relaxed),
             overage_writes: self.overage_writes.load(Ordering::Relaxed),
             reconciled: self.reconciled.load(Ordering::Relaxed),

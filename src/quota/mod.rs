@@ -46,7 +46,7 @@ mod ledger;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -149,13 +149,54 @@ async fn invoke<T: redis::FromRedisValue>(
     }
 }
 
+/// Every tenant's ledger on this instance, by the tenant's prefix. Tenants come and go
+/// while respite runs (a token for an unlisted tenant, a reload): a removed tenant's ledger
+/// is retired, and the next flush hands its lease back.
+#[derive(Debug, Default)]
+pub struct Ledgers {
+    by_prefix: std::sync::RwLock<std::collections::HashMap<Bytes, Arc<Ledger>>>,
+    retired: Mutex<Vec<Arc<Ledger>>>,
+    /// Prefixes of ledgers that woke up (see [`Ledger::wake`]) since the flusher last looked.
+    wakeups: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl Ledgers {
+    /// Keeps `ledger` (a tenant's, new or carried over a reload).
+    pub fn insert(&self, ledger: &Arc<Ledger>) {
+        let _ = ledger.wakeups.set(self.wakeups.clone());
+        if ledger.awake.load(Ordering::Acquire) {
+            self.wakeups.lock().unwrap().push(ledger.prefix.clone());
+        }
+        self.by_prefix
+            .write()
+            .unwrap()
+            .insert(ledger.prefix.clone(), ledger.clone());
+    }
+
+    /// The tenant with this prefix is gone: its ledger's lease goes back at the next flush.
+    pub fn retire(&self, prefix: &[u8]) {
+        if let Some(l) = self.by_prefix.write().unwrap().remove(prefix) {
+            self.retired.lock().unwrap().push(l);
+        }
+    }
+
+    fn get(&self, prefix: &[u8]) -> Option<Arc<Ledger>> {
+        self.by_prefix.read().unwrap().get(prefix).cloned()
+    }
+
+    /// Every ledger now, in no order.
+    fn all(&self) -> Vec<Arc<Ledger>> {
+        self.by_prefix.read().unwrap().values().cloned().collect()
+    }
+}
+
 /// The quota bookkeeping of one respite instance: every tenant's ledger and the pool to Redis.
 pub struct Quotas {
     own: OwnPool,
     /// This instance's name in the lease hashes.
     instance: String,
     settings: QuotaSettings,
-    ledgers: Vec<Arc<Ledger>>,
+    ledgers: Arc<Ledgers>,
     reserve: Script,
     measure: Script,
     size: Script,
@@ -190,14 +231,14 @@ fn instance_name() -> String {
 }
 
 impl Quotas {
-    /// `None` when no tenant has a quota (nothing is measured then).
-    pub fn from_config(
+    /// The bookkeeping of `ledgers`' tenants (made when a tenant or plan has a quota).
+    pub fn new(
         config: &Config,
-        ledgers: Vec<Arc<Ledger>>,
+        ledgers: Arc<Ledgers>,
         own: OwnPool,
         cluster: Option<Arc<crate::upstream::cluster::Topology>>,
-    ) -> Option<Quotas> {
-        config.quotas_enabled().then(|| Quotas {
+    ) -> Quotas {
+        Quotas {
             own,
             instance: instance_name(),
             settings: (&config.quota).into(),
@@ -206,7 +247,7 @@ impl Quotas {
             measure: Script::new(MEASURE),
             size: Script::new(SIZE),
             cluster,
-        })
+        }
     }
 
     /// How long a refusal from Redis stands without asking again.
@@ -232,7 +273,7 @@ impl Quotas {
             Growth::Bytes(b) => *b,
             Growth::CopyOf(sources, extra) => self.sizes(&ledger.prefix, sources).await? + extra,
         };
-        let Some(limits) = ledger.limits.filter(|_| bytes > 0) else {
+        let Some(limits) = ledger.limits().filter(|_| bytes > 0) else {
             return Ok(Written::new(cost, 0));
         };
         let mut flushed = false;
@@ -327,6 +368,8 @@ impl Quotas {
             l.granted += grant;
             l.last_grant = grant;
             l.renewed = Some(Instant::now());
+            drop(l);
+            ledger.wake();
         }
         Ok(grant > 0)
     }
@@ -447,13 +490,14 @@ impl Quotas {
             return Ok(false);
         }
         // Keys measured before: the ones that expired or were evicted measure as gone.
-        for ledger in &self.ledgers {
+        let ledgers = self.ledgers.all();
+        for ledger in &ledgers {
             self.walk(Some(ledger), "HSCAN", &ledger.names.sizes, true)
                 .await?;
         }
         // Keys in Redis: written around respite, or before it.
         self.walk(None, "SCAN", "tenant:*", false).await?;
-        for ledger in &self.ledgers {
+        for ledger in &ledgers {
             ledger.reconciled.fetch_add(1, Ordering::Relaxed);
         }
         Ok(true)
@@ -536,28 +580,37 @@ impl Quotas {
             }
         }
         for (prefix, keys) in of {
-            if let Some(ledger) = self.ledgers.iter().find(|l| &l.prefix[..] == prefix) {
-                self.measure(ledger, &keys, 0).await?;
+            if let Some(ledger) = self.ledgers.get(prefix) {
+                self.measure(&ledger, &keys, 0).await?;
             }
         }
         Ok(())
     }
 
-    /// Every tenant's figures, with `used` read from Redis now (one MGET).
-    pub async fn statuses(&self) -> Vec<(Arc<Ledger>, Status)> {
-        let names: Vec<&str> = self.ledgers.iter().map(|l| l.names.used.as_str()).collect();
+    /// Every tenant's ledger now.
+    pub fn ledgers(&self) -> Vec<Arc<Ledger>> {
+        self.ledgers.all()
+    }
+
+    /// The figures of `ledgers`' tenants, with `used` read from Redis now (one MGET).
+    pub async fn statuses(&self, ledgers: Vec<Arc<Ledger>>) -> Vec<(Arc<Ledger>, Status)> {
+        if ledgers.is_empty() {
+            return Vec::new();
+        }
+        let names: Vec<&str> = ledgers.iter().map(|l| l.names.used.as_str()).collect();
         let used: Result<Vec<Option<i64>>, _> = self
             .with_conn(async |c| redis::cmd("MGET").arg(&names).query_async(c).await)
             .await;
-        self.ledgers
-            .iter()
+        ledgers
+            .into_iter()
             .enumerate()
             .map(|(i, l)| {
                 let u = match &used {
                     Ok(v) => v.get(i).copied().flatten().unwrap_or(0),
                     Err(_) => l.used.load(Ordering::Relaxed),
                 };
-                (l.clone(), l.status(u))
+                let status = l.status(u);
+                (l, status)
             })
             .collect()
     }
@@ -584,26 +637,52 @@ impl Quotas {
         let reconciler = tokio::spawn(self.clone().reconcile_forever(stop.clone()));
         let mut tick = tokio::time::interval(self.settings.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut awake = HashMap::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => break,
             }
-            self.flush_all(true).await;
+            self.flush_all(&mut awake, true).await;
         }
         // The last flush hands every lease back: this instance is going away.
-        self.flush_all(false).await;
+        self.flush_all(&mut awake, false).await;
         let _ = reconciler.await;
     }
 
-    async fn flush_all(&self, keep: bool) {
-        for l in &self.ledgers {
+    /// Flushes the ledgers that hold something (`awake`, with those that woke since the
+    /// last pass) and the retired ones; a ledger left holding nothing goes to sleep. The
+    /// pass costs what the tenants did, not how many there are.
+    async fn flush_all(&self, awake: &mut HashMap<Bytes, Arc<Ledger>>, keep: bool) {
+        let retired = std::mem::take(&mut *self.ledgers.retired.lock().unwrap());
+        for l in &retired {
+            awake.remove(&l.prefix);
+            if let Err(e) = self.flush(l, false).await {
+                tracing::warn!(tenant = %l.tenant, error = %e, "quota hand-back failed");
+            }
+        }
+        let woken = std::mem::take(&mut *self.ledgers.wakeups.lock().unwrap());
+        for prefix in woken {
+            if let Some(l) = self.ledgers.get(&prefix) {
+                awake.insert(prefix, l);
+            }
+        }
+        for l in awake.values() {
             if l.has_work() || (!keep && l.holds_lease()) {
                 if let Err(e) = self.flush(l, keep).await {
                     tracing::warn!(tenant = %l.tenant, error = %e, "quota flush failed; will retry");
                 }
             }
         }
+        awake.retain(|_, l| {
+            // Asleep first, then checked: a write from now on wakes it again.
+            l.awake.store(false, Ordering::SeqCst);
+            if l.quiet() {
+                return false;
+            }
+            l.awake.store(true, Ordering::SeqCst);
+            true
+        });
     }
 
     async fn reconcile_forever(self: Arc<Self>, stop: CancellationToken) {

@@ -309,3 +309,47 @@ fn a_write_the_allowance_does_not_cover_hands_it_back_before_asking_redis() {
     account.add(w);
     account.finish(Some(&l));
 }
+
+#[test]
+fn new_limits_give_up_the_lease_reserved_under_the_old() {
+    let l = leased(10_000);
+    assert!(matches!(
+        l.try_charge(1_000, Duration::from_secs(1), None),
+        Charge::Done
+    ));
+    l.set_limits(Some(QuotaLimits {
+        quota: 500,
+        overage: 0,
+    }));
+    // The write in flight keeps its charge; the rest of the lease goes back at the flush.
+    assert!(matches!(
+        l.try_charge(100, Duration::from_secs(1), None),
+        Charge::Short(100)
+    ));
+    assert!(l.has_work());
+    let f = l.take_flush(true);
+    assert_eq!(f.release, 9_000);
+    assert_eq!(l.limits().map(|x| x.quota), Some(500));
+    // The same limits again change nothing.
+    l.set_limits(l.limits());
+    assert_eq!(l.local.lock().unwrap().dropped, 0);
+}
+
+#[test]
+fn a_ledger_wakes_once_and_sleeps_when_it_holds_nothing() {
+    let ledgers = Ledgers::default();
+    let l = Arc::new(Ledger::new("a", None));
+    ledgers.insert(&l);
+    assert!(l.quiet());
+    l.settle([Bytes::from_static(b"tenant:a:k")], 0);
+    l.settle([Bytes::from_static(b"tenant:a:j")], 0);
+    assert_eq!(
+        std::mem::take(&mut *ledgers.wakeups.lock().unwrap()),
+        vec![Bytes::from_static(b"tenant:a:")],
+        "woken once, however many writes"
+    );
+    assert!(!l.quiet());
+    let f = l.take_flush(true);
+    assert_eq!(f.keys.len(), 2);
+    assert!(l.quiet());
+}

@@ -137,6 +137,7 @@ pub enum Confinement {
 impl Scripts {
     pub fn new(
         config: &Config,
+        shortest_timeout_ms: u64,
         own: OwnPool,
         connector: Arc<Connector>,
         cluster: Option<Arc<crate::upstream::cluster::Topology>>,
@@ -174,12 +175,7 @@ impl Scripts {
                 .map(|p| p.expose().to_string())
                 .unwrap_or_default(),
             relogin,
-            shortest_timeout_ms: config
-                .tenants
-                .iter()
-                .map(|t| config.tenant_scripts(t).timeout_ms)
-                .min()
-                .unwrap_or(crate::config::DEFAULT_SCRIPT_TIMEOUT_MS),
+            shortest_timeout_ms,
             running: Arc::default(),
         }
     }

@@ -139,6 +139,7 @@ impl Session {
                 // Past the origin's rates a miss is nil, as if the origin had no value,
                 // unless the tenant asked to be told.
                 tenant
+                    .live
                     .limited
                     .origin_limited
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

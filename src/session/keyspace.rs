@@ -186,7 +186,7 @@ impl Session {
         // one was asked is this one's answer too.
         let tenant = self.tenant.clone().expect("authenticated");
         let asked = std::time::Instant::now();
-        let mut last = tenant.walks.lock().await;
+        let mut last = tenant.live.walks.lock().await;
         if let (KeyspaceCmd::DbSize, Some((began, n))) = (&cmd, *last) {
             if began >= asked {
                 return Resp::int(n as i64);
@@ -706,6 +706,9 @@ impl Session {
     async fn tenant_section(&mut self) -> String {
         let tenant = self.tenant.clone().expect("authenticated");
         let mut out = format!("# Tenant\r\ntenant:{}\r\n", tenant.id);
+        if let Some(plan) = &tenant.plan {
+            out.push_str(&format!("plan:{plan}\r\n"));
+        }
         let st = tenant.stats.snapshot();
         let p = st.percentiles(None).unwrap_or([0; 4]);
         out.push_str(&format!(
@@ -789,6 +792,6 @@ fn limits(tenant: &crate::tenant::Tenant, client_output_limit: usize) -> String 
         rates.map_or(0, |r| r.refused.load(Relaxed)),
         tenant.output.as_ref().map_or(0, |o| o.limit),
         tenant.output.as_ref().map_or(0, |o| o.bytes()),
-        tenant.limited.closed_for_output.load(Relaxed),
+        tenant.live.limited.closed_for_output.load(Relaxed),
     )
 }

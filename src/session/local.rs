@@ -306,9 +306,10 @@ impl Session {
                 self.state.reply_mode = ReplyMode::On;
                 self.tenant = None;
                 self.seat = None;
+                self.expire_at(None);
                 self.me.state.lock().unwrap().tenant = None;
                 self.me.state.lock().unwrap().protocol = 2;
-                match self.ctx.default_tenant.clone() {
+                match self.ctx.auth.default_tenant() {
                     Some(t) => {
                         if !self.seat_and_set(t) {
                             return Ok(());
@@ -401,8 +402,8 @@ impl Session {
 
     async fn auth(&mut self, user: Option<Bytes>, secret: Bytes) -> Result<(), End> {
         match self.authenticator().login(user.as_deref(), &secret) {
-            Ok(tenant) => {
-                if self.switch_tenant(tenant).await? {
+            Ok(login) => {
+                if self.log_in(login).await? {
                     self.answer(Resp::ok());
                 }
             }
@@ -424,20 +425,69 @@ impl Session {
         }
     }
 
+    /// Acts as the tenant of `login` from now on, until its token (if it came from one)
+    /// expires. `false` when the tenant has no room for another connection.
+    async fn log_in(&mut self, login: crate::auth::Login) -> Result<bool, End> {
+        if !self.switch_tenant(login.tenant).await? {
+            return Ok(false);
+        }
+        self.expire_at(login.expires);
+        Ok(true)
+    }
+
     /// Becomes `tenant`. Switching tenant drops the upstream connection (after the replies
     /// of earlier commands), so nothing the previous tenant had set up stays reachable.
     /// `false` when the tenant has no room for another connection: answered, and closing.
     async fn switch_tenant(&mut self, tenant: Arc<crate::tenant::Tenant>) -> Result<bool, End> {
-        if self
-            .tenant
-            .as_ref()
-            .is_some_and(|t| Arc::ptr_eq(t, &tenant))
-        {
-            return Ok(true);
+        if let Some(t) = &self.tenant {
+            if t.id == tenant.id {
+                // The same tenant (maybe made anew by a reload or a new plan): same place.
+                self.tenant = Some(tenant);
+                return Ok(true);
+            }
         }
         self.drain().await?;
         self.drop_upstream();
         Ok(self.seat_and_set(tenant))
+    }
+
+    /// A login by token lasts as long as the token: when it expires the connection is
+    /// closed (the client reconnects and logs in with a fresh one). Closing rather than
+    /// answering `-NOAUTH` to the next command: a subscribed or blocked connection may send
+    /// no next command, and a transaction or a pinned connection cannot be half logged out.
+    /// A new login on the connection replaces the watch (`None`: a password, no expiry).
+    pub(crate) fn expire_at(&mut self, expires: Option<std::time::SystemTime>) {
+        self.expiry = None;
+        self.me.state.lock().unwrap().by_token = expires.is_some();
+        let Some(at) = expires else {
+            return;
+        };
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let (stop, kill) = (
+            tokio_util::sync::CancellationToken::new(),
+            self.me.kill.clone(),
+        );
+        let tenant = self
+            .tenant
+            .as_ref()
+            .map(|t| t.id.clone())
+            .unwrap_or_default();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(left) => {
+                        tracing::info!(%tenant, "token expired: closing the connection");
+                        kill.cancel();
+                    }
+                    _ = stop.cancelled() => {}
+                    _ = kill.cancelled() => {}
+                }
+            }
+        });
+        self.expiry = Some(stop.drop_guard());
     }
 
     /// Takes a place among the tenant's `max_clients` and acts as it; without one, answers
@@ -461,8 +511,8 @@ impl Session {
     ) -> Result<(), End> {
         if let Some((user, pass)) = auth {
             match self.authenticator().login(Some(&user), &pass) {
-                Ok(t) => {
-                    if !self.switch_tenant(t).await? {
+                Ok(login) => {
+                    if !self.log_in(login).await? {
                         return Ok(());
                     }
                 }

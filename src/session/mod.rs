@@ -233,6 +233,11 @@ pub struct Session {
     /// This connection in the registry behind CLIENT LIST / KILL.
     pub(crate) me: Arc<Client>,
     pub(crate) tenant: Option<Arc<Tenant>>,
+    /// The authenticator's generation `tenant` is from: a reload moves it on, and the
+    /// session takes its tenant's new settings.
+    tenant_generation: u64,
+    /// Stops the watch that closes the connection when its login token expires.
+    pub(crate) expiry: Option<tokio_util::sync::DropGuard>,
     /// This connection's place among its tenant's `max_clients`.
     seat: Option<Seat>,
     /// Until it authenticates: its place among the unauthenticated, and when it is closed.
@@ -378,7 +383,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
     };
     let _ = client.set_nodelay(true);
     // Sidecar mode: the connection is the default tenant's from the start, if it has room.
-    let seat = match &ctx.default_tenant {
+    let seat = match &ctx.auth.default_tenant() {
         Some(t) => match t.seat() {
             Some(seat) => Some((t.clone(), seat)),
             None => {
@@ -404,6 +409,8 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
         ctx: ctx.clone(),
         me: me.clone(),
         tenant: None,
+        tenant_generation: ctx.auth.generation(),
+        expiry: None,
         seat: None,
         login,
         account: quota::Account::default(),
@@ -499,6 +506,9 @@ impl Session {
         let shutdown = shutdown.cancelled_owned();
         tokio::pin!(killed, shutdown);
         loop {
+            if self.tenant_generation != self.ctx.auth.generation() {
+                self.retake_tenant();
+            }
             // Replies read during the last wait free their slots before new requests count
             // against MAX_IN_FLIGHT.
             self.deliver();
@@ -572,7 +582,8 @@ impl Session {
              tenant's output_limit_bytes)"
         );
         if let Some(t) = &self.tenant {
-            t.limited
+            t.live
+                .limited
                 .closed_for_output
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -850,6 +861,24 @@ impl Session {
         self.seat = Some(seat);
         self.login = None;
         self.new_meter();
+    }
+
+    /// A reload (or a new plan) made tenants anew: the session takes its tenant's new
+    /// settings, and keeps its place and its connection state. A tenant that is gone has
+    /// had its connections closed by the reload.
+    fn retake_tenant(&mut self) {
+        self.tenant_generation = self.ctx.auth.generation();
+        let Some(id) = self.tenant.as_ref().map(|t| t.id.clone()) else {
+            return;
+        };
+        match self.ctx.auth.tenant(&id) {
+            Some(t) => {
+                self.hand_over_tally();
+                self.tenant = Some(t);
+                self.new_meter();
+            }
+            None => self.me.kill.cancel(),
+        }
     }
 
     /// The authority that decides logins.

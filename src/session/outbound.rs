@@ -381,7 +381,7 @@ impl Session {
     pub(super) async fn open(&mut self, pin: bool, internal: bool) -> Result<bool, End> {
         if pin && self.up.pinned.is_none() {
             self.drain().await?;
-            let share = self.tenant.as_ref().and_then(|t| t.pinned.as_ref());
+            let share = self.tenant.as_ref().and_then(|t| t.pinned.as_deref());
             let acquired = match self.target_node() {
                 Ok(node) => {
                     let node = node.as_ref().map(|n| &n.connector);

@@ -534,7 +534,7 @@ impl Session {
 
     /// A pinned connection to `node`.
     async fn pin_to(&mut self, node: &Arc<Node>) -> Result<Pinned, UpstreamError> {
-        let share = self.tenant.as_ref().and_then(|t| t.pinned.as_ref());
+        let share = self.tenant.as_ref().and_then(|t| t.pinned.as_deref());
         let protocol = self.state.protocol;
         let pinned = &self.ctx.upstream.pinned;
         pinned.acquire(Some(&node.connector), protocol, share).await

@@ -9,10 +9,25 @@ use crate::harness::*;
 
 /// `GET path` over HTTP/1.1: the status and the body; status 0 if nothing listens yet.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, None).await
+}
+
+/// `method path` over HTTP/1.1, with a bearer `token` if given: the status and the body;
+/// status 0 if nothing listens yet.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return (0, String::new());
     };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: respite\r\nConnection: close\r\n\r\n");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: respite\r\n{auth}Content-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
@@ -93,7 +108,8 @@ async fn health_and_metrics_say_what_respite_holds() {
         "respite_quota_bytes{tenant=\"a\"} 100000".to_string(),
         "respite_quota_overage_bytes{tenant=\"a\"} 1000".to_string(),
         "respite_quota_refusals_total{tenant=\"a\"} 1".to_string(),
-        "respite_quota_used_bytes{tenant=\"b\"} 0".to_string(),
+        // b has done nothing: counted, not named (admin.tenant_window_seconds).
+        "respite_tenants{state=\"quiet\"} 1".to_string(),
         "respite_shared_reads_total 2".to_string(),
         "respite_shared_l1_hits_total 1".to_string(),
         "respite_shared_redis_fetches_total 1".to_string(),
@@ -101,6 +117,7 @@ async fn health_and_metrics_say_what_respite_holds() {
         assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
     }
     assert!(body.ends_with("# EOF\n"));
+    assert!(!body.contains("tenant=\"b\""));
 
     // The Grafana dashboard in config/ asks only for metrics respite exposes.
     let dashboard = std::fs::read_to_string("config/grafana-dashboard.json").unwrap();

@@ -177,22 +177,6 @@ mod jwt {
 
     const SECRET: &str = "test-hs256-secret";
 
-    fn now() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-    }
-
-    fn token(claims: serde_json::Value, secret: &str) -> String {
-        encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
-    }
-
     async fn proxy(redis: &Redis, extra: &str) -> Proxy {
         Proxy::start(
             redis,

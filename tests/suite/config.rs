@@ -48,6 +48,20 @@ fn each_mistake_has_its_own_error() {
             "upstream.read_from must be",
             Some(3),
         ),
+        (
+            "[[tenants]]\nid = \"a\"\npassword = \"p\"\nplan = \"gold\"\n",
+            "tenants[0].plan: \"gold\" is not a [plans.<name>] table",
+            Some(4),
+        ),
+        (
+            "[plans.pro]\nops_per_second = 0\n",
+            "plans.pro.ops_per_second and plans.pro.bytes_per_second must be at least 1",
+            None,
+        ),
+        ("[plans.pro]\nrate_limit = \"slow\"\n", "plans.pro.rate_limit must be", None),
+        ("[plans.pro]\nquota = 1\n", "unknown field `quota`", Some(2)),
+        ("[plans.\"a b\"]\nquota_bytes = 1\n", "plans.a b: a plan's name must match", None),
+        ("[admin]\nlisten = \"127.0.0.1:1\"\ntoken = 5\n", "invalid type", Some(3)),
         ("[[tenants]]\nid = \"a:b\"\npassword = \"p\"\n", "tenants[0].id", Some(2)),
         ("[[tenants]]\nid = \"a*\"\npassword = \"p\"\n", "must match [A-Za-z0-9_-]{1,64}", Some(2)),
         (

@@ -207,7 +207,34 @@ impl Proxy {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let task = tokio::spawn(async move {
-            respite::run(&config, listener, s).await.unwrap();
+            respite::run(config, None, listener, s).await.unwrap();
+        });
+        Proxy {
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Starts respite from the config file `path`, as the binary does: a reload (SIGHUP,
+    /// `POST /reload`) reads the file again.
+    pub async fn start_file(path: &std::path::Path) -> Proxy {
+        let source = respite::config::Source {
+            path: path.to_path_buf(),
+            listen: None,
+            upstream: None,
+        };
+        let config = source
+            .load()
+            .unwrap_or_else(|e| panic!("test config {}: {e}", path.display()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        let task = tokio::spawn(async move {
+            respite::run(config, Some(source), listener, s)
+                .await
+                .unwrap();
         });
         Proxy {
             addr,
@@ -662,4 +689,22 @@ impl Redis {
             .status();
         let _ = self.child.wait();
     }
+}
+
+/// Seconds since the Unix epoch, for token claims.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// An HS256 JWT of `claims` signed with `secret`.
+pub fn token(claims: serde_json::Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }

@@ -17,4 +17,5 @@ mod queues;
 mod quota;
 mod scripts;
 mod shared;
+mod tenants;
 mod upstream;
