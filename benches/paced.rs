@@ -342,6 +342,8 @@ struct Pending {
     scheduled: Instant,
     written: Instant,
     measured: bool,
+    /// A SET (else a GET): their latencies are also kept apart.
+    set: bool,
 }
 
 /// What every connection's tasks add to.
@@ -350,6 +352,8 @@ struct Shared {
     measure_from: Instant,
     /// Write to reply, µs.
     latency: Mutex<Histogram<u64>>,
+    /// The same, of SETs only.
+    set_latency: Mutex<Histogram<u64>>,
     /// Scheduled time to reply, µs.
     intended: Mutex<Histogram<u64>>,
     /// Scheduled time to write, µs.
@@ -410,7 +414,8 @@ impl Conn {
     ) -> Instant {
         out.clear();
         self.work.key(key, self.rng.next() % self.work.keys);
-        if self.rng.unit() < self.work.set_ratio {
+        let set = self.rng.unit() < self.work.set_ratio;
+        if set {
             push_command(out, &[b"SET", key, &self.work.value]);
         } else {
             push_command(out, &[b"GET", key]);
@@ -421,6 +426,7 @@ impl Conn {
             scheduled: due,
             written,
             measured: due >= shared.measure_from,
+            set,
         });
         shared.outstanding.fetch_add(1, Ordering::Relaxed);
         let mut backlog = self.backlog.lock().unwrap();
@@ -538,6 +544,13 @@ async fn reader(
                     .lock()
                     .unwrap()
                     .saturating_record(micros(now - request.written));
+                if request.set {
+                    shared
+                        .set_latency
+                        .lock()
+                        .unwrap()
+                        .saturating_record(micros(now - request.written));
+                }
                 shared
                     .intended
                     .lock()
@@ -643,6 +656,7 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         measure_from,
         latency: Mutex::new(histogram()),
+        set_latency: Mutex::new(histogram()),
         intended: Mutex::new(histogram()),
         send_lag: Mutex::new(histogram()),
         sent: AtomicU64::new(0),
@@ -715,6 +729,7 @@ fn report(opts: &Opts, shared: &Shared, setup: f64) {
     let received = shared.received.load(Ordering::Relaxed);
     let errors = shared.errors.load(Ordering::Relaxed);
     let latency = shared.latency.lock().unwrap();
+    let set_latency = shared.set_latency.lock().unwrap();
     let intended = shared.intended.lock().unwrap();
     let lag = shared.send_lag.lock().unwrap();
     let first_errors = shared.first_errors.lock().unwrap();
@@ -733,6 +748,7 @@ fn report(opts: &Opts, shared: &Shared, setup: f64) {
         "closed_connections": shared.closed.load(Ordering::Relaxed),
         "achieved_rate": achieved,
         "latency_us": percentiles(&latency),
+        "set_latency_us": percentiles(&set_latency),
         "intended_us": percentiles(&intended),
         "send_lag_us": percentiles(&lag),
         "setup_seconds": setup,
@@ -743,7 +759,7 @@ fn report(opts: &Opts, shared: &Shared, setup: f64) {
     eprintln!(
         "{}: {} tenants, {:.0} req/s offered, {achieved:.0} answered; sent {sent} received \
          {received} errors {errors} lost {}; latency p50 {} p99 {} p999 {} max {} µs; from \
-         schedule p50 {} p99 {} p999 {} max {} µs; send lag p99 {} µs",
+         schedule p50 {} p99 {} p999 {} max {} µs; SETs p50 {} p99 {} µs; send lag p99 {} µs",
         opts.addr,
         opts.tenants,
         opts.rate,
@@ -756,6 +772,8 @@ fn report(opts: &Opts, shared: &Shared, setup: f64) {
         intended.value_at_quantile(0.99),
         intended.value_at_quantile(0.999),
         intended.max(),
+        set_latency.value_at_quantile(0.5),
+        set_latency.value_at_quantile(0.99),
         lag.value_at_quantile(0.99),
     );
     for text in first_errors.iter() {

@@ -313,6 +313,11 @@ pub struct QuotaConfig {
     /// How often written keys are measured and unused allowance handed back.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
+    /// A written key is measured at most this long after the write (sooner when its tenant
+    /// has many such keys, nears its limit or goes idle): the usage figure lags by this
+    /// much, the limit does not (writes are covered by the instance's lease meanwhile).
+    #[serde(default = "default_measure_delay_ms")]
+    pub measure_delay_ms: u64,
     /// How often each tenant's keys are walked and re-measured (one instance at a time).
     #[serde(default = "default_reconcile_interval_ms")]
     pub reconcile_interval_ms: u64,
@@ -325,6 +330,7 @@ impl Default for QuotaConfig {
     fn default() -> Self {
         QuotaConfig {
             flush_interval_ms: default_flush_interval_ms(),
+            measure_delay_ms: default_measure_delay_ms(),
             reconcile_interval_ms: default_reconcile_interval_ms(),
             reconcile_keys_per_second: default_reconcile_keys_per_second(),
         }
@@ -521,6 +527,9 @@ fn default_pool_size() -> usize {
 }
 fn default_flush_interval_ms() -> u64 {
     50
+}
+fn default_measure_delay_ms() -> u64 {
+    2_000
 }
 fn default_reconcile_interval_ms() -> u64 {
     300_000

@@ -47,6 +47,10 @@ pub(super) struct Names {
 
 /// This instance's lease: `granted` reserved in Redis, of which `charged` is spoken for by
 /// writes not measured yet, of which `settled` have their reply (their keys are `dirty`).
+/// Dirty keys that make a tenant's flush due at once, whatever their age: a tenant writing
+/// many keys is measured in full batches, and its dirty set stays small.
+pub(super) const MEASURE_SOON: usize = 64;
+
 /// How long a lease is kept without writes before it goes back to Redis.
 pub(super) const IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -62,6 +66,9 @@ pub(super) struct LeaseState {
     /// foldhash, randomly seeded: fast on the write path, and a tenant cannot pick keys
     /// that collide.
     pub(super) dirty: HashSet<Bytes, foldhash::fast::RandomState>,
+    /// When `dirty` last went from empty to not: its keys are measured once the oldest
+    /// has waited `measure_delay`, or sooner when there are many.
+    pub(super) dirty_since: Option<Instant>,
     /// The key last made dirty (and still in `dirty`): a pipeline writing one key again and
     /// again skips the hash lookup. A copy, not a clone: cloning a freshly built key
     /// allocates (`Bytes` makes its buffer shareable on the first clone).
@@ -112,6 +119,7 @@ impl LeaseState {
                     _ => Bytes::copy_from_slice(&self.last_dirty),
                 };
                 self.dirty.insert(name);
+                self.dirty_since.get_or_insert_with(Instant::now);
                 // Maybe a delete: the next write asks Redis again.
                 self.full = None;
             }
@@ -298,6 +306,7 @@ impl Ledger {
         l.charged -= settled;
         l.granted = l.charged + keep;
         l.last_dirty.clear();
+        l.dirty_since = None;
         Flush {
             keys: l.dirty.drain().collect(),
             release,
@@ -309,6 +318,9 @@ impl Ledger {
     pub(super) fn undo_flush(&self, f: Flush) {
         let mut l = self.local.lock().unwrap();
         l.dirty.extend(f.keys);
+        if !l.dirty.is_empty() {
+            l.dirty_since.get_or_insert_with(Instant::now);
+        }
         l.settled += f.settled;
         l.charged += f.settled;
         l.granted += f.release;
@@ -316,21 +328,20 @@ impl Ledger {
         l.renewed = None;
     }
 
-    /// Does this instance hold an allowance of the tenant's?
-    pub(super) fn holds_lease(&self) -> bool {
-        self.local.lock().unwrap().granted > 0
-    }
-
-    /// Does the next flush have anything to do? Keys to measure, settled writes, keys
-    /// whose TTL ran out; or a lease to hand back (no write for [`IDLE_GRACE`]) or to renew
-    /// before Redis lets it expire. A tenant that wrote nothing lately costs no round trip.
-    pub(super) fn has_work(&self) -> bool {
+    /// Does the next flush have anything to do? Keys written `measure_delay` ago (or many
+    /// keys), keys whose TTL ran out; or a lease to hand back (no write for
+    /// [`IDLE_GRACE`]; a new quota) or to renew before Redis lets it expire. A tenant that
+    /// wrote nothing lately costs no round trip, and one that writes now and then a round
+    /// trip per `measure_delay` at most: its writes are covered by its lease meanwhile, so
+    /// the limit holds; only the usage figure waits.
+    pub(super) fn has_work(&self, measure_delay: Duration) -> bool {
         let l = self.local.lock().unwrap();
         let now = Instant::now();
         let idle = l.last_charge.is_none_or(|t| now - t >= IDLE_GRACE);
         let stale = l.renewed.is_none_or(|t| now - t >= RENEW_AFTER);
-        !l.dirty.is_empty()
-            || l.settled > 0
+        let measure = l.dirty.len() >= MEASURE_SOON
+            || l.dirty_since.is_some_and(|t| now - t >= measure_delay);
+        measure
             || l.dropped > 0
             || (l.granted > 0 && (idle || stale))
             || l.expiring

@@ -78,6 +78,9 @@ const STREAM_NODE: u64 = 4_800;
 const DENSE_HLL: u64 = 12_400;
 /// Keys measured per script call.
 const MEASURE_BATCH: usize = 256;
+
+/// Tenants flushed over one connection from the pool before it goes back (standalone).
+const FLUSH_PIPELINE: usize = 128;
 /// A lease an instance stops renewing (it died) stops counting after this long.
 const LEASE_TTL_MS: u64 = 10_000;
 /// The most a session takes from the lease beyond the write at hand, for its next writes
@@ -207,6 +210,7 @@ pub struct Quotas {
 #[derive(Debug, Clone, Copy)]
 struct QuotaSettings {
     flush_interval: Duration,
+    measure_delay: Duration,
     reconcile_interval: Duration,
     keys_per_second: u64,
 }
@@ -215,6 +219,7 @@ impl From<&QuotaConfig> for QuotaSettings {
     fn from(q: &QuotaConfig) -> Self {
         QuotaSettings {
             flush_interval: Duration::from_millis(q.flush_interval_ms),
+            measure_delay: Duration::from_millis(q.measure_delay_ms),
             reconcile_interval: Duration::from_millis(q.reconcile_interval_ms),
             keys_per_second: q.reconcile_keys_per_second,
         }
@@ -401,6 +406,46 @@ impl Quotas {
         result
     }
 
+    /// Flushes `ledgers` over one connection: each one's keys measured and its lease
+    /// handed back by one call (a ledger with more keys than one call takes flushes
+    /// alone). A ledger whose call failed keeps its keys and lease for the next pass.
+    async fn flush_together(&self, ledgers: &[&Arc<Ledger>], keep: bool) {
+        let mut held = Vec::with_capacity(ledgers.len());
+        for l in ledgers {
+            let guard = l.flushing.lock().await;
+            let f = l.take_flush(keep);
+            if f.keys.len() > MEASURE_BATCH {
+                drop(guard);
+                l.undo_flush(f);
+                if let Err(e) = self.flush(l, keep).await {
+                    tracing::warn!(tenant = %l.tenant, error = %e, "quota flush failed; will retry");
+                }
+                continue;
+            }
+            held.push((*l, guard, f));
+        }
+        if held.is_empty() {
+            return;
+        }
+        let calls: Vec<(&Ledger, &[Bytes], u64)> = held
+            .iter()
+            .map(|(l, _, f)| (&***l, &f.keys[..], f.release))
+            .collect();
+        let outcomes = self.measure_together(&calls).await;
+        drop(calls);
+        for (i, (l, guard, f)) in held.into_iter().enumerate() {
+            let failed = match &outcomes {
+                Ok(results) => results[i].as_ref().err().map(|e| e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(error) = failed {
+                tracing::warn!(tenant = %l.tenant, %error, "quota flush failed; will retry");
+                l.undo_flush(f);
+            }
+            drop(guard);
+        }
+    }
+
     async fn measure(
         &self,
         ledger: &Ledger,
@@ -443,6 +488,22 @@ impl Quotas {
             }
             _ => Vec::new(),
         };
+        let call = self.measure_call(ledger, keys, release, &sizes);
+        let (used, leased): (i64, i64) = invoke(c, &self.measure, &call).await?;
+        ledger.saw(used, leased);
+        Ok(())
+    }
+
+    /// The measure script's call for `keys` of `ledger`'s tenant, handing back `release`:
+    /// standalone, the script measures the keys itself; in a cluster it is given their
+    /// `sizes`, measured on their own nodes.
+    fn measure_call(
+        &self,
+        ledger: &Ledger,
+        keys: &[Bytes],
+        release: u64,
+        sizes: &[u64],
+    ) -> redis::Cmd {
         let local = if self.cluster.is_some() {
             0
         } else {
@@ -462,9 +523,28 @@ impl Quotas {
         for (k, size) in keys.iter().zip(sizes) {
             call.arg(&k[ledger.prefix.len()..]).arg(size);
         }
-        let (used, leased): (i64, i64) = invoke(c, &self.measure, &call).await?;
-        ledger.saw(used, leased);
-        Ok(())
+        call
+    }
+
+    /// Standalone: one measure call per `(ledger, keys, release)`, one after another on
+    /// one connection from the pool (taking one costs a PING and an UNWATCH). Not a
+    /// pipeline: Redis runs a client's pipelined scripts back to back, and a hundred of
+    /// them would hold every tenant's commands for milliseconds; between calls it serves
+    /// the others. Each call's outcome, in order; `Err` when no connection was had.
+    async fn measure_together(
+        &self,
+        calls: &[(&Ledger, &[Bytes], u64)],
+    ) -> Result<Vec<redis::RedisResult<()>>, UpstreamError> {
+        self.with_conn(async |c| {
+            let mut outcomes = Vec::with_capacity(calls.len());
+            for (ledger, keys, release) in calls {
+                let call = self.measure_call(ledger, keys, *release, &[]);
+                let r: redis::RedisResult<(i64, i64)> = invoke(c, &self.measure, &call).await;
+                outcomes.push(r.map(|(used, leased)| ledger.saw(used, leased)));
+            }
+            Ok(outcomes)
+        })
+        .await
     }
 
     /// One reconciliation pass over every tenant, unless another instance did one within the
@@ -579,10 +659,22 @@ impl Quotas {
                     .push(Bytes::copy_from_slice(key));
             }
         }
-        for (prefix, keys) in of {
-            if let Some(ledger) = self.ledgers.get(prefix) {
-                self.measure(&ledger, &keys, 0).await?;
+        let found: Vec<(Arc<Ledger>, Vec<Bytes>)> = of
+            .into_iter()
+            .filter_map(|(prefix, keys)| Some((self.ledgers.get(prefix)?, keys)))
+            .collect();
+        if self.cluster.is_none() {
+            // A batch of a thousand tenants' keys holds a key or two of each: one
+            // connection for all of them, not one from the pool per tenant.
+            let calls: Vec<(&Ledger, &[Bytes], u64)> =
+                found.iter().map(|(l, k)| (&**l, &k[..], 0)).collect();
+            for r in self.measure_together(&calls).await? {
+                r.map_err(|e| UpstreamError::Bookkeeping(e.to_string()))?;
             }
+            return Ok(());
+        }
+        for (ledger, keys) in found {
+            self.measure(&ledger, &keys, 0).await?;
         }
         Ok(())
     }
@@ -667,11 +759,25 @@ impl Quotas {
                 awake.insert(prefix, l);
             }
         }
-        for l in awake.values() {
-            if l.has_work() || (!keep && l.holds_lease()) {
-                if let Err(e) = self.flush(l, keep).await {
-                    tracing::warn!(tenant = %l.tenant, error = %e, "quota flush failed; will retry");
-                }
+        // At the last flush, everything held goes: keys measured, leases handed back.
+        let delay = self.settings.measure_delay;
+        let due: Vec<&Arc<Ledger>> = awake
+            .values()
+            .filter(|l| match keep {
+                true => l.has_work(delay),
+                false => !l.quiet(),
+            })
+            .collect();
+        // Standalone, the ledgers flush over one connection; a cluster's measure calls go
+        // to each tenant's own node, one tenant at a time.
+        let (together, alone): (Vec<_>, Vec<_>) =
+            due.into_iter().partition(|_| self.cluster.is_none());
+        for chunk in together.chunks(FLUSH_PIPELINE) {
+            self.flush_together(chunk, keep).await;
+        }
+        for l in alone {
+            if let Err(e) = self.flush(l, keep).await {
+                tracing::warn!(tenant = %l.tenant, error = %e, "quota flush failed; will retry");
             }
         }
         awake.retain(|_, l| {

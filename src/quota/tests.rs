@@ -210,17 +210,17 @@ fn a_busy_instance_keeps_its_last_grant_until_it_goes_idle() {
     assert_eq!(l.local.lock().unwrap().granted, 700);
     // Written lately: kept, and nothing to do until the grace or the renewal is due.
     assert!(
-        !l.has_work(),
+        !l.has_work(Duration::ZERO),
         "a lease of a tenant that wrote lately costs no flush"
     );
     assert_eq!(l.take_flush(true).release, 0);
     // No write for the grace: all of it goes back.
     let long_ago = std::time::Instant::now() - super::ledger::IDLE_GRACE;
     l.local.lock().unwrap().last_charge = Some(long_ago);
-    assert!(l.has_work());
+    assert!(l.has_work(Duration::ZERO));
     assert_eq!(l.take_flush(true).release, 700, "idle: all of it goes back");
     assert_eq!(l.local.lock().unwrap().granted, 0);
-    assert!(!l.has_work());
+    assert!(!l.has_work(Duration::ZERO));
 }
 
 #[test]
@@ -232,12 +232,12 @@ fn a_kept_lease_is_renewed_before_redis_lets_it_expire() {
         local.last_charge = Some(std::time::Instant::now());
         local.renewed = Some(std::time::Instant::now());
     }
-    assert!(!l.has_work());
+    assert!(!l.has_work(Duration::ZERO));
     let long_ago = std::time::Instant::now() - super::ledger::RENEW_AFTER;
     l.local.lock().unwrap().renewed = Some(long_ago);
-    assert!(l.has_work(), "a flush renews the lease");
+    assert!(l.has_work(Duration::ZERO), "a flush renews the lease");
     assert_eq!(l.take_flush(true).release, 0, "still writing: kept");
-    assert!(!l.has_work());
+    assert!(!l.has_work(Duration::ZERO));
 }
 
 #[test]
@@ -326,7 +326,7 @@ fn new_limits_give_up_the_lease_reserved_under_the_old() {
         l.try_charge(100, Duration::from_secs(1), None),
         Charge::Short(100)
     ));
-    assert!(l.has_work());
+    assert!(l.has_work(Duration::ZERO));
     let f = l.take_flush(true);
     assert_eq!(f.release, 9_000);
     assert_eq!(l.limits().map(|x| x.quota), Some(500));
@@ -352,4 +352,22 @@ fn a_ledger_wakes_once_and_sleeps_when_it_holds_nothing() {
     let f = l.take_flush(true);
     assert_eq!(f.keys.len(), 2);
     assert!(l.quiet());
+}
+
+#[test]
+fn written_keys_wait_the_measure_delay_unless_there_are_many() {
+    let l = Ledger::new("a", None);
+    let delay = Duration::from_secs(2);
+    l.settle([Bytes::from("k")], 0);
+    assert!(!l.has_work(delay), "one key waits");
+    assert!(l.has_work(Duration::ZERO));
+    l.local.lock().unwrap().dirty_since = Some(std::time::Instant::now() - delay);
+    assert!(l.has_work(delay), "its delay is over");
+    l.take_flush(true);
+    assert!(!l.has_work(delay));
+    l.settle(
+        (0..super::ledger::MEASURE_SOON).map(|i| Bytes::from(format!("k{i}"))),
+        0,
+    );
+    assert!(l.has_work(delay), "many keys are measured at once");
 }

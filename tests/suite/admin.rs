@@ -264,6 +264,7 @@ async fn billing_roll_ups_survive_a_restart_without_double_counting() {
     let redis = Redis::start();
     let config = format!(
         "[upstream]\nurl = \"{}\"\n[billing]\ninterval_ms = 100\n\
+         [quota]\nmeasure_delay_ms = 50\n\
          [[tenants]]\nid = \"a\"\npassword = \"pa\"\nquota_bytes = 1000000\n",
         redis.url()
     );
@@ -285,7 +286,8 @@ async fn billing_roll_ups_survive_a_restart_without_double_counting() {
     assert_eq!(a.cmd(&["SET", "k", "v"]).await, "+OK\r\n");
     assert_eq!(a.cmd(&["GET", "k"]).await, "$1\r\nv\r\n");
     assert_eq!(a.cmd(&["GET", "nokey"]).await, "$-1\r\n");
-    // Several intervals with the key held: byte-seconds accrue.
+    // Several intervals with the key held (and measured, within measure_delay_ms):
+    // byte-seconds accrue.
     tokio::time::sleep(Duration::from_millis(600)).await;
     drop(a);
     proxy.stop().await;

@@ -633,7 +633,7 @@ async fn quotas_hold_across_nodes() {
     let cluster = Cluster::start();
     let p = Proxy::start_config(&format!(
         "[upstream]\nmode = \"cluster\"\nurl = \"{}\"\ncommand_timeout_ms = 3000\n\
-         [quota]\nflush_interval_ms = 20\nreconcile_interval_ms = 600000\n\
+         [quota]\nflush_interval_ms = 20\nmeasure_delay_ms = 0\nreconcile_interval_ms = 600000\n\
          [[tenants]]\nid = \"a\"\npassword = \"pa\"\nquota_bytes = 20000\noverage_bytes = 5000\n\
          [[tenants]]\nid = \"b\"\npassword = \"pb\"\n",
         cluster.url()

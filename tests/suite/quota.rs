@@ -11,7 +11,7 @@ use crate::harness::*;
 fn quota_config(redis: &Redis, quota: u64, overage: u64, reconcile_ms: u64) -> String {
     format!(
         "[upstream]\nurl = \"{}\"\ncommand_timeout_ms = 2000\n\
-         [quota]\nflush_interval_ms = 20\nreconcile_interval_ms = {reconcile_ms}\n\
+         [quota]\nflush_interval_ms = 20\nmeasure_delay_ms = 0\nreconcile_interval_ms = {reconcile_ms}\n\
          reconcile_keys_per_second = 100000\n\
          [[tenants]]\nid = \"a\"\npassword = \"pa\"\nquota_bytes = {quota}\noverage_bytes = {overage}\n\
          [[tenants]]\nid = \"b\"\npassword = \"pb\"\n",
@@ -646,7 +646,7 @@ async fn one_reconciliation_walk_serves_every_tenant() {
     let mut d = redis.direct().await;
     let mut config = format!(
         "[upstream]\nurl = \"{}\"\ncommand_timeout_ms = 2000\n\
-         [quota]\nflush_interval_ms = 20\nreconcile_interval_ms = 600000\n\
+         [quota]\nflush_interval_ms = 20\nmeasure_delay_ms = 0\nreconcile_interval_ms = 600000\n\
          reconcile_keys_per_second = 1000000\n",
         redis.url()
     );
@@ -684,4 +684,22 @@ async fn one_reconciliation_walk_serves_every_tenant() {
         .unwrap_or(0);
     // 1,000 keys in steps of 256: a handful of SCAN calls, not 50 walks of the keyspace.
     assert!((1..=10).contains(&scans), "{scans} SCAN calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_kept_when_redis_loses_respites_scripts() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&quota_config(&redis, 1_000_000, 0, 300_000)).await;
+    let mut a = proxy.client("a", "pa").await;
+    let mut b = proxy.client("b", "pb").await;
+    let _: () = q(&mut a, &["SET", "k", &"x".repeat(1000)]).await.unwrap();
+    usage_settles(&redis, &mut a, "tenant:a:").await;
+    // Redis restarted or someone ran SCRIPT FLUSH: the flushes load the script again.
+    let mut d = redis.direct().await;
+    let _: () = q(&mut d, &["SCRIPT", "FLUSH"]).await.unwrap();
+    let _: () = q(&mut a, &["SET", "j", &"y".repeat(3000)]).await.unwrap();
+    let _: () = q(&mut b, &["SET", "j", &"z".repeat(2000)]).await.unwrap();
+    let used = usage_settles(&redis, &mut a, "tenant:a:").await;
+    assert!(used > 4000, "{used}");
+    usage_settles(&redis, &mut b, "tenant:b:").await;
 }
