@@ -95,11 +95,13 @@ async fn reload(ctx: &Arc<Context>, headers: &HeaderMap) -> axum::response::Resp
         )
             .into_response();
     };
+    // The scheme is case-insensitive (RFC 9110); no token given never matches.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.is_empty())
+        .map_or("", |(_, t)| t);
     let digest = |t: &str| crate::config::sha256(t.as_bytes());
     if !bool::from(subtle::ConstantTimeEq::ct_eq(
         &digest(given)[..],

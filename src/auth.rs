@@ -55,6 +55,8 @@ struct Book {
     config: Arc<Config>,
     shared: Arc<[Bytes]>,
     listed: HashMap<String, Entry>,
+    /// Listed tenants by their password's SHA-256, for `AUTH <password>`.
+    by_digest: HashMap<[u8; 32], Arc<Tenant>>,
     /// Tenants no `[[tenants]]` entry names, made from tokens (`dynamic_tenants`), with the
     /// plan each was made on.
     unlisted: Mutex<HashMap<String, Arc<Tenant>>>,
@@ -69,6 +71,10 @@ pub struct Login {
     pub tenant: Arc<Tenant>,
     /// When the token it came from expires (a password never does).
     pub expires: Option<SystemTime>,
+    /// The generation the secret was checked under: a session that finds it moved on by
+    /// the time it acts as the tenant (a reload changed passwords or keys meanwhile) checks
+    /// the secret again.
+    pub generation: u64,
 }
 
 /// What a reload changed among the tenants: the tenants whose connections must close, and
@@ -82,6 +88,8 @@ pub struct Changes {
     /// The token key, issuer, audience or claims changed: connections that logged in with
     /// a token close.
     pub token_settings: bool,
+    /// `server.default_tenant` changed: connections that never logged in close.
+    pub default_tenant: bool,
 }
 
 /// Every tenant and how each may log in. A reload ([`Authenticator::replace`]) swaps in a
@@ -146,12 +154,15 @@ impl Authenticator {
     /// `AUTH <secret>` or `AUTH <tenant> <secret>`; the secret is a password or a JWT.
     /// `default` as the user name means none, as Redis' default user does.
     pub fn login(&self, user: Option<&[u8]>, secret: &[u8]) -> Result<Login, AuthFailure> {
+        // Read before the book: a reload that swaps the book moves it on after.
+        let generation = self.generation();
         let book = self.book();
         let user = user.filter(|u| *u != b"default");
         let digest = sha256(secret);
-        let by_password = |tenant: &Arc<Tenant>| Login {
-            tenant: tenant.clone(),
-            expires: None,
+        let login = |tenant: Arc<Tenant>, expires| Login {
+            tenant,
+            expires,
+            generation,
         };
         match user {
             Some(user) => {
@@ -159,7 +170,7 @@ impl Authenticator {
                 let entry = named.and_then(|u| book.listed.get(u));
                 if let Some(e) = entry {
                     if e.digest.is_some_and(|d| bool::from(d.ct_eq(&digest))) {
-                        return Ok(by_password(&e.tenant));
+                        return Ok(login(e.tenant.clone(), None));
                     }
                 }
                 let (id, plan, expires) = book.verify_jwt(secret)?;
@@ -169,32 +180,18 @@ impl Authenticator {
                         false => AuthFailure::UnknownTenant,
                     });
                 }
-                let tenant = self.vouched(&book, &id, plan)?;
-                Ok(Login {
-                    tenant,
-                    expires: Some(expires),
-                })
+                Ok(login(self.vouched(book, &id, plan)?, Some(expires)))
             }
-            None => {
-                // Compare against every tenant so the time taken does not say which matched.
-                let mut found = None;
-                for e in book.listed.values() {
-                    if e.digest.is_some_and(|d| bool::from(d.ct_eq(&digest))) {
-                        found = Some(e.tenant.clone());
-                    }
+            // Found by the password's digest (no two tenants share one): the time taken
+            // does not depend on how many tenants there are, nor say which one matched.
+            None => match book.by_digest.get(&digest) {
+                Some(t) => Ok(login(t.clone(), None)),
+                None if book.jwt.is_some() && looks_like_jwt(secret) => {
+                    let (id, plan, expires) = book.verify_jwt(secret)?;
+                    Ok(login(self.vouched(book, &id, plan)?, Some(expires)))
                 }
-                match found {
-                    Some(t) => Ok(by_password(&t)),
-                    None if book.jwt.is_some() && looks_like_jwt(secret) => {
-                        let (id, plan, expires) = book.verify_jwt(secret)?;
-                        Ok(Login {
-                            tenant: self.vouched(&book, &id, plan)?,
-                            expires: Some(expires),
-                        })
-                    }
-                    None => Err(AuthFailure::WrongPassword),
-                }
-            }
+                None => Err(AuthFailure::WrongPassword),
+            },
         }
     }
 
@@ -202,40 +199,51 @@ impl Authenticator {
     /// plan, or made anew when the token names another plan than the one it was made on.
     fn vouched(
         &self,
-        book: &Book,
+        mut book: Arc<Book>,
         id: &str,
         plan: Option<String>,
     ) -> Result<Arc<Tenant>, AuthFailure> {
-        if let Some(e) = book.listed.get(id) {
-            return Ok(e.tenant.clone());
-        }
-        if !book.may_make(id) {
-            return Err(AuthFailure::UnknownTenant);
-        }
-        if plan
-            .as_ref()
-            .is_some_and(|p| !book.config.plans.contains_key(p))
-        {
-            return Err(AuthFailure::UnknownPlan);
-        }
-        let mut unlisted = book.unlisted.lock().unwrap();
-        let was = unlisted.get(id).cloned();
-        if let Some(t) = &was {
-            if t.plan == plan {
-                return Ok(t.clone());
+        loop {
+            if let Some(e) = book.listed.get(id) {
+                return Ok(e.tenant.clone());
             }
+            if !book.may_make(id) {
+                return Err(AuthFailure::UnknownTenant);
+            }
+            if plan
+                .as_ref()
+                .is_some_and(|p| !book.config.plans.contains_key(p))
+            {
+                return Err(AuthFailure::UnknownPlan);
+            }
+            let mut unlisted = book.unlisted.lock().unwrap();
+            // A reload holds this lock from reading the unlisted tenants to putting its
+            // book in place: a tenant made in a book that is no longer current would be
+            // lost to the new one. Make it in the current book instead.
+            let current = self.book();
+            if !Arc::ptr_eq(&current, &book) {
+                drop(unlisted);
+                book = current;
+                continue;
+            }
+            let was = unlisted.get(id).cloned();
+            if let Some(t) = &was {
+                if t.plan == plan {
+                    return Ok(t.clone());
+                }
+            }
+            let tenant = Arc::new(book.make(id, plan.as_deref(), was.as_deref()));
+            if let (Some(ledgers), Some(l)) = (&self.ledgers, &tenant.ledger) {
+                ledgers.insert(l);
+            }
+            unlisted.insert(id.to_string(), tenant.clone());
+            drop(unlisted);
+            if was.is_some() {
+                // Its connections take the new plan at their next pass.
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            return Ok(tenant);
         }
-        let tenant = Arc::new(book.make(id, plan.as_deref(), was.as_deref()));
-        if let (Some(ledgers), Some(l)) = (&self.ledgers, &tenant.ledger) {
-            ledgers.insert(l);
-        }
-        unlisted.insert(id.to_string(), tenant.clone());
-        drop(unlisted);
-        if was.is_some() {
-            // Its connections take the new plan at their next pass.
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        }
-        Ok(tenant)
     }
 
     /// Puts `config`'s tenants in place of the current ones (a reload): tenants that stay
@@ -243,17 +251,19 @@ impl Authenticator {
     /// plans while `dynamic_tenants` is on. Returns what changed.
     pub fn replace(&self, config: Config) -> anyhow::Result<Changes> {
         let old = self.book();
-        let new = Book::new(config, Some(&old), self.ledgers.as_deref())?;
+        // Held until the new book is in place: no token makes a tenant in the old one
+        // meanwhile (see `vouched`).
+        let old_unlisted = old.unlisted.lock().unwrap();
+        let new = Book::new(config, Some((&old, &old_unlisted)), self.ledgers.as_deref())?;
         let mut changes = Changes {
             token_settings: old.jwt.as_ref().map(|j| &j.settings)
                 != new.jwt.as_ref().map(|j| &j.settings),
+            default_tenant: old.default_tenant != new.default_tenant,
             ..Changes::default()
         };
         for (id, e) in &new.listed {
             match old.listed.get(id) {
-                None if !old.unlisted.lock().unwrap().contains_key(id) => {
-                    changes.added.push(id.clone())
-                }
+                None if !old_unlisted.contains_key(id) => changes.added.push(id.clone()),
                 Some(was) if was.digest != e.digest => changes.new_credentials.push(id.clone()),
                 _ => {}
             }
@@ -262,7 +272,7 @@ impl Authenticator {
         let gone = old
             .listed
             .keys()
-            .chain(old.unlisted.lock().unwrap().keys())
+            .chain(old_unlisted.keys())
             .filter(|id| !new.listed.contains_key(*id) && !unlisted.contains_key(*id))
             .cloned()
             .collect::<Vec<_>>();
@@ -278,6 +288,7 @@ impl Authenticator {
         changes.new_credentials.sort();
         *self.book.write().unwrap() = Arc::new(new);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(old_unlisted);
         Ok(changes)
     }
 }
@@ -286,7 +297,7 @@ impl Book {
     /// The tenants of `config`; those of `was` (the book before a reload) carry over.
     fn new(
         mut config: Config,
-        was: Option<&Book>,
+        was: Option<(&Book, &HashMap<String, Arc<Tenant>>)>,
         ledgers: Option<&Ledgers>,
     ) -> anyhow::Result<Book> {
         let shared: Arc<[Bytes]> = config
@@ -310,7 +321,10 @@ impl Book {
         let mut listed = HashMap::with_capacity(config.tenants.len());
         for t in std::mem::take(&mut config.tenants) {
             let id = t.id.get_ref();
-            let before = was.and_then(|w| w.get(id));
+            let before = was.and_then(|(book, unlisted)| match book.listed.get(id) {
+                Some(e) => Some(e.tenant.clone()),
+                None => unlisted.get(id).cloned(),
+            });
             let tenant = Tenant::from_config(&config, &t, &shared, quotas, before.as_deref());
             if let (Some(ledgers), Some(l)) = (ledgers, &tenant.ledger) {
                 ledgers.insert(l);
@@ -329,24 +343,26 @@ impl Book {
                 .map(|d| d.get_ref().clone()),
             config: Arc::new(config),
             shared,
+            by_digest: listed
+                .values()
+                .filter_map(|e: &Entry| Some((e.digest?, e.tenant.clone())))
+                .collect(),
             listed,
             unlisted: Mutex::default(),
             jwt,
             quotas,
         };
         // Unlisted tenants stay, on their plans, while tokens may still make them.
-        if let Some(was) = was {
+        if let Some((_, was)) = was {
             let mut unlisted = HashMap::new();
-            for (id, t) in was.unlisted.lock().unwrap().iter() {
+            for (id, t) in was.iter() {
                 let plan_kept = t
                     .plan
                     .as_ref()
                     .is_none_or(|p| book.config.plans.contains_key(p));
                 if book.may_make(id) && plan_kept {
-                    unlisted.insert(
-                        id.clone(),
-                        Arc::new(book.make(id, t.plan.as_deref(), Some(t))),
-                    );
+                    let made = book.make(id, t.plan.as_deref(), Some(t));
+                    unlisted.insert(id.clone(), Arc::new(made));
                 }
             }
             book.unlisted = Mutex::new(unlisted);
@@ -402,13 +418,24 @@ impl Book {
             .and_then(|c| claims.get(c))
             .and_then(|v| v.as_str())
             .map(str::to_string);
-        // `exp` is required and checked by the validation: a number of seconds.
-        let exp = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0);
-        let expires =
-            SystemTime::UNIX_EPOCH + Duration::from_secs(exp.saturating_add(jwt.validation.leeway));
+        // `exp` is required and checked by the validation: seconds, maybe with a fraction
+        // (JavaScript issuers), maybe absurdly far (kept to a date a SystemTime holds).
+        let exp = claims
+            .get("exp")
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f.round() as u64))
+            })
+            .unwrap_or(0)
+            .saturating_add(jwt.validation.leeway)
+            .min(FAR_FUTURE_SECS);
+        let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(exp);
         Ok((id.to_string(), plan, expires))
     }
 }
+
+/// The latest expiry a token may have here (about the year 2514): later dates are this one.
+const FAR_FUTURE_SECS: u64 = 1 << 34;
 
 fn looks_like_jwt(token: &[u8]) -> bool {
     token.iter().filter(|&&b| b == b'.').count() == 2

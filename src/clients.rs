@@ -32,6 +32,9 @@ pub struct ClientState {
     pub upstream_node: Option<(String, u16)>,
     /// It logged in with a token: a reload that changes the token settings closes it.
     pub by_token: bool,
+    /// It never logged in and acts as `server.default_tenant`: a reload that changes the
+    /// default closes it.
+    pub by_default: bool,
 }
 
 /// One client connection.

@@ -124,12 +124,18 @@ impl Tenant {
             tenant.live = was.live.clone();
         }
         tenant.max_clients = config.tenant_max_clients(t);
+        // The same share and output total across rebuilds, resized: a rebuild (a reload,
+        // a token's new plan) must not hand the tenant a fresh budget beside the one its
+        // connections hold.
         tenant.pinned =
             config
                 .tenant_pinned_max(t)
                 .map(|max| match was.and_then(|w| w.pinned.as_ref()) {
-                    Some(share) if share.max() == max => share.clone(),
-                    _ => Arc::new(crate::upstream::Share::new(max)),
+                    Some(share) => {
+                        share.resize(max);
+                        share.clone()
+                    }
+                    None => Arc::new(crate::upstream::Share::new(max)),
                 });
         tenant.caps = config.tenant_caps(t);
         tenant.reads_replicas = config.tenant_reads_replicas(t);
@@ -152,8 +158,11 @@ impl Tenant {
             config
                 .tenant_output_limit(t)
                 .map(|limit| match was.and_then(|w| w.output.as_ref()) {
-                    Some(total) if total.limit == limit => total.clone(),
-                    _ => Arc::new(crate::upstream::OutputTotal::new(limit)),
+                    Some(total) => {
+                        total.set_limit(limit);
+                        total.clone()
+                    }
+                    None => Arc::new(crate::upstream::OutputTotal::new(limit)),
                 });
         tenant.shared = shared.clone();
         tenant.publisher = t.role.get_ref() == "publisher";

@@ -187,6 +187,17 @@ impl Config {
     /// `[admin]`: the operators' HTTP listener.
     fn validate_admin(&self, err: &mut Report) {
         if let Some(admin) = &self.admin {
+            if admin
+                .get_ref()
+                .token
+                .as_ref()
+                .is_some_and(|t| t.expose().is_empty())
+            {
+                err(
+                    Some(admin.span()),
+                    "admin.token must not be empty (leave it out to reload by SIGHUP only)".into(),
+                );
+            }
             if admin.get_ref().listen.parse::<SocketAddr>().is_err() {
                 err(
                     Some(admin.span()),

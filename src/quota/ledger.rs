@@ -301,7 +301,8 @@ impl Ledger {
         };
         l.renewed = Some(now);
         l.busy = false;
-        let release = l.settled + unused - keep + std::mem::take(&mut l.dropped);
+        let dropped = std::mem::take(&mut l.dropped);
+        let release = l.settled + unused - keep + dropped;
         let settled = std::mem::take(&mut l.settled);
         l.charged -= settled;
         l.granted = l.charged + keep;
@@ -310,6 +311,7 @@ impl Ledger {
         Flush {
             keys: l.dirty.drain().collect(),
             release,
+            dropped,
             settled,
         }
     }
@@ -323,7 +325,9 @@ impl Ledger {
         }
         l.settled += f.settled;
         l.charged += f.settled;
-        l.granted += f.release;
+        // What a change of limits gave up stays given up: it goes back at the next try.
+        l.granted += f.release - f.dropped;
+        l.dropped += f.dropped;
         // Not renewed after all.
         l.renewed = None;
     }
@@ -379,5 +383,7 @@ impl Ledger {
 pub(super) struct Flush {
     pub(super) keys: Vec<Bytes>,
     pub(super) release: u64,
+    /// Of `release`, the lease given up by a change of limits.
+    pub(super) dropped: u64,
     pub(super) settled: u64,
 }

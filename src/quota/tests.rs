@@ -310,8 +310,9 @@ fn a_write_the_allowance_does_not_cover_hands_it_back_before_asking_redis() {
     account.finish(Some(&l));
 }
 
-#[test]
-fn new_limits_give_up_the_lease_reserved_under_the_old() {
+/// Tenant `a` with a lease of 10,000 bytes, 1,000 of them charged, whose quota then shrank
+/// to 500 bytes (a reload).
+fn shrunk() -> Ledger {
     let l = leased(10_000);
     assert!(matches!(
         l.try_charge(1_000, Duration::from_secs(1), None),
@@ -321,6 +322,12 @@ fn new_limits_give_up_the_lease_reserved_under_the_old() {
         quota: 500,
         overage: 0,
     }));
+    l
+}
+
+#[test]
+fn new_limits_give_up_the_lease_reserved_under_the_old() {
+    let l = shrunk();
     // The write in flight keeps its charge; the rest of the lease goes back at the flush.
     assert!(matches!(
         l.try_charge(100, Duration::from_secs(1), None),
@@ -370,4 +377,21 @@ fn written_keys_wait_the_measure_delay_unless_there_are_many() {
         0,
     );
     assert!(l.has_work(delay), "many keys are measured at once");
+}
+
+/// A flush that fails (Redis busy, pool timeout) right after a reload lowered the quota
+/// must not put the lease given up under the old limits back where writes spend it.
+#[test]
+fn a_failed_flush_keeps_the_old_lease_given_up() {
+    let l = shrunk();
+    let f = l.take_flush(true);
+    l.undo_flush(f);
+    assert!(
+        !matches!(
+            l.try_charge(5_000, Duration::from_secs(1), None),
+            Charge::Done
+        ),
+        "a 5,000-byte write admitted from the old lease under a 500-byte quota"
+    );
+    assert_eq!(l.local.lock().unwrap().dropped, 9_000, "still to hand back");
 }

@@ -189,6 +189,12 @@ impl Scripts {
         &self.relogin
     }
 
+    /// Forgets every tenant's ACL user (a reload: roles and rights may have changed); each
+    /// is set up again, from its tenant's new settings, before its next script.
+    pub fn forget_users(&self) {
+        self.users.clear();
+    }
+
     /// `Some(false)` once Redis has said respite's user cannot create ACL users.
     pub fn can_confine(&self) -> Option<bool> {
         match self.acl.load(Ordering::Relaxed) {

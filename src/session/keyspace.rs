@@ -790,7 +790,7 @@ fn limits(tenant: &crate::tenant::Tenant, client_output_limit: usize) -> String 
         },
         rates.map_or(0, |r| r.throttled_us.load(Relaxed)),
         rates.map_or(0, |r| r.refused.load(Relaxed)),
-        tenant.output.as_ref().map_or(0, |o| o.limit),
+        tenant.output.as_ref().map_or(0, |o| o.limit()),
         tenant.output.as_ref().map_or(0, |o| o.bytes()),
         tenant.live.limited.closed_for_output.load(Relaxed),
     )

@@ -314,6 +314,7 @@ impl Session {
                         if !self.seat_and_set(t) {
                             return Ok(());
                         }
+                        self.me.state.lock().unwrap().by_default = true;
                     }
                     // Unauthenticated again: a place among those, and a deadline to log in.
                     None => {
@@ -403,7 +404,7 @@ impl Session {
     async fn auth(&mut self, user: Option<Bytes>, secret: Bytes) -> Result<(), End> {
         match self.authenticator().login(user.as_deref(), &secret) {
             Ok(login) => {
-                if self.log_in(login).await? {
+                if self.log_in(login, user.as_deref(), &secret).await? {
                     self.answer(Resp::ok());
                 }
             }
@@ -427,10 +428,36 @@ impl Session {
 
     /// Acts as the tenant of `login` from now on, until its token (if it came from one)
     /// expires. `false` when the tenant has no room for another connection.
-    async fn log_in(&mut self, login: crate::auth::Login) -> Result<bool, End> {
-        if !self.switch_tenant(login.tenant).await? {
+    /// `user` and `secret` are what it logged in with: checked again when a reload came
+    /// between the check and the switch (which may wait for earlier replies), so that a
+    /// password or key revoked meanwhile does not let it in.
+    async fn log_in(
+        &mut self,
+        mut login: crate::auth::Login,
+        user: Option<&[u8]>,
+        secret: &[u8],
+    ) -> Result<bool, End> {
+        let id = login.tenant.id.clone();
+        if !self.switch_tenant(login.tenant.clone()).await? {
             return Ok(false);
         }
+        while self.ctx.auth.generation() != login.generation {
+            match self.authenticator().login(user, secret) {
+                Ok(again) if again.tenant.id == id => {
+                    self.tenant = Some(again.tenant.clone());
+                    login = again;
+                }
+                _ => {
+                    tracing::warn!(tenant = %id, "credentials revoked while logging in: closing");
+                    self.refuse(Error::WrongPass);
+                    self.client.closing = true;
+                    self.tenant = None;
+                    self.seat = None;
+                    return Ok(false);
+                }
+            }
+        }
+        self.me.state.lock().unwrap().by_default = false;
         self.expire_at(login.expires);
         Ok(true)
     }
@@ -512,7 +539,7 @@ impl Session {
         if let Some((user, pass)) = auth {
             match self.authenticator().login(Some(&user), &pass) {
                 Ok(login) => {
-                    if !self.log_in(login).await? {
+                    if !self.log_in(login, Some(&user), &pass).await? {
                         return Ok(());
                     }
                 }

@@ -488,6 +488,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
     }
     if let Some((t, seat)) = seat {
         s.set_tenant(t, seat);
+        me.state.lock().unwrap().by_default = true;
     }
     let ended = s.run(shutdown).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(?ended, "connection closed"));

@@ -18,15 +18,24 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub struct OutputTotal {
     bytes: AtomicUsize,
-    pub limit: usize,
+    /// A reload may set it anew (the total goes on).
+    limit: AtomicUsize,
 }
 
 impl OutputTotal {
     pub fn new(limit: usize) -> OutputTotal {
         OutputTotal {
             bytes: AtomicUsize::new(0),
-            limit,
+            limit: AtomicUsize::new(limit),
         }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     pub fn bytes(&self) -> usize {
@@ -101,7 +110,7 @@ impl OutputMeter {
     fn check(&self, mine: usize, tenant: Option<usize>) {
         let over_mine = self.limit > 0 && mine > self.limit;
         let over_tenant = match (&self.tenant, tenant) {
-            (Some(t), Some(total)) => t.limit > 0 && total > t.limit,
+            (Some(t), Some(total)) => t.limit() > 0 && total > t.limit(),
             _ => false,
         };
         if (over_mine || over_tenant) && !self.exceeded.swap(true, Ordering::Relaxed) {

@@ -30,19 +30,42 @@ pub struct Pinned {
 #[derive(Debug)]
 pub struct Share {
     permits: Arc<Semaphore>,
-    max: usize,
+    /// A reload (or a token's new plan) may resize it: the connections pinned meanwhile
+    /// keep their permits, so that no rebuild hands the tenant a fresh budget.
+    max: std::sync::atomic::AtomicUsize,
 }
 
 impl Share {
     pub fn new(max: usize) -> Share {
         Share {
             permits: Arc::new(Semaphore::new(max)),
-            max,
+            max: max.into(),
         }
     }
 
     pub fn max(&self) -> usize {
-        self.max
+        self.max.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Makes it `max` permits: more at once; fewer as soon as the permits to take away
+    /// are free (those held now go when their connections are let go).
+    pub fn resize(&self, max: usize) {
+        let was = self.max.swap(max, std::sync::atomic::Ordering::AcqRel);
+        if max > was {
+            self.permits.add_permits(max - was);
+        } else if max < was {
+            let owed = (was - max) - self.permits.forget_permits(was - max);
+            if owed > 0 {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let permits = self.permits.clone();
+                    rt.spawn(async move {
+                        if let Ok(p) = permits.acquire_many_owned(owed as u32).await {
+                            p.forget();
+                        }
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -84,7 +107,7 @@ impl Pool {
         // The tenant's share first: a tenant at its own limit waits on itself, not on the pool.
         let share = match share {
             None => None,
-            Some(s) => Some(place(&s.permits, wait, UpstreamError::ShareExhausted(s.max)).await?),
+            Some(s) => Some(place(&s.permits, wait, UpstreamError::ShareExhausted(s.max())).await?),
         };
         let permit = place(
             &self.permits,

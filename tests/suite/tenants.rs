@@ -426,3 +426,183 @@ async fn metrics_name_only_active_tenants() {
         );
     }
 }
+
+/// A token minted with a fractional `exp` (JavaScript's `Date.now() / 1000 + 3600`) is
+/// valid for jsonwebtoken, which rounds it; respite reads it as 0 and closes the
+/// connection right after `+OK`.
+#[tokio::test]
+async fn a_fractional_exp_does_not_end_the_login_at_once() {
+    let (_redis, proxy, _) = with_plans().await;
+    let mut c = proxy.raw().await;
+    let exp = now() as f64 + 60.5;
+    let t = token(json!({"tenant_id": "jsco", "exp": exp}), SECRET);
+    assert_eq!(c.cmd(&["AUTH", &t]).await, "+OK\r\n");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send_cmd(&["PING"]).await;
+    assert_eq!(
+        c.try_reply(Duration::from_secs(2)).await.as_deref(),
+        Some("+PONG\r\n"),
+        "a token valid for a minute keeps its connection"
+    );
+}
+
+/// An `exp` past what SystemTime holds (>= 2^63 s) passes validation, then
+/// `UNIX_EPOCH + Duration` panics in the session task: no reply, connection dropped.
+#[tokio::test]
+async fn a_far_exp_gets_an_answer() {
+    let (_redis, proxy, _) = with_plans().await;
+    let mut c = proxy.raw().await;
+    let t = token(
+        json!({"tenant_id": "forever", "exp": 10_000_000_000_000_000_000u64}),
+        SECRET,
+    );
+    c.send_cmd(&["AUTH", &t]).await;
+    let r = c.try_reply(Duration::from_secs(2)).await;
+    assert!(
+        r.as_deref() == Some("+OK\r\n") || r.as_deref() == Some(WRONGPASS),
+        "AUTH answered, not a panicked session: {r:?}"
+    );
+}
+
+/// Sidecar mode: removing `server.default_tenant` (to require AUTH) leaves connections
+/// that never authenticated acting as that tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_default_tenant_ends_unauthenticated_access() {
+    let redis = Redis::start();
+    let with_default = format!("[server]\ndefault_tenant = \"a\"\n{BEFORE}");
+    let (proxy, admin, _dir, file) = reloadable(&redis, &with_default).await;
+    let mut sidecar = proxy.raw().await;
+    assert_eq!(sidecar.cmd(&["SET", "k", "v"]).await, "+OK\r\n");
+
+    std::fs::write(&file, config_text(&redis, admin, BEFORE)).unwrap();
+    let (status, report) = reload(admin).await;
+    assert_eq!(status, 200, "{report}");
+    let mut fresh = proxy.raw().await;
+    assert!(fresh.cmd(&["GET", "k"]).await.starts_with("-NOAUTH"));
+    sidecar.send_cmd(&["GET", "k"]).await;
+    let r = sidecar.try_reply(Duration::from_secs(2)).await;
+    assert!(
+        r.as_deref().is_none_or(|r| r.starts_with("-NOAUTH")),
+        "a connection that never logged in still reads tenant a's keys: {r:?}"
+    );
+}
+
+/// `admin.token = ""` would let a request with no Authorization header match it.
+#[test]
+fn an_empty_admin_token_is_refused() {
+    let err =
+        respite::config::Config::parse("[admin]\nlisten = \"127.0.0.1:9121\"\ntoken = \"\"\n")
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("admin.token must not be empty"), "{err}");
+}
+
+/// AUTH checked against the old book, applied after a reload that changed the password:
+/// the login is verified, then the session drains the previous tenant's blocked command;
+/// the reload's kill looks at the connection's tenant (still b) and passes it by; the
+/// session then becomes a on the revoked password and `retake_tenant` finds a alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_racing_a_password_change_does_not_survive() {
+    let redis = Redis::start();
+    let (proxy, admin, _dir, file) = reloadable(&redis, BEFORE).await;
+    let mut c = proxy.raw_as("b", "pb").await;
+    let mut out = bytes::BytesMut::new();
+    respite::wire::encode_request(&mut out, ["BLPOP", "q", "2"].iter().map(|a| a.as_bytes()));
+    respite::wire::encode_request(&mut out, ["AUTH", "a", "pa"].iter().map(|a| a.as_bytes()));
+    c.send(&out).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let revoked = BEFORE.replace("password = \"pa\"", "password = \"pa-new\"");
+    std::fs::write(&file, config_text(&redis, admin, &revoked)).unwrap();
+    let (status, report) = reload(admin).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["new_credentials"], json!(["a"]));
+    assert_eq!(c.reply().await, "*-1\r\n", "BLPOP timed out");
+    let auth = c.try_reply(Duration::from_secs(2)).await;
+    c.send_cmd(&["SET", "stolen", "1"]).await;
+    let set = c.try_reply(Duration::from_secs(2)).await;
+    assert!(
+        set.as_deref() != Some("+OK\r\n"),
+        "AUTH a with the revoked password answered {auth:?}, and the connection writes as a"
+    );
+}
+
+/// A dynamic tenant holding tokens on two plans with different pinned_max: every plan
+/// flip builds a fresh pinned share, so the tenant holds more pinned connections than
+/// either plan allows and takes the pool from everyone else.
+#[tokio::test]
+async fn plan_flips_do_not_reset_the_pinned_share() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&format!(
+        "[upstream]\nurl = \"{}\"\ncommand_timeout_ms = 400\npinned_max = 3\n\
+         [plans.one]\npinned_max = 1\n[plans.two]\npinned_max = 2\n\
+         [[tenants]]\nid = \"v\"\npassword = \"pv\"\n\
+         [auth.jwt]\nhs256_secret = \"{SECRET}\"\ndynamic_tenants = true\n",
+        redis.url()
+    ))
+    .await;
+    let exp = now() + 60;
+    let one = token(json!({"tenant_id": "x", "plan": "one", "exp": exp}), SECRET);
+    let two = token(json!({"tenant_id": "x", "plan": "two", "exp": exp}), SECRET);
+    let mut held = Vec::new();
+    for t in [&one, &two, &one] {
+        let mut c = proxy.raw().await;
+        assert_eq!(c.cmd(&["AUTH", t]).await, "+OK\r\n");
+        let r = c.cmd(&["MULTI"]).await;
+        held.push((c, r));
+    }
+    let answers: Vec<&str> = held.iter().map(|(_, r)| r.as_str()).collect();
+    let mut v = proxy.raw_as("v", "pv").await;
+    assert_eq!(
+        v.cmd(&["MULTI"]).await,
+        "+OK\r\n",
+        "tenant x holds the whole pinned pool (its MULTIs: {answers:?})"
+    );
+}
+
+/// A publisher demoted by a reload: plain writes to shared keys are refused at once, but
+/// its scripts still run as the ACL user set up for the publisher (cached per prefix in
+/// `Scripts::users`, never invalidated), which may write the shared prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_publisher_cannot_write_shared_keys_from_a_script() {
+    let redis = Redis::start();
+    let shared = "[shared]\nprefixes = [\"shared:market:\"]\n";
+    let before = format!(
+        "{shared}[[tenants]]\nid = \"pub\"\npassword = \"ppub\"\nrole = \"publisher\"\n{BEFORE}"
+    );
+    let after = format!("{shared}[[tenants]]\nid = \"pub\"\npassword = \"ppub\"\n{BEFORE}");
+    let (proxy, admin, _dir, file) = reloadable(&redis, &before).await;
+    let script = "return redis.call('SET', KEYS[1], ARGV[1])";
+    let mut p = proxy.raw_as("pub", "ppub").await;
+    assert_eq!(
+        p.cmd(&["EVAL", script, "1", "shared:market:px", "v1"])
+            .await,
+        "+OK\r\n"
+    );
+    std::fs::write(&file, config_text(&redis, admin, &after)).unwrap();
+    let (status, report) = reload(admin).await;
+    assert_eq!(status, 200, "{report}");
+    let mut p = proxy.raw_as("pub", "ppub").await;
+    let plain = p.cmd(&["SET", "shared:market:px", "v2"]).await;
+    assert!(plain.starts_with('-'), "plain write refused: {plain}");
+    let declared = p
+        .cmd(&["EVAL", script, "1", "shared:market:px", "v3"])
+        .await;
+    // The key built inside the script, not declared in KEYS.
+    let built = "return redis.call('SET', 'shared:market:' .. ARGV[1], ARGV[2])";
+    let scripted = p.cmd(&["EVAL", built, "0", "px", "v4"]).await;
+    let scripted = format!("{declared:?} / {scripted:?}");
+    // Control: a tenant that never was a publisher is stopped by its ACL user.
+    let mut a = proxy.raw_as("a", "pa").await;
+    let control = a.cmd(&["EVAL", built, "0", "ax", "v5"]).await;
+    assert!(
+        control.starts_with('-'),
+        "a never-publisher is refused: {control}"
+    );
+    let mut d = redis.direct().await;
+    let held: Option<String> = q(&mut d, &["GET", "shared:market:px"]).await.unwrap();
+    assert_eq!(
+        held.as_deref(),
+        Some("v1"),
+        "the demoted tenant's script answered {scripted:?} and wrote the shared key"
+    );
+}
