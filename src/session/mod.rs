@@ -875,8 +875,17 @@ impl Session {
         match self.ctx.auth.tenant(&id) {
             Some(t) => {
                 self.hand_over_tally();
-                self.tenant = Some(t);
-                self.new_meter();
+                let was = self.tenant.replace(t);
+                let total = |t: Option<&Arc<Tenant>>| t.and_then(|t| t.output.clone());
+                // The output total carries over rebuilds; a new one (a bound set where
+                // there was none) needs a meter that counts into it.
+                let same = match (total(was.as_ref()), total(self.tenant.as_ref())) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(&a, &b),
+                    (a, b) => a.is_none() && b.is_none(),
+                };
+                if !same {
+                    self.new_meter();
+                }
             }
             None => self.me.kill.cancel(),
         }
