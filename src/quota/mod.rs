@@ -80,7 +80,7 @@ const DENSE_HLL: u64 = 12_400;
 const MEASURE_BATCH: usize = 256;
 
 /// Tenants flushed over one connection from the pool before it goes back (standalone).
-const FLUSH_PIPELINE: usize = 128;
+const FLUSH_BATCH: usize = 128;
 /// A lease an instance stops renewing (it died) stops counting after this long.
 const LEASE_TTL_MS: u64 = 10_000;
 /// The most a session takes from the lease beyond the write at hand, for its next writes
@@ -770,14 +770,15 @@ impl Quotas {
             .collect();
         // Standalone, the ledgers flush over one connection; a cluster's measure calls go
         // to each tenant's own node, one tenant at a time.
-        let (together, alone): (Vec<_>, Vec<_>) =
-            due.into_iter().partition(|_| self.cluster.is_none());
-        for chunk in together.chunks(FLUSH_PIPELINE) {
-            self.flush_together(chunk, keep).await;
-        }
-        for l in alone {
-            if let Err(e) = self.flush(l, keep).await {
-                tracing::warn!(tenant = %l.tenant, error = %e, "quota flush failed; will retry");
+        if self.cluster.is_none() {
+            for chunk in due.chunks(FLUSH_BATCH) {
+                self.flush_together(chunk, keep).await;
+            }
+        } else {
+            for l in due {
+                if let Err(e) = self.flush(l, keep).await {
+                    tracing::warn!(tenant = %l.tenant, error = %e, "quota flush failed; will retry");
+                }
             }
         }
         awake.retain(|_, l| {
