@@ -7,6 +7,7 @@ mod auth;
 mod cluster;
 mod config;
 mod differential;
+mod exactly;
 mod hostile;
 mod isolation;
 mod multiplex;
