@@ -52,12 +52,13 @@ pub enum Error {
          cluster than this key's slot: use another connection for it"
     )]
     OtherNode,
+    /// In the words of the Redis upstream: 7.2 added `<proto> ` (the field).
     #[error(
         "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
-         HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+         HELLO {0}AUTH <user> <pass> option can be used to authenticate the client and \
          select the RESP protocol version at the same time"
     )]
-    HelloNoAuth,
+    HelloNoAuth(&'static str),
     #[error("WRONGPASS invalid username-password pair or user is disabled.")]
     WrongPass,
     #[error("NOPERM this user has no permissions to run the '{command}' command: {why}")]

@@ -162,7 +162,8 @@ fn georadius(args: &[Bytes], base: usize) -> Result<Vec<usize>, KeyError> {
     Ok(keys)
 }
 
-/// XREAD / XREADGROUP: the streams after the STREAMS option, as `xreadCommand` reads them.
+/// XREAD / XREADGROUP: the streams after the STREAMS option, as `xreadCommand` reads them,
+/// refused in its words.
 fn xread(args: &[Bytes], group: bool) -> Result<Vec<usize>, KeyError> {
     let mut i = 1;
     let mut grouped = false;
@@ -173,14 +174,31 @@ fn xread(args: &[Bytes], group: bool) -> Result<Vec<usize>, KeyError> {
             i += 1;
         } else if is(a, b"streams") && more >= 1 {
             let first = i + 1;
-            if (args.len() - first) % 2 != 0 || (group && !grouped) {
-                return Err(KeyError::Syntax);
+            if group && !grouped {
+                return Err(KeyError::Refused("Missing GROUP option for XREADGROUP"));
+            }
+            if (args.len() - first) % 2 != 0 {
+                // Redis names XREAD here for XREADGROUP too.
+                return Err(KeyError::Refused(
+                    "Unbalanced XREAD list of streams: for each stream key an ID or '$' must \
+                     be specified.",
+                ));
             }
             return Ok((first..first + (args.len() - first) / 2).collect());
-        } else if group && is(a, b"group") && more >= 2 {
+        } else if is(a, b"group") && more >= 2 {
+            if !group {
+                return Err(KeyError::Refused(
+                    "The GROUP option is only supported by XREADGROUP. You called XREAD instead.",
+                ));
+            }
             grouped = true;
             i += 2;
-        } else if group && is(a, b"noack") {
+        } else if is(a, b"noack") {
+            if !group {
+                return Err(KeyError::Refused(
+                    "The NOACK option is only supported by XREADGROUP. You called XREAD instead.",
+                ));
+            }
         } else {
             return Err(KeyError::Syntax);
         }

@@ -167,6 +167,8 @@ pub enum KeyError {
     OutOfRange,
     /// The command's own parser would refuse the arguments.
     Syntax,
+    /// The command's own parser would refuse the arguments with this text (after `ERR `).
+    Refused(&'static str),
     /// The command and its key specs would read different arguments as keys (a repeated
     /// option, a keyword used as a value): refused rather than guessed.
     Ambiguous,

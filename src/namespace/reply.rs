@@ -102,15 +102,64 @@ fn apply(frame: &Frame, mut edits: Vec<Edit>) -> Bytes {
 /// The reply as the tenant must see it.
 pub fn strip(frame: &Frame, shape: &Shape, prefix: &[u8]) -> Bytes {
     match shape {
+        _ if frame.is_error() => {
+            let raw = match shape {
+                Shape::Script(names) => rename_script(frame, names),
+                _ => frame.raw.clone(),
+            };
+            strip_error(raw, prefix)
+        }
         Shape::Plain => frame.raw.clone(),
         Shape::Exec(items) => exec(frame, items, prefix),
-        Shape::Script(names) => rename_script(frame, names),
+        Shape::Script(_) => frame.raw.clone(),
         _ => {
             let mut edits = Vec::new();
             collect(frame, &frame.tree, shape, prefix, &mut edits);
             apply(frame, edits)
         }
     }
+}
+
+/// An error (`-...` or RESP3's `!<len>`) with the tenant's prefix taken off the names in its
+/// text (`No such key 'tenant:a:k'` → `No such key 'k'`). A prefix counts where a name
+/// starts: at the text's start or after a space, quote or bracket, so that a tenant's own
+/// key named `tenant:a:x` (sent as `tenant:a:tenant:a:x`) keeps its name.
+pub fn strip_error(raw: Bytes, prefix: &[u8]) -> Bytes {
+    let blob = raw.first() == Some(&b'!');
+    let start = match blob {
+        true => raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(raw.len(), |i| i + 2),
+        false => 1,
+    };
+    let end = raw.len().saturating_sub(2).max(start);
+    let text = &raw[start..end];
+    let starts_name = |i: usize| i == 0 || b" '\"([{,=".contains(&text[i - 1]);
+    let cuts: Vec<usize> = (0..text.len())
+        .filter(|&i| text[i..].starts_with(prefix) && starts_name(i))
+        .collect();
+    if cuts.is_empty() || prefix.is_empty() {
+        return raw;
+    }
+    let mut kept = Vec::with_capacity(text.len());
+    let mut at = 0;
+    for cut in cuts {
+        kept.extend_from_slice(&text[at..cut]);
+        at = cut + prefix.len();
+    }
+    kept.extend_from_slice(&text[at..]);
+    let mut out = BytesMut::with_capacity(kept.len() + 16);
+    match blob {
+        true => {
+            out.put_u8(b'!');
+            put_int(&mut out, kept.len() as i64);
+        }
+        false => out.put_u8(b'-'),
+    }
+    out.extend_from_slice(&kept);
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
 }
 
 /// An error naming the wrapped script names the tenant's instead (same length: the frame's
@@ -361,6 +410,30 @@ mod tests {
     }
 
     const P: &[u8] = b"tenant:a:";
+
+    #[test]
+    fn errors_lose_the_prefix_where_a_name_starts() {
+        let p = b"tenant:a:";
+        let strip = |raw: &[u8]| strip_error(Bytes::copy_from_slice(raw), p);
+        assert_eq!(
+            &strip(b"-NOGROUP No such key 'tenant:a:k' or consumer group 'g'\r\n")[..],
+            b"-NOGROUP No such key 'k' or consumer group 'g'\r\n"
+        );
+        assert_eq!(
+            &strip(b"-ERR Prefix 'tenant:a:F' overlaps 'tenant:a:FO'.\r\n")[..],
+            b"-ERR Prefix 'F' overlaps 'FO'.\r\n"
+        );
+        // The tenant's own key named like a prefix keeps its name.
+        assert_eq!(
+            &strip(b"-ERR key 'tenant:a:tenant:a:x'\r\n")[..],
+            b"-ERR key 'tenant:a:x'\r\n"
+        );
+        assert_eq!(
+            &strip(b"!17\r\nERR 'tenant:a:kk'\r\n")[..],
+            b"!8\r\nERR 'kk'\r\n"
+        );
+        assert_eq!(&strip(b"-ERR xtenant:a:k\r\n")[..], b"-ERR xtenant:a:k\r\n");
+    }
 
     #[test]
     fn partial_frames_wait_for_more() {

@@ -147,8 +147,8 @@ fn sort(
     marks: &mut Marks,
 ) -> Result<Shape, Error> {
     mark_keys(args, keys, tenant, true, marks);
-    let sort =
-        command::grammar::sort(args, cmd.spec.name == b"sort_ro").map_err(|e| key_error(cmd, e))?;
+    let sort = command::grammar::sort(args, cmd.spec.name == b"sort_ro")
+        .map_err(|e| key_error(cmd, args, e))?;
     sort.patterns.into_iter().for_each(|i| marks.set(i));
     Ok(Shape::Plain)
 }
@@ -194,16 +194,124 @@ fn mark_keys(args: &[Bytes], keys: &KeyMap, tenant: &Tenant, shared_ok: bool, ma
 }
 
 /// The reply to a request whose keys cannot be found: Redis' own error where Redis would
-/// refuse it too, its syntax error where only respite cannot tell the keys apart.
-pub fn key_error(cmd: &Command, e: KeyError) -> Error {
+/// refuse it too (a bad key count in each command's own words), its syntax error where only
+/// respite cannot tell the keys apart.
+pub fn key_error(cmd: &Command, args: &[Bytes], e: KeyError) -> Error {
+    if let (KeyError::BadKeyCount | KeyError::OutOfRange, Some(refusal)) =
+        (e, count_refusal(cmd, args))
+    {
+        return refusal;
+    }
     match e {
         KeyError::BadKeyCount => Error::NotInteger,
         KeyError::OutOfRange | KeyError::Syntax | KeyError::Ambiguous => Error::Syntax,
+        KeyError::Refused(text) => Error::Redis(format!("ERR {text}")),
         KeyError::Unknowable => Error::Unsupported(format!(
             "respite cannot tell where the keys of '{}' are in this form",
             cmd.full_name()
         )),
     }
+}
+
+/// How a command's own parser words a bad key count (Redis 7.0): not an integer, below its
+/// least count, more keys than arguments. `None` in a column is Redis' generic error for it
+/// (`value is not an integer or out of range`, `syntax error`).
+struct CountWords {
+    commands: &'static [&'static [u8]],
+    /// Where the count is, after the command name.
+    at: usize,
+    not_integer: Option<&'static str>,
+    least: i64,
+    below: &'static str,
+    too_many: Option<&'static str>,
+}
+
+const NEGATIVE: &str = "Number of keys can't be negative";
+const MORE_THAN_ARGS: &str = "Number of keys can't be greater than number of args";
+const AT_LEAST_ONE: &str = "numkeys should be greater than 0";
+
+/// From Redis' `evalGenericCommand`, `fcallCommandGeneric`, `lmpopGenericCommand`,
+/// `zsetChooseDiffAlgorithm`'s callers (`zunionInterDiffGenericCommand`) and
+/// `sinterCardCommand`. ZUNION and its kin name themselves in the text (`{}`).
+const COUNT_WORDS: &[CountWords] = &[
+    CountWords {
+        commands: &[b"eval", b"evalsha", b"eval_ro", b"evalsha_ro"],
+        at: 2,
+        not_integer: None,
+        least: 0,
+        below: NEGATIVE,
+        too_many: Some(MORE_THAN_ARGS),
+    },
+    CountWords {
+        commands: &[b"fcall", b"fcall_ro"],
+        at: 2,
+        not_integer: Some("Bad number of keys provided"),
+        least: 0,
+        below: NEGATIVE,
+        too_many: Some(MORE_THAN_ARGS),
+    },
+    CountWords {
+        commands: &[b"lmpop", b"zmpop"],
+        at: 1,
+        not_integer: Some(AT_LEAST_ONE),
+        least: 1,
+        below: AT_LEAST_ONE,
+        too_many: None,
+    },
+    CountWords {
+        commands: &[b"blmpop", b"bzmpop"],
+        at: 2,
+        not_integer: Some(AT_LEAST_ONE),
+        least: 1,
+        below: AT_LEAST_ONE,
+        too_many: None,
+    },
+    CountWords {
+        commands: &[b"sintercard"],
+        at: 1,
+        not_integer: Some(AT_LEAST_ONE),
+        least: 1,
+        below: AT_LEAST_ONE,
+        too_many: Some(MORE_THAN_ARGS),
+    },
+    CountWords {
+        commands: &[b"zunion", b"zinter", b"zdiff", b"zintercard"],
+        at: 1,
+        not_integer: None,
+        least: 1,
+        below: "at least 1 input key is needed for '{}' command",
+        too_many: None,
+    },
+    CountWords {
+        commands: &[b"zunionstore", b"zinterstore", b"zdiffstore"],
+        at: 2,
+        not_integer: None,
+        least: 1,
+        below: "at least 1 input key is needed for '{}' command",
+        too_many: None,
+    },
+];
+
+/// Redis' reply to `args` when their key count is what makes them invalid, by the table.
+fn count_refusal(cmd: &Command, args: &[Bytes]) -> Option<Error> {
+    if cmd.parent.is_some() {
+        return None;
+    }
+    let words = COUNT_WORDS
+        .iter()
+        .find(|w| w.commands.contains(&cmd.spec.name))?;
+    let redis = |text: &str| Error::Redis(format!("ERR {text}"));
+    Some(
+        match crate::command::grammar::redis_int(args.get(words.at)?) {
+            None => words.not_integer.map_or(Error::NotInteger, redis),
+            Some(n) if n < words.least => redis(
+                &words
+                    .below
+                    .replace("{}", &String::from_utf8_lossy(cmd.spec.name)),
+            ),
+            Some(_) => words.too_many.map_or(Error::Syntax, redis),
+        },
+    )
 }
 
 /// The most keys one SCAN step may visit: a step walks every tenant's keys, all within one

@@ -3,6 +3,7 @@
 //! a copy copies).
 
 use super::*;
+use crate::command::grammar::redis_int;
 
 /// The keys a write touches, as the tenant names them (without `tenant:<id>:`). A single key
 /// (the common case) is taken out of the request once it has been encoded for Redis: no
@@ -121,11 +122,16 @@ pub fn cost(
     keys: &KeyMap,
     prefixed: &Marks,
     prefix_len: usize,
+    proto_max_bulk: u64,
 ) -> Option<WriteCost> {
     let name = cmd.spec.name;
     let top = cmd.parent.is_none();
     let script = top && matches!(name, b"eval" | b"evalsha" | b"fcall");
     if !cmd.has(CMD_WRITE) && !script {
+        return None;
+    }
+    if top && beyond_reach(name, args, proto_max_bulk) {
+        // Redis refuses it as invalid, before it writes anything: its error, not -OOM.
         return None;
     }
     let prefix_len = prefix_len as u64;
@@ -290,6 +296,56 @@ pub(super) fn estimate(name: &[u8], args: &[Bytes], values: u64) -> u64 {
         b"xadd" => values + STREAM_NODE,
         b"pfadd" | b"pfmerge" => values + DENSE_HLL,
         _ => values,
+    }
+}
+
+/// Whether Redis refuses a SETRANGE, SETBIT or BITFIELD for the offset it names (not an
+/// integer, negative, or past `proto-max-bulk-len` bytes), as `setrangeCommand` and
+/// `getBitOffsetFromArgument` judge it.
+pub(super) fn beyond_reach(name: &[u8], args: &[Bytes], proto_max_bulk: u64) -> bool {
+    let int = |i: usize| args.get(i).and_then(|a| redis_int(a));
+    // A bit offset: `#n` counts in fields of `bits` (BITFIELD), else bits.
+    let bit_offset_bad = |i: usize, bits: Option<i64>| {
+        let a = args.get(i).map_or(&b""[..], |a| &a[..]);
+        let offset = match (a.strip_prefix(b"#"), bits) {
+            (Some(n), Some(bits)) if bits > 0 => redis_int(n).and_then(|n| n.checked_mul(bits)),
+            _ => redis_int(a),
+        };
+        offset.is_none_or(|o| o < 0 || (o >> 3) as u64 >= proto_max_bulk)
+    };
+    match name {
+        b"setrange" => match int(2) {
+            None => true,
+            Some(offset) if offset < 0 => true,
+            Some(offset) => {
+                let len = args.get(3).map_or(0, |v| v.len() as u64);
+                len > 0 && offset as u64 + len > proto_max_bulk
+            }
+        },
+        b"setbit" => bit_offset_bad(2, None),
+        b"bitfield" => {
+            let mut i = 2;
+            while i < args.len() {
+                let op = args[i].to_ascii_lowercase();
+                let field = match op.as_slice() {
+                    b"get" | b"set" | b"incrby" => args.get(i + 1),
+                    b"overflow" => {
+                        i += 2;
+                        continue;
+                    }
+                    // Redis' syntax error, which needs no quota either.
+                    _ => return true,
+                };
+                // The field's width, as in `i8`/`u16`: `#n` offsets count in it.
+                let bits = field.and_then(|f| redis_int(f.get(1..)?));
+                if bit_offset_bad(i + 2, bits) {
+                    return true;
+                }
+                i += if op.as_slice() == b"get" { 3 } else { 4 };
+            }
+            false
+        }
+        _ => false,
     }
 }
 

@@ -40,9 +40,19 @@ fn set_cmd() -> Command {
     crate::command::lookup(&[Bytes::from("SET")]).unwrap()
 }
 
+/// Redis' default `proto-max-bulk-len`.
+const MAX_BULK: u64 = 512 * 1024 * 1024;
+
 fn cost_of(line: &str) -> Option<WriteCost> {
     let (cmd, keys, fwd) = forward(line);
-    cost(&cmd, &fwd.args, &keys, &fwd.prefixed, "tenant:a:".len())
+    cost(
+        &cmd,
+        &fwd.args,
+        &keys,
+        &fwd.prefixed,
+        "tenant:a:".len(),
+        MAX_BULK,
+    )
 }
 
 fn bytes(line: &str) -> u64 {
@@ -88,7 +98,7 @@ fn the_lone_key_cost_agrees_with_the_general_one() {
         let listed = KeyMap::Many(keys.iter().collect());
         let prefix_len = "tenant:a:".len();
         assert_eq!(
-            cost(&cmd, &fwd.args, &keys, &fwd.prefixed, prefix_len),
+            cost(&cmd, &fwd.args, &keys, &fwd.prefixed, prefix_len, MAX_BULK),
             keyed_cost(
                 &cmd,
                 &fwd.args,
@@ -253,6 +263,7 @@ fn a_sessions_allowance_comes_with_a_write_and_goes_back_with_the_batch() {
             &keys,
             &set.prefixed,
             "tenant:a:".len(),
+            MAX_BULK,
         )
         .unwrap()
     };
@@ -295,13 +306,13 @@ fn a_write_the_allowance_does_not_cover_hands_it_back_before_asking_redis() {
     let w = account
         .admit_now(
             &l,
-            cost(&cmd, &small.args, &keys, &small.prefixed, 9).unwrap(),
+            cost(&cmd, &small.args, &keys, &small.prefixed, 9, MAX_BULK).unwrap(),
             recent,
         )
         .unwrap();
     assert!(account.allowance > 0);
     let (_, keys, big) = forward(&format!("SET k {}", "x".repeat(2_000)));
-    let big_cost = cost(&cmd, &big.args, &keys, &big.prefixed, 9).unwrap();
+    let big_cost = cost(&cmd, &big.args, &keys, &big.prefixed, 9, MAX_BULK).unwrap();
     let refused = account.admit_now(&l, big_cost, recent);
     assert!(refused.is_err(), "the lease is short: Redis is asked");
     assert_eq!(account.allowance, 0);
@@ -394,4 +405,28 @@ fn a_failed_flush_keeps_the_old_lease_given_up() {
         "a 5,000-byte write admitted from the old lease under a 500-byte quota"
     );
     assert_eq!(l.local.lock().unwrap().dropped, 9_000, "still to hand back");
+}
+
+#[test]
+fn offsets_redis_refuses_cost_nothing() {
+    for line in [
+        "SETRANGE k 536870912 A",
+        "SETRANGE k -1 A",
+        "SETRANGE k 01 A",
+        "SETBIT k 4294967296 1",
+        "SETBIT k x 1",
+        "BITFIELD k SET u8 #536870912 1",
+        "BITFIELD k GET u8 -1 SET u8 0 1",
+        "BITFIELD k SET u8 0 1 FOO",
+    ] {
+        assert_eq!(cost_of(line), None, "{line}");
+    }
+    for line in [
+        "SETRANGE k 536870911 A",
+        "SETRANGE k 536870912 ",
+        "SETBIT k 4294967295 1",
+        "BITFIELD k SET u8 #536870911 1 OVERFLOW SAT GET i4 0",
+    ] {
+        assert!(cost_of(line).is_some(), "{line}");
+    }
 }

@@ -230,7 +230,7 @@ impl Session {
     /// The stages, in order: auth gate and respite's own commands, command table, key map and
     /// policy, shared keys, rewrite, quota cost. Each either decides (`Break` carries the
     /// action) or passes on; none reaches back.
-    pub(super) fn decide(&mut self, req: Request) -> Action {
+    pub(super) fn decide(&mut self, mut req: Request) -> Action {
         let looked_up = command::lookup(&req.args);
         self.note_command(&looked_up);
         self.figures.current = looked_up
@@ -241,12 +241,29 @@ impl Session {
         let tenant = decided!(self.gate(&req, &looked_up));
         let cmd = decided!(known(looked_up, &req));
         let top = cmd.parent.unwrap_or(cmd.spec).name;
+        if self.state.multi.is_some() && cmd.has(command::CMD_NO_MULTI) {
+            // Redis judges this before a user's permissions: SAVE inside MULTI is refused
+            // as inside a transaction, not as a whole-server command.
+            return Action::Refuse(Error::NotInTransaction);
+        }
         if self.ctx.upstream.cluster.is_some()
             && matches!(top, b"cluster" | b"readonly" | b"readwrite" | b"asking")
         {
             return Action::Refuse(Error::ClusterDisabled);
         }
-        let keys = decided!(self.police(&cmd, &req, &tenant));
+        let keys = match decided!(self.police(&cmd, &req, &tenant)) {
+            Ok(keys) => keys,
+            Err(command::KeyError::BadKeyCount | command::KeyError::OutOfRange)
+                if ScriptCmd::of(&cmd) == Some(ScriptCmd::Fcall) =>
+            {
+                // Redis looks the function up before it reads the key count: the tenant's
+                // function name and the count alone, which Redis refuses either way (a
+                // count that was too large for the arguments is too large for none).
+                req.args.truncate(3);
+                command::KeyMap::None
+            }
+            Err(e) => return Action::Refuse(rewrite::key_error(&cmd, &req.args, e)),
+        };
         decided!(self.shared_keys(&cmd, &req, &keys, &tenant));
         let mut fwd = decided!(refused(rewrite::request(&cmd, req.args, &keys, &tenant)));
         if self.ctx.upstream.cluster.is_some() {
@@ -260,10 +277,17 @@ impl Session {
                 && !cmd.has(command::CMD_BLOCKING)
                 && ScriptCmd::of(&cmd).is_none();
         }
-        let cost = tenant
-            .ledger
-            .as_ref()
-            .and_then(|_| quota::cost(&cmd, &fwd.args, &keys, &fwd.prefixed, tenant.prefix.len()));
+        let cost = tenant.ledger.as_ref().and_then(|_| {
+            let max = self.ctx.facts.proto_max_bulk();
+            quota::cost(
+                &cmd,
+                &fwd.args,
+                &keys,
+                &fwd.prefixed,
+                tenant.prefix.len(),
+                max,
+            )
+        });
         if let Some(kind) = ScriptCmd::of(&cmd) {
             return Action::Script(kind, fwd, cost);
         }
@@ -278,15 +302,21 @@ impl Session {
         req: &Request,
         looked_up: &Result<command::Command, Unknown>,
     ) -> Decided<Arc<Tenant>> {
-        let local = local::recognize(req, looked_up, self.tenant.is_some());
+        let local = local::recognize(req, looked_up);
         let Some(tenant) = self.tenant.clone() else {
             return Break(match local {
-                Some(l @ (Local::Auth { .. } | Local::Hello { .. } | Local::Ping(_)))
-                | Some(l @ (Local::Quit | Local::Reset)) => Action::Local(l),
+                Some(l @ (Local::Auth { .. } | Local::Hello { .. })) => Action::Local(l),
+                Some(l @ (Local::Quit | Local::Reset)) => Action::Local(l),
                 Some(Local::Invalid(e)) if req.arg_is(0, b"auth") || req.arg_is(0, b"hello") => {
                     Action::Refuse(e)
                 }
-                _ => Action::Refuse(Error::NoAuth),
+                // As Redis with a password: an unknown command or a wrong arity is told
+                // before the missing login (PING too: a health check without the password
+                // must not look healthy).
+                _ => match known(*looked_up, req) {
+                    Break(refusal) => refusal,
+                    Continue(_) => Action::Refuse(Error::NoAuth),
+                },
             });
         };
         match local {
@@ -295,20 +325,21 @@ impl Session {
         }
     }
 
-    /// The request's keys, found once (every stage after this reads the map), and the policy.
+    /// The request's keys, found once (every stage after this reads the map), and the policy;
+    /// keys that cannot be found are the caller's to answer.
     fn police(
         &self,
         cmd: &command::Command,
         req: &Request,
         tenant: &Tenant,
-    ) -> Decided<command::KeyMap> {
+    ) -> Decided<Result<command::KeyMap, command::KeyError>> {
         let keys = command::KeyMap::find(cmd, &req.args);
         let facts = &self.ctx.facts;
         if let Err(e) = policy::check(cmd, &req.args, keys.as_ref().ok(), tenant, facts) {
             tracing::warn!(tenant = %tenant.id, command = %cmd.full_name(), "refused");
             return Break(Action::Refuse(e));
         }
-        refused(keys.map_err(|e| rewrite::key_error(cmd, e)))
+        Continue(keys)
     }
 
     /// A GET of a shared key is served from the shared cache; a publisher's writes to shared

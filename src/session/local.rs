@@ -27,8 +27,6 @@ pub enum Local {
         auth: Option<(Bytes, Bytes)>,
         setname: Option<Bytes>,
     },
-    /// PING before authentication (afterwards PING goes to Redis).
-    Ping(Option<Bytes>),
     Quit,
     Reset,
     ClientKill(Vec<Bytes>),
@@ -54,6 +52,9 @@ pub enum SessionCmd {
     ClientList(Vec<Bytes>),
     ClientSetInfo(Bytes, Bytes),
     PubsubNumpat,
+    /// MODULE LIST: no module's commands reach a tenant (respite does not know their keys),
+    /// so for the tenant none is loaded.
+    ModuleList,
 }
 
 /// A command answered for the tenant's whole namespace.
@@ -77,11 +78,7 @@ fn lower(b: &[u8]) -> Vec<u8> {
 /// Which of respite's own commands `req` is, if any. Arity is checked against the command
 /// table where Redis knows the command. Names come from the table (static, lowercase), so
 /// recognising costs no allocation on the hot path.
-pub fn recognize(
-    req: &Request,
-    looked_up: &Result<Command, Unknown>,
-    authenticated: bool,
-) -> Option<Local> {
+pub fn recognize(req: &Request, looked_up: &Result<Command, Unknown>) -> Option<Local> {
     let a = &req.args;
     let (name, sub): (&[u8], Option<&[u8]>) = match looked_up {
         Ok(c) => c.names(),
@@ -105,11 +102,6 @@ pub fn recognize(
             _ => Local::Invalid(Error::Syntax),
         },
         (b"hello", _) => hello(a),
-        (b"ping", _) if !authenticated => match a.len() {
-            1 => Local::Ping(None),
-            2 => Local::Ping(Some(a[1].clone())),
-            _ => Local::Invalid(Error::WrongArity("ping".into())),
-        },
         (b"quit", _) => Local::Quit,
         (b"reset", _) => Local::Reset,
         (b"client", Some(b"setinfo")) => match a.len() {
@@ -153,6 +145,7 @@ fn checked(req: &Request, name: &[u8], sub: Option<&[u8]>) -> Option<Local> {
             }
         }
         (b"pubsub", Some(b"numpat")) => Local::Session(SessionCmd::PubsubNumpat),
+        (b"module", Some(b"list")) => Local::Session(SessionCmd::ModuleList),
         (b"dbsize", _) => Local::Keyspace(KeyspaceCmd::DbSize),
         (b"keys", _) => Local::Keyspace(KeyspaceCmd::Keys(a[1].clone())),
         (b"randomkey", _) => Local::Keyspace(KeyspaceCmd::RandomKey),
@@ -186,6 +179,7 @@ fn is_local_name(name: &[u8], sub: Option<&[u8]>) -> bool {
                     | b"reply"
             )
         ) | (b"pubsub", Some(b"numpat"))
+            | (b"module", Some(b"list"))
     )
 }
 
@@ -291,10 +285,6 @@ impl Session {
                 auth,
                 setname,
             } => self.hello(protover, auth, setname).await?,
-            Local::Ping(msg) => self.answer(match msg {
-                Some(m) => Resp::bulk(&m),
-                None => Resp::simple("PONG"),
-            }),
             Local::Quit => {
                 self.answer(Resp::ok());
                 self.client.closing = true;
@@ -398,6 +388,7 @@ impl Session {
                 let id = self.tenant.as_ref().map(|t| t.id.as_str()).unwrap_or("");
                 Resp::int(self.ctx.clients.numpat(id) as i64)
             }
+            SessionCmd::ModuleList => Bytes::from_static(b"*0\r\n"),
         }
     }
 
@@ -551,7 +542,11 @@ impl Session {
             }
         }
         if self.tenant.is_none() {
-            self.refuse(Error::HelloNoAuth);
+            let proto = match self.ctx.upstream.redis_at_least(7, 2) {
+                true => "<proto> ",
+                false => "",
+            };
+            self.refuse(Error::HelloNoAuth(proto));
             return Ok(());
         }
         if let Some(name) = &setname {

@@ -55,6 +55,12 @@ impl Facts {
         self.dumps.load(Ordering::Relaxed) == YES
     }
 
+    /// `proto-max-bulk-len`: also the longest string Redis lets SETRANGE, SETBIT and
+    /// BITFIELD make.
+    pub fn proto_max_bulk(&self) -> u64 {
+        self.max_bulk.load(Ordering::Relaxed) as u64
+    }
+
     /// The longest argument Redis takes without closing the connection it came on.
     pub fn max_bulk(&self) -> usize {
         let bulk = self.max_bulk.load(Ordering::Relaxed);

@@ -47,12 +47,14 @@ async fn inline_commands_like_telnet() {
     let proxy = Proxy::start(&redis, TENANTS).await;
     let mut c = proxy.raw().await;
     c.send(b"PING\r\n").await;
-    assert_eq!(c.reply().await, "+PONG\r\n");
+    assert_eq!(c.reply().await, "-NOAUTH Authentication required.\r\n");
     c.send(b"AUTH pa\nSET greeting \"hello world\"\r\nGET greeting\n")
         .await;
     assert_eq!(c.reply().await, "+OK\r\n");
     assert_eq!(c.reply().await, "+OK\r\n");
     assert_eq!(c.reply().await, "$11\r\nhello world\r\n");
+    c.send(b"PING\r\n").await;
+    assert_eq!(c.reply().await, "+PONG\r\n");
     assert_eq!(redis.keys().await, vec!["tenant:a:greeting"]);
 }
 

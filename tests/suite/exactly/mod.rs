@@ -4,6 +4,7 @@
 //! meet.
 
 mod errors;
+mod login;
 
 use crate::harness::{Proxy, Raw, Redis};
 
@@ -60,22 +61,19 @@ impl Pair {
     /// Sends `args` to both and asserts the replies are the same bytes; returns the reply.
     pub async fn same(&mut self, args: &[&str]) -> String {
         let (redis, respite) = self.both(args).await;
-        assert_eq!(respite, redis, "respite's reply to {args:?} differs from Redis'");
+        assert_eq!(
+            respite, redis,
+            "respite's reply to {args:?} differs from Redis'"
+        );
         redis
-    }
-
-    /// Sends `args` to both with no reply expected (CLIENT REPLY OFF).
-    pub async fn send(&mut self, args: &[&str]) {
-        self.redis.send_cmd(args).await;
-        self.respite.send_cmd(args).await;
     }
 
     /// Sets both sides' RESP version (HELLO `v`), as the raw readers need to know it.
     pub async fn hello(&mut self, v: u8) {
+        self.redis.protocol = v;
+        self.respite.protocol = v;
         let (a, b) = self.both(&["HELLO", &v.to_string()]).await;
         assert!(a.starts_with(if v == 3 { '%' } else { '*' }), "{a}");
         assert!(b.starts_with(if v == 3 { '%' } else { '*' }), "{b}");
-        self.redis.protocol = v;
-        self.respite.protocol = v;
     }
 }
