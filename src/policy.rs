@@ -88,8 +88,9 @@ const DENY: &[(&str, Option<&str>, &str)] = &[
 const REPEATING_COUNTS: &[(&str, usize)] =
     &[("srandmember", 2), ("hrandfield", 2), ("zrandmember", 2)];
 
-/// Redis `admin` commands a tenant may still run: they only affect its own connection.
-const ADMIN_ALLOWED: &[(&str, &str)] = &[("client", "no-evict")];
+/// Redis `admin` commands a tenant may still run: they only affect its own connection, or
+/// (CONFIG GET) `rewrite` narrows them to what any tenant may read.
+const ADMIN_ALLOWED: &[(&str, &str)] = &[("client", "no-evict"), ("config", "get")];
 
 /// Commands a tenant may run directly but not from inside a script: there respite does not
 /// see them, and Redis' ACL key patterns do not limit them (they act on or list the whole

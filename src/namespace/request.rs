@@ -111,6 +111,10 @@ pub fn request(
             reply(Shape::Plain)
         }
         (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo),
+        (Some(b"config"), b"get") => {
+            config_get(&mut args);
+            reply(Shape::Plain)
+        }
         (None, b"sort" | b"sort_ro") => reply(sort(cmd, &args, keys, tenant, &mut marks)?),
         _ => {
             // SPUBLISH's shard channel is a "key" too, but channels are never shared.
@@ -127,6 +131,93 @@ pub fn request(
         slot: None,
         read_only: false,
     })
+}
+
+/// The settings of Redis a tenant may read with CONFIG GET: those clients and libraries
+/// depend on (job queues check `maxmemory-policy`, client caches `tracking-table-max-keys`,
+/// RESTORE users `sanitize-dump-payload`), which reveal nothing of other tenants. Everything
+/// else (addresses, files, passwords, replication) stays out of sight.
+const TENANT_CONFIG: &[&str] = &[
+    "maxmemory",
+    "maxmemory-policy",
+    "maxmemory-samples",
+    "maxmemory-eviction-tenacity",
+    "maxmemory-clients",
+    "timeout",
+    "databases",
+    "notify-keyspace-events",
+    "proto-max-bulk-len",
+    "client-query-buffer-limit",
+    "lua-time-limit",
+    "busy-reply-threshold",
+    "lfu-log-factor",
+    "lfu-decay-time",
+    "hash-max-listpack-entries",
+    "hash-max-listpack-value",
+    "hash-max-ziplist-entries",
+    "hash-max-ziplist-value",
+    "list-max-listpack-size",
+    "list-max-ziplist-size",
+    "list-compress-depth",
+    "set-max-intset-entries",
+    "zset-max-listpack-entries",
+    "zset-max-listpack-value",
+    "zset-max-ziplist-entries",
+    "zset-max-ziplist-value",
+    "stream-node-max-bytes",
+    "stream-node-max-entries",
+    "hll-sparse-max-bytes",
+    "active-expire-effort",
+    "lazyfree-lazy-eviction",
+    "lazyfree-lazy-expire",
+    "lazyfree-lazy-server-del",
+    "lazyfree-lazy-user-del",
+    "lazyfree-lazy-user-flush",
+    "appendonly",
+    "appendfsync",
+    "save",
+    "cluster-enabled",
+    "replica-read-only",
+    "slave-read-only",
+    "tracking-table-max-keys",
+    "sanitize-dump-payload",
+];
+
+/// A setting no Redis has: CONFIG GET of it answers nothing.
+const NO_SETTING: &[u8] = b"respite-no-such-setting";
+
+/// CONFIG GET asks Redis only for the [`TENANT_CONFIG`] settings the tenant's patterns
+/// match (case-insensitively, as Redis matches them), so Redis answers with their real
+/// values, in its own order, and nothing else. A name given exactly stays as written (Redis
+/// echoes it so).
+fn config_get(args: &mut Vec<Bytes>) {
+    let mut names: Vec<Bytes> = Vec::new();
+    for pattern in &args[2..] {
+        let lower = pattern.to_ascii_lowercase();
+        // Redis looks a name up directly unless it has one of these.
+        let is_glob = lower.iter().any(|b| b"*?[".contains(b));
+        for &name in TENANT_CONFIG {
+            let matched = match is_glob {
+                true => crate::wire::glob_match(&lower, name.as_bytes()),
+                false => lower == name.as_bytes(),
+            };
+            if !matched {
+                continue;
+            }
+            let name = match is_glob {
+                true => Bytes::from_static(name.as_bytes()),
+                false => pattern.clone(),
+            };
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    if names.is_empty() {
+        names.push(Bytes::from_static(NO_SETTING));
+    }
+    args.truncate(2);
+    args.extend(names);
 }
 
 /// (Un)subscribe confirmations, one per channel named (or, with none, per subscription).
