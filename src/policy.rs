@@ -275,7 +275,7 @@ mod tests {
     #[test]
     fn cross_tenant_commands_are_refused() {
         for line in [
-            "CONFIG GET x",
+            "CONFIG SET x y",
             "DEBUG SLEEP 0",
             "MONITOR",
             "SHUTDOWN",
