@@ -13,6 +13,8 @@ enum Scope {
     Only(&'static [&'static str]),
     /// Replaced by the tenant's own figures.
     Tenant,
+    /// Only the lines of these fields, then the tenant's own figures.
+    OnlyThenTenant(&'static [&'static str]),
     /// Left out: every line speaks of the whole server's traffic.
     Drop,
     /// Redis' lines, with these fields' values replaced: what a tenant sees of a cluster
@@ -26,7 +28,7 @@ const SECTIONS: &[(&str, Scope)] = &[
     ("Clients", Scope::Tenant),
     (
         "Memory",
-        Scope::Only(&[
+        Scope::OnlyThenTenant(&[
             "maxmemory",
             "maxmemory_human",
             "maxmemory_policy",
@@ -48,8 +50,12 @@ const SECTIONS: &[(&str, Scope)] = &[
 /// The tenant's own figures, for the sections it replaces.
 #[derive(Debug, Default)]
 pub struct Figures {
-    /// Its connections to this instance.
+    /// Its connections to this instance, and how many it may hold.
     pub connections: usize,
+    pub max_clients: usize,
+    /// What its keys take (its quota's figure) and its limit (quota + overage), when it has
+    /// a quota.
+    pub memory: Option<(u64, Option<u64>)>,
     pub hits: u64,
     pub misses: u64,
     /// Calls, failed calls and refused calls, by command name.
@@ -74,6 +80,11 @@ pub fn scope(text: &str, figures: &Figures) -> String {
                 .map(|l| format!("{l}\r\n"))
                 .collect(),
             Scope::Tenant => tenant_section(name, figures),
+            Scope::OnlyThenTenant(fields) => lines
+                .filter(|l| fields.contains(&l.split(':').next().unwrap_or_default()))
+                .map(|l| format!("{l}\r\n"))
+                .chain(std::iter::once(tenant_section(name, figures)))
+                .collect(),
             Scope::Drop => continue,
             Scope::Standalone(values) => lines
                 .map(|l| {
@@ -97,7 +108,24 @@ fn tenant_section(name: &str, f: &Figures) -> String {
     let mut out = String::new();
     match name.to_ascii_lowercase().as_str() {
         "clients" => {
-            let _ = write!(out, "connected_clients:{}\r\n", f.connections);
+            let _ = write!(
+                out,
+                "connected_clients:{}\r\nmaxclients:{}\r\n",
+                f.connections, f.max_clients
+            );
+        }
+        // Named for the tenant: Redis' used_memory would be every tenant's.
+        "memory" => {
+            if let Some((used, limit)) = f.memory {
+                let limit = limit.unwrap_or(0);
+                let _ = write!(
+                    out,
+                    "tenant_used_memory:{used}\r\ntenant_used_memory_human:{}\r\n\
+                     tenant_maxmemory:{limit}\r\ntenant_maxmemory_human:{}\r\n",
+                    human(used),
+                    human(limit)
+                );
+            }
         }
         "stats" => {
             let calls: u64 = f.commands.iter().map(|c| c.1).sum();
@@ -119,6 +147,21 @@ fn tenant_section(name: &str, f: &Figures) -> String {
     out
 }
 
+/// Bytes as Redis' `bytesToHuman` writes them (`0B`, `106.00K`, `1.89M`).
+fn human(n: u64) -> String {
+    let units = ["K", "M", "G", "T", "P"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2}{}", units[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +175,8 @@ mod tests {
                      \r\n# Commandstats\r\ncmdstat_get:calls=777\r\n\r\n# Keyspace\r\ndb0:keys=5000\r\n";
         let f = Figures {
             connections: 2,
+            max_clients: 10,
+            memory: Some((2048, Some(1024 * 1024))),
             hits: 3,
             misses: 1,
             commands: vec![("get".into(), 4, 1, 0)],
@@ -139,7 +184,9 @@ mod tests {
         assert_eq!(
             scope(redis, &f),
             "# Server\r\nredis_version:7.0.15\r\n\r\n# Clients\r\nconnected_clients:2\r\n\
-             \r\n# Memory\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\
+             maxclients:10\r\n\r\n# Memory\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\
+             tenant_used_memory:2048\r\ntenant_used_memory_human:2.00K\r\n\
+             tenant_maxmemory:1048576\r\ntenant_maxmemory_human:1.00M\r\n\
              \r\n# Persistence\r\nloading:1\r\n\
              \r\n# Stats\r\ntotal_commands_processed:4\r\nkeyspace_hits:3\r\nkeyspace_misses:1\r\n\
              \r\n# Commandstats\r\ncmdstat_get:calls=4,rejected_calls=0,failed_calls=1\r\n"

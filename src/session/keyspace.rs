@@ -644,7 +644,11 @@ impl Session {
             .unwrap_or_default();
         let wants_keyspace = wants(sections, b"keyspace");
         let wants_tenant = wants(sections, b"tenant");
-        let mut out = crate::info::scope(&text, &self.info_figures());
+        let mut figures = self.info_figures();
+        if wants(sections, b"memory") {
+            figures.memory = self.tenant_memory().await;
+        }
+        let mut out = crate::info::scope(&text, &figures);
         let wants_shared = wants(sections, b"shared");
         if let Some(shared) = self.ctx.market.as_ref().filter(|_| wants_shared) {
             if !out.is_empty() && !out.ends_with("\r\n\r\n") {
@@ -693,6 +697,10 @@ impl Session {
         }
         crate::info::Figures {
             connections: self.ctx.clients.of_tenant(&tenant.id).len(),
+            max_clients: tenant
+                .max_clients
+                .unwrap_or(self.ctx.auth.config().server.max_clients),
+            memory: None,
             hits: st.hits,
             misses: st.misses,
             commands: by_name
@@ -700,6 +708,17 @@ impl Session {
                 .map(|(n, (c, f, r))| (String::from_utf8_lossy(n).into_owned(), c, f, r))
                 .collect(),
         }
+    }
+
+    /// What the tenant's keys take and its limit (quota + overage), when it has a quota.
+    async fn tenant_memory(&self) -> Option<(u64, Option<u64>)> {
+        let tenant = self.tenant.as_ref()?;
+        let (quotas, ledger) = (self.ctx.quotas.as_ref()?, tenant.ledger.as_ref()?);
+        let st = quotas.status(ledger).await;
+        Some((
+            st.used.max(0) as u64,
+            st.limits.map(|l| l.quota.saturating_add(l.overage)),
+        ))
     }
 
     /// INFO's `# Tenant` section: the caller's own figures, nobody else's.

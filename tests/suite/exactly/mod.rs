@@ -5,6 +5,7 @@
 
 mod config;
 mod errors;
+mod info;
 mod login;
 
 use crate::harness::{Proxy, Raw, Redis};
