@@ -138,6 +138,12 @@ pub enum Error {
     NoSuchClient,
     #[error("ERR client-id should be greater than 0")]
     ClientIdNotPositive,
+    #[error("ERR No such user '{0}'")]
+    NoSuchUser(String),
+    #[error("ERR maxage is not an integer or out of range")]
+    MaxAgeNotInteger,
+    #[error("ERR maxage should be greater than 0")]
+    MaxAgeNotPositive,
     #[error("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR")]
     UnblockReason,
 }

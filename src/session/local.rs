@@ -9,6 +9,8 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::{End, ReplyMode, Session};
+use crate::clients::{ClientType, KillFilter, Version};
+use crate::command::grammar::redis_int;
 use crate::command::{Command, Unknown};
 use crate::error::Error;
 use crate::namespace::{ExecItem, Shape};
@@ -48,8 +50,10 @@ pub enum SessionCmd {
     ClientId,
     ClientGetName,
     ClientSetName(Bytes),
-    ClientInfo,
-    ClientList(Vec<Bytes>),
+    /// CLIENT INFO, with the bytes of its arguments (`argv-mem`).
+    ClientInfo(usize),
+    /// CLIENT LIST's filters, and the bytes of all its arguments.
+    ClientList(Vec<Bytes>, usize),
     ClientSetInfo(Bytes, Bytes),
     PubsubNumpat,
     /// MODULE LIST: no module's commands reach a tenant (respite does not know their keys),
@@ -129,8 +133,10 @@ fn checked(req: &Request, name: &[u8], sub: Option<&[u8]>) -> Option<Local> {
         (b"client", Some(b"id")) => Local::Session(SessionCmd::ClientId),
         (b"client", Some(b"getname")) => Local::Session(SessionCmd::ClientGetName),
         (b"client", Some(b"setname")) => Local::Session(SessionCmd::ClientSetName(a[2].clone())),
-        (b"client", Some(b"info")) => Local::Session(SessionCmd::ClientInfo),
-        (b"client", Some(b"list")) => Local::Session(SessionCmd::ClientList(a[2..].to_vec())),
+        (b"client", Some(b"info")) => Local::Session(SessionCmd::ClientInfo(argv_bytes(a))),
+        (b"client", Some(b"list")) => {
+            Local::Session(SessionCmd::ClientList(a[2..].to_vec(), argv_bytes(a)))
+        }
         (b"client", Some(b"kill")) => Local::ClientKill(a[2..].to_vec()),
         (b"client", Some(b"unblock")) => Local::ClientUnblock(a[2..].to_vec()),
         (b"client", Some(b"reply")) => {
@@ -158,6 +164,10 @@ fn checked(req: &Request, name: &[u8], sub: Option<&[u8]>) -> Option<Local> {
         (b"info", _) => Local::Keyspace(KeyspaceCmd::Info(a[1..].to_vec())),
         _ => return None,
     })
+}
+
+fn argv_bytes(args: &[Bytes]) -> usize {
+    args.iter().map(Bytes::len).sum()
 }
 
 fn is_local_name(name: &[u8], sub: Option<&[u8]>) -> bool {
@@ -260,6 +270,13 @@ impl Session {
     pub(crate) async fn run_local(&mut self, local: Local) -> Result<(), End> {
         // CLIENT INFO / LIST show the command being run, as Redis does.
         self.publish_noted();
+        if matches!(
+            local,
+            Local::ClientKill(_)
+                | Local::Session(SessionCmd::ClientInfo(_) | SessionCmd::ClientList(..))
+        ) {
+            self.learn_redis_version().await;
+        }
         if self.state.multi.is_some() {
             match local {
                 Local::Quit | Local::Reset | Local::Invalid(_) => {}
@@ -379,11 +396,15 @@ impl Session {
                 }
                 Resp::ok()
             }
-            SessionCmd::ClientInfo => {
-                let line = self.me.info_line(Instant::now()) + "\n";
+            SessionCmd::ClientInfo(argv) => {
+                self.publish_buffers(argv);
+                let line = self.me.info_line(Instant::now(), self.redis_version()) + "\n";
                 resp.text(line.as_bytes())
             }
-            SessionCmd::ClientList(args) => self.client_list(&args),
+            SessionCmd::ClientList(args, argv) => {
+                self.publish_buffers(argv);
+                self.client_list(&args)
+            }
             SessionCmd::PubsubNumpat => {
                 let id = self.tenant.as_ref().map(|t| t.id.as_str()).unwrap_or("");
                 Resp::int(self.ctx.clients.numpat(id) as i64)
@@ -542,7 +563,7 @@ impl Session {
             }
         }
         if self.tenant.is_none() {
-            let proto = match self.ctx.upstream.redis_at_least(7, 2) {
+            let proto = match self.redis_version() >= Version(7, 2, 0) {
                 true => "<proto> ",
                 false => "",
             };
@@ -598,66 +619,58 @@ impl Session {
         self.tenant.as_ref().map(|t| t.id.as_str()).unwrap_or("")
     }
 
-    /// CLIENT LIST [TYPE type] [ID id ...], over the tenant's own connections.
-    fn client_list(&self, args: &[Bytes]) -> Bytes {
-        let resp = Resp(self.state.protocol);
-        let mut ids: Option<Vec<u64>> = None;
-        let mut kind: Option<Vec<u8>> = None;
-        let mut i = 0;
-        while i < args.len() {
-            match lower(&args[i]).as_slice() {
-                b"type" if i + 1 < args.len() => {
-                    let t = lower(&args[i + 1]);
-                    if !matches!(
-                        t.as_slice(),
-                        b"normal" | b"master" | b"replica" | b"slave" | b"pubsub"
-                    ) {
-                        return Error::UnknownClientType(
-                            String::from_utf8_lossy(&args[i + 1]).into_owned(),
-                        )
-                        .to_resp();
-                    }
-                    kind = Some(t);
-                    i += 2;
-                }
-                b"id" if i + 1 < args.len() => {
-                    let mut v = Vec::new();
-                    for a in &args[i + 1..] {
-                        match std::str::from_utf8(a)
-                            .ok()
-                            .and_then(|s| s.parse::<u64>().ok())
-                        {
-                            Some(id) if id > 0 => v.push(id),
-                            _ => return Error::InvalidClientId.to_resp(),
-                        }
-                    }
-                    ids = Some(v);
-                    i = args.len();
-                }
-                _ => return Error::Syntax.to_resp(),
+    /// The version of the Redis respite fronts, which decides the fields of CLIENT LIST and
+    /// the filters of CLIENT KILL.
+    fn redis_version(&self) -> Version {
+        self.ctx
+            .upstream
+            .redis_version()
+            .and_then(|v| Version::parse(&v))
+            .unwrap_or(Version::ASSUMED)
+    }
+
+    /// respite learns Redis' version on its first connection: until then, one PING (as for
+    /// HELLO). In cluster mode the nodes' connections do not tell it: assumed.
+    async fn learn_redis_version(&mut self) {
+        if self.ctx.upstream.redis_version().is_none() && self.ctx.upstream.cluster.is_none() {
+            if let Err(e) = self.call(&[b"PING"]).await {
+                tracing::debug!(error = %e, "Redis' version unknown; CLIENT LIST assumes one");
             }
         }
-        let now = Instant::now();
-        let mut text = String::new();
-        for c in self.ctx.clients.of_tenant(self.tenant_id()) {
-            if ids.as_ref().is_some_and(|ids| !ids.contains(&c.shown_id())) {
-                continue;
+    }
+
+    /// CLIENT LIST [TYPE type | ID id ...], over the tenant's own connections, as Redis'
+    /// `clientCommand` reads it: TYPE or ID, not both; the lines of ID in the order asked.
+    fn client_list(&self, args: &[Bytes]) -> Bytes {
+        let resp = Resp(self.state.protocol);
+        let mine = self.ctx.clients.of_tenant(self.tenant_id());
+        let chosen: Vec<_> = match args {
+            [] => mine,
+            [t, kind] if t.eq_ignore_ascii_case(b"type") => {
+                let Some(kind) = ClientType::parse(kind) else {
+                    return Error::UnknownClientType(String::from_utf8_lossy(kind).into_owned())
+                        .to_resp();
+                };
+                mine.into_iter()
+                    .filter(|c| c.client_type() == kind)
+                    .collect()
             }
-            if let Some(k) = &kind {
-                let pubsub = {
-                    let s = c.state.lock().unwrap();
-                    s.subscribed()
-                };
-                let matches = match k.as_slice() {
-                    b"normal" => !pubsub,
-                    b"pubsub" => pubsub,
-                    _ => false,
-                };
-                if !matches {
-                    continue;
+            [i, ids @ ..] if i.eq_ignore_ascii_case(b"id") && !ids.is_empty() => {
+                let mut chosen = Vec::new();
+                for id in ids {
+                    let Some(id) = redis_int(id) else {
+                        return Error::InvalidClientId.to_resp();
+                    };
+                    chosen.extend(mine.iter().find(|c| c.shown_id() as i64 == id).cloned());
                 }
+                chosen
             }
-            text.push_str(&c.info_line(now));
+            _ => return Error::Syntax.to_resp(),
+        };
+        let (now, version) = (Instant::now(), self.redis_version());
+        let mut text = String::new();
+        for c in chosen {
+            text.push_str(&c.info_line(now, version));
             text.push('\n');
         }
         resp.text(text.as_bytes())
@@ -665,70 +678,70 @@ impl Session {
 
     /// CLIENT KILL addr:port, or CLIENT KILL with filters, over the tenant's own connections.
     fn client_kill(&mut self, args: &[Bytes]) -> Bytes {
-        let mine = self.ctx.clients.of_tenant(self.tenant_id());
-        if args.len() == 1 {
-            let addr = String::from_utf8_lossy(&args[0]);
-            return match mine.iter().find(|c| c.addr.to_string() == addr) {
-                Some(c) => {
-                    self.kill(c);
-                    Resp::ok()
-                }
-                None => Error::NoSuchClient.to_resp(),
-            };
-        }
-        if args.len() % 2 != 0 {
-            return Error::Syntax.to_resp();
-        }
-        let mut skipme = true;
-        let mut filters: Vec<(Vec<u8>, String)> = Vec::new();
-        for pair in args.chunks(2) {
-            let key = lower(&pair[0]);
-            let value = String::from_utf8_lossy(&pair[1]).into_owned();
-            match key.as_slice() {
-                b"skipme" => match value.to_ascii_lowercase().as_str() {
-                    "yes" => skipme = true,
-                    "no" => skipme = false,
-                    _ => return Error::Syntax.to_resp(),
-                },
-                b"id" if value.parse::<u64>().is_err() => {
-                    return Error::ClientIdNotPositive.to_resp()
-                }
-                b"maxage" if value.parse::<u64>().is_err() => return Error::NotInteger.to_resp(),
-                b"id" | b"addr" | b"laddr" | b"user" | b"type" | b"maxage" => {
-                    filters.push((key, value))
-                }
-                _ => return Error::Syntax.to_resp(),
-            }
-        }
+        let old_form = args.len() == 1;
+        let filter = match old_form {
+            // The old form can kill the caller too.
+            true => KillFilter {
+                addr: Some(String::from_utf8_lossy(&args[0]).into_owned()),
+                ..KillFilter::new(false)
+            },
+            false => match self.kill_filter(args) {
+                Ok(f) => f,
+                Err(e) => return e.to_resp(),
+            },
+        };
         let now = Instant::now();
         let mut killed = 0;
-        for c in mine {
-            if skipme && c.id == self.me.id {
-                continue;
-            }
-            let hit = filters.iter().all(|(k, v)| match k.as_slice() {
-                b"id" => v.parse() == Ok(c.shown_id()),
-                b"addr" => c.addr.to_string() == *v,
-                b"laddr" => c.laddr.to_string() == *v,
-                b"user" => c.tenant_is(v),
-                b"type" => {
-                    let s = c.state.lock().unwrap();
-                    let pubsub = s.subscribed();
-                    match v.to_ascii_lowercase().as_str() {
-                        "normal" => !pubsub,
-                        "pubsub" => pubsub,
-                        _ => false,
-                    }
-                }
-                b"maxage" => now.duration_since(c.created).as_secs() >= v.parse().unwrap_or(0),
-                _ => false,
-            });
-            if hit {
+        for c in self.ctx.clients.of_tenant(self.tenant_id()) {
+            if filter.matches(&c, now) && !(filter.skip_me && c.id == self.me.id) {
                 self.kill(&c);
                 killed += 1;
             }
         }
-        Resp::int(killed)
+        match (old_form, killed) {
+            (true, 0) => Error::NoSuchClient.to_resp(),
+            (true, _) => Resp::ok(),
+            (false, n) => Resp::int(n),
+        }
+    }
+
+    /// CLIENT KILL's filters, read pair by pair as Redis' `clientKillCommand` does: the
+    /// first bad one is the error, a filter without its value a syntax error.
+    fn kill_filter(&self, args: &[Bytes]) -> Result<KillFilter, Error> {
+        let mut f = KillFilter::new(true);
+        let max_age = self.redis_version() >= Version(7, 4, 0);
+        for (i, key) in args.iter().enumerate().step_by(2) {
+            let Some(value) = args.get(i + 1) else {
+                return Err(Error::Syntax);
+            };
+            let text = || String::from_utf8_lossy(value).into_owned();
+            match lower(key).as_slice() {
+                b"id" => match redis_int(value) {
+                    Some(id) if id > 0 => f.id = Some(id as u64),
+                    _ => return Err(Error::ClientIdNotPositive),
+                },
+                b"type" => match ClientType::parse(value) {
+                    Some(kind) => f.kind = Some(kind),
+                    None => return Err(Error::UnknownClientType(text())),
+                },
+                b"addr" => f.addr = Some(text()),
+                b"laddr" => f.laddr = Some(text()),
+                // The tenant is the only user there is, as far as it can tell.
+                b"user" if value.as_ref() != self.tenant_id().as_bytes() => {
+                    return Err(Error::NoSuchUser(text()))
+                }
+                b"user" => {}
+                b"skipme" if value.eq_ignore_ascii_case(b"yes") => f.skip_me = true,
+                b"skipme" if value.eq_ignore_ascii_case(b"no") => f.skip_me = false,
+                b"maxage" if max_age => match redis_int(value) {
+                    Some(age) if age > 0 => f.max_age = Some(age as u64),
+                    Some(_) => return Err(Error::MaxAgeNotPositive),
+                    None => return Err(Error::MaxAgeNotInteger),
+                },
+                _ => return Err(Error::Syntax),
+            }
+        }
+        Ok(f)
     }
 
     fn kill(&mut self, c: &crate::clients::Client) {

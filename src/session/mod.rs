@@ -22,6 +22,7 @@
 //! one that writes 10,000 commands before reading still gets all 10,000 replies.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -69,6 +70,8 @@ pub const OUT_LIMIT: usize = 4 * 1024 * 1024;
 pub const FAIR_SHARE: usize = 64;
 /// Requests a connection takes from its tenant's rate at once (`Rates::admit`).
 const OPS_AT_ONCE: u32 = 16;
+/// How long CLIENT LIST's `rbp` remembers a peak of the output buffer (Redis' 5 seconds).
+const PEAK_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Answers a connection its tenant has no room for as Redis answers one past `maxclients`,
 /// and closes it.
@@ -274,6 +277,9 @@ pub(crate) struct ClientSide {
     unbilled: usize,
     /// Requests this connection has taken from its tenant's `ops_per_second` and not sent.
     credit: u32,
+    /// The most `out` has held since `peak_since` (CLIENT LIST's `rbp`).
+    out_peak: usize,
+    peak_since: Instant,
 }
 
 /// What a tenant's rates say of its next request.
@@ -425,6 +431,8 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             held: None,
             unbilled: 0,
             credit: 0,
+            out_peak: 0,
+            peak_since: Instant::now(),
         },
         up: Outbound {
             pinned: None,
@@ -524,8 +532,10 @@ impl Session {
             self.publish_noted();
             self.flush_upstream().await;
             self.deliver();
+            self.client.out_peak = self.client.out_peak.max(self.client.out.len());
             self.write_client_now()?;
             self.up.sink.meter.buffered(self.client.out.len());
+            self.publish_buffers(0);
             if self.client.closing && self.up.pending.is_empty() && self.client.out.is_empty() {
                 return Ok(());
             }
@@ -631,6 +641,40 @@ impl Session {
             st.last_active = Some(Instant::now());
             st.last_command = Some(cmd);
         }
+    }
+
+    /// Shows the connection's buffers to CLIENT LIST; `argv`: the bytes of the arguments
+    /// of the command being run.
+    pub(crate) fn publish_buffers(&mut self, argv: usize) {
+        let c = &mut self.client;
+        let b = &self.me.buffers;
+        // The last reply's time, read already: no clock reading per pass for this.
+        let now = self.figures.clock;
+        if now.duration_since(c.peak_since) >= PEAK_WINDOW {
+            // As Redis' `rbp`: the peak of the last few seconds, not of all time.
+            (c.out_peak, c.peak_since) = (c.out.len(), now);
+        }
+        let waiting = self.up.replies.len();
+        let waiting_bytes = self.up.sink.meter.queued();
+        let held = [
+            c.inbuf.capacity(),
+            c.out.capacity(),
+            self.up.to_up.capacity(),
+        ];
+        let total = std::mem::size_of::<Session>() + held.iter().sum::<usize>() + waiting_bytes;
+        let set = |a: &std::sync::atomic::AtomicUsize, v| a.store(v, Relaxed);
+        set(&b.unparsed, c.inbuf.len());
+        set(&b.unparsed_room, c.inbuf.capacity() - c.inbuf.len());
+        set(&b.argv, argv);
+        set(&b.out_size, c.out.capacity());
+        set(&b.out_peak, c.out_peak.max(c.out.len()));
+        set(&b.out_len, c.out.len());
+        set(&b.waiting, waiting);
+        set(&b.waiting_bytes, waiting_bytes);
+        set(&b.total, total + argv);
+        let reading = !c.closing && !c.backlog && c.held_until.is_none();
+        b.reading.store(reading, Relaxed);
+        b.writing.store(!c.out.is_empty(), Relaxed);
     }
 
     async fn wait(&mut self, killed: Cancelled<'_>, shutdown: Cancelled<'_>) -> Event {

@@ -123,6 +123,11 @@ impl OutputMeter {
         self.exceeded.load(Ordering::Relaxed)
     }
 
+    /// Reply bytes in the session's channel, not taken yet.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// The client's unread bytes now.
     pub fn unread(&self) -> usize {
         self.queued.load(Ordering::Relaxed) + self.buffered.load(Ordering::Relaxed)

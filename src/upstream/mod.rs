@@ -607,15 +607,4 @@ impl Upstream {
     pub fn redis_version(&self) -> Option<String> {
         self.connector.redis_version()
     }
-
-    /// Whether Redis upstream is `major.minor` or newer (not known yet: assumed not), for
-    /// answering in the words of the version a tenant would meet there.
-    pub fn redis_at_least(&self, major: u32, minor: u32) -> bool {
-        let Some(version) = self.redis_version() else {
-            return false;
-        };
-        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-        let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        found >= (major, minor)
-    }
 }

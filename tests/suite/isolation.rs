@@ -449,7 +449,8 @@ async fn client_commands_see_only_the_tenants_connections() {
     assert_eq!(list.matches("user=a").count(), 2, "{list}");
     assert!(!list.contains("user=b"));
     assert!(list.contains("name=worker-1"), "{list}");
-    assert!(list.contains("lib-name=redis-py"), "{list}");
+    // Redis 7.0 behind respite: its CLIENT LIST has no lib-name (7.2's).
+    assert!(!list.contains("lib-name="), "{list}");
     let info = a1.cmd(&["CLIENT", "INFO"]).await;
     assert!(
         info.contains("name=worker-1") && info.contains("cmd=client|info"),
