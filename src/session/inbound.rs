@@ -215,27 +215,22 @@ impl Session {
         }
     }
 
-    /// A (un)subscribe confirmation: counted against the request it answers.
+    /// A (un)subscribe confirmation: counted against the request it answers, and passed on
+    /// even under CLIENT REPLY OFF or SKIP, which in Redis mute replies, not pushes.
     fn confirmed(&mut self, frame: &Frame, kind: SubKind, subscribe: bool, prefix: &[u8]) {
         self.track_subscription(kind, subscribe, reply::confirmation_channel(frame));
-        let mute = match self.up.pending.front_mut() {
-            Some(Slot::Confirm { left, mute, .. }) => {
-                let m = *mute;
-                let l = left.get_or_insert(1);
-                *l = l.saturating_sub(1);
-                if *l == 0 {
-                    self.answered();
-                }
-                m
+        // Redis may also unsubscribe on its own (e.g. a shard channel moving): then no
+        // request waits for it.
+        if let Some(Slot::Confirm { left, .. }) = self.up.pending.front_mut() {
+            let l = left.get_or_insert(1);
+            *l = l.saturating_sub(1);
+            if *l == 0 {
+                self.answered();
             }
-            // Redis may also unsubscribe on its own (e.g. a shard channel moving).
-            _ => false,
-        };
-        if !mute {
-            self.client
-                .out
-                .extend_from_slice(&reply::strip_push(frame, prefix));
         }
+        self.client
+            .out
+            .extend_from_slice(&reply::strip_push(frame, prefix));
     }
 
     /// A reply: to the oldest request waiting, rewritten by its shape, and counted.

@@ -504,7 +504,8 @@ impl Session {
         Ok((next, keys))
     }
 
-    /// One request per key, pipelined, and their replies.
+    /// One request per key, pipelined, and their replies; never on a connection that
+    /// tracks keys for the client (see `call_on_keys`).
     async fn per_key(
         &mut self,
         command: &[u8],
@@ -515,10 +516,10 @@ impl Session {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        self.call_routed(&requests, self.slots(keys)).await
+        self.call_on_keys(&requests, self.slots(keys)).await
     }
 
-    /// Cluster mode: each key's slot (the keys as Redis names them), for `call_routed`.
+    /// Cluster mode: each key's slot (the keys as Redis names them), for `call_on_keys`.
     fn slots(&self, keys: &[Bytes]) -> Vec<Target> {
         match self.ctx.upstream.cluster {
             Some(_) => keys

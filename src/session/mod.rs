@@ -103,6 +103,8 @@ pub(crate) enum Slot {
         _script: Option<RunGuard>,
     },
     /// (Un)subscribe confirmations; `left` is resolved when the slot reaches the head.
+    /// `mute` (CLIENT REPLY OFF/SKIP) silences an error in their place, never the
+    /// confirmations themselves (pushes, which Redis sends regardless).
     Confirm {
         kind: SubKind,
         left: Option<usize>,

@@ -581,8 +581,34 @@ impl Session {
     pub(crate) async fn call_routed(
         &mut self,
         requests: &[&[&[u8]]],
-        mut targets: Vec<cluster::Target>,
+        targets: Vec<cluster::Target>,
     ) -> Result<Vec<Frame>, UpstreamError> {
+        let (data, plan, routed) = self.encode_own(requests, targets);
+        self.exchange(data, requests.len(), plan, routed).await
+    }
+
+    /// [`Session::call_routed`] for respite's own reads of the tenant's keys (PTTL, TYPE):
+    /// never on a pinned connection that tracks keys (CLIENT TRACKING), where Redis would
+    /// take each key read for one the client read, and send it invalidations for keys it
+    /// never asked for. Callers drain first, so nothing waits on the pinned connection that
+    /// these replies could overtake.
+    pub(crate) async fn call_on_keys(
+        &mut self,
+        requests: &[&[&[u8]]],
+        targets: Vec<cluster::Target>,
+    ) -> Result<Vec<Frame>, UpstreamError> {
+        let (data, plan, routed) = self.encode_own(requests, targets);
+        let past_pinned = routed || self.state.tracking;
+        self.exchange(data, requests.len(), plan, past_pinned).await
+    }
+
+    /// respite's own `requests`, encoded, with (cluster mode) the plan of their targets, and
+    /// whether that plan names them (the flight reaches them, not the pinned connection).
+    fn encode_own(
+        &self,
+        requests: &[&[&[u8]]],
+        mut targets: Vec<cluster::Target>,
+    ) -> (Bytes, Vec<cluster::Part>, bool) {
         let mut data = BytesMut::new();
         let mut plan = Vec::new();
         let cluster = self.ctx.upstream.cluster.is_some();
@@ -600,22 +626,22 @@ impl Session {
                 });
             }
         }
-        self.exchange(data.freeze(), requests.len(), plan, routed)
-            .await
+        (data.freeze(), plan, routed)
     }
 
     /// Sends `n` of respite's own requests (encoded in `data`) and waits for their replies:
-    /// over the pinned connection if the session holds one, unless `routed` (cluster mode:
-    /// the plan names the nodes, which the flight reaches).
+    /// over the pinned connection if the session holds one, unless `past_pinned` (cluster
+    /// mode: the plan names the nodes, which the flight reaches; or reads that must not
+    /// touch the pinned connection's state): then over the shared connection (or flight).
     async fn exchange(
         &mut self,
         data: Bytes,
         n: usize,
         plan: Vec<cluster::Part>,
-        routed: bool,
+        past_pinned: bool,
     ) -> Result<Vec<Frame>, UpstreamError> {
         let timeout = self.ctx.upstream.command_timeout();
-        let pinned = self.up.pinned.as_mut().filter(|_| !routed);
+        let pinned = self.up.pinned.as_mut().filter(|_| !past_pinned);
         let result = match pinned {
             Some(p) => {
                 let pubsub = self.state.subs.any();
@@ -702,10 +728,10 @@ impl Session {
         };
         let result = result.unwrap_or_else(|_| Err(self.ctx.upstream.timed_out()));
         match &result {
-            // Cluster mode, past a pinned connection with nothing in flight on it: that
-            // connection and its state (WATCH, subscriptions) are not the failure's; late
-            // replies to the routed requests are left behind with their generation.
-            Err(_) if routed && self.up.pinned.is_some() && self.up.awaiting == 0 => {
+            // Past a pinned connection with nothing in flight on it: that connection and
+            // its state (WATCH, subscriptions, tracking) are not the failure's; late replies
+            // to these requests are left behind with their generation.
+            Err(_) if past_pinned && self.up.pinned.is_some() && self.up.awaiting == 0 => {
                 self.new_generation();
             }
             Err(e) => self.fail_upstream(e.clone()),

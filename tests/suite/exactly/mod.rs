@@ -8,6 +8,9 @@ mod config;
 mod errors;
 mod info;
 mod login;
+mod pubsub;
+
+use std::time::Duration;
 
 use crate::harness::{Proxy, Raw, Redis};
 
@@ -71,8 +74,44 @@ impl Pair {
         redis
     }
 
+    /// Sends `args` to both with no reply expected (CLIENT REPLY OFF).
+    pub async fn send(&mut self, args: &[&str]) {
+        self.redis.send_cmd(args).await;
+        self.respite.send_cmd(args).await;
+    }
+
+    /// Sends `args` to both and asserts that the next `n` frames (replies or pushes) are
+    /// the same bytes.
+    pub async fn same_frames(&mut self, args: &[&str], n: usize) {
+        self.send(args).await;
+        for i in 0..n {
+            let (redis, respite) = (self.redis.reply().await, self.respite.reply().await);
+            assert_eq!(
+                respite, redis,
+                "frame {i} after {args:?} differs from Redis'"
+            );
+        }
+    }
+
+    /// The next frame from each side (a push: a message, an invalidation), asserted to be
+    /// the same bytes.
+    pub async fn next_same(&mut self) -> String {
+        let (redis, respite) = (self.redis.reply().await, self.respite.reply().await);
+        assert_eq!(respite, redis, "respite's push differs from Redis'");
+        redis
+    }
+
+    /// Asserts that neither side sends anything within `wait`.
+    pub async fn silent(&mut self, wait: Duration) {
+        let redis = self.redis.try_reply(wait).await;
+        let respite = self.respite.try_reply(wait).await;
+        assert_eq!(redis, None, "Redis sent something");
+        assert_eq!(respite, None, "respite sent what Redis does not");
+    }
+
     /// Sets both sides' RESP version (HELLO `v`), as the raw readers need to know it.
     pub async fn hello(&mut self, v: u8) {
+        // HELLO's own reply is in the new version already.
         self.redis.protocol = v;
         self.respite.protocol = v;
         let (a, b) = self.both(&["HELLO", &v.to_string()]).await;

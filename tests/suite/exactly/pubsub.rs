@@ -1,0 +1,111 @@
+//! Pushes: pub/sub confirmations and messages under CLIENT REPLY OFF and SKIP, and the
+//! invalidations of a tracking connection.
+
+use std::time::Duration;
+
+use super::Sides;
+
+/// How long a side is given to send what it should not.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// CLIENT REPLY OFF mutes replies, not pushes: every (un)subscribe confirmation and every
+/// message still comes, while an error in place of confirmations (wrong arity) and PING's
+/// reply (in subscribed RESP2 mode too) do not.
+#[tokio::test]
+async fn confirmations_under_reply_off() {
+    let sides = Sides::start().await;
+    for v in [2, 3] {
+        let mut p = sides.pair().await;
+        let mut publisher = sides.pair().await;
+        p.hello(v).await;
+        p.send(&["CLIENT", "REPLY", "OFF"]).await;
+        // Nothing subscribed yet: one confirmation, with no channel.
+        p.same_frames(&["UNSUBSCRIBE"], 1).await;
+        p.same_frames(&["PUNSUBSCRIBE"], 1).await;
+        p.same_frames(&["SUBSCRIBE", "ch", "ch2"], 2).await;
+        p.send(&["SUBSCRIBE"]).await;
+        p.send(&["PING"]).await;
+        p.same_frames(&["PSUBSCRIBE", "p*"], 1).await;
+        p.same_frames(&["SSUBSCRIBE", "s"], 1).await;
+        publisher.same(&["PUBLISH", "ch", "hi"]).await;
+        publisher.same(&["PUBLISH", "pa", "ho"]).await;
+        p.next_same().await;
+        p.next_same().await;
+        p.same_frames(&["UNSUBSCRIBE", "ch", "ch2"], 2).await;
+        p.same_frames(&["PUNSUBSCRIBE", "p*"], 1).await;
+        p.same_frames(&["SUNSUBSCRIBE", "s"], 1).await;
+        p.send(&["PING"]).await;
+        p.silent(QUIET).await;
+        // The first reply since OFF: nothing muted came out late.
+        assert_eq!(p.same(&["CLIENT", "REPLY", "ON"]).await, "+OK\r\n");
+        p.same(&["PING"]).await;
+    }
+}
+
+/// CLIENT REPLY SKIP is spent on the next command even when that is a (un)subscribe, whose
+/// confirmations still come: the command after it is answered.
+#[tokio::test]
+async fn skip_is_spent_on_a_subscribe() {
+    let sides = Sides::start().await;
+    for v in [2, 3] {
+        let mut p = sides.pair().await;
+        p.hello(v).await;
+        p.send(&["CLIENT", "REPLY", "SKIP"]).await;
+        p.same_frames(&["UNSUBSCRIBE"], 1).await;
+        p.same(&["PING"]).await;
+        for (subscribe, unsubscribe, frames) in [
+            (
+                &["SUBSCRIBE", "ch", "ch2"][..],
+                &["UNSUBSCRIBE", "ch", "ch2"][..],
+                2,
+            ),
+            (&["PSUBSCRIBE", "p*"], &["PUNSUBSCRIBE", "p*"], 1),
+            (&["SSUBSCRIBE", "s"], &["SUNSUBSCRIBE", "s"], 1),
+        ] {
+            p.send(&["CLIENT", "REPLY", "SKIP"]).await;
+            p.same_frames(subscribe, frames).await;
+            p.same(&["PING"]).await;
+            // RESP2's subscribed mode refuses CLIENT.
+            if v == 3 {
+                p.send(&["CLIENT", "REPLY", "SKIP"]).await;
+            }
+            p.same_frames(unsubscribe, frames).await;
+            p.same(&["PING"]).await;
+        }
+        // An error in place of the confirmations is what SKIP mutes.
+        p.send(&["CLIENT", "REPLY", "SKIP"]).await;
+        p.send(&["SUBSCRIBE"]).await;
+        assert_eq!(p.same(&["PING"]).await, "+PONG\r\n");
+    }
+}
+
+/// respite's own reads for INFO keyspace, DBSIZE, KEYS and RANDOMKEY (PTTL of every key,
+/// SCAN) do not make a tracking connection track the keys they read: a write by another
+/// connection sends it nothing, as in Redis; a key it reads itself is still tracked.
+#[tokio::test]
+async fn own_reads_do_not_track_keys() {
+    let sides = Sides::start().await;
+    let mut w = sides.pair().await;
+    w.same(&["SET", "k", "v1"]).await;
+    w.same(&["SET", "t", "v1", "PX", "100000"]).await;
+    let mut r = sides.pair().await;
+    r.hello(3).await;
+    r.same(&["CLIENT", "TRACKING", "ON"]).await;
+    // Their replies differ (one Redis holds both sides' keys): what they leave behind is
+    // compared.
+    for args in [
+        &["INFO", "keyspace"][..],
+        &["DBSIZE"],
+        &["KEYS", "*"],
+        &["RANDOMKEY"],
+    ] {
+        r.both(args).await;
+    }
+    w.same(&["SET", "k", "v2"]).await;
+    w.same(&["SET", "t", "v2"]).await;
+    r.silent(QUIET).await;
+    assert_eq!(r.same(&["GET", "k"]).await, "$2\r\nv2\r\n");
+    w.same(&["SET", "k", "v3"]).await;
+    r.next_same().await;
+    r.silent(QUIET).await;
+}
