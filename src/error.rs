@@ -120,6 +120,12 @@ pub enum Error {
     BadProtover,
     #[error("ERR Syntax error in HELLO option '{0}'")]
     HelloOption(String),
+    /// Any command but these on a RESP2 connection with subscriptions.
+    #[error(
+        "ERR Can't execute '{0}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET \
+         are allowed in this context"
+    )]
+    SubscribedOnly(String),
     #[error("ERR respite does not run this command inside MULTI")]
     NotInMulti,
     #[error("ERR Command not allowed inside a transaction")]

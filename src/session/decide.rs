@@ -320,6 +320,15 @@ impl Session {
             });
         };
         match local {
+            Some(l @ (Local::Quit | Local::Reset)) => Break(Action::Local(l)),
+            Some(_) if self.state.protocol == 2 && self.state.subs.any() => {
+                // What Redis answers in RESP2 subscribed mode, before the command runs.
+                let name = match looked_up {
+                    Ok(cmd) => cmd.full_name(),
+                    Err(_) => "client|setinfo".into(),
+                };
+                Break(Action::Refuse(Error::SubscribedOnly(name)))
+            }
             Some(l) => Break(Action::Local(l)),
             None => Continue(tenant),
         }

@@ -113,10 +113,7 @@ impl Session {
         if self.state.protocol == 2 && self.state.subs.any() {
             // Redis' own refusal, before respite changes the connection's login.
             let name = String::from_utf8_lossy(&fwd.args[0]).to_lowercase();
-            return self.refuse_counted(Error::Unsupported(format!(
-                "Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT \
-                 / RESET are allowed in this context"
-            )));
+            return self.refuse_counted(Error::SubscribedOnly(name));
         }
         let scripts = &self.ctx.scripts;
         let confinement = match scripts.confinement(&tenant).await {

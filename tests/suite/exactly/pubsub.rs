@@ -109,3 +109,29 @@ async fn own_reads_do_not_track_keys() {
     r.next_same().await;
     r.silent(QUIET).await;
 }
+
+/// In RESP2 subscribed mode, respite's own commands are refused as Redis refuses every
+/// command but the (un)subscribe ones, PING, QUIT and RESET.
+#[tokio::test]
+async fn resp2_subscribed_mode_refuses_local_commands() {
+    let sides = Sides::start().await;
+    let mut p = sides.pair().await;
+    p.same_frames(&["SUBSCRIBE", "ch"], 1).await;
+    for line in [
+        "CLIENT REPLY ON",
+        "CLIENT LIST",
+        "CLIENT ID",
+        "INFO",
+        "DBSIZE",
+        "KEYS *",
+        "SELECT 0",
+        "MODULE LIST",
+        "EVAL return 1 0",
+        "GET k",
+        "AUTH x",
+    ] {
+        p.same(&line.split(' ').collect::<Vec<_>>()).await;
+    }
+    p.same(&["RESET"]).await;
+    p.same(&["CLIENT", "REPLY", "ON"]).await;
+}
