@@ -5,6 +5,13 @@
 pub mod reply;
 pub mod request;
 
+/// The channels Redis publishes keyspace notifications on, for database 0 (a tenant's
+/// keys live there): `__keyspace@0__:<key>` carries the event, `__keyevent@0__:<event>`
+/// the key. The key moves into the namespace inside the first; the second is subscribed
+/// as Redis names it, and only events on the tenant's own keys reach it.
+pub const KEYSPACE: &[u8] = b"__keyspace@0__:";
+pub const KEYEVENT: &[u8] = b"__keyevent@0__:";
+
 pub use reply::{ExecItem, Kind, Shape, SubKind};
 pub(crate) use request::reply_shape;
 pub use request::{key_error, request, Expect, Forward, GUARD_REFUSALS};

@@ -49,8 +49,8 @@ struct Edit {
     /// The whole encoded element, header to CRLF.
     start: usize,
     end: usize,
-    /// The part of the payload to keep.
-    keep: std::ops::Range<usize>,
+    /// The parts of the payload to keep (the second often empty).
+    keep: [std::ops::Range<usize>; 2],
 }
 
 fn edit(frame: &Frame, f: &RangeFrame, prefix: &[u8], edits: &mut Vec<Edit>) {
@@ -61,13 +61,21 @@ fn edit(frame: &Frame, f: &RangeFrame, prefix: &[u8], edits: &mut Vec<Edit>) {
         RangeFrame::SimpleString { data, .. } => (data.0..data.1, 1),
         _ => return,
     };
-    if frame.raw[data.clone()].starts_with(prefix) {
-        edits.push(Edit {
-            start: data.start - header,
-            end: data.end + 2,
-            keep: data.start + prefix.len()..data.end,
-        });
-    }
+    let text = &frame.raw[data.clone()];
+    // A keyspace notification's channel (or pattern): the key's prefix is inside it.
+    let at = match text.strip_prefix(super::KEYSPACE) {
+        Some(rest) if rest.starts_with(prefix) => super::KEYSPACE.len(),
+        _ if text.starts_with(prefix) => 0,
+        _ => return,
+    };
+    edits.push(Edit {
+        start: data.start - header,
+        end: data.end + 2,
+        keep: [
+            data.start..data.start + at,
+            data.start + at + prefix.len()..data.end,
+        ],
+    });
 }
 
 fn decimal_digits(mut n: usize) -> usize {
@@ -90,8 +98,13 @@ fn apply(frame: &Frame, mut edits: Vec<Edit>) -> Bytes {
     for e in edits {
         out.extend_from_slice(&raw[pos..e.start]);
         out.put_u8(b'$');
-        put_int(&mut out, e.keep.len() as i64);
-        out.extend_from_slice(&raw[e.keep]);
+        put_int(
+            &mut out,
+            e.keep.iter().map(|k| k.len()).sum::<usize>() as i64,
+        );
+        for keep in e.keep {
+            out.extend_from_slice(&raw[keep]);
+        }
         out.extend_from_slice(b"\r\n");
         pos = e.end;
     }
@@ -358,13 +371,30 @@ pub fn classify(frame: &Frame, pubsub: bool) -> Kind {
     }
 }
 
-/// A push with its channel names (and invalidated keys) out of the tenant namespace.
+/// A push with its channel names (and invalidated keys) out of the tenant namespace;
+/// empty when it is not the tenant's to see (a keyevent notification of another's key).
 pub fn strip_push(frame: &Frame, prefix: &[u8]) -> Bytes {
     let Some(elems) = frame.elements() else {
         return frame.raw.clone();
     };
     let mut edits = Vec::new();
-    match elems.first().and_then(|k| frame.str_at(k)) {
+    let kind = elems.first().and_then(|k| frame.str_at(k));
+    if let Some(b"message" | b"pmessage") = kind {
+        // On `__keyevent@0__:<event>` the message is a key: the tenant's, or not for it.
+        let (channel, message) = (elems.len() - 2, elems.len() - 1);
+        let keyevent = frame
+            .str_at(&elems[channel])
+            .is_some_and(|c| c.starts_with(super::KEYEVENT));
+        if keyevent {
+            match frame.str_at(&elems[message]) {
+                Some(key) if key.starts_with(prefix) => {
+                    edit(frame, &elems[message], prefix, &mut edits)
+                }
+                _ => return Bytes::new(),
+            }
+        }
+    }
+    match kind {
         Some(b"pmessage") => {
             for e in elems.iter().skip(1).take(2) {
                 edit(frame, e, prefix, &mut edits);

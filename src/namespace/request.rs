@@ -80,7 +80,13 @@ pub fn request(
             reply(Shape::Plain)
         }
         (None, b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe") => {
-            marks.set_from(1, args.len());
+            for i in 1..args.len() {
+                if let Some(key) = args[i].strip_prefix(super::KEYSPACE) {
+                    args[i] = [super::KEYSPACE, &tenant.prefix[..], key].concat().into();
+                } else if !args[i].starts_with(super::KEYEVENT) {
+                    marks.set(i);
+                }
+            }
             confirms(
                 &args,
                 if name[0] == b'p' {

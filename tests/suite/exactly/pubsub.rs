@@ -135,3 +135,56 @@ async fn resp2_subscribed_mode_refuses_local_commands() {
     p.same(&["RESET"]).await;
     p.same(&["CLIENT", "REPLY", "ON"]).await;
 }
+
+/// Keyspace notifications: a tenant subscribed to `__keyspace@0__:` and `__keyevent@0__:`
+/// channels and patterns gets the events of its own keys, named as it names them, byte for
+/// byte what Redis sends a client of its own; another tenant's writes send it nothing.
+#[tokio::test]
+async fn keyspace_notifications_of_the_tenant_own_keys() {
+    use crate::harness::{Proxy, Raw, Redis};
+    let events = ["--notify-keyspace-events", "KEA"];
+    // Two Redis: the direct side's events must not mix with the tenants'.
+    let (direct, behind) = (Redis::start_with(&events), Redis::start_with(&events));
+    let other = "[[tenants]]\nid = \"other\"\npassword = \"po\"\n";
+    let proxy = Proxy::start(&behind, &format!("{}{other}", super::SIDECAR)).await;
+    let redis_addr = format!("127.0.0.1:{}", direct.port).parse().unwrap();
+    let mut p = super::Pair {
+        redis: Raw::connect(redis_addr).await,
+        respite: proxy.raw().await,
+    };
+    let mut w = super::Pair {
+        redis: Raw::connect(redis_addr).await,
+        respite: proxy.raw().await,
+    };
+    let mut stranger = proxy.raw_as("other", "po").await;
+    for (args, n) in [
+        (
+            &["SUBSCRIBE", "__keyspace@0__:k", "__keyevent@0__:del"][..],
+            2,
+        ),
+        (&["PSUBSCRIBE", "__keyspace@0__:*", "__keyevent@0__:*"], 2),
+    ] {
+        p.same_frames(args, n).await;
+    }
+    // Another tenant's writes, even to a key of the same name: nothing.
+    assert_eq!(stranger.cmd(&["SET", "k", "1"]).await, "+OK\r\n");
+    assert_eq!(stranger.cmd(&["DEL", "k"]).await, ":1\r\n");
+    p.silent(Duration::from_millis(200)).await;
+    w.same(&["SET", "k", "v"]).await;
+    // __keyspace@0__:k (message, pmessage), __keyevent@0__:set (pmessage).
+    for _ in 0..3 {
+        p.next_same().await;
+    }
+    w.same(&["DEL", "k"]).await;
+    // __keyspace@0__:k (message, pmessage), __keyevent@0__:del (message, pmessage).
+    for _ in 0..4 {
+        p.next_same().await;
+    }
+    p.silent(Duration::from_millis(200)).await;
+    for (args, n) in [
+        (&["UNSUBSCRIBE"][..], 2),
+        (&["PUNSUBSCRIBE", "__keyspace@0__:*"], 1),
+    ] {
+        p.same_frames(args, n).await;
+    }
+}
