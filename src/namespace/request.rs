@@ -80,10 +80,10 @@ pub fn request(
             reply(Shape::Plain)
         }
         (None, b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe") => {
-            for i in 1..args.len() {
-                if let Some(key) = args[i].strip_prefix(super::KEYSPACE) {
-                    args[i] = [super::KEYSPACE, &tenant.prefix[..], key].concat().into();
-                } else if !args[i].starts_with(super::KEYEVENT) {
+            for (i, channel) in args.iter_mut().enumerate().skip(1) {
+                if let Some(key) = channel.strip_prefix(super::KEYSPACE) {
+                    *channel = [super::KEYSPACE, &tenant.prefix[..], key].concat().into();
+                } else if !channel.starts_with(super::KEYEVENT) {
                     marks.set(i);
                 }
             }
