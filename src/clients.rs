@@ -52,6 +52,8 @@ pub struct Client {
     pub kill: CancellationToken,
     /// Redis' id of the session's upstream connection, 0 while it has none.
     pub upstream_id: AtomicI64,
+    /// Its upstream connection takes redirected invalidations (`__redis__:invalidate`).
+    pub invalidations: std::sync::atomic::AtomicBool,
     /// Its buffers, for CLIENT LIST.
     pub buffers: Buffers,
 }
@@ -364,6 +366,7 @@ impl Registry {
             }),
             kill: CancellationToken::new(),
             upstream_id: AtomicI64::new(0),
+            invalidations: Default::default(),
             buffers: Buffers::default(),
         });
         self.clients.insert(id, client.clone());

@@ -12,6 +12,12 @@ pub mod request;
 pub const KEYSPACE: &[u8] = b"__keyspace@0__:";
 pub const KEYEVENT: &[u8] = b"__keyevent@0__:";
 
+/// The channel a RESP2 connection subscribes to for the invalidations another connection's
+/// CLIENT TRACKING ... REDIRECT sends it. Subscribed as Redis names it: Redis sends on it
+/// only to the connection a redirect names (no PUBLISH of a tenant reaches it: those are
+/// namespaced), and the keys in each message are stripped like any invalidation's.
+pub const INVALIDATE: &[u8] = b"__redis__:invalidate";
+
 pub use reply::{ExecItem, Kind, Shape, SubKind};
 pub(crate) use request::reply_shape;
-pub use request::{key_error, request, Expect, Forward, GUARD_REFUSALS};
+pub use request::{key_error, request, tracking_redirect, Expect, Forward, GUARD_REFUSALS};

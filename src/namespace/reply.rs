@@ -25,8 +25,9 @@ pub enum Shape {
     Streams,
     /// PUBSUB NUMSUB: `[channel, n, channel, n, ...]` or a map.
     EveryOther,
-    /// CLIENT TRACKINGINFO: the strings under its `prefixes` field.
-    TrackingInfo,
+    /// CLIENT TRACKINGINFO: the strings under its `prefixes` field, and its `redirect`
+    /// (Redis' id of a connection, the tenant's id for it).
+    TrackingInfo(Option<(i64, i64)>),
     /// EXEC: one shape per queued command; `Local` results are ones respite answered itself,
     /// spliced in at their place.
     Exec(Vec<ExecItem>),
@@ -124,6 +125,11 @@ pub fn strip(frame: &Frame, shape: &Shape, prefix: &[u8]) -> Bytes {
         }
         Shape::Plain => frame.raw.clone(),
         Shape::Exec(items) => exec(frame, items, prefix),
+        Shape::TrackingInfo(Some((shown, upstream))) => {
+            let mut edits = Vec::new();
+            collect(frame, &frame.tree, shape, prefix, &mut edits);
+            redirect_shown(apply(frame, edits), *upstream, *shown)
+        }
         Shape::Script(_) => frame.raw.clone(),
         _ => {
             let mut edits = Vec::new();
@@ -172,6 +178,23 @@ pub fn strip_error(raw: Bytes, prefix: &[u8]) -> Bytes {
     }
     out.extend_from_slice(&kept);
     out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// CLIENT TRACKINGINFO's `redirect` field (`redirect` then an integer, in RESP2's array
+/// and RESP3's map alike) with the tenant's id for the connection instead of Redis'.
+fn redirect_shown(raw: Bytes, upstream: i64, shown: i64) -> Bytes {
+    let needle = format!("$8\r\nredirect\r\n:{upstream}\r\n");
+    let Some(at) = raw
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+    else {
+        return raw;
+    };
+    let mut out = BytesMut::with_capacity(raw.len());
+    out.extend_from_slice(&raw[..at]);
+    out.extend_from_slice(format!("$8\r\nredirect\r\n:{shown}\r\n").as_bytes());
+    out.extend_from_slice(&raw[at + needle.len()..]);
     out.freeze()
 }
 
@@ -237,7 +260,7 @@ fn collect(frame: &Frame, f: &RangeFrame, shape: &Shape, prefix: &[u8], edits: &
                 }
             }
         },
-        Shape::TrackingInfo => {
+        Shape::TrackingInfo(_) => {
             let fields: Vec<(&RangeFrame, &RangeFrame)> = match f {
                 RangeFrame::Map { data, .. } => data.iter().collect(),
                 _ => {
@@ -402,6 +425,14 @@ pub fn strip_push(frame: &Frame, prefix: &[u8]) -> Bytes {
         }
         Some(b"invalidate") => {
             if let Some(keys) = elems.get(1) {
+                collect(frame, keys, &Shape::Keys, prefix, &mut edits);
+            }
+        }
+        // A redirected invalidation: `message __redis__:invalidate [keys]`.
+        Some(b"message")
+            if elems.get(1).and_then(|c| frame.str_at(c)) == Some(super::INVALIDATE) =>
+        {
+            if let Some(keys) = elems.get(2) {
                 collect(frame, keys, &Shape::Keys, prefix, &mut edits);
             }
         }

@@ -83,7 +83,7 @@ pub fn request(
             for (i, channel) in args.iter_mut().enumerate().skip(1) {
                 if let Some(key) = channel.strip_prefix(super::KEYSPACE) {
                     *channel = [super::KEYSPACE, &tenant.prefix[..], key].concat().into();
-                } else if !channel.starts_with(super::KEYEVENT) {
+                } else if !channel.starts_with(super::KEYEVENT) && channel != super::INVALIDATE {
                     marks.set(i);
                 }
             }
@@ -116,7 +116,7 @@ pub fn request(
             client_tracking(&mut args, &mut marks)?;
             reply(Shape::Plain)
         }
-        (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo),
+        (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo(None)),
         (Some(b"config"), b"get") => {
             config_get(&mut args);
             reply(Shape::Plain)
@@ -441,6 +441,24 @@ fn scan_match(args: &mut Vec<Bytes>, options_from: usize, marks: &mut Marks) -> 
 
 /// CLIENT TRACKING: PREFIX arguments move into the namespace, and BCAST without a prefix is
 /// given the tenant's namespace, so that invalidations never name another tenant's keys.
+/// Where CLIENT TRACKING's REDIRECT names its client id, read as Redis reads the options
+/// (a PREFIX's value is never an option): the last REDIRECT wins, as in Redis.
+pub fn tracking_redirect(args: &[Bytes]) -> Option<usize> {
+    let mut found = None;
+    let mut i = 3;
+    while i < args.len() {
+        let a = &args[i];
+        if a.eq_ignore_ascii_case(b"prefix") || a.eq_ignore_ascii_case(b"redirect") {
+            if a.eq_ignore_ascii_case(b"redirect") && i + 1 < args.len() {
+                found = Some(i + 1);
+            }
+            i += 1;
+        }
+        i += 1;
+    }
+    found
+}
+
 fn client_tracking(args: &mut Vec<Bytes>, marks: &mut Marks) -> Result<(), Error> {
     let mut bcast = false;
     let mut has_prefix = false;
@@ -454,13 +472,8 @@ fn client_tracking(args: &mut Vec<Bytes>, marks: &mut Marks) -> Result<(), Error
                 has_prefix = true;
                 i += 1;
             }
-            b"redirect" => {
-                return Err(Error::Unsupported(
-                    "CLIENT TRACKING ... REDIRECT is not supported by respite; use RESP3 \
-                     (HELLO 3) to receive invalidations on the same connection"
-                        .into(),
-                ))
-            }
+            // Its client id is the session's to translate (`tracking_redirect`).
+            b"redirect" => i += 1,
             _ => {}
         }
         i += 1;

@@ -266,6 +266,7 @@ impl Session {
         };
         decided!(self.shared_keys(&cmd, &req, &keys, &tenant));
         let mut fwd = decided!(refused(rewrite::request(&cmd, req.args, &keys, &tenant)));
+        decided!(refused(self.redirection(&cmd, &mut fwd, &tenant)));
         if self.ctx.upstream.cluster.is_some() {
             fwd.slot = keys
                 .iter()
@@ -293,6 +294,60 @@ impl Session {
         }
         // Built in place: the common outcome is not moved through the stages' results.
         Action::Forward(fwd, cmd.parent.unwrap_or(cmd.spec).name, cost)
+    }
+
+    /// CLIENT TRACKING ... REDIRECT names a connection as the tenant numbers them: Redis
+    /// gets that connection's upstream id. Only a connection of the same tenant whose pinned
+    /// connection took `__redis__:invalidate` can be named (such a connection is closed, not
+    /// reused, when let go: a stale id never reaches another tenant's). CLIENT TRACKINGINFO's
+    /// `redirect` goes back the other way.
+    fn redirection(
+        &mut self,
+        cmd: &command::Command,
+        fwd: &mut Forward,
+        tenant: &Tenant,
+    ) -> Result<(), Error> {
+        if let Expect::Reply(Shape::TrackingInfo(redirect)) = &mut fwd.expect {
+            *redirect = self.state.redirect.filter(|_| self.state.tracking);
+            return Ok(());
+        }
+        if cmd.names() != (b"client", Some(b"tracking")) {
+            return Ok(());
+        }
+        let Some(i) = rewrite::tracking_redirect(&fwd.args) else {
+            return Ok(());
+        };
+        let shown = command::grammar::redis_int(&fwd.args[i]).ok_or(Error::NotInteger)?;
+        if self.ctx.upstream.cluster.is_some() {
+            return Err(Error::Unsupported(
+                "respite does not redirect invalidations in cluster mode: use RESP3 (HELLO 3) \
+                 to get them on the tracking connection"
+                    .into(),
+            ));
+        }
+        let target = u64::try_from(shown)
+            .ok()
+            .and_then(|id| self.ctx.clients.get_shown(&tenant.id, id))
+            .ok_or_else(|| {
+                Error::Redis("ERR The client ID you want redirect to does not exist".into())
+            })?;
+        let upstream = target
+            .upstream_id
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if upstream <= 0
+            || !target
+                .invalidations
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::Unsupported(
+                "respite redirects invalidations only to a connection subscribed to \
+                 __redis__:invalidate"
+                    .into(),
+            ));
+        }
+        fwd.args[i] = Bytes::from(upstream.to_string());
+        self.state.redirect = Some((shown, upstream));
+        Ok(())
     }
 
     /// The auth gate, then respite's own commands: before AUTH only the commands that log

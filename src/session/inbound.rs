@@ -161,7 +161,13 @@ impl Session {
             self.me
                 .upstream_id
                 .store(0, std::sync::atomic::Ordering::Relaxed);
-            if self.up.awaiting == 0 && self.up.to_up.is_empty() {
+            let target = std::mem::take(&mut self.state.invalidation_target);
+            if target {
+                self.me
+                    .invalidations
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            if self.up.awaiting == 0 && self.up.to_up.is_empty() && !target {
                 self.ctx.upstream.pinned.release(p);
             } else {
                 p.close();

@@ -357,6 +357,12 @@ pub(crate) struct ConnectionState {
     /// Cluster mode: the slot of the keys watched.
     pub(crate) watch_slot: Option<u16>,
     pub(crate) tracking: bool,
+    /// The connection its tracking's REDIRECT names: as the tenant numbers it, and as
+    /// Redis numbers its upstream connection.
+    pub(crate) redirect: Option<(i64, i64)>,
+    /// Its pinned connection subscribed to `__redis__:invalidate`: another connection's
+    /// REDIRECT may name it, so it is closed, never handed to another session, when let go.
+    pub(crate) invalidation_target: bool,
     pub(crate) no_evict: bool,
 }
 
@@ -475,6 +481,8 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             watching: false,
             watch_slot: None,
             tracking: false,
+            redirect: None,
+            invalidation_target: false,
             no_evict: false,
         },
         figures: Figures {

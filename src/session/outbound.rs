@@ -366,6 +366,15 @@ impl Session {
             b"unwatch" => self.state.watching = false,
             b"client" if args[1].eq_ignore_ascii_case(b"tracking") => {
                 self.state.tracking = args[2].eq_ignore_ascii_case(b"on");
+                if !self.state.tracking || rewrite::tracking_redirect(args).is_none() {
+                    self.state.redirect = None;
+                }
+            }
+            b"subscribe" if args[1..].iter().any(|c| c == crate::namespace::INVALIDATE) => {
+                self.state.invalidation_target = true;
+                self.me
+                    .invalidations
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             b"client" if args[1].eq_ignore_ascii_case(b"no-evict") => {
                 self.state.no_evict = args[2].eq_ignore_ascii_case(b"on");

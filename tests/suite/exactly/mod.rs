@@ -9,6 +9,7 @@ mod errors;
 mod info;
 mod login;
 mod pubsub;
+mod tracking;
 
 use std::time::Duration;
 
