@@ -294,6 +294,17 @@ impl Session {
                     self.answer(Resp::simple("QUEUED"));
                     return Ok(());
                 }
+                // INFO is a snapshot anyway: taken now (past the pinned connection, which
+                // queues), its text goes inside EXEC's reply like the results above.
+                Local::Keyspace(cmd @ KeyspaceCmd::Info(_)) => {
+                    self.drain().await?;
+                    let result = self.keyspace(cmd).await;
+                    if let Some(m) = &mut self.state.multi {
+                        m.items.push(ExecItem::Local(result));
+                    }
+                    self.answer(Resp::simple("QUEUED"));
+                    return Ok(());
+                }
                 _ => {
                     self.refuse(Error::NotInMulti);
                     return Ok(());

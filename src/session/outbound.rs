@@ -593,7 +593,9 @@ impl Session {
         targets: Vec<cluster::Target>,
     ) -> Result<Vec<Frame>, UpstreamError> {
         let (data, plan, routed) = self.encode_own(requests, targets);
-        self.exchange(data, requests.len(), plan, routed).await
+        // Inside MULTI the pinned connection would queue them.
+        let past_pinned = routed || self.state.multi.is_some();
+        self.exchange(data, requests.len(), plan, past_pinned).await
     }
 
     /// [`Session::call_routed`] for respite's own reads of the tenant's keys (PTTL, TYPE):
@@ -607,7 +609,7 @@ impl Session {
         targets: Vec<cluster::Target>,
     ) -> Result<Vec<Frame>, UpstreamError> {
         let (data, plan, routed) = self.encode_own(requests, targets);
-        let past_pinned = routed || self.state.tracking;
+        let past_pinned = routed || self.state.tracking || self.state.multi.is_some();
         self.exchange(data, requests.len(), plan, past_pinned).await
     }
 

@@ -203,7 +203,7 @@ async fn a_scripted_workload_shows_in_exact_counters() {
         assert_eq!(a.cmd(&cmd).await, reply, "{cmd:?}");
     }
     assert!(a
-        .cmd(&["CONFIG", "GET", "maxmemory"])
+        .cmd(&["CONFIG", "SET", "maxmemory", "1"])
         .await
         .starts_with("-NOPERM"));
     let mut wrong = Raw::connect(proxy.addr).await;

@@ -406,7 +406,10 @@ async fn transactions_are_per_tenant_and_exact() {
     // A refused command inside MULTI aborts EXEC, as Redis' queuing errors do.
     assert_eq!(c.cmd(&["MULTI"]).await, "+OK\r\n");
     assert_eq!(c.cmd(&["SET", "k", "changed"]).await, "+QUEUED\r\n");
-    assert!(c.cmd(&["CONFIG", "GET", "x"]).await.starts_with("-NOPERM"));
+    assert!(c
+        .cmd(&["CONFIG", "SET", "x", "y"])
+        .await
+        .starts_with("-NOPERM"));
     assert_eq!(
         c.cmd(&["EXEC"]).await,
         "-EXECABORT Transaction discarded because of previous errors.\r\n"

@@ -135,3 +135,27 @@ async fn no_multi_commands_inside_a_transaction() {
         p.same(&line.split(' ').collect::<Vec<_>>()).await;
     }
 }
+
+/// INFO inside MULTI is answered at queue time, inside EXEC's reply, as Redis places it.
+#[tokio::test]
+async fn info_inside_a_transaction() {
+    let sides = Sides::start().await;
+    let mut p = sides.pair().await;
+    for line in ["MULTI", "INFO keyspace", "GET nothing", "INFO KEYSPACE"] {
+        p.same(&line.split(' ').collect::<Vec<_>>()).await;
+    }
+    // (Redis' own keyspace holds respite's bookkeeping: only the shape is compared.)
+    let (redis, respite) = p.both(&["EXEC"]).await;
+    assert!(redis.starts_with("*3\r\n$"), "{redis}");
+    assert_eq!(
+        respite,
+        "*3\r\n$12\r\n# Keyspace\r\n\r\n$-1\r\n$12\r\n# Keyspace\r\n\r\n"
+    );
+    // Tenant-wide commands stay refused there, and the transaction is discarded.
+    assert_eq!(p.respite.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(
+        p.respite.cmd(&["DBSIZE"]).await,
+        "-ERR respite does not run this command inside MULTI\r\n"
+    );
+    assert!(p.respite.cmd(&["EXEC"]).await.starts_with("-EXECABORT"));
+}
