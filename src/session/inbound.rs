@@ -161,7 +161,8 @@ impl Session {
             self.me
                 .upstream_id
                 .store(0, std::sync::atomic::Ordering::Relaxed);
-            if self.up.awaiting == 0 && self.up.to_up.is_empty() {
+            // A monitoring connection streams lines Redis' RESET would have to read past.
+            if self.up.awaiting == 0 && self.up.to_up.is_empty() && !self.state.monitoring {
                 self.ctx.upstream.pinned.release(p);
             } else {
                 p.close();
@@ -201,6 +202,11 @@ impl Session {
                 SubKind::Shard => self.state.subs.shard.len(),
             };
             *left = Some(held.max(1));
+        }
+        if self.state.monitoring && reply::is_monitor_line(&frame.raw) {
+            // Every command Redis runs, every tenant's: the operator's view, as Redis words it.
+            self.client.out.extend_from_slice(&frame.raw);
+            return;
         }
         let head_confirms = matches!(self.up.pending.front(), Some(Slot::Confirm { .. }));
         match reply::classify(&frame, self.state.subs.any() || head_confirms) {
@@ -429,6 +435,7 @@ impl Session {
         self.state.watching = false;
         self.state.tracking = false;
         self.state.no_evict = false;
+        self.state.monitoring = false;
         let mut st = self.me.state.lock().unwrap();
         (st.sub, st.psub, st.ssub, st.multi) = (0, 0, 0, -1);
     }
