@@ -33,6 +33,8 @@ pub enum AuthFailure {
     TenantMismatch,
     #[error("token names a plan with no [plans.<name>] table")]
     UnknownPlan,
+    #[error("token for an admin tenant, which logs in with its password only")]
+    AdminByToken,
 }
 
 struct Entry {
@@ -85,6 +87,10 @@ pub struct Changes {
     pub removed: Vec<String>,
     /// Tenants whose password changed: their connections close too.
     pub new_credentials: Vec<String>,
+    /// Tenants made admins or no longer admins: their connections close too, so that
+    /// nothing an admin began (a MONITOR) outlives the role, and no connection that logged
+    /// in otherwise (a token, before the entry named it) becomes an admin's.
+    pub admin_changed: Vec<String>,
     /// The token key, issuer, audience or claims changed: connections that logged in with
     /// a token close.
     pub token_settings: bool,
@@ -205,7 +211,12 @@ impl Authenticator {
     ) -> Result<Arc<Tenant>, AuthFailure> {
         loop {
             if let Some(e) = book.listed.get(id) {
-                return Ok(e.tenant.clone());
+                // Whoever can have a token minted for an id (a platform that lets customers
+                // name their tenant) must not become an operator by naming this one.
+                return match e.tenant.admin {
+                    true => Err(AuthFailure::AdminByToken),
+                    false => Ok(e.tenant.clone()),
+                };
             }
             if !book.may_make(id) {
                 return Err(AuthFailure::UnknownTenant);
@@ -267,6 +278,10 @@ impl Authenticator {
                 Some(was) if was.digest != e.digest => changes.new_credentials.push(id.clone()),
                 _ => {}
             }
+            let was_admin = old.listed.get(id).is_some_and(|was| was.tenant.admin);
+            if was_admin != e.tenant.admin {
+                changes.admin_changed.push(id.clone());
+            }
         }
         let unlisted = new.unlisted.lock().unwrap();
         let gone = old
@@ -286,6 +301,7 @@ impl Authenticator {
         changes.added.sort();
         changes.removed.sort();
         changes.new_credentials.sort();
+        changes.admin_changed.sort();
         *self.book.write().unwrap() = Arc::new(new);
         self.generation.fetch_add(1, Ordering::AcqRel);
         drop(old_unlisted);

@@ -16,7 +16,8 @@
 //!                           local.rs      commands respite answers itself (AUTH, CLIENT, ...)
 //!                           keyspace.rs   tenant-wide DBSIZE, KEYS, RANDOMKEY, FLUSHDB, INFO
 //!                           command/      the table from Redis' key specs → a KeyMap, once
-//!                           policy.rs     what a tenant may not run (-NOPERM)
+//!                           policy.rs     what a tenant may not run (-NOPERM); what an
+//!                                         admin tenant may run besides (audited)
 //!                           market.rs     GET of shared:market:* from the in-proxy cache
 //!                           namespace/    keys, channels, patterns → tenant:<id>:...; guard
 //!                           quota/        charge writes, refuse past the limit (-OOM)

@@ -7,6 +7,12 @@
 //! STATS, SCRIPT DEBUG, ...); COPY's DB is checked argument by argument; shared keys are
 //! writable by publishers only, judged by each key's own flags. (SORT's BY/GET patterns are
 //! not refused: `rewrite` moves them into the namespace.)
+//!
+//! An admin tenant (`role = "admin"`) may also run the server-wide commands of
+//! `FOR_OPERATORS`, each logged to the `audit` target. Everything else stays as for any
+//! tenant: what would let its keys leave its namespace (MOVE, SWAPDB, MIGRATE, CLUSTER
+//! GETKEYSINSLOT, a DEBUG subcommand whose keys respite cannot tell), respite's own ACL users
+//! (ACL), and what Redis flags `admin` beyond the table (SHUTDOWN, REPLICAOF, MODULE, SAVE...).
 
 use bytes::Bytes;
 
@@ -81,6 +87,27 @@ const DENY: &[(&str, Option<&str>, &str)] = &[
     ),
 ];
 
+/// The server-wide commands an admin tenant may run, keyed by (container, name); `None` as
+/// the name covers every subcommand. Its keys stay in its namespace: DEBUG's are found by
+/// `command::grammar` (a subcommand it cannot tell is refused), and `rewrite` moves them.
+const FOR_OPERATORS: &[(&str, Option<&str>)] = &[
+    ("config", None),
+    ("debug", None),
+    ("slowlog", None),
+    ("latency", None),
+    ("memory", Some("doctor")),
+    ("memory", Some("stats")),
+    ("memory", Some("malloc-stats")),
+    ("memory", Some("purge")),
+    ("client", Some("pause")),
+    ("client", Some("unpause")),
+    ("monitor", None),
+];
+
+/// Settings whose CONFIG SET value the audit log leaves out: they unlock Redis or its
+/// replication.
+const SECRET_SETTINGS: &[&str] = &["requirepass", "masterauth", "masteruser"];
+
 /// Counts that size a reply without regard to the data, by (command, argument index): a
 /// negative count to SRANDMEMBER and friends asks for that many elements with repeats, and
 /// Redis builds the whole reply inside one command (`SRANDMEMBER s -9223372036854775807`
@@ -135,6 +162,51 @@ pub fn allowed_in_scripts(cmd: &Command) -> bool {
         && !NOT_IN_SCRIPTS.iter().any(|n| n.as_bytes() == name)
 }
 
+/// Is `cmd` one of the server-wide commands `FOR_OPERATORS` lists, which an admin tenant
+/// may run (and which are audited when it does)?
+pub fn for_operators(cmd: &Command) -> bool {
+    let (name, sub) = cmd.names();
+    FOR_OPERATORS
+        .iter()
+        .any(|(n, s)| n.as_bytes() == name && s.is_none_or(|s| Some(s.as_bytes()) == sub))
+}
+
+/// Logs a server-wide command an admin tenant runs to the `audit` target, where an audit
+/// trail can pick it up: the tenant, the command, and its arguments (the values of secret
+/// settings left out).
+pub fn audit(tenant: &Tenant, command: &str, args: &[Bytes]) {
+    let shown = audited_args(command, args);
+    tracing::info!(
+        target: "audit",
+        tenant = %tenant.id,
+        role = "admin",
+        command = %command,
+        args = ?shown,
+        "server-wide command"
+    );
+}
+
+/// The arguments as the audit log shows them: CONFIG SET's values of [`SECRET_SETTINGS`]
+/// redacted (names at 2, 4, ...; each value after its name).
+fn audited_args<'a>(command: &str, args: &'a [Bytes]) -> Vec<std::borrow::Cow<'a, str>> {
+    let config_set = command == "config|set";
+    let secret = |i: usize| {
+        config_set
+            && i > 2
+            && i % 2 == 1
+            && SECRET_SETTINGS
+                .iter()
+                .any(|s| args[i - 1].eq_ignore_ascii_case(s.as_bytes()))
+    };
+    args.iter()
+        .enumerate()
+        .map(|(i, a)| match secret(i) {
+            true => "(redacted)".into(),
+            false => String::from_utf8_lossy(a),
+        })
+        .collect()
+}
+
 /// Why `cmd` is in the [`DENY`] table, if it is.
 fn denied(cmd: &Command) -> Option<&'static str> {
     let (name, sub) = cmd.names();
@@ -167,10 +239,11 @@ pub fn check(
         command: cmd.full_name(),
         why,
     };
-    if let Some(why) = denied(cmd) {
+    let operator = tenant.admin && for_operators(cmd);
+    if let Some(why) = denied(cmd).filter(|_| !operator) {
         return Err(noperm(why));
     }
-    if server_wide(cmd) {
+    if server_wide(cmd) && !operator {
         return Err(noperm(SERVER_WIDE));
     }
     // Scripts and functions run confined to the tenant (`script`), unless switched off.
@@ -247,29 +320,89 @@ mod tests {
     use crate::command::lookup;
 
     fn run(line: &str, scripts: bool) -> Result<(), Error> {
+        run_as(line, scripts, false)
+    }
+
+    fn run_as(line: &str, scripts: bool, admin: bool) -> Result<(), Error> {
         let args: Vec<Bytes> = line
             .split(' ')
             .map(|a| Bytes::from(a.to_string()))
             .collect();
         let cmd = lookup(&args).unwrap();
         let keys = KeyMap::find(&cmd, &args).ok();
-        check(
-            &cmd,
-            &args,
-            keys.as_ref(),
-            &Tenant::new(
-                "a",
-                crate::config::ScriptRights {
-                    allowed: scripts,
-                    ..Default::default()
-                },
-            ),
-            &Facts::default(),
-        )
+        let mut tenant = Tenant::new(
+            "a",
+            crate::config::ScriptRights {
+                allowed: scripts,
+                ..Default::default()
+            },
+        );
+        tenant.admin = admin;
+        check(&cmd, &args, keys.as_ref(), &tenant, &Facts::default())
+    }
+
+    /// An admin runs the server-wide commands operators need, and nothing that would let its
+    /// keys (or its scripts) out, nor what Redis flags `admin` beyond them.
+    #[test]
+    fn an_admin_runs_the_operators_commands_only() {
+        for line in [
+            "CONFIG SET maxmemory 0",
+            "CONFIG RESETSTAT",
+            "CONFIG REWRITE",
+            "DEBUG SLEEP 0",
+            "DEBUG OBJECT k",
+            "SLOWLOG GET",
+            "LATENCY LATEST",
+            "MEMORY STATS",
+            "MEMORY DOCTOR",
+            "MEMORY MALLOC-STATS",
+            "MEMORY PURGE",
+            "CLIENT PAUSE 10",
+            "CLIENT UNPAUSE",
+            "MONITOR",
+        ] {
+            assert_eq!(run_as(line, false, true), Ok(()), "{line}");
+            assert!(noperm(line), "{line} must stay refused to a tenant");
+        }
+        // Every tenant reads CONFIG GET (`rewrite` narrows it, but for an admin).
+        assert_eq!(run_as("CONFIG GET *", false, true), Ok(()));
+        for line in [
+            "MOVE k 1",
+            "SWAPDB 0 1",
+            "MIGRATE h 1 k 0 5",
+            "ACL WHOAMI",
+            "CLUSTER GETKEYSINSLOT 1 1",
+            "FUNCTION DUMP",
+            "SCRIPT DEBUG YES",
+            "SHUTDOWN",
+            "REPLICAOF no one",
+            "MODULE LIST",
+            "SAVE",
+            "EVAL s 0",
+        ] {
+            let refused = matches!(run_as(line, false, true), Err(Error::NoPerm { .. }));
+            assert!(refused, "{line} must stay refused to an admin");
+        }
     }
 
     fn noperm(line: &str) -> bool {
         matches!(run(line, false), Err(Error::NoPerm { .. }))
+    }
+
+    #[test]
+    fn the_audit_log_leaves_passwords_out() {
+        let args: Vec<Bytes> = "CONFIG SET maxmemory 1 REQUIREPASS secret masterauth other"
+            .split(' ')
+            .map(|a| Bytes::from(a.to_string()))
+            .collect();
+        assert_eq!(
+            audited_args("config|set", &args).join(" "),
+            "CONFIG SET maxmemory 1 REQUIREPASS (redacted) masterauth (redacted)"
+        );
+        assert_eq!(
+            audited_args("debug", &args[..3]).join(" "),
+            "CONFIG SET maxmemory"
+        );
     }
 
     #[test]

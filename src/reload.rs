@@ -81,6 +81,7 @@ pub async fn reload(ctx: &Arc<Context>, by: &str) -> Result<Report, ReloadError>
                 added = ?r.tenants.added,
                 removed = ?r.tenants.removed,
                 new_credentials = ?r.tenants.new_credentials,
+                admin_changed = ?r.tenants.admin_changed,
                 token_settings_changed = r.tenants.token_settings,
                 closed = r.closed,
                 needs_restart = ?r.needs_restart,
@@ -129,6 +130,7 @@ async fn read_and_apply(ctx: &Arc<Context>) -> Result<Report, ReloadError> {
         st.tenant.as_ref().is_some_and(|t| {
             tenants.removed.contains(t)
                 || tenants.new_credentials.contains(t)
+                || tenants.admin_changed.contains(t)
                 || (tenants.token_settings && st.by_token)
                 || (tenants.default_tenant && st.by_default)
         })

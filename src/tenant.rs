@@ -24,6 +24,9 @@ pub struct Tenant {
     pub shared: Arc<[Bytes]>,
     /// May write shared keys.
     pub publisher: bool,
+    /// `role = "admin"`: may also run the server-wide commands `policy` keeps for
+    /// operators; its keys stay in its namespace. Set from its `[[tenants]]` entry only.
+    pub admin: bool,
     /// Its commands, hits, bytes and latencies on this instance.
     pub stats: Arc<TenantStats>,
     /// Connections it may hold at once on this instance; `None`: no cap.
@@ -93,6 +96,7 @@ impl Tenant {
             ledger: None,
             shared: Arc::new([]),
             publisher: false,
+            admin: false,
             stats: Arc::default(),
             max_clients: None,
             pinned: None,
@@ -166,6 +170,7 @@ impl Tenant {
                 });
         tenant.shared = shared.clone();
         tenant.publisher = t.role.get_ref() == "publisher";
+        tenant.admin = t.role.get_ref() == "admin";
         tenant.plan = t.plan.as_ref().map(|p| p.get_ref().clone());
         if quotas {
             let limits = config.limits(t);
@@ -200,6 +205,15 @@ impl Tenant {
     /// The number of the tenant's next connection, as CLIENT ID shows it.
     pub fn number_client(&self) -> u64 {
         self.live.clients_numbered.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Its role, as its `[[tenants]]` entry names it (INFO's `# Tenant`).
+    pub fn role(&self) -> &'static str {
+        match (self.admin, self.publisher) {
+            (true, _) => "admin",
+            (_, true) => "publisher",
+            _ => "tenant",
+        }
     }
 
     /// Is `key` (as the tenant wrote it) a shared key?

@@ -37,6 +37,7 @@ pub fn keys(name: &[u8], args: &[Bytes]) -> Option<Result<Found, KeyError>> {
         b"georadiusbymember" => georadius(args, 5).map(Found::Confirm),
         b"xread" => xread(args, false).map(Found::Confirm),
         b"xreadgroup" => xread(args, true).map(Found::Confirm),
+        b"debug" => debug(args).map(Found::Exact),
         _ => return None,
     })
 }
@@ -207,12 +208,94 @@ fn xread(args: &[Bytes], group: bool) -> Result<Vec<usize>, KeyError> {
     Err(KeyError::Syntax)
 }
 
+/// Where a DEBUG subcommand's keys are.
+#[derive(Clone, Copy)]
+enum DebugKeys {
+    None,
+    /// The argument after the subcommand.
+    One,
+    /// Every argument after the subcommand.
+    All,
+}
+
+/// DEBUG's subcommands (Redis 7.0's `debugCommand`, its HELP) whose keys respite can tell:
+/// the command has no key specs, so Redis' COMMAND GETKEYS knows none. POPULATE names no key
+/// but a prefix for the keys it makes, which `namespace` moves into the namespace.
+/// Left out, so refused: PROTOCOL (its push and attribute replies), REPLICATE (it sends
+/// replicas a command respite never sees), and any subcommand of a later Redis.
+const DEBUG: &[(&str, DebugKeys)] = &[
+    ("object", DebugKeys::One),
+    ("sdslen", DebugKeys::One),
+    ("listpack", DebugKeys::One),
+    ("quicklist", DebugKeys::One),
+    ("htstats-key", DebugKeys::One),
+    ("digest-value", DebugKeys::All),
+    ("populate", DebugKeys::None),
+    ("help", DebugKeys::None),
+    ("sleep", DebugKeys::None),
+    ("reload", DebugKeys::None),
+    ("loadaof", DebugKeys::None),
+    ("digest", DebugKeys::None),
+    ("htstats", DebugKeys::None),
+    ("log", DebugKeys::None),
+    ("error", DebugKeys::None),
+    ("leak", DebugKeys::None),
+    ("structsize", DebugKeys::None),
+    ("stringmatch-test", DebugKeys::None),
+    ("change-repl-id", DebugKeys::None),
+    ("config-rewrite-force-all", DebugKeys::None),
+    ("aof-flush-sleep", DebugKeys::None),
+    ("set-active-expire", DebugKeys::None),
+    ("set-skip-checksum-validation", DebugKeys::None),
+    ("quicklist-packed-threshold", DebugKeys::None),
+    ("mallctl", DebugKeys::None),
+    ("mallctl-str", DebugKeys::None),
+    ("client-eviction", DebugKeys::None),
+    ("pause-cron", DebugKeys::None),
+    ("replybuffer", DebugKeys::None),
+    ("clusterlink", DebugKeys::None),
+    ("drop-cluster-packet-filter", DebugKeys::None),
+    ("assert", DebugKeys::None),
+    ("panic", DebugKeys::None),
+    ("oom", DebugKeys::None),
+    ("segfault", DebugKeys::None),
+    ("restart", DebugKeys::None),
+    ("crash-and-recover", DebugKeys::None),
+];
+
+/// The keys of a DEBUG request; a subcommand [`DEBUG`] does not list cannot be told.
+fn debug(args: &[Bytes]) -> Result<Vec<(usize, u16)>, KeyError> {
+    let (_, keys) = DEBUG
+        .iter()
+        .find(|(name, _)| args.get(1).is_some_and(|a| is(a, name.as_bytes())))
+        .ok_or(KeyError::Unknowable)?;
+    let at = match keys {
+        DebugKeys::None => 2..2,
+        DebugKeys::One => 2..args.len().min(3),
+        DebugKeys::All => 2..args.len(),
+    };
+    Ok(at.map(|i| (i, KS_RO | KS_ACCESS)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn args(s: &str) -> Vec<Bytes> {
         s.split(' ').map(|a| Bytes::from(a.to_string())).collect()
+    }
+
+    #[test]
+    fn debug_keys_by_subcommand() {
+        let found = |s: &str| debug(&args(s));
+        assert_eq!(found("DEBUG OBJECT k"), Ok(vec![(2, KS_RO | KS_ACCESS)]));
+        assert_eq!(found("DEBUG object k x").map(|k| k.len()), Ok(1));
+        let all = found("DEBUG DIGEST-VALUE a b").unwrap();
+        assert_eq!(all.iter().map(|k| k.0).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(found("DEBUG SLEEP 0"), Ok(vec![]));
+        for unknown in ["DEBUG PROTOCOL push", "DEBUG REPLICATE x", "DEBUG NOSUCH k"] {
+            assert_eq!(found(unknown), Err(KeyError::Unknowable), "{unknown}");
+        }
     }
 
     #[test]

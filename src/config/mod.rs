@@ -216,6 +216,9 @@ pub struct TenantConfig {
     /// Its reads may be served by replicas (cluster mode with `read_from =
     /// "replica-preferred"`; else `[defaults]`, else off): replicas lag their master.
     pub read_from_replicas: Option<Spanned<bool>>,
+    /// "tenant"; "publisher" also writes shared keys; "admin" also runs the server-wide
+    /// commands operators need (`policy`). Only ever from this entry: `[defaults]`, plans
+    /// and tokens have no role, and a tenant made from a token is a "tenant".
     #[serde(default = "default_role")]
     pub role: Spanned<String>,
     /// The `[plans.<name>]` its unset settings come from (before `[defaults]`).

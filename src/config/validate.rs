@@ -386,19 +386,29 @@ impl Config {
                     ),
                 );
             }
-            match t.role.get_ref().as_str() {
-                "tenant" => {}
-                "publisher" if self.shared.is_some() => {}
-                "publisher" => err(
-                    Some(t.role.span()),
-                    format!("tenants[{i}].role = \"publisher\" needs a [shared] section"),
-                ),
-                other => err(
-                    Some(t.role.span()),
-                    format!("tenants[{i}].role: {other:?} is not \"tenant\" or \"publisher\""),
-                ),
-            }
+            self.validate_role(i, t, err);
         }
+    }
+
+    /// The `i`th tenant's role: a publisher needs shared keys to write; an admin logs in
+    /// with its own password only, since whoever can mint a token for its id (a platform
+    /// letting customers pick their tenant id) would otherwise become an operator.
+    fn validate_role(&self, i: usize, t: &TenantConfig, err: &mut Report) {
+        let role = &t.role;
+        let why = match role.get_ref().as_str() {
+            "tenant" => return,
+            "publisher" if self.shared.is_some() => return,
+            "publisher" => format!("tenants[{i}].role = \"publisher\" needs a [shared] section"),
+            "admin" if t.password.is_some() || t.password_sha256.is_some() => return,
+            "admin" => format!(
+                "tenants[{i}].role = \"admin\" needs a password or password_sha256: \
+                 an admin tenant never logs in with a token"
+            ),
+            other => format!(
+                "tenants[{i}].role: {other:?} is not \"tenant\", \"publisher\" or \"admin\""
+            ),
+        };
+        err(Some(role.span()), why);
     }
 
     /// The digest of the `i`th tenant's password, if it has a usable one; exactly one way to
@@ -439,18 +449,22 @@ impl Config {
         }
     }
 
-    /// `server.default_tenant` names a tenant.
+    /// `server.default_tenant` names a tenant, and not an admin: a connection that never
+    /// logged in must not run the server-wide commands.
     fn validate_default_tenant(&self, err: &mut Report) {
-        if let Some(d) = &self.server.default_tenant {
-            if !self.tenants.iter().any(|t| t.id.get_ref() == d.get_ref()) {
-                err(
-                    Some(d.span()),
-                    format!(
-                        "server.default_tenant: {:?} is not a tenant in [[tenants]]",
-                        d.get_ref()
-                    ),
-                );
+        let Some(d) = &self.server.default_tenant else {
+            return;
+        };
+        let why = match self.tenants.iter().find(|t| t.id.get_ref() == d.get_ref()) {
+            None => "is not a tenant in [[tenants]]",
+            Some(t) if t.role.get_ref() == "admin" => {
+                "has role = \"admin\": an admin tenant must log in, it is never the default"
             }
-        }
+            Some(_) => return,
+        };
+        err(
+            Some(d.span()),
+            format!("server.default_tenant: {:?} {why}", d.get_ref()),
+        );
     }
 }

@@ -358,6 +358,21 @@ pub enum Kind {
     },
 }
 
+/// Is `raw` a line MONITOR streams (`+1700000000.123456 [0 127.0.0.1:6379] "get" "k"`),
+/// rather than the reply to a command? A status reply never starts with a timestamp and
+/// a bracket.
+pub fn is_monitor_line(raw: &[u8]) -> bool {
+    let Some(rest) = raw.strip_prefix(b"+") else {
+        return false;
+    };
+    let secs = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let Some(rest) = rest[secs..].strip_prefix(b".") else {
+        return false;
+    };
+    let micros = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    secs > 0 && micros > 0 && rest[micros..].starts_with(b" [")
+}
+
 /// Classifies `frame`. In RESP2 a push is an ordinary array, so arrays are only read as
 /// pushes while `pubsub` (the connection is subscribed or a subscribe is in flight); in
 /// RESP3 pushes have their own type.
@@ -459,6 +474,28 @@ pub fn confirmation_channel(frame: &Frame) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monitor_lines_are_told_from_replies() {
+        for line in [
+            &b"+1700000000.123456 [0 127.0.0.1:5000] \"get\" \"k\"\r\n"[..],
+            b"+1.5 [0 lua] \"set\"\r\n",
+        ] {
+            assert!(is_monitor_line(line), "{}", String::from_utf8_lossy(line));
+        }
+        for reply in [
+            &b"+OK\r\n"[..],
+            b"+1700000000.1\r\n",
+            b"+1.x [\r\n",
+            b":1\r\n",
+        ] {
+            assert!(
+                !is_monitor_line(reply),
+                "{}",
+                String::from_utf8_lossy(reply)
+            );
+        }
+    }
 
     fn frame(raw: &[u8]) -> Frame {
         let mut buf = BytesMut::from(raw);

@@ -117,8 +117,13 @@ pub fn request(
             reply(Shape::Plain)
         }
         (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo(None)),
-        (Some(b"config"), b"get") => {
+        // An admin reads every setting, as an operator of Redis would.
+        (Some(b"config"), b"get") if !tenant.admin => {
             config_get(&mut args);
+            reply(Shape::Plain)
+        }
+        (None, b"debug") if args[1].eq_ignore_ascii_case(b"populate") => {
+            debug_populate(&mut args, &mut marks);
             reply(Shape::Plain)
         }
         (None, b"sort" | b"sort_ro") => reply(sort(cmd, &args, keys, tenant, &mut marks)?),
@@ -224,6 +229,17 @@ fn config_get(args: &mut Vec<Bytes>) {
     }
     args.truncate(2);
     args.extend(names);
+}
+
+/// DEBUG POPULATE count [prefix] [size] makes keys `<prefix>:<n>` (`key:<n>` without one):
+/// the prefix goes into the namespace, written out when the request leaves it out.
+fn debug_populate(args: &mut Vec<Bytes>, marks: &mut Marks) {
+    if args.len() == 3 {
+        args.push(Bytes::from_static(b"key"));
+    }
+    if args.len() > 3 {
+        marks.set(3);
+    }
 }
 
 /// (Un)subscribe confirmations, one per channel named (or, with none, per subscription).

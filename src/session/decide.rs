@@ -251,6 +251,13 @@ impl Session {
         {
             return Action::Refuse(Error::ClusterDisabled);
         }
+        if self.ctx.upstream.cluster.is_some() && top == b"monitor" && tenant.admin {
+            // One pinned connection watches one node: most of the commands would be missed.
+            return Action::Refuse(Error::NoPerm {
+                command: cmd.full_name(),
+                why: "respite fronts a Redis Cluster: it would watch one node of many",
+            });
+        }
         let keys = match decided!(self.police(&cmd, &req, &tenant)) {
             Ok(keys) => keys,
             Err(command::KeyError::BadKeyCount | command::KeyError::OutOfRange)
@@ -402,6 +409,9 @@ impl Session {
         if let Err(e) = policy::check(cmd, &req.args, keys.as_ref().ok(), tenant, facts) {
             tracing::warn!(tenant = %tenant.id, command = %cmd.full_name(), "refused");
             return Break(Action::Refuse(e));
+        }
+        if tenant.admin && keys.is_ok() && policy::for_operators(cmd) {
+            policy::audit(tenant, &cmd.full_name(), &req.args);
         }
         Continue(keys)
     }

@@ -167,7 +167,10 @@ impl Session {
                     .invalidations
                     .store(false, std::sync::atomic::Ordering::Relaxed);
             }
-            if self.up.awaiting == 0 && self.up.to_up.is_empty() && !target {
+            // A redirect target's id must never reach another session; a monitoring
+            // connection streams lines Redis' RESET would have to read past.
+            let keep = !target && !self.state.monitoring;
+            if self.up.awaiting == 0 && self.up.to_up.is_empty() && keep {
                 self.ctx.upstream.pinned.release(p);
             } else {
                 p.close();
@@ -207,6 +210,11 @@ impl Session {
                 SubKind::Shard => self.state.subs.shard.len(),
             };
             *left = Some(held.max(1));
+        }
+        if self.state.monitoring && reply::is_monitor_line(&frame.raw) {
+            // Every command Redis runs, every tenant's: the operator's view, as Redis words it.
+            self.client.out.extend_from_slice(&frame.raw);
+            return;
         }
         let head_confirms = matches!(self.up.pending.front(), Some(Slot::Confirm { .. }));
         match reply::classify(&frame, self.state.subs.any() || head_confirms) {
@@ -430,6 +438,7 @@ impl Session {
         self.state.watching = false;
         self.state.tracking = false;
         self.state.no_evict = false;
+        self.state.monitoring = false;
         let mut st = self.me.state.lock().unwrap();
         (st.sub, st.psub, st.ssub, st.multi) = (0, 0, 0, -1);
     }

@@ -631,7 +631,8 @@ impl Session {
         Ok(())
     }
 
-    /// INFO from Redis, scoped to the tenant (`info`), with its own `# Keyspace` section.
+    /// INFO from Redis, scoped to the tenant (`info`), with its own `# Keyspace` section; for
+    /// an admin, Redis' text as it is (audited). respite's own sections follow either way.
     async fn info(&mut self, sections: &[Bytes]) -> Result<Bytes, UpstreamError> {
         let mut args: Vec<&[u8]> = vec![b"INFO"];
         args.extend(sections.iter().map(|s| &s[..]));
@@ -643,13 +644,17 @@ impl Session {
             .str_at(&frame.tree)
             .map(|t| String::from_utf8_lossy(t).into_owned())
             .unwrap_or_default();
-        let wants_keyspace = wants(sections, b"keyspace");
-        let wants_tenant = wants(sections, b"tenant");
-        let mut figures = self.info_figures();
-        if wants(sections, b"memory") {
-            figures.memory = self.tenant_memory().await;
+        let tenant = self.tenant.clone().expect("authenticated");
+        if tenant.admin {
+            crate::policy::audit(&tenant, "info", sections);
         }
-        let mut out = crate::info::scope(&text, &figures);
+        // Redis' own `# Keyspace` is the admin's, with every tenant's keys.
+        let wants_keyspace = wants(sections, b"keyspace") && !tenant.admin;
+        let wants_tenant = wants(sections, b"tenant");
+        let mut out = match tenant.admin {
+            true => text,
+            false => self.scoped_info(&text, sections).await,
+        };
         let wants_shared = wants(sections, b"shared");
         if let Some(shared) = self.ctx.market.as_ref().filter(|_| wants_shared) {
             if !out.is_empty() && !out.ends_with("\r\n\r\n") {
@@ -682,6 +687,15 @@ impl Session {
 }
 
 impl Session {
+    /// Redis' INFO `text` as the tenant may see it (see `info::scope`).
+    async fn scoped_info(&self, text: &str, sections: &[Bytes]) -> String {
+        let mut figures = self.info_figures();
+        if wants(sections, b"memory") {
+            figures.memory = self.tenant_memory().await;
+        }
+        crate::info::scope(text, &figures)
+    }
+
     /// The tenant's own figures for INFO's clients, stats and commandstats.
     fn info_figures(&self) -> crate::info::Figures {
         let tenant = self.tenant.as_ref().expect("authenticated");
@@ -725,7 +739,11 @@ impl Session {
     /// INFO's `# Tenant` section: the caller's own figures, nobody else's.
     async fn tenant_section(&mut self) -> String {
         let tenant = self.tenant.clone().expect("authenticated");
-        let mut out = format!("# Tenant\r\ntenant:{}\r\n", tenant.id);
+        let mut out = format!(
+            "# Tenant\r\ntenant:{}\r\nrole:{}\r\n",
+            tenant.id,
+            tenant.role()
+        );
         if let Some(plan) = &tenant.plan {
             out.push_str(&format!("plan:{plan}\r\n"));
         }

@@ -364,6 +364,9 @@ pub(crate) struct ConnectionState {
     /// REDIRECT may name it, so it is closed, never handed to another session, when let go.
     pub(crate) invalidation_target: bool,
     pub(crate) no_evict: bool,
+    /// MONITOR (an admin tenant): Redis streams every command it runs to this connection,
+    /// pinned until it closes or RESET.
+    pub(crate) monitoring: bool,
 }
 
 /// This session's figures since they were last handed to its tenant.
@@ -484,6 +487,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             redirect: None,
             invalidation_target: false,
             no_evict: false,
+            monitoring: false,
         },
         figures: Figures {
             tally: Tally::default(),
@@ -866,6 +870,7 @@ impl Session {
             || self.state.watching
             || self.state.tracking
             || self.state.subs.any()
+            || self.state.monitoring
     }
 
     /// Gives the session's figures to its tenant (once per pass of the loop).
@@ -927,6 +932,12 @@ impl Session {
             return;
         };
         match self.ctx.auth.tenant(&id) {
+            // The role is the login's: a connection becomes an admin's (or stops being one,
+            // with a MONITOR running) only by logging in again. The reload closes it too;
+            // this holds between the two.
+            Some(t) if self.tenant.as_ref().is_some_and(|was| was.admin != t.admin) => {
+                self.me.kill.cancel()
+            }
             Some(t) => {
                 self.hand_over_tally();
                 let was = self.tenant.replace(t);

@@ -379,6 +379,7 @@ impl Session {
             b"client" if args[1].eq_ignore_ascii_case(b"no-evict") => {
                 self.state.no_evict = args[2].eq_ignore_ascii_case(b"on");
             }
+            b"monitor" => self.state.monitoring = true,
             _ => {}
         }
     }
@@ -414,7 +415,8 @@ impl Session {
                         self.state.watching,
                         self.state.tracking,
                         self.state.no_evict,
-                    ) = (false, false, false);
+                        self.state.monitoring,
+                    ) = (false, false, false, false);
                     if self
                         .state
                         .multi

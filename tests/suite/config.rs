@@ -142,6 +142,23 @@ fn each_mistake_has_its_own_error() {
             "role = \"publisher\" needs a [shared] section",
             Some(4),
         ),
+        (
+            "[[tenants]]\nid = \"a\"\npassword = \"p\"\nrole = \"root\"\n",
+            "tenants[0].role: \"root\" is not \"tenant\", \"publisher\" or \"admin\"",
+            Some(4),
+        ),
+        (
+            "[auth.jwt]\nhs256_secret = \"s\"\n[[tenants]]\nid = \"ops\"\nrole = \"admin\"\n",
+            "role = \"admin\" needs a password or password_sha256",
+            Some(5),
+        ),
+        (
+            "[server]\ndefault_tenant = \"ops\"\n[[tenants]]\nid = \"ops\"\npassword = \"p\"\nrole = \"admin\"\n",
+            "server.default_tenant: \"ops\" has role = \"admin\"",
+            Some(2),
+        ),
+        ("[defaults]\nrole = \"admin\"\n", "unknown field `role`", Some(2)),
+        ("[plans.x]\nrole = \"admin\"\n", "unknown field `role`", Some(2)),
         ("[auth.jwt]\ntenant_claim = \"t\"\n", "exactly one of hs256_secret", Some(1)),
         ("[auth.jwt]\nrs256_public_key_file = \"/nonexistent.pem\"\n", "rs256_public_key_file", Some(1)),
     ];
@@ -198,4 +215,36 @@ fn check_config_cli_reports_line_and_column_and_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2, column 10: server.listen"), "{err}");
     assert!(err.contains("line 4, column 6: tenants[0].id"), "{err}");
+}
+
+/// check-config accepts `role = "admin"` and refuses a role respite does not know, with its
+/// line and column.
+#[test]
+fn check_config_knows_the_admin_role() {
+    let bin = env!("CARGO_BIN_EXE_respite");
+    let dir = crate::harness::TempDir::new();
+    let check = |text: &str| {
+        let file = dir.0.join("roles.toml");
+        std::fs::write(&file, text).unwrap();
+        std::process::Command::new(bin)
+            .args(["check-config", file.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let admin = "[[tenants]]\nid = \"ops\"\npassword = \"p\"\nrole = \"admin\"\n";
+    let ok = check(admin);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = check(&admin.replace("admin", "root"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "line 4, column 8: tenants[0].role: \"root\" is not \"tenant\", \"publisher\" or \"admin\""
+        ),
+        "{err}"
+    );
 }

@@ -215,6 +215,41 @@ async fn reload(admin: SocketAddr) -> (u16, serde_json::Value) {
     (status, json)
 }
 
+/// A reload that takes a tenant's admin role away closes its connections: a MONITOR it began
+/// does not outlive the role. One that makes a tenant an admin closes the connections that
+/// logged in before: the role comes with a login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_that_ends_an_admin_closes_its_connections() {
+    let redis = Redis::start();
+    let ops =
+        |role: &str| format!("[[tenants]]\nid = \"ops\"\npassword = \"po\"\nrole = \"{role}\"\n");
+    let (proxy, admin, _dir, file) = reloadable(&redis, &ops("admin")).await;
+    let mut monitor = proxy.raw_as("ops", "po").await;
+    assert_eq!(monitor.cmd(&["MONITOR"]).await, "+OK\r\n");
+    std::fs::write(&file, config_text(&redis, admin, &ops("tenant"))).unwrap();
+    let (status, report) = reload(admin).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["admin_changed"], json!(["ops"]));
+    // Lines MONITOR streamed before the close may come first.
+    let mut closed = false;
+    for _ in 0..20 {
+        if monitor.closed().await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the admin's MONITOR outlived its role");
+    let mut again = proxy.raw_as("ops", "po").await;
+    assert!(again.cmd(&["MONITOR"]).await.starts_with("-NOPERM"));
+    std::fs::write(&file, config_text(&redis, admin, &ops("admin"))).unwrap();
+    let (_, report) = reload(admin).await;
+    assert_eq!(report["admin_changed"], json!(["ops"]));
+    assert!(
+        again.closed().await,
+        "a tenant's connection became an admin's"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_tenants_live_and_keeps_connection_state() {
     let redis = Redis::start();
