@@ -3,6 +3,7 @@
 //! direct connection's keys are unprefixed, respite's are `tenant:suite:...`, so they never
 //! meet.
 
+mod attacks;
 mod clients;
 mod config;
 mod errors;
