@@ -25,9 +25,12 @@ pub enum Shape {
     Streams,
     /// PUBSUB NUMSUB: `[channel, n, channel, n, ...]` or a map.
     EveryOther,
-    /// CLIENT TRACKINGINFO: the strings under its `prefixes` field, and its `redirect`
-    /// (Redis' id of a connection, the tenant's id for it).
-    TrackingInfo(Option<(i64, i64)>),
+    /// CLIENT TRACKINGINFO: the strings under its `prefixes` field, and its `redirect`:
+    /// Redis' id of a connection, shown as the tenant's id for it (the pairs (tenant's,
+    /// Redis') the connection's REDIRECTs named).
+    TrackingInfo(Vec<(i64, i64)>),
+    /// CLIENT GETREDIR: Redis' id of a connection, shown as the tenant's id for it.
+    GetRedir(Vec<(i64, i64)>),
     /// EXEC: one shape per queued command; `Local` results are ones respite answered itself,
     /// spliced in at their place.
     Exec(Vec<ExecItem>),
@@ -125,11 +128,24 @@ pub fn strip(frame: &Frame, shape: &Shape, prefix: &[u8]) -> Bytes {
         }
         Shape::Plain => frame.raw.clone(),
         Shape::Exec(items) => exec(frame, items, prefix),
-        Shape::TrackingInfo(Some((shown, upstream))) => {
+        Shape::TrackingInfo(redirects) => {
             let mut edits = Vec::new();
             collect(frame, &frame.tree, shape, prefix, &mut edits);
-            redirect_shown(apply(frame, edits), *upstream, *shown)
+            let raw = apply(frame, edits);
+            match redirect_field(&raw) {
+                Some((at, id)) => splice_id(&raw, at, shown_id(id, redirects)),
+                None => raw,
+            }
         }
+        Shape::GetRedir(redirects) => match frame.tree {
+            RangeFrame::Number { data, .. } => {
+                let mut out = BytesMut::new();
+                out.put_u8(b':');
+                put_int(&mut out, shown_id(data, redirects));
+                out.freeze()
+            }
+            _ => frame.raw.clone(),
+        },
         Shape::Script(_) => frame.raw.clone(),
         _ => {
             let mut edits = Vec::new();
@@ -140,9 +156,9 @@ pub fn strip(frame: &Frame, shape: &Shape, prefix: &[u8]) -> Bytes {
 }
 
 /// An error (`-...` or RESP3's `!<len>`) with the tenant's prefix taken off the names in its
-/// text (`No such key 'tenant:a:k'` → `No such key 'k'`). A prefix counts where a name
-/// starts: at the text's start or after a space, quote or bracket, so that a tenant's own
-/// key named `tenant:a:x` (sent as `tenant:a:tenant:a:x`) keeps its name.
+/// text (`No such key 'tenant:a:k'` → `No such key 'k'`). A prefix counts where Redis
+/// starts a name: after the quote it opens it with (or at the text's start), so that a
+/// tenant's own key named `tenant:a:x`, ` tenant:a:x` or `'tenant:a:` keeps its name.
 pub fn strip_error(raw: Bytes, prefix: &[u8]) -> Bytes {
     let blob = raw.first() == Some(&b'!');
     let start = match blob {
@@ -154,7 +170,13 @@ pub fn strip_error(raw: Bytes, prefix: &[u8]) -> Bytes {
     };
     let end = raw.len().saturating_sub(2).max(start);
     let text = &raw[start..end];
-    let starts_name = |i: usize| i == 0 || b" '\"([{,=".contains(&text[i - 1]);
+    // An opening quote: one after a space (or the text's start); a quote inside a name
+    // has none before it.
+    let starts_name = |i: usize| match i {
+        0 => true,
+        1 => b"'\"".contains(&text[0]),
+        _ => b"'\"".contains(&text[i - 1]) && text[i - 2] == b' ',
+    };
     let cuts: Vec<usize> = (0..text.len())
         .filter(|&i| text[i..].starts_with(prefix) && starts_name(i))
         .collect();
@@ -181,20 +203,35 @@ pub fn strip_error(raw: Bytes, prefix: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// CLIENT TRACKINGINFO's `redirect` field (`redirect` then an integer, in RESP2's array
-/// and RESP3's map alike) with the tenant's id for the connection instead of Redis'.
-fn redirect_shown(raw: Bytes, upstream: i64, shown: i64) -> Bytes {
-    let needle = format!("$8\r\nredirect\r\n:{upstream}\r\n");
-    let Some(at) = raw
-        .windows(needle.len())
-        .position(|w| w == needle.as_bytes())
-    else {
-        return raw;
-    };
-    let mut out = BytesMut::with_capacity(raw.len());
-    out.extend_from_slice(&raw[..at]);
-    out.extend_from_slice(format!("$8\r\nredirect\r\n:{shown}\r\n").as_bytes());
-    out.extend_from_slice(&raw[at + needle.len()..]);
+/// The tenant's id for the connection Redis knows as `id`: from the pairs the connection's
+/// REDIRECTs named; -1 and 0 (no redirect) as they are, and never Redis' own id (0 then).
+fn shown_id(id: i64, redirects: &[(i64, i64)]) -> i64 {
+    match redirects.iter().rev().find(|(_, upstream)| *upstream == id) {
+        Some((shown, _)) => *shown,
+        None if id <= 0 => id,
+        None => 0,
+    }
+}
+
+/// Where CLIENT TRACKINGINFO's `redirect` integer is (`redirect` then `:<id>`, in RESP2's
+/// array and RESP3's map alike), and its value.
+fn redirect_field(raw: &[u8]) -> Option<(std::ops::Range<usize>, i64)> {
+    let key = b"$8\r\nredirect\r\n:";
+    let start = raw.windows(key.len()).position(|w| w == key)? + key.len();
+    let len = raw[start..].iter().position(|&b| b == b'\r')?;
+    let id = std::str::from_utf8(&raw[start..start + len])
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((start..start + len, id))
+}
+
+/// `raw` with the digits at `at` replaced by `id`.
+fn splice_id(raw: &Bytes, at: std::ops::Range<usize>, id: i64) -> Bytes {
+    let mut out = BytesMut::with_capacity(raw.len() + 8);
+    out.extend_from_slice(&raw[..at.start]);
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.extend_from_slice(&raw[at.end..]);
     out.freeze()
 }
 
@@ -220,7 +257,7 @@ fn rename_script(frame: &Frame, names: &[u8; 80]) -> Bytes {
 
 fn collect(frame: &Frame, f: &RangeFrame, shape: &Shape, prefix: &[u8], edits: &mut Vec<Edit>) {
     match shape {
-        Shape::Plain | Shape::Script(_) => {}
+        Shape::Plain | Shape::Script(_) | Shape::GetRedir(_) => {}
         Shape::Keys => {
             for e in elements(f).unwrap_or_default() {
                 edit(frame, e, prefix, edits);
@@ -379,7 +416,9 @@ pub fn is_monitor_line(raw: &[u8]) -> bool {
 pub fn classify(frame: &Frame, pubsub: bool) -> Kind {
     let elems = match &frame.tree {
         RangeFrame::Push { data, .. } => data,
-        RangeFrame::Array { data, .. } if pubsub => data,
+        // In RESP3 pushes have their own type: an array is always a reply there (a
+        // subscribed RESP3 connection runs every command, LRANGE of `message ...` too).
+        RangeFrame::Array { data, .. } if pubsub && frame.protocol == 2 => data,
         _ => return Kind::Reply,
     };
     let Some(kind) = elems.first().and_then(|k| frame.str_at(k)) else {
@@ -417,7 +456,7 @@ pub fn strip_push(frame: &Frame, prefix: &[u8]) -> Bytes {
     };
     let mut edits = Vec::new();
     let kind = elems.first().and_then(|k| frame.str_at(k));
-    if let Some(b"message" | b"pmessage") = kind {
+    if let (Some(b"message" | b"pmessage"), 3..) = (kind, elems.len()) {
         // On `__keyevent@0__:<event>` the message is a key: the tenant's, or not for it.
         let (channel, message) = (elems.len() - 2, elems.len() - 1);
         let keyevent = frame

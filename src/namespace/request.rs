@@ -116,7 +116,8 @@ pub fn request(
             client_tracking(&mut args, &mut marks)?;
             reply(Shape::Plain)
         }
-        (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo(None)),
+        (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo(Vec::new())),
+        (Some(b"client"), b"getredir") => reply(Shape::GetRedir(Vec::new())),
         // An admin reads every setting, as an operator of Redis would.
         (Some(b"config"), b"get") if !tenant.admin => {
             config_get(&mut args);
@@ -457,16 +458,20 @@ fn scan_match(args: &mut Vec<Bytes>, options_from: usize, marks: &mut Marks) -> 
 
 /// CLIENT TRACKING: PREFIX arguments move into the namespace, and BCAST without a prefix is
 /// given the tenant's namespace, so that invalidations never name another tenant's keys.
-/// Where CLIENT TRACKING's REDIRECT names its client id, read as Redis reads the options
-/// (a PREFIX's value is never an option): the last REDIRECT wins, as in Redis.
-pub fn tracking_redirect(args: &[Bytes]) -> Option<usize> {
-    let mut found = None;
+/// Where CLIENT TRACKING's first REDIRECT names its client id, read as Redis reads the
+/// options (a PREFIX's value is never an option), and whether another REDIRECT follows
+/// (Redis refuses that, after looking up the first id).
+pub fn tracking_redirect(args: &[Bytes]) -> Option<(usize, bool)> {
+    let mut found: Option<(usize, bool)> = None;
     let mut i = 3;
     while i < args.len() {
         let a = &args[i];
         if a.eq_ignore_ascii_case(b"prefix") || a.eq_ignore_ascii_case(b"redirect") {
             if a.eq_ignore_ascii_case(b"redirect") && i + 1 < args.len() {
-                found = Some(i + 1);
+                found = match found {
+                    None => Some((i + 1, false)),
+                    Some((first, _)) => Some((first, true)),
+                };
             }
             i += 1;
         }

@@ -314,14 +314,14 @@ impl Session {
         fwd: &mut Forward,
         tenant: &Tenant,
     ) -> Result<(), Error> {
-        if let Expect::Reply(Shape::TrackingInfo(redirect)) = &mut fwd.expect {
-            *redirect = self.state.redirect.filter(|_| self.state.tracking);
+        if let Expect::Reply(Shape::TrackingInfo(r) | Shape::GetRedir(r)) = &mut fwd.expect {
+            r.clone_from(&self.state.redirects);
             return Ok(());
         }
         if cmd.names() != (b"client", Some(b"tracking")) {
             return Ok(());
         }
-        let Some(i) = rewrite::tracking_redirect(&fwd.args) else {
+        let Some((i, repeated)) = rewrite::tracking_redirect(&fwd.args) else {
             return Ok(());
         };
         let shown = command::grammar::redis_int(&fwd.args[i]).ok_or(Error::NotInteger)?;
@@ -352,8 +352,20 @@ impl Session {
                     .into(),
             ));
         }
+        if repeated {
+            // Redis' refusal, after the first id's lookup: the second id never reaches
+            // Redis (whose answer would tell whether such a Redis client exists).
+            return Err(Error::Redis(
+                "ERR A client can only redirect to a single other client".into(),
+            ));
+        }
         fwd.args[i] = Bytes::from(upstream.to_string());
-        self.state.redirect = Some((shown, upstream));
+        let redirects = &mut self.state.redirects;
+        redirects.retain(|&(s, _)| s != shown);
+        redirects.push((shown, upstream));
+        if redirects.len() > MAX_REDIRECTS {
+            redirects.remove(0);
+        }
         Ok(())
     }
 
@@ -497,6 +509,10 @@ fn known(looked_up: Result<command::Command, Unknown>, req: &Request) -> Decided
     }
     Continue(cmd)
 }
+
+/// The REDIRECTs a connection remembers (see `ConnectionState::redirects`): Redis'
+/// redirect is the last one it accepted, which a refused REDIRECT after it does not change.
+const MAX_REDIRECTS: usize = 8;
 
 /// A stage's outcome: go on with this (`Continue`), or the request is decided (`Break`).
 type Decided<T> = ControlFlow<Action, T>;

@@ -56,9 +56,6 @@ pub enum SessionCmd {
     ClientList(Vec<Bytes>, usize),
     ClientSetInfo(Bytes, Bytes),
     PubsubNumpat,
-    /// CLIENT GETREDIR: the connection (as the tenant numbers it) the tracking redirects
-    /// to, 0 without a redirect, -1 without tracking.
-    ClientGetRedir,
     /// MODULE LIST: no module's commands reach a tenant (respite does not know their keys),
     /// so for the tenant none is loaded.
     ModuleList,
@@ -155,7 +152,6 @@ fn checked(req: &Request, name: &[u8], sub: Option<&[u8]>) -> Option<Local> {
         }
         (b"pubsub", Some(b"numpat")) => Local::Session(SessionCmd::PubsubNumpat),
         (b"module", Some(b"list")) => Local::Session(SessionCmd::ModuleList),
-        (b"client", Some(b"getredir")) => Local::Session(SessionCmd::ClientGetRedir),
         (b"dbsize", _) => Local::Keyspace(KeyspaceCmd::DbSize),
         (b"keys", _) => Local::Keyspace(KeyspaceCmd::Keys(a[1].clone())),
         (b"randomkey", _) => Local::Keyspace(KeyspaceCmd::RandomKey),
@@ -191,7 +187,6 @@ fn is_local_name(name: &[u8], sub: Option<&[u8]>) -> bool {
                     | b"kill"
                     | b"unblock"
                     | b"reply"
-                    | b"getredir"
             )
         ) | (b"pubsub", Some(b"numpat"))
             | (b"module", Some(b"list"))
@@ -426,10 +421,6 @@ impl Session {
                 Resp::int(self.ctx.clients.numpat(id) as i64)
             }
             SessionCmd::ModuleList => Bytes::from_static(b"*0\r\n"),
-            SessionCmd::ClientGetRedir => Resp::int(match self.state.tracking {
-                true => self.state.redirect.map_or(0, |(shown, _)| shown),
-                false => -1,
-            }),
         }
     }
 

@@ -357,9 +357,10 @@ pub(crate) struct ConnectionState {
     /// Cluster mode: the slot of the keys watched.
     pub(crate) watch_slot: Option<u16>,
     pub(crate) tracking: bool,
-    /// The connection its tracking's REDIRECT names: as the tenant numbers it, and as
-    /// Redis numbers its upstream connection.
-    pub(crate) redirect: Option<(i64, i64)>,
+    /// The connections its tracking's REDIRECTs named, as (the tenant's id, Redis' id of
+    /// its upstream connection), the latest last: what CLIENT GETREDIR and TRACKINGINFO
+    /// show Redis' answer as (Redis' current redirect is one of them, whichever it took).
+    pub(crate) redirects: Vec<(i64, i64)>,
     /// Its pinned connection subscribed to `__redis__:invalidate`: another connection's
     /// REDIRECT may name it, so it is closed, never handed to another session, when let go.
     pub(crate) invalidation_target: bool,
@@ -484,7 +485,7 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             watching: false,
             watch_slot: None,
             tracking: false,
-            redirect: None,
+            redirects: Vec::new(),
             invalidation_target: false,
             no_evict: false,
             monitoring: false,

@@ -366,9 +366,6 @@ impl Session {
             b"unwatch" => self.state.watching = false,
             b"client" if args[1].eq_ignore_ascii_case(b"tracking") => {
                 self.state.tracking = args[2].eq_ignore_ascii_case(b"on");
-                if !self.state.tracking || rewrite::tracking_redirect(args).is_none() {
-                    self.state.redirect = None;
-                }
             }
             b"subscribe" if args[1..].iter().any(|c| c == crate::namespace::INVALIDATE) => {
                 self.state.invalidation_target = true;

@@ -4,6 +4,7 @@
 //! meet.
 
 mod admin;
+mod attacks;
 mod clients;
 mod config;
 mod errors;
