@@ -35,6 +35,8 @@ pub struct ClientState {
     /// It never logged in and acts as `server.default_tenant`: a reload that changes the
     /// default closes it.
     pub by_default: bool,
+    /// The database it has selected.
+    pub db: u32,
 }
 
 /// One client connection.
@@ -256,7 +258,7 @@ const FIELDS: &[Field] = &[
         put(o, idle.unwrap_or_default().as_secs())
     }),
     field("flags", OLD, |l, o| flags(l.state, o)),
-    field("db", OLD, |_, o| o.push('0')),
+    field("db", OLD, |l, o| put(o, l.state.db)),
     field("sub", OLD, |l, o| put(o, l.state.sub)),
     field("psub", OLD, |l, o| put(o, l.state.psub)),
     field("ssub", Version(7, 0, 3), |l, o| put(o, l.state.ssub)),

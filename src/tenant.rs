@@ -13,8 +13,11 @@ use crate::quota::Ledger;
 #[derive(Debug)]
 pub struct Tenant {
     pub id: String,
-    /// `tenant:<id>:`, the namespace of the tenant's keys and channels in Redis.
+    /// `tenant:<id>:`, the namespace of the tenant's channels and of its keys in database
+    /// 0 (see [`Tenant::db_prefix`] for the others).
     pub prefix: Bytes,
+    /// The databases its connections may SELECT (0 to `databases - 1`).
+    pub databases: u32,
     /// What its scripts may do: run at all, run unconfined, for how long.
     pub scripts: ScriptRights,
     /// Its byte usage and quota, when quotas are on.
@@ -61,9 +64,9 @@ pub struct Live {
     /// What its limits did on this instance.
     pub limited: Limited,
     /// One walk of its namespace at a time (DBSIZE, KEYS, RANDOMKEY, FLUSHDB, INFO's
-    /// keyspace), whichever of its connections asks; the last DBSIZE and when its walk
-    /// began, for callers who asked before that.
-    pub walks: tokio::sync::Mutex<Option<(std::time::Instant, u64)>>,
+    /// keyspace), whichever of its connections asks; the last DBSIZE (when its walk began,
+    /// of which database, the count), for callers who asked before that.
+    pub walks: tokio::sync::Mutex<Option<(std::time::Instant, u32, u64)>>,
     /// Connections it holds now (each one's [`Seat`]).
     seated: AtomicUsize,
 }
@@ -92,6 +95,7 @@ impl Tenant {
         Tenant {
             id: id.to_string(),
             prefix: Bytes::from(format!("tenant:{id}:")),
+            databases: crate::config::DEFAULT_DATABASES,
             scripts,
             ledger: None,
             shared: Arc::new([]),
@@ -128,6 +132,7 @@ impl Tenant {
             tenant.live = was.live.clone();
         }
         tenant.max_clients = config.tenant_max_clients(t);
+        tenant.databases = config.tenant_databases(t);
         // The same share and output total across rebuilds, resized: a rebuild (a reload,
         // a token's new plan) must not hand the tenant a fresh budget beside the one its
         // connections hold.
@@ -213,6 +218,17 @@ impl Tenant {
             (true, _) => "admin",
             (_, true) => "publisher",
             _ => "tenant",
+        }
+    }
+
+    /// The namespace of the tenant's keys in database `db`: `tenant:<id>:` for database 0
+    /// (where its keys were before it had others), `tenant:<id>@<db>:` beyond. An id has
+    /// no `@` and no `:`, so no database's prefix begins another's, or another tenant's
+    /// (`namespace::own_prefix` reads them back).
+    pub fn db_prefix(&self, db: u32) -> Bytes {
+        match db {
+            0 => self.prefix.clone(),
+            n => Bytes::from(format!("tenant:{}@{n}:", self.id)),
         }
     }
 

@@ -216,6 +216,8 @@ pub struct TenantConfig {
     /// Its reads may be served by replicas (cluster mode with `read_from =
     /// "replica-preferred"`; else `[defaults]`, else off): replicas lag their master.
     pub read_from_replicas: Option<Spanned<bool>>,
+    /// Databases SELECT may pick, 0 to n-1 (else `[defaults]`, else 16, as Redis).
+    pub databases: Option<Spanned<u32>>,
     /// "tenant"; "publisher" also writes shared keys; "admin" also runs the server-wide
     /// commands operators need (`policy`). Only ever from this entry: `[defaults]`, plans
     /// and tokens have no role, and a tenant made from a token is a "tenant".
@@ -246,6 +248,7 @@ impl TenantConfig {
             max_subscriptions: None,
             max_random_count: None,
             read_from_replicas: None,
+            databases: None,
             role: default_role(),
             plan: plan.map(|p| Spanned::new(0..0, p.to_string())),
         }
@@ -307,6 +310,7 @@ pub struct DefaultsConfig {
     pub max_subscriptions: Option<usize>,
     pub max_random_count: Option<u64>,
     pub read_from_replicas: Option<bool>,
+    pub databases: Option<u32>,
 }
 
 /// How usage is kept (see `quota`): all optional.
@@ -459,6 +463,10 @@ fn default_ttl_tiers() -> Vec<TtlTier> {
 /// A tenant's own setting, else the `[defaults]` one.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 10_000;
 pub const DEFAULT_MAX_RANDOM_COUNT: u64 = 1024 * 1024;
+/// Redis' own default for `databases`.
+pub const DEFAULT_DATABASES: u32 = 16;
+/// Redis' own bound for `databases` (INT_MAX).
+pub const MAX_DATABASES: u32 = i32::MAX as u32;
 
 /// A tenant's caps on commands whose cost Redis does not bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -844,6 +852,12 @@ impl Config {
                 None => self.inherited(t, |d| d.rate_limit.clone()).as_deref() == Some("refuse"),
             },
         }
+    }
+
+    /// The databases the tenant's connections may SELECT: its own count, else inherited,
+    /// else Redis' 16.
+    pub fn tenant_databases(&self, t: &TenantConfig) -> u32 {
+        own_or(&t.databases, self.inherited(t, |d| d.databases)).unwrap_or(DEFAULT_DATABASES)
     }
 
     /// The tenant's bound on its clients' unread replies: its own, else inherited.

@@ -24,6 +24,17 @@ fn validate_inherited(what: &str, d: &DefaultsConfig, err: &mut Report) {
             format!("{what}.rate_limit must be \"delay\" or \"refuse\""),
         );
     }
+    if d.databases
+        .is_some_and(|n| !(1..=super::MAX_DATABASES).contains(&n))
+    {
+        err(
+            None,
+            format!(
+                "{what}.databases must be from 1 to {}",
+                super::MAX_DATABASES
+            ),
+        );
+    }
     if d.max_clients == Some(0) || d.pinned_max == Some(0) {
         err(
             None,
@@ -353,6 +364,19 @@ impl Config {
                         format!("tenants[{i}].{name} must be at least 1"),
                     );
                 }
+            }
+            if let Some(n) = t
+                .databases
+                .as_ref()
+                .filter(|n| !(1..=super::MAX_DATABASES).contains(n.get_ref()))
+            {
+                err(
+                    Some(n.span()),
+                    format!(
+                        "tenants[{i}].databases must be from 1 to {}",
+                        super::MAX_DATABASES
+                    ),
+                );
             }
             for (name, rate) in [
                 ("ops_per_second", &t.ops_per_second),

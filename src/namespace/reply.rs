@@ -55,6 +55,16 @@ struct Edit {
     end: usize,
     /// The parts of the payload to keep (the second often empty).
     keep: [std::ops::Range<usize>; 2],
+    /// A keyspace notification's channel for a key of database `n`: `n__:` goes between
+    /// the two parts (`__keyspace@` and the key).
+    db: Option<u32>,
+}
+
+impl Edit {
+    fn len(&self) -> usize {
+        let db = self.db.map_or(0, |n| decimal_digits(n as usize) + 3);
+        self.keep.iter().map(|k| k.len()).sum::<usize>() + db
+    }
 }
 
 fn edit(frame: &Frame, f: &RangeFrame, prefix: &[u8], edits: &mut Vec<Edit>) {
@@ -66,19 +76,31 @@ fn edit(frame: &Frame, f: &RangeFrame, prefix: &[u8], edits: &mut Vec<Edit>) {
         _ => return,
     };
     let text = &frame.raw[data.clone()];
-    // A keyspace notification's channel (or pattern): the key's prefix is inside it.
-    let at = match text.strip_prefix(super::KEYSPACE) {
-        Some(rest) if rest.starts_with(prefix) => super::KEYSPACE.len(),
-        _ if text.starts_with(prefix) => 0,
-        _ => return,
+    // A keyspace notification's channel (or pattern): the key's prefix is inside it, and
+    // a key of database n goes back to the channel Redis names for it (`__keyspace@n__:`).
+    let (at, (len, db)) = match text.strip_prefix(super::KEYSPACE) {
+        Some(rest) => match super::own_prefix(prefix, rest) {
+            Some(own) => (super::KEYSPACE.len(), own),
+            None => return,
+        },
+        None => match super::own_prefix(prefix, text) {
+            Some(own) => (0, own),
+            None => return,
+        },
+    };
+    let (kept, db) = match (at, db) {
+        (0, _) | (_, 0) => (at, None),
+        // `__keyspace@`, then `n__:`.
+        (_, n) => (at - b"0__:".len(), Some(n)),
     };
     edits.push(Edit {
         start: data.start - header,
         end: data.end + 2,
         keep: [
-            data.start..data.start + at,
-            data.start + at + prefix.len()..data.end,
+            data.start..data.start + kept,
+            data.start + at + len..data.end,
         ],
+        db,
     });
 }
 
@@ -102,13 +124,14 @@ fn apply(frame: &Frame, mut edits: Vec<Edit>) -> Bytes {
     for e in edits {
         out.extend_from_slice(&raw[pos..e.start]);
         out.put_u8(b'$');
-        put_int(
-            &mut out,
-            e.keep.iter().map(|k| k.len()).sum::<usize>() as i64,
-        );
-        for keep in e.keep {
-            out.extend_from_slice(&raw[keep]);
+        put_int(&mut out, e.len() as i64);
+        let [first, second] = e.keep;
+        out.extend_from_slice(&raw[first]);
+        if let Some(n) = e.db {
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"__:");
         }
+        out.extend_from_slice(&raw[second]);
         out.extend_from_slice(b"\r\n");
         pos = e.end;
     }
@@ -155,8 +178,8 @@ pub fn strip(frame: &Frame, shape: &Shape, prefix: &[u8]) -> Bytes {
     }
 }
 
-/// An error (`-...` or RESP3's `!<len>`) with the tenant's prefix taken off the names in its
-/// text (`No such key 'tenant:a:k'` → `No such key 'k'`). A prefix counts where Redis
+/// An error (`-...` or RESP3's `!<len>`) with the tenant's prefix (any database's) taken off
+/// the names in its text (`No such key 'tenant:a:k'` → `No such key 'k'`). A prefix counts where Redis
 /// starts a name: after the quote it opens it with (or at the text's start), so that a
 /// tenant's own key named `tenant:a:x`, ` tenant:a:x` or `'tenant:a:` keeps its name.
 pub fn strip_error(raw: Bytes, prefix: &[u8]) -> Bytes {
@@ -177,17 +200,18 @@ pub fn strip_error(raw: Bytes, prefix: &[u8]) -> Bytes {
         1 => b"'\"".contains(&text[0]),
         _ => b"'\"".contains(&text[i - 1]) && text[i - 2] == b' ',
     };
-    let cuts: Vec<usize> = (0..text.len())
-        .filter(|&i| text[i..].starts_with(prefix) && starts_name(i))
+    let cuts: Vec<(usize, usize)> = (0..text.len())
+        .filter(|&i| starts_name(i))
+        .filter_map(|i| Some((i, super::own_prefix(prefix, &text[i..])?.0)))
         .collect();
-    if cuts.is_empty() || prefix.is_empty() {
+    if cuts.is_empty() {
         return raw;
     }
     let mut kept = Vec::with_capacity(text.len());
     let mut at = 0;
-    for cut in cuts {
+    for (cut, len) in cuts {
         kept.extend_from_slice(&text[at..cut]);
-        at = cut + prefix.len();
+        at = cut + len;
     }
     kept.extend_from_slice(&text[at..]);
     let mut out = BytesMut::with_capacity(kept.len() + 16);

@@ -25,6 +25,10 @@ use crate::wire::Marks;
 pub struct Forward {
     pub args: Vec<Bytes>,
     pub prefixed: Marks,
+    /// The marked arguments are channels (pub/sub), which go behind the tenant's prefix
+    /// whatever database is selected (Redis' pub/sub has no databases); else keys, behind
+    /// the selected database's.
+    pub channels: bool,
     pub expect: Expect,
     /// May legitimately wait longer than `command_timeout_ms` (BLPOP 0, XREAD BLOCK, WAIT).
     pub blocking: bool,
@@ -66,6 +70,23 @@ pub fn request(
     let name = cmd.spec.name;
     let blocking = cmd.has(CMD_BLOCKING) || (cmd.parent.is_none() && name == b"wait");
     let reply = Expect::Reply;
+    let channels = matches!(
+        (cmd.parent.map(|c| c.name), name),
+        (
+            None,
+            b"publish"
+                | b"spublish"
+                | b"subscribe"
+                | b"unsubscribe"
+                | b"psubscribe"
+                | b"punsubscribe"
+                | b"ssubscribe"
+                | b"sunsubscribe"
+        ) | (
+            Some(b"pubsub"),
+            b"channels" | b"shardchannels" | b"numsub" | b"shardnumsub"
+        )
+    );
     // One dispatch on the name: most requests take the last arm.
     let expect = match (cmd.parent.map(|c| c.name), name) {
         (None, b"scan") => reply(scan_match(&mut args, 2, &mut marks)),
@@ -81,8 +102,8 @@ pub fn request(
         }
         (None, b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe") => {
             for (i, channel) in args.iter_mut().enumerate().skip(1) {
-                if let Some(key) = channel.strip_prefix(super::KEYSPACE) {
-                    *channel = [super::KEYSPACE, &tenant.prefix[..], key].concat().into();
+                if let Some(named) = keyspace_channel(channel, tenant) {
+                    *channel = named;
                 } else if !channel.starts_with(super::KEYEVENT) && channel != super::INVALIDATE {
                     marks.set(i);
                 }
@@ -138,11 +159,35 @@ pub fn request(
     Ok(Forward {
         args,
         prefixed: marks,
+        channels,
         expect,
         blocking,
         slot: None,
         read_only: false,
     })
+}
+
+/// `__keyspace@<n>__:<key>` as Redis names it: database n's key is in database 0 behind
+/// the tenant's prefix for n, so its events are on `__keyspace@0__:<prefix><key>` (`reply`
+/// names it back). `None` for any other channel, and for a database the tenant has not:
+/// then it is one of the tenant's channels, on which nothing is published.
+fn keyspace_channel(channel: &[u8], tenant: &Tenant) -> Option<Bytes> {
+    let rest = channel.strip_prefix(b"__keyspace@")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let key = rest[digits..].strip_prefix(b"__:")?;
+    // Redis names database n one way only.
+    if digits == 0 || (rest[0] == b'0' && digits > 1) {
+        return None;
+    }
+    let db: u32 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    if db >= tenant.databases {
+        return None;
+    }
+    Some(
+        [super::KEYSPACE, &tenant.db_prefix(db)[..], key]
+            .concat()
+            .into(),
+    )
 }
 
 /// The settings of Redis a tenant may read with CONFIG GET: those clients and libraries

@@ -13,6 +13,9 @@ pub struct Written {
     pub(super) ttl: Option<Duration>,
     /// A transaction's queued writes' TTLs, and their keys.
     pub(super) expiring: Vec<(Duration, Vec<Bytes>)>,
+    /// The prefix of its keys' database when not database 0's (the ledger's); empty when
+    /// they are named in full already (a transaction's writes in several databases).
+    pub(super) db: Option<Bytes>,
 }
 
 impl Written {
@@ -32,12 +35,33 @@ impl Written {
             charged,
             ttl: cost.expires_in,
             expiring: Vec::new(),
+            db: cost.db,
+        }
+    }
+
+    /// Its keys by their names in Redis (`base` is database 0's prefix), so that writes
+    /// of other databases can join it.
+    fn name_keys(&mut self, base: &Bytes) {
+        let prefix = self.db.take().unwrap_or_else(|| base.clone());
+        self.db = Some(Bytes::new());
+        if prefix.is_empty() {
+            return;
+        }
+        let named = |keys: &[Bytes]| keys.iter().map(|k| namespaced(&prefix, k)).collect();
+        self.keys = Keys::Many(named(&self.keys.to_vec()));
+        for (_, keys) in &mut self.expiring {
+            *keys = named(keys);
         }
     }
 
     /// Takes `other` (keys already copied out of its request) in: a transaction's writes
-    /// settle together, when EXEC's reply is in.
-    pub fn absorb(&mut self, other: &mut Written) {
+    /// settle together, when EXEC's reply is in. `base` is the tenant's database 0 prefix,
+    /// for writes of several databases (a SELECT inside the transaction).
+    pub fn absorb(&mut self, other: &mut Written, base: &Bytes) {
+        if self.db != other.db {
+            self.name_keys(base);
+            other.name_keys(base);
+        }
         if let Some(ttl) = other.ttl.take() {
             self.expiring.push((ttl, other.keys.to_vec()));
         }
@@ -72,6 +96,9 @@ pub struct Account {
     pub(super) charged: u64,
     pub(super) keys: Vec<Bytes>,
     pub(super) expiring: Vec<(Duration, Vec<Bytes>)>,
+    /// Keys of other databases than 0, and their TTLs, by their names in Redis.
+    pub(super) named: Vec<Bytes>,
+    pub(super) expiring_named: Vec<(Duration, Vec<Bytes>)>,
 }
 
 impl Account {
@@ -111,6 +138,21 @@ impl Account {
     /// batch.
     pub fn add(&mut self, mut w: Written) {
         self.charged += std::mem::take(&mut w.charged);
+        if let Some(prefix) = w.db.take() {
+            // Another database's keys: named in full now (rare enough to copy).
+            let named = |keys: Vec<Bytes>| -> Vec<Bytes> {
+                keys.iter().map(|k| namespaced(&prefix, k)).collect()
+            };
+            if let Some(ttl) = w.ttl.take() {
+                self.expiring_named.push((ttl, named(w.keys.to_vec())));
+            }
+            for (ttl, keys) in std::mem::take(&mut w.expiring) {
+                self.expiring_named.push((ttl, named(keys)));
+            }
+            self.named
+                .extend(named(std::mem::take(&mut w.keys).to_vec()));
+            return;
+        }
         if let Some(ttl) = w.ttl.take() {
             self.expiring.push((ttl, w.keys.to_vec()));
         }
@@ -132,6 +174,8 @@ impl Account {
             && self.charged == 0
             && self.keys.is_empty()
             && self.expiring.is_empty()
+            && self.named.is_empty()
+            && self.expiring_named.is_empty()
         {
             return;
         }
@@ -142,6 +186,8 @@ impl Account {
             );
             self.keys.clear();
             self.expiring.clear();
+            self.named.clear();
+            self.expiring_named.clear();
             return;
         };
         let mut l = ledger.local.lock().unwrap();
@@ -152,6 +198,15 @@ impl Account {
                 let keys = keys.iter().map(|k| namespaced(&ledger.prefix, k)).collect();
                 l.expire_later(keys, now + ttl + EXPIRY_GRACE);
             }
+        }
+        if !self.expiring_named.is_empty() {
+            let now = Instant::now();
+            for (ttl, keys) in self.expiring_named.drain(..) {
+                l.expire_later(keys, now + ttl + EXPIRY_GRACE);
+            }
+        }
+        if !self.named.is_empty() {
+            l.settle(b"", self.named.drain(..), 0);
         }
         l.settle(
             &ledger.prefix,

@@ -80,6 +80,9 @@ pub struct WriteCost {
     pub(super) growth: Growth,
     /// The TTL it sets: the keys are measured again when it runs out.
     pub(super) expires_in: Option<Duration>,
+    /// The prefix of its keys' database, when not database 0 (whose prefix is the
+    /// ledger's).
+    pub(super) db: Option<Bytes>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -100,7 +103,25 @@ impl WriteCost {
             keys: Keys::None,
             growth: Growth::Bytes(bytes),
             expires_in: None,
+            db: None,
         }
+    }
+
+    /// A write that moves a key between the tenant's databases (MOVE): `keys` by their
+    /// names in Redis, both measured afterwards; it adds nothing, so it is never refused.
+    pub fn moved(keys: Vec<Bytes>) -> WriteCost {
+        WriteCost {
+            keys: Keys::Many(keys),
+            growth: Growth::None,
+            expires_in: None,
+            db: Some(Bytes::new()),
+        }
+    }
+
+    /// Its keys are in the database of `prefix` (`Tenant::db_prefix`), not database 0.
+    pub fn in_database(mut self, prefix: Bytes) -> WriteCost {
+        self.db = Some(prefix);
+        self
     }
 }
 
@@ -197,6 +218,7 @@ pub(super) fn keyed_cost(
         keys,
         growth,
         expires_in: ttl(name, args),
+        db: None,
     })
 }
 
@@ -223,6 +245,7 @@ pub(super) fn lone_key_cost(
         keys: Keys::Arg(1),
         growth,
         expires_in: ttl(name, args),
+        db: None,
     })
 }
 

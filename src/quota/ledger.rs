@@ -9,6 +9,8 @@ pub struct Ledger {
     pub tenant: String,
     /// `tenant:<id>:`.
     pub(super) prefix: Bytes,
+    /// `tenant:<id>@`, before the keys of its databases beyond 0.
+    pub(super) db_stem: Bytes,
     /// Its quota (`u64::MAX`: unlimited, measured and never refused) and overage; a reload
     /// sets them anew while writes go on.
     quota: AtomicU64,
@@ -42,6 +44,9 @@ pub struct Ledger {
 pub(super) struct Names {
     pub(super) used: String,
     pub(super) sizes: String,
+    /// `sizes` of the keys of the tenant's other databases, by their names after
+    /// `tenant:<id>@` (`<db>:<key>`): a field of `sizes` could be any name of database 0.
+    pub(super) db_sizes: String,
     pub(super) leases: String,
 }
 
@@ -149,12 +154,14 @@ impl Ledger {
         Ledger {
             tenant: tenant.to_string(),
             prefix: Bytes::from(format!("tenant:{tenant}:")),
+            db_stem: Bytes::from(format!("tenant:{tenant}@")),
             // Unlimited until `with_limits`, which sets them.
             quota: AtomicU64::new(u64::MAX),
             overage: AtomicU64::new(0),
             names: Names {
                 used: name("used"),
                 sizes: name("sizes"),
+                db_sizes: name("sizes@"),
                 leases: name("leases"),
             },
             local: Mutex::new(LeaseState::default()),

@@ -120,11 +120,12 @@ const SIZE: &str = concat!(
 /// The lock one instance holds while it reconciles every tenant, for an interval.
 const RECONCILE_LOCK: &str = "respite:quota:reconcile";
 
-/// `tenant:<id>:` of a key in a tenant's namespace.
-fn tenant_prefix(key: &[u8]) -> Option<&[u8]> {
+/// The tenant of a key in a tenant's namespace, in any of its databases (`tenant:<id>:`
+/// or `tenant:<id>@<db>:`): its id. An id has neither `:` nor `@`.
+fn tenant_of(key: &[u8]) -> Option<&[u8]> {
     let rest = key.strip_prefix(b"tenant:")?;
-    let id = rest.iter().position(|&b| b == b':')?;
-    Some(&key[..7 + id + 1])
+    let id = rest.iter().position(|&b| b == b':' || b == b'@')?;
+    Some(&rest[..id])
 }
 
 /// EVALSHA of `script`, its keys and arguments to be added. Built as one command rather than
@@ -276,7 +277,10 @@ impl Quotas {
         let bytes = match &cost.growth {
             Growth::None => 0,
             Growth::Bytes(b) => *b,
-            Growth::CopyOf(sources, extra) => self.sizes(&ledger.prefix, sources).await? + extra,
+            Growth::CopyOf(sources, extra) => {
+                let prefix = cost.db.as_ref().unwrap_or(&ledger.prefix);
+                self.sizes(prefix, sources).await? + extra
+            }
         };
         let Some(limits) = ledger.limits().filter(|_| bytes > 0) else {
             return Ok(Written::new(cost, 0));
@@ -488,40 +492,79 @@ impl Quotas {
             }
             _ => Vec::new(),
         };
-        let call = self.measure_call(ledger, keys, release, &sizes);
-        let (used, leased): (i64, i64) = invoke(c, &self.measure, &call).await?;
-        ledger.saw(used, leased);
+        for call in self.measure_calls(ledger, keys, release, &sizes) {
+            let (used, leased): (i64, i64) = invoke(c, &self.measure, &call).await?;
+            ledger.saw(used, leased);
+        }
         Ok(())
     }
 
-    /// The measure script's call for `keys` of `ledger`'s tenant, handing back `release`:
-    /// standalone, the script measures the keys itself; in a cluster it is given their
-    /// `sizes`, measured on their own nodes.
-    fn measure_call(
+    /// The measure script's calls for `keys` of `ledger`'s tenant, handing back `release`:
+    /// one for database 0's keys (always: it hands the lease back), one for the other
+    /// databases' keys if any (their sizes are in a hash of their own). Standalone, the
+    /// script measures the keys itself; in a cluster it is given their `sizes`, measured
+    /// on their own nodes.
+    fn measure_calls(
         &self,
         ledger: &Ledger,
         keys: &[Bytes],
         release: u64,
         sizes: &[u64],
-    ) -> redis::Cmd {
-        let local = if self.cluster.is_some() {
-            0
-        } else {
-            keys.len()
+    ) -> Vec<redis::Cmd> {
+        let of = |prefix: &[u8]| -> Vec<usize> {
+            (0..keys.len())
+                .filter(|&i| keys[i].starts_with(prefix))
+                .collect()
         };
+        let others = of(&ledger.db_stem);
+        let mut calls = vec![self.measure_call(
+            ledger,
+            (&ledger.names.sizes, ledger.prefix.len()),
+            keys,
+            &of(&ledger.prefix),
+            release,
+            sizes,
+        )];
+        if !others.is_empty() {
+            calls.push(self.measure_call(
+                ledger,
+                (&ledger.names.db_sizes, ledger.db_stem.len()),
+                keys,
+                &others,
+                0,
+                sizes,
+            ));
+        }
+        calls
+    }
+
+    /// One measure call: the keys at `at`, into the hash `sizes.0` under their names
+    /// after `sizes.1` bytes.
+    fn measure_call(
+        &self,
+        ledger: &Ledger,
+        (hash, plen): (&str, usize),
+        keys: &[Bytes],
+        at: &[usize],
+        release: u64,
+        sizes: &[u64],
+    ) -> redis::Cmd {
+        let local = if self.cluster.is_some() { 0 } else { at.len() };
         let mut call = evalsha(&self.measure, 3 + local);
         call.arg(&ledger.names.used)
-            .arg(&ledger.names.sizes)
+            .arg(hash)
             .arg(&ledger.names.leases);
-        for k in &keys[..local] {
-            call.arg(&k[..]);
+        for &i in &at[..local] {
+            call.arg(&keys[i][..]);
         }
         call.arg(&self.instance)
             .arg(release)
             .arg(LEASE_TTL_MS)
-            .arg(ledger.prefix.len());
-        for (k, size) in keys.iter().zip(sizes) {
-            call.arg(&k[ledger.prefix.len()..]).arg(size);
+            .arg(plen);
+        for &i in at {
+            if let Some(size) = sizes.get(i) {
+                call.arg(&keys[i][plen..]).arg(size);
+            }
         }
         call
     }
@@ -538,9 +581,18 @@ impl Quotas {
         self.with_conn(async |c| {
             let mut outcomes = Vec::with_capacity(calls.len());
             for (ledger, keys, release) in calls {
-                let call = self.measure_call(ledger, keys, *release, &[]);
-                let r: redis::RedisResult<(i64, i64)> = invoke(c, &self.measure, &call).await;
-                outcomes.push(r.map(|(used, leased)| ledger.saw(used, leased)));
+                let mut outcome = Ok(());
+                for call in self.measure_calls(ledger, keys, *release, &[]) {
+                    let r: redis::RedisResult<(i64, i64)> = invoke(c, &self.measure, &call).await;
+                    match r {
+                        Ok((used, leased)) => ledger.saw(used, leased),
+                        Err(e) => {
+                            outcome = Err(e);
+                            break;
+                        }
+                    }
+                }
+                outcomes.push(outcome);
             }
             Ok(outcomes)
         })
@@ -572,11 +624,16 @@ impl Quotas {
         // Keys measured before: the ones that expired or were evicted measure as gone.
         let ledgers = self.ledgers.all();
         for ledger in &ledgers {
-            self.walk(Some(ledger), "HSCAN", &ledger.names.sizes, true)
-                .await?;
+            let hashes = [
+                (&ledger.names.sizes, &ledger.prefix),
+                (&ledger.names.db_sizes, &ledger.db_stem),
+            ];
+            for (hash, prefix) in hashes {
+                self.walk(Some(ledger), "HSCAN", hash, Some(prefix)).await?;
+            }
         }
         // Keys in Redis: written around respite, or before it.
-        self.walk(None, "SCAN", "tenant:*", false).await?;
+        self.walk(None, "SCAN", "tenant:*", None).await?;
         for ledger in &ledgers {
             ledger.reconciled.fetch_add(1, Ordering::Relaxed);
         }
@@ -584,20 +641,21 @@ impl Quotas {
     }
 
     /// Measures every key a SCAN (`target` is the MATCH pattern) or an HSCAN of `sizes`
-    /// (`target` is the hash; its fields are keys without the prefix) yields, paced: for
-    /// `ledger`, or (a SCAN of every tenant's keys) for the ledger of each key's tenant.
+    /// (`target` is the hash; its fields are keys without the prefix `fields` names)
+    /// yields, paced: for `ledger`, or (a SCAN of every tenant's keys) for the ledger of
+    /// each key's tenant.
     async fn walk(
         &self,
         ledger: Option<&Ledger>,
         how: &str,
         target: &str,
-        fields: bool,
+        fields: Option<&Bytes>,
     ) -> Result<(), UpstreamError> {
         let pause =
             Duration::from_secs_f64(MEASURE_BATCH as f64 / self.settings.keys_per_second as f64);
         // A SCAN walks one node: in a cluster, every master in turn.
         let nodes: Vec<Option<(String, u16)>> = match (&self.cluster, fields) {
-            (Some(t), false) => t
+            (Some(t), None) => t
                 .map()
                 .masters()
                 .iter()
@@ -612,7 +670,7 @@ impl Quotas {
                 let (next, items): (u64, Vec<Vec<u8>>) = self
                     .with_conn(async |c| {
                         let mut cmd = redis::cmd(how);
-                        if fields {
+                        if fields.is_some() {
                             cmd.arg(target).arg(cursor);
                         } else {
                             cmd.arg(cursor).arg("MATCH").arg(target);
@@ -623,14 +681,13 @@ impl Quotas {
                     .await?;
                 match ledger {
                     Some(ledger) => {
-                        let keys: Vec<Bytes> = if fields {
+                        let keys: Vec<Bytes> = match fields {
                             // HSCAN yields field, value, field, value...
-                            items
+                            Some(prefix) => items
                                 .chunks(2)
-                                .map(|fv| crate::wire::namespaced(&ledger.prefix, &fv[0]))
-                                .collect()
-                        } else {
-                            items.into_iter().map(Bytes::from).collect()
+                                .map(|fv| crate::wire::namespaced(prefix, &fv[0]))
+                                .collect(),
+                            None => items.into_iter().map(Bytes::from).collect(),
                         };
                         if !keys.is_empty() {
                             self.measure(ledger, &keys, 0).await?;
@@ -653,15 +710,16 @@ impl Quotas {
     async fn measure_by_tenant(&self, keys: Vec<Vec<u8>>) -> Result<(), UpstreamError> {
         let mut of: BTreeMap<&[u8], Vec<Bytes>> = BTreeMap::new();
         for key in &keys {
-            if let Some(prefix) = tenant_prefix(key) {
-                of.entry(prefix)
-                    .or_default()
-                    .push(Bytes::copy_from_slice(key));
+            if let Some(id) = tenant_of(key) {
+                of.entry(id).or_default().push(Bytes::copy_from_slice(key));
             }
         }
         let found: Vec<(Arc<Ledger>, Vec<Bytes>)> = of
             .into_iter()
-            .filter_map(|(prefix, keys)| Some((self.ledgers.get(prefix)?, keys)))
+            .filter_map(|(id, keys)| {
+                let prefix = [b"tenant:", id, b":"].concat();
+                Some((self.ledgers.get(&prefix)?, keys))
+            })
             .collect();
         if self.cluster.is_none() {
             // A batch of a thousand tenants' keys holds a key or two of each: one

@@ -1,4 +1,6 @@
--- The core of the prelude (see script/prelude.rs): a function of the tenant's prefix P, the
+-- The core of the prelude (see script/prelude.rs): a function of the prefix P of the
+-- tenant's keys in the database the script runs in (channels have the tenant's prefix C,
+-- database 0's: pub/sub has no databases), the
 -- real redis table R, the FAST commands and a state table whose `declared` maps each
 -- declared key as the tenant wrote it to its name in Redis (so that a script passing
 -- KEYS[i] to redis.call, the usual case, costs a table lookup, not a new string). It returns
@@ -9,6 +11,7 @@
 -- @SPECS@ and @SHARED@ are filled in from respite's command table and config.
 function(P, R, FAST, state)
 local n = #P
+local C = (P:gsub('@%d+:$', ':'))
 local SHARED = @SHARED@
 local function strip(k)
 if type(k) == 'string' and k:find(P, 1, true) == 1 then return k:sub(n + 1) end
@@ -19,13 +22,14 @@ local t = type(k)
 if t == 'number' then k = tostring(k) elseif t ~= 'string' then return k end
 local known = state.declared[k]
 if known and not channel then return known end
-if k:find(P, 1, true) == 1 then return k end
+local p = channel and C or P
+if k:find(p, 1, true) == 1 then return k end
 if not channel then
 for i = 1, #SHARED do
 if k:find(SHARED[i], 1, true) == 1 then return k end
 end
 end
-return P .. k
+return p .. k
 end
 -- The general path, built on a script's first call of a command not on the fast path:
 -- any command, its keys found by its specs, key names taken out of its reply.

@@ -357,6 +357,8 @@ impl Scripts {
             return Ok(Confinement::User { auth: auth.clone() });
         }
         let (user, pass) = self.user(tenant);
+        // Its other databases' keys: `tenant:<id>@<db>:...` (`Tenant::db_prefix`).
+        let db_stem = format!("tenant:{}@", tenant.id);
         let pattern = |access: &[u8], prefix: &[u8]| [access, &glob_escape(prefix), b"*"].concat();
         let mut setuser = redis::cmd("ACL");
         setuser
@@ -367,6 +369,7 @@ impl Scripts {
             .arg(format!("#{}", hex::encode(Sha256::digest(&pass))))
             .arg("resetchannels")
             .arg(pattern(b"~", &tenant.prefix))
+            .arg(pattern(b"~", db_stem.as_bytes()))
             .arg(pattern(b"&", &tenant.prefix));
         for p in tenant.shared.iter() {
             let access: &[u8] = if tenant.publisher { b"~" } else { b"%R~" };
@@ -383,7 +386,13 @@ impl Scripts {
             }
         }
         // A selector: these commands with the tenant's own keys and nothing else.
-        let mut selector = [b"(".as_slice(), &pattern(b"~", &tenant.prefix)].concat();
+        let mut selector = [
+            b"(".as_slice(),
+            &pattern(b"~", &tenant.prefix),
+            b" ",
+            &pattern(b"~", db_stem.as_bytes()),
+        ]
+        .concat();
         for r in own_keys_only {
             selector.push(b' ');
             selector.extend_from_slice(r.as_bytes());

@@ -67,7 +67,7 @@ impl Session {
             return self.forward(fwd, b"restore", Some(written), None).await;
         };
         written.keys.clone_from(&fwd.args);
-        let key = crate::wire::namespaced(&self.prefix(), &fwd.args[1]);
+        let key = crate::wire::namespaced(&self.keys_prefix(), &fwd.args[1]);
         let replace = fwd.args[4..]
             .iter()
             .any(|a| a.eq_ignore_ascii_case(b"replace"));
@@ -274,11 +274,12 @@ impl Session {
         decided!(self.shared_keys(&cmd, &req, &keys, &tenant));
         let mut fwd = decided!(refused(rewrite::request(&cmd, req.args, &keys, &tenant)));
         decided!(refused(self.redirection(&cmd, &mut fwd, &tenant)));
+        let prefix = self.prefix_for(fwd.channels);
         if self.ctx.upstream.cluster.is_some() {
             fwd.slot = keys
                 .iter()
                 .next()
-                .map(|(i, _)| routing::slot_of(&fwd, i, &tenant));
+                .map(|(i, _)| routing::slot_of(&fwd, i, &prefix));
             // Not a script (EVAL_RO and the like): its logins must reach one node, the one
             // that runs it.
             fwd.read_only = cmd.has(command::CMD_READONLY)
@@ -287,20 +288,89 @@ impl Session {
         }
         let cost = tenant.ledger.as_ref().and_then(|_| {
             let max = self.ctx.facts.proto_max_bulk();
-            quota::cost(
-                &cmd,
-                &fwd.args,
-                &keys,
-                &fwd.prefixed,
-                tenant.prefix.len(),
-                max,
+            quota::cost(&cmd, &fwd.args, &keys, &fwd.prefixed, prefix.len(), max).map(
+                |c| match self.state.db {
+                    0 => c,
+                    _ => c.in_database(prefix.clone()),
+                },
             )
         });
         if let Some(kind) = ScriptCmd::of(&cmd) {
             return Action::Script(kind, fwd, cost);
         }
+        if cmd.parent.is_none() && cmd.spec.name == b"move" {
+            return self.move_key(fwd, &tenant);
+        }
+        if cmd.parent.is_none() && cmd.spec.name == b"copy" {
+            decided!(refused(self.copy_db(&mut fwd.args)));
+        }
         // Built in place: the common outcome is not moved through the stages' results.
         Action::Forward(fwd, cmd.parent.unwrap_or(cmd.spec).name, cost)
+    }
+
+    /// MOVE key db, within the tenant's databases: Redis' checks, in its order, then a
+    /// script of respite's that renames the key to its name in the other database unless
+    /// it is missing or the name is taken there (Redis' answers, 0 or 1; the TTL goes
+    /// with it). In a cluster the two names are in different slots: refused, as Redis
+    /// Cluster refuses MOVE.
+    fn move_key(&mut self, mut fwd: Forward, tenant: &Tenant) -> Action {
+        const MOVE: &[u8] = b"if redis.call('exists', KEYS[1]) == 0 or \
+            redis.call('exists', KEYS[2]) == 1 then return 0 end \
+            redis.call('rename', KEYS[1], KEYS[2]) return 1";
+        let refuse = |text: &str| Action::Refuse(Error::Redis(format!("ERR {text}")));
+        if self.ctx.upstream.cluster.is_some() {
+            return refuse("MOVE is not allowed in cluster mode");
+        }
+        let db = match self.database(&fwd.args[2]) {
+            Ok(db) => db,
+            Err(e) => return Action::Refuse(e),
+        };
+        if db == self.state.db {
+            return refuse("source and destination objects are the same");
+        }
+        if !fwd.prefixed.has(1) {
+            return refuse("respite: shared keys have no databases to move between");
+        }
+        let to = crate::wire::namespaced(&tenant.db_prefix(db), &fwd.args[1]);
+        let from = crate::wire::namespaced(&self.keys_prefix(), &fwd.args[1]);
+        let cost = tenant
+            .ledger
+            .as_ref()
+            .map(|_| WriteCost::moved(vec![from, to.clone()]));
+        fwd.args = vec![
+            Bytes::from_static(b"EVAL"),
+            Bytes::from_static(MOVE),
+            Bytes::from_static(b"2"),
+            std::mem::take(&mut fwd.args[1]),
+            to,
+        ];
+        fwd.prefixed = Default::default();
+        fwd.prefixed.set(3);
+        Action::Forward(fwd, b"move", cost)
+    }
+
+    /// COPY's DB, read as Redis reads it, is the selected database: in Redis, database 0
+    /// (where every database of the tenant's is). Into another database: refused, the
+    /// one COPY respite does not rewrite (its source may be a shared key, its size is
+    /// charged by its source's).
+    fn copy_db(&self, args: &mut [Bytes]) -> Result<(), Error> {
+        let mut i = 3;
+        while i + 1 < args.len() {
+            if args[i].eq_ignore_ascii_case(b"db") {
+                let db = self.database(&args[i + 1])?;
+                if db != self.state.db {
+                    return Err(Error::Unsupported(
+                        "respite copies within the selected database only (COPY ... DB to \
+                         another one is not supported)"
+                            .into(),
+                    ));
+                }
+                args[i + 1] = Bytes::from_static(b"0");
+                i += 1;
+            }
+            i += 1;
+        }
+        Ok(())
     }
 
     /// CLIENT TRACKING ... REDIRECT names a connection as the tenant numbers them: Redis

@@ -275,6 +275,10 @@ impl Session {
                         .done(&meta, outcome, hit, self.figures.clock);
                 }
                 let exec = matches!(shape, Shape::Exec(_));
+                if exec && frame.elements().is_some() {
+                    // The transaction ran, its SELECTs with it: the database stays.
+                    self.state.db_before_exec = None;
+                }
                 let moved = self.moved_under_state(frame, exec, matches!(shape, Shape::Script(_)));
                 if !mute {
                     let reply = match moved {

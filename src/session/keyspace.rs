@@ -8,6 +8,7 @@
 //! The cost is a SCAN of the whole Redis keyspace (as `KEYS` costs in Redis), in steps of
 //! [`SCAN_COUNT`] so that Redis keeps serving other clients in between.
 
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 
 use bytes::Bytes;
@@ -187,20 +188,21 @@ impl Session {
         let tenant = self.tenant.clone().expect("authenticated");
         let asked = std::time::Instant::now();
         let mut last = tenant.live.walks.lock().await;
-        if let (KeyspaceCmd::DbSize, Some((began, n))) = (&cmd, *last) {
-            if began >= asked {
+        let db = self.state.db;
+        if let (KeyspaceCmd::DbSize, Some((began, of, n))) = (&cmd, *last) {
+            if began >= asked && of == db {
                 return Resp::int(n as i64);
             }
         }
         let began = std::time::Instant::now();
         let result = match cmd {
             KeyspaceCmd::DbSize => self.count_keys().await.map(|n| {
-                *last = Some((began, n));
+                *last = Some((began, db, n));
                 Resp::int(n as i64)
             }),
             KeyspaceCmd::Keys(pattern) => self.keys(&pattern).await,
             KeyspaceCmd::RandomKey => self.random_key().await,
-            KeyspaceCmd::Flush { lazy } => self.flush(lazy).await.map(|_| Resp::ok()),
+            KeyspaceCmd::Flush { lazy, all } => self.flush(lazy, all).await.map(|_| Resp::ok()),
             KeyspaceCmd::Info(sections) => self.info(&sections).await,
         };
         result.unwrap_or_else(|e| Error::Upstream(e).to_resp())
@@ -318,7 +320,7 @@ impl Session {
         marks: &Marks,
     ) -> Result<Bytes, UpstreamError> {
         let topology = self.ctx.upstream.cluster.clone().expect("cluster mode");
-        let prefix = self.tenant.as_ref().expect("authenticated").prefix.clone();
+        let prefix = self.keys_prefix();
         let mut masters = topology.map().masters().to_vec();
         masters.sort_by(|a, b| a.addr.cmp(&b.addr));
         let cursor = std::str::from_utf8(&args[1])
@@ -471,11 +473,17 @@ impl Session {
         walk
     }
 
-    /// A walk over the tenant's whole namespace.
+    /// A walk over the keys of the database the connection has selected.
     fn namespace_walk(&self) -> Walk {
-        self.walk(all_keys(
-            &self.tenant.as_ref().expect("authenticated").prefix,
-        ))
+        self.walk(all_keys(&self.keys_prefix()))
+    }
+
+    /// A walk over the keys of every database of the tenant's: `tenant:<id>:*` and
+    /// `tenant:<id>@*` in one pattern (an id has no glob character). What it yields
+    /// beyond the tenant's own prefixes (`namespace::own_prefix`) is not the tenant's.
+    fn databases_walk(&self) -> Walk {
+        let id = &self.tenant.as_ref().expect("authenticated").id;
+        self.walk(Bytes::from(format!("tenant:{id}[:@]*")))
     }
 
     /// One SCAN step over the keys that match `pattern` (a pattern as Redis sees it).
@@ -530,28 +538,42 @@ impl Session {
         }
     }
 
-    /// (keys, keys with a TTL, sum of those TTLs in ms) over the tenant's namespace.
-    async fn count_keys_with_ttl(&mut self) -> Result<(u64, u64, u64), UpstreamError> {
-        let (mut keys, mut expires, mut ttl_sum) = (0u64, 0u64, 0u64);
-        let mut walk = self.namespace_walk();
+    /// Per database of the tenant's that has keys: (keys, keys with a TTL, sum of those
+    /// TTLs in ms), by database.
+    async fn count_keys_with_ttl(
+        &mut self,
+    ) -> Result<BTreeMap<u32, (u64, u64, u64)>, UpstreamError> {
+        let base = self.prefix();
+        let mut dbs: BTreeMap<u32, (u64, u64, u64)> = BTreeMap::new();
+        let mut walk = self.databases_walk();
         while let Some(batch) = self.step(&mut walk).await? {
-            keys += batch.len() as u64;
-            for f in self.per_key(b"PTTL", &batch).await? {
+            let batch: Vec<(Bytes, u32)> = batch
+                .into_iter()
+                .filter_map(|k| {
+                    let (_, db) = crate::namespace::own_prefix(&base, &k)?;
+                    Some((k, db))
+                })
+                .collect();
+            let keys: Vec<Bytes> = batch.iter().map(|(k, _)| k.clone()).collect();
+            let ttls = self.per_key(b"PTTL", &keys).await?;
+            for ((_, db), f) in batch.iter().zip(ttls) {
+                let e = dbs.entry(*db).or_default();
+                e.0 += 1;
                 if let RangeFrame::Number { data, .. } = f.tree {
                     if data > 0 {
-                        expires += 1;
-                        ttl_sum += data as u64;
+                        e.1 += 1;
+                        e.2 += data as u64;
                     }
                 }
             }
         }
-        Ok((keys, expires, ttl_sum))
+        Ok(dbs)
     }
 
     /// KEYS `pattern` within the namespace, as SCAN steps: each key once (SCAN may return a
     /// key twice), in no particular order (as KEYS), named as the tenant names it.
     async fn keys(&mut self, pattern: &[u8]) -> Result<Bytes, UpstreamError> {
-        let prefix = self.tenant.as_ref().expect("authenticated").prefix.clone();
+        let prefix = self.keys_prefix();
         let mut walk = self.walk(crate::wire::namespaced(&prefix, pattern));
         let mut found = std::collections::HashSet::new();
         while let Some(batch) = self.step(&mut walk).await? {
@@ -583,7 +605,7 @@ impl Session {
 
     /// A key of the tenant's, picked at random: the scan starts at a random cursor and wraps.
     async fn random_key(&mut self) -> Result<Bytes, UpstreamError> {
-        let prefix = self.tenant.as_ref().expect("authenticated").prefix.clone();
+        let prefix = self.keys_prefix();
         let mut walk = self.namespace_walk();
         walk.cursor = Bytes::from((random_u64() % (1 << 32)).to_string());
         // In a cluster: from a master picked at random, on through the others.
@@ -609,11 +631,17 @@ impl Session {
         }
     }
 
-    /// Deletes every key of the tenant (UNLINK when `lazy`, as FLUSHDB ASYNC).
-    async fn flush(&mut self, lazy: bool) -> Result<(), UpstreamError> {
+    /// Deletes every key of the selected database, or of `all` the tenant's (UNLINK when
+    /// `lazy`, as FLUSHDB ASYNC).
+    async fn flush(&mut self, lazy: bool, all: bool) -> Result<(), UpstreamError> {
         let del: &[u8] = if lazy { b"UNLINK" } else { b"DEL" };
-        let mut walk = self.namespace_walk();
-        while let Some(batch) = self.step(&mut walk).await? {
+        let mut walk = match all {
+            true => self.databases_walk(),
+            false => self.namespace_walk(),
+        };
+        let base = self.prefix();
+        while let Some(mut batch) = self.step(&mut walk).await? {
+            batch.retain(|k| crate::namespace::own_prefix(&base, k).is_some());
             if !batch.is_empty() {
                 if self.ctx.upstream.cluster.is_some() {
                     // One slot per request in a cluster: one key each, pipelined.
@@ -670,15 +698,15 @@ impl Session {
             out.push_str(&section);
         }
         if wants_keyspace {
-            let (keys, expires, ttl_sum) = self.count_keys_with_ttl().await?;
+            let dbs = self.count_keys_with_ttl().await?;
             if !out.is_empty() && !out.ends_with("\r\n\r\n") {
                 out.push_str("\r\n");
             }
             out.push_str("# Keyspace\r\n");
-            if keys > 0 {
+            for (db, (keys, expires, ttl_sum)) in dbs {
                 let avg = ttl_sum.checked_div(expires).unwrap_or(0);
                 out.push_str(&format!(
-                    "db0:keys={keys},expires={expires},avg_ttl={avg}\r\n"
+                    "db{db}:keys={keys},expires={expires},avg_ttl={avg}\r\n"
                 ));
             }
         }
@@ -747,6 +775,10 @@ impl Session {
         if let Some(plan) = &tenant.plan {
             out.push_str(&format!("plan:{plan}\r\n"));
         }
+        out.push_str(&format!(
+            "databases:{}\r\ndb:{}\r\n",
+            tenant.databases, self.state.db
+        ));
         let st = tenant.stats.snapshot();
         let p = st.percentiles(None).unwrap_or([0; 4]);
         out.push_str(&format!(

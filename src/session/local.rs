@@ -69,8 +69,10 @@ pub enum KeyspaceCmd {
     /// tenant's keys.
     Keys(Bytes),
     RandomKey,
+    /// FLUSHDB (the selected database), FLUSHALL (`all` the tenant's databases).
     Flush {
         lazy: bool,
+        all: bool,
     },
     Info(Vec<Bytes>),
 }
@@ -155,12 +157,16 @@ fn checked(req: &Request, name: &[u8], sub: Option<&[u8]>) -> Option<Local> {
         (b"dbsize", _) => Local::Keyspace(KeyspaceCmd::DbSize),
         (b"keys", _) => Local::Keyspace(KeyspaceCmd::Keys(a[1].clone())),
         (b"randomkey", _) => Local::Keyspace(KeyspaceCmd::RandomKey),
-        (b"flushdb" | b"flushall", _) => match a.len() {
-            1 => Local::Keyspace(KeyspaceCmd::Flush { lazy: false }),
-            2 if req.arg_is(1, b"sync") => Local::Keyspace(KeyspaceCmd::Flush { lazy: false }),
-            2 if req.arg_is(1, b"async") => Local::Keyspace(KeyspaceCmd::Flush { lazy: true }),
-            _ => Local::Invalid(Error::Syntax),
-        },
+        (b"flushdb" | b"flushall", _) => {
+            let all = name == b"flushall";
+            let lazy = match a.len() {
+                1 => false,
+                2 if req.arg_is(1, b"sync") => false,
+                2 if req.arg_is(1, b"async") => true,
+                _ => return Some(Local::Invalid(Error::Syntax)),
+            };
+            Local::Keyspace(KeyspaceCmd::Flush { lazy, all })
+        }
         (b"info", _) => Local::Keyspace(KeyspaceCmd::Info(a[1..].to_vec())),
         _ => return None,
     })
@@ -322,6 +328,7 @@ impl Session {
                 self.drop_upstream();
                 self.state.protocol = 2;
                 self.state.reply_mode = ReplyMode::On;
+                self.select_db(0);
                 self.tenant = None;
                 self.seat = None;
                 self.expire_at(None);
@@ -371,13 +378,17 @@ impl Session {
     fn local_result(&mut self, cmd: SessionCmd) -> Bytes {
         let resp = Resp(self.state.protocol);
         match cmd {
-            SessionCmd::Select(db) => match std::str::from_utf8(&db)
-                .ok()
-                .and_then(|d| d.parse::<i64>().ok())
-            {
-                Some(0) => Resp::ok(),
-                Some(_) => Error::DbIndex.to_resp(),
-                None => Error::NotInteger.to_resp(),
+            SessionCmd::Select(db) => match self.database(&db) {
+                Ok(db) => {
+                    if let Some(m) = self.state.multi.as_mut() {
+                        // Redis selects at EXEC: the commands queued after this one are in
+                        // the new database, and the old one comes back if EXEC does not run.
+                        m.db_before.get_or_insert(self.state.db);
+                    }
+                    self.select_db(db);
+                    Resp::ok()
+                }
+                Err(e) => e.to_resp(),
             },
             SessionCmd::ClientId => Resp::int(self.me.shown_id() as i64),
             SessionCmd::ClientGetName => match &self.me.state.lock().unwrap().name {
@@ -422,6 +433,21 @@ impl Session {
             }
             SessionCmd::ModuleList => Bytes::from_static(b"*0\r\n"),
         }
+    }
+
+    /// SELECT's database, read as Redis reads it (an `int`), and within the tenant's.
+    pub(super) fn database(&self, arg: &[u8]) -> Result<u32, Error> {
+        let n = crate::command::grammar::redis_int(arg).ok_or(Error::NotInteger)?;
+        if i32::try_from(n).is_err() {
+            return Err(Error::Redis(
+                "ERR value is out of range, value must between -2147483648 and 2147483647".into(),
+            ));
+        }
+        let databases = self.tenant.as_ref().map_or(1, |t| t.databases);
+        u32::try_from(n)
+            .ok()
+            .filter(|n| *n < databases)
+            .ok_or(Error::DbIndex)
     }
 
     async fn auth(&mut self, user: Option<Bytes>, secret: Bytes) -> Result<(), End> {
@@ -806,6 +832,7 @@ impl Session {
         let fwd = Forward {
             args: fwd_args,
             prefixed: Default::default(),
+            channels: false,
             expect: Expect::Reply(Shape::Plain),
             blocking: false,
             slot: None,

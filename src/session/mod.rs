@@ -173,6 +173,9 @@ pub(crate) struct Multi {
     pub writes: Option<Written>,
     /// Scripts are queued: EXEC runs them, within the longest of their timeouts.
     pub script_timeout: Option<std::time::Duration>,
+    /// A SELECT is queued: the database before it. The commands queued after it already
+    /// name the new database's keys; it is taken back if the transaction does not run.
+    pub db_before: Option<u32>,
     /// Cluster mode: MULTI is answered by respite and sent with the first command queued
     /// that has keys, to the node of their slot (`true` until then); the commands without
     /// keys queued before it wait in `held` (encoded, one each), answered +QUEUED by
@@ -368,6 +371,13 @@ pub(crate) struct ConnectionState {
     /// MONITOR (an admin tenant): Redis streams every command it runs to this connection,
     /// pinned until it closes or RESET.
     pub(crate) monitoring: bool,
+    /// The database SELECT picked (0 to the tenant's `databases - 1`), and its keys'
+    /// prefix beyond database 0 (`Tenant::db_prefix`).
+    pub(crate) db: u32,
+    pub(crate) db_prefix: Bytes,
+    /// An EXEC whose transaction SELECTed is in flight: the database before it, taken
+    /// back if Redis does not run the transaction.
+    pub(crate) db_before_exec: Option<u32>,
 }
 
 /// This session's figures since they were last handed to its tenant.
@@ -489,6 +499,9 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             invalidation_target: false,
             no_evict: false,
             monitoring: false,
+            db: 0,
+            db_prefix: Bytes::new(),
+            db_before_exec: None,
         },
         figures: Figures {
             tally: Tally::default(),
@@ -846,11 +859,39 @@ impl Session {
         }
     }
 
+    /// The tenant's prefix: its channels', and its keys' in database 0 (what replies are
+    /// stripped of, in any database: `namespace::own_prefix`).
     fn prefix(&self) -> Bytes {
         self.tenant
             .as_ref()
             .map(|t| t.prefix.clone())
             .unwrap_or_default()
+    }
+
+    /// The prefix of the keys of the database the connection has selected.
+    pub(crate) fn keys_prefix(&self) -> Bytes {
+        match self.state.db {
+            0 => self.prefix(),
+            _ => self.state.db_prefix.clone(),
+        }
+    }
+
+    /// The prefix a request's marked arguments go behind: its channels' or its keys'.
+    pub(crate) fn prefix_for(&self, fwd_channels: bool) -> Bytes {
+        match fwd_channels {
+            true => self.prefix(),
+            false => self.keys_prefix(),
+        }
+    }
+
+    /// Selects database `db` of the tenant's (checked by the caller).
+    pub(crate) fn select_db(&mut self, db: u32) {
+        self.state.db = db;
+        self.state.db_prefix = match (&self.tenant, db) {
+            (Some(t), 1..) => t.db_prefix(db),
+            _ => Bytes::new(),
+        };
+        self.me.state.lock().unwrap().db = db;
     }
 
     /// The instant the head request times out, if it is waiting on Redis and may not block.
@@ -916,6 +957,11 @@ impl Session {
                 .shown_id
                 .store(tenant.number_client(), std::sync::atomic::Ordering::Relaxed);
             state.tenant = Some(tenant.id.clone());
+            // Another tenant's databases: the connection starts in its database 0 (the
+            // prefix of the last one's would name the other tenant's keys).
+            state.db = 0;
+            self.state.db = 0;
+            self.state.db_prefix = Bytes::new();
         }
         drop(state);
         self.tenant = Some(tenant);
@@ -939,6 +985,9 @@ impl Session {
             Some(t) if self.tenant.as_ref().is_some_and(|was| was.admin != t.admin) => {
                 self.me.kill.cancel()
             }
+            // Its database is gone (`databases` lowered): closed, rather than moved into
+            // another database's keys.
+            Some(t) if self.state.db >= t.databases => self.me.kill.cancel(),
             Some(t) => {
                 self.hand_over_tally();
                 let was = self.tenant.replace(t);

@@ -16,6 +16,7 @@ impl Session {
         let Forward {
             mut args,
             prefixed,
+            channels,
             mut expect,
             blocking,
             slot: key_slot,
@@ -45,7 +46,7 @@ impl Session {
             }
             let pending = self.state.multi.as_ref().is_some_and(|m| m.begin_pending);
             if pending && queued && key_slot.is_none() && script.is_none() {
-                return self.hold_in_multi(args, prefixed, expect);
+                return self.hold_in_multi(args, prefixed, channels, expect);
             }
             let merged = [
                 &b"channels"[..],
@@ -164,13 +165,13 @@ impl Session {
                 self.login_for_script(auth, queued);
             }
         }
+        let prefix = self.prefix_for(channels);
         if cluster && blocking && !queued {
-            self.remember_blocked(top, &args, &prefixed);
+            self.remember_blocked(top, &args, &prefixed, &prefix);
         }
         let split = cluster && !queued && self.shared_path();
-        if !(split && self.split(top, &args, &prefixed)) {
-            let prefix = self.tenant.as_ref().map_or(&[][..], |t| &t.prefix[..]);
-            encode_marked(&mut self.up.to_up, &args, prefix, &prefixed);
+        if !(split && self.split(top, &args, &prefixed, &prefix)) {
+            encode_marked(&mut self.up.to_up, &args, &prefix, &prefixed);
         }
         self.queue(slot);
         if let Some(Slot::Reply { write: Some(w), .. }) = self.up.pending.back_mut() {
@@ -192,7 +193,23 @@ impl Session {
                 queued,
             });
         }
+        if self.state.db_before_exec.is_some() {
+            // The transaction SELECTed: whether Redis runs it decides the database of the
+            // requests after it, so they wait for its reply (`replied` keeps the new one if
+            // it ran). No reply from Redis: the old one, as after a refused EXEC.
+            self.drain().await?;
+            if let Some(before) = self.state.db_before_exec.take() {
+                self.select_db(before);
+            }
+        }
         Ok(())
+    }
+
+    /// A DISCARD (or an aborted EXEC): a SELECT queued in the transaction never ran.
+    pub(super) fn unselect_queued(&mut self) {
+        if let Some(before) = self.state.multi.as_ref().and_then(|m| m.db_before) {
+            self.select_db(before);
+        }
     }
 
     /// Cluster mode, a transaction not begun yet (no command with keys so far): a command
@@ -202,15 +219,13 @@ impl Session {
         &mut self,
         args: Vec<Bytes>,
         prefixed: crate::wire::Marks,
+        channels: bool,
         mut expect: Expect,
     ) -> Result<(), End> {
         if !self.queue_in_multi(&mut expect, &mut None, &args) {
             return Ok(());
         }
-        let prefix = self
-            .tenant
-            .as_ref()
-            .map_or(Bytes::new(), |t| t.prefix.clone());
+        let prefix = self.prefix_for(channels);
         if let Some(m) = self.state.multi.as_mut() {
             let mut request = BytesMut::new();
             encode_marked(&mut request, &args, &prefix, &prefixed);
@@ -307,13 +322,14 @@ impl Session {
             self.refuse(Error::NotInTransaction);
             return false;
         };
+        let base = self.prefix();
         if let Some(m) = &mut self.state.multi {
             m.items
                 .push(ExecItem::Upstream(std::mem::replace(shape, Shape::Plain)));
             if let Some(mut w) = write.take() {
                 w.keys.clone_from(args);
                 match &mut m.writes {
-                    Some(all) => all.absorb(&mut w),
+                    Some(all) => all.absorb(&mut w, &base),
                     None => m.writes = Some(w),
                 }
             }
@@ -325,6 +341,7 @@ impl Session {
     /// client gets EXECABORT, as from Redis.
     async fn abort_exec(&mut self) -> Result<(), End> {
         self.state.watching = false;
+        self.unselect_queued();
         let mut sent = true;
         if let Some(m) = self.state.multi.take() {
             sent = !m.begin_pending;
@@ -356,9 +373,11 @@ impl Session {
                 if let Some(m) = self.state.multi.take() {
                     *expect = Expect::Reply(Shape::Exec(m.items));
                     *write = m.writes;
+                    self.state.db_before_exec = m.db_before;
                 }
             }
             b"discard" => {
+                self.unselect_queued();
                 self.end_multi();
                 self.state.watching = false;
             }
@@ -406,6 +425,10 @@ impl Session {
                 Err(e) => {
                     if let Some(m) = &mut self.state.multi {
                         m.dirty = true;
+                    }
+                    // An EXEC that cannot be sent: its SELECTs never ran.
+                    if let Some(before) = self.state.db_before_exec.take() {
+                        self.select_db(before);
                     }
                     // The state the command would have begun does not exist.
                     (

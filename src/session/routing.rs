@@ -17,6 +17,8 @@ const MAX_REBLOCKS: u8 = 5;
 pub(crate) struct Blocked {
     args: Vec<Bytes>,
     marks: crate::wire::Marks,
+    /// The prefix its marked arguments went behind (its database's when it was sent).
+    prefix: Bytes,
     /// The timeout argument, and whether it counts milliseconds (XREAD BLOCK) rather than
     /// seconds (BLPOP and the like).
     timeout: (usize, bool),
@@ -54,13 +56,31 @@ pub(super) enum Routed {
     Done,
 }
 
-/// The slot of argument `i` of `fwd` as Redis gets it: behind the tenant's prefix if marked.
-pub(super) fn slot_of(fwd: &Forward, i: usize, tenant: &Tenant) -> u16 {
+/// The slot of argument `i` of `fwd` as Redis gets it: behind `prefix` (the request's) if
+/// marked.
+pub(super) fn slot_of(fwd: &Forward, i: usize, prefix: &[u8]) -> u16 {
     let prefix: &[u8] = match fwd.prefixed.has(i) {
-        true => &tenant.prefix,
+        true => prefix,
         false => b"",
     };
     crate::wire::key_slot(prefix, &fwd.args[i])
+}
+
+/// EXEC's reply to a transaction of commands respite answered itself.
+fn local_exec(items: &[crate::namespace::ExecItem]) -> Bytes {
+    let mut out = bytes::BytesMut::new();
+    let results: Vec<&Bytes> = items
+        .iter()
+        .filter_map(|i| match i {
+            crate::namespace::ExecItem::Local(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    crate::wire::Resp::put_array_len(&mut out, results.len());
+    for r in results {
+        out.extend_from_slice(r);
+    }
+    out.freeze()
 }
 
 /// The multi-key commands answered whole across slots, and how their replies are joined:
@@ -96,7 +116,8 @@ impl Session {
                 return Routed::Go;
             }
             let reply = match top {
-                b"exec" => Some(Bytes::from_static(b"*0\r\n")),
+                // Nothing went to Redis: the results are respite's own (SELECT, CLIENT ...).
+                b"exec" => Some(local_exec(&m.items)),
                 b"discard" => Some(crate::wire::Resp::ok()),
                 b"multi" => {
                     Some(Error::Redis("ERR MULTI calls can not be nested".into()).to_resp())
@@ -107,6 +128,9 @@ impl Session {
                 _ => None,
             };
             if let Some(reply) = reply {
+                if top == b"discard" {
+                    self.unselect_queued();
+                }
                 if matches!(top, b"exec" | b"discard") {
                     self.end_multi();
                     self.state.watching = false;
@@ -264,19 +288,21 @@ impl Session {
     /// Encodes a multi-key request whose keys span slots as one request per run of keys of
     /// one slot (`true`), each a part the flight sends to its slot's master; `false` when
     /// the request is not one of those or its keys share a slot.
-    pub(super) fn split(&mut self, top: &[u8], args: &[Bytes], marks: &crate::wire::Marks) -> bool {
+    pub(super) fn split(
+        &mut self,
+        top: &[u8],
+        args: &[Bytes],
+        marks: &crate::wire::Marks,
+        prefix: &[u8],
+    ) -> bool {
         let Some((merge, step)) = splits(top) else {
             return false;
         };
         if args.len() < 1 + 2 * step || (args.len() - 1) % step != 0 {
             return false;
         }
-        let prefix = self
-            .tenant
-            .as_ref()
-            .map_or(Bytes::new(), |t| t.prefix.clone());
         let slot = |i: usize| {
-            let p: &[u8] = if marks.has(i) { &prefix } else { b"" };
+            let p: &[u8] = if marks.has(i) { prefix } else { b"" };
             crate::wire::key_slot(p, &args[i])
         };
         // The keys (their first argument's index) of each slot, slots in order of first
@@ -325,7 +351,7 @@ impl Session {
                     sub.push(arg.clone());
                 }
             }
-            encode_marked(&mut self.up.to_up, &sub, &prefix, &sub_marks);
+            encode_marked(&mut self.up.to_up, &sub, prefix, &sub_marks);
             self.up.plan.push(Part {
                 len: self.up.to_up.len() - self.up.plan_end,
                 target: match read_only {
@@ -347,11 +373,13 @@ impl Session {
         top: &[u8],
         args: &[Bytes],
         marks: &crate::wire::Marks,
+        prefix: &Bytes,
     ) {
         self.up.blocked = block_timeout(top, args).map(|timeout| {
             Box::new(Blocked {
                 args: args.to_vec(),
                 marks: marks.clone(),
+                prefix: prefix.clone(),
                 timeout,
                 sent: std::time::Instant::now(),
                 redirects: 0,
@@ -482,7 +510,7 @@ impl Session {
                 false => format!("{left:.3}"),
             });
         }
-        let marks = b.marks.clone();
+        let (marks, prefix) = (b.marks.clone(), b.prefix.clone());
         self.hold(p);
         if asking {
             encode_request(&mut self.up.to_up, [&b"ASKING"[..]].into_iter());
@@ -490,10 +518,6 @@ impl Session {
             self.up.pending.push_front(Slot::Internal);
             self.up.awaiting += 1;
         }
-        let prefix = self
-            .tenant
-            .as_ref()
-            .map_or(Bytes::new(), |t| t.prefix.clone());
         encode_marked(&mut self.up.to_up, &args, &prefix, &marks);
         self.flush_upstream().await;
         Ok(())

@@ -120,6 +120,13 @@ impl Session {
             Ok(c) => c,
             Err(e) => return self.refuse_counted(e),
         };
+        if kind == ScriptCmd::Fcall && self.state.db != 0 {
+            return self.refuse_counted(Error::Unsupported(
+                "respite runs functions (FCALL) in database 0 only: a library is loaded once \
+                 for all of a tenant's databases, with database 0's key prefix"
+                    .into(),
+            ));
+        }
         if kind == ScriptCmd::Fcall {
             // The tenant's function, under its names; the library knows its prefix.
             let names = crate::script::library_names(&tenant.id);

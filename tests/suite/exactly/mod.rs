@@ -7,6 +7,7 @@ mod admin;
 mod attacks;
 mod clients;
 mod config;
+mod databases;
 mod errors;
 mod info;
 mod login;
