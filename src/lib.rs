@@ -2,7 +2,9 @@
 //!
 //! Each client connection authenticates to a tenant; every key and channel it touches is
 //! rewritten into `tenant:<id>:` on the way to Redis and back out of the replies, so tenants
-//! sharing one Redis can never see, change or enumerate each other's data.
+//! sharing one Redis can never see, change or enumerate each other's data. A tenant's
+//! database n (SELECT) is `tenant:<id>@<n>:` for its keys (`Tenant::db_prefix`); channels
+//! have no databases.
 //!
 //! ```text
 //! client ──TCP──▶ server.rs          accept, max_clients

@@ -597,6 +597,31 @@ mod tests {
     }
 
     #[test]
+    fn every_database_of_the_tenant_is_stripped_and_only_its_own() {
+        let f = frame(
+            b"*5\r\n$13\r\ntenant:a@12:x\r\n$10\r\ntenant:a:y\r\n$12\r\ntenant:a@0:z\r\n\
+              $13\r\ntenant:a@01:z\r\n$13\r\ntenant:ab@1:z\r\n",
+        );
+        assert_eq!(
+            &strip(&f, &Shape::Keys, P)[..],
+            &b"*5\r\n$1\r\nx\r\n$1\r\ny\r\n$12\r\ntenant:a@0:z\r\n$13\r\ntenant:a@01:z\r\n\
+               $13\r\ntenant:ab@1:z\r\n"[..]
+        );
+        // A keyspace notification of database 3's key comes on database 3's channel.
+        let m =
+            frame(b"*3\r\n$7\r\nmessage\r\n$27\r\n__keyspace@0__:tenant:a@3:k\r\n$3\r\nset\r\n");
+        assert_eq!(
+            &strip_push(&m, P)[..],
+            b"*3\r\n$7\r\nmessage\r\n$16\r\n__keyspace@3__:k\r\n$3\r\nset\r\n"
+        );
+        let e = strip_error(
+            Bytes::from_static(b"-ERR key 'tenant:a@2:k' and 'tenant:b@2:k'\r\n"),
+            P,
+        );
+        assert_eq!(&e[..], b"-ERR key 'k' and 'tenant:b@2:k'\r\n");
+    }
+
+    #[test]
     fn partial_frames_wait_for_more() {
         let mut buf = BytesMut::from(&b"$5\r\nhel"[..]);
         assert!(next_frame(&mut buf, 2).unwrap().is_none());

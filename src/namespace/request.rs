@@ -647,6 +647,49 @@ mod tests {
     }
 
     #[test]
+    fn channels_are_told_from_keys() {
+        for line in [
+            "PUBLISH c m",
+            "SPUBLISH c m",
+            "SUBSCRIBE c",
+            "SSUBSCRIBE c",
+            "PUNSUBSCRIBE p*",
+            "PUBSUB NUMSUB c",
+            "PUBSUB SHARDCHANNELS",
+        ] {
+            assert!(rw(line).channels, "{line}");
+        }
+        for line in [
+            "SET k v",
+            "SCAN 0",
+            "CLIENT TRACKING on BCAST",
+            "SORT k BY w*",
+        ] {
+            assert!(!rw(line).channels, "{line}");
+        }
+        // Database 2's keyspace channel, in database 0 behind database 2's prefix; a
+        // database the tenant has not, or not written as Redis writes it: a channel of its.
+        let tenant = Tenant::new("a", Default::default());
+        let named = |c: &str| keyspace_channel(c.as_bytes(), &tenant);
+        assert_eq!(
+            named("__keyspace@2__:k").as_deref(),
+            Some(&b"__keyspace@0__:tenant:a@2:k"[..])
+        );
+        assert_eq!(
+            named("__keyspace@0__:k").as_deref(),
+            Some(&b"__keyspace@0__:tenant:a:k"[..])
+        );
+        for other in [
+            "__keyspace@16__:k",
+            "__keyspace@02__:k",
+            "__keyspace@*__:k",
+            "x",
+        ] {
+            assert_eq!(named(other), None, "{other}");
+        }
+    }
+
+    #[test]
     fn blocking_commands_are_marked() {
         assert!(rw("BLPOP q 0").blocking);
         assert!(rw("WAIT 0 0").blocking);

@@ -5,9 +5,11 @@
 //! figure per tenant (the hash tag keeps a tenant's bookkeeping in one cluster slot):
 //!
 //! ```text
-//! respite:quota:{<id>}:used       sum of `sizes`: the tenant's usage
+//! respite:quota:{<id>}:used       sum of `sizes` and `sizes@`: the tenant's usage
 //! respite:quota:{<id>}:sizes      hash: key (without tenant:<id>:) → its MEMORY USAGE when
 //!                                 last measured
+//! respite:quota:{<id>}:sizes@     the same for its other databases' keys (without
+//!                                 tenant:<id>@, so `<db>:<key>`)
 //! respite:quota:{<id>}:leases     hash: instance → "<bytes>:<expiry ms>", allowance an instance
 //!                                 has reserved for writes not measured yet
 //! respite:quota:reconcile         lock: one instance reconciles every tenant per interval

@@ -231,6 +231,34 @@ async fn tenant_wide_commands_cover_every_master() {
     assert_eq!(b.cmd(&["DBSIZE"]).await, ":50\r\n");
     assert_eq!(a.cmd(&["RANDOMKEY"]).await, "$-1\r\n");
     assert_eq!(cluster.keys().await.len(), 50);
+    // Databases: prefixes, spread over the masters like database 0's keys.
+    assert_eq!(a.cmd(&["SELECT", "3"]).await, "+OK\r\n");
+    for i in 0..60 {
+        assert_eq!(a.cmd(&["SET", &format!("d{i}"), "3"]).await, "+OK\r\n");
+    }
+    assert_eq!(
+        a.cmd(&["MGET", "d1", "d59", "none"]).await,
+        "*3\r\n$1\r\n3\r\n$1\r\n3\r\n$-1\r\n"
+    );
+    assert_eq!(a.cmd(&["DBSIZE"]).await, ":60\r\n");
+    assert_eq!(sorted(&a.cmd(&["KEYS", "d5?"]).await).len(), 10);
+    assert!(a.cmd(&["INFO", "keyspace"]).await.contains("db3:keys=60,"));
+    assert_eq!(
+        a.cmd(&["MOVE", "d1", "4"]).await,
+        "-ERR MOVE is not allowed in cluster mode\r\n"
+    );
+    assert_eq!(a.cmd(&["SELECT", "0"]).await, "+OK\r\n");
+    assert_eq!(a.cmd(&["DBSIZE"]).await, ":0\r\n");
+    let named = cluster.keys().await;
+    assert_eq!(
+        named
+            .iter()
+            .filter(|k| k.starts_with("tenant:a@3:d"))
+            .count(),
+        60
+    );
+    assert_eq!(a.cmd(&["FLUSHALL"]).await, "+OK\r\n");
+    assert_eq!(cluster.keys().await.len(), 50);
 }
 
 #[tokio::test]
