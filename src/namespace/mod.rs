@@ -19,24 +19,12 @@ pub const KEYEVENT: &[u8] = b"__keyevent@0__:";
 pub const INVALIDATE: &[u8] = b"__redis__:invalidate";
 
 /// The tenant's own prefix at the start of `name`, in any of its databases (`base` is its
-/// `tenant:<id>:`, database 0's): the prefix's length and its database. Only the forms
-/// `Tenant::db_prefix` writes count (`@1:`, never `@01:` or `@0:`), so a name is read back
-/// the one way it was written.
+/// `tenant:<id>:`, database 0's): the prefix's length and its database
+/// (`wire::tenant_of` reads the name).
 pub fn own_prefix(base: &[u8], name: &[u8]) -> Option<(usize, u32)> {
-    if base.is_empty() {
-        return None;
-    }
-    if name.starts_with(base) {
-        return Some((base.len(), 0));
-    }
-    let stem = &base[..base.len() - 1];
-    let rest = name.strip_prefix(stem)?.strip_prefix(b"@")?;
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || rest[0] == b'0' || rest.get(digits) != Some(&b':') {
-        return None;
-    }
-    let db = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
-    Some((stem.len() + 1 + digits + 1, db))
+    let (id, db, len) = crate::wire::tenant_of(name)?;
+    let base_id = base.strip_prefix(b"tenant:")?.strip_suffix(b":")?;
+    (id == base_id).then_some((len, db))
 }
 
 pub use reply::{ExecItem, Kind, Shape, SubKind};

@@ -122,14 +122,6 @@ const SIZE: &str = concat!(
 /// The lock one instance holds while it reconciles every tenant, for an interval.
 const RECONCILE_LOCK: &str = "respite:quota:reconcile";
 
-/// The tenant of a key in a tenant's namespace, in any of its databases (`tenant:<id>:`
-/// or `tenant:<id>@<db>:`): its id. An id has neither `:` nor `@`.
-fn tenant_of(key: &[u8]) -> Option<&[u8]> {
-    let rest = key.strip_prefix(b"tenant:")?;
-    let id = rest.iter().position(|&b| b == b':' || b == b'@')?;
-    Some(&rest[..id])
-}
-
 /// EVALSHA of `script`, its keys and arguments to be added. Built as one command rather than
 /// through `Script::key`, which copies every key into an allocation of its own: with a
 /// batch of 256 keys, that would be most of a flush's cost in respite.
@@ -712,7 +704,9 @@ impl Quotas {
     async fn measure_by_tenant(&self, keys: Vec<Vec<u8>>) -> Result<(), UpstreamError> {
         let mut of: BTreeMap<&[u8], Vec<Bytes>> = BTreeMap::new();
         for key in &keys {
-            if let Some(id) = tenant_of(key) {
+            // Only names respite writes: what else is under `tenant:` no tenant's
+            // FLUSHALL or DBSIZE sees either.
+            if let Some((id, _, _)) = crate::wire::tenant_of(key) {
                 of.entry(id).or_default().push(Bytes::copy_from_slice(key));
             }
         }

@@ -302,7 +302,9 @@ impl Session {
             return self.move_key(fwd, &tenant);
         }
         if cmd.parent.is_none() && cmd.spec.name == b"copy" {
-            decided!(refused(self.copy_db(&mut fwd.args)));
+            if let Err(e) = self.copy_db(&mut fwd.args) {
+                return self.fails_when_run(e);
+            }
         }
         // Built in place: the common outcome is not moved through the stages' results.
         Action::Forward(fwd, cmd.parent.unwrap_or(cmd.spec).name, cost)
@@ -317,13 +319,17 @@ impl Session {
         const MOVE: &[u8] = b"if redis.call('exists', KEYS[1]) == 0 or \
             redis.call('exists', KEYS[2]) == 1 then return 0 end \
             redis.call('rename', KEYS[1], KEYS[2]) return 1";
-        let refuse = |text: &str| Action::Refuse(Error::Redis(format!("ERR {text}")));
+        if self.state.protocol == 2 && self.state.subs.any() {
+            // Redis' refusal names MOVE, not the script it becomes.
+            return Action::Refuse(Error::SubscribedOnly("move".into()));
+        }
+        let refuse = |text: &str| self.fails_when_run(Error::Redis(format!("ERR {text}")));
         if self.ctx.upstream.cluster.is_some() {
             return refuse("MOVE is not allowed in cluster mode");
         }
         let db = match self.database(&fwd.args[2]) {
             Ok(db) => db,
-            Err(e) => return Action::Refuse(e),
+            Err(e) => return self.fails_when_run(e),
         };
         if db == self.state.db {
             return refuse("source and destination objects are the same");
@@ -349,11 +355,21 @@ impl Session {
         Action::Forward(fwd, b"move", cost)
     }
 
-    /// COPY's DB, read as Redis reads it, is the selected database: in Redis, database 0
-    /// (where every database of the tenant's is). Into another database: refused, the
-    /// one COPY respite does not rewrite (its source may be a shared key, its size is
-    /// charged by its source's).
-    fn copy_db(&self, args: &mut [Bytes]) -> Result<(), Error> {
+    /// An error Redis gives when the command runs, not when it is queued: inside MULTI it
+    /// is queued like the command (its result inside EXEC's reply, the rest of the
+    /// transaction runs), as from Redis.
+    fn fails_when_run(&self, e: Error) -> Action {
+        match self.state.multi {
+            Some(_) => Action::Local(Local::Session(local::SessionCmd::FailsWhenRun(e.to_resp()))),
+            None => Action::Refuse(e),
+        }
+    }
+
+    /// COPY's DB, read as Redis reads it, must be the selected database, and is taken out
+    /// (Redis copies within the database of the connection, whatever the upstream URL
+    /// names). Into another database: refused, the one COPY respite does not rewrite (its
+    /// source may be a shared key, its size is charged by its source's).
+    fn copy_db(&self, args: &mut Vec<Bytes>) -> Result<(), Error> {
         let mut i = 3;
         while i + 1 < args.len() {
             if args[i].eq_ignore_ascii_case(b"db") {
@@ -365,8 +381,8 @@ impl Session {
                             .into(),
                     ));
                 }
-                args[i + 1] = Bytes::from_static(b"0");
-                i += 1;
+                args.drain(i..i + 2);
+                continue;
             }
             i += 1;
         }

@@ -47,6 +47,9 @@ pub enum Local {
 #[derive(Debug)]
 pub enum SessionCmd {
     Select(Bytes),
+    /// A command Redis queues in a transaction and fails when it runs (MOVE to a bad
+    /// database): its error, now or inside EXEC's reply.
+    FailsWhenRun(Bytes),
     ClientId,
     ClientGetName,
     ClientSetName(Bytes),
@@ -390,6 +393,7 @@ impl Session {
                 }
                 Err(e) => e.to_resp(),
             },
+            SessionCmd::FailsWhenRun(error) => error,
             SessionCmd::ClientId => Resp::int(self.me.shown_id() as i64),
             SessionCmd::ClientGetName => match &self.me.state.lock().unwrap().name {
                 Some(n) => Resp::bulk(n),

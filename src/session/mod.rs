@@ -884,6 +884,16 @@ impl Session {
         }
     }
 
+    /// Back to database `db`, which a SELECT that did not run replaced; a reload may have
+    /// taken it away meanwhile (`databases` lowered): then the connection closes, as
+    /// `retake_tenant` closes those in a database that is gone.
+    pub(crate) fn select_back(&mut self, db: u32) {
+        match self.tenant.as_ref().is_some_and(|t| db >= t.databases) {
+            true => self.me.kill.cancel(),
+            false => self.select_db(db),
+        }
+    }
+
     /// Selects database `db` of the tenant's (checked by the caller).
     pub(crate) fn select_db(&mut self, db: u32) {
         self.state.db = db;

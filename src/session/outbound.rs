@@ -199,7 +199,7 @@ impl Session {
             // it ran). No reply from Redis: the old one, as after a refused EXEC.
             self.drain().await?;
             if let Some(before) = self.state.db_before_exec.take() {
-                self.select_db(before);
+                self.select_back(before);
             }
         }
         Ok(())
@@ -208,7 +208,7 @@ impl Session {
     /// A DISCARD (or an aborted EXEC): a SELECT queued in the transaction never ran.
     pub(super) fn unselect_queued(&mut self) {
         if let Some(before) = self.state.multi.as_ref().and_then(|m| m.db_before) {
-            self.select_db(before);
+            self.select_back(before);
         }
     }
 
@@ -428,7 +428,7 @@ impl Session {
                     }
                     // An EXEC that cannot be sent: its SELECTs never ran.
                     if let Some(before) = self.state.db_before_exec.take() {
-                        self.select_db(before);
+                        self.select_back(before);
                     }
                     // The state the command would have begun does not exist.
                     (

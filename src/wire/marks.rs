@@ -50,6 +50,29 @@ pub fn namespaced(prefix: &[u8], name: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// The tenant, database and prefix length of a name in a tenant's namespace:
+/// `tenant:<id>:` (database 0) or `tenant:<id>@<db>:`, only as `Tenant::db_prefix` writes
+/// them (`@1:`, never `@01:` or `@0:`: a name is read back the one way it was written).
+pub fn tenant_of(name: &[u8]) -> Option<(&[u8], u32, usize)> {
+    let rest = name.strip_prefix(b"tenant:")?;
+    let end = rest.iter().position(|&b| b == b':' || b == b'@')?;
+    let id = &rest[..end];
+    if id.is_empty() {
+        return None;
+    }
+    let stem = b"tenant:".len() + end;
+    if rest[end] == b':' {
+        return Some((id, 0, stem + 1));
+    }
+    let digits = &rest[end + 1..];
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    if n == 0 || digits[0] == b'0' || digits.get(n) != Some(&b':') {
+        return None;
+    }
+    let db = std::str::from_utf8(&digits[..n]).ok()?.parse().ok()?;
+    Some((id, db, stem + 1 + n + 1))
+}
+
 /// The tenant's whole namespace as a glob pattern: `tenant:<id>:*`.
 pub fn all_keys(prefix: &[u8]) -> Bytes {
     namespaced(prefix, b"*")

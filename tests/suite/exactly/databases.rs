@@ -194,6 +194,62 @@ async fn select_in_a_transaction() {
     for _ in 0..7 {
         p.next_same().await;
     }
+    // MOVE's and COPY's errors come when they run: inside EXEC's reply, the rest runs.
+    same_lines(
+        &mut p,
+        &[
+            "MULTI",
+            "SET mx 1",
+            "MOVE mx 1",
+            "MOVE mx 99",
+            "MOVE mx abc",
+            "COPY mx my DB 1",
+            "COPY mx mz DB 99",
+            "EXEC",
+            "GET my",
+            "MULTI",
+            "MOVE mx 2",
+            "EXEC",
+            "EXISTS mx",
+        ],
+    )
+    .await;
+    // In RESP2 subscribed mode Redis names the command refused: MOVE, not what it becomes.
+    p.same_frames(&["SUBSCRIBE", "c"], 1).await;
+    p.same(&["MOVE", "my", "2"]).await;
+}
+
+/// COPY's DB goes nowhere near Redis: with an upstream URL naming database 3, the copy is
+/// in database 3 with everything else of the tenant's.
+#[tokio::test]
+async fn copy_stays_in_the_upstream_database() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&format!(
+        "[upstream]\nurl = \"{}/3\"\n[[tenants]]\nid = \"c\"\npassword = \"pc\"\n",
+        redis.url().trim_end_matches('/')
+    ))
+    .await;
+    let mut c = proxy.raw_as("c", "pc").await;
+    assert_eq!(c.cmd(&["SET", "v", "1"]).await, "+OK\r\n");
+    assert_eq!(c.cmd(&["COPY", "v", "w", "DB", "0"]).await, ":1\r\n");
+    assert_eq!(c.cmd(&["SELECT", "2"]).await, "+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "v", "2"]).await, "+OK\r\n");
+    assert_eq!(
+        c.cmd(&["COPY", "v", "w", "REPLACE", "DB", "2"]).await,
+        ":1\r\n"
+    );
+    let mut db3 = redis::Client::open(format!("{}/3", redis.url().trim_end_matches('/')))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = q(&mut db3, &["KEYS", "*"]).await.unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["tenant:c:v", "tenant:c:w", "tenant:c@2:v", "tenant:c@2:w"]
+    );
+    assert_eq!(redis.keys().await.len(), 0, "nothing in database 0");
 }
 
 /// Scripts run in the selected database: their keys there, their channels the tenant's
