@@ -274,8 +274,8 @@ impl Session {
         decided!(self.shared_keys(&cmd, &req, &keys, &tenant));
         let mut fwd = decided!(refused(rewrite::request(&cmd, req.args, &keys, &tenant)));
         decided!(refused(self.redirection(&cmd, &mut fwd, &tenant)));
-        let prefix = self.prefix_for(fwd.channels);
         if self.ctx.upstream.cluster.is_some() {
+            let prefix = self.prefix_for(fwd.channels);
             fwd.slot = keys
                 .iter()
                 .next()
@@ -288,12 +288,14 @@ impl Session {
         }
         let cost = tenant.ledger.as_ref().and_then(|_| {
             let max = self.ctx.facts.proto_max_bulk();
-            quota::cost(&cmd, &fwd.args, &keys, &fwd.prefixed, prefix.len(), max).map(
-                |c| match self.state.db {
-                    0 => c,
-                    _ => c.in_database(prefix.clone()),
-                },
-            )
+            let prefix_len = self.prefix_len(fwd.channels);
+            quota::cost(&cmd, &fwd.args, &keys, &fwd.prefixed, prefix_len, max).map(|c| match self
+                .state
+                .db
+            {
+                0 => c,
+                _ => c.in_database(self.keys_prefix()),
+            })
         });
         if let Some(kind) = ScriptCmd::of(&cmd) {
             return Action::Script(kind, fwd, cost);

@@ -210,6 +210,20 @@ enum Action {
     Script(ScriptCmd, Forward, Option<WriteCost>),
 }
 
+/// [`Session::prefix_for`], borrowed from the session's fields (so that the request can be
+/// encoded into another of them without a copy).
+fn prefix_of<'a>(
+    tenant: &'a Option<Arc<Tenant>>,
+    state: &'a ConnectionState,
+    channels: bool,
+) -> &'a [u8] {
+    match (tenant, channels || state.db == 0) {
+        (None, _) => b"",
+        (Some(t), true) => &t.prefix,
+        (Some(_), false) => &state.db_prefix,
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug)]
 pub(crate) enum End {
@@ -882,6 +896,11 @@ impl Session {
             true => self.prefix(),
             false => self.keys_prefix(),
         }
+    }
+
+    /// The length of [`Session::prefix_for`].
+    pub(crate) fn prefix_len(&self, fwd_channels: bool) -> usize {
+        prefix_of(&self.tenant, &self.state, fwd_channels).len()
     }
 
     /// Back to database `db`, which a SELECT that did not run replaced; a reload may have

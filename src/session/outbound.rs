@@ -165,13 +165,19 @@ impl Session {
                 self.login_for_script(auth, queued);
             }
         }
-        let prefix = self.prefix_for(channels);
-        if cluster && blocking && !queued {
-            self.remember_blocked(top, &args, &prefixed, &prefix);
-        }
-        let split = cluster && !queued && self.shared_path();
-        if !(split && self.split(top, &args, &prefixed, &prefix)) {
-            encode_marked(&mut self.up.to_up, &args, &prefix, &prefixed);
+        if cluster {
+            let prefix = self.prefix_for(channels);
+            if blocking && !queued {
+                self.remember_blocked(top, &args, &prefixed, &prefix);
+            }
+            let split = !queued && self.shared_path();
+            if !(split && self.split(top, &args, &prefixed, &prefix)) {
+                encode_marked(&mut self.up.to_up, &args, &prefix, &prefixed);
+            }
+        } else {
+            // Borrowed, not cloned: the common request's path.
+            let prefix = super::prefix_of(&self.tenant, &self.state, channels);
+            encode_marked(&mut self.up.to_up, &args, prefix, &prefixed);
         }
         self.queue(slot);
         if let Some(Slot::Reply { write: Some(w), .. }) = self.up.pending.back_mut() {
