@@ -114,12 +114,15 @@ def bench(port, test, pipeline, requests, pid, auth, keyspace=None, command=None
 SCRIPT = ("redis.call('INCR', KEYS[1]) redis.call('EXPIRE', KEYS[1], 60) "
           "return redis.call('GET', KEYS[1])")
 
+# A quota far from reach: its bookkeeping runs, nothing is refused.
+QUOTAS = "[defaults]\nquota_bytes = 1073741824"
+
 # Suites comparing two respite instances: (name, [server] lines, other sections) for the
 # baseline and the variant, then the (test, pipeline, random keyspace) cases.
 PAIRS = {
     "metrics": (("metrics-off", "metrics = false", ""), ("metrics-on", "", ""),
                 [("get", 16, None), ("get", 1, None)]),
-    "threads": (("threads-2", "threads = 2", ""), ("threads-1", "", ""),
+    "threads": (("threads-2", "threads = 2", QUOTAS), ("threads-1", "", QUOTAS),
                 [("get", 1, None), ("get", 16, None)]),
     "quota": (("quota-off", "", ""), ("quota-on", "", "[defaults]\nquota_bytes = 1073741824"),
               [("set", 16, None), ("set", 16, 100_000), ("get", 16, None)]),
@@ -130,6 +133,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer requests per run")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="respite's server.threads in the proxies suite")
     ap.add_argument("--suite", choices=("proxies", "shared", "scripts") + tuple(PAIRS),
                     default="proxies",
                     help="proxies: redis vs twemproxy vs respite; quota: respite, quotas off vs "
@@ -240,7 +245,8 @@ def main():
                 port, pid = start_respite(extra, server=server)
                 targets.append((name, port, pid, "bench-secret"))
         else:
-            pport, ppid = start_respite("")
+            # As users run it: quotas (far from the limit) and metrics on.
+            pport, ppid = start_respite(QUOTAS, server="threads = %d" % opts.threads)
             targets = ([("redis", rport, redis.pid, None), ("twemproxy", tport, twem.pid, None)]
                        + peers + [("respite", pport, ppid, "bench-secret")])
             cases = [(t, p, None) for p in (1, 16) for t in ("get", "set")]

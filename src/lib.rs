@@ -55,9 +55,11 @@
 //!
 //! Threads: the binary runs all of this on one thread by default (`server.threads = 1`,
 //! tokio's current-thread scheduler), so a request, the shared upstream task that writes it
-//! and its reply never cross threads; state shared between sessions (tenants' ledgers and
-//! figures, the shared cache) is still `Send + Sync`, so `threads = N` runs the same code
-//! on N worker threads.
+//! and its reply never cross threads. With `threads = N`, sessions run on N worker threads
+//! of the same kind (`server::Workers`), each accepted socket handed to one of them once,
+//! each worker with its own shared upstream connections (`upstream::Upstream::shared`):
+//! still no request or reply crosses threads. State shared between sessions (tenants'
+//! ledgers and figures, the shared cache, the pinned pool) is `Send + Sync`.
 
 // Public: what the binary, the integration tests (the differential test drives the stages
 // directly) and the benches use. Everything else is private to the crate.
@@ -132,6 +134,7 @@ pub fn context(config: Config, source: Option<config::Source>) -> anyhow::Result
         config.upstream.connections,
         config.upstream.pinned_max,
         cluster.clone(),
+        server::workers(config.server.threads),
     );
     let quotas = ledgers
         .map(|ledgers| quota::Quotas::new(config, ledgers, own.clone(), cluster))
@@ -229,9 +232,11 @@ pub async fn run(
         });
         tokio::spawn(admin::run(listener, ctx.clone(), bookkeeping.clone()));
     }
+    let workers = server::Workers::start(server::workers(config.server.threads))?;
     server::run(
         listener,
         ctx,
+        &workers,
         config.server.max_clients,
         Duration::from_millis(config.server.shutdown_grace_ms),
         shutdown,

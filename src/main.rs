@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         return ExitCode::from(BAD_CONFIG);
     }
 
-    let runtime = match runtime(config.server.threads) {
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("respite: cannot start the runtime: {e}");
@@ -107,20 +107,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// One thread: tokio's current-thread scheduler, so that a session, the shared upstream
-/// connection it hands requests to and the reply's way back all run on one thread, with no
-/// cross-thread wakeups (on 2 cores this cut CPU per request at pipeline 1 by about 40%,
-/// BENCHMARKS.md). More: the work-stealing scheduler with that many workers.
-fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
-    }
-    .enable_all()
-    .build()
+/// tokio's current-thread scheduler, so that a session, the shared upstream connection it
+/// hands requests to and the reply's way back all run on one thread, with no cross-thread
+/// wakeups (on 2 cores this cut CPU per request at pipeline 1 by about 40%, BENCHMARKS.md).
+/// With `server.threads = N` the sessions run on N worker threads of the same kind
+/// (`server::Workers`); this one keeps the accept loop and the background work.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 async fn serve(config: Config, source: respite::config::Source) -> anyhow::Result<()> {

@@ -140,9 +140,9 @@ pub struct ServerConfig {
     /// Keep per-tenant command counts, hit rates and latencies (INFO, /metrics).
     #[serde(default = "default_true")]
     pub metrics: bool,
-    /// Runtime threads. One runs every session on one thread: a request and its reply never
-    /// cross threads, which is the cheapest per request; more spread sessions over that
-    /// many worker threads, for more than one core's worth of traffic.
+    /// Threads sessions run on. One: every session on the main thread. More: that many
+    /// worker threads, each with its own sessions and shared upstream connections
+    /// (`server::Workers`), so that a request and its reply never cross threads either way.
     #[serde(default = "default_threads")]
     pub threads: usize,
 }
@@ -166,7 +166,8 @@ pub struct UpstreamConfig {
     /// Connections of the pool respite's own commands use (quota bookkeeping).
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
-    /// Shared connections per protocol (RESP2, RESP3) carrying stateless commands.
+    /// Shared connections per protocol (RESP2, RESP3) carrying stateless commands, split over
+    /// the worker threads (`server.threads`; at least one each).
     #[serde(default = "default_connections")]
     pub connections: usize,
     /// Most pinned connections (sessions with MULTI, WATCH, blocking commands, pub/sub).

@@ -240,6 +240,21 @@ impl OwnPool {
 }
 pub use shared::{Reply, Sink};
 
+thread_local! {
+    /// The worker thread this is (1 to `server.threads`), 0 on any other thread.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `n` (see [`Upstream::shared`]).
+pub fn set_worker(n: usize) {
+    WORKER.with(|w| w.set(n));
+}
+
+/// The worker thread this is, 0 on a thread that is none.
+pub fn worker() -> usize {
+    WORKER.with(|w| w.get())
+}
+
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
@@ -556,34 +571,42 @@ impl Conn {
 pub struct Upstream {
     pub connector: Arc<Connector>,
     shared_per_protocol: usize,
-    shared: [OnceLock<Vec<shared::Shared>>; 2],
+    /// Per worker thread (index 0: the main runtime), per protocol: a worker's sessions
+    /// use the shared connections its own runtime carries, so that a request and its reply
+    /// never cross threads.
+    shared: Vec<[OnceLock<Vec<shared::Shared>>; 2]>,
     pub cluster: Option<Arc<cluster::Topology>>,
     pub pinned: pinned::Pool,
 }
 
 impl Upstream {
-    /// `connections` shared connections per protocol (per node in a cluster), at most
-    /// `pinned_max` pinned ones.
+    /// `connections` shared connections per protocol (per node in a cluster), split over
+    /// the `workers` threads (at least one each), at most `pinned_max` pinned ones.
     pub fn new(
         connector: Connector,
         connections: usize,
         pinned_max: usize,
         cluster: Option<Arc<cluster::Topology>>,
+        workers: usize,
     ) -> Upstream {
         let connector = Arc::new(connector);
         Upstream {
             pinned: pinned::Pool::new(connector.clone(), pinned_max),
             connector,
-            shared_per_protocol: connections.max(1),
-            shared: [OnceLock::new(), OnceLock::new()],
+            shared_per_protocol: connections.div_ceil(workers.max(1)).max(1),
+            shared: (0..=workers)
+                .map(|_| [OnceLock::new(), OnceLock::new()])
+                .collect(),
             cluster,
         }
     }
 
-    /// The shared connection a session (by its id) uses for `protocol` (one Redis). Sticky,
-    /// so that a session's commands keep their order.
+    /// The shared connection a session (by its id) uses for `protocol` (one Redis), among
+    /// its worker thread's (made on that worker's runtime when first asked for). Sticky, so
+    /// that a session's commands keep their order.
     pub fn shared(&self, protocol: u8, session: u64) -> &shared::Shared {
-        let conns = self.shared[usize::from(protocol == 3)].get_or_init(|| {
+        let worker = self.shared.get(worker()).unwrap_or(&self.shared[0]);
+        let conns = worker[usize::from(protocol == 3)].get_or_init(|| {
             (0..self.shared_per_protocol)
                 .map(|_| shared::Shared::spawn(self.connector.clone(), protocol))
                 .collect()

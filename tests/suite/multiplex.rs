@@ -115,6 +115,76 @@ async fn redis_sees_the_configured_connections_whatever_the_client_count() {
     assert_eq!(conns.len() - resp3, 3);
 }
 
+/// `server.threads = 2`: sessions run on two worker threads, each with shared connections
+/// of its own (`connections` per worker), and every reply still reaches its request:
+/// pipelines from many clients, a transaction, a blocked pop woken from the other worker,
+/// pub/sub across workers.
+#[tokio::test]
+async fn two_worker_threads_keep_every_reply_in_place() {
+    let redis = Redis::start();
+    let config = proxy_config(&redis, "connections = 1");
+    let proxy = Proxy::start_config(&format!("[server]\nthreads = 2\n{config}")).await;
+    let mut tasks = Vec::new();
+    for c in 0..20 {
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Raw::login(addr, "a", "pa").await;
+            let mut pipeline = String::new();
+            for i in 0..100 {
+                let (k, v) = (format!("c{c}k{i}"), format!("v{c}.{i}"));
+                pipeline.push_str(&format!(
+                    "*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n",
+                    k.len(),
+                    v.len()
+                ));
+                pipeline.push_str(&format!("*2\r\n$3\r\nGET\r\n${}\r\n{k}\r\n", k.len()));
+            }
+            conn.send(pipeline.as_bytes()).await;
+            for i in 0..100 {
+                assert_eq!(conn.reply().await, "+OK\r\n");
+                let v = format!("v{c}.{i}");
+                assert_eq!(conn.reply().await, format!("${}\r\n{v}\r\n", v.len()));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        redis_clients(&redis).await.len(),
+        2,
+        "one shared connection per worker (connections = 1)"
+    );
+    // Sessions alternate between the workers: these two are on different ones.
+    let mut waiter = proxy.raw_as("a", "pa").await;
+    let mut pusher = proxy.raw_as("a", "pa").await;
+    waiter.send_cmd(&["BLPOP", "q", "5"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pusher.cmd(&["RPUSH", "q", "x"]).await, ":1\r\n");
+    assert_eq!(waiter.reply().await, "*2\r\n$1\r\nq\r\n$1\r\nx\r\n");
+    waiter.send_cmd(&["SUBSCRIBE", "news"]).await;
+    assert_eq!(
+        waiter.reply().await,
+        "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    assert_eq!(pusher.cmd(&["PUBLISH", "news", "hi"]).await, ":1\r\n");
+    assert_eq!(
+        waiter.reply().await,
+        "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
+    );
+    for line in ["MULTI", "INCR n", "INCR n", "EXEC"] {
+        pusher.send_cmd(&line.split(' ').collect::<Vec<_>>()).await;
+    }
+    for want in [
+        "+OK\r\n",
+        "+QUEUED\r\n",
+        "+QUEUED\r\n",
+        "*2\r\n:1\r\n:2\r\n",
+    ] {
+        assert_eq!(pusher.reply().await, want);
+    }
+}
+
 #[tokio::test]
 async fn a_shared_connection_killed_mid_burst_fails_only_what_was_in_flight() {
     let redis = Redis::start();
