@@ -177,8 +177,9 @@ impl Totals {
 }
 
 impl TenantStats {
-    /// Takes a session's notes in, and empties them.
-    pub fn absorb(&self, t: &mut Tally) {
+    /// Takes a session's notes in, and empties them; `now` is the session's last reading
+    /// of the clock (its last read from the client).
+    pub fn absorb(&self, t: &mut Tally, now: Instant) {
         let mut s = self.inner.lock().unwrap();
         for (name, outcome, n) in t.commands.drain(..) {
             *s.commands.entry((name, outcome)).or_default() += n;
@@ -194,7 +195,7 @@ impl TenantStats {
         s.misses += std::mem::take(&mut t.misses);
         s.bytes_in += std::mem::take(&mut t.bytes_in);
         s.bytes_out += std::mem::take(&mut t.bytes_out);
-        s.last_active = Some(Instant::now());
+        s.last_active = Some(s.last_active.map_or(now, |was| was.max(now)));
     }
 
     pub fn auth_failed(&self) {

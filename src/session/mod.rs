@@ -554,9 +554,17 @@ impl Session {
         // Made once: a cancellation future made anew for every wait registers with its
         // token again each time, in every pass of the loop.
         let killed = self.me.kill.clone().cancelled_owned();
+        let stopping = shutdown.clone();
         let shutdown = shutdown.cancelled_owned();
         tokio::pin!(killed, shutdown);
         loop {
+            // Checked here, not only in `wait`: there they come last, after what is ready.
+            if self.me.kill.is_cancelled() {
+                return Err(self.killed());
+            }
+            if stopping.is_cancelled() {
+                self.client.closing = true;
+            }
             if self.tenant_generation != self.ctx.auth.generation() {
                 self.retake_tenant();
             }
@@ -680,7 +688,8 @@ impl Session {
         self.hand_over_tally();
         if let Some(cmd) = self.figures.noted.take() {
             let mut st = self.me.state.lock().unwrap();
-            st.last_active = Some(Instant::now());
+            // When its bytes were read: the clock is not read again for this.
+            st.last_active = Some(self.figures.read_at);
             st.last_command = Some(cmd);
         }
     }
@@ -732,14 +741,19 @@ impl Session {
             !self.client.closing && !self.client.backlog && self.client.held_until.is_none();
         let up = &mut self.up.pinned;
         let out = &self.client.out;
+        // In order, the commonest first: a poll stops at the first branch ready, so a reply
+        // or a request costs no poll of the branches after it (and no random start).
+        // `run` checks the kill and the shutdown every pass, so that nothing ready keeps
+        // them waiting.
         tokio::select! {
+            biased;
+            r = self.up.replies.recv(), if room => Event::SharedReply(r),
+            n = self.client.reader.read_buf(&mut self.client.inbuf), if read_client => Event::ClientRead(n),
+            n = read_upstream(up), if up.is_some() && room => Event::UpstreamRead(n),
+            n = self.client.writer.write(out), if !out.is_empty() => Event::ClientWrote(n),
+            _ = self.up.timer.as_mut(), if timed => Event::Timeout,
             _ = killed => Event::Killed,
             _ = shutdown, if !self.client.closing => Event::Shutdown,
-            n = self.client.reader.read_buf(&mut self.client.inbuf), if read_client => Event::ClientRead(n),
-            n = self.client.writer.write(out), if !out.is_empty() => Event::ClientWrote(n),
-            n = read_upstream(up), if up.is_some() && room => Event::UpstreamRead(n),
-            r = self.up.replies.recv(), if room => Event::SharedReply(r),
-            _ = self.up.timer.as_mut(), if timed => Event::Timeout,
         }
     }
 
@@ -948,7 +962,7 @@ impl Session {
     fn hand_over_tally(&mut self) {
         if let Some(t) = &self.tenant {
             if !self.figures.tally.is_empty() {
-                t.stats.absorb(&mut self.figures.tally);
+                t.stats.absorb(&mut self.figures.tally, self.figures.read_at);
             }
         }
     }
