@@ -962,7 +962,8 @@ impl Session {
     fn hand_over_tally(&mut self) {
         if let Some(t) = &self.tenant {
             if !self.figures.tally.is_empty() {
-                t.stats.absorb(&mut self.figures.tally, self.figures.read_at);
+                t.stats
+                    .absorb(&mut self.figures.tally, self.figures.read_at);
             }
         }
     }
