@@ -81,9 +81,6 @@ async fn refuse_connection(mut client: TcpStream, peer: std::net::SocketAddr, ca
     let _ = client.write_all(&Error::MaxClients.to_resp()).await;
 }
 
-/// A cancellation the session loop waits for (CLIENT KILL, server shutdown).
-type Cancelled<'a> = std::pin::Pin<&'a mut tokio_util::sync::WaitForCancellationFutureOwned>;
-
 /// The place of one request's reply in the outgoing stream.
 #[derive(Debug)]
 pub(crate) enum Slot {
@@ -243,8 +240,8 @@ enum Event {
     UpstreamRead(std::io::Result<usize>),
     SharedReply(Option<Reply>),
     Timeout,
+    /// CLIENT KILL and the like, seen while draining (`outbound::drain`).
     Killed,
-    Shutdown,
     /// The kill or the shutdown token fired: the top of the loop acts on it.
     Cancelled,
 }
@@ -603,10 +600,7 @@ impl Session {
             if self.client.closing && self.up.pending.is_empty() && self.client.out.is_empty() {
                 return Ok(());
             }
-            match self
-                .wait(killed.as_mut(), shutdown.as_mut(), &stopping)
-                .await
-            {
+            match self.wait(&stopping).await {
                 Event::ClientRead(Ok(n)) if n > 0 => {
                     self.figures.read_at = Instant::now();
                     self.figures.tally.bytes_in += n as u64;
@@ -640,7 +634,6 @@ impl Session {
                     }
                 }
                 Event::Killed => return Err(self.killed()),
-                Event::Shutdown => self.client.closing = true,
                 Event::Cancelled => {}
             }
         }
@@ -746,15 +739,11 @@ impl Session {
         b.writing.store(!c.out.is_empty(), Relaxed);
     }
 
-    /// The next event. A kill or a shutdown wakes the session too (see `run`), and a look
-    /// at the two tokens (no lock) ends the wait; `killed` and `shutdown` themselves are
-    /// polled only when nothing else can be waited on.
-    async fn wait(
-        &mut self,
-        killed: Cancelled<'_>,
-        shutdown: Cancelled<'_>,
-        stopping: &CancellationToken,
-    ) -> Event {
+    /// The next event. A kill or a shutdown (`stopping`) wakes the session's task through
+    /// the registration `run` made, and a look at the two tokens (no lock) ends the wait.
+    /// That registration is the task's own waker: `run` must be polled by its task alone
+    /// (not inside a `select!` or a timeout of another waker), or kills would be missed.
+    async fn wait(&mut self, stopping: &CancellationToken) -> Event {
         let login_by = self.login.as_ref().map(|(_, by)| *by);
         let retry = self.up.flight.as_ref().and_then(|f| f.next_retry());
         let deadline = [self.deadline(), login_by, self.client.held_until, retry]
@@ -767,8 +756,6 @@ impl Session {
             !self.client.closing && !self.client.backlog && self.client.held_until.is_none();
         let up = &mut self.up.pinned;
         let out = &self.client.out;
-        // In order, the commonest first: a poll stops at the first branch ready, so a reply
-        // or a request costs no poll of the branches after it (and no random start).
         let kill = &self.me.kill;
         let closing = self.client.closing;
         let cancelled = std::future::poll_fn(|_| {
@@ -777,18 +764,18 @@ impl Session {
                 false => std::task::Poll::Pending,
             }
         });
+        // In order, the commonest first: a poll stops at the first branch ready, so a reply
+        // or a request costs no poll of the branches after it (and no random start). The
+        // timer goes before the pinned connection's reads, the one source with no bound
+        // (MONITOR, a flood of messages), so that a deadline is never starved.
         tokio::select! {
             biased;
             _ = cancelled => Event::Cancelled,
             r = self.up.replies.recv(), if room => Event::SharedReply(r),
             n = self.client.reader.read_buf(&mut self.client.inbuf), if read_client => Event::ClientRead(n),
+            _ = self.up.timer.as_mut(), if timed => Event::Timeout,
             n = read_upstream(up), if up.is_some() && room => Event::UpstreamRead(n),
             n = self.client.writer.write(out), if !out.is_empty() => Event::ClientWrote(n),
-            _ = self.up.timer.as_mut(), if timed => Event::Timeout,
-            else => tokio::select! {
-                _ = killed => Event::Killed,
-                _ = shutdown => Event::Shutdown,
-            },
         }
     }
 
