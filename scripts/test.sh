@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/ensure-redis.sh
 . scripts/ensure-queues.sh
+. scripts/ensure-promtool.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -14,5 +15,8 @@ if command -v python3 >/dev/null 2>&1; then
   echo "== command table matches redis-server"
   python3 scripts/gen-command-table.py --check
 fi
+echo "== alerting rules: promtool check rules, promtool test rules"
+promtool check rules config/prometheus-alerts.yml
+promtool test rules config/prometheus-alerts.test.yml
 echo "== cargo test"
 cargo test --all-targets

@@ -119,23 +119,29 @@ async fn health_and_metrics_say_what_respite_holds() {
     assert!(body.ends_with("# EOF\n"));
     assert!(!body.contains("tenant=\"b\""));
 
-    // The Grafana dashboard in config/ asks only for metrics respite exposes.
-    let dashboard = std::fs::read_to_string("config/grafana-dashboard.json").unwrap();
-    let mut rest = dashboard.as_str();
-    let mut names = 0;
-    while let Some(i) = rest.find("respite_") {
-        let name: String = rest[i..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        assert!(
-            body.contains(&format!("\n{name}")),
-            "the dashboard's {name} is not in /metrics"
-        );
-        names += 1;
-        rest = &rest[i + name.len()..];
+    // The Grafana dashboard and the alerting rules in config/ ask only for metrics respite
+    // exposes.
+    for (file, least) in [
+        ("config/grafana-dashboard.json", 10),
+        ("config/prometheus-alerts.yml", 5),
+    ] {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut rest = text.as_str();
+        let mut names = 0;
+        while let Some(i) = rest.find("respite_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                body.contains(&format!("\n{name}")),
+                "{file}'s {name} is not in /metrics"
+            );
+            names += 1;
+            rest = &rest[i + name.len()..];
+        }
+        assert!(names >= least, "{file}: {names} metric names");
     }
-    assert!(names >= 10);
 }
 
 /// The check: /readyz is 503 within 2 s of Redis stopping and 200 within 2 s of its
