@@ -8,4 +8,4 @@ if ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     prometheus >/dev/null
 fi
-promtool --version | head -1
+promtool --version 2>&1 | sed -n 1p
