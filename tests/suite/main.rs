@@ -12,6 +12,7 @@ mod hostile;
 mod isolation;
 mod multiplex;
 mod neighbours;
+mod properties;
 mod protocol;
 mod pubsub;
 mod queues;
