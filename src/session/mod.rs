@@ -569,7 +569,7 @@ impl Session {
         })
         .await;
         loop {
-            // Checked here, not only in `wait`: there they come last, after what is ready.
+            // Acted on here: `wait` only ends on them (its first branch looks at the tokens).
             if self.me.kill.is_cancelled() {
                 return Err(self.killed());
             }
