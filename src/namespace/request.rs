@@ -70,23 +70,8 @@ pub fn request(
     let name = cmd.spec.name;
     let blocking = cmd.has(CMD_BLOCKING) || (cmd.parent.is_none() && name == b"wait");
     let reply = Expect::Reply;
-    let channels = matches!(
-        (cmd.parent.map(|c| c.name), name),
-        (
-            None,
-            b"publish"
-                | b"spublish"
-                | b"subscribe"
-                | b"unsubscribe"
-                | b"psubscribe"
-                | b"punsubscribe"
-                | b"ssubscribe"
-                | b"sunsubscribe"
-        ) | (
-            Some(b"pubsub"),
-            b"channels" | b"shardchannels" | b"numsub" | b"shardnumsub"
-        )
-    );
+    // Set by the arms whose marked arguments are channels.
+    let mut channels = false;
     // One dispatch on the name: most requests take the last arm.
     let expect = match (cmd.parent.map(|c| c.name), name) {
         (None, b"scan") => reply(scan_match(&mut args, 2, &mut marks)),
@@ -97,10 +82,12 @@ pub fn request(
             reply(Shape::Keys)
         }
         (None, b"publish") => {
+            channels = true;
             marks.set(1);
             reply(Shape::Plain)
         }
         (None, b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe") => {
+            channels = true;
             for (i, channel) in args.iter_mut().enumerate().skip(1) {
                 if let Some(named) = keyspace_channel(channel, tenant) {
                     *channel = named;
@@ -118,11 +105,13 @@ pub fn request(
             )
         }
         (None, b"ssubscribe" | b"sunsubscribe") => {
+            channels = true;
             // Channels are never shared, whatever their name.
             mark_keys(&args, keys, tenant, false, &mut marks);
             confirms(&args, SubKind::Shard)
         }
         (Some(b"pubsub"), b"channels" | b"shardchannels") => {
+            channels = true;
             if args.len() < 3 {
                 args.push(Bytes::from_static(b"*"));
             }
@@ -130,6 +119,7 @@ pub fn request(
             reply(Shape::Keys)
         }
         (Some(b"pubsub"), b"numsub" | b"shardnumsub") => {
+            channels = true;
             marks.set_from(2, args.len());
             reply(Shape::EveryOther)
         }
@@ -151,7 +141,8 @@ pub fn request(
         (None, b"sort" | b"sort_ro") => reply(sort(cmd, &args, keys, tenant, &mut marks)?),
         _ => {
             // SPUBLISH's shard channel is a "key" too, but channels are never shared.
-            mark_keys(&args, keys, tenant, name != b"spublish", &mut marks);
+            channels = name == b"spublish";
+            mark_keys(&args, keys, tenant, !channels, &mut marks);
             reply(reply_shape(name))
         }
     };
@@ -173,13 +164,8 @@ pub fn request(
 /// then it is one of the tenant's channels, on which nothing is published.
 fn keyspace_channel(channel: &[u8], tenant: &Tenant) -> Option<Bytes> {
     let rest = channel.strip_prefix(b"__keyspace@")?;
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (db, digits) = crate::wire::database_number(rest)?;
     let key = rest[digits..].strip_prefix(b"__:")?;
-    // Redis names database n one way only.
-    if digits == 0 || (rest[0] == b'0' && digits > 1) {
-        return None;
-    }
-    let db: u32 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
     if db >= tenant.databases {
         return None;
     }

@@ -64,13 +64,22 @@ pub fn tenant_of(name: &[u8]) -> Option<(&[u8], u32, usize)> {
     if rest[end] == b':' {
         return Some((id, 0, stem + 1));
     }
-    let digits = &rest[end + 1..];
-    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
-    if n == 0 || digits[0] == b'0' || digits.get(n) != Some(&b':') {
+    let (db, n) = database_number(&rest[end + 1..])?;
+    if db == 0 || rest.get(end + 1 + n) != Some(&b':') {
         return None;
     }
-    let db = std::str::from_utf8(&digits[..n]).ok()?.parse().ok()?;
     Some((id, db, stem + 1 + n + 1))
+}
+
+/// A database number at the start of `text`, written as Redis writes it (decimal, no
+/// leading zero but `0` itself): the number and how many bytes it took.
+pub fn database_number(text: &[u8]) -> Option<(u32, usize)> {
+    let n = text.iter().take_while(|b| b.is_ascii_digit()).count();
+    if n == 0 || (text[0] == b'0' && n > 1) {
+        return None;
+    }
+    let db = std::str::from_utf8(&text[..n]).ok()?.parse().ok()?;
+    Some((db, n))
 }
 
 /// The tenant's whole namespace as a glob pattern: `tenant:<id>:*`.

@@ -11,6 +11,6 @@ mod slot;
 
 pub use frame::{element_spans, elements, found, next_frame, Frame};
 pub use glob::glob_match;
-pub use marks::{all_keys, namespaced, tenant_of, Marks};
+pub use marks::{all_keys, database_number, namespaced, tenant_of, Marks};
 pub use request::*;
 pub use slot::{key_slot, SLOTS};
