@@ -42,6 +42,8 @@ pub struct Context {
     pub scripts: Scripts,
     /// Connections not yet authenticated, and at most how many, for how long.
     pub unauthenticated: Unauthenticated,
+    /// The TLS listener's certificates (`[server.tls]`), replaced on reload.
+    pub tls: Option<Arc<crate::transport::ServerTls>>,
     /// `server.client_output_limit_bytes` (0: no bound).
     pub client_output_limit: usize,
 }

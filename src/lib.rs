@@ -7,7 +7,7 @@
 //! have no databases.
 //!
 //! ```text
-//! client ──TCP──▶ server.rs          accept, max_clients
+//! client ──TCP──▶ server.rs          accept, max_clients, TLS handshake (transport.rs)
 //!                   └─▶ session/      one task per connection
 //!                         mod.rs        the loop: read, handle, write, in order
 //!                         decide.rs     the stages, in order:
@@ -43,7 +43,7 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | bytes | [`wire`] (imports nothing of the crate), `command`, `config`, `clients`, `info` |
+//! | bytes | [`wire`] and [`transport`] (TCP or TLS; import nothing of the crate), `command`, `config`, `clients`, `info` |
 //! | errors and figures | `error`, `metrics` |
 //! | Redis | [`upstream`] (shared and pinned connections, cluster routing, respite's own pool, health, facts, output meters) |
 //! | data | `market` (the shared-key cache), `quota`, `rate` (token buckets), [`tenant`] |
@@ -83,6 +83,7 @@ pub mod script;
 mod server;
 mod session;
 pub mod tenant;
+pub mod transport;
 pub mod upstream;
 pub mod wire;
 
@@ -121,16 +122,24 @@ pub fn context(config: Config, source: Option<config::Source>) -> anyhow::Result
         Duration::from_millis(config.upstream.connect_timeout_ms),
         Duration::from_millis(config.upstream.command_timeout_ms),
     );
+    let upstream_tls = config.upstream_tls()?;
+    let tls = config.server_tls()?.map(Arc::new);
     let cluster = config.cluster().then(|| {
         Arc::new(upstream::cluster::Topology::new(
             config.seed_addrs(),
+            upstream_tls.clone(),
             connect_timeout,
             command_timeout,
             config.upstream.connections,
         ))
     });
     let upstream = upstream::Upstream::new(
-        upstream::Connector::new(config.upstream_addr(), connect_timeout, command_timeout),
+        upstream::Connector::new(
+            config.upstream_addr(),
+            upstream_tls,
+            connect_timeout,
+            command_timeout,
+        ),
         config.upstream.connections,
         config.upstream.pinned_max,
         cluster.clone(),
@@ -140,6 +149,7 @@ pub fn context(config: Config, source: Option<config::Source>) -> anyhow::Result
         .map(|ledgers| quota::Quotas::new(config, ledgers, own.clone(), cluster))
         .map(Arc::new);
     Ok(Arc::new(Context {
+        tls,
         quotas,
         market: shared,
         own: own.clone(),
@@ -170,11 +180,12 @@ pub fn context(config: Config, source: Option<config::Source>) -> anyhow::Result
     }))
 }
 
-/// Runs the proxy on `listener` until `shutdown` is cancelled.
+/// Runs the proxy until `shutdown` is cancelled: clients on `listener` (none for a TLS-only
+/// proxy), and on `server.tls_listen`, which this binds.
 pub async fn run(
     config: Config,
     source: Option<config::Source>,
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ctx = context(config, source)?;
@@ -232,9 +243,23 @@ pub async fn run(
         });
         tokio::spawn(admin::run(listener, ctx.clone(), bookkeeping.clone()));
     }
+    let tls = match config.tls_listen_addr() {
+        Some(addr) => {
+            let tls = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("server.tls_listen {addr}: {e}"))?;
+            tracing::info!(%addr, "respite listening for TLS");
+            Some(tls)
+        }
+        None => None,
+    };
+    let listeners = server::Listeners {
+        plain: listener,
+        tls,
+    };
     let workers = server::Workers::start(server::workers(config.server.threads))?;
     server::run(
-        listener,
+        listeners,
         ctx,
         &workers,
         config.server.max_clients,

@@ -119,16 +119,21 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(config: Config, source: respite::config::Source) -> anyhow::Result<()> {
-    let addr = config.listen_addr();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    tracing::info!(
-        %addr,
-        upstream = %respite::config::mask_url_password(config.upstream.url.get_ref()),
-        tenants = config.tenants.len(),
-        "respite listening"
-    );
+    let listener = match config.listen_addr() {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            tracing::info!(
+                %addr,
+                upstream = %respite::config::mask_url_password(config.upstream.url.get_ref()),
+                tenants = config.tenants.len(),
+                "respite listening"
+            );
+            Some(listener)
+        }
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

@@ -4,15 +4,18 @@
 //!
 //! A valid file is applied live where it can be: tenants added and removed, passwords,
 //! `[auth.jwt]` (keys, claims, `dynamic_tenants`), quotas and overage, `[plans]`,
-//! `[defaults]`, per-tenant limits, `server.default_tenant`, `[shared]` TTL tiers and
-//! `admin.token`. Sessions take their tenant's new settings at their next pass and keep
-//! their connection state (MULTI, subscriptions, pinned connections); the connections of a
-//! removed tenant, of a tenant whose password changed, and (when the token settings
-//! changed) those that logged in with a token are closed.
+//! `[defaults]`, per-tenant limits, `server.default_tenant`, `[shared]` TTL tiers,
+//! `admin.token`, and the TLS listener's certificate, key and client CA (`[server.tls]`,
+//! read again on every reload, for the connections accepted after it). Sessions take their
+//! tenant's new settings at their next pass and keep their connection state (MULTI,
+//! subscriptions, pinned connections); the connections of a removed tenant, of a tenant
+//! whose password changed, and (when the token settings changed) those that logged in with
+//! a token are closed.
 //!
-//! Everything else (listen addresses, the upstream, pools, timeouts, the quota and billing
-//! intervals, shared prefixes and the cache's size, turning quotas on when none were kept)
-//! keeps its running value and is reported as needing a restart, never silently ignored.
+//! Everything else (listen addresses, `tenant_from_cert`, the upstream and its CA, pools,
+//! timeouts, the quota and billing intervals, shared prefixes and the cache's size, turning
+//! quotas on when none were kept) keeps its running value and is reported as needing a
+//! restart, never silently ignored.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -117,10 +120,26 @@ async fn read_and_apply(ctx: &Arc<Context>) -> Result<Report, ReloadError> {
     if new.quotas_enabled() && ctx.quotas.is_none() {
         needs_restart.push("quotas (no tenant or plan had quota_bytes at start)");
     }
+    // The TLS listener's files are read again, changed or not: a renewed certificate under
+    // the same name is served to the connections accepted from now on.
+    let certificates = match (&ctx.tls, &new.server.tls) {
+        (Some(_), Some(tls)) => Some(
+            crate::transport::server_config(
+                &tls.cert_file,
+                &tls.key_file,
+                tls.client_ca_file.as_deref(),
+            )
+            .map_err(|e| ReloadError::NotApplied(format!("[server.tls]: {e}")))?,
+        ),
+        _ => None,
+    };
     let tenants = ctx
         .auth
         .replace(in_effect(&running, new))
         .map_err(|e| ReloadError::NotApplied(format!("{e:#}")))?;
+    if let (Some(tls), Some(certificates)) = (&ctx.tls, certificates) {
+        tls.replace(certificates);
+    }
     let effective = ctx.auth.config();
     give_back_freed_memory();
     if let (Some(market), Some(shared)) = (&ctx.market, &effective.shared) {
@@ -166,6 +185,11 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         }
     };
     differ("server.listen", a.listen == b.listen);
+    differ("server.tls_listen", a.tls_listen == b.tls_listen);
+    differ(
+        "server.tls.tenant_from_cert",
+        a.tls.as_ref().map(|t| t.tenant_from_cert) == b.tls.as_ref().map(|t| t.tenant_from_cert),
+    );
     differ("server.threads", a.threads == b.threads);
     differ("server.max_clients", a.max_clients == b.max_clients);
     differ(
@@ -203,8 +227,16 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
 /// built from describes what respite does.
 fn in_effect(running: &Config, mut new: Config) -> Config {
     let default_tenant = new.server.default_tenant.take();
+    let tls = new.server.tls.take();
     new.server = running.server.clone();
     new.server.default_tenant = default_tenant;
+    // The certificate files may change live (a new listener may not).
+    if let (Some(running), Some(tls)) = (&mut new.server.tls, tls) {
+        *running = crate::config::ServerTlsConfig {
+            tenant_from_cert: running.tenant_from_cert,
+            ..tls
+        };
+    }
     new.upstream = running.upstream.clone();
     // Of [admin], only the listener cannot change live.
     let live = new

@@ -1,8 +1,9 @@
 //! The accept loop: one task per client connection, at most `max_clients` at once.
 //!
-//! [`run`] takes an already-bound listener (tests bind port 0) and a shutdown token. On
-//! shutdown it stops accepting, tells every session to finish what is in flight, and waits
-//! up to the grace period for them.
+//! [`run`] takes already-bound [`Listeners`] (tests bind port 0), plain and TLS, and a
+//! shutdown token. On shutdown it stops accepting, tells every session to finish what is in
+//! flight, and waits up to the grace period for them. A TLS connection's handshake runs in
+//! its own task, within `auth_timeout_ms`, so a slow one never holds up the accept loop.
 //!
 //! With `server.threads = N` (N > 1), sessions run on N [`Workers`]: threads with a
 //! current-thread runtime each. An accepted socket is handed to one of them, once, and the
@@ -21,6 +22,55 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::session;
+use crate::transport::ClientStream;
+
+/// Where clients connect: a plain listener, a TLS one (`server.tls_listen`), or both.
+pub struct Listeners {
+    pub plain: Option<TcpListener>,
+    pub tls: Option<TcpListener>,
+}
+
+/// The next connection on `listener`; never, without one.
+async fn accept(
+    listener: &Option<TcpListener>,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The connection as the session reads it: with `tls`, after the TLS handshake, which must
+/// end within the time a client has to log in. A failed handshake (a certificate the
+/// client CA did not sign, a client that does not speak TLS) is logged and closes it.
+async fn open(ctx: &Context, tcp: TcpStream, tls: bool) -> Option<ClientStream> {
+    let Some(server_tls) = ctx.tls.as_ref().filter(|_| tls) else {
+        return Some(ClientStream::Plain(tcp));
+    };
+    let peer = tcp.peer_addr().ok();
+    let within = ctx.unauthenticated.timeout;
+    match tokio::time::timeout(within, server_tls.accept(tcp)).await {
+        Ok(Ok(client)) => Some(client),
+        // Closed before saying anything: a port probe (a load balancer's, a TCP liveness
+        // check), not worth a warning each time.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            tracing::debug!(?peer, "connection closed before a TLS handshake");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(?peer, error = %e, "TLS handshake failed; connection closed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                ?peer,
+                within_ms = within.as_millis() as u64,
+                "TLS handshake not finished in time; connection closed"
+            );
+            None
+        }
+    }
+}
 
 /// The worker threads `server.threads` asks for: none for one thread (everything on the
 /// main runtime, which is then a current-thread one).
@@ -83,7 +133,7 @@ impl Drop for Workers {
 }
 
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     ctx: Arc<Context>,
     workers: &Workers,
     max_clients: usize,
@@ -94,9 +144,10 @@ pub async fn run(
     let mut sessions = JoinSet::new();
     let mut backoff = Duration::from_millis(5);
     loop {
-        let accepted = tokio::select! {
+        let (accepted, tls) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
+            a = accept(&listeners.plain) => (a, false),
+            a = accept(&listeners.tls) => (a, true),
             // Reap finished sessions so the set does not grow with every connection.
             Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
         };
@@ -115,6 +166,10 @@ pub async fn run(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "max_clients reached; refusing connection");
+            if tls {
+                // Redis' answer would need a handshake first: closed without one.
+                continue;
+            }
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
                 let msg = crate::error::Error::MaxClients.to_resp();
@@ -126,7 +181,9 @@ pub async fn run(
         let shutdown = shutdown.clone();
         let Some(worker) = workers.pick() else {
             sessions.spawn(async move {
-                session::serve(ctx, stream, shutdown).await;
+                if let Some(client) = open(&ctx, stream, tls).await {
+                    session::serve(ctx, client, shutdown).await;
+                }
                 drop(permit);
             });
             continue;
@@ -139,7 +196,9 @@ pub async fn run(
         sessions.spawn_on(
             async move {
                 if let Ok(stream) = TcpStream::from_std(socket) {
-                    session::serve(ctx, stream, shutdown).await;
+                    if let Some(client) = open(&ctx, stream, tls).await {
+                        session::serve(ctx, client, shutdown).await;
+                    }
                 }
                 drop(permit);
             },

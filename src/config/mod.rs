@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -145,6 +146,27 @@ pub struct ServerConfig {
     /// (`server::Workers`), so that a request and its reply never cross threads either way.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// A TLS listener beside the plain one (or instead of it, with `listen = ""`); its
+    /// certificate and key are in `[server.tls]`.
+    pub tls_listen: Option<Spanned<String>>,
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `[server.tls]`: what the TLS listener presents, and whom it asks for a certificate.
+/// Re-read on reload, so a renewed certificate is served without a restart.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// The certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// Mutual TLS: clients must present a certificate this CA (PEM) signed.
+    pub client_ca_file: Option<PathBuf>,
+    /// The client certificate names the tenant (its subject's common name, else its first
+    /// DNS name): the connection starts logged in as that tenant, as in sidecar mode.
+    #[serde(default)]
+    pub tenant_from_cert: bool,
 }
 
 #[derive(Deserialize, Clone, PartialEq)]
@@ -177,6 +199,9 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_command_timeout_ms")]
     pub command_timeout_ms: u64,
+    /// The CA (PEM) that signed a `rediss://` Redis' certificate, when it is not one the
+    /// system trusts (a private CA, as managed Redis services use).
+    pub ca_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -582,6 +607,8 @@ impl Default for ServerConfig {
             client_output_limit_bytes: default_client_output_limit_bytes(),
             metrics: true,
             threads: default_threads(),
+            tls_listen: None,
+            tls: None,
         }
     }
 }
@@ -598,6 +625,7 @@ impl Default for UpstreamConfig {
             pinned_max: default_pinned_max(),
             connect_timeout_ms: default_connect_timeout_ms(),
             command_timeout_ms: default_command_timeout_ms(),
+            ca_file: None,
         }
     }
 }
@@ -611,6 +639,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("pinned_max", &self.pinned_max)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("command_timeout_ms", &self.command_timeout_ms)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -678,16 +707,22 @@ pub struct UpstreamAddr {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub db: u32,
+    /// `rediss://`: TLS, with the host name as SNI and the name the certificate must carry.
+    pub tls: bool,
 }
 
 impl UpstreamAddr {
     pub fn parse(text: &str) -> Result<Self, String> {
         let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
-        match url.scheme() {
-            "redis" => {}
-            "rediss" => return Err("rediss:// (TLS) is not built yet; use redis://".into()),
-            other => return Err(format!("scheme must be redis://, not {other}://")),
-        }
+        let tls = match url.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            other => {
+                return Err(format!(
+                    "scheme must be redis:// or rediss://, not {other}://"
+                ))
+            }
+        };
         let host = url
             .host_str()
             .filter(|h| !h.is_empty())
@@ -717,6 +752,7 @@ impl UpstreamAddr {
             username,
             password,
             db,
+            tls,
         })
     }
 }
@@ -792,12 +828,51 @@ impl Config {
         }
     }
 
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.server
-            .listen
-            .get_ref()
-            .parse()
-            .expect("validated in Config::parse")
+    /// The plain listener's address; `None` for `listen = ""` (TLS only).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        let listen = self.server.listen.get_ref();
+        (!listen.is_empty()).then(|| listen.parse().expect("validated in Config::parse"))
+    }
+
+    /// The TLS config for a `rediss://` upstream; `None` for `redis://`.
+    pub fn upstream_tls(
+        &self,
+    ) -> Result<Option<Arc<tokio_rustls::rustls::ClientConfig>>, crate::transport::TlsError> {
+        if !self.upstream_addr().tls {
+            return Ok(None);
+        }
+        let ca = self
+            .upstream
+            .ca_file
+            .as_ref()
+            .map(|c| c.get_ref().as_path());
+        crate::transport::client_config(ca).map(Some)
+    }
+
+    /// The TLS listener's certificates, if there is a TLS listener.
+    pub fn server_tls(
+        &self,
+    ) -> Result<Option<crate::transport::ServerTls>, crate::transport::TlsError> {
+        let (Some(_), Some(tls)) = (&self.server.tls_listen, &self.server.tls) else {
+            return Ok(None);
+        };
+        let ca = tls.client_ca_file.as_deref();
+        let config = crate::transport::server_config(&tls.cert_file, &tls.key_file, ca)?;
+        Ok(Some(crate::transport::ServerTls::new(
+            config,
+            tls.tenant_from_cert,
+        )))
+    }
+
+    /// The TLS listener's address, if there is one.
+    pub fn tls_listen_addr(&self) -> Option<SocketAddr> {
+        let listen = self.server.tls_listen.as_ref()?;
+        Some(
+            listen
+                .get_ref()
+                .parse()
+                .expect("validated in Config::parse"),
+        )
     }
 
     /// A setting the tenant's own entry leaves out: its plan's, else `[defaults]`'s.
@@ -981,9 +1056,9 @@ mod tests {
         assert_eq!(a.username.as_deref(), Some("app@x"));
         assert_eq!(a.password.unwrap().expose(), "p:ss");
         assert!(UpstreamAddr::parse("http://x").is_err());
-        assert!(UpstreamAddr::parse("rediss://x")
-            .unwrap_err()
-            .contains("not built yet"));
+        assert!(!a.tls);
+        let tls = UpstreamAddr::parse("rediss://redis.example.com:6380").unwrap();
+        assert!(tls.tls && tls.host == "redis.example.com" && tls.port == 6380);
     }
 
     #[test]

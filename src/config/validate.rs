@@ -61,15 +61,25 @@ impl Config {
 
     /// `[server]`: the listener and the request limits.
     fn validate_server(&self, err: &mut Report) {
-        if self.server.listen.get_ref().parse::<SocketAddr>().is_err() {
+        let listen = &self.server.listen;
+        if listen.get_ref().is_empty() {
+            if self.server.tls_listen.is_none() {
+                err(
+                    Some(listen.span()),
+                    "server.listen = \"\" turns the plain listener off: set server.tls_listen"
+                        .into(),
+                );
+            }
+        } else if listen.get_ref().parse::<SocketAddr>().is_err() {
             err(
-                Some(self.server.listen.span()),
+                Some(listen.span()),
                 format!(
                     "server.listen: {:?} is not an address like 127.0.0.1:6380",
-                    self.server.listen.get_ref()
+                    listen.get_ref()
                 ),
             );
         }
+        self.validate_server_tls(err);
         if self.server.max_clients == 0 {
             err(None, "server.max_clients must be at least 1".into());
         }
@@ -90,6 +100,47 @@ impl Config {
                 None,
                 "server.max_array_len and server.max_bulk_bytes must be at least 1".into(),
             );
+        }
+    }
+
+    /// `server.tls_listen` and `[server.tls]`: an address, and certificate files that load.
+    fn validate_server_tls(&self, err: &mut Report) {
+        let server = &self.server;
+        if let Some(l) = &server.tls_listen {
+            if l.get_ref().parse::<SocketAddr>().is_err() {
+                err(
+                    Some(l.span()),
+                    format!(
+                        "server.tls_listen: {:?} is not an address like 0.0.0.0:6390",
+                        l.get_ref()
+                    ),
+                );
+            }
+        }
+        match (&server.tls_listen, &server.tls) {
+            (Some(l), None) => err(
+                Some(l.span()),
+                "server.tls_listen needs [server.tls] with cert_file and key_file".into(),
+            ),
+            (None, Some(_)) => err(
+                None,
+                "[server.tls] is set but server.tls_listen is not: nothing would use it".into(),
+            ),
+            (Some(_), Some(tls)) => {
+                if tls.tenant_from_cert && tls.client_ca_file.is_none() {
+                    err(
+                        None,
+                        "server.tls.tenant_from_cert needs client_ca_file: only a certificate \
+                         that CA signed may name a tenant"
+                            .into(),
+                    );
+                }
+                let ca = tls.client_ca_file.as_deref();
+                if let Err(e) = crate::transport::server_config(&tls.cert_file, &tls.key_file, ca) {
+                    err(None, format!("[server.tls]: {e}"));
+                }
+            }
+            (None, None) => {}
         }
     }
 
@@ -134,6 +185,7 @@ impl Config {
         if self.cluster() {
             self.validate_cluster(err);
         }
+        self.validate_upstream_tls(err);
         if self.upstream.connect_timeout_ms == 0 || self.upstream.command_timeout_ms == 0 {
             err(
                 None,
@@ -192,6 +244,33 @@ impl Config {
                  quota.reconcile_keys_per_second must be above 0"
                     .into(),
             );
+        }
+    }
+
+    /// `rediss://` for every node or for none, and a `ca_file` that loads.
+    fn validate_upstream_tls(&self, err: &mut Report) {
+        let up = &self.upstream;
+        let tls = |u: &Spanned<String>| UpstreamAddr::parse(u.get_ref()).ok().map(|a| a.tls);
+        let first = tls(&up.url);
+        for seed in &up.seeds {
+            if tls(seed).is_some_and(|t| Some(t) != first) {
+                err(
+                    Some(seed.span()),
+                    "upstream.seeds: every seed must use the scheme of upstream.url (redis:// \
+                     or rediss://)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(ca) = &up.ca_file {
+            if first == Some(false) {
+                err(
+                    Some(ca.span()),
+                    "upstream.ca_file is for TLS: the upstream URL must be rediss://".into(),
+                );
+            } else if let Err(e) = crate::transport::client_config(Some(ca.get_ref())) {
+                err(Some(ca.span()), format!("upstream.ca_file: {e}"));
+            }
         }
     }
 

@@ -337,12 +337,17 @@ impl Session {
                 self.expire_at(None);
                 self.me.state.lock().unwrap().tenant = None;
                 self.me.state.lock().unwrap().protocol = 2;
-                match self.ctx.auth.default_tenant() {
+                let certified = self
+                    .certified
+                    .as_deref()
+                    .and_then(|id| self.ctx.auth.tenant(id));
+                let by_default = certified.is_none();
+                match certified.or_else(|| self.ctx.auth.default_tenant()) {
                     Some(t) => {
                         if !self.seat_and_set(t) {
                             return Ok(());
                         }
-                        self.me.state.lock().unwrap().by_default = true;
+                        self.me.state.lock().unwrap().by_default = by_default;
                     }
                     // Unauthenticated again: a place among those, and a deadline to log in.
                     None => {

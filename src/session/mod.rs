@@ -28,9 +28,7 @@ use std::time::Instant;
 
 use bytes::Buf;
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -54,6 +52,7 @@ use crate::policy;
 use crate::quota::{self, WriteCost, Written};
 use crate::script::RunGuard;
 use crate::tenant::{Seat, Tenant};
+use crate::transport::{ClientReader, ClientStream, ClientWriter};
 use crate::upstream::{cluster, shared, OutputMeter, Pinned, Reply, Sink};
 use crate::wire::Frame;
 use crate::wire::{encode_marked, encode_request, parse_request, Request};
@@ -73,12 +72,35 @@ const OPS_AT_ONCE: u32 = 16;
 /// How long CLIENT LIST's `rbp` remembers a peak of the output buffer (Redis' 5 seconds).
 const PEAK_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Answers a connection its tenant has no room for as Redis answers one past `maxclients`,
-/// and closes it.
-async fn refuse_connection(mut client: TcpStream, peer: std::net::SocketAddr, cap: &str) {
-    use tokio::io::AsyncWriteExt;
-    tracing::warn!(%peer, cap, "reached; refusing connection");
-    let _ = client.write_all(&Error::MaxClients.to_resp()).await;
+/// Answers a connection respite will not serve with `error` (as Redis answers one past
+/// `maxclients`, for instance), and closes it.
+async fn refuse_connection(client: ClientStream, error: Error) {
+    let (_, mut writer) = client.split();
+    let work = async {
+        let _ = writer.send_all(&error.to_resp()).await;
+        writer.close().await;
+    };
+    // A client that does not read gets no more of respite's time than a login would.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), work).await;
+}
+
+/// The tenant a connection is logged in as from the start: the one its client certificate
+/// names (`server.tls.tenant_from_cert`), else the default tenant (sidecar mode), else none.
+/// `Err`: the certificate names no tenant.
+fn starting_tenant(
+    ctx: &Context,
+    client: &ClientStream,
+) -> Result<Option<(Arc<Tenant>, bool)>, Vec<String>> {
+    if ctx.tls.as_ref().is_some_and(|t| t.tenant_from_cert) {
+        if let ClientStream::Tls(_) = client {
+            let names = client.certificate_names();
+            return match names.iter().find_map(|n| ctx.auth.tenant(n)) {
+                Some(t) => Ok(Some((t, false))),
+                None => Err(names),
+            };
+        }
+    }
+    Ok(ctx.auth.default_tenant().map(|t| (t, true)))
 }
 
 /// The place of one request's reply in the outgoing stream.
@@ -274,12 +296,15 @@ pub struct Session {
     /// Cluster mode: the slot map when this connection's last SCAN iteration began (see
     /// `keyspace::cluster_scan`).
     scan_began: Option<Arc<cluster::SlotMap>>,
+    /// The tenant the client certificate named (`tenant_from_cert`): RESET logs in as it
+    /// again, as it does as the default tenant in sidecar mode.
+    pub(crate) certified: Option<String>,
 }
 
 /// The client's socket and its buffers.
 pub(crate) struct ClientSide {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: ClientReader,
+    writer: ClientWriter,
     inbuf: BytesMut,
     pub(crate) out: BytesMut,
     /// `inbuf` holds whole requests not yet handled (a cap was reached): read no more until
@@ -418,20 +443,27 @@ struct Publishing {
 }
 
 /// Serves one client connection until it closes, is killed, or the server shuts down.
-pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationToken) {
-    let (Ok(peer), Ok(local)) = (client.peer_addr(), client.local_addr()) else {
+pub async fn serve(ctx: Arc<Context>, client: ClientStream, shutdown: CancellationToken) {
+    let tcp = client.tcp();
+    let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
         return;
     };
-    let _ = client.set_nodelay(true);
-    // Sidecar mode: the connection is the default tenant's from the start, if it has room.
-    let seat = match &ctx.auth.default_tenant() {
-        Some(t) => match t.seat() {
-            Some(seat) => Some((t.clone(), seat)),
+    let _ = tcp.set_nodelay(true);
+    // The tenant its certificate names, or in sidecar mode the default tenant: the
+    // connection is that tenant's from the start, if it has room.
+    let seat = match starting_tenant(&ctx, &client) {
+        Ok(Some((t, by_default))) => match t.seat() {
+            Some(seat) => Some((t.clone(), seat, by_default)),
             None => {
-                return refuse_connection(client, peer, "the default tenant's max_clients").await
+                tracing::warn!(%peer, tenant = %t.id, "the tenant's max_clients reached; refusing connection");
+                return refuse_connection(client, Error::MaxClients).await;
             }
         },
-        None => None,
+        Ok(None) => None,
+        Err(names) => {
+            tracing::warn!(%peer, ?names, "the client certificate names no tenant; refusing connection");
+            return refuse_connection(client, Error::WrongPass).await;
+        }
     };
     let me = ctx.clients.register(peer, local);
     // Until it logs in: a place among the connections waiting to (the oldest goes if there
@@ -443,7 +475,11 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             Instant::now() + ctx.unauthenticated.timeout,
         )),
     };
-    let (reader, writer) = client.into_split();
+    let certified = match &seat {
+        Some((t, _, false)) => Some(t.id.clone()),
+        _ => None,
+    };
+    let (reader, writer) = client.split();
     let span = tracing::info_span!("conn", %peer, id = me.id, tenant = tracing::field::Empty);
     let (reply_tx, replies) = tokio::sync::mpsc::unbounded_channel();
     let mut s = Session {
@@ -529,18 +565,29 @@ pub async fn serve(ctx: Arc<Context>, client: TcpStream, shutdown: CancellationT
             memo: None,
         },
         scan_began: None,
+        certified,
     };
     if let Some(topology) = &ctx.upstream.cluster {
         let flight =
             crate::upstream::cluster::Flight::new(topology.clone(), s.up.sink.clone(), me.id);
         s.up.flight = Some(Box::new(flight));
     }
-    if let Some((t, seat)) = seat {
+    if let Some((t, seat, by_default)) = seat {
         s.set_tenant(t, seat);
-        me.state.lock().unwrap().by_default = true;
+        me.state.lock().unwrap().by_default = by_default;
     }
     let ended = s.run(shutdown).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(?ended, "connection closed"));
+    if !matches!(ended, Err(End::ClientGone)) {
+        // TLS: what it still holds, then its close_notify, within a bound.
+        let writer = &mut s.client.writer;
+        let last = async {
+            if writer.send_all(&[]).await.is_ok() {
+                writer.close().await;
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), last).await;
+    }
     s.unpin();
     s.settle_unanswered();
     s.reset_connection_state();
@@ -597,7 +644,11 @@ impl Session {
             self.write_client_now()?;
             self.up.sink.meter.buffered(self.client.out.len());
             self.publish_buffers(0);
-            if self.client.closing && self.up.pending.is_empty() && self.client.out.is_empty() {
+            if self.client.closing
+                && self.up.pending.is_empty()
+                && self.client.out.is_empty()
+                && !self.client.writer.unsent()
+            {
                 return Ok(());
             }
             match self.wait(&stopping).await {
@@ -607,8 +658,9 @@ impl Session {
                     self.client.unbilled += n;
                 }
                 Event::ClientRead(_) => return Err(End::ClientGone),
-                Event::ClientWrote(Ok(n)) if n > 0 => self.wrote(n),
-                Event::ClientWrote(_) => return Err(End::ClientGone),
+                // 0: TLS sent what it held.
+                Event::ClientWrote(Ok(n)) => self.wrote(n),
+                Event::ClientWrote(Err(_)) => return Err(End::ClientGone),
                 Event::UpstreamRead(Ok(n)) if n > 0 => {}
                 Event::UpstreamRead(_) => {
                     if !self.reblock_on_close() {
@@ -756,6 +808,7 @@ impl Session {
             !self.client.closing && !self.client.backlog && self.client.held_until.is_none();
         let up = &mut self.up.pinned;
         let out = &self.client.out;
+        let unsent = self.client.writer.unsent();
         let kill = &self.me.kill;
         let closing = self.client.closing;
         let cancelled = std::future::poll_fn(|_| {
@@ -775,7 +828,7 @@ impl Session {
             n = self.client.reader.read_buf(&mut self.client.inbuf), if read_client => Event::ClientRead(n),
             _ = self.up.timer.as_mut(), if timed => Event::Timeout,
             n = read_upstream(up), if up.is_some() && room => Event::UpstreamRead(n),
-            n = self.client.writer.write(out), if !out.is_empty() => Event::ClientWrote(n),
+            n = self.client.writer.send(out), if !out.is_empty() || unsent => Event::ClientWrote(n),
         }
     }
 

@@ -526,9 +526,10 @@ impl Session {
                 return self.fail_upstream(UpstreamError::Closed);
             }
         }
-        if self.up.to_up.is_empty() {
+        if self.up.to_up.is_empty() && !up.stream.unsent() {
             return;
         }
+        // The rest, and what TLS still holds of it.
         let timeout = self.ctx.upstream.command_timeout();
         let result = match tokio::time::timeout(timeout, up.write_all(&self.up.to_up)).await {
             Ok(r) => r,

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp3::types::RangeFrame;
 use tokio::sync::Notify;
+use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
 use super::shared::{Reply, Shared, Sink, Submit};
@@ -182,6 +183,8 @@ pub struct Topology {
     map: RwLock<Arc<SlotMap>>,
     nodes: Mutex<HashMap<String, Arc<Node>>>,
     seeds: Vec<UpstreamAddr>,
+    /// `rediss://` seeds: every node is reached over TLS, trusting this.
+    tls: Option<Arc<rustls::ClientConfig>>,
     connect_timeout: Duration,
     command_timeout: Duration,
     per_protocol: usize,
@@ -198,6 +201,7 @@ impl Topology {
     /// connections per node and protocol.
     pub fn new(
         seeds: Vec<UpstreamAddr>,
+        tls: Option<Arc<rustls::ClientConfig>>,
         connect_timeout: Duration,
         command_timeout: Duration,
         per_protocol: usize,
@@ -206,6 +210,7 @@ impl Topology {
             map: RwLock::new(Arc::new(SlotMap::empty())),
             nodes: Mutex::new(HashMap::new()),
             seeds,
+            tls,
             connect_timeout,
             command_timeout,
             per_protocol: per_protocol.max(1),
@@ -250,7 +255,9 @@ impl Topology {
                     username: seed.username.clone(),
                     password: seed.password.clone(),
                     db: 0,
+                    tls: seed.tls,
                 },
+                self.tls.clone(),
                 self.connect_timeout,
                 self.command_timeout,
             )),

@@ -24,6 +24,7 @@ pub mod cluster;
 mod facts;
 mod health;
 mod meter;
+mod own;
 pub mod pinned;
 pub mod shared;
 
@@ -33,211 +34,20 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
 use crate::config::UpstreamAddr;
-use crate::error::{Error, UpstreamError};
+use crate::error::UpstreamError;
+use crate::transport::Stream;
 use crate::wire::encode_request;
 use crate::wire::{next_frame, Frame};
 
 pub use facts::Facts;
 pub use health::Readiness;
 pub use meter::{OutputMeter, OutputTotal};
+pub use own::{OwnConn, OwnPool, PoolError};
 pub use pinned::{Pinned, Share};
 
-/// respite's own connections to Redis (quota bookkeeping, shared-key fills, health,
-/// billing): a deadpool-redis pool apart from the clients' connections, so that they never
-/// wait behind a client's pipeline, and every use bounded by `command_timeout_ms`. In
-/// cluster mode a pool of redis-rs cluster connections, which route each command by its key
-/// and follow redirects themselves.
-#[derive(Clone)]
-pub struct OwnPool {
-    pool: Pools,
-    timeout: Duration,
-}
-
-#[derive(Clone)]
-enum Pools {
-    One(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
-}
-
-/// One of respite's own connections: to the one Redis, or to a cluster.
-pub enum OwnConn {
-    One(deadpool_redis::Connection),
-    Cluster(deadpool_redis::cluster::Connection),
-}
-
-impl deadpool_redis::redis::aio::ConnectionLike for OwnConn {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a deadpool_redis::redis::Cmd,
-    ) -> deadpool_redis::redis::RedisFuture<'a, deadpool_redis::redis::Value> {
-        match self {
-            OwnConn::One(c) => c.req_packed_command(cmd),
-            OwnConn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a deadpool_redis::redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> deadpool_redis::redis::RedisFuture<'a, Vec<deadpool_redis::redis::Value>> {
-        match self {
-            OwnConn::One(c) => c.req_packed_commands(pipeline, offset, count),
-            OwnConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            OwnConn::One(c) => c.get_db(),
-            OwnConn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-impl OwnConn {
-    /// Runs `cmd` on the node at `host:port` (cluster mode), or where its key routes it
-    /// (`None`, and always with one Redis).
-    pub async fn on_node<T: deadpool_redis::redis::FromRedisValue>(
-        &mut self,
-        cmd: &deadpool_redis::redis::Cmd,
-        node: Option<(&str, u16)>,
-    ) -> deadpool_redis::redis::RedisResult<T> {
-        use deadpool_redis::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-        match (self, node) {
-            (OwnConn::Cluster(c), Some((host, port))) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.to_string(),
-                    port,
-                });
-                let value = c.route_command(cmd.clone(), routing).await?;
-                Ok(deadpool_redis::redis::from_redis_value(value)?)
-            }
-            (c, _) => cmd.query_async(c).await,
-        }
-    }
-
-    /// Runs every command, each where its key routes it, and returns their replies in
-    /// order: one pipeline to one Redis; in a cluster, all at once over the cluster
-    /// connection (a redis-rs pipeline must stay within one slot).
-    pub async fn each<T: deadpool_redis::redis::FromRedisValue>(
-        &mut self,
-        cmds: &[deadpool_redis::redis::Cmd],
-    ) -> deadpool_redis::redis::RedisResult<Vec<T>> {
-        match self {
-            OwnConn::Cluster(c) => {
-                let conn: &deadpool_redis::cluster::ClusterConnection = c;
-                let calls = cmds.iter().map(|cmd| {
-                    let mut conn = conn.clone();
-                    async move { cmd.query_async::<T>(&mut conn).await }
-                });
-                futures_util::future::join_all(calls)
-                    .await
-                    .into_iter()
-                    .collect()
-            }
-            c => {
-                let mut pipe = deadpool_redis::redis::pipe();
-                for cmd in cmds {
-                    pipe.add_command(cmd.clone());
-                }
-                pipe.query_async(c).await
-            }
-        }
-    }
-}
-
-/// Why one of respite's own requests failed.
-#[derive(Debug)]
-pub enum PoolError {
-    /// No connection could be had.
-    Unavailable(String),
-    /// Redis (or the connection) answered with an error.
-    Redis(deadpool_redis::redis::RedisError),
-    /// No answer within the timeout (ms).
-    Timeout(u64),
-}
-
-impl std::fmt::Display for PoolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PoolError::Unavailable(why) => f.write_str(why),
-            PoolError::Redis(e) => write!(f, "{e}"),
-            PoolError::Timeout(ms) => write!(f, "no reply within {ms} ms"),
-        }
-    }
-}
-
-impl PoolError {
-    /// The client's error for a failure of one of respite's own requests made for it: Redis'
-    /// own error reply as it is, anything else as Redis being unavailable for `what`.
-    pub fn for_client(self, what: fn(String) -> UpstreamError) -> Error {
-        match self {
-            PoolError::Redis(e) if e.code().is_some() => Error::Redis(format!(
-                "{} {}",
-                e.code().unwrap_or_default(),
-                e.detail().unwrap_or("")
-            )),
-            PoolError::Timeout(ms) => Error::Upstream(UpstreamError::Timeout(ms)),
-            other => Error::Upstream(what(other.to_string())),
-        }
-    }
-}
-
-impl OwnPool {
-    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<OwnPool> {
-        let timeout = Duration::from_millis(config.upstream.command_timeout_ms);
-        let settings = deadpool_redis::PoolConfig {
-            max_size: config.upstream.pool_size,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(timeout),
-                create: Some(Duration::from_millis(config.upstream.connect_timeout_ms)),
-                recycle: Some(timeout),
-            },
-            ..Default::default()
-        };
-        let runtime = Some(deadpool_redis::Runtime::Tokio1);
-        let pool = if config.cluster() {
-            let urls: Vec<String> = std::iter::once(&config.upstream.url)
-                .chain(&config.upstream.seeds)
-                .map(|u| u.get_ref().clone())
-                .collect();
-            let mut c = deadpool_redis::cluster::Config::from_urls(urls);
-            c.pool = Some(settings);
-            Pools::Cluster(c.create_pool(runtime)?)
-        } else {
-            let mut c = deadpool_redis::Config::from_url(config.upstream.url.get_ref().clone());
-            c.pool = Some(settings);
-            Pools::One(c.create_pool(runtime)?)
-        };
-        Ok(OwnPool { pool, timeout })
-    }
-
-    /// Runs `f` on a pooled connection, within the command timeout.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
-    where
-        F: AsyncFnOnce(&mut OwnConn) -> deadpool_redis::redis::RedisResult<T>,
-    {
-        let work = async {
-            let unavailable = |e: String| PoolError::Unavailable(e);
-            let mut c = match &self.pool {
-                Pools::One(p) => {
-                    OwnConn::One(p.get().await.map_err(|e| unavailable(e.to_string()))?)
-                }
-                Pools::Cluster(p) => {
-                    OwnConn::Cluster(p.get().await.map_err(|e| unavailable(e.to_string()))?)
-                }
-            };
-            f(&mut c).await.map_err(PoolError::Redis)
-        };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .unwrap_or(Err(PoolError::Timeout(self.timeout.as_millis() as u64)))
-    }
-}
 pub use shared::{Reply, Sink};
 
 thread_local! {
@@ -288,11 +98,13 @@ pub struct Connector {
     /// Cluster mode: each connection says READONLY, so that a replica serves reads of its
     /// master's slots (a master ignores it).
     readonly: bool,
+    /// `rediss://`: what the TLS handshake trusts.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// One connection to Redis.
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes read from Redis, not yet framed.
     pub rbuf: BytesMut,
     /// 2 or 3.
@@ -302,8 +114,15 @@ pub struct Conn {
 }
 
 impl Connector {
-    pub fn new(addr: UpstreamAddr, connect_timeout: Duration, command_timeout: Duration) -> Self {
+    /// `tls`: the TLS config for a `rediss://` address (ignored for `redis://`).
+    pub fn new(
+        addr: UpstreamAddr,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Self {
         Connector {
+            tls: tls.filter(|_| addr.tls),
             addr,
             connect_timeout,
             command_timeout,
@@ -317,12 +136,13 @@ impl Connector {
     /// A connector for a cluster node: its connections say READONLY.
     pub fn cluster_node(
         addr: UpstreamAddr,
+        tls: Option<Arc<rustls::ClientConfig>>,
         connect_timeout: Duration,
         command_timeout: Duration,
     ) -> Self {
         Connector {
             readonly: true,
-            ..Connector::new(addr, connect_timeout, command_timeout)
+            ..Connector::new(addr, tls, connect_timeout, command_timeout)
         }
     }
 
@@ -392,14 +212,21 @@ impl Connector {
             addr: addr.clone(),
             reason,
         };
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((a.host.as_str(), a.port)),
-        )
+        // The TLS handshake is part of connecting: one timeout for both.
+        let stream = tokio::time::timeout(self.connect_timeout, async {
+            let tcp = TcpStream::connect((a.host.as_str(), a.port))
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => Ok(Stream::plain(tcp)),
+                Some(config) => Stream::tls(tcp, config.clone(), &a.host)
+                    .await
+                    .map_err(|e| connect_err(format!("TLS handshake failed: {e}"))),
+            }
+        })
         .await
-        .map_err(|_| connect_err(format!("timed out after {:?}", self.connect_timeout)))?
-        .map_err(|e| connect_err(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
+        .map_err(|_| connect_err(format!("timed out after {:?}", self.connect_timeout)))??;
         let mut conn = Conn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -526,11 +353,19 @@ impl Conn {
         next_frame(&mut self.rbuf, self.protocol).map_err(UpstreamError::Protocol)
     }
 
+    /// Writes all of `data`, and whatever TLS still holds.
     pub async fn write_all(&mut self, data: &[u8]) -> Result<(), UpstreamError> {
         self.stream
             .write_all(data)
             .await
-            .map_err(|_| UpstreamError::Closed)
+            .map_err(|_| UpstreamError::Closed)?;
+        if self.stream.unsent() {
+            self.stream
+                .flush()
+                .await
+                .map_err(|_| UpstreamError::Closed)?;
+        }
+        Ok(())
     }
 
     /// Waits for one whole frame.

@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::{Conn, Connector};
 use crate::error::UpstreamError;
+use crate::transport::Io;
 use crate::wire::Frame;
 
 /// Where replies for a session go, tagged with the session's generation: after a session
@@ -206,16 +206,15 @@ async fn run(connector: Arc<Connector>, protocol: u8, mut rx: mpsc::UnboundedRec
                 if c.rbuf.capacity() - c.rbuf.len() < 4096 {
                     c.rbuf.reserve(64 * 1024);
                 }
-                // Write and read at once: Redis answers while we are still writing.
-                let (mut r, mut w) = c.stream.split();
-                let out = &st.out;
-                let rbuf = &mut c.rbuf;
+                // Write and read at once: Redis answers while we are still writing. Read
+                // also while idle, so that a connection Redis closed is noticed (and
+                // replaced on the next batch) before anyone's request is written to it.
                 tokio::select! {
                     b = rx.recv() => Event::Batch(b),
-                    n = w.write(out), if !out.is_empty() => Event::Wrote(n),
-                    // Also while idle, so that a connection Redis closed is noticed (and
-                    // replaced on the next batch) before anyone's request is written to it.
-                    n = r.read_buf(rbuf) => Event::Read(n),
+                    io = c.stream.io(&st.out, &mut c.rbuf) => match io {
+                        Io::Wrote(n) => Event::Wrote(n),
+                        Io::Read(n) => Event::Read(n),
+                    },
                     _ = tokio::time::sleep_until(deadline.into()), if timed => Event::Timeout,
                 }
             }
@@ -245,8 +244,9 @@ async fn run(connector: Arc<Connector>, protocol: u8, mut rx: mpsc::UnboundedRec
                 }
                 st.write_now();
             }
-            Event::Wrote(Ok(n)) if n > 0 => st.out.advance(n),
-            Event::Wrote(_) => st.fail_all(UpstreamError::Closed),
+            // 0: TLS sent what it held.
+            Event::Wrote(Ok(n)) => st.out.advance(n),
+            Event::Wrote(Err(_)) => st.fail_all(UpstreamError::Closed),
             Event::Read(Ok(n)) if n > 0 => st.dispatch(),
             Event::Read(_) => st.fail_all(UpstreamError::Closed),
             Event::Timeout => {

@@ -8,7 +8,7 @@ fn the_example_config_parses() {
     let text = std::fs::read_to_string("config/respite.example.toml").unwrap();
     let c = Config::parse(&text).unwrap();
     assert_eq!(c.tenants.len(), 3);
-    assert_eq!(c.listen_addr().to_string(), "127.0.0.1:6380");
+    assert_eq!(c.listen_addr().unwrap().to_string(), "127.0.0.1:6380");
     assert!(c.quotas_enabled());
     let shared = c.shared.expect("[shared]");
     assert_eq!(shared.get_ref().prefixes, ["shared:market:"]);
@@ -21,7 +21,7 @@ fn each_mistake_has_its_own_error() {
         ("[server]\nlisten = \"nope\"\n", "server.listen", Some(2)),
         ("[server]\nbogus = 1\n", "unknown field `bogus`", Some(2)),
         ("[upstream]\nurl = \"http://x\"\n", "upstream.url: scheme must be redis://", Some(2)),
-        ("[upstream]\nurl = \"rediss://x\"\n", "rediss:// (TLS) is not built yet", Some(2)),
+        ("[upstream]\nurl = \"ftp://x\"\n", "scheme must be redis:// or rediss://, not ftp://", Some(2)),
         ("[upstream]\nmode = \"sentinel\"\n", "upstream.mode must be", Some(2)),
         (
             "[upstream]\nseeds = [\"redis://a:1\"]\n",

@@ -207,7 +207,7 @@ impl Proxy {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let task = tokio::spawn(async move {
-            respite::run(config, None, listener, s).await.unwrap();
+            respite::run(config, None, Some(listener), s).await.unwrap();
         });
         Proxy {
             addr,
@@ -232,7 +232,7 @@ impl Proxy {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let task = tokio::spawn(async move {
-            respite::run(config, Some(source), listener, s)
+            respite::run(config, Some(source), Some(listener), s)
                 .await
                 .unwrap();
         });
@@ -487,6 +487,8 @@ pub async fn connect(client: &redis::Client) -> redis::aio::MultiplexedConnectio
 /// (port + 10000) is a valid port too. Every node is killed on drop.
 pub struct Cluster {
     pub nodes: Vec<Redis>,
+    /// Each node's TLS port ([`Cluster::start_tls`]), beside its plain one.
+    pub tls_ports: Vec<u16>,
 }
 
 /// A port in 20000..29999 free together with its cluster bus port.
@@ -518,8 +520,30 @@ impl Cluster {
 
     /// [`Cluster::start`] with `extra` options for every node.
     pub fn start_with(more: &[&str]) -> Cluster {
+        Cluster::start_nodes(more, None)
+    }
+
+    /// A cluster whose nodes also speak TLS, each on a port of its own, with `tls` options
+    /// (certificate, key, CA) for every node; the cluster bus and replication use TLS too,
+    /// so a TLS client is told the nodes' TLS ports.
+    pub fn start_tls(tls: &[&str]) -> Cluster {
+        Cluster::start_nodes(&[], Some(tls))
+    }
+
+    fn start_nodes(more: &[&str], tls: Option<&[&str]>) -> Cluster {
         let mut nodes = Vec::new();
+        let mut tls_ports = Vec::new();
         for _ in 0..6 {
+            let tls_port = tls.map(|_| free_port());
+            let tls_args: Vec<String> = match (tls, tls_port) {
+                (Some(args), Some(port)) => ["--tls-port".to_string(), port.to_string()]
+                    .into_iter()
+                    .chain(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from))
+                    .chain(args.iter().map(|s| s.to_string()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            tls_ports.extend(tls_port);
             let node = (0..5).find_map(|_| {
                 let dir = TempDir::new();
                 let extra: Vec<String> = [
@@ -541,6 +565,7 @@ impl Cluster {
                 .map(|s| s.to_string())
                 .chain([dir.0.join("nodes.conf").display().to_string()])
                 .chain(more.iter().map(|s| s.to_string()))
+                .chain(tls_args.iter().cloned())
                 .collect();
                 let port = free_cluster_port();
                 let child = spawn_redis(port, &dir.0, &extra);
@@ -570,7 +595,7 @@ impl Cluster {
             "redis-cli --cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let cluster = Cluster { nodes };
+        let cluster = Cluster { nodes, tls_ports };
         cluster.wait_ok(&(0..6).collect::<Vec<_>>());
         let deadline = Instant::now() + Duration::from_secs(20);
         while !cluster.nodes.iter().all(|n| {

@@ -20,4 +20,5 @@ mod quota;
 mod scripts;
 mod shared;
 mod tenants;
+mod tls;
 mod upstream;
