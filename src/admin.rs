@@ -12,10 +12,12 @@
 //!
 //! The read-only endpoints need no token: probes and scrapers hold none.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -51,9 +53,9 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: Cancellatio
             "/reload",
             post({
                 let ctx = ctx.clone();
-                move |headers: HeaderMap| {
+                move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap| {
                     let ctx = ctx.clone();
-                    async move { reload(&ctx, &headers).await }
+                    async move { reload(&ctx, peer, &headers).await }
                 }
             }),
         )
@@ -73,6 +75,8 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: Cancellatio
                 }
             }),
         );
+    // Who asked for a reload is in the audit trail: the handlers see the peer.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
@@ -81,8 +85,12 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: Cancellatio
     }
 }
 
-/// `POST /reload`, for the holder of `admin.token`.
-async fn reload(ctx: &Arc<Context>, headers: &HeaderMap) -> axum::response::Response {
+/// `POST /reload` from `peer`, for the holder of `admin.token`.
+async fn reload(
+    ctx: &Arc<Context>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> axum::response::Response {
     let config = ctx.auth.config();
     let Some(token) = config
         .admin
@@ -107,7 +115,17 @@ async fn reload(ctx: &Arc<Context>, headers: &HeaderMap) -> axum::response::Resp
         &digest(given)[..],
         &digest(token.expose())[..],
     )) {
-        tracing::warn!("POST /reload refused: missing or wrong admin token");
+        tracing::warn!(%peer, "POST /reload refused: missing or wrong admin token");
+        ctx.audit.auth_failed(crate::audit::AuthFailed {
+            via: "POST /reload",
+            tenant: None,
+            peer,
+            reason: match given {
+                "" => "no_admin_token",
+                _ => "wrong_admin_token",
+            },
+            detail: None,
+        });
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -116,7 +134,7 @@ async fn reload(ctx: &Arc<Context>, headers: &HeaderMap) -> axum::response::Resp
             .into_response();
     }
     let json = [(header::CONTENT_TYPE, "application/json")];
-    match crate::reload::reload(ctx, "POST /reload").await {
+    match crate::reload::reload(ctx, "POST /reload", Some(peer)).await {
         Ok(report) => (
             StatusCode::OK,
             json,

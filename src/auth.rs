@@ -27,6 +27,8 @@ pub enum AuthFailure {
     WrongPassword,
     #[error("invalid token: {0}")]
     BadToken(String),
+    #[error("token expired")]
+    ExpiredToken,
     #[error("token has no usable tenant claim")]
     NoTenantClaim,
     #[error("token is for another tenant")]
@@ -37,9 +39,62 @@ pub enum AuthFailure {
     AdminByToken,
 }
 
+impl AuthFailure {
+    /// The reason as the audit trail names it: one word per variant, never the secret.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthFailure::UnknownTenant => "unknown_tenant",
+            AuthFailure::WrongPassword => "wrong_password",
+            AuthFailure::BadToken(_) => "bad_token",
+            AuthFailure::ExpiredToken => "expired_token",
+            AuthFailure::NoTenantClaim => "no_tenant_claim",
+            AuthFailure::TenantMismatch => "tenant_mismatch",
+            AuthFailure::UnknownPlan => "unknown_plan",
+            AuthFailure::AdminByToken => "admin_by_token",
+        }
+    }
+}
+
 struct Entry {
     tenant: Arc<Tenant>,
     digest: Option<[u8; 32]>,
+    /// What its settings come to (its own, its plan's, `[defaults]`'), to tell whether a
+    /// reload changed them.
+    settings: Settings,
+}
+
+/// A listed tenant's settings as they come out of the config, compared across a reload.
+#[derive(Debug, PartialEq)]
+struct Settings {
+    limits: Option<crate::config::QuotaLimits>,
+    max_clients: Option<usize>,
+    pinned_max: Option<usize>,
+    output_limit: Option<usize>,
+    scripts: crate::config::ScriptRights,
+    rates: crate::config::RateSettings,
+    caps: crate::config::Caps,
+    reads_replicas: bool,
+    databases: u32,
+    role: String,
+    plan: Option<String>,
+}
+
+impl Settings {
+    fn of(config: &Config, t: &crate::config::TenantConfig) -> Settings {
+        Settings {
+            limits: config.limits(t),
+            max_clients: config.tenant_max_clients(t),
+            pinned_max: config.tenant_pinned_max(t),
+            output_limit: config.tenant_output_limit(t),
+            scripts: config.tenant_scripts(t),
+            rates: config.tenant_rates(t),
+            caps: config.tenant_caps(t),
+            reads_replicas: config.tenant_reads_replicas(t),
+            databases: config.tenant_databases(t),
+            role: t.role.get_ref().clone(),
+            plan: t.plan.as_ref().map(|p| p.get_ref().clone()),
+        }
+    }
 }
 
 struct Jwt {
@@ -85,6 +140,9 @@ pub struct Login {
 pub struct Changes {
     pub added: Vec<String>,
     pub removed: Vec<String>,
+    /// Listed tenants whose settings (their own, their plan's or `[defaults]`') changed,
+    /// credentials aside.
+    pub changed: Vec<String>,
     /// Tenants whose password changed: their connections close too.
     pub new_credentials: Vec<String>,
     /// Tenants made admins or no longer admins: their connections close too, so that
@@ -179,7 +237,15 @@ impl Authenticator {
                         return Ok(login(e.tenant.clone(), None));
                     }
                 }
-                let (id, plan, expires) = book.verify_jwt(secret)?;
+                let (id, plan, expires) = book.verify_jwt(secret).map_err(|e| match e {
+                    // Not a token, for a name no tenant has: the log says which it was.
+                    AuthFailure::WrongPassword
+                        if entry.is_none() && named.and_then(|n| book.get(n)).is_none() =>
+                    {
+                        AuthFailure::UnknownTenant
+                    }
+                    e => e,
+                })?;
                 if named != Some(id.as_str()) {
                     return Err(match entry.is_some() || book.may_make(&id) {
                         true => AuthFailure::TenantMismatch,
@@ -275,8 +341,15 @@ impl Authenticator {
         for (id, e) in &new.listed {
             match old.listed.get(id) {
                 None if !old_unlisted.contains_key(id) => changes.added.push(id.clone()),
-                Some(was) if was.digest != e.digest => changes.new_credentials.push(id.clone()),
-                _ => {}
+                Some(was) => {
+                    if was.digest != e.digest {
+                        changes.new_credentials.push(id.clone());
+                    }
+                    if was.settings != e.settings {
+                        changes.changed.push(id.clone());
+                    }
+                }
+                None => {}
             }
             let was_admin = old.listed.get(id).is_some_and(|was| was.tenant.admin);
             if was_admin != e.tenant.admin {
@@ -300,6 +373,7 @@ impl Authenticator {
         changes.removed = gone;
         changes.added.sort();
         changes.removed.sort();
+        changes.changed.sort();
         changes.new_credentials.sort();
         changes.admin_changed.sort();
         *self.book.write().unwrap() = Arc::new(new);
@@ -348,6 +422,7 @@ impl Book {
             let entry = Entry {
                 tenant: Arc::new(tenant),
                 digest: t.digest(),
+                settings: Settings::of(&config, &t),
             };
             listed.insert(id.clone(), entry);
         }
@@ -422,7 +497,10 @@ impl Book {
             &jwt.key,
             &jwt.validation,
         )
-        .map_err(|e| AuthFailure::BadToken(e.to_string()))?;
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthFailure::ExpiredToken,
+            _ => AuthFailure::BadToken(e.to_string()),
+        })?;
         let claims = data.claims;
         let id = claims
             .get(&jwt.claim)

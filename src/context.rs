@@ -46,6 +46,9 @@ pub struct Context {
     pub tls: Option<Arc<crate::transport::ServerTls>>,
     /// `server.client_output_limit_bytes` (0: no bound).
     pub client_output_limit: usize,
+    /// The audit trail (`[audit]`): logins refused, reloads, server-wide commands, shared
+    /// reads.
+    pub audit: Arc<crate::audit::Trail>,
 }
 
 /// Config reloads (see `reload`).

@@ -31,6 +31,8 @@
 //!                         inbound.rs    replies back: namespace/reply.rs strips the prefix
 //! background: quota/ flusher (awake tenants only) and reconciler, billing.rs roll-ups,
 //!             admin.rs (/metrics, /readyz via upstream/health.rs, POST /reload),
+//!             audit.rs (the audit trail: refused logins, reloads, server-wide commands,
+//!             shared reads per tenant and key each minute, on a writer thread),
 //!             reload.rs (SIGHUP, POST /reload: the file again, applied live),
 //!             upstream/facts.rs (Redis' settings),
 //!             script/ warden (kills tenants' runaway scripts), upstream/cluster.rs (the
@@ -44,7 +46,7 @@
 //! | layer | modules |
 //! |---|---|
 //! | bytes | [`wire`] and [`transport`] (TCP or TLS; import nothing of the crate), `command`, `config`, `clients`, `info` |
-//! | errors and figures | `error`, `metrics` |
+//! | errors and figures | `error`, `metrics`, `audit` (the audit trail's JSON lines, its writer thread) |
 //! | Redis | [`upstream`] (shared and pinned connections, cluster routing, respite's own pool, health, facts, output meters) |
 //! | data | `market` (the shared-key cache), `quota`, `rate` (token buckets), [`tenant`] |
 //! | stages | [`namespace`], `auth`, [`policy`], `script` (tenants' Lua: prelude, ACL users) |
@@ -64,6 +66,7 @@
 // Public: what the binary, the integration tests (the differential test drives the stages
 // directly) and the benches use. Everything else is private to the crate.
 mod admin;
+mod audit;
 mod auth;
 pub mod billing;
 mod clients;
@@ -148,6 +151,7 @@ pub fn context(config: Config, source: Option<config::Source>) -> anyhow::Result
     let quotas = ledgers
         .map(|ledgers| quota::Quotas::new(config, ledgers, own.clone(), cluster))
         .map(Arc::new);
+    let audit = audit::Trail::start(config.audit.as_ref().map(|a| a.get_ref()))?;
     Ok(Arc::new(Context {
         tls,
         quotas,
@@ -177,6 +181,7 @@ pub fn context(config: Config, source: Option<config::Source>) -> anyhow::Result
         ),
         upstream,
         clients: clients::Registry::default(),
+        audit: Arc::new(audit),
     }))
 }
 
@@ -257,6 +262,12 @@ pub async fn run(
         plain: listener,
         tls,
     };
+    if !ctx.audit.on() && ctx.auth.tenants().iter().any(|t| t.admin) {
+        tracing::warn!(
+            "admin tenants run server-wide commands and no [audit] section records them"
+        );
+    }
+    let trail = ctx.audit.clone();
     let workers = server::Workers::start(server::workers(config.server.threads))?;
     server::run(
         listeners,
@@ -275,5 +286,7 @@ pub async fn run(
         // The last roll-up: what this instance served since the previous one.
         let _ = b.await;
     }
+    // The sessions have handed their shared reads over: the last minute's, written.
+    let _ = tokio::task::spawn_blocking(move || trail.finish(Duration::from_secs(5))).await;
     Ok(())
 }

@@ -9,13 +9,17 @@
 //! not refused: `rewrite` moves them into the namespace.)
 //!
 //! An admin tenant (`role = "admin"`) may also run the server-wide commands of
-//! `FOR_OPERATORS`, each logged to the `audit` target. Everything else stays as for any
-//! tenant: what would let its keys leave its namespace (SWAPDB, MIGRATE, CLUSTER
-//! GETKEYSINSLOT, a DEBUG subcommand whose keys respite cannot tell), respite's own ACL users
-//! (ACL), and what Redis flags `admin` beyond the table (SHUTDOWN, REPLICAOF, MODULE, SAVE...).
+//! `FOR_OPERATORS`, each recorded in the audit trail (`audit`), as are the server-wide
+//! commands refused to a tenant. Everything else stays as for any tenant: what would let its
+//! keys leave its namespace (SWAPDB, MIGRATE, CLUSTER GETKEYSINSLOT, a DEBUG subcommand whose
+//! keys respite cannot tell), respite's own ACL users (ACL), and what Redis flags `admin`
+//! beyond the table (SHUTDOWN, REPLICAOF, MODULE, SAVE...).
+
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use crate::audit::Trail;
 use crate::command::{Command, KeyMap, ACL_SCRIPTING, CMD_ADMIN, CMD_NOSCRIPT, KS_NOT_KEY, KS_RO};
 use crate::error::Error;
 use crate::tenant::Tenant;
@@ -177,19 +181,20 @@ pub fn for_operators(cmd: &Command) -> bool {
         .any(|(n, s)| n.as_bytes() == name && s.is_none_or(|s| Some(s.as_bytes()) == sub))
 }
 
-/// Logs a server-wide command an admin tenant runs to the `audit` target, where an audit
-/// trail can pick it up: the tenant, the command, and its arguments (the values of secret
-/// settings left out).
-pub fn audit(tenant: &Tenant, command: &str, args: &[Bytes]) {
-    let shown = audited_args(command, args);
-    tracing::info!(
-        target: "audit",
-        tenant = %tenant.id,
-        role = "admin",
-        command = %command,
-        args = ?shown,
-        "server-wide command"
-    );
+/// Records a server-wide command an admin tenant runs in the audit trail: the tenant,
+/// where it connected from, the command, and its arguments (the values of secret settings
+/// left out).
+pub fn audit(trail: &Trail, tenant: &Tenant, peer: SocketAddr, command: &str, args: &[Bytes]) {
+    trail.admin_command(&tenant.id, peer, command, &audited_args(command, args));
+}
+
+/// Why `cmd` is refused to `tenant` for acting beyond its namespace (the server-wide and
+/// cross-tenant commands the audit trail records when refused), if it is.
+pub fn refused_server_wide(cmd: &Command, tenant: &Tenant) -> Option<&'static str> {
+    if tenant.admin && for_operators(cmd) {
+        return None;
+    }
+    denied(cmd).or_else(|| server_wide(cmd).then_some(SERVER_WIDE))
 }
 
 /// The arguments as the audit log shows them: CONFIG SET's values of [`SECRET_SETTINGS`]
@@ -245,12 +250,8 @@ pub fn check(
         command: cmd.full_name(),
         why,
     };
-    let operator = tenant.admin && for_operators(cmd);
-    if let Some(why) = denied(cmd).filter(|_| !operator) {
+    if let Some(why) = refused_server_wide(cmd, tenant) {
         return Err(noperm(why));
-    }
-    if server_wide(cmd) && !operator {
-        return Err(noperm(SERVER_WIDE));
     }
     // Scripts and functions run confined to the tenant (`script`), unless switched off.
     if cmd.in_category(ACL_SCRIPTING) && !tenant.scripts.allowed {

@@ -1,22 +1,25 @@
 //! Reload without restart: SIGHUP, or `POST /reload` on the admin listener, reads the config
 //! file again and validates it. An invalid file changes nothing; the errors go to the log,
-//! to the HTTP reply and to `respite_config_reloads_total{result="invalid"}`.
+//! to the HTTP reply and to `respite_config_reloads_total{result="invalid"}`. Every reload,
+//! applied or not, is recorded in the audit trail with who asked.
 //!
 //! A valid file is applied live where it can be: tenants added and removed, passwords,
 //! `[auth.jwt]` (keys, claims, `dynamic_tenants`), quotas and overage, `[plans]`,
 //! `[defaults]`, per-tenant limits, `server.default_tenant`, `[shared]` TTL tiers,
-//! `admin.token`, and the TLS listener's certificate, key and client CA (`[server.tls]`,
-//! read again on every reload, for the connections accepted after it). Sessions take their
-//! tenant's new settings at their next pass and keep their connection state (MULTI,
-//! subscriptions, pinned connections); the connections of a removed tenant, of a tenant
-//! whose password changed, and (when the token settings changed) those that logged in with
-//! a token are closed.
+//! `admin.token`, `[audit]`'s path and cap (the file is opened again at every reload, so a
+//! rotated one starts anew), and the TLS listener's certificate, key and client CA
+//! (`[server.tls]`, read again on every reload, for the connections accepted after it).
+//! Sessions take their tenant's new settings at their next pass and keep their connection
+//! state (MULTI, subscriptions, pinned connections); the connections of a removed tenant, of
+//! a tenant whose password changed, and (when the token settings changed) those that logged
+//! in with a token are closed.
 //!
 //! Everything else (listen addresses, `tenant_from_cert`, the upstream and its CA, pools,
 //! timeouts, the quota and billing intervals, shared prefixes and the cache's size, turning
-//! quotas on when none were kept) keeps its running value and is reported as needing a
-//! restart, never silently ignored.
+//! quotas or the audit trail on or off) keeps its running value and is reported as needing
+//! a restart, never silently ignored.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -61,8 +64,8 @@ pub async fn on_hangup(ctx: Arc<Context>, stop: CancellationToken) {
                 _ = stop.cancelled() => return,
                 got = hangups.recv() => if got.is_none() { return },
             }
-            // The outcome is logged and counted by `reload`.
-            let _ = reload(&ctx, "SIGHUP").await;
+            // The outcome is logged, counted and audited by `reload`.
+            let _ = reload(&ctx, "SIGHUP", None).await;
         }
     }
     #[cfg(not(unix))]
@@ -71,9 +74,47 @@ pub async fn on_hangup(ctx: Arc<Context>, stop: CancellationToken) {
     }
 }
 
-/// Reads the config file again and applies it; `by` says who asked (for the log).
-pub async fn reload(ctx: &Arc<Context>, by: &str) -> Result<Report, ReloadError> {
+/// A reload as the audit trail records it.
+#[derive(serde::Serialize)]
+struct Audited<'a> {
+    by: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<SocketAddr>,
+    /// "applied", "invalid" (the file has errors: how many; their text is in the log, as
+    /// a value quoted in one may be a secret) or "failed".
+    result: &'static str,
+    #[serde(flatten)]
+    report: Option<&'a Report>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Reads the config file again and applies it; `by` says who asked ("SIGHUP", "POST
+/// /reload" from `peer`), for the log and the audit trail.
+pub async fn reload(
+    ctx: &Arc<Context>,
+    by: &str,
+    peer: Option<SocketAddr>,
+) -> Result<Report, ReloadError> {
     let outcome = read_and_apply(ctx).await;
+    let (result, errors, error) = match &outcome {
+        Ok(_) => ("applied", None, None),
+        Err(ReloadError::Invalid(e)) => ("invalid", Some(e.0.len()), None),
+        Err(e) => ("failed", None, Some(e.to_string())),
+    };
+    ctx.audit.record(
+        "reload",
+        Audited {
+            by,
+            peer,
+            result,
+            report: outcome.as_ref().ok(),
+            errors,
+            error,
+        },
+    );
     let reloads = &ctx.reloads;
     match &outcome {
         Ok(r) => {
@@ -133,12 +174,23 @@ async fn read_and_apply(ctx: &Arc<Context>) -> Result<Report, ReloadError> {
         ),
         _ => None,
     };
+    // Opened before anything is applied: a path that cannot be written changes nothing.
+    let audit = match &new.audit {
+        Some(a) => ctx
+            .audit
+            .prepare(a.get_ref())
+            .map_err(|e| ReloadError::NotApplied(e.to_string()))?,
+        None => None,
+    };
     let tenants = ctx
         .auth
         .replace(in_effect(&running, new))
         .map_err(|e| ReloadError::NotApplied(format!("{e:#}")))?;
     if let (Some(tls), Some(certificates)) = (&ctx.tls, certificates) {
         tls.replace(certificates);
+    }
+    if let Some(reopening) = audit {
+        ctx.audit.reopen(reopening);
     }
     let effective = ctx.auth.config();
     give_back_freed_memory();
@@ -210,6 +262,11 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     );
     differ("quota", running.quota == new.quota);
     differ("billing", running.billing == new.billing);
+    // Its path and cap change live; the writer is started (or not) once.
+    differ(
+        "audit (turning the trail on or off)",
+        running.audit.is_some() == new.audit.is_some(),
+    );
     fn fixed(c: &Config) -> Option<(&Vec<String>, u64, u64, &Option<OriginConfig>)> {
         c.shared.as_ref().map(|s| {
             let s = s.get_ref();
@@ -252,6 +309,9 @@ fn in_effect(running: &Config, mut new: Config) -> Config {
     });
     new.quota = running.quota.clone();
     new.billing = running.billing.clone();
+    if running.audit.is_some() != new.audit.is_some() {
+        new.audit = running.audit.clone();
+    }
     let tiers = new
         .shared
         .as_ref()
@@ -311,5 +371,26 @@ mod tests {
             .tenant_window_seconds
             == 60;
         assert!(named || applied, "the change is silently ignored");
+    }
+
+    /// The trail's path (and cap) change live; turning it on or off waits for a restart,
+    /// and the running config says so.
+    #[test]
+    fn the_audit_trail_turns_on_or_off_at_a_restart_only() {
+        let off = parse("");
+        let on = parse("[audit]\npath = \"/tmp/a.jsonl\"\n");
+        let moved = parse("[audit]\npath = \"/tmp/b.jsonl\"\nshared_reads_max_pairs = 5\n");
+        let named = vec!["audit (turning the trail on or off)"];
+        assert_eq!(needs_restart(&off, &on), named);
+        assert_eq!(needs_restart(&on, &off), named);
+        assert!(needs_restart(&on, &moved).is_empty());
+        assert!(in_effect(&off, parse("[audit]\npath = \"-\"\n"))
+            .audit
+            .is_none());
+        let kept = in_effect(&on, moved).audit.unwrap().into_inner();
+        assert_eq!(
+            (kept.path.as_str(), kept.shared_reads_max_pairs),
+            ("/tmp/b.jsonl", 5)
+        );
     }
 }

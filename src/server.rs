@@ -59,6 +59,17 @@ async fn open(ctx: &Context, tcp: TcpStream, tls: bool) -> Option<ClientStream> 
         }
         Ok(Err(e)) => {
             tracing::warn!(?peer, error = %e, "TLS handshake failed; connection closed");
+            // A client certificate refused (or none given) is a refused login.
+            let detail = e.to_string();
+            if let (Some(peer), true) = (peer, crate::transport::certificate_refused(&e)) {
+                ctx.audit.auth_failed(crate::audit::AuthFailed {
+                    via: "TLS",
+                    tenant: None,
+                    peer,
+                    reason: "bad_certificate",
+                    detail: Some(&detail),
+                });
+            }
             None
         }
         Err(_) => {

@@ -157,6 +157,16 @@ impl ServerTls {
     }
 }
 
+/// Whether a failed handshake failed on the client's certificate: one that does not verify,
+/// or none where mutual TLS asks for one.
+pub fn certificate_refused(e: &io::Error) -> bool {
+    let rustls = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+    matches!(
+        rustls,
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    )
+}
+
 /// The names a client certificate gives, in the order a tenant is looked for among them:
 /// the subject's common name, then each DNS name (subjectAltName).
 pub fn certificate_names(cert: &CertificateDer<'_>) -> Vec<String> {

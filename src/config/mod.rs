@@ -62,6 +62,9 @@ pub struct Config {
     /// by a token's plan claim; what a plan leaves out comes from `[defaults]`.
     #[serde(default)]
     pub plans: BTreeMap<String, DefaultsConfig>,
+    /// The audit trail (see `audit`); none is written without this section.
+    #[serde(default)]
+    pub audit: Option<Spanned<AuditConfig>>,
 }
 
 /// Shared market data (see `shared`).
@@ -418,6 +421,24 @@ pub struct JwtConfig {
     /// The claim naming such a tenant's `[plans.<name>]` (else `[defaults]` applies).
     #[serde(default = "default_plan_claim")]
     pub plan_claim: String,
+}
+
+/// The audit trail (`[audit]`, see `audit`): JSON lines of their own, never in the log.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The file the lines are appended to, or "-" for standard output (the log is on
+    /// standard error).
+    pub path: String,
+    /// Distinct (tenant, shared key) pairs counted in a minute; reads of further pairs are
+    /// counted in one overflow line, so a tenant reading many keys costs bounded memory. 0:
+    /// shared reads are not recorded.
+    #[serde(default = "default_shared_reads_max_pairs")]
+    pub shared_reads_max_pairs: usize,
+}
+
+fn default_shared_reads_max_pairs() -> usize {
+    10_000
 }
 
 fn default_listen() -> Spanned<String> {

@@ -56,6 +56,7 @@ impl Config {
         self.validate_jwt(&mut err);
         self.validate_tenants(&mut err);
         self.validate_default_tenant(&mut err);
+        self.validate_audit(&mut err);
         errs
     }
 
@@ -569,5 +570,23 @@ impl Config {
             Some(d.span()),
             format!("server.default_tenant: {:?} {why}", d.get_ref()),
         );
+    }
+
+    /// `[audit]`: a file to append to, or "-" for standard output. Whether the file can be
+    /// opened is found at start (a config checked on another machine may name a directory
+    /// that exists only where respite runs).
+    fn validate_audit(&self, err: &mut Report) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let path = audit.get_ref().path.as_str();
+        let why = if path.is_empty() {
+            "must name a file, or \"-\" for standard output"
+        } else if path.ends_with('/') || Path::new(path).is_dir() {
+            "names a directory: name a file in it"
+        } else {
+            return;
+        };
+        err(Some(audit.span()), format!("audit.path {path:?} {why}"));
     }
 }

@@ -253,10 +253,12 @@ impl Session {
         }
         if self.ctx.upstream.cluster.is_some() && top == b"monitor" && tenant.admin {
             // One pinned connection watches one node: most of the commands would be missed.
-            return Action::Refuse(Error::NoPerm {
-                command: cmd.full_name(),
-                why: "respite fronts a Redis Cluster: it would watch one node of many",
-            });
+            let why = "respite fronts a Redis Cluster: it would watch one node of many";
+            let command = cmd.full_name();
+            self.ctx
+                .audit
+                .command_refused(&tenant.id, self.me.addr, &command, why);
+            return Action::Refuse(Error::NoPerm { command, why });
         }
         let keys = match decided!(self.police(&cmd, &req, &tenant)) {
             Ok(keys) => keys,
@@ -508,10 +510,15 @@ impl Session {
         let facts = &self.ctx.facts;
         if let Err(e) = policy::check(cmd, &req.args, keys.as_ref().ok(), tenant, facts) {
             tracing::warn!(tenant = %tenant.id, command = %cmd.full_name(), "refused");
+            if let Some(why) = policy::refused_server_wide(cmd, tenant) {
+                let trail = &self.ctx.audit;
+                trail.command_refused(&tenant.id, self.me.addr, &cmd.full_name(), why);
+            }
             return Break(Action::Refuse(e));
         }
         if tenant.admin && keys.is_ok() && policy::for_operators(cmd) {
-            policy::audit(tenant, &cmd.full_name(), &req.args);
+            let peer = self.me.addr;
+            policy::audit(&self.ctx.audit, tenant, peer, &cmd.full_name(), &req.args);
         }
         Continue(keys)
     }
@@ -527,6 +534,18 @@ impl Session {
     ) -> Decided<()> {
         if self.ctx.market.is_none() {
             return Continue(());
+        }
+        // Who read which shared keys, for the audit trail: the keys whose values the command
+        // uses (Redis' ACCESS flag: GET, MGET, HGETALL, TTL, COPY's source; not EXISTS or
+        // TYPE).
+        let cap = self.ctx.audit.shared_reads_cap();
+        if cap > 0 {
+            for (i, flags) in keys.iter() {
+                let read = flags & command::KS_ACCESS != 0 && flags & command::KS_NOT_KEY == 0;
+                if read && tenant.is_shared(&req.args[i]) {
+                    self.figures.shared_reads.note(&req.args[i], cap);
+                }
+            }
         }
         // Inside MULTI a GET is queued in Redis like any command.
         if self.state.multi.is_none()

@@ -674,7 +674,7 @@ impl Session {
             .unwrap_or_default();
         let tenant = self.tenant.clone().expect("authenticated");
         if tenant.admin {
-            crate::policy::audit(&tenant, "info", sections);
+            crate::policy::audit(&self.ctx.audit, &tenant, self.me.addr, "info", sections);
         }
         // Redis' own `# Keyspace` is the admin's, with every tenant's keys.
         let wants_keyspace = wants(sections, b"keyspace") && !tenant.admin;

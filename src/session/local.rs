@@ -462,26 +462,51 @@ impl Session {
     async fn auth(&mut self, user: Option<Bytes>, secret: Bytes) -> Result<(), End> {
         match self.authenticator().login(user.as_deref(), &secret) {
             Ok(login) => {
-                if self.log_in(login, user.as_deref(), &secret).await? {
+                if self.log_in("AUTH", login, user.as_deref(), &secret).await? {
                     self.answer(Resp::ok());
                 }
             }
             Err(why) => {
-                self.auth_failed(user.as_deref(), &why);
+                self.auth_failed("AUTH", user.as_deref(), &why);
                 self.refuse(Error::WrongPass);
             }
         }
         Ok(())
     }
 
-    /// Logs a failed login (never the secret) and counts it for the tenant it named, if
-    /// that tenant exists.
-    fn auth_failed(&self, user: Option<&[u8]>, why: &crate::auth::AuthFailure) {
+    /// Logs a failed login `via` AUTH or HELLO (never the secret), records it in the audit
+    /// trail, and counts it for the tenant it named, if that tenant exists.
+    fn auth_failed(&self, via: &'static str, user: Option<&[u8]>, why: &crate::auth::AuthFailure) {
         let named = user.and_then(|u| std::str::from_utf8(u).ok()).unwrap_or("");
         tracing::warn!(tenant = %named, reason = %why, "authentication failed");
+        let detail = match why {
+            crate::auth::AuthFailure::BadToken(fault) => Some(fault.as_str()),
+            _ => None,
+        };
+        self.audit_auth_failed(via, named, why.reason(), detail);
         if let Some(t) = self.authenticator().tenant(named) {
             t.stats.auth_failed();
         }
+    }
+
+    /// The audit trail's line for a refused login. The tenant is shown when the name could
+    /// be one (a valid id, not Redis' `default` user): a password typed into the user name
+    /// must not be written down.
+    fn audit_auth_failed(
+        &self,
+        via: &'static str,
+        named: &str,
+        reason: &str,
+        detail: Option<&str>,
+    ) {
+        let tenant = Some(named).filter(|n| *n != "default" && crate::config::valid_tenant_id(n));
+        self.ctx.audit.auth_failed(crate::audit::AuthFailed {
+            via,
+            tenant,
+            peer: self.me.addr,
+            reason,
+            detail,
+        });
     }
 
     /// Acts as the tenant of `login` from now on, until its token (if it came from one)
@@ -491,6 +516,7 @@ impl Session {
     /// password or key revoked meanwhile does not let it in.
     async fn log_in(
         &mut self,
+        via: &'static str,
         mut login: crate::auth::Login,
         user: Option<&[u8]>,
         secret: &[u8],
@@ -507,6 +533,7 @@ impl Session {
                 }
                 _ => {
                     tracing::warn!(tenant = %id, "credentials revoked while logging in: closing");
+                    self.audit_auth_failed(via, &id, "revoked_while_logging_in", None);
                     self.refuse(Error::WrongPass);
                     self.client.closing = true;
                     self.tenant = None;
@@ -597,12 +624,12 @@ impl Session {
         if let Some((user, pass)) = auth {
             match self.authenticator().login(Some(&user), &pass) {
                 Ok(login) => {
-                    if !self.log_in(login, Some(&user), &pass).await? {
+                    if !self.log_in("HELLO", login, Some(&user), &pass).await? {
                         return Ok(());
                     }
                 }
                 Err(why) => {
-                    self.auth_failed(Some(&user), &why);
+                    self.auth_failed("HELLO", Some(&user), &why);
                     self.refuse(Error::WrongPass);
                     return Ok(());
                 }

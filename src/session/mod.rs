@@ -429,6 +429,8 @@ struct Figures {
     clock: Instant,
     /// The last command handled, published to CLIENT LIST once per batch (not per request).
     noted: Option<(&'static [u8], Option<&'static [u8]>)>,
+    /// Reads of shared keys, for the audit trail (handed over with the tally).
+    shared_reads: crate::audit::SharedReads,
 }
 
 /// A publisher's writes to shared keys, dropped from the shared cache.
@@ -462,6 +464,13 @@ pub async fn serve(ctx: Arc<Context>, client: ClientStream, shutdown: Cancellati
         Ok(None) => None,
         Err(names) => {
             tracing::warn!(%peer, ?names, "the client certificate names no tenant; refusing connection");
+            ctx.audit.auth_failed(crate::audit::AuthFailed {
+                via: "TLS",
+                tenant: None,
+                peer,
+                reason: "certificate_names_no_tenant",
+                detail: None,
+            });
             return refuse_connection(client, Error::WrongPass).await;
         }
     };
@@ -558,6 +567,7 @@ pub async fn serve(ctx: Arc<Context>, client: ClientStream, shutdown: Cancellati
             current: None,
             clock: Instant::now(),
             noted: None,
+            shared_reads: Default::default(),
         },
         publishing: Publishing {
             published: Vec::new(),
@@ -1033,12 +1043,17 @@ impl Session {
             || self.state.monitoring
     }
 
-    /// Gives the session's figures to its tenant (once per pass of the loop).
+    /// Gives the session's figures to its tenant, and its shared reads to the audit trail
+    /// (once per pass of the loop).
     fn hand_over_tally(&mut self) {
         if let Some(t) = &self.tenant {
             if !self.figures.tally.is_empty() {
                 t.stats
                     .absorb(&mut self.figures.tally, self.figures.read_at);
+            }
+            if !self.figures.shared_reads.is_empty() {
+                let reads = &mut self.figures.shared_reads;
+                self.ctx.audit.hand_over(&t.id, reads);
             }
         }
     }

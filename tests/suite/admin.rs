@@ -20,9 +20,19 @@ pub async fn http(
     path: &str,
     token: Option<&str>,
 ) -> (u16, String) {
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+    let Ok(s) = tokio::net::TcpStream::connect(addr).await else {
         return (0, String::new());
     };
+    http_on(s, method, path, token).await
+}
+
+/// [`http`] over a connection already made (whose address the caller wants to know).
+pub async fn http_on(
+    mut s: tokio::net::TcpStream,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: respite\r\n{auth}Content-Length: 0\r\n\

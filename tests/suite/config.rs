@@ -161,6 +161,11 @@ fn each_mistake_has_its_own_error() {
         ("[plans.x]\nrole = \"admin\"\n", "unknown field `role`", Some(2)),
         ("[auth.jwt]\ntenant_claim = \"t\"\n", "exactly one of hs256_secret", Some(1)),
         ("[auth.jwt]\nrs256_public_key_file = \"/nonexistent.pem\"\n", "rs256_public_key_file", Some(1)),
+        ("[audit]\npath = \"\"\n", "audit.path \"\" must name a file, or \"-\"", Some(1)),
+        ("[audit]\npath = \"/tmp\"\n", "audit.path \"/tmp\" names a directory", Some(1)),
+        ("[audit]\npath = \"logs/\"\n", "names a directory", Some(1)),
+        ("[audit]\nshared_reads_max_pairs = 5\n", "missing field `path`", Some(1)),
+        ("[audit]\npath = \"-\"\nfile = \"x\"\n", "unknown field `file`", Some(3)),
     ];
     for (text, expect, line) in cases {
         let errs = Config::parse(text).expect_err(text).0;

@@ -281,6 +281,30 @@ impl Drop for Proxy {
     }
 }
 
+/// The `respite` binary on the config file `config`, whose `server.listen` is 127.0.0.1:`port`,
+/// once it accepts connections; its output goes nowhere unless `with` says otherwise.
+pub async fn run_binary(
+    config: &std::path::Path,
+    port: u16,
+    with: impl FnOnce(&mut Command),
+) -> (Child, SocketAddr) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_respite"));
+    command
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    with(&mut command);
+    let child = command.spawn().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "respite did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, addr)
+}
+
 /// A client speaking raw RESP, for exact replies and malformed input.
 pub struct Raw {
     pub stream: TcpStream,

@@ -3,6 +3,7 @@
 mod harness;
 
 mod admin;
+mod audit;
 mod auth;
 mod cluster;
 mod config;

@@ -387,19 +387,7 @@ async fn sighup_reloads_the_binary() {
         )
     };
     std::fs::write(&file, text(BEFORE)).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_respite"))
-        .arg("--config")
-        .arg(&file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "respite did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut child, addr) = run_binary(&file, port, |_| {}).await;
     let mut c = Raw::connect(addr).await;
     assert_eq!(c.cmd(&["AUTH", "d", "pd"]).await, WRONGPASS);
     std::fs::write(&file, text(AFTER)).unwrap();

@@ -370,7 +370,10 @@ async fn client_certificates_name_tenants_and_strangers_are_refused() {
         "client_ca_file = \"{}\"\ntenant_from_cert = true\n",
         clients.pem.display()
     );
-    let mut proxy = Proxy::start_config(&tls_config(&redis, tls_port, &cert, &tls)).await;
+    let trail = dir.0.join("audit.jsonl");
+    let config = tls_config(&redis, tls_port, &cert, &tls)
+        + &format!("[audit]\npath = \"{}\"\n", trail.display());
+    let mut proxy = Proxy::start_config(&config).await;
     listening(tls_port).await;
     let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
 
@@ -430,6 +433,38 @@ async fn client_certificates_name_tenants_and_strangers_are_refused() {
         "$18\r\nfrom a certificate\r\n"
     );
     proxy.stop().await;
+
+    // Each refusal is a refused login in the audit trail: who (the peer) and why.
+    let lines = crate::audit::settled(&trail, 4).await;
+    let why: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            let detail = l["detail"].as_str().unwrap_or("");
+            let kind = match detail {
+                d if d.contains("UnknownIssuer") => "UnknownIssuer",
+                d if d.contains("no certificates") => "none",
+                _ => "",
+            };
+            (
+                l["via"].as_str().unwrap(),
+                l["reason"].as_str().unwrap(),
+                kind,
+            )
+        })
+        .collect();
+    assert_eq!(
+        why,
+        [
+            ("TLS", "certificate_names_no_tenant", ""),
+            ("TLS", "bad_certificate", "UnknownIssuer"),
+            ("TLS", "bad_certificate", "none"),
+            ("TLS", "bad_certificate", "UnknownIssuer"),
+        ],
+        "{lines:#?}"
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l["event"] == "auth_failed" && l["peer"].is_string()));
 }
 
 /// The binary logs why a handshake failed: an operator sees the bad certificate.

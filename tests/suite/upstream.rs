@@ -251,19 +251,7 @@ async fn binary_serves_then_stops_on_sigterm(threads: usize) {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_respite"))
-        .arg("--config")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "respite did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut child, addr) = run_binary(&config, port, |_| {}).await;
     let mut c = Raw::login(addr, "a", "pa").await;
     c.send_cmd(&["SET", "k", "v"]).await;
     c.send_cmd(&["GET", "k"]).await;
