@@ -18,6 +18,7 @@ mod pubsub;
 mod queues;
 mod quota;
 mod scripts;
+mod secret_files;
 mod shared;
 mod tenants;
 mod upstream;
