@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod cluster;
 mod config;
+mod deploy;
 mod differential;
 mod exactly;
 mod hostile;
