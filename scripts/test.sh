@@ -18,5 +18,14 @@ fi
 echo "== alerting rules: promtool check rules, promtool test rules"
 promtool check rules config/prometheus-alerts.yml
 promtool test rules config/prometheus-alerts.test.yml
+echo "== deploy/kubernetes: Kubernetes' API schemas (kubernetes-validate --strict, 1.29: native sidecars)"
+# In a venv under target/ (PyPI's kubernetes-validate carries the schemas); the configs inside
+# are checked by tests/suite/deploy.rs.
+venv=target/kubernetes-validate
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q kubernetes-validate==1.37.0
+fi
+"$venv/bin/kubernetes-validate" --strict --quiet -k 1.29.0 deploy/kubernetes/*.yaml
 echo "== cargo test"
 cargo test --all-targets

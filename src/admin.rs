@@ -10,7 +10,8 @@
 //!   (see `reload`); 200 and what changed, 400 and every error of an invalid file (nothing
 //!   changes), 401 without the token, 403 when no `admin.token` is set.
 //!
-//! The read-only endpoints need no token: probes and scrapers hold none.
+//! The read-only endpoints need no token: probes and scrapers hold none. `probe` is their
+//! client for `respite healthcheck`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::tenant::Tenant;
+
+pub mod probe;
 
 /// Serves the admin endpoints on `listener` until `shutdown`.
 pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: CancellationToken) {

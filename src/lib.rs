@@ -65,7 +65,7 @@
 
 // Public: what the binary, the integration tests (the differential test drives the stages
 // directly) and the benches use. Everything else is private to the crate.
-mod admin;
+pub mod admin;
 mod audit;
 mod auth;
 pub mod billing;

@@ -1,8 +1,9 @@
 //! The `respite` binary: `respite --config FILE` runs the proxy, `respite check-config FILE`
-//! validates a config.
+//! validates a config, `respite healthcheck` asks a running one's admin listener.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,22 @@ struct Cli {
 enum Command {
     /// Validate a config file, printing every error with its line and column.
     CheckConfig { file: PathBuf },
+    /// GET /healthz (or /readyz) of a running respite's admin listener: exit 0 on 200, 1
+    /// otherwise (for a container's HEALTHCHECK, where no curl is installed).
+    Healthcheck {
+        /// The config file whose [admin] listen to ask (on loopback if it listens on all
+        /// addresses).
+        #[arg(long, short, required_unless_present = "address")]
+        config: Option<PathBuf>,
+        /// The admin listener's address, instead of the config's.
+        #[arg(long, conflicts_with = "config")]
+        address: Option<std::net::SocketAddr>,
+        /// Ask /readyz (Redis answers) instead of /healthz (the process runs).
+        #[arg(long)]
+        ready: bool,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 /// Exit code for a config that does not validate.
@@ -55,6 +72,15 @@ fn main() -> ExitCode {
         logs.init();
     }
 
+    if let Some(Command::Healthcheck {
+        config,
+        address,
+        ready,
+        timeout_ms,
+    }) = &cli.command
+    {
+        return healthcheck(config.as_deref(), *address, *ready, *timeout_ms);
+    }
     if let Some(Command::CheckConfig { file }) = &cli.command {
         return match Config::load(file) {
             Ok(_) => {
@@ -106,6 +132,31 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("respite: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `respite healthcheck`: one GET, its outcome in the exit code.
+fn healthcheck(
+    config: Option<&std::path::Path>,
+    address: Option<std::net::SocketAddr>,
+    ready: bool,
+    timeout_ms: u64,
+) -> ExitCode {
+    use respite::admin::probe;
+    let addr = match (address, config) {
+        (Some(a), _) => Ok(a),
+        (None, Some(path)) => probe::admin_listen(path),
+        (None, None) => Err("give --config FILE or --address HOST:PORT".into()),
+    };
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let outcome =
+        addr.and_then(|a| probe::probe(probe::local(a), path, Duration::from_millis(timeout_ms)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("respite healthcheck: {e}");
             ExitCode::FAILURE
         }
     }

@@ -3,8 +3,10 @@
 //!
 //! Parsing is strict: unknown keys are rejected (`deny_unknown_fields`), and a setting whose
 //! feature respite does not have yet is refused with an error that says so, never silently
-//! ignored. Secrets live in [`Secret`], whose `Debug` prints `MASKED`.
+//! ignored. Secrets live in [`Secret`], whose `Debug` prints `MASKED`; each secret setting
+//! may instead name a file holding it (`password_file`, `token_file`, ...: see `secret_file`).
 
+mod secret_file;
 mod validate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -184,6 +186,12 @@ pub struct UpstreamConfig {
     /// More seed nodes (cluster mode), tried after `url` when the slot map is first read.
     #[serde(default)]
     pub seeds: Vec<Spanned<String>>,
+    /// A file holding the password for every URL above that has none of its own (with the
+    /// URL's user, if any). Once loaded, the password stands in those URLs.
+    pub password_file: Option<Spanned<PathBuf>>,
+    /// What `password_file` held, for a `--upstream` URL given after loading.
+    #[serde(skip)]
+    pub file_password: Option<Secret>,
     /// Where reads of tenants with `read_from_replicas` go in cluster mode: "master", or
     /// "replica-preferred" (a replica of the key's master, the master when none answers).
     #[serde(default = "default_read_from")]
@@ -213,6 +221,8 @@ pub struct TenantConfig {
     pub id: Spanned<String>,
     pub password: Option<Secret>,
     pub password_sha256: Option<Spanned<String>>,
+    /// A file holding the password; once loaded, it is `password`.
+    pub password_file: Option<Spanned<PathBuf>>,
     pub quota_bytes: Option<Spanned<u64>>,
     pub overage_bytes: Option<Spanned<u64>>,
     /// Connections this tenant may hold at once (else `[defaults]`, else unlimited).
@@ -263,6 +273,7 @@ impl TenantConfig {
             id: Spanned::new(0..0, id.to_string()),
             password: None,
             password_sha256: None,
+            password_file: None,
             quota_bytes: None,
             overage_bytes: None,
             max_clients: None,
@@ -312,6 +323,8 @@ pub struct AdminConfig {
     pub listen: String,
     /// Bearer token for `POST /reload`; without one, reload is by SIGHUP only.
     pub token: Option<Secret>,
+    /// A file holding the token; once loaded, it is `token`.
+    pub token_file: Option<Spanned<PathBuf>>,
     /// /metrics lists a tenant by name while it has a connection or did something within
     /// this many seconds: the label count follows the active tenants, not the configured.
     #[serde(default = "default_tenant_window_seconds")]
@@ -407,6 +420,8 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     pub hs256_secret: Option<Secret>,
+    /// A file holding the HS256 secret; once loaded, it is `hs256_secret`.
+    pub hs256_secret_file: Option<Spanned<PathBuf>>,
     pub rs256_public_key_file: Option<PathBuf>,
     #[serde(default = "default_tenant_claim")]
     pub tenant_claim: String,
@@ -640,6 +655,8 @@ impl Default for UpstreamConfig {
             mode: default_mode(),
             url: default_upstream_url(),
             seeds: Vec::new(),
+            password_file: None,
+            file_password: None,
             read_from: default_read_from(),
             pool_size: default_pool_size(),
             connections: default_connections(),
@@ -655,6 +672,7 @@ impl fmt::Debug for UpstreamConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamConfig")
             .field("url", &mask_url_password(self.url.get_ref()))
+            .field("password_file", &self.password_file)
             .field("pool_size", &self.pool_size)
             .field("connections", &self.connections)
             .field("pinned_max", &self.pinned_max)
@@ -825,15 +843,17 @@ impl Config {
         Config::parse(&text)
     }
 
-    /// Parses and validates config text, returning every problem found.
+    /// Parses and validates config text, reading the secrets of its `*_file` settings, and
+    /// returns every problem found.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 at: e.span().map(|s| line_col(text, s.start)),
                 message: e.message().trim().to_string(),
             }])
         })?;
-        let problems = config.validate();
+        let mut problems = config.read_secret_files();
+        problems.extend(config.validate());
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -1036,10 +1056,16 @@ impl Config {
         if let Some(l) = listen {
             self.server.listen = Spanned::new(0..0, l);
         }
+        let mut problems = Vec::new();
         if let Some(u) = upstream {
             self.upstream.url = Spanned::new(0..0, u);
+            if let Some(p) = &self.upstream.file_password {
+                if let Err(e) = secret_file::with_password(&mut self.upstream.url, p) {
+                    problems.push((None, e));
+                }
+            }
         }
-        let problems = self.validate();
+        problems.extend(self.validate());
         if problems.is_empty() {
             Ok(())
         } else {

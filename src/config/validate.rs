@@ -3,6 +3,9 @@
 
 use super::*;
 
+const ONE_JWT_KEY: &str =
+    "auth.jwt: set exactly one of hs256_secret, hs256_secret_file and rs256_public_key_file";
+
 /// What a check reports: the place in the file (when known) and the message.
 type Report<'a> = dyn FnMut(Option<Range<usize>>, String) + 'a;
 
@@ -360,11 +363,11 @@ impl Config {
         let jwt = self.auth.jwt.as_ref();
         if let Some(jwt) = jwt {
             let j = jwt.get_ref();
+            // A secret file that could not be read is reported already (`secret_file`).
+            let hs256 = j.hs256_secret.is_some() || j.hs256_secret_file.is_some();
             match (&j.hs256_secret, &j.rs256_public_key_file) {
-                (Some(_), Some(_)) | (None, None) => err(
-                    Some(jwt.span()),
-                    "auth.jwt: set exactly one of hs256_secret and rs256_public_key_file".into(),
-                ),
+                (_, Some(_)) if hs256 => err(Some(jwt.span()), ONE_JWT_KEY.into()),
+                (None, None) if !hs256 => err(Some(jwt.span()), ONE_JWT_KEY.into()),
                 (Some(s), None) if s.expose().is_empty() => err(
                     Some(jwt.span()),
                     "auth.jwt.hs256_secret must not be empty".into(),
@@ -503,10 +506,16 @@ impl Config {
             "tenant" => return,
             "publisher" if self.shared.is_some() => return,
             "publisher" => format!("tenants[{i}].role = \"publisher\" needs a [shared] section"),
-            "admin" if t.password.is_some() || t.password_sha256.is_some() => return,
+            "admin"
+                if t.password.is_some()
+                    || t.password_sha256.is_some()
+                    || t.password_file.is_some() =>
+            {
+                return
+            }
             "admin" => format!(
-                "tenants[{i}].role = \"admin\" needs a password or password_sha256: \
-                 an admin tenant never logs in with a token"
+                "tenants[{i}].role = \"admin\" needs a password or password_sha256 (or a \
+                 password_file): an admin tenant never logs in with a token"
             ),
             other => format!(
                 "tenants[{i}].role: {other:?} is not \"tenant\", \"publisher\" or \"admin\""
@@ -538,13 +547,14 @@ impl Config {
                 }
                 digest
             }
+            // A password file that could not be read is reported already (`secret_file`).
             (None, None) => {
-                if self.auth.jwt.is_none() {
+                if self.auth.jwt.is_none() && t.password_file.is_none() {
                     err(
                         Some(t.id.span()),
                         format!(
-                            "tenants[{i}] ({id}) has no password, password_sha256 or [auth.jwt]: \
-                             nothing could authenticate it"
+                            "tenants[{i}] ({id}) has no password, password_file, \
+                             password_sha256 or [auth.jwt]: nothing could authenticate it"
                         ),
                     );
                 }

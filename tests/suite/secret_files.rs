@@ -1,0 +1,187 @@
+//! Secrets in files (`password_file`, `token_file`, `[upstream] password_file`), as a
+//! Kubernetes Secret or a Compose secret mounts them: a tenant logs in with the password a
+//! file holds, respite logs in to a Redis with `requirepass` from one, and a reload (POST
+//! /reload with the token a file holds, or SIGHUP to the binary) takes a rotated file as it
+//! takes a changed password. No secret ever reaches the log.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::admin::{answers, http};
+use crate::harness::*;
+
+const WRONGPASS: &str = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+
+/// Writes a secret as `echo` and Kubernetes leave it: with a trailing newline.
+fn secret(dir: &TempDir, name: &str, value: &str) -> String {
+    let path = dir.0.join(name);
+    std::fs::write(&path, format!("{value}\n")).unwrap();
+    path.display().to_string()
+}
+
+/// A config with every secret in a file of `dir`: Redis' password, the admin token, and
+/// tenants acme (in a file) and globex (in the config, as before).
+fn config(redis: &Redis, dir: &TempDir, listen: SocketAddr, admin: SocketAddr) -> String {
+    format!(
+        "[server]\nlisten = \"{listen}\"\n\
+         [upstream]\nurl = \"{}\"\npassword_file = \"{}\"\n\
+         [admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n\
+         [[tenants]]\nid = \"acme\"\npassword_file = \"{}\"\n\
+         [[tenants]]\nid = \"globex\"\npassword = \"globex-secret\"\n",
+        redis.url(),
+        secret(dir, "redis-password", "redis-secret"),
+        secret(dir, "admin-token", "token-1"),
+        secret(dir, "acme", "acme-1"),
+    )
+}
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_come_from_files_and_a_reload_takes_rotated_ones() {
+    let redis = Redis::start_with(&["--requirepass", "redis-secret"]);
+    let dir = TempDir::new();
+    let file = dir.0.join("respite.toml");
+    let admin = addr();
+    std::fs::write(&file, config(&redis, &dir, addr(), admin)).unwrap();
+    let proxy = Proxy::start_file(&file).await;
+    answers(admin, "/readyz", 200, Duration::from_secs(5)).await;
+
+    // acme's password from its file; respite's own to Redis from another.
+    let mut before = proxy.raw_as("acme", "acme-1").await;
+    assert_eq!(before.cmd(&["SET", "k", "v"]).await, "+OK\r\n");
+    assert_eq!(redis.keys().await, ["tenant:acme:k"]);
+    let mut globex = proxy.raw_as("globex", "globex-secret").await;
+
+    // Rotated: the old password works until the reload, the new one after it.
+    secret(&dir, "acme", "acme-2");
+    let mut c = proxy.raw().await;
+    assert_eq!(c.cmd(&["AUTH", "acme", "acme-2"]).await, WRONGPASS);
+    let (status, body) = http(admin, "POST", "/reload", Some("token-1")).await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["new_credentials"], json!(["acme"]));
+    assert_eq!(report["closed"], json!(1));
+    assert_eq!(report["needs_restart"], json!([]));
+    assert!(before.closed().await, "a changed password closes");
+    assert_eq!(c.cmd(&["AUTH", "acme", "acme-1"]).await, WRONGPASS);
+    assert_eq!(c.cmd(&["AUTH", "acme", "acme-2"]).await, "+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "k"]).await, "$1\r\nv\r\n");
+    assert_eq!(globex.cmd(&["PING"]).await, "+PONG\r\n", "others untouched");
+
+    // The admin token rotates the same way.
+    secret(&dir, "admin-token", "token-2");
+    assert_eq!(http(admin, "POST", "/reload", Some("token-1")).await.0, 200);
+    assert_eq!(http(admin, "POST", "/reload", Some("token-1")).await.0, 401);
+    assert_eq!(http(admin, "POST", "/reload", Some("token-2")).await.0, 200);
+
+    // Redis' password is in every upstream connection: like a changed URL, a rotated file
+    // waits for a restart, and says so.
+    secret(&dir, "redis-password", "redis-secret-2");
+    let (status, body) = http(admin, "POST", "/reload", Some("token-2")).await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["needs_restart"], json!(["upstream"]));
+    assert_eq!(c.cmd(&["GET", "k"]).await, "$1\r\nv\r\n");
+
+    // A file emptied by mistake changes nothing and is named, its content never.
+    secret(&dir, "acme", "");
+    let (status, body) = http(admin, "POST", "/reload", Some("token-2")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("tenants[0].password_file"), "{body}");
+    assert!(body.contains(&format!("{} is empty", dir.0.join("acme").display())));
+    assert_eq!(c.cmd(&["AUTH", "acme", "acme-2"]).await, "+OK\r\n");
+}
+
+/// The binary, started as a container starts it, with its log captured in `dir`.
+fn spawn(file: &Path, dir: &TempDir) -> Child {
+    let log = std::fs::File::create(dir.0.join("respite.log")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_respite"))
+        .arg("--config")
+        .arg(file)
+        .env("RUST_LOG", "debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// `respite healthcheck --config FILE [more]`: did it exit 0?
+fn healthcheck(file: &Path, more: &[&str]) -> bool {
+    Command::new(env!("CARGO_BIN_EXE_respite"))
+        .arg("healthcheck")
+        .arg("--config")
+        .arg(file)
+        .args(more)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test]
+async fn sighup_rereads_the_files_and_the_log_holds_no_secret() {
+    let redis = Redis::start_with(&["--requirepass", "redis-secret"]);
+    let dir = TempDir::new();
+    let file = dir.0.join("respite.toml");
+    let listen = addr();
+    std::fs::write(&file, config(&redis, &dir, listen, addr())).unwrap();
+    assert!(!healthcheck(&file, &[]), "healthy before it runs");
+    let mut child = spawn(&file, &dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !healthcheck(&file, &["--ready"]) {
+        assert!(Instant::now() < deadline, "respite did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(healthcheck(&file, &[]));
+
+    let mut c = Raw::connect(listen).await;
+    assert_eq!(c.cmd(&["AUTH", "acme", "acme-1"]).await, "+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "k", "v"]).await, "+OK\r\n");
+    secret(&dir, "acme", "acme-2");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut c = Raw::connect(listen).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.cmd(&["AUTH", "acme", "acme-2"]).await != "+OK\r\n" {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not take the new password"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.cmd(&["AUTH", "acme", "acme-1"]).await, WRONGPASS);
+    // A wrong login and a failed reload are logged too, with no secret in them.
+    assert_eq!(c.cmd(&["AUTH", "acme", "guess"]).await, WRONGPASS);
+    secret(&dir, "redis-password", "");
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.0.join("respite.log")).unwrap();
+    assert!(log.contains("config reloaded"), "{log}");
+    assert!(log.contains("redis-password is empty"), "{log}");
+    for s in [
+        "redis-secret",
+        "token-1",
+        "acme-1",
+        "acme-2",
+        "globex-secret",
+        "guess",
+    ] {
+        assert!(!log.contains(s), "{s} is in the log:\n{log}");
+    }
+}
