@@ -674,3 +674,76 @@ async fn respite_reaches_every_node_of_a_tls_cluster() {
         "{reply}"
     );
 }
+
+/// Sockets that open a connection to the TLS listener and never finish a handshake are
+/// among the connections not logged in yet, as idle plain sockets are: past
+/// `max_unauthenticated` the oldest is closed, so they cannot take every place of
+/// `max_clients` and lock out the clients that come after them, on either listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_handshakes_cannot_take_every_place() {
+    let dir = TempDir::new();
+    let ca = Ca::new(&dir.0, "ca");
+    let redis = TlsRedis::start(&ca);
+    let tls_port = free_port();
+    let cert = ca.server("respite");
+    let text = tls_config(&redis, tls_port, &cert, "").replace(
+        "[server]\n",
+        "[server]\nmax_clients = 6\nmax_unauthenticated = 2\nauth_timeout_ms = 10000\n",
+    );
+    let proxy = Proxy::start_config(&text).await;
+    listening(tls_port).await;
+    // `listening`'s probe has gone away; its place is free again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut silent = Vec::new();
+    for _ in 0..6 {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+            .await
+            .unwrap();
+        silent.push(s);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The oldest are closed to make room, long before auth_timeout_ms.
+    let mut b = [0u8; 16];
+    let oldest = tokio::time::timeout(Duration::from_secs(2), silent[0].read(&mut b)).await;
+    assert!(
+        matches!(oldest, Ok(Ok(0)) | Ok(Err(_))),
+        "the oldest silent socket is closed: {oldest:?}"
+    );
+    // Real clients are served, on both listeners.
+    let mut plain = Raw::connect(proxy.addr).await;
+    assert_eq!(plain.cmd(&["AUTH", "acme", "pa"]).await, "+OK\r\n");
+    let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let mut tls = tls_connect(addr, &ca.pem, None).await.unwrap();
+    let replies = exchange(&mut tls, &resp(&[b"AUTH", b"globex", b"pg"]), 1).await;
+    assert_eq!(replies, ["+OK\r\n"]);
+}
+
+/// A socket on the TLS listener that never finishes its handshake does not hold up a
+/// shutdown: it is closed at once, as an idle plain socket is, not after the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_unfinished_handshakes() {
+    let dir = TempDir::new();
+    let ca = Ca::new(&dir.0, "ca");
+    let redis = TlsRedis::start(&ca);
+    let tls_port = free_port();
+    let cert = ca.server("respite");
+    let text = tls_config(&redis, tls_port, &cert, "")
+        .replace("[server]\n", "[server]\nshutdown_grace_ms = 5000\n");
+    let mut proxy = Proxy::start_config(&text).await;
+    listening(tls_port).await;
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+        .await
+        .unwrap();
+    let mut plain = Raw::connect(proxy.addr).await;
+    assert_eq!(
+        plain.cmd(&["PING"]).await,
+        "-NOAUTH Authentication required.\r\n"
+    );
+    let started = Instant::now();
+    proxy.stop().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+    let mut b = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(1), silent.read(&mut b)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
