@@ -747,3 +747,53 @@ async fn shutdown_does_not_wait_for_unfinished_handshakes() {
     let read = tokio::time::timeout(Duration::from_secs(1), silent.read(&mut b)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
 }
+
+/// RESET takes a connection back to the tenant its certificate names, and to no other: once
+/// a reload has removed that tenant, a connection that had switched to another one with
+/// AUTH is logged out by RESET, as a new connection with the certificate is refused. It
+/// never lands in the default tenant, which the certificate never gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_never_falls_back_to_the_default_tenant_once_the_certificates_tenant_is_gone() {
+    let dir = TempDir::new();
+    let ca = Ca::new(&dir.0, "ca");
+    let clients = Ca::new(&dir.0, "clients");
+    let redis = TlsRedis::start(&ca);
+    let tls_port = free_port();
+    let cert = ca.server("respite");
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let file = dir.0.join("respite.toml");
+    let tls = format!(
+        "client_ca_file = \"{}\"\ntenant_from_cert = true\n",
+        clients.pem.display()
+    );
+    let text = tls_config(&redis, tls_port, &cert, &tls)
+        .replace("[server]\n", "[server]\ndefault_tenant = \"sidecar\"\n")
+        + "[[tenants]]\nid = \"sidecar\"\npassword = \"ps\"\n"
+        + &format!("[admin]\nlisten = \"{admin}\"\ntoken = \"admin-token\"\n");
+    std::fs::write(&file, &text).unwrap();
+    let mut proxy = Proxy::start_file(&file).await;
+    listening(tls_port).await;
+    let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+
+    let (c, k) = clients.sign("acme", "acme", &[]);
+    let mut acme = tls_connect(addr, &ca.pem, Some((&c, &k))).await.unwrap();
+    let replies = exchange(&mut acme, &resp(&[b"AUTH", b"globex", b"pg"]), 1).await;
+    assert_eq!(replies, ["+OK\r\n"]);
+    let removed = text.replace("[[tenants]]\nid = \"acme\"\npassword = \"pa\"\n", "");
+    std::fs::write(&file, removed).unwrap();
+    let (status, body) = http(admin, "POST", "/reload", Some("admin-token")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""removed":["acme"]"#), "{body}");
+    let requests = [resp(&[b"RESET"]), resp(&[b"SET", b"k", b"after reset"])].concat();
+    let replies = exchange(&mut acme, &requests, 2).await;
+    assert_eq!(
+        replies,
+        ["+RESET\r\n", "-NOAUTH Authentication required.\r\n"]
+    );
+    assert_eq!(redis.cli(&["EXISTS", "tenant:sidecar:k"]), "0\n");
+    // The plain listener still serves the default tenant.
+    let mut plain = proxy.raw().await;
+    assert_eq!(plain.cmd(&["SET", "k", "sidecar"]).await, "+OK\r\n");
+    assert_eq!(redis.cli(&["GET", "tenant:sidecar:k"]), "sidecar\n");
+    proxy.stop().await;
+}
