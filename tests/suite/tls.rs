@@ -797,3 +797,36 @@ async fn reset_never_falls_back_to_the_default_tenant_once_the_certificates_tena
     assert_eq!(redis.cli(&["GET", "tenant:sidecar:k"]), "sidecar\n");
     proxy.stop().await;
 }
+
+/// The order in which a certificate's names are tried: the common name first, even with a
+/// DNS name naming another tenant; without a tenant for it, the first DNS name that is one,
+/// wherever it stands among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_common_name_comes_before_the_dns_names() {
+    let dir = TempDir::new();
+    let ca = Ca::new(&dir.0, "ca");
+    let clients = Ca::new(&dir.0, "clients");
+    let redis = TlsRedis::start(&ca);
+    let tls_port = free_port();
+    let cert = ca.server("respite");
+    let tls = format!(
+        "client_ca_file = \"{}\"\ntenant_from_cert = true\n",
+        clients.pem.display()
+    );
+    let mut proxy = Proxy::start_config(&tls_config(&redis, tls_port, &cert, &tls)).await;
+    listening(tls_port).await;
+    let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let whoami = async |file: &str, cn: &str, names: &[&str]| {
+        let (c, k) = clients.sign(file, cn, names);
+        let mut s = tls_connect(addr, &ca.pem, Some((&c, &k))).await.unwrap();
+        let set = resp(&[b"SET", file.as_bytes(), b"1"]);
+        assert_eq!(exchange(&mut s, &set, 1).await, ["+OK\r\n"]);
+        ["acme", "globex"]
+            .into_iter()
+            .find(|t| redis.cli(&["EXISTS", &format!("tenant:{t}:{file}")]) == "1\n")
+    };
+    assert_eq!(whoami("cn", "acme", &["globex"]).await, Some("acme"));
+    let later = whoami("later", "a person", &["x.example", "globex", "acme"]).await;
+    assert_eq!(later, Some("globex"));
+    proxy.stop().await;
+}
