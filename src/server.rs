@@ -3,7 +3,8 @@
 //! [`run`] takes already-bound [`Listeners`] (tests bind port 0), plain and TLS, and a
 //! shutdown token. On shutdown it stops accepting, tells every session to finish what is in
 //! flight, and waits up to the grace period for them. A TLS connection's handshake runs in
-//! its own task, within `auth_timeout_ms`, so a slow one never holds up the accept loop.
+//! its own task, within `auth_timeout_ms`, so a slow one never holds up the accept loop, and
+//! counts among the connections not logged in yet (`max_unauthenticated`).
 //!
 //! With `server.threads = N` (N > 1), sessions run on N [`Workers`]: threads with a
 //! current-thread runtime each. An accepted socket is handed to one of them, once, and the
@@ -43,13 +44,34 @@ async fn accept(
 /// The connection as the session reads it: with `tls`, after the TLS handshake, which must
 /// end within the time a client has to log in. A failed handshake (a certificate the
 /// client CA did not sign, a client that does not speak TLS) is logged and closes it.
-async fn open(ctx: &Context, tcp: TcpStream, tls: bool) -> Option<ClientStream> {
+///
+/// Until its handshake ends the connection is one of those not logged in yet, with a place
+/// among them (`max_unauthenticated`: the oldest is closed past it), as an idle plain
+/// socket is: otherwise sockets that never say a word to the TLS listener would hold every
+/// place of `max_clients` for `auth_timeout_ms`. A shutdown closes it, as it closes a
+/// plain connection with nothing in flight.
+async fn open(
+    ctx: &Arc<Context>,
+    tcp: TcpStream,
+    tls: bool,
+    shutdown: &CancellationToken,
+) -> Option<ClientStream> {
     let Some(server_tls) = ctx.tls.as_ref().filter(|_| tls) else {
         return Some(ClientStream::Plain(tcp));
     };
     let peer = tcp.peer_addr().ok();
     let within = ctx.unauthenticated.timeout;
-    match tokio::time::timeout(within, server_tls.accept(tcp)).await {
+    let evicted = CancellationToken::new();
+    let _place = ctx.waiting(evicted.clone());
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(within, server_tls.accept(tcp)) => r,
+        _ = evicted.cancelled() => {
+            tracing::debug!(?peer, "TLS handshake unfinished; closed to make room");
+            return None;
+        }
+        _ = shutdown.cancelled() => return None,
+    };
+    match handshake {
         Ok(Ok(client)) => Some(client),
         // Closed before saying anything: a port probe (a load balancer's, a TCP liveness
         // check), not worth a warning each time.
@@ -192,7 +214,7 @@ pub async fn run(
         let shutdown = shutdown.clone();
         let Some(worker) = workers.pick() else {
             sessions.spawn(async move {
-                if let Some(client) = open(&ctx, stream, tls).await {
+                if let Some(client) = open(&ctx, stream, tls, &shutdown).await {
                     session::serve(ctx, client, shutdown).await;
                 }
                 drop(permit);
@@ -207,7 +229,7 @@ pub async fn run(
         sessions.spawn_on(
             async move {
                 if let Ok(stream) = TcpStream::from_std(socket) {
-                    if let Some(client) = open(&ctx, stream, tls).await {
+                    if let Some(client) = open(&ctx, stream, tls, &shutdown).await {
                         session::serve(ctx, client, shutdown).await;
                     }
                 }

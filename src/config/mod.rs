@@ -168,8 +168,9 @@ pub struct ServerTlsConfig {
     pub key_file: PathBuf,
     /// Mutual TLS: clients must present a certificate this CA (PEM) signed.
     pub client_ca_file: Option<PathBuf>,
-    /// The client certificate names the tenant (its subject's common name, else its first
-    /// DNS name): the connection starts logged in as that tenant, as in sidecar mode.
+    /// The client certificate names the tenant (its subject's common name, else the first
+    /// of its DNS names that is a tenant, whichever its place among them): the connection
+    /// starts logged in as that tenant, as in sidecar mode.
     #[serde(default)]
     pub tenant_from_cert: bool,
 }

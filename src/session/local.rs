@@ -337,12 +337,15 @@ impl Session {
                 self.expire_at(None);
                 self.me.state.lock().unwrap().tenant = None;
                 self.me.state.lock().unwrap().protocol = 2;
-                let certified = self
-                    .certified
-                    .as_deref()
-                    .and_then(|id| self.ctx.auth.tenant(id));
-                let by_default = certified.is_none();
-                match certified.or_else(|| self.ctx.auth.default_tenant()) {
+                // A certificate's connection goes back to its tenant and no other: with that
+                // tenant removed it logs in again, as a new connection with the certificate
+                // is refused; the default tenant is not the certificate's to give.
+                let by_default = self.certified.is_none();
+                let tenant = match self.certified.as_deref() {
+                    Some(id) => self.ctx.auth.tenant(id),
+                    None => self.ctx.auth.default_tenant(),
+                };
+                match tenant {
                     Some(t) => {
                         if !self.seat_and_set(t) {
                             return Ok(());

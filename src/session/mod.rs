@@ -297,7 +297,8 @@ pub struct Session {
     /// `keyspace::cluster_scan`).
     scan_began: Option<Arc<cluster::SlotMap>>,
     /// The tenant the client certificate named (`tenant_from_cert`): RESET logs in as it
-    /// again, as it does as the default tenant in sidecar mode.
+    /// again (and as no other, the default tenant included, once it is gone), as it does
+    /// as the default tenant in sidecar mode.
     pub(crate) certified: Option<String>,
 }
 

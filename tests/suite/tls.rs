@@ -709,3 +709,159 @@ async fn respite_reaches_every_node_of_a_tls_cluster() {
         "{reply}"
     );
 }
+
+/// Sockets that open a connection to the TLS listener and never finish a handshake are
+/// among the connections not logged in yet, as idle plain sockets are: past
+/// `max_unauthenticated` the oldest is closed, so they cannot take every place of
+/// `max_clients` and lock out the clients that come after them, on either listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_handshakes_cannot_take_every_place() {
+    let dir = TempDir::new();
+    let ca = Ca::new(&dir.0, "ca");
+    let redis = TlsRedis::start(&ca);
+    let tls_port = free_port();
+    let cert = ca.server("respite");
+    let text = tls_config(&redis, tls_port, &cert, "").replace(
+        "[server]\n",
+        "[server]\nmax_clients = 6\nmax_unauthenticated = 2\nauth_timeout_ms = 10000\n",
+    );
+    let proxy = Proxy::start_config(&text).await;
+    listening(tls_port).await;
+    // `listening`'s probe has gone away; its place is free again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut silent = Vec::new();
+    for _ in 0..6 {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+            .await
+            .unwrap();
+        silent.push(s);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The oldest are closed to make room, long before auth_timeout_ms.
+    let mut b = [0u8; 16];
+    let oldest = tokio::time::timeout(Duration::from_secs(2), silent[0].read(&mut b)).await;
+    assert!(
+        matches!(oldest, Ok(Ok(0)) | Ok(Err(_))),
+        "the oldest silent socket is closed: {oldest:?}"
+    );
+    // Real clients are served, on both listeners.
+    let mut plain = Raw::connect(proxy.addr).await;
+    assert_eq!(plain.cmd(&["AUTH", "acme", "pa"]).await, "+OK\r\n");
+    let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let mut tls = tls_connect(addr, &ca.pem, None).await.unwrap();
+    let replies = exchange(&mut tls, &resp(&[b"AUTH", b"globex", b"pg"]), 1).await;
+    assert_eq!(replies, ["+OK\r\n"]);
+}
+
+/// A socket on the TLS listener that never finishes its handshake does not hold up a
+/// shutdown: it is closed at once, as an idle plain socket is, not after the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_unfinished_handshakes() {
+    let dir = TempDir::new();
+    let ca = Ca::new(&dir.0, "ca");
+    let redis = TlsRedis::start(&ca);
+    let tls_port = free_port();
+    let cert = ca.server("respite");
+    let text = tls_config(&redis, tls_port, &cert, "")
+        .replace("[server]\n", "[server]\nshutdown_grace_ms = 5000\n");
+    let mut proxy = Proxy::start_config(&text).await;
+    listening(tls_port).await;
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+        .await
+        .unwrap();
+    let mut plain = Raw::connect(proxy.addr).await;
+    assert_eq!(
+        plain.cmd(&["PING"]).await,
+        "-NOAUTH Authentication required.\r\n"
+    );
+    let started = Instant::now();
+    proxy.stop().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+    let mut b = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(1), silent.read(&mut b)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
+
+/// RESET takes a connection back to the tenant its certificate names, and to no other: once
+/// a reload has removed that tenant, a connection that had switched to another one with
+/// AUTH is logged out by RESET, as a new connection with the certificate is refused. It
+/// never lands in the default tenant, which the certificate never gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_never_falls_back_to_the_default_tenant_once_the_certificates_tenant_is_gone() {
+    let dir = TempDir::new();
+    let ca = Ca::new(&dir.0, "ca");
+    let clients = Ca::new(&dir.0, "clients");
+    let redis = TlsRedis::start(&ca);
+    let tls_port = free_port();
+    let cert = ca.server("respite");
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let file = dir.0.join("respite.toml");
+    let tls = format!(
+        "client_ca_file = \"{}\"\ntenant_from_cert = true\n",
+        clients.pem.display()
+    );
+    let text = tls_config(&redis, tls_port, &cert, &tls)
+        .replace("[server]\n", "[server]\ndefault_tenant = \"sidecar\"\n")
+        + "[[tenants]]\nid = \"sidecar\"\npassword = \"ps\"\n"
+        + &format!("[admin]\nlisten = \"{admin}\"\ntoken = \"admin-token\"\n");
+    std::fs::write(&file, &text).unwrap();
+    let mut proxy = Proxy::start_file(&file).await;
+    listening(tls_port).await;
+    let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+
+    let (c, k) = clients.sign("acme", "acme", &[]);
+    let mut acme = tls_connect(addr, &ca.pem, Some((&c, &k))).await.unwrap();
+    let replies = exchange(&mut acme, &resp(&[b"AUTH", b"globex", b"pg"]), 1).await;
+    assert_eq!(replies, ["+OK\r\n"]);
+    let removed = text.replace("[[tenants]]\nid = \"acme\"\npassword = \"pa\"\n", "");
+    std::fs::write(&file, removed).unwrap();
+    let (status, body) = http(admin, "POST", "/reload", Some("admin-token")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""removed":["acme"]"#), "{body}");
+    let requests = [resp(&[b"RESET"]), resp(&[b"SET", b"k", b"after reset"])].concat();
+    let replies = exchange(&mut acme, &requests, 2).await;
+    assert_eq!(
+        replies,
+        ["+RESET\r\n", "-NOAUTH Authentication required.\r\n"]
+    );
+    assert_eq!(redis.cli(&["EXISTS", "tenant:sidecar:k"]), "0\n");
+    // The plain listener still serves the default tenant.
+    let mut plain = proxy.raw().await;
+    assert_eq!(plain.cmd(&["SET", "k", "sidecar"]).await, "+OK\r\n");
+    assert_eq!(redis.cli(&["GET", "tenant:sidecar:k"]), "sidecar\n");
+    proxy.stop().await;
+}
+
+/// The order in which a certificate's names are tried: the common name first, even with a
+/// DNS name naming another tenant; without a tenant for it, the first DNS name that is one,
+/// wherever it stands among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_common_name_comes_before_the_dns_names() {
+    let dir = TempDir::new();
+    let ca = Ca::new(&dir.0, "ca");
+    let clients = Ca::new(&dir.0, "clients");
+    let redis = TlsRedis::start(&ca);
+    let tls_port = free_port();
+    let cert = ca.server("respite");
+    let tls = format!(
+        "client_ca_file = \"{}\"\ntenant_from_cert = true\n",
+        clients.pem.display()
+    );
+    let mut proxy = Proxy::start_config(&tls_config(&redis, tls_port, &cert, &tls)).await;
+    listening(tls_port).await;
+    let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let whoami = async |file: &str, cn: &str, names: &[&str]| {
+        let (c, k) = clients.sign(file, cn, names);
+        let mut s = tls_connect(addr, &ca.pem, Some((&c, &k))).await.unwrap();
+        let set = resp(&[b"SET", file.as_bytes(), b"1"]);
+        assert_eq!(exchange(&mut s, &set, 1).await, ["+OK\r\n"]);
+        ["acme", "globex"]
+            .into_iter()
+            .find(|t| redis.cli(&["EXISTS", &format!("tenant:{t}:{file}")]) == "1\n")
+    };
+    assert_eq!(whoami("cn", "acme", &["globex"]).await, Some("acme"));
+    let later = whoami("later", "a person", &["x.example", "globex", "acme"]).await;
+    assert_eq!(later, Some("globex"));
+    proxy.stop().await;
+}
