@@ -754,6 +754,11 @@ pub struct UpstreamAddr {
 impl UpstreamAddr {
     pub fn parse(text: &str) -> Result<Self, String> {
         let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+        if url.fragment().is_some() || url.query().is_some() {
+            // redis-rs reads `#insecure` (no certificate check) and `?protocol=...` from
+            // these; respite's own connections would not: one behaviour, none of them.
+            return Err("a URL with #fragment or ?query is not supported".into());
+        }
         let tls = match url.scheme() {
             "redis" => false,
             "rediss" => true,
@@ -1104,6 +1109,8 @@ mod tests {
         assert_eq!(a.username.as_deref(), Some("app@x"));
         assert_eq!(a.password.unwrap().expose(), "p:ss");
         assert!(UpstreamAddr::parse("http://x").is_err());
+        assert!(UpstreamAddr::parse("rediss://x:6380/#insecure").is_err());
+        assert!(UpstreamAddr::parse("redis://x:6379/?protocol=resp3").is_err());
         assert!(!a.tls);
         let tls = UpstreamAddr::parse("rediss://redis.example.com:6380").unwrap();
         assert!(tls.tls && tls.host == "redis.example.com" && tls.port == 6380);
