@@ -422,6 +422,18 @@ impl Stream {
         self.unsent
     }
 
+    /// Whether the connection is still open and quiet, looked at without waiting: a
+    /// connection at rest (idle in a pool) that Redis closed reads its end, and one with
+    /// bytes nobody asked for is no use either.
+    pub fn open(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(&mut *self)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending()
+    }
+
     /// Waits until some of `out` is written (or, `out` empty and TLS holding ciphertext,
     /// that is sent), or until something is read into `rbuf`, whichever comes first:
     /// Redis answers while it is still being written to.

@@ -118,8 +118,18 @@ impl Pool {
         let reused = {
             let mut idle = self.idle.lock().unwrap();
             let fits = |(c, conn): &Idle| Arc::ptr_eq(c, &connector) && conn.protocol == protocol;
-            match idle.iter().rposition(fits) {
-                Some(i) => Some(idle.swap_remove(i).1),
+            // An idle connection Redis closed meanwhile (a restart, its timeout) is dropped
+            // here, not handed to a session whose first command would fail on it.
+            let mut found = None;
+            while let Some(i) = idle.iter().rposition(fits) {
+                let (_, mut conn) = idle.swap_remove(i);
+                if conn.stream.open() {
+                    found = Some(conn);
+                    break;
+                }
+            }
+            match found {
+                Some(conn) => Some(conn),
                 None => {
                     if self.open() + idle.len() > self.max {
                         // A new connection would pass the bound: close an idle one (of the

@@ -279,3 +279,27 @@ async fn binary_serves_then_stops_on_sigterm(threads: usize) {
     };
     assert_eq!(code, Some(0));
 }
+
+/// A pinned connection left idle in the pool when Redis restarts is not handed out again:
+/// the next MULTI after the restart gets a fresh connection, not the dead one's error.
+#[tokio::test]
+async fn idle_pinned_connections_redis_closed_are_not_reused() {
+    let mut redis = Redis::start();
+    let proxy = Proxy::start(&redis, TENANTS).await;
+    let mut c = proxy.raw_as("a", "pa").await;
+    // A transaction pins a connection; after EXEC it goes back to the pool, idle.
+    assert_eq!(c.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "k", "1"]).await, "+QUEUED\r\n");
+    assert_eq!(c.cmd(&["EXEC"]).await, "*1\r\n+OK\r\n");
+    redis.restart();
+    // The shared connection notices its close on its own; wait until it is back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.cmd(&["PING"]).await != "+PONG\r\n" {
+        assert!(Instant::now() < deadline, "respite did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "k", "2"]).await, "+QUEUED\r\n");
+    assert_eq!(c.cmd(&["EXEC"]).await, "*1\r\n+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "k"]).await, "$1\r\n2\r\n");
+}
