@@ -9,6 +9,8 @@
     python3 benches/load.py --suite threads # respite on 2 worker threads vs 1 thread: GET
     python3 benches/load.py --suite scripts # EVALSHA of a 3-command script: Redis, respite
                                             # (confined: tenant ACL user), respite unconfined
+    python3 benches/load.py --suite tls     # TLS: Redis' own TLS port, respite plain, respite
+                                            # with TLS to the client and to Redis
     python3 benches/load.py --perf ...      # also instructions per request (perf stat)
 
 Starts its own redis-server, twemproxy (Debian package `nutcracker`, one pool, one server
@@ -71,9 +73,11 @@ def cpu_seconds(pid):
 
 
 def bench(port, test, pipeline, requests, pid, auth, keyspace=None, command=None,
-          redis_pid=None):
+          redis_pid=None, tls_ca=None):
     args = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS),
             "-n", str(requests), "-P", str(pipeline), "--csv"]
+    if tls_ca:
+        args += ["--tls", "--cacert", tls_ca]
     if keyspace:
         args += ["-r", str(keyspace)]
     if auth:
@@ -129,13 +133,28 @@ PAIRS = {
 }
 
 
+def make_certificates(tmp):
+    """A CA and a certificate for 127.0.0.1 signed by it, in `tmp`: the CA's path."""
+    def run(*args):
+        subprocess.run(["openssl"] + list(args), cwd=tmp, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bench CA")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    with open(os.path.join(tmp, "san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
+    return os.path.join(tmp, "ca.pem")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer requests per run")
     ap.add_argument("--threads", type=int, default=1,
                     help="respite's server.threads in the proxies and shared suites")
-    ap.add_argument("--suite", choices=("proxies", "shared", "scripts") + tuple(PAIRS),
+    ap.add_argument("--suite", choices=("proxies", "shared", "scripts", "tls") + tuple(PAIRS),
                     default="proxies",
                     help="proxies: redis vs twemproxy vs respite; quota: respite, quotas off vs "
                          "on; shared: GET of a shared key vs of a tenant key, one respite")
@@ -153,11 +172,21 @@ def main():
         global PERF
         PERF = os.path.join(tmp, "perf.csv")
     procs = []
+    # The TLS suite: a CA and a certificate for 127.0.0.1 (openssl), Redis' own TLS port.
+    tls_ca, redis_tls = None, []
+    if opts.suite == "tls":
+        tls_ca = make_certificates(tmp)
+        tls_rport = free_port()
+        redis_tls = ["--tls-port", str(tls_rport), "--tls-cert-file",
+                     os.path.join(tmp, "server.pem"), "--tls-key-file",
+                     os.path.join(tmp, "server.key"), "--tls-ca-cert-file", tls_ca,
+                     "--tls-auth-clients", "no"]
+    tls_targets = set()
     try:
         rport = free_port()
         redis = subprocess.Popen(
             ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
+             "--appendonly", "no", "--dir", tmp] + redis_tls, stdout=subprocess.DEVNULL)
         procs.append(redis)
         wait_port(rport, redis, "redis-server")
 
@@ -172,13 +201,14 @@ def main():
         procs.append(twem)
         wait_port(tport, twem, "nutcracker")
 
-        def start_respite(extra, server=""):
+        def start_respite(extra, server="", upstream=True):
             port = free_port()
             path = os.path.join(tmp, "respite-%d.toml" % port)
+            # `upstream=False`: `extra` has its own [upstream].
+            up = '[upstream]\nurl = "redis://127.0.0.1:%d"\n' % rport if upstream else ""
             with open(path, "w") as f:
-                f.write('[server]\nlisten = "127.0.0.1:%d"\n%s\n[upstream]\n'
-                        'url = "redis://127.0.0.1:%d"\n%s\n[[tenants]]\nid = "bench"\n'
-                        'password = "bench-secret"\n' % (port, server, rport, extra))
+                f.write('[server]\nlisten = "127.0.0.1:%d"\n%s\n%s%s\n[[tenants]]\n'
+                        'id = "bench"\npassword = "bench-secret"\n' % (port, server, up, extra))
             proc = subprocess.Popen(
                 [os.path.join(ROOT, "target", "release", "respite"), "--config", path],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -243,6 +273,23 @@ def main():
                     commands[(name, key)] = ["EVALSHA", sha, "1", "counter:__rand_int__"
                                              if key else "counter"]
             cases = [("evalsha", 1, None), ("evalsha", 16, None), ("evalsha", 16, 1000)]
+        elif opts.suite == "tls":
+            # The same respite settings as the proxies suite; TLS both ways for respite-tls.
+            pport, ppid = start_respite(QUOTAS, server="threads = %d" % opts.threads)
+            xport = free_port()
+            server_tls = ('tls_listen = "127.0.0.1:%d"\n[server.tls]\ncert_file = "%s"\n'
+                          'key_file = "%s"' % (xport, os.path.join(tmp, "server.pem"),
+                                               os.path.join(tmp, "server.key")))
+            _, xpid = start_respite(
+                QUOTAS + '\n[upstream]\nurl = "rediss://127.0.0.1:%d"\nca_file = "%s"'
+                % (tls_rport, tls_ca), server="threads = %d\n%s" % (opts.threads, server_tls),
+                upstream=False)
+            wait_port(xport, redis, "respite's TLS listener")
+            targets = [("redis-tls", tls_rport, redis.pid, None),
+                       ("respite", pport, ppid, "bench-secret"),
+                       ("respite-tls", xport, xpid, "bench-secret")]
+            tls_targets = {"redis-tls", "respite-tls"}
+            cases = [(t, p, None) for p in (1, 16) for t in ("get", "set")]
         elif opts.suite in PAIRS:
             # Two respite instances that differ in one setting, baseline first.
             *variants, cases = PAIRS[opts.suite]
@@ -267,7 +314,8 @@ def main():
                 order = targets[k:] + targets[:k]
                 for name, port, pid, auth in order:
                     r = bench(port, test, pipeline, n, pid, auth, keyspace,
-                              commands.get((name, keyspace)), redis.pid)
+                              commands.get((name, keyspace)), redis.pid,
+                              tls_ca if name in tls_targets else None)
                     results.setdefault((name,) + case, []).append(r)
                     print("round %d %-9s %-3s P%-2d -r %-7s %10.0f rps  p50 %.3f ms  p99 %.3f ms  "
                           "%.1f us cpu/req (redis %.1f)  %.0f instr/req" % (
