@@ -153,14 +153,14 @@ pub fn strip(frame: &Frame, shape: &Shape, prefix: &[u8]) -> Bytes {
         Shape::Exec(items) => exec(frame, items, prefix),
         Shape::TrackingInfo(redirects) => {
             let mut edits = Vec::new();
-            collect(frame, &frame.tree, shape, prefix, &mut edits);
+            collect(frame, &frame.tree(), shape, prefix, &mut edits);
             let raw = apply(frame, edits);
             match redirect_field(&raw) {
                 Some((at, id)) => splice_id(&raw, at, shown_id(id, redirects)),
                 None => raw,
             }
         }
-        Shape::GetRedir(redirects) => match frame.tree {
+        Shape::GetRedir(redirects) => match *frame.tree() {
             RangeFrame::Number { data, .. } => {
                 let mut out = BytesMut::new();
                 out.put_u8(b':');
@@ -172,7 +172,7 @@ pub fn strip(frame: &Frame, shape: &Shape, prefix: &[u8]) -> Bytes {
         Shape::Script(_) => frame.raw.clone(),
         _ => {
             let mut edits = Vec::new();
-            collect(frame, &frame.tree, shape, prefix, &mut edits);
+            collect(frame, &frame.tree(), shape, prefix, &mut edits);
             apply(frame, edits)
         }
     }
@@ -363,7 +363,7 @@ fn collect_exec(
 /// EXEC's reply, stripped, with respite's own results put back among Redis' ones.
 fn exec(frame: &Frame, items: &[ExecItem], prefix: &[u8]) -> Bytes {
     let mut edits = Vec::new();
-    collect_exec(frame, &frame.tree, items, prefix, &mut edits);
+    collect_exec(frame, &frame.tree(), items, prefix, &mut edits);
     let stripped = apply(frame, edits);
     if items.iter().all(|i| matches!(i, ExecItem::Upstream(_))) {
         return stripped;
@@ -438,7 +438,10 @@ pub fn is_monitor_line(raw: &[u8]) -> bool {
 /// pushes while `pubsub` (the connection is subscribed or a subscribe is in flight); in
 /// RESP3 pushes have their own type.
 pub fn classify(frame: &Frame, pubsub: bool) -> Kind {
-    let elems = match &frame.tree {
+    let Some(tree) = frame.aggregate() else {
+        return Kind::Reply;
+    };
+    let elems = match tree {
         RangeFrame::Push { data, .. } => data,
         // In RESP3 pushes have their own type: an array is always a reply there (a
         // subscribed RESP3 connection runs every command, LRANGE of `message ...` too).
@@ -467,7 +470,7 @@ pub fn classify(frame: &Frame, pubsub: bool) -> Kind {
         b"punsubscribe" => confirmation(SubKind::Pattern, false),
         b"ssubscribe" => confirmation(SubKind::Shard, true),
         b"sunsubscribe" => confirmation(SubKind::Shard, false),
-        _ if matches!(frame.tree, RangeFrame::Push { .. }) => Kind::Message,
+        _ if matches!(frame.aggregate(), Some(RangeFrame::Push { .. })) => Kind::Message,
         _ => Kind::Reply,
     }
 }

@@ -250,7 +250,7 @@ impl Session {
             .await?
             .remove(0);
         let text = nodes
-            .str_at(&nodes.tree)
+            .text()
             .map(|t| String::from_utf8_lossy(t).into_owned())
             .unwrap_or_default();
         let view = NodesView::parse(&text);
@@ -280,7 +280,7 @@ impl Session {
                 )
                 .await?
                 .remove(0);
-            let RangeFrame::Number { data: n, .. } = count.tree else {
+            let RangeFrame::Number { data: n, .. } = *count.tree() else {
                 continue;
             };
             if n <= 0 {
@@ -408,7 +408,8 @@ impl Session {
                 Ok(r) => r,
                 Err(e) => return Error::Upstream(e).to_resp(),
             };
-            let flat: Vec<&RangeFrame> = match &reply.tree {
+            let tree = reply.tree();
+            let flat: Vec<&RangeFrame> = match &*tree {
                 RangeFrame::Map { data, .. } => data.iter().flat_map(|(k, v)| [k, v]).collect(),
                 other => crate::wire::elements(other)
                     .unwrap_or_default()
@@ -452,10 +453,7 @@ impl Session {
         Ok(keys
             .into_iter()
             .zip(types)
-            .filter(|(_, t)| {
-                t.str_at(&t.tree)
-                    .is_some_and(|t| t.eq_ignore_ascii_case(kind))
-            })
+            .filter(|(_, t)| t.text().is_some_and(|t| t.eq_ignore_ascii_case(kind)))
             .map(|(k, _)| k)
             .collect())
     }
@@ -559,7 +557,7 @@ impl Session {
             for ((_, db), f) in batch.iter().zip(ttls) {
                 let e = dbs.entry(*db).or_default();
                 e.0 += 1;
-                if let RangeFrame::Number { data, .. } = f.tree {
+                if let RangeFrame::Number { data, .. } = *f.tree() {
                     if data > 0 {
                         e.1 += 1;
                         e.2 += data as u64;
@@ -669,7 +667,7 @@ impl Session {
             return Ok(frame.raw.clone());
         }
         let text = frame
-            .str_at(&frame.tree)
+            .text()
             .map(|t| String::from_utf8_lossy(t).into_owned())
             .unwrap_or_default();
         let tenant = self.tenant.clone().expect("authenticated");

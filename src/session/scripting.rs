@@ -285,7 +285,7 @@ impl Session {
             Err(e) => return Ok(Err(Error::Upstream(e))),
         };
         let Some(name) = reply
-            .str_at(&reply.tree)
+            .text()
             .and_then(|n| <[u8; 40]>::try_from(n).ok())
             .filter(|_| !reply.is_error())
         else {

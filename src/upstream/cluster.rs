@@ -998,7 +998,7 @@ fn merged(
         Merge::Sum => {
             let sum: i64 = frames
                 .iter()
-                .map(|f| number(Some(&f.tree)).unwrap_or(0))
+                .map(|f| number(Some(&f.tree())).unwrap_or(0))
                 .sum();
             out.extend_from_slice(b":");
             crate::wire::put_int(&mut out, sum);

@@ -326,7 +326,8 @@ fn pairs(frame: &Frame) -> Vec<(Vec<u8>, String)> {
             .str_at(other)
             .map(|b| String::from_utf8_lossy(b).into_owned()),
     };
-    let flat: Vec<&RangeFrame> = match &frame.tree {
+    let tree = frame.tree();
+    let flat: Vec<&RangeFrame> = match &*tree {
         RangeFrame::Map { data, .. } => data.iter().flat_map(|(k, v)| [k, v]).collect(),
         RangeFrame::Array { data, .. } => data.iter().collect(),
         _ => Vec::new(),

@@ -5,6 +5,8 @@
 //! frames are lifted into the RESP3 frame type (its RESP3 decoder reads RESP2's `*-1` / `$-1`
 //! nulls as streamed aggregates), so everything after framing is one code path.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::decode::decode_range as decode_range2;
 use redis_protocol::resp2::types::RangeFrame as Range2;
@@ -14,18 +16,79 @@ use redis_protocol::resp3::types::RangeFrame;
 /// One complete frame from Redis.
 pub struct Frame {
     pub raw: Bytes,
-    /// Ranges into `raw`.
-    pub tree: RangeFrame,
+    /// Ranges into `raw`; read it with [`Frame::tree`].
+    tree: Tree,
     /// The protocol it was read in (2 or 3).
     pub protocol: u8,
 }
 
+/// A frame's tree, kept small: most replies are one string, number or nil, and a frame is
+/// moved several times on its way to the client (from the connection's task, through the
+/// session's channel, into its slot), where a full `RangeFrame` would be 160 bytes copied
+/// each time. Anything else is boxed whole.
+enum Tree {
+    Blob(usize, usize),
+    Simple(usize, usize),
+    Error(usize, usize),
+    Number(i64),
+    Null,
+    Other(Box<RangeFrame>),
+}
+
+impl Tree {
+    fn of(tree: RangeFrame) -> Tree {
+        match tree {
+            RangeFrame::BlobString {
+                data: (a, b),
+                attributes: None,
+            } => Tree::Blob(a, b),
+            RangeFrame::SimpleString {
+                data: (a, b),
+                attributes: None,
+            } => Tree::Simple(a, b),
+            RangeFrame::SimpleError {
+                data: (a, b),
+                attributes: None,
+            } => Tree::Error(a, b),
+            RangeFrame::Number {
+                data,
+                attributes: None,
+            } => Tree::Number(data),
+            RangeFrame::Null => Tree::Null,
+            other => Tree::Other(Box::new(other)),
+        }
+    }
+}
+
 impl Frame {
+    /// The frame's tree (ranges into `raw`): made on the spot for a string, number or nil.
+    pub fn tree(&self) -> Cow<'_, RangeFrame> {
+        let attributes = None;
+        Cow::Owned(match self.tree {
+            Tree::Blob(a, b) => RangeFrame::BlobString {
+                data: (a, b),
+                attributes,
+            },
+            Tree::Simple(a, b) => RangeFrame::SimpleString {
+                data: (a, b),
+                attributes,
+            },
+            Tree::Error(a, b) => RangeFrame::SimpleError {
+                data: (a, b),
+                attributes,
+            },
+            Tree::Number(data) => RangeFrame::Number { data, attributes },
+            Tree::Null => RangeFrame::Null,
+            Tree::Other(ref tree) => return Cow::Borrowed(tree),
+        })
+    }
+
     pub fn is_error(&self) -> bool {
-        matches!(
-            self.tree,
-            RangeFrame::SimpleError { .. } | RangeFrame::BlobError { .. }
-        )
+        match &self.tree {
+            Tree::Error(..) => true,
+            Tree::Other(tree) => matches!(**tree, RangeFrame::BlobError { .. }),
+            _ => false,
+        }
     }
 
     /// The bytes of a string frame (simple or blob).
@@ -40,15 +103,34 @@ impl Frame {
         }
     }
 
+    /// The bytes of this frame, if it is a string.
+    pub fn text(&self) -> Option<&[u8]> {
+        self.str_at(&self.tree())
+    }
+
     /// The elements of an array, set or push frame.
     pub fn elements(&self) -> Option<&[RangeFrame]> {
-        elements(&self.tree)
+        elements(self.aggregate()?)
+    }
+
+    /// The tree of anything but a string, number or nil (an aggregate, mostly), without
+    /// making one for those.
+    pub fn aggregate(&self) -> Option<&RangeFrame> {
+        match &self.tree {
+            Tree::Other(tree) => Some(tree),
+            _ => None,
+        }
     }
 }
 
 /// Did a read find something? Nil and empty collections are misses (the metrics' hit rate).
 pub fn found(frame: &Frame) -> bool {
-    match &frame.tree {
+    let tree = match &frame.tree {
+        Tree::Null => return false,
+        Tree::Other(tree) => tree,
+        _ => return true,
+    };
+    match &**tree {
         RangeFrame::Null => false,
         RangeFrame::Array { data, .. } | RangeFrame::Push { data, .. } => !data.is_empty(),
         RangeFrame::Set { data, .. } => !data.is_empty(),
@@ -79,7 +161,7 @@ pub fn next_frame(buf: &mut BytesMut, protocol: u8) -> Result<Option<Frame>, Str
     match decoded {
         Ok(Some((tree, amt))) => Ok(Some(Frame {
             raw: buf.split_to(amt).freeze(),
-            tree,
+            tree: Tree::of(tree),
             protocol,
         })),
         Ok(None) => Ok(None),
