@@ -365,6 +365,11 @@ pub fn put_int(out: &mut BytesMut, n: i64) {
     if (0..10).contains(&n) {
         return out.extend_from_slice(&[b'0' + n as u8, b'\r', b'\n']);
     }
+    // Most keys and values are under 100 bytes long.
+    if (10..100).contains(&n) {
+        let n = n as u8;
+        return out.extend_from_slice(&[b'0' + n / 10, b'0' + n % 10, b'\r', b'\n']);
+    }
     let mut buf = [0u8; 24];
     let mut i = buf.len() - 2;
     buf[i..].copy_from_slice(b"\r\n");
@@ -475,6 +480,9 @@ mod tests {
             (0, "0"),
             (9, "9"),
             (10, "10"),
+            (42, "42"),
+            (99, "99"),
+            (100, "100"),
             (-1, "-1"),
             (1234567, "1234567"),
             (i64::MAX, "9223372036854775807"),
