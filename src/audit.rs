@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::ser::SerializeMap;
@@ -421,10 +421,23 @@ impl Trail {
         let Some(queue) = &self.queue else {
             return;
         };
+        let deadline = Instant::now() + wait;
         let (done, written) = mpsc::channel();
-        if queue.send(Msg::FlushReads).is_ok() && queue.send(Msg::Sync(done)).is_ok() {
-            let _ = written.recv_timeout(wait);
+        // Not `send`: a writer stuck on its output (a pipe nobody reads) leaves the queue
+        // full, and the shutdown must not wait on it past `wait`.
+        for mut msg in [Msg::FlushReads, Msg::Sync(done)] {
+            loop {
+                match queue.try_send(msg) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(again)) if Instant::now() < deadline => {
+                        msg = again;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(_) => return,
+                }
+            }
         }
+        let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
 }
 

@@ -560,3 +560,53 @@ async fn the_binary_keeps_the_trail_and_the_log_apart() {
         assert!(!log.contains(line), "{line} is in the log");
     }
 }
+
+/// `n` pipelined `CONFIG SET x y` from tenant a, each refused and so one `command_refused`
+/// line; their replies read in batches (a client that never read would stop respite reading).
+async fn refused_lines(c: &mut Raw, n: usize) {
+    let one = "*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$1\r\nx\r\n$1\r\ny\r\n";
+    for _ in 0..n / 1000 {
+        c.send(one.repeat(1000).as_bytes()).await;
+        for _ in 0..1000 {
+            assert!(c.reply().await.starts_with("-NOPERM"));
+        }
+    }
+}
+
+/// A trail whose reader stopped reading (standard output into a pipe nobody empties, a log
+/// shipper stuck): lines past the queue are dropped, and SIGTERM still ends respite, within
+/// the sessions' grace and the trail's last 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_trail_does_not_hold_up_the_shutdown() {
+    let redis = Redis::start();
+    let dir = TempDir::new();
+    let file = dir.0.join("respite.toml");
+    let port = free_port();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"{}\"\n{TENANTS}\
+         [audit]\npath = \"-\"\n",
+        redis.url()
+    );
+    std::fs::write(&file, config).unwrap();
+    let (mut child, addr) = run_binary(&file, port, |c| {
+        c.stdout(std::process::Stdio::piped());
+    })
+    .await;
+    // A pipe holds 64 KiB, the queue 16384 lines: both full, and more.
+    let mut c = Raw::login(addr, "a", "pa").await;
+    refused_lines(&mut c, 20_000).await;
+    drop(c);
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("respite did not exit: its shutdown waits on a trail nobody reads");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
