@@ -233,9 +233,41 @@ fn open(path: &str) -> std::io::Result<Output> {
         // Who failed to log in from where is for operators, not for every local user.
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o640);
+        // A FIFO no one reads would hold the open until a reader comes, and a reload opens
+        // on the thread that serves the clients: refused at once instead (ENXIO).
+        options.custom_flags(libc::O_NONBLOCK);
     }
-    let file = options.open(path)?;
+    let file = options.open(path).map_err(|e| match e.raw_os_error() {
+        #[cfg(unix)]
+        Some(libc::ENXIO) if is_fifo(path) => std::io::Error::new(e.kind(), "a FIFO no one reads"),
+        _ => e,
+    })?;
+    #[cfg(unix)]
+    blocking(&file)?;
     Ok(Box::new(std::io::BufWriter::new(file)))
+}
+
+#[cfg(unix)]
+fn is_fifo(path: &str) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+/// Makes writes to `file` wait for room again (the writer thread's own: a full pipe is
+/// waited on there, not lost), once it is open.
+#[cfg(unix)]
+fn blocking(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL and F_SETFL on a descriptor `file` owns and keeps open.
+    let done = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags != -1 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) != -1
+    };
+    match done {
+        true => Ok(()),
+        false => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// A reloaded `[audit]`, opened and not yet in place.

@@ -610,3 +610,91 @@ async fn a_stuck_trail_does_not_hold_up_the_shutdown() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A reload naming a FIFO no one reads (a log shipper not started, or gone) as the trail:
+/// refused with why, and never a wait for a reader on the thread that serves the clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_a_fifo_no_one_reads_is_refused_not_waited_on() {
+    let redis = Redis::start();
+    let dir = TempDir::new();
+    let (file, trail, fifo) = (
+        dir.0.join("respite.toml"),
+        dir.0.join("audit.jsonl"),
+        dir.0.join("audit.fifo"),
+    );
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let port = free_port();
+    let config = |path: &Path| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"{}\"\n{TENANTS}\
+             [audit]\npath = \"{}\"\n",
+            redis.url(),
+            path.display()
+        )
+    };
+    std::fs::write(&file, config(&trail)).unwrap();
+    let (mut child, addr) = run_binary(&file, port, |_| {}).await;
+    let mut c = Raw::login(addr, "a", "pa").await;
+
+    std::fs::write(&file, config(&fifo)).unwrap();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send_cmd(&["PING"]).await;
+    let answered = c.try_reply(Duration::from_secs(3)).await;
+    if answered.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(
+        answered.as_deref(),
+        Some("+PONG\r\n"),
+        "respite stopped serving"
+    );
+    let reloads = settled(&trail, 1).await;
+    assert_eq!(reloads[0]["event"], "reload");
+    assert_eq!(reloads[0]["result"], "failed");
+    let error = reloads[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("audit.fifo") && error.contains("FIFO"),
+        "{error}"
+    );
+
+    // Once a reader is there, the same reload writes to it.
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (mut got, deadline) = (Vec::new(), Instant::now() + Duration::from_secs(5));
+    while !got.ends_with(b"\n") && Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        match reader.read(&mut buf) {
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = event(std::str::from_utf8(&got).unwrap().trim_end());
+    assert_eq!(
+        (&line["event"], &line["result"]),
+        (&json!("reload"), &json!("applied"))
+    );
+}
