@@ -4,7 +4,7 @@
 //!
 //! | event | when | fields |
 //! |---|---|---|
-//! | `auth_failed` | a refused AUTH, HELLO AUTH, or `POST /reload` token | `via`, `tenant` (when one was named), `peer`, `reason` (a word: `wrong_password`, `unknown_tenant`, `expired_token`, ...), `detail` (a bad token's fault) |
+//! | `auth_failed` | a refused AUTH, HELLO AUTH, or `POST /reload` token | `via`, `tenant` (when one was named, and is a tenant's), `peer`, `reason` (a word: `wrong_password`, `unknown_tenant`, `expired_token`, ...), `detail` (a bad token's fault) |
 //! | `reload` | SIGHUP or `POST /reload` | `by`, `peer` (HTTP), `result`, and what changed (`reload::Report`) |
 //! | `command_refused` | a server-wide command refused to a tenant | `tenant`, `peer`, `command`, `why` |
 //! | `admin_command` | a server-wide command an admin tenant runs | `tenant`, `peer`, `command`, `args` (secret values redacted) |

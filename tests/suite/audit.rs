@@ -140,6 +140,8 @@ async fn refused_logins_are_audited_with_why_and_never_with_what() {
         vec!["AUTH", &expired],
         vec!["AUTH", "a", &forged],
         vec!["HELLO", "3", "AUTH", "a", "wrong-password-8"],
+        // User and password swapped: the password is in the user name's place.
+        vec!["AUTH", "typed-password-9", "a"],
     ] {
         assert_eq!(c.cmd(&args).await, WRONGPASS, "{args:?}");
     }
@@ -160,10 +162,11 @@ async fn refused_logins_are_audited_with_why_and_never_with_what() {
     forged_line["detail"] = json!("InvalidSignature");
     let http_failed = |from: &str, reason: &str| json!({"event": "auth_failed", "via": "POST /reload", "peer": from, "reason": reason});
     assert_eq!(
-        settled(&trail, 10).await,
+        settled(&trail, 11).await,
         [
             failed("AUTH", Some("a"), "wrong_password"),
-            failed("AUTH", Some("nosuch"), "unknown_tenant"),
+            // A name no tenant has is not shown: it may be a password (as below).
+            failed("AUTH", None, "unknown_tenant"),
             failed("AUTH", None, "wrong_password"),
             // Redis' default user names no tenant.
             failed("AUTH", None, "wrong_password"),
@@ -172,6 +175,7 @@ async fn refused_logins_are_audited_with_why_and_never_with_what() {
             failed("AUTH", None, "expired_token"),
             forged_line,
             failed("HELLO", Some("a"), "wrong_password"),
+            failed("AUTH", None, "unknown_tenant"),
             http_failed(&wrong_from, "wrong_admin_token"),
             http_failed(&none_from, "no_admin_token"),
         ]
@@ -187,6 +191,7 @@ async fn refused_logins_are_audited_with_why_and_never_with_what() {
             &expired,
             &forged,
             "wrong-password-8",
+            "typed-password-9",
             "wrong-token",
             ADMIN_TOKEN,
             JWT_SECRET,

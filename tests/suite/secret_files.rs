@@ -162,6 +162,8 @@ async fn sighup_rereads_the_files_and_the_log_holds_no_secret() {
     assert_eq!(c.cmd(&["AUTH", "acme", "acme-1"]).await, WRONGPASS);
     // A wrong login and a failed reload are logged too, with no secret in them.
     assert_eq!(c.cmd(&["AUTH", "acme", "guess"]).await, WRONGPASS);
+    // The password typed as the tenant's name, the name as the password.
+    assert_eq!(c.cmd(&["AUTH", "acme-2", "acme"]).await, WRONGPASS);
     secret(&dir, "redis-password", "");
     Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
