@@ -305,6 +305,18 @@ async fn server_wide_commands_refused_and_run_are_audited() {
     let mut ops = proxy.raw_as("ops", "po").await;
     let masterauth = ["CONFIG", "SET", "masterauth", "hidden-masterauth"];
     assert_eq!(ops.cmd(&masterauth).await, "+OK\r\n");
+    // Redis' other secret settings (SENSITIVE_CONFIG): the TLS keys' passphrases.
+    let key_pass = [
+        "CONFIG",
+        "SET",
+        "maxmemory-samples",
+        "5",
+        "tls-key-file-pass",
+        "hidden-key-pass",
+        "tls-client-key-file-pass",
+        "hidden-client-key-pass",
+    ];
+    assert_eq!(ops.cmd(&key_pass).await, "+OK\r\n");
     assert!(ops.cmd(&["SLOWLOG", "LEN"]).await.starts_with(':'));
     assert!(ops.cmd(&["INFO", "server"]).await.contains("redis_version"));
     assert!(ops.cmd(&["SHUTDOWN"]).await.starts_with("-NOPERM"));
@@ -320,7 +332,7 @@ async fn server_wide_commands_refused_and_run_are_audited() {
             "args": args})
     };
     assert_eq!(
-        settled(&trail, 8).await,
+        settled(&trail, 9).await,
         [
             refused("a", &pa, "config|set", server_wide),
             refused("a", &pa, "config|set", server_wide),
@@ -336,12 +348,33 @@ async fn server_wide_commands_refused_and_run_are_audited() {
                 "config|set",
                 json!(["CONFIG", "SET", "masterauth", "(redacted)"])
             ),
+            ran(
+                "config|set",
+                json!([
+                    "CONFIG",
+                    "SET",
+                    "maxmemory-samples",
+                    "5",
+                    "tls-key-file-pass",
+                    "(redacted)",
+                    "tls-client-key-file-pass",
+                    "(redacted)"
+                ])
+            ),
             ran("slowlog|len", json!(["SLOWLOG", "LEN"])),
             ran("info", json!(["server"])),
             refused("ops", &po, "shutdown", server_wide),
         ]
     );
-    assert_no_secret(&trail, &["hunter2-secret", "hidden-masterauth"]);
+    assert_no_secret(
+        &trail,
+        &[
+            "hunter2-secret",
+            "hidden-masterauth",
+            "hidden-key-pass",
+            "hidden-client-key-pass",
+        ],
+    );
 }
 
 /// Sums the `shared_reads` lines by (tenant, key) and checks each pair has one line, in
