@@ -13,9 +13,14 @@ COPY src ./src
 RUN cargo build --release --locked --bin respite
 
 FROM debian:bookworm-slim
+# The public CAs: a rediss:// upstream without ca_file (a managed Redis) is trusted through
+# the system's store, which the slim image lacks.
 # A fixed numeric uid/gid, so that Kubernetes' runAsNonRoot can see it is not root (a user
 # name cannot be checked) and mounted secrets can be made readable to it (fsGroup).
-RUN groupadd --system --gid 10001 respite \
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 respite \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin respite
 COPY --from=build /src/target/release/respite /usr/local/bin/respite
 COPY config/respite.example.toml /etc/respite/respite.toml

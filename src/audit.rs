@@ -4,7 +4,7 @@
 //!
 //! | event | when | fields |
 //! |---|---|---|
-//! | `auth_failed` | a refused AUTH, HELLO AUTH, or `POST /reload` token | `via`, `tenant` (when one was named), `peer`, `reason` (a word: `wrong_password`, `unknown_tenant`, `expired_token`, ...), `detail` (a bad token's fault) |
+//! | `auth_failed` | a refused AUTH, HELLO AUTH, or `POST /reload` token | `via`, `tenant` (when one was named, and is a tenant's), `peer`, `reason` (a word: `wrong_password`, `unknown_tenant`, `expired_token`, ...), `detail` (a bad token's fault) |
 //! | `reload` | SIGHUP or `POST /reload` | `by`, `peer` (HTTP), `result`, and what changed (`reload::Report`) |
 //! | `command_refused` | a server-wide command refused to a tenant | `tenant`, `peer`, `command`, `why` |
 //! | `admin_command` | a server-wide command an admin tenant runs | `tenant`, `peer`, `command`, `args` (secret values redacted) |
@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::ser::SerializeMap;
@@ -233,9 +233,41 @@ fn open(path: &str) -> std::io::Result<Output> {
         // Who failed to log in from where is for operators, not for every local user.
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o640);
+        // A FIFO no one reads would hold the open until a reader comes, and a reload opens
+        // on the thread that serves the clients: refused at once instead (ENXIO).
+        options.custom_flags(libc::O_NONBLOCK);
     }
-    let file = options.open(path)?;
+    let file = options.open(path).map_err(|e| match e.raw_os_error() {
+        #[cfg(unix)]
+        Some(libc::ENXIO) if is_fifo(path) => std::io::Error::new(e.kind(), "a FIFO no one reads"),
+        _ => e,
+    })?;
+    #[cfg(unix)]
+    blocking(&file)?;
     Ok(Box::new(std::io::BufWriter::new(file)))
+}
+
+#[cfg(unix)]
+fn is_fifo(path: &str) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+/// Makes writes to `file` wait for room again (the writer thread's own: a full pipe is
+/// waited on there, not lost), once it is open.
+#[cfg(unix)]
+fn blocking(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL and F_SETFL on a descriptor `file` owns and keeps open.
+    let done = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags != -1 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) != -1
+    };
+    match done {
+        true => Ok(()),
+        false => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// A reloaded `[audit]`, opened and not yet in place.
@@ -421,10 +453,23 @@ impl Trail {
         let Some(queue) = &self.queue else {
             return;
         };
+        let deadline = Instant::now() + wait;
         let (done, written) = mpsc::channel();
-        if queue.send(Msg::FlushReads).is_ok() && queue.send(Msg::Sync(done)).is_ok() {
-            let _ = written.recv_timeout(wait);
+        // Not `send`: a writer stuck on its output (a pipe nobody reads) leaves the queue
+        // full, and the shutdown must not wait on it past `wait`.
+        for mut msg in [Msg::FlushReads, Msg::Sync(done)] {
+            loop {
+                match queue.try_send(msg) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(again)) if Instant::now() < deadline => {
+                        msg = again;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(_) => return,
+                }
+            }
         }
+        let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
 }
 

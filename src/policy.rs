@@ -112,9 +112,15 @@ const FOR_OPERATORS: &[(&str, Option<&str>)] = &[
     ("monitor", None),
 ];
 
-/// Settings whose CONFIG SET value the audit log leaves out: they unlock Redis or its
-/// replication.
-const SECRET_SETTINGS: &[&str] = &["requirepass", "masterauth", "masteruser"];
+/// Settings whose CONFIG SET value the audit log leaves out: they unlock Redis, its
+/// replication or its TLS keys (Redis' own SENSITIVE_CONFIG ones, and masteruser).
+const SECRET_SETTINGS: &[&str] = &[
+    "requirepass",
+    "masterauth",
+    "masteruser",
+    "tls-key-file-pass",
+    "tls-client-key-file-pass",
+];
 
 /// Counts that size a reply without regard to the data, by (command, argument index): a
 /// negative count to SRANDMEMBER and friends asks for that many elements with repeats, and

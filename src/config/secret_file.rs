@@ -6,16 +6,16 @@
 //! A file's content, less one trailing newline (as `echo` and most editors leave, and as a
 //! Secret made with `kubectl create secret --from-file` keeps), is the value, exactly as if
 //! it stood in the config. Setting a value and its file together is an error, and so is a
-//! file that cannot be read, is empty, is not UTF-8 or is too large to be a secret. Files
-//! are read at every load (start, `check-config`, SIGHUP, `POST /reload`), so a rotated file
-//! takes effect as a changed value in the config would. Errors name the setting and the
-//! file, never what is in it.
+//! file that cannot be read, is not a regular file (a FIFO, a device), is empty, is not UTF-8
+//! or is too large to be a secret. Files are read at every load (start, `check-config`,
+//! SIGHUP, `POST /reload`), so a rotated file takes effect as a changed value in the config
+//! would. Errors name the setting and the file, never what is in it.
 
 use std::io::Read;
 
 use super::*;
 
-/// Past this a file is not a secret, and reading stops (a path such as `/dev/zero` must not
+/// Past this a file is not a secret, and reading stops (a log file named by mistake must not
 /// be read whole).
 const MAX_SECRET_BYTES: u64 = 64 * 1024;
 
@@ -25,9 +25,24 @@ type Problem = (Option<Range<usize>>, String);
 /// The secret in `path`: its content less one trailing newline.
 fn read(path: &Path) -> Result<Secret, String> {
     let shown = path.display();
+    let mut options = std::fs::File::options();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        // Opening a FIFO waits for a writer, maybe forever (a reload never ends): not here.
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options
+        .open(path)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    // A FIFO, a device or a directory is no secret file (and reading one may never end).
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(format!("{shown} is not a regular file"));
+    }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_SECRET_BYTES + 1).read_to_end(&mut bytes))
+    file.take(MAX_SECRET_BYTES + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read {shown}: {e}"))?;
     if bytes.len() as u64 > MAX_SECRET_BYTES {
         return Err(format!(
@@ -269,6 +284,7 @@ mod tests {
         let binary = dir.file("binary", b"\xff\xfe");
         let big = dir.file("big", &vec![b'x'; MAX_SECRET_BYTES as usize + 1]);
         let missing = dir.0.join("missing").display().to_string();
+        let dir_path = dir.0.display().to_string();
         let cases = [
             (
                 format!("[[tenants]]\nid = \"a\"\npassword = \"x\"\npassword_file = \"{good}\"\n"),
@@ -290,6 +306,10 @@ mod tests {
             (
                 format!("[[tenants]]\nid = \"a\"\npassword_file = \"{empty}\"\n"),
                 format!("tenants[0].password_file: {empty} is empty"),
+            ),
+            (
+                format!("[admin]\nlisten = \"127.0.0.1:1\"\ntoken_file = \"{dir_path}\"\n"),
+                format!("admin.token_file: {dir_path} is not a regular file"),
             ),
             (
                 format!("[[tenants]]\nid = \"a\"\npassword_file = \"{binary}\"\n"),

@@ -481,20 +481,26 @@ impl Session {
     /// trail, and counts it for the tenant it named, if that tenant exists.
     fn auth_failed(&self, via: &'static str, user: Option<&[u8]>, why: &crate::auth::AuthFailure) {
         let named = user.and_then(|u| std::str::from_utf8(u).ok()).unwrap_or("");
-        tracing::warn!(tenant = %named, reason = %why, "authentication failed");
+        // A name no tenant has may be a password typed in the user name's place (most
+        // passwords are valid ids): neither the log nor the trail writes it down.
+        let shown = match why {
+            crate::auth::AuthFailure::UnknownTenant => "",
+            _ => named,
+        };
+        tracing::warn!(tenant = %shown, reason = %why, "authentication failed");
         let detail = match why {
             crate::auth::AuthFailure::BadToken(fault) => Some(fault.as_str()),
             _ => None,
         };
-        self.audit_auth_failed(via, named, why.reason(), detail);
+        self.audit_auth_failed(via, shown, why.reason(), detail);
         if let Some(t) = self.authenticator().tenant(named) {
             t.stats.auth_failed();
         }
     }
 
     /// The audit trail's line for a refused login. The tenant is shown when the name could
-    /// be one (a valid id, not Redis' `default` user): a password typed into the user name
-    /// must not be written down.
+    /// be one (a valid id, not Redis' `default` user), and `named` is empty for a name no
+    /// tenant has: a password typed into the user name must not be written down.
     fn audit_auth_failed(
         &self,
         via: &'static str,

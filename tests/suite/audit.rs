@@ -140,6 +140,8 @@ async fn refused_logins_are_audited_with_why_and_never_with_what() {
         vec!["AUTH", &expired],
         vec!["AUTH", "a", &forged],
         vec!["HELLO", "3", "AUTH", "a", "wrong-password-8"],
+        // User and password swapped: the password is in the user name's place.
+        vec!["AUTH", "typed-password-9", "a"],
     ] {
         assert_eq!(c.cmd(&args).await, WRONGPASS, "{args:?}");
     }
@@ -160,10 +162,11 @@ async fn refused_logins_are_audited_with_why_and_never_with_what() {
     forged_line["detail"] = json!("InvalidSignature");
     let http_failed = |from: &str, reason: &str| json!({"event": "auth_failed", "via": "POST /reload", "peer": from, "reason": reason});
     assert_eq!(
-        settled(&trail, 10).await,
+        settled(&trail, 11).await,
         [
             failed("AUTH", Some("a"), "wrong_password"),
-            failed("AUTH", Some("nosuch"), "unknown_tenant"),
+            // A name no tenant has is not shown: it may be a password (as below).
+            failed("AUTH", None, "unknown_tenant"),
             failed("AUTH", None, "wrong_password"),
             // Redis' default user names no tenant.
             failed("AUTH", None, "wrong_password"),
@@ -172,6 +175,7 @@ async fn refused_logins_are_audited_with_why_and_never_with_what() {
             failed("AUTH", None, "expired_token"),
             forged_line,
             failed("HELLO", Some("a"), "wrong_password"),
+            failed("AUTH", None, "unknown_tenant"),
             http_failed(&wrong_from, "wrong_admin_token"),
             http_failed(&none_from, "no_admin_token"),
         ]
@@ -187,6 +191,7 @@ async fn refused_logins_are_audited_with_why_and_never_with_what() {
             &expired,
             &forged,
             "wrong-password-8",
+            "typed-password-9",
             "wrong-token",
             ADMIN_TOKEN,
             JWT_SECRET,
@@ -300,6 +305,18 @@ async fn server_wide_commands_refused_and_run_are_audited() {
     let mut ops = proxy.raw_as("ops", "po").await;
     let masterauth = ["CONFIG", "SET", "masterauth", "hidden-masterauth"];
     assert_eq!(ops.cmd(&masterauth).await, "+OK\r\n");
+    // Redis' other secret settings (SENSITIVE_CONFIG): the TLS keys' passphrases.
+    let key_pass = [
+        "CONFIG",
+        "SET",
+        "maxmemory-samples",
+        "5",
+        "tls-key-file-pass",
+        "hidden-key-pass",
+        "tls-client-key-file-pass",
+        "hidden-client-key-pass",
+    ];
+    assert_eq!(ops.cmd(&key_pass).await, "+OK\r\n");
     assert!(ops.cmd(&["SLOWLOG", "LEN"]).await.starts_with(':'));
     assert!(ops.cmd(&["INFO", "server"]).await.contains("redis_version"));
     assert!(ops.cmd(&["SHUTDOWN"]).await.starts_with("-NOPERM"));
@@ -315,7 +332,7 @@ async fn server_wide_commands_refused_and_run_are_audited() {
             "args": args})
     };
     assert_eq!(
-        settled(&trail, 8).await,
+        settled(&trail, 9).await,
         [
             refused("a", &pa, "config|set", server_wide),
             refused("a", &pa, "config|set", server_wide),
@@ -331,12 +348,33 @@ async fn server_wide_commands_refused_and_run_are_audited() {
                 "config|set",
                 json!(["CONFIG", "SET", "masterauth", "(redacted)"])
             ),
+            ran(
+                "config|set",
+                json!([
+                    "CONFIG",
+                    "SET",
+                    "maxmemory-samples",
+                    "5",
+                    "tls-key-file-pass",
+                    "(redacted)",
+                    "tls-client-key-file-pass",
+                    "(redacted)"
+                ])
+            ),
             ran("slowlog|len", json!(["SLOWLOG", "LEN"])),
             ran("info", json!(["server"])),
             refused("ops", &po, "shutdown", server_wide),
         ]
     );
-    assert_no_secret(&trail, &["hunter2-secret", "hidden-masterauth"]);
+    assert_no_secret(
+        &trail,
+        &[
+            "hunter2-secret",
+            "hidden-masterauth",
+            "hidden-key-pass",
+            "hidden-client-key-pass",
+        ],
+    );
 }
 
 /// Sums the `shared_reads` lines by (tenant, key) and checks each pair has one line, in
@@ -559,4 +597,142 @@ async fn the_binary_keeps_the_trail_and_the_log_apart() {
     for line in trail.lines() {
         assert!(!log.contains(line), "{line} is in the log");
     }
+}
+
+/// `n` pipelined `CONFIG SET x y` from tenant a, each refused and so one `command_refused`
+/// line; their replies read in batches (a client that never read would stop respite reading).
+async fn refused_lines(c: &mut Raw, n: usize) {
+    let one = "*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$1\r\nx\r\n$1\r\ny\r\n";
+    for _ in 0..n / 1000 {
+        c.send(one.repeat(1000).as_bytes()).await;
+        for _ in 0..1000 {
+            assert!(c.reply().await.starts_with("-NOPERM"));
+        }
+    }
+}
+
+/// A trail whose reader stopped reading (standard output into a pipe nobody empties, a log
+/// shipper stuck): lines past the queue are dropped, and SIGTERM still ends respite, within
+/// the sessions' grace and the trail's last 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_trail_does_not_hold_up_the_shutdown() {
+    let redis = Redis::start();
+    let dir = TempDir::new();
+    let file = dir.0.join("respite.toml");
+    let port = free_port();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"{}\"\n{TENANTS}\
+         [audit]\npath = \"-\"\n",
+        redis.url()
+    );
+    std::fs::write(&file, config).unwrap();
+    let (mut child, addr) = run_binary(&file, port, |c| {
+        c.stdout(std::process::Stdio::piped());
+    })
+    .await;
+    // A pipe holds 64 KiB, the queue 16384 lines: both full, and more.
+    let mut c = Raw::login(addr, "a", "pa").await;
+    refused_lines(&mut c, 20_000).await;
+    drop(c);
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("respite did not exit: its shutdown waits on a trail nobody reads");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A reload naming a FIFO no one reads (a log shipper not started, or gone) as the trail:
+/// refused with why, and never a wait for a reader on the thread that serves the clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_a_fifo_no_one_reads_is_refused_not_waited_on() {
+    let redis = Redis::start();
+    let dir = TempDir::new();
+    let (file, trail, fifo) = (
+        dir.0.join("respite.toml"),
+        dir.0.join("audit.jsonl"),
+        dir.0.join("audit.fifo"),
+    );
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let port = free_port();
+    let config = |path: &Path| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"{}\"\n{TENANTS}\
+             [audit]\npath = \"{}\"\n",
+            redis.url(),
+            path.display()
+        )
+    };
+    std::fs::write(&file, config(&trail)).unwrap();
+    let (mut child, addr) = run_binary(&file, port, |_| {}).await;
+    let mut c = Raw::login(addr, "a", "pa").await;
+
+    std::fs::write(&file, config(&fifo)).unwrap();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send_cmd(&["PING"]).await;
+    let answered = c.try_reply(Duration::from_secs(3)).await;
+    if answered.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(
+        answered.as_deref(),
+        Some("+PONG\r\n"),
+        "respite stopped serving"
+    );
+    let reloads = settled(&trail, 1).await;
+    assert_eq!(reloads[0]["event"], "reload");
+    assert_eq!(reloads[0]["result"], "failed");
+    let error = reloads[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("audit.fifo") && error.contains("FIFO"),
+        "{error}"
+    );
+
+    // Once a reader is there, the same reload writes to it.
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (mut got, deadline) = (Vec::new(), Instant::now() + Duration::from_secs(5));
+    while !got.ends_with(b"\n") && Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        match reader.read(&mut buf) {
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = event(std::str::from_utf8(&got).unwrap().trim_end());
+    assert_eq!(
+        (&line["event"], &line["result"]),
+        (&json!("reload"), &json!("applied"))
+    );
 }

@@ -255,3 +255,20 @@ fn the_dockerfile_has_a_healthcheck_and_a_non_root_user() {
         "{health}"
     );
 }
+
+/// The image trusts the public CAs, as a `rediss://` URL without `ca_file` needs (a managed
+/// Redis: its certificate chains to one): debian:bookworm-slim has no CA certificates of
+/// its own, and respite reads the system's.
+#[test]
+fn the_image_has_the_system_ca_certificates() {
+    let text = std::fs::read_to_string(repo("Dockerfile")).unwrap();
+    let runtime = text.rsplit("\nFROM ").next().unwrap();
+    let installs = runtime
+        .split("\nRUN ")
+        .skip(1)
+        .any(|run| run.contains("apt-get install") && run.contains("ca-certificates"));
+    assert!(
+        installs,
+        "the runtime stage installs ca-certificates:\n{runtime}"
+    );
+}

@@ -162,6 +162,8 @@ async fn sighup_rereads_the_files_and_the_log_holds_no_secret() {
     assert_eq!(c.cmd(&["AUTH", "acme", "acme-1"]).await, WRONGPASS);
     // A wrong login and a failed reload are logged too, with no secret in them.
     assert_eq!(c.cmd(&["AUTH", "acme", "guess"]).await, WRONGPASS);
+    // The password typed as the tenant's name, the name as the password.
+    assert_eq!(c.cmd(&["AUTH", "acme-2", "acme"]).await, WRONGPASS);
     secret(&dir, "redis-password", "");
     Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
@@ -184,4 +186,94 @@ async fn sighup_rereads_the_files_and_the_log_holds_no_secret() {
     ] {
         assert!(!log.contains(s), "{s} is in the log:\n{log}");
     }
+}
+
+/// `respite check-config` on `file`: its exit code and what it printed, or None if it was
+/// still running after 5 s (killed then).
+fn check_config(file: &Path) -> Option<(i32, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_respite"))
+        .arg("check-config")
+        .arg(file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    Some((out.status.code().unwrap_or(-1), text.into_owned()))
+}
+
+/// A secret "file" that is a FIFO (or any file that is not a regular one) is refused at
+/// once: opening a FIFO waits for a writer that may never come, and a wait there hung
+/// check-config, and a SIGHUP's reload for good (no later SIGHUP was ever heard).
+#[tokio::test]
+async fn a_secret_file_that_is_a_fifo_is_refused_never_waited_on() {
+    let redis = Redis::start_with(&["--requirepass", "redis-secret"]);
+    let dir = TempDir::new();
+    let file = dir.0.join("respite.toml");
+    let listen = addr();
+    std::fs::write(&file, config(&redis, &dir, listen, addr())).unwrap();
+    // acme's password "file": a FIFO no one writes to.
+    let fifo = dir.0.join("acme");
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let (code, text) = check_config(&file).expect("check-config waited on the FIFO");
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("tenants[0].password_file") && text.contains("not a regular file"),
+        "{text}"
+    );
+
+    // Running: a reload to the FIFO is refused, and the next SIGHUP still reloads.
+    std::fs::remove_file(&fifo).unwrap();
+    secret(&dir, "acme", "acme-1");
+    let mut child = spawn(&file, &dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !healthcheck(&file, &["--ready"]) {
+        assert!(Instant::now() < deadline, "respite did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let hup = || {
+        let sent = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::remove_file(&fifo).unwrap();
+    secret(&dir, "acme", "acme-2");
+    hup();
+    let mut c = Raw::connect(listen).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut reloaded = false;
+    while !reloaded && Instant::now() < deadline {
+        reloaded = c.cmd(&["AUTH", "acme", "acme-2"]).await == "+OK\r\n";
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(reloaded, "the SIGHUP after the FIFO was never heard");
+    let log = std::fs::read_to_string(dir.0.join("respite.log")).unwrap();
+    assert!(log.contains("not a regular file"), "{log}");
 }
