@@ -544,7 +544,7 @@ impl Jwt {
                 secret.expose().as_bytes().to_vec(),
             ),
             (None, Some(path)) => {
-                let pem = std::fs::read(path)?;
+                let pem = crate::transport::read_key_file(path)?;
                 (DecodingKey::from_rsa_pem(&pem)?, Algorithm::RS256, pem)
             }
             (None, None) => anyhow::bail!("auth.jwt has no key"),

@@ -49,10 +49,43 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Past this a file is no certificate, key or CA bundle (a log named by mistake).
+const MAX_KEY_FILE_BYTES: u64 = 4 << 20;
+
+/// The bytes of a certificate, key or CA file. Anything but a regular file is refused,
+/// and opening never waits: a FIFO named by mistake would otherwise hold up check-config,
+/// or a reload (and with it every session of its thread), until someone writes to it.
+pub fn read_key_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut options = std::fs::File::options();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX_KEY_FILE_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Every certificate in a PEM file; an empty file or one with none is an error.
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(path, e))?
+    let pem = read_key_file(path).map_err(|e| file_error(path, e))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_error(path, e))?;
     if certs.is_empty() {
@@ -80,7 +113,8 @@ pub fn server_config(
     client_ca_file: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = certificates(cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| match e {
+    let pem = read_key_file(key_file).map_err(|e| file_error(key_file, e))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => {
             file_error(key_file, "no PEM private key in the file")
         }

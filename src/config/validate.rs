@@ -373,7 +373,7 @@ impl Config {
                     "auth.jwt.hs256_secret must not be empty".into(),
                 ),
                 (None, Some(path)) => {
-                    if let Err(e) = std::fs::read(path)
+                    if let Err(e) = crate::transport::read_key_file(path)
                         .map_err(|e| e.to_string())
                         .and_then(|pem| {
                             jsonwebtoken::DecodingKey::from_rsa_pem(&pem).map_err(|e| e.to_string())

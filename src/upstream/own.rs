@@ -63,7 +63,7 @@ fn certificates(ca_file: Option<&Path>) -> anyhow::Result<Option<redis::TlsCerti
     let Some(path) = ca_file else {
         return Ok(None);
     };
-    let pem = std::fs::read(path)
+    let pem = crate::transport::read_key_file(path)
         .map_err(|e| anyhow::anyhow!("upstream.ca_file {}: {e}", path.display()))?;
     Ok(Some(redis::TlsCertificates {
         client_tls: None,
