@@ -94,6 +94,15 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// Is the `*`/`$` header line from `start`, whose CRLF is not all here yet, already longer
+/// than [`MAX_INLINE`], measured to its `\r` as once it is whole? A `\r` at the very end may
+/// be the line's own, its `\n` in the next read: not counted, so that where the reads split
+/// the bytes decides neither whether a header is refused nor with which error.
+fn too_long_so_far(buf: &[u8], start: usize) -> bool {
+    let held = buf.len() - start - usize::from(buf.last() == Some(&b'\r'));
+    held > MAX_INLINE
+}
+
 /// A decimal integer as Redis reads lengths: optional `-`, digits, nothing else.
 fn parse_int(digits: &[u8]) -> Option<i64> {
     let (negative, digits) = match digits.split_first() {
@@ -119,7 +128,7 @@ fn parse_multibulk(
     authenticated: bool,
 ) -> Result<Option<Request>, ProtocolError> {
     let Some(eol) = find_crlf(buf, 1) else {
-        if buf.len() > MAX_INLINE {
+        if too_long_so_far(buf, 0) {
             return Err(perr("too big mbulk count string"));
         }
         return Ok(None);
@@ -196,7 +205,7 @@ fn bulk(
         )));
     }
     let Some(eol) = find_crlf(buf, pos + 1) else {
-        if buf.len() - pos > MAX_INLINE {
+        if too_long_so_far(buf, pos) {
             return Err(perr("too big bulk count string"));
         }
         return Ok(None);
@@ -575,6 +584,39 @@ mod tests {
         );
         let long = vec![b'a'; MAX_INLINE + 1];
         assert_eq!(parse_all(&long).unwrap_err().0, "too big inline request");
+    }
+
+    /// Found by `fuzz/` (request_parser): a header line of exactly MAX_INLINE bytes was
+    /// "too big" when a read ended between its CR and LF, and read on when not.
+    #[test]
+    fn a_header_at_the_inline_limit_is_judged_alike_however_the_reads_split_it() {
+        let count = [b"*".as_slice(), &[b'1'; MAX_INLINE - 1], b"\r\n"].concat();
+        let bulk = [b"*1\r\n$".as_slice(), &[b'1'; MAX_INLINE - 1], b"\r\n"].concat();
+        for (stream, error) in [
+            (count, "invalid multibulk length"),
+            (bulk, "invalid bulk length"),
+        ] {
+            assert_eq!(parse_all(&stream).unwrap_err().0, error, "whole");
+            // Up to the CR, then the LF.
+            let mut buf = BytesMut::from(&stream[..stream.len() - 1]);
+            assert_eq!(
+                parse_request(&mut buf, &LIMITS, true),
+                Ok(None),
+                "up to the CR"
+            );
+            buf.extend_from_slice(b"\n");
+            assert_eq!(parse_request(&mut buf, &LIMITS, true).unwrap_err().0, error);
+            // One byte more is too big, whole or not.
+            let mut longer = stream.clone();
+            longer.insert(longer.len() - 2, b'1');
+            let too_big = parse_all(&longer).unwrap_err().0;
+            assert!(too_big.starts_with("too big"), "{too_big}");
+            let mut buf = BytesMut::from(&longer[..longer.len() - 1]);
+            assert_eq!(
+                parse_request(&mut buf, &LIMITS, true).unwrap_err().0,
+                too_big
+            );
+        }
     }
 
     #[test]
