@@ -311,6 +311,10 @@ pub(crate) struct ClientSide {
     /// `inbuf` holds whole requests not yet handled (a cap was reached): read no more until
     /// they are, or the buffer would grow without bound.
     backlog: bool,
+    /// `inbuf` up to here holds no whole request: no request can end before a `\n` comes
+    /// after it, so the parser is not run again until one does (a client dripping a long
+    /// header a byte at a time would otherwise have it rescanned from the start each time).
+    unfinished: usize,
     pub(crate) closing: bool,
     /// The tenant is past its rate (`rate_limit = "delay"`): no request is read or handled
     /// before this, `held` (parsed already) first.
@@ -507,6 +511,7 @@ pub async fn serve(ctx: Arc<Context>, client: ClientStream, shutdown: Cancellati
             inbuf: BytesMut::with_capacity(16 * 1024),
             out: BytesMut::with_capacity(16 * 1024),
             backlog: false,
+            unfinished: 0,
             closing: false,
             held_until: None,
             held: None,
@@ -604,6 +609,22 @@ pub async fn serve(ctx: Arc<Context>, client: ClientStream, shutdown: Cancellati
     s.reset_connection_state();
     s.hand_over_tally();
     ctx.clients.unregister(me.id);
+}
+
+impl ClientSide {
+    /// Whether a request may have ended in what came since the parser last found none whole:
+    /// a `\n` among the new bytes. Past `MAX_INLINE` the parser runs anyway, as its limits
+    /// on header and inline lines need no newline to refuse one.
+    fn ended_since_parsed(&mut self) -> bool {
+        let len = self.inbuf.len();
+        if self.unfinished == 0 || len > crate::wire::MAX_INLINE {
+            return true;
+        }
+        let from = self.unfinished.min(len);
+        let ended = self.inbuf[from..].contains(&b'\n');
+        self.unfinished = if ended { 0 } else { len };
+        ended
+    }
 }
 
 impl Session {
@@ -886,6 +907,9 @@ impl Session {
                 self.client.held_until = None;
             }
             let authenticated = self.tenant.is_some();
+            if self.client.held.is_none() && !self.client.ended_since_parsed() {
+                break;
+            }
             let parsed = match self.client.held.take() {
                 Some(req) => Ok(Some(req)),
                 None => parse_request(
@@ -906,7 +930,10 @@ impl Session {
                         break;
                     }
                 },
-                Ok(None) => break,
+                Ok(None) => {
+                    self.client.unfinished = self.client.inbuf.len();
+                    break;
+                }
                 Err(e) => {
                     // As Redis: answer, then close once earlier replies are out.
                     tracing::debug!(error = %e, "protocol error");

@@ -235,3 +235,52 @@ async fn a_client_that_never_reads_is_backpressured_not_buffered() {
     // Other clients are served meanwhile.
     assert_eq!(setup.cmd(&["PING"]).await, "+PONG\r\n");
 }
+
+/// Requests that arrive a few bytes at a time are answered as if sent whole: a pipeline
+/// dripped in pieces, an inline command byte by byte, and a long header line in pieces that
+/// carry no newline until past the inline limit, which is still refused.
+#[tokio::test]
+async fn requests_dripped_in_pieces_are_answered_whole() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&redis, TENANTS).await;
+    let mut c = proxy.raw_as("a", "pa").await;
+    let pipeline =
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\nGET k\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    for piece in pipeline.chunks(3) {
+        c.stream.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(c.reply().await, "+OK\r\n");
+    assert_eq!(c.reply().await, "$5\r\nhello\r\n");
+    assert_eq!(c.reply().await, "$5\r\nhello\r\n");
+    // A value that holds newlines, and one that holds none until its last bytes.
+    let value = "a\nb\r\nc".repeat(100) + &"x".repeat(3000);
+    let mut request = bytes::BytesMut::new();
+    respite::wire::encode_request(
+        &mut request,
+        [&b"SET"[..], b"v", value.as_bytes()].into_iter(),
+    );
+    for piece in request.chunks(500) {
+        c.stream.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(c.reply().await, "+OK\r\n");
+    assert_eq!(
+        c.cmd(&["STRLEN", "v"]).await,
+        format!(":{}\r\n", value.len())
+    );
+    // 70 KiB of header with no newline, in pieces: refused once past the limit.
+    let mut c = proxy.raw_as("a", "pa").await;
+    c.stream.write_all(b"*1").await.unwrap();
+    for _ in 0..70 {
+        if c.stream.write_all(&[b'1'; 1024]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        c.reply().await,
+        "-ERR Protocol error: too big mbulk count string\r\n"
+    );
+    assert!(c.closed().await);
+}
