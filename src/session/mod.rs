@@ -55,7 +55,7 @@ use crate::tenant::{Seat, Tenant};
 use crate::transport::{ClientReader, ClientStream, ClientWriter};
 use crate::upstream::{cluster, shared, OutputMeter, Pinned, Reply, Sink};
 use crate::wire::Frame;
-use crate::wire::{encode_marked, encode_request, parse_request, Request};
+use crate::wire::{encode_marked, encode_request, parse_request_reusing, Request};
 use local::Local;
 use scripting::{ScriptCmd, ScriptSend};
 
@@ -315,6 +315,9 @@ pub(crate) struct ClientSide {
     /// after it, so the parser is not run again until one does (a client dripping a long
     /// header a byte at a time would otherwise have it rescanned from the start each time).
     unfinished: usize,
+    /// The argument vector of the last request sent on, emptied: the next request's
+    /// arguments go in it, rather than in a new allocation for every request.
+    pub(crate) spare_args: Vec<Bytes>,
     pub(crate) closing: bool,
     /// The tenant is past its rate (`rate_limit = "delay"`): no request is read or handled
     /// before this, `held` (parsed already) first.
@@ -512,6 +515,7 @@ pub async fn serve(ctx: Arc<Context>, client: ClientStream, shutdown: Cancellati
             out: BytesMut::with_capacity(16 * 1024),
             backlog: false,
             unfinished: 0,
+            spare_args: Vec::new(),
             closing: false,
             held_until: None,
             held: None,
@@ -912,10 +916,11 @@ impl Session {
             }
             let parsed = match self.client.held.take() {
                 Some(req) => Ok(Some(req)),
-                None => parse_request(
+                None => parse_request_reusing(
                     &mut self.client.inbuf,
                     &self.ctx.request_limits(),
                     authenticated,
+                    &mut self.client.spare_args,
                 ),
             };
             match parsed {

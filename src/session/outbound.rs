@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// A request's argument vector up to this many places is kept for the next request; a
+/// larger one (an MSET of thousands) is let go.
+const SPARE_ARGS: usize = 16;
+
 impl Session {
     /// Queues a rewritten request for Redis. `top` is the command's (container's) name;
     /// `write` its charge, if it is a write under a quota.
@@ -183,6 +187,10 @@ impl Session {
         if let Some(Slot::Reply { write: Some(w), .. }) = self.up.pending.back_mut() {
             // Encoded: the write's key can leave the request rather than be copied.
             w.keys.take_from(&mut args);
+        }
+        if args.capacity() <= SPARE_ARGS {
+            args.clear();
+            self.client.spare_args = std::mem::take(&mut args);
         }
         if let Some(auth) = confine {
             let at = self.up.to_up.len();

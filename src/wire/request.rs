@@ -61,12 +61,23 @@ pub fn parse_request(
     limits: &Limits,
     authenticated: bool,
 ) -> Result<Option<Request>, ProtocolError> {
+    parse_request_reusing(buf, limits, authenticated, &mut Vec::new())
+}
+
+/// [`parse_request`], with the argument vector of a request already handled (`spare`,
+/// emptied): its allocation is taken for the next request's arguments instead of a new one.
+pub fn parse_request_reusing(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    authenticated: bool,
+    spare: &mut Vec<Bytes>,
+) -> Result<Option<Request>, ProtocolError> {
     loop {
         if buf.is_empty() {
             return Ok(None);
         }
         let parsed = if buf[0] == b'*' {
-            parse_multibulk(buf, limits, authenticated)?
+            parse_multibulk(buf, limits, authenticated, spare)?
         } else {
             parse_inline(buf)?
         };
@@ -126,6 +137,7 @@ fn parse_multibulk(
     buf: &mut BytesMut,
     limits: &Limits,
     authenticated: bool,
+    spare: &mut Vec<Bytes>,
 ) -> Result<Option<Request>, ProtocolError> {
     let Some(eol) = find_crlf(buf, 1) else {
         if too_long_so_far(buf, 0) {
@@ -170,7 +182,9 @@ fn parse_multibulk(
     }
     // Second pass over the validated headers: slice the arguments out of the frame.
     let frame = buf.split_to(pos).freeze();
-    let mut args = Vec::with_capacity(count as usize);
+    let mut args = std::mem::take(spare);
+    args.clear();
+    args.reserve(count as usize);
     let mut pos = args_start;
     for _ in 0..count {
         let eol = pos
