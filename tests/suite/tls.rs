@@ -353,23 +353,58 @@ async fn redis_cli_over_tls_through_respite_to_a_tls_only_redis() {
     proxy.stop().await;
 }
 
+/// What a mutual-TLS test starts from: a TLS-only Redis and respite's certificate from
+/// one CA, client certificates from another (`clients`), and the `[server.tls]` lines that
+/// ask for them and let them name tenants (`tls`, for [`tls_config`]).
+struct MutualTls {
+    dir: TempDir,
+    ca: Ca,
+    clients: Ca,
+    redis: TlsRedis,
+    tls_port: u16,
+    cert: (PathBuf, PathBuf),
+    tls: String,
+}
+
+impl MutualTls {
+    fn new() -> MutualTls {
+        let dir = TempDir::new();
+        let ca = Ca::new(&dir.0, "ca");
+        let clients = Ca::new(&dir.0, "clients");
+        let redis = TlsRedis::start(&ca);
+        let cert = ca.server("respite");
+        let tls = format!(
+            "client_ca_file = \"{}\"\ntenant_from_cert = true\n",
+            clients.pem.display()
+        );
+        MutualTls {
+            dir,
+            ca,
+            clients,
+            redis,
+            tls_port: free_port(),
+            cert,
+            tls,
+        }
+    }
+}
+
 /// Mutual TLS with `tenant_from_cert`: a certificate the client CA signed logs the
 /// connection in as the tenant it names, and RESET keeps it there; one naming no tenant
 /// is refused with WRONGPASS; one from another CA, or none, fails the handshake, while
 /// everyone else is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_name_tenants_and_strangers_are_refused() {
-    let dir = TempDir::new();
-    let ca = Ca::new(&dir.0, "ca");
-    let clients = Ca::new(&dir.0, "clients");
+    let MutualTls {
+        dir,
+        ca,
+        clients,
+        redis,
+        tls_port,
+        cert,
+        tls,
+    } = MutualTls::new();
     let stranger = Ca::new(&dir.0, "stranger");
-    let redis = TlsRedis::start(&ca);
-    let tls_port = free_port();
-    let cert = ca.server("respite");
-    let tls = format!(
-        "client_ca_file = \"{}\"\ntenant_from_cert = true\n",
-        clients.pem.display()
-    );
     let trail = dir.0.join("audit.jsonl");
     let config = tls_config(&redis, tls_port, &cert, &tls)
         + &format!("[audit]\npath = \"{}\"\n", trail.display());
@@ -789,18 +824,17 @@ async fn shutdown_does_not_wait_for_unfinished_handshakes() {
 /// never lands in the default tenant, which the certificate never gave it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_never_falls_back_to_the_default_tenant_once_the_certificates_tenant_is_gone() {
-    let dir = TempDir::new();
-    let ca = Ca::new(&dir.0, "ca");
-    let clients = Ca::new(&dir.0, "clients");
-    let redis = TlsRedis::start(&ca);
-    let tls_port = free_port();
-    let cert = ca.server("respite");
+    let MutualTls {
+        dir,
+        ca,
+        clients,
+        redis,
+        tls_port,
+        cert,
+        tls,
+    } = MutualTls::new();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let file = dir.0.join("respite.toml");
-    let tls = format!(
-        "client_ca_file = \"{}\"\ntenant_from_cert = true\n",
-        clients.pem.display()
-    );
     let text = tls_config(&redis, tls_port, &cert, &tls)
         .replace("[server]\n", "[server]\ndefault_tenant = \"sidecar\"\n")
         + "[[tenants]]\nid = \"sidecar\"\npassword = \"ps\"\n"
@@ -838,16 +872,15 @@ async fn reset_never_falls_back_to_the_default_tenant_once_the_certificates_tena
 /// wherever it stands among them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_common_name_comes_before_the_dns_names() {
-    let dir = TempDir::new();
-    let ca = Ca::new(&dir.0, "ca");
-    let clients = Ca::new(&dir.0, "clients");
-    let redis = TlsRedis::start(&ca);
-    let tls_port = free_port();
-    let cert = ca.server("respite");
-    let tls = format!(
-        "client_ca_file = \"{}\"\ntenant_from_cert = true\n",
-        clients.pem.display()
-    );
+    let MutualTls {
+        dir: _dir,
+        ca,
+        clients,
+        redis,
+        tls_port,
+        cert,
+        tls,
+    } = MutualTls::new();
     let mut proxy = Proxy::start_config(&tls_config(&redis, tls_port, &cert, &tls)).await;
     listening(tls_port).await;
     let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
