@@ -390,17 +390,7 @@ impl Book {
         was: Option<(&Book, &HashMap<String, Arc<Tenant>>)>,
         ledgers: Option<&Ledgers>,
     ) -> anyhow::Result<Book> {
-        let shared: Arc<[Bytes]> = config
-            .shared
-            .as_ref()
-            .map(|s| {
-                s.get_ref()
-                    .prefixes
-                    .iter()
-                    .map(|p| Bytes::from(p.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let shared = config.shared_prefixes();
         let jwt = config
             .auth
             .jwt

@@ -6,9 +6,6 @@
 
 #![no_main]
 
-use std::sync::Arc;
-
-use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use respite::config::Config;
 use respite::tenant::Tenant;
@@ -33,17 +30,7 @@ fuzz_target!(|data: &[u8]| {
     if config.cluster() {
         let _ = config.seed_addrs();
     }
-    let shared: Arc<[Bytes]> = config
-        .shared
-        .as_ref()
-        .map(|s| {
-            s.get_ref()
-                .prefixes
-                .iter()
-                .map(|p| Bytes::from(p.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let shared = config.shared_prefixes();
     let quotas = config.quotas_enabled();
     for t in &config.tenants {
         let tenant = Tenant::from_config(&config, t, &shared, quotas, None);

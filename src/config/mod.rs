@@ -881,6 +881,20 @@ impl Config {
         (!listen.is_empty()).then(|| listen.parse().expect("validated in Config::parse"))
     }
 
+    /// `[shared] prefixes`, as tenants hold them (none without `[shared]`).
+    pub fn shared_prefixes(&self) -> Arc<[bytes::Bytes]> {
+        self.shared
+            .as_ref()
+            .map(|s| {
+                s.get_ref()
+                    .prefixes
+                    .iter()
+                    .map(|p| bytes::Bytes::from(p.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The TLS config for a `rediss://` upstream; `None` for `redis://`.
     pub fn upstream_tls(
         &self,
