@@ -7,7 +7,7 @@
 //! uses (clients and tests match on it). Replies from Redis are framed with redis-protocol in
 //! `frame.rs`.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::Marks;
 
@@ -181,12 +181,12 @@ fn parse_multibulk(
         }
     }
     // Second pass over the validated headers: slice the arguments out of the frame.
-    let frame = buf.split_to(pos).freeze();
+    let mut frame = buf.split_to(pos).freeze();
     let mut args = std::mem::take(spare);
     args.clear();
     args.reserve(count as usize);
     let mut pos = args_start;
-    for _ in 0..count {
+    for i in 0..count {
         let eol = pos
             + 1
             + frame[pos + 1..]
@@ -194,6 +194,14 @@ fn parse_multibulk(
                 .position(|&b| b == b'\r')
                 .unwrap_or(0);
         let len = parse_int(&frame[pos + 1..eol]).unwrap_or(0) as usize;
+        if i + 1 == count {
+            // The last argument is the frame itself, cut down: one reference count less
+            // to take and drop (an atomic operation each) per request.
+            frame.truncate(eol + 2 + len);
+            frame.advance(eol + 2);
+            args.push(frame);
+            break;
+        }
         args.push(frame.slice(eol + 2..eol + 2 + len));
         pos = eol + 2 + len + 2;
     }
