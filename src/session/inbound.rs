@@ -29,11 +29,11 @@ impl Session {
                 }
             }
             match self.up.replies.try_recv() {
-                Ok(r) => {
+                Some(r) => {
                     self.tick(&mut routed);
-                    self.take_reply(Some(r));
+                    self.take_reply(r);
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         if routed {
@@ -57,10 +57,11 @@ impl Session {
     pub(super) fn settle_unanswered(&mut self) {
         for slot in self.up.pending.iter_mut() {
             if let Slot::Reply { write, .. } = slot {
-                if let Some(w) = write.take() {
-                    self.account.add(w);
-                }
+                *write = false;
             }
+        }
+        for w in self.up.writes.drain(..) {
+            self.account.add(w);
         }
     }
 
@@ -83,8 +84,7 @@ impl Session {
 
     /// A reply from the shared connection: routed, unless it answers a request this session
     /// already gave up on (an earlier generation).
-    pub(super) fn take_reply(&mut self, r: Option<Reply>) {
-        let Some(r) = r else { return };
+    pub(super) fn take_reply(&mut self, r: Reply) {
         if r.generation != self.up.sink.generation {
             return;
         }
@@ -180,12 +180,15 @@ impl Session {
 
     /// Takes the head slot, which Redis has just answered.
     pub(super) fn answered(&mut self) -> Option<Slot> {
-        let mut slot = self.up.pending.pop_front();
-        if let Some(Slot::Reply { write, .. }) = &mut slot {
-            if let Some(w) = write.take() {
-                // Redis has run the write: its keys can be measured (with the batch).
-                self.account.add(w);
-            }
+        let slot = self.up.pending.pop_front();
+        if let Some(Slot::Reply { write: true, .. }) = &slot {
+            // Redis has run the write: its keys can be measured (with the batch).
+            let w = self
+                .up
+                .writes
+                .pop_front()
+                .expect("a charge for each write slot");
+            self.account.add(w);
         }
         if slot.as_ref().is_some_and(is_upstream_slot) {
             self.up.awaiting -= 1;

@@ -128,7 +128,7 @@ impl Session {
                 shape,
                 blocking,
                 mute,
-                write,
+                write: write.is_some(),
                 meta: self.figures.current.take(),
                 _script: run,
             },
@@ -139,9 +139,7 @@ impl Session {
             },
         };
         if !self.open(pin, matches!(slot, Slot::Internal)).await? {
-            if let Slot::Reply { write: Some(w), .. } = slot {
-                self.account.add(w);
-            }
+            self.give_back(write);
             return Ok(());
         }
         let begin = match self.state.multi.as_mut() {
@@ -184,9 +182,10 @@ impl Session {
             encode_marked(&mut self.up.to_up, &args, prefix, &prefixed);
         }
         self.queue(slot);
-        if let Some(Slot::Reply { write: Some(w), .. }) = self.up.pending.back_mut() {
+        if let Some(mut w) = write {
             // Encoded: the write's key can leave the request rather than be copied.
             w.keys.take_from(&mut args);
+            self.up.writes.push_back(w);
         }
         if args.capacity() <= SPARE_ARGS {
             args.clear();
@@ -748,7 +747,7 @@ impl Session {
                         }
                         let retry = flight.as_ref().and_then(|f| f.next_retry());
                         let r = tokio::select! {
-                            r = replies.recv() => r.ok_or(UpstreamError::Closed)?,
+                            r = replies.recv() => r,
                             _ = sleep_until(retry), if retry.is_some() => {
                                 if let Some(f) = flight.as_mut() {
                                     f.retry_due();

@@ -38,7 +38,8 @@ use tokio::sync::Notify;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
-use super::shared::{Reply, Shared, Sink, Submit};
+use super::inbox::Reply;
+use super::shared::{Shared, Sink, Submit};
 use super::Connector;
 use crate::config::UpstreamAddr;
 use crate::error::UpstreamError;

@@ -23,6 +23,7 @@
 pub mod cluster;
 mod facts;
 mod health;
+pub mod inbox;
 mod meter;
 mod own;
 pub mod pinned;
@@ -48,7 +49,8 @@ pub use meter::{OutputMeter, OutputTotal};
 pub use own::{OwnConn, OwnPool, PoolError};
 pub use pinned::{Pinned, Share};
 
-pub use shared::{Reply, Sink};
+pub use inbox::{Replies, Reply};
+pub use shared::Sink;
 
 thread_local! {
     /// The worker thread this is (1 to `server.threads`), 0 on any other thread.

@@ -1,11 +1,11 @@
 //! A shared upstream connection: one task that carries the stateless requests of many
 //! sessions over one Redis connection.
 //!
-//! Sessions hand it batches ([`Submit`]: the encoded requests and where their replies go).
-//! The task appends everything queued to one write buffer, so the requests of many sessions
-//! reach Redis in one write (and Redis reads them in one read), then hands each reply, in
-//! order, to the session whose request it answers. Replies are FIFO per connection, so a
-//! queue of (sink, count) routes is all the bookkeeping needed.
+//! Sessions hand it batches ([`Submit`]: the encoded requests and the [`Sink`] their replies
+//! go to). The task appends everything queued to one write buffer, so the requests of many
+//! sessions reach Redis in one write (and Redis reads them in one read), then hands each
+//! session's run of replies, in order, to its inbox (`super::inbox`). Replies are FIFO per
+//! connection, so a queue of (sink, count) routes is all the bookkeeping needed.
 //!
 //! If Redis closes the connection, sends garbage, or leaves the oldest request unanswered
 //! for `command_timeout`, every request in flight on this connection fails with that error
@@ -19,17 +19,17 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
+use super::inbox::{Inbox, Reply};
 use super::{Conn, Connector};
 use crate::error::UpstreamError;
 use crate::transport::Io;
-use crate::wire::Frame;
 
 /// Where replies for a session go, tagged with the session's generation: after a session
 /// gives up on a request (its own timeout), it moves to a new generation and ignores late
 /// replies to the old one.
 #[derive(Clone)]
 pub struct Sink {
-    pub tx: mpsc::UnboundedSender<Reply>,
+    pub inbox: Arc<Inbox>,
     pub generation: u64,
     /// Counts each reply handed over: a client whose unread replies pass its bound is
     /// closed, however far behind its session is (`meter`).
@@ -37,14 +37,6 @@ pub struct Sink {
     /// Copied into each reply: in cluster mode, the node whose connection answered (0 for
     /// one Redis).
     pub tag: u64,
-}
-
-/// One reply (or the error that replaces it) for a session.
-pub struct Reply {
-    pub generation: u64,
-    /// The sink's tag (see [`Sink::tag`]).
-    pub tag: u64,
-    pub result: Result<Frame, UpstreamError>,
 }
 
 /// A batch of requests from one session.
@@ -79,13 +71,11 @@ impl Shared {
 }
 
 fn fail(to: &Sink, count: usize, e: &UpstreamError) {
-    for _ in 0..count {
-        let _ = to.tx.send(Reply {
-            generation: to.generation,
-            tag: to.tag,
-            result: Err(e.clone()),
-        });
-    }
+    to.inbox.send_all((0..count).map(|_| Reply {
+        generation: to.generation,
+        tag: to.tag,
+        result: Err(e.clone()),
+    }));
 }
 
 struct Route {
@@ -97,6 +87,8 @@ struct State {
     conn: Option<Conn>,
     out: BytesMut,
     routes: VecDeque<Route>,
+    /// The replies read for the oldest route, handed over together (`Inbox::send_all`).
+    batch: Vec<Reply>,
     /// When Redis last answered, or the first request after idle was queued.
     progress: Instant,
 }
@@ -125,13 +117,15 @@ impl State {
         }
     }
 
-    /// Hands every whole reply in the read buffer to its session.
+    /// Hands every whole reply in the read buffer to its session: each run of replies for
+    /// one session in one piece.
     fn dispatch(&mut self) {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
         let mut any = false;
-        loop {
+        let mut bytes = 0;
+        let failed = loop {
             match conn.next_frame() {
                 Ok(Some(frame)) if frame.raw.first() == Some(&b'>') => {
                     // A RESP3 push answers no request: nothing a shared connection carries
@@ -143,23 +137,29 @@ impl State {
                 Ok(Some(frame)) => {
                     any = true;
                     let Some(route) = self.routes.front_mut() else {
-                        return self
-                            .fail_all(UpstreamError::Protocol("a reply nobody asked for".into()));
+                        break Some(UpstreamError::Protocol("a reply nobody asked for".into()));
                     };
-                    route.to.meter.arrived(frame.raw.len());
-                    let _ = route.to.tx.send(Reply {
+                    bytes += frame.raw.len();
+                    self.batch.push(Reply {
                         generation: route.to.generation,
                         tag: route.to.tag,
                         result: Ok(frame),
                     });
                     route.left -= 1;
                     if route.left == 0 {
+                        hand_over(&route.to, &mut self.batch, std::mem::take(&mut bytes));
                         self.routes.pop_front();
                     }
                 }
-                Ok(None) => break,
-                Err(e) => return self.fail_all(e),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
             }
+        };
+        if let Some(route) = self.routes.front() {
+            hand_over(&route.to, &mut self.batch, bytes);
+        }
+        if let Some(e) = failed {
+            return self.fail_all(e);
         }
         if any {
             // One clock reading per read from Redis, not per reply.
@@ -182,6 +182,15 @@ impl State {
     }
 }
 
+/// Hands `batch` (replies of `bytes` in all) to its session.
+fn hand_over(to: &Sink, batch: &mut Vec<Reply>, bytes: usize) {
+    if batch.is_empty() {
+        return;
+    }
+    to.meter.arrived(bytes);
+    to.inbox.send_all(batch.drain(..));
+}
+
 enum Event {
     Batch(Option<Submit>),
     Wrote(std::io::Result<usize>),
@@ -195,6 +204,7 @@ async fn run(connector: Arc<Connector>, protocol: u8, mut rx: mpsc::UnboundedRec
         conn: None,
         out: BytesMut::with_capacity(64 * 1024),
         routes: VecDeque::new(),
+        batch: Vec::new(),
         progress: Instant::now(),
     };
     loop {
