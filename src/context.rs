@@ -5,10 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::auth::Authenticator;
-use crate::clients::Registry;
+use crate::clients::{Registry, Switch};
 use crate::market::SharedCache;
 use crate::quota::Quotas;
 use crate::script::Scripts;
@@ -70,7 +68,7 @@ pub struct Unauthenticated {
     pub max: usize,
     pub timeout: std::time::Duration,
     /// Each waiting connection's kill switch, oldest first.
-    waiting: Mutex<BTreeMap<u64, CancellationToken>>,
+    waiting: Mutex<BTreeMap<u64, Switch>>,
     next: AtomicU64,
     /// Connections closed to make room.
     pub evicted: AtomicU64,
@@ -100,7 +98,7 @@ pub struct Waiting(Arc<Context>, u64);
 impl Context {
     /// A place for one more unauthenticated connection (`kill` closes it); the oldest
     /// waiting one is closed if there is no room.
-    pub fn waiting(self: &Arc<Self>, kill: CancellationToken) -> Waiting {
+    pub fn waiting(self: &Arc<Self>, kill: Switch) -> Waiting {
         let u = &self.unauthenticated;
         let id = u.next.fetch_add(1, Ordering::Relaxed);
         let mut waiting = u.waiting.lock().unwrap();

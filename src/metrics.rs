@@ -116,6 +116,10 @@ impl Tally {
     pub fn is_empty(&self) -> bool {
         self.commands.is_empty() && self.bytes_in == 0 && self.bytes_out == 0
     }
+
+    pub fn has_commands(&self) -> bool {
+        !self.commands.is_empty()
+    }
 }
 
 /// A tenant's figures on this instance.

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::Switch;
 use crate::context::Context;
 use crate::session;
 use crate::transport::ClientStream;
@@ -54,14 +55,14 @@ async fn open(
     ctx: &Arc<Context>,
     tcp: TcpStream,
     tls: bool,
-    shutdown: &CancellationToken,
+    shutdown: &Switch,
 ) -> Option<ClientStream> {
     let Some(server_tls) = ctx.tls.as_ref().filter(|_| tls) else {
         return Some(ClientStream::Plain(tcp));
     };
     let peer = tcp.peer_addr().ok();
     let within = ctx.unauthenticated.timeout;
-    let evicted = CancellationToken::new();
+    let evicted = Switch::new();
     let _place = ctx.waiting(evicted.clone());
     let handshake = tokio::select! {
         r = tokio::time::timeout(within, server_tls.accept(tcp)) => r,
@@ -175,6 +176,9 @@ pub async fn run(
 ) {
     let permits = Arc::new(Semaphore::new(max_clients));
     let mut sessions = JoinSet::new();
+    // What the sessions look at on every pass: thrown once the loop below has seen
+    // `shutdown` (and only then, so a session woken by it finds it thrown).
+    let stopping = Switch::new();
     let mut backoff = Duration::from_millis(5);
     loop {
         let (accepted, tls) = tokio::select! {
@@ -211,7 +215,7 @@ pub async fn run(
             continue;
         };
         let ctx = ctx.clone();
-        let shutdown = shutdown.clone();
+        let shutdown = stopping.clone();
         let Some(worker) = workers.pick() else {
             sessions.spawn(async move {
                 if let Some(client) = open(&ctx, stream, tls, &shutdown).await {
@@ -238,6 +242,7 @@ pub async fn run(
             worker,
         );
     }
+    stopping.cancel();
     tracing::info!(
         open = sessions.len(),
         "shutting down: finishing in-flight commands"

@@ -29,11 +29,10 @@ use std::time::Instant;
 use bytes::Buf;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::auth::Authenticator;
-use crate::clients::Client;
+use crate::clients::{Client, Switch};
 use crate::command::{self, Unknown};
 use crate::context::{Context, Waiting};
 use crate::error::{Error, UpstreamError};
@@ -456,7 +455,7 @@ struct Publishing {
 }
 
 /// Serves one client connection until it closes, is killed, or the server shuts down.
-pub async fn serve(ctx: Arc<Context>, client: ClientStream, shutdown: CancellationToken) {
+pub async fn serve(ctx: Arc<Context>, client: ClientStream, shutdown: Switch) {
     let tcp = client.tcp();
     let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
         return;
@@ -636,7 +635,7 @@ impl ClientSide {
 }
 
 impl Session {
-    async fn run(&mut self, shutdown: CancellationToken) -> Result<(), End> {
+    async fn run(&mut self, shutdown: Switch) -> Result<(), End> {
         // Made once: a cancellation future made anew for every wait registers with its
         // token again each time, in every pass of the loop.
         let killed = self.me.kill.clone().cancelled_owned();
@@ -788,7 +787,11 @@ impl Session {
     }
 
     pub(crate) fn publish_noted(&mut self) {
-        self.hand_over_tally();
+        // Bytes alone wait for the command they carry (or for the session to have nothing
+        // in flight): at pipeline 1, one hand-over per request rather than two.
+        if self.figures.tally.has_commands() || self.up.awaiting == 0 {
+            self.hand_over_tally();
+        }
         if let Some(cmd) = self.figures.noted.take() {
             let mut st = self.me.state.lock().unwrap();
             // When its bytes were read: the clock is not read again for this.
@@ -835,7 +838,7 @@ impl Session {
     /// the registration `run` made, and a look at the two tokens (no lock) ends the wait.
     /// That registration is the task's own waker: `run` must be polled by its task alone
     /// (not inside a `select!` or a timeout of another waker), or kills would be missed.
-    async fn wait(&mut self, stopping: &CancellationToken) -> Event {
+    async fn wait(&mut self, stopping: &Switch) -> Event {
         let login_by = self.login.as_ref().map(|(_, by)| *by);
         let retry = self.up.flight.as_ref().and_then(|f| f.next_retry());
         let deadline = [self.deadline(), login_by, self.client.held_until, retry]

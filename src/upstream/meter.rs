@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
+use crate::clients::Switch;
 
 /// Unread reply bytes summed over a tenant's clients, and its bound.
 #[derive(Debug)]
@@ -54,16 +54,12 @@ pub struct OutputMeter {
     limit: usize,
     tenant: Option<Arc<OutputTotal>>,
     /// Cancelled (with `exceeded` set) when a bound is passed: the session ends.
-    close: CancellationToken,
+    close: Switch,
     exceeded: AtomicBool,
 }
 
 impl OutputMeter {
-    pub fn new(
-        limit: usize,
-        tenant: Option<Arc<OutputTotal>>,
-        close: CancellationToken,
-    ) -> OutputMeter {
+    pub fn new(limit: usize, tenant: Option<Arc<OutputTotal>>, close: Switch) -> OutputMeter {
         OutputMeter {
             queued: AtomicUsize::new(0),
             buffered: AtomicUsize::new(0),
@@ -161,7 +157,7 @@ mod tests {
     #[test]
     fn a_client_past_its_bound_or_its_tenants_is_closed() {
         let total = Arc::new(OutputTotal::new(1000));
-        let close = CancellationToken::new();
+        let close = Switch::new();
         let a = OutputMeter::new(600, Some(total.clone()), close.clone());
         a.arrived(500);
         a.buffered(100);
@@ -172,7 +168,7 @@ mod tests {
         a.arrived(51);
         assert!(a.exceeded() && close.is_cancelled());
 
-        let other = CancellationToken::new();
+        let other = Switch::new();
         let b = OutputMeter::new(600, Some(total.clone()), other.clone());
         b.arrived(300);
         assert!(!other.is_cancelled(), "{}", total.bytes());
