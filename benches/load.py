@@ -12,6 +12,10 @@
     python3 benches/load.py --suite tls     # TLS: Redis' own TLS port, respite plain, respite
                                             # with TLS to the client and to Redis
     python3 benches/load.py --perf ...      # also instructions per request (perf stat)
+    python3 benches/load.py --pgo ...       # also respite built with profile-guided
+                                            # optimisation (scripts/release-pgo.sh): beside
+                                            # the plain build in the proxies suite, instead
+                                            # of it in the others
 
 Starts its own redis-server, twemproxy (Debian package `nutcracker`, one pool, one server
 connection), predixy (the C++ multiplexing proxy, one worker thread, from ../shared/bin/predixy
@@ -158,6 +162,9 @@ def main():
                     default="proxies",
                     help="proxies: redis vs twemproxy vs respite; quota: respite, quotas off vs "
                          "on; shared: GET of a shared key vs of a tenant key, one respite")
+    ap.add_argument("--pgo", action="store_true",
+                    help="also respite built by scripts/release-pgo.sh (respite-pgo): beside "
+                         "the plain build in the proxies suite, instead of it in the others")
     ap.add_argument("--perf", action="store_true",
                     help="also count the instructions each server process runs per request "
                          "(perf stat; needs linux-perf)")
@@ -167,6 +174,11 @@ def main():
             raise SystemExit("%s not found: apt-get install redis-server nutcracker" % tool)
 
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    plain = os.path.join(ROOT, "target", "release", "respite")
+    pgo = os.path.join(ROOT, "target", "pgo", "respite")
+    if opts.pgo:
+        subprocess.run(["bash", os.path.join(ROOT, "scripts", "release-pgo.sh")], cwd=ROOT,
+                       check=True, stdout=subprocess.DEVNULL)
     tmp = tempfile.mkdtemp()
     if opts.perf:
         global PERF
@@ -201,7 +213,7 @@ def main():
         procs.append(twem)
         wait_port(tport, twem, "nutcracker")
 
-        def start_respite(extra, server="", upstream=True):
+        def start_respite(extra, server="", upstream=True, binary=None):
             port = free_port()
             path = os.path.join(tmp, "respite-%d.toml" % port)
             # `upstream=False`: `extra` has its own [upstream].
@@ -210,7 +222,7 @@ def main():
                 f.write('[server]\nlisten = "127.0.0.1:%d"\n%s\n%s%s\n[[tenants]]\n'
                         'id = "bench"\npassword = "bench-secret"\n' % (port, server, up, extra))
             proc = subprocess.Popen(
-                [os.path.join(ROOT, "target", "release", "respite"), "--config", path],
+                [binary or (pgo if opts.pgo else plain), "--config", path],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 env={**os.environ, "RUST_LOG": "warn"})
             procs.append(proc)
@@ -299,9 +311,14 @@ def main():
                 targets.append((name, port, pid, "bench-secret"))
         else:
             # As users run it: quotas (far from the limit) and metrics on.
-            pport, ppid = start_respite(QUOTAS, server="threads = %d" % opts.threads)
+            pport, ppid = start_respite(QUOTAS, server="threads = %d" % opts.threads,
+                                        binary=plain)
             targets = ([("redis", rport, redis.pid, None), ("twemproxy", tport, twem.pid, None)]
                        + peers + [("respite", pport, ppid, "bench-secret")])
+            if opts.pgo:
+                gport, gpid = start_respite(QUOTAS, server="threads = %d" % opts.threads,
+                                            binary=pgo)
+                targets.append(("respite-pgo", gport, gpid, "bench-secret"))
             cases = [(t, p, None) for p in (1, 16) for t in ("get", "set")]
         scale = 0.25 if opts.quick else 1.0
         results = {}
