@@ -176,7 +176,9 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     plain = os.path.join(ROOT, "target", "release", "respite")
     pgo = os.path.join(ROOT, "target", "pgo", "respite")
-    if opts.pgo:
+    # Built again only when the plain build is newer (cargo just rebuilt it from changed
+    # sources): the profile-guided build takes two release builds.
+    if opts.pgo and (not os.path.exists(pgo) or os.path.getmtime(pgo) < os.path.getmtime(plain)):
         subprocess.run(["bash", os.path.join(ROOT, "scripts", "release-pgo.sh")], cwd=ROOT,
                        check=True, stdout=subprocess.DEVNULL)
     tmp = tempfile.mkdtemp()

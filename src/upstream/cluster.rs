@@ -11,7 +11,7 @@
 //! - **Flights** ([`Flight`]): in cluster mode a session sends its batch through its flight,
 //!   with the target of each request (its slot, a replica, a node, or any master). The
 //!   flight passes each run of requests for one node to that node's shared connection in one
-//!   piece (the session's reply channel, tagged with the node) and puts the replies back in
+//!   piece (the session's reply inbox, tagged with the node) and puts the replies back in
 //!   the session's order, whichever node answers first, in the session's own task: a slow
 //!   node holds up only the replies that come after its own in the same session, and a
 //!   request crosses no task but the shared connection's, as with one Redis.
@@ -495,7 +495,7 @@ enum Sent {
 /// task: a request and its reply cross no other task than the shared connection's.
 pub struct Flight {
     topology: Arc<Topology>,
-    /// The session: its replies' channel and generation, and its id (which master takes
+    /// The session: its replies' inbox and generation, and its id (which master takes
     /// its requests without keys, which of each node's shared connections it uses).
     sink: Sink,
     session: u64,

@@ -1,13 +1,13 @@
 //! Output bounds, like Redis' `client-output-buffer-limit`: the reply bytes a client has
 //! asked for and not yet read, counted from the moment they arrive from Redis.
 //!
-//! A shared connection hands each reply to its session's channel whether or not the session
+//! A shared connection hands each reply to its session's inbox whether or not the session
 //! is reading (it must not hold up the other sessions' replies behind it), so a client that
 //! pipelines large GETs and never reads would have respite hold every reply. The meter counts
 //! those bytes where they arrive (the shared connection's task) and where they wait (the
 //! session's output buffer); past the client's limit, or past its tenant's total
 //! (`output_limit_bytes`), the client is closed, as Redis closes one past its limit, and its
-//! channel (with what it held) goes with it.
+//! inbox (with what it held) goes with it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,7 +46,7 @@ impl OutputTotal {
 /// One client's unread reply bytes.
 #[derive(Debug)]
 pub struct OutputMeter {
-    /// Replies handed to the session's channel and not yet taken from it.
+    /// Replies handed to the session's inbox and not yet taken from it.
     queued: AtomicUsize,
     /// The session's output buffer, as it last said.
     buffered: AtomicUsize,
@@ -70,7 +70,7 @@ impl OutputMeter {
         }
     }
 
-    /// A reply of `n` bytes is in the session's channel.
+    /// A reply of `n` bytes is in the session's inbox.
     pub fn arrived(&self, n: usize) {
         let queued = self.queued.fetch_add(n, Ordering::Relaxed) + n;
         let tenant = self
@@ -80,7 +80,7 @@ impl OutputMeter {
         self.check(queued + self.buffered.load(Ordering::Relaxed), tenant);
     }
 
-    /// The session took a reply of `n` bytes from its channel.
+    /// The session took a reply of `n` bytes from its inbox.
     pub fn taken(&self, n: usize) {
         sub(&self.queued, n);
         if let Some(t) = &self.tenant {
@@ -119,7 +119,7 @@ impl OutputMeter {
         self.exceeded.load(Ordering::Relaxed)
     }
 
-    /// Reply bytes in the session's channel, not taken yet.
+    /// Reply bytes in the session's inbox, not taken yet.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
