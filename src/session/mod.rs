@@ -788,8 +788,11 @@ impl Session {
 
     pub(crate) fn publish_noted(&mut self) {
         // Bytes alone wait for the command they carry (or for the session to have nothing
-        // in flight): at pipeline 1, one hand-over per request rather than two.
-        if self.figures.tally.has_commands() || self.up.awaiting == 0 {
+        // in flight): at pipeline 1, one hand-over per request rather than two. Not on a
+        // pinned connection: what it waits on may never answer (BLPOP q 0, subscriptions),
+        // and the bytes read and written meanwhile would wait with it.
+        let tally = &self.figures.tally;
+        if tally.has_commands() || self.up.awaiting == 0 || self.up.pinned.is_some() {
             self.hand_over_tally();
         }
         if let Some(cmd) = self.figures.noted.take() {

@@ -181,6 +181,10 @@ impl Session {
             let prefix = super::prefix_of(&self.tenant, &self.state, channels);
             encode_marked(&mut self.up.to_up, &args, prefix, &prefixed);
         }
+        debug_assert!(
+            write.is_none() || matches!(slot, Slot::Reply { write: true, .. }),
+            "a charge without a write slot: `writes` would fall out of step with `pending`"
+        );
         self.queue(slot);
         if let Some(mut w) = write {
             // Encoded: the write's key can leave the request rather than be copied.

@@ -196,4 +196,67 @@ mod tests {
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
         let _: Frame = replies.try_recv().unwrap().result.unwrap();
     }
+
+    /// No wakeup is lost and nothing is reordered when shared connections on other
+    /// threads hand over runs of replies while the session alternates between a look
+    /// without the lock (`try_recv`) and a wait (`recv`), as `deliver` and `wait` do.
+    #[test]
+    fn no_wakeup_is_lost_nor_reply_reordered_under_concurrent_senders() {
+        const SENDERS: u64 = 3;
+        const EACH: u64 = 20_000;
+        let mut replies = Replies::new();
+        let inbox = replies.inbox();
+        let threads: Vec<_> = (0..SENDERS)
+            .map(|t| {
+                let inbox = inbox.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    let mut x = t + 1;
+                    while n < EACH {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let run = (x % 7).min(EACH - n);
+                        // generation: the sender; tag: its sequence.
+                        inbox.send_all((n..n + run).map(|i| Reply {
+                            generation: t,
+                            tag: i,
+                            result: Err(UpstreamError::Closed),
+                        }));
+                        n += run;
+                        if x % 3 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut next = [0u64; SENDERS as usize];
+            let mut got = 0;
+            while got < SENDERS * EACH {
+                let r = match replies.try_recv() {
+                    Some(r) => r,
+                    None => tokio::time::timeout(std::time::Duration::from_secs(5), replies.recv())
+                        .await
+                        .expect("a wakeup was lost: replies wait in the inbox"),
+                };
+                let t = r.generation as usize;
+                assert_eq!(r.tag, next[t], "sender {t}'s replies out of order");
+                next[t] += 1;
+                got += 1;
+                if got % 97 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            assert_eq!(replies.waiting(), 0);
+        });
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
 }

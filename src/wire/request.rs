@@ -555,6 +555,57 @@ mod tests {
         );
     }
 
+    /// The last argument, cut from the frame itself, is exactly what a slice was:
+    /// empty (`$0`), a lone argument (count 1), with CR/LF inside, at the size limit, in a
+    /// pipeline and read byte by byte; the buffer is left at the next request.
+    #[test]
+    fn the_last_argument_is_what_a_slice_would_be() {
+        let big = "x".repeat(LIMITS.max_bulk_bytes);
+        let cases: Vec<Vec<&[u8]>> = [
+            &[""][..],
+            &["PING"],
+            &["SET", "k", ""],
+            &["SET", "", ""],
+            &["SET", "k", "a\r\nb\r\n"],
+            &["ECHO", big.as_str()],
+            &["\r\n"],
+        ]
+        .iter()
+        .map(|a| a.iter().map(|x| x.as_bytes()).collect())
+        .collect();
+        let mut all = BytesMut::new();
+        for args in &cases {
+            encode_request(&mut all, args.iter().copied());
+        }
+        all.extend_from_slice(b"*1\r\n$4\r\nPI");
+        // Whole, and fed one byte at a time.
+        for step in [all.len(), 1] {
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            let mut spare = Vec::new();
+            for chunk in all.chunks(step) {
+                buf.extend_from_slice(chunk);
+                while let Some(r) =
+                    parse_request_reusing(&mut buf, &LIMITS, true, &mut spare).unwrap()
+                {
+                    got.push(r.args.iter().map(|a| a.to_vec()).collect::<Vec<_>>());
+                    spare = r.args;
+                }
+            }
+            let want: Vec<Vec<Vec<u8>>> = cases
+                .iter()
+                .map(|a| a.iter().map(|x| x.to_vec()).collect())
+                .collect();
+            assert_eq!(got, want, "step {step}");
+            assert_eq!(&buf[..], b"*1\r\n$4\r\nPI");
+        }
+        // One past the limit is still refused.
+        let mut buf = BytesMut::new();
+        let over = "x".repeat(LIMITS.max_bulk_bytes + 1);
+        encode_request(&mut buf, [over.as_bytes()].into_iter());
+        assert!(parse_request(&mut buf, &LIMITS, true).is_err());
+    }
+
     #[test]
     fn binary_safe_arguments() {
         let mut buf = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$4\r\na\r\n\0\r\n"[..]);

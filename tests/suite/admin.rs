@@ -70,11 +70,16 @@ pub async fn answers(addr: SocketAddr, path: &str, status: u16, within: Duration
 
 /// respite with an admin listener on a free port, two tenants (a with a quota) and [shared].
 async fn start_with_admin(redis: &Redis) -> (Proxy, SocketAddr) {
+    start_with_admin_as(redis, "quota_bytes = 100000\noverage_bytes = 1000\n").await
+}
+
+/// respite with an admin listener; tenant `a` has `a_settings`.
+async fn start_with_admin_as(redis: &Redis, a_settings: &str) -> (Proxy, SocketAddr) {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = format!(
         "[upstream]\nurl = \"{}\"\ncommand_timeout_ms = 1000\nconnect_timeout_ms = 300\n\
          [admin]\nlisten = \"{admin}\"\n\
-         [[tenants]]\nid = \"a\"\npassword = \"pa\"\nquota_bytes = 100000\noverage_bytes = 1000\n\
+         [[tenants]]\nid = \"a\"\npassword = \"pa\"\n{a_settings}\
          [[tenants]]\nid = \"b\"\npassword = \"pb\"\n\
          [shared]\n",
         redis.url()
@@ -322,4 +327,75 @@ async fn billing_roll_ups_survive_a_restart_without_double_counting() {
     let h: std::collections::HashMap<String, String> = q(&mut d, &["HGETALL", &key]).await.unwrap();
     assert_eq!(field(&h, "requests"), 6.0, "{h:?}");
     assert_eq!((field(&h, "hits"), field(&h, "misses")), (2.0, 1.0));
+}
+
+/// Tenant `a`'s figure `name` on /metrics (0 before it has one).
+async fn tenant_a_counter(admin: SocketAddr, name: &str) -> u64 {
+    let (_, body) = http_get(admin, "/metrics").await;
+    let prefix = format!("{name}{{tenant=\"a\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+/// A session hands its bytes to its tenant's figures with the command they carry, but one
+/// blocked in `BLPOP q 0` may carry none for as long as it likes: the bytes it reads
+/// meanwhile (a SET pipelined behind the BLPOP) are on /metrics while it blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_read_behind_a_blocked_command_reach_metrics() {
+    let redis = Redis::start();
+    let (proxy, admin) = start_with_admin_as(&redis, "").await;
+    answers(admin, "/healthz", 200, Duration::from_secs(5)).await;
+    let mut a = proxy.raw_as("a", "pa").await;
+    assert_eq!(a.cmd(&["PING"]).await, "+PONG\r\n");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = tenant_a_counter(admin, "respite_bytes_read_total").await;
+    assert!(before > 0, "AUTH and PING are counted");
+
+    let mut pipeline = bytes::BytesMut::new();
+    respite::wire::encode_request(&mut pipeline, [&b"BLPOP"[..], b"q", b"0"].into_iter());
+    let value = "x".repeat(100_000);
+    respite::wire::encode_request(
+        &mut pipeline,
+        [&b"SET"[..], b"k", value.as_bytes()].into_iter(),
+    );
+    a.send(&pipeline).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = tenant_a_counter(admin, "respite_bytes_read_total").await;
+    assert!(
+        during >= before + pipeline.len() as u64,
+        "bytes read while BLPOP blocks: /metrics says {} of {}",
+        during - before,
+        pipeline.len()
+    );
+    let mut b = proxy.raw_as("a", "pa").await;
+    assert_eq!(b.cmd(&["LPUSH", "q", "v"]).await, ":1\r\n");
+    assert_eq!(a.reply().await, "*2\r\n$1\r\nq\r\n$1\r\nv\r\n");
+    assert_eq!(a.reply().await, "+OK\r\n");
+}
+
+/// The same for bytes written, as a queue consumer meets it: BLPOP hands it a 50 kB job and
+/// it asks for the next one at once, on an empty queue; the job's bytes are on /metrics
+/// while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_written_to_a_waiting_queue_consumer_reach_metrics() {
+    let redis = Redis::start();
+    let (proxy, admin) = start_with_admin_as(&redis, "").await;
+    answers(admin, "/healthz", 200, Duration::from_secs(5)).await;
+    let mut producer = proxy.raw_as("a", "pa").await;
+    let job = "j".repeat(50_000);
+    assert_eq!(producer.cmd(&["LPUSH", "q", &job]).await, ":1\r\n");
+    let mut a = proxy.raw_as("a", "pa").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = tenant_a_counter(admin, "respite_bytes_written_total").await;
+    let got = a.cmd(&["BLPOP", "q", "0"]).await;
+    assert!(got.len() > 50_000);
+    a.send_cmd(&["BLPOP", "q", "0"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = tenant_a_counter(admin, "respite_bytes_written_total").await;
+    assert!(
+        during >= before + 50_000,
+        "a 50 kB job written, then BLPOP waits: /metrics says {} bytes written",
+        during - before
+    );
 }
