@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use tokio_util::sync::WaitForCancellationFutureOwned;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::{
+    CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned,
+};
 
 /// A switch thrown once (a connection killed, the server stopping): a cancellation token
 /// to wait on, and a flag beside it to look at. A session looks on every pass of its loop,
