@@ -19,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/ensure-redis.sh
+. scripts/throwaway-redis.sh
 
 sysroot="$(rustc --print sysroot)"
 profdata="$(find "$sysroot" -name llvm-profdata -type f 2>/dev/null | head -1)"
@@ -38,17 +39,10 @@ RUSTFLAGS="-Cprofile-generate=$out/profiles" \
 
 echo "== 2/3: training, against a throwaway Redis"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-dir="$(mktemp -d)"
 redis_port="$(free_port)"
 port="$(free_port)"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --daemonize no >"$dir/redis.log" 2>&1 &
-redis_pid=$!
-trap 'kill "$redis_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do
-  redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
-  sleep 0.1
-done
+trap 'kill "${redis_pid:-}" 2>/dev/null; wait 2>/dev/null; rm -rf "${dir:-}"' EXIT
+throwaway_redis "$redis_port"
 cat >"$dir/respite.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -62,7 +56,7 @@ password = "train-secret"
 EOF
 RUST_LOG=warn "$out/build-generate/release/respite" --config "$dir/respite.toml" &
 respite_pid=$!
-trap 'kill "$respite_pid" "$redis_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill "$respite_pid" "${redis_pid:-}" 2>/dev/null; wait 2>/dev/null; rm -rf "${dir:-}"' EXIT
 for _ in $(seq 100); do
   redis-cli -p "$port" --user train --pass train-secret --no-auth-warning ping >/dev/null 2>&1 && break
   sleep 0.1

@@ -5,13 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/ensure-redis.sh
+. scripts/throwaway-redis.sh
 
 port="${REDIS_PORT:-6399}"
-dir="$(mktemp -d)"
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --daemonize no >"$dir/redis.log" 2>&1 &
-redis_pid=$!
-trap 'kill "$redis_pid" 2>/dev/null; wait "$redis_pid" 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill "${redis_pid:-}" 2>/dev/null; wait 2>/dev/null; rm -rf "${dir:-}"' EXIT
+throwaway_redis "$port"
 echo "== throwaway Redis on 127.0.0.1:$port (pid $redis_pid)"
 echo "== respite on 127.0.0.1:6380; try: redis-cli -p 6380 --user acme --pass acme-secret"
 cargo run --release -- --config config/respite.example.toml --upstream "redis://127.0.0.1:$port" "$@"

@@ -43,10 +43,6 @@ struct State {
 }
 
 impl Inbox {
-    pub fn send(&self, reply: Reply) {
-        self.send_all(std::iter::once(reply));
-    }
-
     /// Queues `replies`, in order, and wakes the session if it waits.
     pub fn send_all(&self, replies: impl Iterator<Item = Reply>) {
         let mut st = self.state.lock().unwrap();
@@ -177,14 +173,14 @@ mod tests {
         let inbox = replies.inbox();
         assert!(poll(&mut replies, &waker).is_pending());
         inbox.send_all((1..=3).map(reply));
-        inbox.send(reply(4));
+        inbox.send_all(std::iter::once(reply(4)));
         // Woken by the first batch only: it has not looked since.
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
         assert_eq!(replies.waiting(), 4);
         let Poll::Ready(first) = poll(&mut replies, &waker) else {
             panic!("a reply is waiting");
         };
-        inbox.send(reply(5));
+        inbox.send_all(std::iter::once(reply(5)));
         let rest: Vec<u64> = std::iter::from_fn(|| replies.try_recv())
             .map(|r| r.generation)
             .collect();
@@ -192,7 +188,7 @@ mod tests {
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
         // Found empty: the next reply wakes it again.
         assert!(poll(&mut replies, &waker).is_pending());
-        inbox.send(reply(6));
+        inbox.send_all(std::iter::once(reply(6)));
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
         let _: Frame = replies.try_recv().unwrap().result.unwrap();
     }
