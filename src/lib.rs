@@ -47,7 +47,7 @@
 //! |---|---|
 //! | bytes | [`wire`] and [`transport`] (TCP or TLS; import nothing of the crate), `command`, `config`, `clients`, `info` |
 //! | errors and figures | `error`, `metrics`, `audit` (the audit trail's JSON lines, its writer thread) |
-//! | Redis | [`upstream`] (shared and pinned connections, the sessions' reply inboxes, cluster routing, respite's own pool, health, facts, output meters) |
+//! | Redis | [`upstream`] (shared and pinned connections, the outboxes sessions queue requests in and the inboxes their replies wait in, cluster routing, respite's own pool, health, facts, output meters) |
 //! | data | `market` (the shared-key cache), `quota`, `rate` (token buckets), [`tenant`] |
 //! | stages | [`namespace`], `auth`, [`policy`], `script` (tenants' Lua: prelude, ACL users) |
 //! | composition | `context` (what sessions share) |

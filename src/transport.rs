@@ -19,7 +19,6 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{ready, Context, Poll, Waker};
 
-use bytes::BytesMut;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -409,14 +408,6 @@ enum StreamInner {
     Tls(Box<ClientTlsStream>),
 }
 
-/// What [`Stream::io`] did.
-pub enum Io {
-    /// Bytes of the output written (0: only TLS' held ciphertext was sent).
-    Wrote(io::Result<usize>),
-    /// Bytes read (0: Redis closed the connection).
-    Read(io::Result<usize>),
-}
-
 impl Stream {
     pub fn plain(tcp: TcpStream) -> Stream {
         Stream {
@@ -468,23 +459,9 @@ impl Stream {
             .is_pending()
     }
 
-    /// Waits until some of `out` is written (or, `out` empty and TLS holding ciphertext,
-    /// that is sent), or until something is read into `rbuf`, whichever comes first:
-    /// Redis answers while it is still being written to.
-    pub async fn io(&mut self, out: &[u8], rbuf: &mut BytesMut) -> Io {
-        let write = !out.is_empty() || self.unsent;
-        std::future::poll_fn(|cx| {
-            if write {
-                if let Poll::Ready(r) = self.poll_send(cx, out) {
-                    return Poll::Ready(Io::Wrote(r));
-                }
-            }
-            tokio_util::io::poll_read_buf(Pin::new(&mut *self), cx, rbuf).map(Io::Read)
-        })
-        .await
-    }
-
-    fn poll_send(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    /// Writes some of `buf` (or, `buf` empty, sends what TLS holds): the bytes taken, 0
+    /// when only TLS' ciphertext was sent.
+    pub fn poll_send(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match &mut self.inner {
             StreamInner::Plain(s) => match ready!(Pin::new(s).poll_write(cx, buf)) {
                 Ok(0) if !buf.is_empty() => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),

@@ -273,7 +273,11 @@ impl Session {
             }
             Err(e) => return Action::Refuse(rewrite::key_error(&cmd, &req.args, e)),
         };
-        decided!(self.shared_keys(&cmd, &req, &keys, &tenant));
+        if let Break(action) = self.shared_keys(&cmd, &req, &keys, &tenant) {
+            // Served from the shared cache: the request's vector serves the next one.
+            self.client.spare(req.args);
+            return action;
+        }
         let mut fwd = decided!(refused(rewrite::request(&cmd, req.args, &keys, &tenant)));
         decided!(refused(self.redirection(&cmd, &mut fwd, &tenant)));
         if self.ctx.upstream.cluster.is_some() {

@@ -52,7 +52,7 @@ use crate::quota::{self, WriteCost, Written};
 use crate::script::RunGuard;
 use crate::tenant::{Seat, Tenant};
 use crate::transport::{ClientReader, ClientStream, ClientWriter};
-use crate::upstream::{cluster, shared, OutputMeter, Pinned, Replies, Reply, Sink};
+use crate::upstream::{cluster, OutputMeter, Pinned, Replies, Reply, Sink};
 use crate::wire::Frame;
 use crate::wire::{encode_marked, encode_request, parse_request_reusing, Request};
 use local::Local;
@@ -618,7 +618,19 @@ pub async fn serve(ctx: Arc<Context>, client: ClientStream, shutdown: Switch) {
     ctx.clients.unregister(me.id);
 }
 
+/// A request's argument vector up to this many places is kept for the next request; a
+/// larger one (an MSET of thousands) is let go.
+const SPARE_ARGS: usize = 16;
+
 impl ClientSide {
+    /// Keeps a used argument vector for the next request's parse: no allocation per request.
+    pub(super) fn spare(&mut self, mut args: Vec<Bytes>) {
+        if args.capacity() <= SPARE_ARGS {
+            args.clear();
+            self.spare_args = args;
+        }
+    }
+
     /// Whether a request may have ended in what came since the parser last found none whole:
     /// a `\n` among the new bytes. Past `MAX_INLINE` the parser runs anyway, as its limits
     /// on header and inline lines need no newline to refuse one.

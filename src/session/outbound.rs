@@ -3,10 +3,6 @@
 
 use super::*;
 
-/// A request's argument vector up to this many places is kept for the next request; a
-/// larger one (an MSET of thousands) is let go.
-const SPARE_ARGS: usize = 16;
-
 impl Session {
     /// Queues a rewritten request for Redis. `top` is the command's (container's) name;
     /// `write` its charge, if it is a write under a quota.
@@ -191,10 +187,7 @@ impl Session {
             w.keys.take_from(&mut args);
             self.up.writes.push_back(w);
         }
-        if args.capacity() <= SPARE_ARGS {
-            args.clear();
-            self.client.spare_args = std::mem::take(&mut args);
-        }
+        self.client.spare(args);
         if let Some(auth) = confine {
             let at = self.up.to_up.len();
             let relogin = self.ctx.scripts.relogin();
@@ -504,26 +497,25 @@ impl Session {
         self.up.plan_end = 0;
         let detour = self.up.detour;
         let Some(p) = self.up.pinned.as_mut().filter(|_| !detour) else {
-            let data = self.up.to_up.split().freeze();
-            if self.up.to_up.capacity() < 4096 {
-                self.up.to_up.reserve(16 * 1024);
-            }
             let plan = std::mem::take(&mut self.up.plan);
             match self.up.flight.as_mut() {
                 Some(f) => {
+                    let data = self.up.to_up.split().freeze();
+                    if self.up.to_up.capacity() < 4096 {
+                        self.up.to_up.reserve(16 * 1024);
+                    }
                     f.send(data, plan, &self.up.sink, self.state.protocol);
                     // A request with no node to go to is answered at once.
                     self.take_flight_ready();
                 }
-                None => self
-                    .ctx
-                    .upstream
-                    .shared(self.state.protocol, self.me.id)
-                    .submit(shared::Submit {
-                        data,
-                        count,
-                        to: self.up.sink.clone(),
-                    }),
+                None => {
+                    // Copied into the connection's write buffer: this one is used again.
+                    self.ctx
+                        .upstream
+                        .shared(self.state.protocol, self.me.id)
+                        .submit(&self.up.to_up, count, self.up.sink.clone());
+                    self.up.to_up.clear();
+                }
             }
             return;
         };
@@ -721,15 +713,11 @@ impl Session {
                 let protocol = self.state.protocol;
                 match self.up.flight.as_mut() {
                     Some(f) => f.send(data, plan, &self.up.sink, protocol),
-                    None => self
-                        .ctx
-                        .upstream
-                        .shared(protocol, self.me.id)
-                        .submit(shared::Submit {
-                            data,
-                            count: n,
-                            to: self.up.sink.clone(),
-                        }),
+                    None => self.ctx.upstream.shared(protocol, self.me.id).submit(
+                        &data,
+                        n,
+                        self.up.sink.clone(),
+                    ),
                 }
                 let generation = self.up.sink.generation;
                 let meter = &self.up.sink.meter;

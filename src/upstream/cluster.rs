@@ -39,7 +39,8 @@ use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
 use super::inbox::Reply;
-use super::shared::{Shared, Sink, Submit};
+use super::inbox::Sink;
+use super::shared::Shared;
 use super::Connector;
 use crate::config::UpstreamAddr;
 use crate::error::UpstreamError;
@@ -925,14 +926,11 @@ fn send(f: &mut Flight, node: &Arc<Node>, seqs: &[u64], data: Bytes, how: Resend
         .requests
         .fetch_add(seqs.len() as u64, Ordering::Relaxed);
     let lane = f.session as usize;
-    node.shared(f.protocol, lane).submit(Submit {
-        data,
-        count,
-        to: Sink {
-            tag: node.id,
-            ..f.sink.clone()
-        },
-    });
+    let to = Sink {
+        tag: node.id,
+        ..f.sink.clone()
+    };
+    node.shared(f.protocol, lane).submit(&data, count, to);
 }
 
 /// `MOVED <slot> <host>:<port>` or `ASK ...`: the slot and the node named. An endpoint with

@@ -15,6 +15,21 @@ use std::task::{Context, Poll, Waker};
 use crate::error::UpstreamError;
 use crate::wire::Frame;
 
+/// Where replies for a session go, tagged with the session's generation: after a session
+/// gives up on a request (its own timeout), it moves to a new generation and ignores late
+/// replies to the old one.
+#[derive(Clone)]
+pub struct Sink {
+    pub inbox: Arc<Inbox>,
+    pub generation: u64,
+    /// Counts each reply handed over: a client whose unread replies pass its bound is
+    /// closed, however far behind its session is (`meter`).
+    pub meter: Arc<super::OutputMeter>,
+    /// Copied into each reply: in cluster mode, the node whose connection answered (0 for
+    /// one Redis).
+    pub tag: u64,
+}
+
 /// One reply (or the error that replaces it) for a session.
 pub struct Reply {
     pub generation: u64,
@@ -133,12 +148,13 @@ impl Default for Replies {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Wake;
 
-    struct Count(AtomicUsize);
+    /// A waker that counts its wakeups (the outbox's tests use it too).
+    pub(in crate::upstream) struct Count(pub AtomicUsize);
 
     impl Wake for Count {
         fn wake(self: Arc<Self>) {

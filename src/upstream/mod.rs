@@ -25,6 +25,7 @@ mod facts;
 mod health;
 pub mod inbox;
 mod meter;
+mod outbox;
 mod own;
 pub mod pinned;
 pub mod shared;
@@ -49,8 +50,7 @@ pub use meter::{OutputMeter, OutputTotal};
 pub use own::{OwnConn, OwnPool, PoolError};
 pub use pinned::{Pinned, Share};
 
-pub use inbox::{Replies, Reply};
-pub use shared::Sink;
+pub use inbox::{Replies, Reply, Sink};
 
 thread_local! {
     /// The worker thread this is (1 to `server.threads`), 0 on any other thread.

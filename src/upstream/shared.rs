@@ -1,11 +1,14 @@
 //! A shared upstream connection: one task that carries the stateless requests of many
 //! sessions over one Redis connection.
 //!
-//! Sessions hand it batches ([`Submit`]: the encoded requests and the [`Sink`] their replies
-//! go to). The task appends everything queued to one write buffer, so the requests of many
-//! sessions reach Redis in one write (and Redis reads them in one read), then hands each
-//! session's run of replies, in order, to its inbox (`super::inbox`). Replies are FIFO per
-//! connection, so a queue of (sink, count) routes is all the bookkeeping needed.
+//! Sessions append their batches (the encoded requests, and the [`Sink`] their replies go
+//! to) to the connection's outbox (`super::outbox`), which wakes the task only when it is
+//! idle. The task takes everything queued straight into its write buffer, so the requests
+//! of many sessions reach Redis in one write (and Redis reads them in one read), then hands
+//! each session's run of replies, in order, to its inbox (`super::inbox`). Replies are FIFO
+//! per connection, so a queue of (sink, count) routes is all the bookkeeping needed. One
+//! poll of the task does all that is ready (take, write, read, route): no `select!`, no
+//! future made per wakeup.
 //!
 //! If Redis closes the connection, sends garbage, or leaves the oldest request unanswered
 //! for `command_timeout`, every request in flight on this connection fails with that error
@@ -13,59 +16,56 @@
 //! (through the connector's backoff). Nothing else is affected.
 
 use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::sync::mpsc;
+use bytes::{Buf, BytesMut};
+use tokio::time::Sleep;
 
-use super::inbox::{Inbox, Reply};
+use super::inbox::{Reply, Sink};
+use super::outbox::{Outbox, Route};
 use super::{Conn, Connector};
 use crate::error::UpstreamError;
-use crate::transport::Io;
-
-/// Where replies for a session go, tagged with the session's generation: after a session
-/// gives up on a request (its own timeout), it moves to a new generation and ignores late
-/// replies to the old one.
-#[derive(Clone)]
-pub struct Sink {
-    pub inbox: Arc<Inbox>,
-    pub generation: u64,
-    /// Counts each reply handed over: a client whose unread replies pass its bound is
-    /// closed, however far behind its session is (`meter`).
-    pub meter: Arc<super::OutputMeter>,
-    /// Copied into each reply: in cluster mode, the node whose connection answered (0 for
-    /// one Redis).
-    pub tag: u64,
-}
-
-/// A batch of requests from one session.
-pub struct Submit {
-    /// RESP-encoded requests, back to back.
-    pub data: Bytes,
-    /// How many requests `data` holds (= replies expected).
-    pub count: usize,
-    pub to: Sink,
-}
 
 /// The handle sessions use; the connection itself lives in its task.
 pub struct Shared {
-    tx: mpsc::UnboundedSender<Submit>,
+    outbox: Arc<Outbox>,
 }
 
 impl Shared {
     pub fn spawn(connector: Arc<Connector>, protocol: u8) -> Shared {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(connector, protocol, rx));
-        Shared { tx }
+        let outbox = Arc::new(Outbox::default());
+        tokio::spawn(run(connector, protocol, Closing(outbox.clone())));
+        Shared { outbox }
     }
 
-    /// Queues a batch. The channel is unbounded because each session bounds its own
-    /// requests in flight (`MAX_IN_FLIGHT`).
-    pub fn submit(&self, batch: Submit) {
-        if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch) {
+    /// Queues `count` requests (`data`, encoded back to back) whose replies go to `to`.
+    /// Unbounded, because each session bounds its own requests in flight (`MAX_IN_FLIGHT`).
+    pub fn submit(&self, data: &[u8], count: usize, to: Sink) {
+        if let Err(to) = self.outbox.submit(data, count, to) {
             // The task is gone (runtime shutting down): answer rather than hang.
-            fail(&batch.to, batch.count, &UpstreamError::Closed);
+            fail(&to, count, &UpstreamError::Closed);
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.outbox.hang_up();
+    }
+}
+
+/// The task's hold on its outbox. However the task ends (a runtime shutting down drops it,
+/// polled or not), the outbox then refuses new batches and the ones in it are answered.
+struct Closing(Arc<Outbox>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        for r in self.0.close() {
+            fail(&r.to, r.left, &UpstreamError::Closed);
         }
     }
 }
@@ -78,11 +78,6 @@ fn fail(to: &Sink, count: usize, e: &UpstreamError) {
     }));
 }
 
-struct Route {
-    to: Sink,
-    left: usize,
-}
-
 struct State {
     conn: Option<Conn>,
     out: BytesMut,
@@ -91,37 +86,117 @@ struct State {
     batch: Vec<Reply>,
     /// When Redis last answered, or the first request after idle was queued.
     progress: Instant,
+    timeout: Duration,
+    /// Fires at `progress + timeout` or before: armed once, and armed again only when it
+    /// fires early (Redis answered meanwhile), rather than made anew on every wakeup.
+    timer: Pin<Box<Sleep>>,
+    armed: bool,
 }
 
 impl State {
-    fn queue(&mut self, b: Submit) {
-        if self.routes.is_empty() {
+    /// Takes the batches queued in the outbox (as [`Outbox::poll_take`]).
+    fn take(&mut self, cx: &mut Context<'_>, outbox: &Outbox) -> Poll<bool> {
+        let idle = self.routes.is_empty();
+        let taken = ready!(outbox.poll_take(cx, &mut self.out, &mut self.routes));
+        if taken && idle {
             self.progress = Instant::now();
         }
-        self.out.extend_from_slice(&b.data);
-        self.routes.push_back(Route {
-            to: b.to,
-            left: b.count,
-        });
+        Poll::Ready(taken)
     }
 
-    /// Every request in flight fails with `e`; the connection is dropped.
+    /// Every request queued or in flight fails with `e`.
+    fn fail_routes(&mut self, e: &UpstreamError) {
+        self.out.clear();
+        for r in self.routes.drain(..) {
+            fail(&r.to, r.left, e);
+        }
+    }
+
+    /// The connection failed: every request in flight fails with `e`, and the connection
+    /// is dropped.
     fn fail_all(&mut self, e: UpstreamError) {
         if !self.routes.is_empty() {
             tracing::warn!(error = %e, in_flight = self.routes.iter().map(|r| r.left).sum::<usize>(), "shared upstream connection failed");
         }
         self.conn = None;
-        self.out.clear();
-        for r in self.routes.drain(..) {
-            fail(&r.to, r.left, &e);
+        self.fail_routes(&e);
+    }
+
+    /// While connected: takes what sessions queue, writes it, reads and routes the
+    /// replies, each as soon as it is ready, until the connection fails (ready with why),
+    /// or the sessions' handle is gone and nothing is in flight (ready with nothing).
+    fn poll_connected(
+        &mut self,
+        cx: &mut Context<'_>,
+        outbox: &Outbox,
+    ) -> Poll<Option<UpstreamError>> {
+        loop {
+            let mut again = false;
+            match self.take(cx, outbox) {
+                Poll::Ready(true) => again = true,
+                Poll::Ready(false) if self.routes.is_empty() => return Poll::Ready(None),
+                _ => {}
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(Some(UpstreamError::Closed));
+            };
+            while !self.out.is_empty() || conn.stream.unsent() {
+                match conn.stream.poll_send(cx, &self.out) {
+                    Poll::Ready(Ok(n)) => self.out.advance(n),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Some(UpstreamError::Closed)),
+                    Poll::Pending => break,
+                }
+            }
+            if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
+                conn.rbuf.reserve(64 * 1024);
+            }
+            // Read also while idle, so that a connection Redis closed is noticed (and
+            // replaced on the next batch) before anyone's request is written to it.
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    if let Err(e) = self.dispatch() {
+                        return Poll::Ready(Some(e));
+                    }
+                    again = true;
+                }
+                Poll::Ready(_) => return Poll::Ready(Some(UpstreamError::Closed)),
+                Poll::Pending => {}
+            }
+            if !again {
+                break;
+            }
+        }
+        let ms = self.timeout.as_millis() as u64;
+        self.poll_timeout(cx)
+            .map(|()| Some(UpstreamError::Timeout(ms)))
+    }
+
+    /// Ready when the oldest request in flight has waited `timeout` since Redis last
+    /// answered.
+    fn poll_timeout(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.routes.is_empty() {
+            // Left armed: it fires once for nothing, and is armed anew when next needed.
+            return Poll::Pending;
+        }
+        loop {
+            let due = self.progress + self.timeout;
+            if !self.armed {
+                self.timer.as_mut().reset(due.into());
+                self.armed = true;
+            }
+            ready!(self.timer.as_mut().poll(cx));
+            self.armed = false;
+            if due <= Instant::now() {
+                return Poll::Ready(());
+            }
         }
     }
 
     /// Hands every whole reply in the read buffer to its session: each run of replies for
     /// one session in one piece.
-    fn dispatch(&mut self) {
+    fn dispatch(&mut self) -> Result<(), UpstreamError> {
         let Some(conn) = self.conn.as_mut() else {
-            return;
+            return Ok(());
         };
         let mut any = false;
         let mut bytes = 0;
@@ -159,26 +234,13 @@ impl State {
             hand_over(&route.to, &mut self.batch, bytes);
         }
         if let Some(e) = failed {
-            return self.fail_all(e);
+            return Err(e);
         }
         if any {
             // One clock reading per read from Redis, not per reply.
             self.progress = Instant::now();
         }
-    }
-
-    /// Writes what the socket takes now, without waiting.
-    fn write_now(&mut self) {
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        while !self.out.is_empty() {
-            match conn.stream.try_write(&self.out) {
-                Ok(n) => self.out.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(_) => return self.fail_all(UpstreamError::Closed),
-            }
-        }
+        Ok(())
     }
 }
 
@@ -191,14 +253,8 @@ fn hand_over(to: &Sink, batch: &mut Vec<Reply>, bytes: usize) {
     to.inbox.send_all(batch.drain(..));
 }
 
-enum Event {
-    Batch(Option<Submit>),
-    Wrote(std::io::Result<usize>),
-    Read(std::io::Result<usize>),
-    Timeout,
-}
-
-async fn run(connector: Arc<Connector>, protocol: u8, mut rx: mpsc::UnboundedReceiver<Submit>) {
+async fn run(connector: Arc<Connector>, protocol: u8, outbox: Closing) {
+    let outbox = &*outbox.0;
     let timeout = connector.command_timeout;
     let mut st = State {
         conn: None,
@@ -206,68 +262,80 @@ async fn run(connector: Arc<Connector>, protocol: u8, mut rx: mpsc::UnboundedRec
         routes: VecDeque::new(),
         batch: Vec::new(),
         progress: Instant::now(),
+        timeout,
+        timer: Box::pin(tokio::time::sleep(timeout)),
+        armed: false,
     };
     loop {
-        let deadline = st.progress + timeout;
-        let timed = !st.routes.is_empty();
-        let event = match st.conn.as_mut() {
-            None => Event::Batch(rx.recv().await),
-            Some(c) => {
-                if c.rbuf.capacity() - c.rbuf.len() < 4096 {
-                    c.rbuf.reserve(64 * 1024);
-                }
-                // Write and read at once: Redis answers while we are still writing. Read
-                // also while idle, so that a connection Redis closed is noticed (and
-                // replaced on the next batch) before anyone's request is written to it.
-                tokio::select! {
-                    b = rx.recv() => Event::Batch(b),
-                    io = c.stream.io(&st.out, &mut c.rbuf) => match io {
-                        Io::Wrote(n) => Event::Wrote(n),
-                        Io::Read(n) => Event::Read(n),
-                    },
-                    _ = tokio::time::sleep_until(deadline.into()), if timed => Event::Timeout,
-                }
-            }
-        };
-        match event {
-            Event::Batch(None) => return,
-            Event::Batch(Some(first)) => {
-                if st.conn.is_none() {
-                    match connector.connect(protocol).await {
-                        Ok(c) => st.conn = Some(c),
-                        Err(e) => {
-                            fail(&first.to, first.count, &e);
-                            while let Ok(b) = rx.try_recv() {
-                                fail(&b.to, b.count, &e);
-                            }
-                            continue;
-                        }
-                    }
-                }
-                // Coalesce: let the sessions that are runnable now hand in their requests too
-                // (one trip through the scheduler, as an event loop's iteration), then write
-                // everything queued in one write.
-                st.queue(first);
-                tokio::task::yield_now().await;
-                while let Ok(b) = rx.try_recv() {
-                    st.queue(b);
-                }
-                st.write_now();
-            }
-            // 0: TLS sent what it held.
-            Event::Wrote(Ok(n)) => st.out.advance(n),
-            Event::Wrote(Err(_)) => st.fail_all(UpstreamError::Closed),
-            Event::Read(Ok(n)) if n > 0 => st.dispatch(),
-            Event::Read(_) => st.fail_all(UpstreamError::Closed),
-            Event::Timeout => {
-                if st.progress + timeout <= Instant::now() {
-                    connector
-                        .counters
-                        .timeouts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    st.fail_all(UpstreamError::Timeout(connector.command_timeout_ms()));
-                }
+        // Not connected: connect for the first batch (through the connector's backoff).
+        if !poll_fn(|cx| st.take(cx, outbox)).await {
+            return;
+        }
+        match connector.connect(protocol).await {
+            Ok(c) => st.conn = Some(c),
+            Err(e) => {
+                st.fail_routes(&e);
+                continue;
             }
         }
+        let Some(e) = poll_fn(|cx| st.poll_connected(cx, outbox)).await else {
+            return;
+        };
+        if matches!(e, UpstreamError::Timeout(_)) {
+            connector
+                .counters
+                .timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        st.fail_all(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Replies;
+
+    /// A Redis that cannot be reached: each batch is answered with the error, in order,
+    /// and the task ends once the sessions' handle is gone (as when a server stops).
+    #[tokio::test]
+    async fn batches_that_cannot_be_sent_are_answered_and_the_task_ends_with_its_handle() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = crate::config::UpstreamAddr::parse(&format!("redis://127.0.0.1:{port}"));
+        let second = Duration::from_secs(1);
+        let connector = Arc::new(Connector::new(addr.unwrap(), None, second, second));
+        let outbox = Arc::new(Outbox::default());
+        let task = tokio::spawn(run(connector, 2, Closing(outbox.clone())));
+        let shared = Shared { outbox };
+        let mut replies = Replies::new();
+        let sink = |generation| Sink {
+            inbox: replies.inbox(),
+            generation,
+            meter: Arc::new(super::super::OutputMeter::new(
+                0,
+                None,
+                crate::clients::Switch::new(),
+            )),
+            tag: 0,
+        };
+        let ping = b"*1\r\n$4\r\nPING\r\n";
+        shared.submit(&[&ping[..], ping].concat(), 2, sink(1));
+        shared.submit(ping, 1, sink(2));
+        for want in [1, 1, 2] {
+            let r = tokio::time::timeout(Duration::from_secs(5), replies.recv())
+                .await
+                .expect("every request is answered");
+            assert_eq!(r.generation, want);
+            assert!(r.result.is_err());
+        }
+        drop(shared);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task ends once its handle is gone")
+            .unwrap();
     }
 }
