@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use respite::config::Config;
 
@@ -54,23 +58,37 @@ enum Command {
     },
 }
 
+/// What `RUST_LOG` (default `info`) lets through. A plain list of `target=level` (the
+/// usual kind, and the default) filters without state per span. `EnvFilter`, needed only
+/// for directives on spans and their fields (`[conn{tenant=acme}]=debug`), takes a read
+/// lock on every enter and exit of a span, and each session's span is entered on every
+/// poll of its task: with `threads = N`, every worker's every poll would write to that one
+/// lock's cache line.
+fn log_filter() -> Box<dyn Layer<Registry> + Send + Sync> {
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    match spec.parse::<Targets>() {
+        // `Targets` would take `[conn]` for a target's name.
+        Ok(targets) if !spec.trim().is_empty() && !spec.contains('[') => Box::new(targets),
+        _ => Box::new(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))),
+    }
+}
+
 /// Exit code for a config that does not validate.
 const BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The log on standard error: standard output may carry the audit trail (`[audit] path
     // = "-"`), which is never mixed with it.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match cli.log_json {
+        true => logs.json().boxed(),
+        false => logs.boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(log_filter())
+        .with(logs)
+        .init();
 
     if let Some(Command::Healthcheck {
         config,

@@ -486,6 +486,84 @@ async fn shared_reads_past_the_cap_are_counted_in_one_line() {
     );
 }
 
+/// `RUST_LOG` as ever: a level, targets, or a directive on the connection's span (which
+/// only `EnvFilter` reads; the plain kinds go through a filter without state per span). A
+/// session's lines carry its `conn{peer, id, tenant}` prefix in each case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_takes_levels_targets_and_directives_on_the_connection() {
+    let redis = Redis::start();
+    let dir = TempDir::new();
+    let file = dir.0.join("respite.toml");
+    let port = free_port();
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"{}\"\n{TENANTS}",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    type Case<'a> = (Option<&'a str>, &'a [&'a str], &'a [&'a str]);
+    let cases: [Case; 4] = [
+        (
+            None,
+            &[" INFO respite: respite listening", " WARN conn{peer="],
+            &["DEBUG"],
+        ),
+        (
+            Some("warn,respite::session=debug"),
+            &["DEBUG conn{peer=", "connection closed", "WARN conn{peer="],
+            &[" INFO "],
+        ),
+        (
+            Some("[conn]=debug"),
+            &["DEBUG conn{peer=", "connection closed"],
+            &[" INFO "],
+        ),
+        (Some("error"), &[], &[" WARN ", " INFO ", "DEBUG"]),
+    ];
+    for (spec, present, absent) in cases {
+        let err = dir.0.join("stderr");
+        let (mut child, addr) = run_binary(&file, port, |c| {
+            match spec {
+                Some(s) => c.env("RUST_LOG", s),
+                None => c.env_remove("RUST_LOG"),
+            };
+            c.stderr(std::fs::File::create(&err).unwrap());
+        })
+        .await;
+        let mut c = Raw::connect(addr).await;
+        assert_eq!(c.cmd(&["AUTH", "a", "wrong-password"]).await, WRONGPASS);
+        assert_eq!(c.cmd(&["AUTH", "a", "pa"]).await, "+OK\r\n");
+        drop(c);
+        let log = || {
+            // Without the colours' escape sequences.
+            let raw = std::fs::read_to_string(&err).unwrap();
+            let mut plain = String::new();
+            let mut rest = raw.as_str();
+            while let Some(at) = rest.find('\x1b') {
+                plain.push_str(&rest[..at]);
+                rest = rest[at..].split_once('m').map_or("", |(_, r)| r);
+            }
+            plain + rest
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !present.iter().all(|p| log().contains(p)) {
+            assert!(
+                Instant::now() < deadline,
+                "RUST_LOG={spec:?}: want {present:?} in\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let log = log();
+        for a in absent {
+            assert!(!log.contains(a), "RUST_LOG={spec:?}: {a:?} in\n{log}");
+        }
+    }
+}
 /// The binary with `[audit] path = "-"`: the trail on standard output, JSON lines only;
 /// the log (at debug) on standard error, with none of the trail in it. SIGHUP's reload is
 /// in the trail, by "SIGHUP".
