@@ -637,6 +637,8 @@ impl ClientSide {
     fn ended_since_parsed(&mut self) -> bool {
         let len = self.inbuf.len();
         if self.unfinished == 0 || len > crate::wire::MAX_INLINE {
+            // A stale mark would hide the whole requests left once the buffer shrinks.
+            self.unfinished = 0;
             return true;
         }
         let from = self.unfinished.min(len);
@@ -908,10 +910,7 @@ impl Session {
         self.figures.tally.bytes_out += n as u64;
         self.client.unbilled += n;
         self.client.out.advance(n);
-        if self.client.out.is_empty() && self.client.out.capacity() > 1 << 20 {
-            // Let a one-off huge reply's buffer go.
-            self.client.out = BytesMut::with_capacity(16 * 1024);
-        }
+        crate::wire::release_if_huge(&mut self.client.out, 16 * 1024);
         if was_full && self.client.out.len() < OUT_LIMIT {
             // Redis was not read while the client caught up: restart its clock.
             self.up.progress = Instant::now();

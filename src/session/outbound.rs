@@ -515,6 +515,7 @@ impl Session {
                         .shared(self.state.protocol, self.me.id)
                         .submit(&self.up.to_up, count, self.up.sink.clone());
                     self.up.to_up.clear();
+                    crate::wire::release_if_huge(&mut self.up.to_up, 16 * 1024);
                 }
             }
             return;
@@ -530,6 +531,7 @@ impl Session {
             }
         }
         if self.up.to_up.is_empty() && !up.stream.unsent() {
+            crate::wire::release_if_huge(&mut self.up.to_up, 16 * 1024);
             return;
         }
         // The rest, and what TLS still holds of it.
@@ -539,6 +541,7 @@ impl Session {
             Err(_) => Err(self.ctx.upstream.timed_out()),
         };
         self.up.to_up.clear();
+        crate::wire::release_if_huge(&mut self.up.to_up, 16 * 1024);
         if let Err(e) = result {
             self.fail_upstream(e);
         }

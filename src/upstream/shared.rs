@@ -147,6 +147,7 @@ impl State {
                     Poll::Pending => break,
                 }
             }
+            crate::wire::release_if_huge(&mut self.out, 64 * 1024);
             if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
                 conn.rbuf.reserve(64 * 1024);
             }
@@ -272,7 +273,11 @@ async fn run(connector: Arc<Connector>, protocol: u8, outbox: Closing) {
             return;
         }
         match connector.connect(protocol).await {
-            Ok(c) => st.conn = Some(c),
+            Ok(c) => {
+                st.conn = Some(c);
+                // The clock starts when the requests can be written.
+                st.progress = Instant::now();
+            }
             Err(e) => {
                 st.fail_routes(&e);
                 continue;
@@ -337,5 +342,189 @@ mod tests {
             .await
             .expect("the task ends once its handle is gone")
             .unwrap();
+    }
+
+    /// A fake Redis whose login (HELLO) is answered after `login`, and whose every read of
+    /// requests is answered (+PONG per PING) after `answer`.
+    async fn slow_redis(login: Duration, answer: Duration) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(5).any(|w| w == b"HELLO") {
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            tokio::time::sleep(login).await;
+            s.write_all(b"*0\r\n").await.unwrap();
+            loop {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                let pings = chunk[..n].windows(4).filter(|w| w == b"PING").count();
+                tokio::time::sleep(answer).await;
+                let _ = s.write_all(&b"+PONG\r\n".repeat(pings)).await;
+            }
+        });
+        port
+    }
+
+    /// The clock of a shared connection starts when its requests can be written, as before
+    /// the outbox: the time spent connecting (and logging in) is not charged to them. Here
+    /// login takes 600 ms and Redis answers 500 ms after a request is written; the timeout is
+    /// 1 s. A second batch, queued 400 ms into the connect, has waited 700 ms when it is
+    /// answered, yet the connection gives up on it (and on the first) with `Timeout`.
+    #[tokio::test]
+    async fn connecting_does_not_count_against_the_command_timeout() {
+        let port = slow_redis(Duration::from_millis(600), Duration::from_millis(500)).await;
+        let addr = crate::config::UpstreamAddr::parse(&format!("redis://127.0.0.1:{port}"));
+        let second = Duration::from_secs(1);
+        let connector = Arc::new(Connector::new(addr.unwrap(), None, second, second));
+        let shared = Shared::spawn(connector.clone(), 2);
+        let mut replies = Replies::new();
+        let sink = |generation| Sink {
+            inbox: replies.inbox(),
+            generation,
+            meter: Arc::new(super::super::OutputMeter::new(
+                0,
+                None,
+                crate::clients::Switch::new(),
+            )),
+            tag: 0,
+        };
+        let ping = b"*1\r\n$4\r\nPING\r\n";
+        shared.submit(ping, 1, sink(1));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let queued = Instant::now();
+        shared.submit(ping, 1, sink(2));
+        for want in [1, 2] {
+            let r = tokio::time::timeout(Duration::from_secs(5), replies.recv())
+                .await
+                .expect("every request is answered");
+            assert_eq!(r.generation, want);
+            assert!(
+                r.result.is_ok(),
+                "batch {want} failed with {:?}; batch 2 was queued {:?} before",
+                r.result.err(),
+                queued.elapsed()
+            );
+        }
+        assert_eq!(
+            connector
+                .counters
+                .timeouts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
+
+    /// The connection's timeout after idle: a batch written after a long quiet spell (the
+    /// timer armed for an earlier request long since fired) fails `timeout` after it was
+    /// queued, neither at once nor never; and after steady answers, `timeout` after the last.
+    #[tokio::test]
+    async fn the_timeout_counts_from_the_last_answer_or_from_idle() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = s.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        let got = &chunk[..n];
+                        let mut out = Vec::new();
+                        if got.windows(5).any(|w| w == b"HELLO") {
+                            out.extend_from_slice(b"*0\r\n");
+                        }
+                        for _ in got.windows(4).filter(|w| w == b"PING") {
+                            out.extend_from_slice(b"+PONG\r\n");
+                        }
+                        // HANG: never answered.
+                        s.write_all(&out).await.unwrap();
+                    }
+                });
+            }
+        });
+        let addr = crate::config::UpstreamAddr::parse(&format!("redis://127.0.0.1:{port}"));
+        let timeout = Duration::from_millis(500);
+        let connector = Arc::new(Connector::new(addr.unwrap(), None, timeout, timeout));
+        let shared = Shared::spawn(connector.clone(), 2);
+        let mut replies = Replies::new();
+        let inbox = replies.inbox();
+        let sink = |generation| Sink {
+            inbox: inbox.clone(),
+            generation,
+            meter: Arc::new(super::super::OutputMeter::new(
+                0,
+                None,
+                crate::clients::Switch::new(),
+            )),
+            tag: 0,
+        };
+        let ping = b"*1\r\n$4\r\nPING\r\n";
+        let hang = b"*1\r\n$4\r\nHANG\r\n";
+        // Answered, then idle past the timeout (the timer fires for nothing meanwhile).
+        shared.submit(ping, 1, sink(1));
+        assert!(replies.recv().await.result.is_ok());
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let t = Instant::now();
+        shared.submit(hang, 1, sink(2));
+        let r = tokio::time::timeout(Duration::from_secs(5), replies.recv())
+            .await
+            .expect("answered");
+        let took = t.elapsed();
+        assert!(matches!(r.result, Err(UpstreamError::Timeout(500))));
+        // Not at once, and not never (a loaded machine may be late by a little).
+        assert!(
+            took >= Duration::from_millis(490) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+        // Steady answers for 3 timeouts' worth, each batch queued while one is in flight:
+        // none times out. Then one never answered: `timeout` after the last answer.
+        let start = Instant::now();
+        let mut g = 10;
+        while start.elapsed() < Duration::from_millis(1500) {
+            shared.submit(ping, 1, sink(g));
+            let r = tokio::time::timeout(Duration::from_secs(5), replies.recv())
+                .await
+                .expect("answered");
+            assert_eq!(r.generation, g);
+            assert!(r.result.is_ok(), "{:?}", r.result.err());
+            g += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let t = Instant::now();
+        shared.submit(hang, 1, sink(1000));
+        let r = replies.recv().await;
+        let took = t.elapsed();
+        assert!(matches!(r.result, Err(UpstreamError::Timeout(500))));
+        // Not at once, and not never (a loaded machine may be late by a little).
+        assert!(
+            took >= Duration::from_millis(490) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+        assert_eq!(
+            connector
+                .counters
+                .timeouts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        // And the connection after: a new one answers.
+        shared.submit(ping, 1, sink(2000));
+        let r = tokio::time::timeout(Duration::from_secs(5), replies.recv())
+            .await
+            .expect("answered");
+        assert!(r.result.is_ok() || matches!(r.result, Err(UpstreamError::Backoff(_))));
     }
 }

@@ -22,6 +22,7 @@ mod quota;
 mod scripts;
 mod secret_files;
 mod shared;
+mod stress;
 mod tenants;
 mod tls;
 mod upstream;

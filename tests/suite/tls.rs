@@ -898,3 +898,52 @@ async fn the_common_name_comes_before_the_dns_names() {
     assert_eq!(later, Some("globex"));
     proxy.stop().await;
 }
+
+/// Many sessions pipelining small and 200 KiB ECHOs over the shared connections to a
+/// TLS-only Redis (partial TLS writes, ciphertext held back), paused
+/// past `command_timeout` midway: every reply is its own request's, or the error, and
+/// none hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_over_a_tls_upstream_paused_midway_get_their_own_replies() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let dir = TempDir::new();
+    let ca = Ca::new(&dir.0, "ca");
+    let redis = TlsRedis::start(&ca);
+    let proxy = Proxy::start_config(&format!(
+        "[server]\nthreads = 2\n[upstream]\nurl = \"{}\"\nca_file = \"{}\"\n\
+         command_timeout_ms = 300\nconnect_timeout_ms = 1000\nconnections = 2\n\
+         {}",
+        redis.url(),
+        redis.ca.display(),
+        crate::harness::TENANTS,
+    ))
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let workers = crate::stress::hammer(proxy.addr, 24, &stop, &ok, &failed);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = ok.load(Relaxed);
+    assert!(before > 0, "nothing went through");
+    let r = tokio::task::spawn_blocking({
+        let (port, ca) = (redis.port, redis.ca.clone());
+        move || tls_cli(port, &ca, &[], &["CLIENT", "PAUSE", "700", "ALL"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(r, "OK\n");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Relaxed);
+    for w in workers {
+        tokio::time::timeout(Duration::from_secs(15), w)
+            .await
+            .expect("no session hangs")
+            .unwrap();
+    }
+    eprintln!("ok={} failed={}", ok.load(Relaxed), failed.load(Relaxed));
+    assert!(failed.load(Relaxed) > 0, "the pause timed nothing out");
+    assert!(
+        ok.load(Relaxed) > before,
+        "nothing went through after the pause"
+    );
+}
