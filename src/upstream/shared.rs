@@ -299,7 +299,19 @@ async fn run(connector: Arc<Connector>, protocol: u8, outbox: Closing) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::inbox::Inbox;
     use crate::upstream::Replies;
+
+    /// Where replies of `generation` go: `inbox`, with no bound on them.
+    fn sink_to(inbox: &Arc<Inbox>, generation: u64) -> Sink {
+        let meter = super::super::OutputMeter::new(0, None, crate::clients::Switch::new());
+        Sink {
+            inbox: inbox.clone(),
+            generation,
+            meter: Arc::new(meter),
+            tag: 0,
+        }
+    }
 
     /// A Redis that cannot be reached: each batch is answered with the error, in order,
     /// and the task ends once the sessions' handle is gone (as when a server stops).
@@ -317,16 +329,8 @@ mod tests {
         let task = tokio::spawn(run(connector, 2, Closing(outbox.clone())));
         let shared = Shared { outbox };
         let mut replies = Replies::new();
-        let sink = |generation| Sink {
-            inbox: replies.inbox(),
-            generation,
-            meter: Arc::new(super::super::OutputMeter::new(
-                0,
-                None,
-                crate::clients::Switch::new(),
-            )),
-            tag: 0,
-        };
+        let inbox = replies.inbox();
+        let sink = |generation| sink_to(&inbox, generation);
         let ping = b"*1\r\n$4\r\nPING\r\n";
         shared.submit(&[&ping[..], ping].concat(), 2, sink(1));
         shared.submit(ping, 1, sink(2));
@@ -387,16 +391,8 @@ mod tests {
         let connector = Arc::new(Connector::new(addr.unwrap(), None, second, second));
         let shared = Shared::spawn(connector.clone(), 2);
         let mut replies = Replies::new();
-        let sink = |generation| Sink {
-            inbox: replies.inbox(),
-            generation,
-            meter: Arc::new(super::super::OutputMeter::new(
-                0,
-                None,
-                crate::clients::Switch::new(),
-            )),
-            tag: 0,
-        };
+        let inbox = replies.inbox();
+        let sink = |generation| sink_to(&inbox, generation);
         let ping = b"*1\r\n$4\r\nPING\r\n";
         shared.submit(ping, 1, sink(1));
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -461,16 +457,7 @@ mod tests {
         let shared = Shared::spawn(connector.clone(), 2);
         let mut replies = Replies::new();
         let inbox = replies.inbox();
-        let sink = |generation| Sink {
-            inbox: inbox.clone(),
-            generation,
-            meter: Arc::new(super::super::OutputMeter::new(
-                0,
-                None,
-                crate::clients::Switch::new(),
-            )),
-            tag: 0,
-        };
+        let sink = |generation| sink_to(&inbox, generation);
         let ping = b"*1\r\n$4\r\nPING\r\n";
         let hang = b"*1\r\n$4\r\nHANG\r\n";
         // Answered, then idle past the timeout (the timer fires for nothing meanwhile).

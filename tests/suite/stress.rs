@@ -80,13 +80,7 @@ async fn stress(threads: usize, sessions: usize) {
     redis.restart();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     phase("restarted");
-    stop.store(true, Relaxed);
-    for w in workers {
-        tokio::time::timeout(Duration::from_secs(15), w)
-            .await
-            .expect("no session hangs")
-            .unwrap();
-    }
+    finish(workers, &stop).await;
     assert!(ok.load(Relaxed) > 0 && failed.load(Relaxed) > 0);
 }
 
@@ -191,6 +185,17 @@ async fn big_echo_rounds(c: &mut Raw) {
                 "round {round} request {k}"
             );
         }
+    }
+}
+
+/// Stops the [`hammer`]'s sessions and waits for each to end (bounded).
+pub(crate) async fn finish(workers: Vec<tokio::task::JoinHandle<()>>, stop: &AtomicBool) {
+    stop.store(true, Relaxed);
+    for w in workers {
+        tokio::time::timeout(Duration::from_secs(15), w)
+            .await
+            .expect("no session hangs")
+            .unwrap();
     }
 }
 

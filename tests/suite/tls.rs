@@ -933,13 +933,7 @@ async fn pipelines_over_a_tls_upstream_paused_midway_get_their_own_replies() {
     .unwrap();
     assert_eq!(r, "OK\n");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Relaxed);
-    for w in workers {
-        tokio::time::timeout(Duration::from_secs(15), w)
-            .await
-            .expect("no session hangs")
-            .unwrap();
-    }
+    crate::stress::finish(workers, &stop).await;
     eprintln!("ok={} failed={}", ok.load(Relaxed), failed.load(Relaxed));
     assert!(failed.load(Relaxed) > 0, "the pause timed nothing out");
     assert!(
