@@ -356,18 +356,14 @@ def main():
         subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
         .stdout.split()[2].split("=")[1], opts.rounds, CLIENTS))
     names = [t[0] for t in targets]
+    # Each round runs the targets back to back, so a ratio within a round is paired: the
+    # median of those ratios shrugs off a round the machine was busy for.
     if opts.suite in PAIRS:
-        # Each round runs the two instances back to back, so the ratio within a round is
-        # paired: the median of those ratios shrugs off a round the machine was busy for.
-        print("Per-round ratios, %s / %s (median, then each round):" % (names[1], names[0]))
-        for case in cases:
-            test, pipeline, keyspace = case
-            ratios = [on["rps"] / off["rps"]
-                      for off, on in zip(results[(names[0],) + case], results[(names[1],) + case])]
-            print("- %s P%d %s: **%.2fx** (%s)" % (
-                test.upper(), pipeline, "random %d" % keyspace if keyspace else "one key",
-                statistics.median(ratios), ", ".join("%.2f" % r for r in ratios)))
-        print()
+        paired(results, cases, names[1], names[0])
+    elif "predixy" in names:
+        for name in names:
+            if name.startswith("respite"):
+                paired(results, cases, name, "predixy")
     perf = " instr/req |" if opts.perf else ""
     print("| test | pipeline | keys | target | req/s | p50 ms | p99 ms | CPU µs/req | Redis CPU "
           "µs/req |%s %s |" % (perf, " | ".join("vs " + n for n in names[:-1])))
@@ -382,6 +378,24 @@ def main():
                 test.upper(), pipeline, "random %d" % keyspace if keyspace else "one",
                 name, m["rps"], m["p50"], m["p99"], m["cpu_us"], m["redis_cpu_us"], instr,
                 ratios))
+
+
+def paired(results, cases, a, b):
+    """Prints `a`'s throughput and CPU per request over `b`'s, round by round, with their
+    medians."""
+    print("Per-round ratios, %s / %s: throughput, then CPU per request (median, then each "
+          "round):" % (a, b))
+    for case in cases:
+        test, pipeline, keyspace = case
+        rounds = list(zip(results[(a,) + case], results[(b,) + case]))
+        for what, metric in (("req/s", "rps"), ("CPU/req", "cpu_us")):
+            ratios = [x[metric] / y[metric] for x, y in rounds if y[metric]]
+            if not ratios:
+                continue
+            print("- %s P%d %s, %s: **%.2fx** (%s)" % (
+                test.upper(), pipeline, "random %d" % keyspace if keyspace else "one key",
+                what, statistics.median(ratios), ", ".join("%.2f" % r for r in ratios)))
+    print()
 
 
 if __name__ == "__main__":
