@@ -265,6 +265,45 @@ async fn cached_values_never_outlive_their_ttl_and_hot_keys_are_refreshed_ahead(
     );
 }
 
+/// A session reading several shared keys in turn (so that no read is of the key read just
+/// before it) is served from the cache's front: a publisher's write through respite is
+/// seen at once, and a value changed in Redis around respite within `max_stale_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_many_keys_sees_a_publishers_write_at_once() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&shared_config(&redis, "max_stale_ms = 300\n")).await;
+    let keys: Vec<String> = (0..5)
+        .map(|i| format!("shared:market:M{i}:price"))
+        .collect();
+    let mut publisher = proxy.raw_as("pub", "ppub").await;
+    for k in &keys {
+        assert_eq!(publisher.cmd(&["SET", k, "1"]).await, "+OK\r\n");
+    }
+    let mut reader = proxy.raw_as("t1", "pt1").await;
+    let read_all = async |reader: &mut Raw, changed: usize, value: &str| {
+        for (i, k) in keys.iter().enumerate() {
+            let want = if i == changed { value } else { "1" };
+            assert_eq!(
+                reader.cmd(&["GET", k]).await,
+                format!("$1\r\n{want}\r\n"),
+                "{k}"
+            );
+        }
+    };
+    for _ in 0..3 {
+        read_all(&mut reader, usize::MAX, "1").await;
+    }
+    let hits = shared_figure(&mut reader, "shared_l1_hits").await;
+    assert!(hits >= 10, "{hits} L1 hits of 15 reads");
+    assert_eq!(publisher.cmd(&["SET", &keys[2], "2"]).await, "+OK\r\n");
+    read_all(&mut reader, 2, "2").await;
+    read_all(&mut reader, 2, "2").await;
+    let mut d = redis.direct().await;
+    q::<()>(&mut d, &["SET", &keys[2], "3"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    read_all(&mut reader, 2, "3").await;
+}
+
 /// The soak, shortened for CI: tenants reading the top 100 symbols continuously get
 /// their values from L1 (hit rate above 95%) and the origin sees at most one fetch per key
 /// per TTL window.
