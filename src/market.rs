@@ -246,8 +246,9 @@ impl SharedCache {
     /// The value of a shared key: from L1, or fetched once however many ask at once; an
     /// origin fetch is charged to `tenant`, whose miss started it.
     pub async fn get(self: &Arc<Self>, key: &Bytes, tenant: &str) -> Result<Arc<Entry>, Error> {
-        // Read before L1 is: an entry dropped meanwhile is then kept under an old generation.
-        let generation = self.generation.load(Ordering::Relaxed);
+        // Read before L1 is, and bumped only once a drop is done (`invalidate`): an entry
+        // read here that is dropped meanwhile is kept under the generation before the drop.
+        let generation = self.generation.load(Ordering::Acquire);
         if let Some(e) = self.in_front(key, generation) {
             self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
             self.refresh_if_due(key, &e);
@@ -299,13 +300,21 @@ impl SharedCache {
             generation,
         };
         // A copy: the key may be a slice of a client's read buffer, which it would keep.
-        self.front.insert(Bytes::copy_from_slice(key), fresh);
+        if let Some(old) = self.front.insert(Bytes::copy_from_slice(key), fresh) {
+            let w = weight(key, &old.entry);
+            let less = |b: usize| Some(b.saturating_sub(w));
+            let _ = self
+                .front_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, less);
+        }
     }
 
     /// Drops the L1 entry (a publisher wrote the key through this instance).
     pub async fn invalidate(&self, key: &Bytes) {
-        self.generation.fetch_add(1, Ordering::Relaxed);
+        // Dropped, then the generation bumped: a reader that sees the new generation can no
+        // longer find the old entry in L1 and keep it (in the front, or its memo) under it.
         self.l1.invalidate(key).await;
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// GET through a session's memo of the last shared key it read: a session polling one
@@ -319,7 +328,7 @@ impl SharedCache {
     ) -> Result<Arc<Entry>, Error> {
         if let Some((k, e, generation)) = memo {
             if k == key
-                && *generation == self.generation.load(Ordering::Relaxed)
+                && *generation == self.generation.load(Ordering::Acquire)
                 && Instant::now() < e.fresh_until
             {
                 self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
@@ -327,7 +336,7 @@ impl SharedCache {
                 return Ok(e.clone());
             }
         }
-        let generation = self.generation.load(Ordering::Relaxed);
+        let generation = self.generation.load(Ordering::Acquire);
         let e = self.get(key, tenant).await?;
         *memo = Some((key.clone(), e.clone(), generation));
         Ok(e)
@@ -505,7 +514,7 @@ impl SharedCache {
                 Ok(Some((v, expires))) => {
                     let e = me.entry(Some(&v), Some(expires), tier);
                     me.l1.insert(key.clone(), e).await;
-                    me.generation.fetch_add(1, Ordering::Relaxed);
+                    me.generation.fetch_add(1, Ordering::Release);
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "refresh ahead failed"),
@@ -641,6 +650,16 @@ mod tests {
         assert!(
             cache.in_front(key(999).as_bytes(), 8).is_none(),
             "not at another generation"
+        );
+        // An entry filed again for its key (after each bump of the generation) replaces its
+        // weight rather than adding to it: the front is not emptied for it.
+        cache.to_front(b"s:kept", &small, 8);
+        for _ in 0..1000 {
+            cache.to_front(b"s:again", &small, 8);
+        }
+        assert!(
+            cache.in_front(b"s:kept", 8).is_some(),
+            "emptied by one key's refills"
         );
         let big = cache.entry(Some(&[b'x'; 200]), None, tier);
         cache.to_front(b"s:big", &big, 7);
