@@ -12,6 +12,8 @@
     python3 benches/load.py --suite tls     # TLS: Redis' own TLS port, respite plain, respite
                                             # with TLS to the client and to Redis
     python3 benches/load.py --perf ...      # also instructions per request (perf stat)
+    python3 benches/load.py --taskset 0 ... # the proxies on CPU 0 only (taskset -c), Redis
+                                            # and the client anywhere
     python3 benches/load.py --pgo ...       # also respite built with profile-guided
                                             # optimisation (scripts/release-pgo.sh): beside
                                             # the plain build in the proxies suite, instead
@@ -23,7 +25,7 @@ or $PREDIXY when there is one) and respite (release build) on free loopback port
 (50 clients; GET and SET; pipeline 1 and 16) against each, interleaving the targets within
 every round so that machine noise hits all three alike. Reports the median over rounds of
 throughput, p50 and p99 latency, and the CPU time the server process (redis-server,
-nutcracker or respite) spent per request, with ratios. Prints a Markdown table for
+nutcracker or respite) spent per request, and how much of it was the kernel's, with ratios. Prints a Markdown table for
 BENCHMARKS.md.
 
 Needs redis-server, redis-benchmark and nutcracker on PATH (apt-get install redis-server
@@ -69,11 +71,12 @@ def wait_port(port, proc, what, seconds=15):
 
 
 def cpu_seconds(pid):
-    """utime + stime of a process, in seconds."""
+    """(utime, stime) of a process, in seconds: its own code's time, and the kernel's on its
+    behalf (its syscalls, and the loopback TCP work done in them)."""
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def bench(port, test, pipeline, requests, pid, auth, keyspace=None, command=None,
@@ -96,11 +99,12 @@ def bench(port, test, pipeline, requests, pid, auth, keyspace=None, command=None
                                     "-o", PERF], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         time.sleep(0.1)
-    before = cpu_seconds(pid)
-    redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
+    user_before, sys_before = cpu_seconds(pid)
+    redis_before = sum(cpu_seconds(redis_pid)) if redis_pid else 0.0
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    cpu = cpu_seconds(pid) - before
-    redis_cpu = cpu_seconds(redis_pid) - redis_before if redis_pid else 0.0
+    user_after, sys_after = cpu_seconds(pid)
+    user, kernel = user_after - user_before, sys_after - sys_before
+    redis_cpu = sum(cpu_seconds(redis_pid)) - redis_before if redis_pid else 0.0
     instructions = None
     if counter:
         counter.send_signal(signal.SIGINT)
@@ -114,7 +118,8 @@ def bench(port, test, pipeline, requests, pid, auth, keyspace=None, command=None
         raise SystemExit("redis-benchmark printed nothing for %s on %d:\n%s" % (test, port, out))
     r = rows[0]
     return {"rps": float(r[1]), "p50": float(r[4]), "p99": float(r[6]),
-            "cpu_us": cpu / requests * 1e6, "redis_cpu_us": redis_cpu / requests * 1e6,
+            "cpu_us": (user + kernel) / requests * 1e6, "sys_us": kernel / requests * 1e6,
+            "user_us": user / requests * 1e6, "redis_cpu_us": redis_cpu / requests * 1e6,
             "instr": instructions / requests if instructions else float("nan")}
 
 
@@ -165,6 +170,9 @@ def main():
     ap.add_argument("--pgo", action="store_true",
                     help="also respite built by scripts/release-pgo.sh (respite-pgo): beside "
                          "the plain build in the proxies suite, instead of it in the others")
+    ap.add_argument("--taskset", metavar="CPUS",
+                    help="run the proxies (not Redis, not the client) on these CPUs only, "
+                         "e.g. 0 or 0,1 (taskset -c)")
     ap.add_argument("--perf", action="store_true",
                     help="also count the instructions each server process runs per request "
                          "(perf stat; needs linux-perf)")
@@ -186,6 +194,8 @@ def main():
         global PERF
         PERF = os.path.join(tmp, "perf.csv")
     procs = []
+    # The proxies' command line starts with this: `--taskset` pins them.
+    pin = ["taskset", "-c", opts.taskset] if opts.taskset else []
     # The TLS suite: a CA and a certificate for 127.0.0.1 (openssl), Redis' own TLS port.
     tls_ca, redis_tls = None, []
     if opts.suite == "tls":
@@ -209,7 +219,7 @@ def main():
             f.write("pool:\n  listen: 127.0.0.1:%d\n  hash: fnv1a_64\n  distribution: ketama\n"
                     "  redis: true\n  auto_eject_hosts: false\n  server_connections: 1\n"
                     "  servers:\n   - 127.0.0.1:%d:1\n" % (tport, rport))
-        twem = subprocess.Popen(["nutcracker", "-c", os.path.join(tmp, "twemproxy.yml"),
+        twem = subprocess.Popen(pin + ["nutcracker", "-c", os.path.join(tmp, "twemproxy.yml"),
                                  "-s", str(tstats), "-v", "0"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(twem)
@@ -224,7 +234,7 @@ def main():
                 f.write('[server]\nlisten = "127.0.0.1:%d"\n%s\n%s%s\n[[tenants]]\n'
                         'id = "bench"\npassword = "bench-secret"\n' % (port, server, up, extra))
             proc = subprocess.Popen(
-                [binary or (pgo if opts.pgo else plain), "--config", path],
+                pin + [binary or (pgo if opts.pgo else plain), "--config", path],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 env={**os.environ, "RUST_LOG": "warn"})
             procs.append(proc)
@@ -242,7 +252,7 @@ def main():
                         "Authority {\n Auth {\n  Mode write\n }\n}\n"
                         "StandaloneServerPool {\n RefreshMethod fixed\n Group shard001 {\n"
                         "  + 127.0.0.1:%d\n }\n}\n" % (xport, rport))
-            pred = subprocess.Popen([predixy, os.path.join(tmp, "predixy.conf")],
+            pred = subprocess.Popen(pin + [predixy, os.path.join(tmp, "predixy.conf")],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(pred)
             wait_port(xport, pred, "predixy")
@@ -337,9 +347,10 @@ def main():
                               tls_ca if name in tls_targets else None)
                     results.setdefault((name,) + case, []).append(r)
                     print("round %d %-9s %-3s P%-2d -r %-7s %10.0f rps  p50 %.3f ms  p99 %.3f ms  "
-                          "%.1f us cpu/req (redis %.1f)  %.0f instr/req" % (
+                          "%.2f us cpu/req (kernel %.2f, redis %.1f)  %.0f instr/req" % (
                               rnd + 1, name, test.upper(), pipeline, keyspace or "-", r["rps"],
-                              r["p50"], r["p99"], r["cpu_us"], r["redis_cpu_us"], r["instr"]),
+                              r["p50"], r["p99"], r["cpu_us"], r["sys_us"], r["redis_cpu_us"],
+                              r["instr"]),
                           file=sys.stderr)
     finally:
         for p in procs:
@@ -349,7 +360,7 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = {k: {m: statistics.median(r[m] for r in v)
-               for m in ("rps", "p50", "p99", "cpu_us", "redis_cpu_us", "instr")}
+               for m in ("rps", "p50", "p99", "cpu_us", "sys_us", "redis_cpu_us", "instr")}
            for k, v in results.items()}
     print("\nMachine: %s, %d cores, %s; redis %s; %d rounds, medians; %d clients.\n" % (
         platform.machine(), os.cpu_count(), platform.platform(terse=True),
@@ -365,30 +376,30 @@ def main():
             if name.startswith("respite"):
                 paired(results, cases, name, "predixy")
     perf = " instr/req |" if opts.perf else ""
-    print("| test | pipeline | keys | target | req/s | p50 ms | p99 ms | CPU µs/req | Redis CPU "
-          "µs/req |%s %s |" % (perf, " | ".join("vs " + n for n in names[:-1])))
-    print("|---" * (9 + bool(opts.perf) + len(names) - 1) + "|")
+    print("| test | pipeline | keys | target | req/s | p50 ms | p99 ms | CPU µs/req | of it kernel "
+          "| Redis CPU µs/req |%s %s |" % (perf, " | ".join("vs " + n for n in names[:-1])))
+    print("|---" * (10 + bool(opts.perf) + len(names) - 1) + "|")
     for case in cases:
         test, pipeline, keyspace = case
         for name in names:
             m = med[(name,) + case]
             ratios = " | ".join("%.2fx" % (m["rps"] / med[(b,) + case]["rps"]) for b in names[:-1])
             instr = " %.0f |" % m["instr"] if opts.perf else ""
-            print("| %s | %d | %s | %s | %.0f | %.3f | %.3f | %.1f | %.1f |%s %s |" % (
+            print("| %s | %d | %s | %s | %.0f | %.3f | %.3f | %.2f | %.2f | %.1f |%s %s |" % (
                 test.upper(), pipeline, "random %d" % keyspace if keyspace else "one",
-                name, m["rps"], m["p50"], m["p99"], m["cpu_us"], m["redis_cpu_us"], instr,
-                ratios))
+                name, m["rps"], m["p50"], m["p99"], m["cpu_us"], m["sys_us"],
+                m["redis_cpu_us"], instr, ratios))
 
 
 def paired(results, cases, a, b):
-    """Prints `a`'s throughput and CPU per request over `b`'s, round by round, with their
-    medians."""
+    """Prints `a`'s throughput, CPU per request and CPU per request in its own code (user
+    time, the kernel's left out) over `b`'s, round by round, with their medians."""
     print("Per-round ratios, %s / %s: throughput, then CPU per request (median, then each "
           "round):" % (a, b))
     for case in cases:
         test, pipeline, keyspace = case
         rounds = list(zip(results[(a,) + case], results[(b,) + case]))
-        for what, metric in (("req/s", "rps"), ("CPU/req", "cpu_us")):
+        for what, metric in (("req/s", "rps"), ("CPU/req", "cpu_us"), ("user CPU/req", "user_us")):
             ratios = [x[metric] / y[metric] for x, y in rounds if y[metric]]
             if not ratios:
                 continue

@@ -184,11 +184,11 @@ def main():
         for rnd in range(opts.rounds):
             order = targets if rnd % 2 == 0 else targets[::-1]
             for name, tport, pid, extra in order:
-                cpu0, rcpu0 = cpu_seconds(respite.pid), cpu_seconds(redis.pid)
+                cpu0, rcpu0 = sum(cpu_seconds(respite.pid)), sum(cpu_seconds(redis.pid))
                 r = generate(generator, opts, tport, extra)
-                r["respite_cpu_us"] = ((cpu_seconds(respite.pid) - cpu0) * 1e6
+                r["respite_cpu_us"] = ((sum(cpu_seconds(respite.pid)) - cpu0) * 1e6
                                        / max(1, r["replies_all"]))
-                r["redis_cpu_us"] = ((cpu_seconds(redis.pid) - rcpu0) * 1e6
+                r["redis_cpu_us"] = ((sum(cpu_seconds(redis.pid)) - rcpu0) * 1e6
                                      / max(1, r["replies_all"]))
                 r["respite_rss_mib"] = rss_mib(respite.pid)
                 r["respite_hwm_mib"] = rss_mib(respite.pid, "VmHWM")

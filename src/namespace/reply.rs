@@ -139,6 +139,15 @@ fn apply(frame: &Frame, mut edits: Vec<Edit>) -> Bytes {
     out.freeze()
 }
 
+/// [`strip`], appended to `out`: a reply passed as it is (most) is copied once, without
+/// a reference to the read buffer taken and dropped for it.
+pub fn strip_into(frame: &Frame, shape: &Shape, prefix: &[u8], out: &mut BytesMut) {
+    match shape {
+        Shape::Plain | Shape::Script(_) if !frame.is_error() => out.extend_from_slice(&frame.raw),
+        _ => out.extend_from_slice(&strip(frame, shape, prefix)),
+    }
+}
+
 /// The reply as the tenant must see it.
 pub fn strip(frame: &Frame, shape: &Shape, prefix: &[u8]) -> Bytes {
     match shape {

@@ -132,7 +132,7 @@ impl Session {
     fn take_result(&mut self, result: Result<Frame, UpstreamError>) {
         match result {
             Ok(frame) => {
-                self.up.sink.meter.taken(frame.raw.len());
+                self.up.taken += frame.raw.len();
                 self.route(frame)
             }
             Err(e) => {
@@ -198,7 +198,6 @@ impl Session {
 
     /// Puts one frame from Redis where it belongs.
     pub(super) fn route(&mut self, frame: Frame) {
-        let prefix = self.prefix();
         // A no-argument UNSUBSCRIBE answers once per subscription held when Redis ran it,
         // i.e. now that every earlier confirmation has been counted.
         if let Some(Slot::Confirm {
@@ -221,14 +220,15 @@ impl Session {
         }
         let head_confirms = matches!(self.up.pending.front(), Some(Slot::Confirm { .. }));
         match reply::classify(&frame, self.state.subs.any() || head_confirms) {
-            Kind::Message => self
-                .client
-                .out
-                .extend_from_slice(&reply::strip_push(&frame, &prefix)),
+            Kind::Message => {
+                let prefix = super::prefix_of(&self.tenant, &self.state, true);
+                let message = reply::strip_push(&frame, prefix);
+                self.client.out.extend_from_slice(&message)
+            }
             Kind::Confirmation {
                 kind, subscribe, ..
-            } => self.confirmed(&frame, kind, subscribe, &prefix),
-            Kind::Reply => self.replied(&frame, &prefix),
+            } => self.confirmed(&frame, kind, subscribe, &self.prefix()),
+            Kind::Reply => self.replied(&frame),
         }
     }
 
@@ -251,7 +251,7 @@ impl Session {
     }
 
     /// A reply: to the oldest request waiting, rewritten by its shape, and counted.
-    fn replied(&mut self, frame: &Frame, prefix: &[u8]) {
+    fn replied(&mut self, frame: &Frame) {
         if self.up.blocked.is_some() {
             if frame.is_error() && self.resend_blocked(frame) {
                 return;
@@ -284,11 +284,12 @@ impl Session {
                 }
                 let moved = self.moved_under_state(frame, exec, matches!(shape, Shape::Script(_)));
                 if !mute {
-                    let reply = match moved {
-                        Some(e) => e,
-                        None => reply::strip(frame, &shape, prefix),
-                    };
-                    self.client.out.extend_from_slice(&reply);
+                    // Borrowed, not cloned: no reference count touched per reply.
+                    let prefix = super::prefix_of(&self.tenant, &self.state, true);
+                    match moved {
+                        Some(e) => self.client.out.extend_from_slice(&e),
+                        None => reply::strip_into(frame, &shape, prefix, &mut self.client.out),
+                    }
                 }
             }
             // An error instead of confirmations (e.g. wrong arity, or a shard channel's slot

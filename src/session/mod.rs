@@ -358,6 +358,8 @@ pub(crate) struct Outbound {
     awaiting: usize,
     /// When Redis last made progress on this connection (for the head-of-line timeout).
     progress: Instant,
+    /// Reply bytes taken from the inbox in this pass, told to the meter once at its end.
+    taken: usize,
     /// The head-of-line timer. It is re-armed lazily: it may fire early (then it is re-armed
     /// for the real deadline), never late, and costs no timer registration per request.
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -545,6 +547,7 @@ pub async fn serve(ctx: Arc<Context>, client: ClientStream, shutdown: Switch) {
             writes: VecDeque::new(),
             awaiting: 0,
             progress: Instant::now(),
+            taken: 0,
             timer: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
             timer_at: None,
             bracket: None,
@@ -695,7 +698,7 @@ impl Session {
             self.deliver();
             self.client.out_peak = self.client.out_peak.max(self.client.out.len());
             self.write_client_now()?;
-            self.up.sink.meter.buffered(self.client.out.len());
+            self.settle_meter();
             self.publish_buffers(0);
             if self.client.closing
                 && self.up.pending.is_empty()
@@ -779,7 +782,15 @@ impl Session {
         }
     }
 
+    /// Tells the meter what this pass took from the inbox and what the output buffer holds.
+    fn settle_meter(&mut self) {
+        let taken = std::mem::take(&mut self.up.taken);
+        self.up.sink.meter.settle(taken, self.client.out.len());
+    }
+
     pub(super) fn new_meter(&mut self) {
+        // What the old meter counted as taken goes to it, not to the new one.
+        self.settle_meter();
         let total = self.tenant.as_ref().and_then(|t| t.output.clone());
         self.up.sink.meter = Arc::new(OutputMeter::new(
             self.ctx.client_output_limit,
