@@ -698,7 +698,6 @@ impl Session {
             self.deliver();
             self.client.out_peak = self.client.out_peak.max(self.client.out.len());
             self.write_client_now()?;
-            self.settle_meter();
             self.publish_buffers(0);
             if self.client.closing
                 && self.up.pending.is_empty()
@@ -782,15 +781,10 @@ impl Session {
         }
     }
 
-    /// Tells the meter what this pass took from the inbox and what the output buffer holds.
-    fn settle_meter(&mut self) {
-        let taken = std::mem::take(&mut self.up.taken);
-        self.up.sink.meter.settle(taken, self.client.out.len());
-    }
-
     pub(super) fn new_meter(&mut self) {
-        // What the old meter counted as taken goes to it, not to the new one.
-        self.settle_meter();
+        // What the old meter counted as taken goes to it, not to the new one (and is not
+        // judged against its bounds again: the old replies are left behind).
+        self.up.sink.meter.taken(std::mem::take(&mut self.up.taken));
         let total = self.tenant.as_ref().and_then(|t| t.output.clone());
         self.up.sink.meter = Arc::new(OutputMeter::new(
             self.ctx.client_output_limit,
@@ -830,7 +824,12 @@ impl Session {
 
     /// Shows the connection's buffers to CLIENT LIST; `argv`: the bytes of the arguments
     /// of the command being run.
+    ///
+    /// The output meter hears first what this pass took from the inbox and what the
+    /// output buffer holds: once per pass, not per reply.
     pub(crate) fn publish_buffers(&mut self, argv: usize) {
+        let taken = std::mem::take(&mut self.up.taken);
+        self.up.sink.meter.settle(taken, self.client.out.len());
         let c = &mut self.client;
         let b = &self.me.buffers;
         // The last reply's time, read already: no clock reading per pass for this.
