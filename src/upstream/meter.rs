@@ -88,11 +88,6 @@ impl OutputMeter {
         }
     }
 
-    /// The session's output buffer holds `n` bytes now.
-    pub fn buffered(&self, n: usize) {
-        self.settle(0, n);
-    }
-
     /// Once per pass of the session: it took `taken` bytes of replies from its inbox since
     /// it last said, and its output buffer holds `buffered` bytes now. The tenant's total
     /// moves once, by the difference: one atomic write per pass rather than two per reply.
@@ -178,10 +173,10 @@ mod tests {
         let close = Switch::new();
         let a = OutputMeter::new(600, Some(total.clone()), close.clone());
         a.arrived(500);
-        a.buffered(100);
+        a.settle(0, 100);
         assert!(!a.exceeded() && !close.is_cancelled());
         a.taken(500);
-        a.buffered(550);
+        a.settle(0, 550);
         assert_eq!((a.unread(), total.bytes()), (550, 550));
         a.arrived(51);
         assert!(a.exceeded() && close.is_cancelled());
