@@ -584,6 +584,53 @@ mod tests {
 
     const P: &[u8] = b"tenant:a:";
 
+    /// `strip_into` only skips `strip`'s copy: for every shape, on replies passed as they
+    /// are, rewritten, and errors (a script's renamed), it appends exactly what `strip`
+    /// returns, after what the buffer held.
+    #[test]
+    fn strip_into_appends_what_strip_returns() {
+        let mut script = Box::new([b'a'; 80]);
+        script[40..].fill(b'b');
+        let shapes = [
+            Shape::Plain,
+            Shape::Scan,
+            Shape::Keys,
+            Shape::FirstKey,
+            Shape::Streams,
+            Shape::EveryOther,
+            Shape::Script(script),
+            Shape::Exec(vec![
+                ExecItem::Upstream(Shape::Keys),
+                ExecItem::Upstream(Shape::Plain),
+            ]),
+        ];
+        let frames: [&[u8]; 8] = [
+            b"$10\r\ntenant:a:k\r\n",
+            b"*2\r\n$10\r\ntenant:a:k\r\n$10\r\ntenant:a:j\r\n",
+            b"*2\r\n$1\r\n0\r\n*1\r\n$10\r\ntenant:a:k\r\n",
+            b"-ERR key 'tenant:a:k'\r\n",
+            b"!20\r\nERR key 'tenant:a:k'\r\n",
+            b"-NOSCRIPT aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa not found\r\n",
+            b":7\r\n",
+            b"*2\r\n*1\r\n$10\r\ntenant:a:k\r\n+OK\r\n",
+        ];
+        for shape in &shapes {
+            for raw in frames {
+                let f = frame(raw);
+                let mut out = BytesMut::from(&b"+before\r\n"[..]);
+                strip_into(&f, shape, P, &mut out);
+                let mut expected = b"+before\r\n".to_vec();
+                expected.extend_from_slice(&strip(&f, shape, P));
+                assert_eq!(
+                    out[..],
+                    expected[..],
+                    "{shape:?} on {}",
+                    String::from_utf8_lossy(raw)
+                );
+            }
+        }
+    }
+
     #[test]
     fn errors_lose_the_prefix_where_a_name_starts() {
         let p = b"tenant:a:";
