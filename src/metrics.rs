@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
-use crate::command::{self, Command};
+use crate::command::{self, Command, CommandSpec};
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,29 +53,62 @@ const FAMILIES: &[(u32, &str)] = &[
 ];
 
 /// What a command is, for the figures: its name, latency family, and whether it reads keys.
+/// It rides in every request's place in the reply queue, so it is kept to half a cache
+/// line: the command's table entry rather than its name and family as slices.
 #[derive(Debug, Clone, Copy)]
 pub struct Meta {
-    /// As in the command table (ASCII).
-    pub name: &'static [u8],
-    pub family: &'static str,
+    /// The command's entry in the table (a container's, for a subcommand).
+    spec: &'static CommandSpec,
+    /// Its index in [`FAMILIES`]; past the end: "other".
+    family: u8,
     /// A read of keys: its reply counts as a hit or a miss.
     pub read: bool,
     /// When its request was read.
     pub at: Instant,
 }
 
+/// What a command respite could not name is counted as.
+static UNKNOWN: CommandSpec = CommandSpec {
+    name: b"unknown",
+    arity: 0,
+    flags: 0,
+    acl: 0,
+    key_specs: &[],
+    subcommands: &[],
+};
+
 impl Meta {
     pub fn of(cmd: &Command, at: Instant) -> Meta {
-        let spec = cmd.parent.unwrap_or(cmd.spec);
         Meta {
-            name: spec.name,
+            spec: cmd.parent.unwrap_or(cmd.spec),
             family: FAMILIES
                 .iter()
-                .find(|(bit, _)| cmd.in_category(*bit))
-                .map_or("other", |(_, f)| f),
+                .position(|(bit, _)| cmd.in_category(*bit))
+                .unwrap_or(FAMILIES.len()) as u8,
             read: cmd.has(command::CMD_READONLY) && !cmd.spec.key_specs.is_empty(),
             at,
         }
+    }
+
+    /// A command not in the table, read at `at`.
+    pub fn unknown(at: Instant) -> Meta {
+        Meta {
+            spec: &UNKNOWN,
+            family: FAMILIES.len() as u8,
+            read: false,
+            at,
+        }
+    }
+
+    /// As in the command table (ASCII).
+    pub fn name(&self) -> &'static [u8] {
+        self.spec.name
+    }
+
+    pub fn family(&self) -> &'static str {
+        FAMILIES
+            .get(self.family as usize)
+            .map_or("other", |(_, f)| f)
     }
 }
 
@@ -98,13 +131,13 @@ impl Tally {
     /// something (`None` when not a read).
     pub fn done(&mut self, meta: &Meta, outcome: Outcome, hit: Option<bool>, now: Instant) {
         match self.commands.last_mut() {
-            Some((name, o, n)) if std::ptr::eq(*name, meta.name) && *o == outcome => *n += 1,
-            _ => self.commands.push((meta.name, outcome, 1)),
+            Some((name, o, n)) if std::ptr::eq(*name, meta.name()) && *o == outcome => *n += 1,
+            _ => self.commands.push((meta.name(), outcome, 1)),
         }
         let micros = (now.saturating_duration_since(meta.at).as_micros() as u64).max(1);
         match self.latencies.last_mut() {
-            Some((family, m, n)) if std::ptr::eq(*family, meta.family) && *m == micros => *n += 1,
-            _ => self.latencies.push((meta.family, micros, 1)),
+            Some((family, m, n)) if std::ptr::eq(*family, meta.family()) && *m == micros => *n += 1,
+            _ => self.latencies.push((meta.family(), micros, 1)),
         }
         match hit {
             Some(true) => self.hits += 1,

@@ -11,7 +11,11 @@ use redis_protocol::resp3::types::RangeFrame;
 use crate::wire::{element_spans, elements, next_frame, put_int, Frame};
 
 /// Where a reply carries key (or channel) names that must lose the tenant prefix.
+///
+/// Every request's place in the reply queue holds one, so the rare shapes that carry a
+/// list hold it behind a thin pointer: 16 bytes rather than 32.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::box_collection)]
 pub enum Shape {
     /// Nothing to rewrite.
     Plain,
@@ -28,12 +32,12 @@ pub enum Shape {
     /// CLIENT TRACKINGINFO: the strings under its `prefixes` field, and its `redirect`:
     /// Redis' id of a connection, shown as the tenant's id for it (the pairs (tenant's,
     /// Redis') the connection's REDIRECTs named).
-    TrackingInfo(Vec<(i64, i64)>),
+    TrackingInfo(Box<Vec<(i64, i64)>>),
     /// CLIENT GETREDIR: Redis' id of a connection, shown as the tenant's id for it.
-    GetRedir(Vec<(i64, i64)>),
+    GetRedir(Box<Vec<(i64, i64)>>),
     /// EXEC: one shape per queued command; `Local` results are ones respite answered itself,
     /// spliced in at their place.
-    Exec(Vec<ExecItem>),
+    Exec(Box<Vec<ExecItem>>),
     /// A tenant's script: Redis' errors name the wrapped script (the first 40 bytes, its
     /// SHA1), which the tenant knows by its own (the last 40).
     Script(Box<[u8; 80]>),
@@ -599,10 +603,10 @@ mod tests {
             Shape::Streams,
             Shape::EveryOther,
             Shape::Script(script),
-            Shape::Exec(vec![
+            Shape::Exec(Box::new(vec![
                 ExecItem::Upstream(Shape::Keys),
                 ExecItem::Upstream(Shape::Plain),
-            ]),
+            ])),
         ];
         let frames: [&[u8]; 8] = [
             b"$10\r\ntenant:a:k\r\n",
@@ -746,7 +750,7 @@ mod tests {
             ExecItem::Upstream(Shape::Keys),
         ];
         assert_eq!(
-            &strip(&f, &Shape::Exec(items), P)[..],
+            &strip(&f, &Shape::Exec(Box::new(items)), P)[..],
             b"*3\r\n+OK\r\n:7\r\n*1\r\n$1\r\nk\r\n"
         );
     }

@@ -127,8 +127,8 @@ pub fn request(
             client_tracking(&mut args, &mut marks)?;
             reply(Shape::Plain)
         }
-        (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo(Vec::new())),
-        (Some(b"client"), b"getredir") => reply(Shape::GetRedir(Vec::new())),
+        (Some(b"client"), b"trackinginfo") => reply(Shape::TrackingInfo(Box::default())),
+        (Some(b"client"), b"getredir") => reply(Shape::GetRedir(Box::default())),
         // An admin reads every setting, as an operator of Redis would.
         (Some(b"config"), b"get") if !tenant.admin => {
             config_get(&mut args);

@@ -409,7 +409,7 @@ impl Session {
         tenant: &Tenant,
     ) -> Result<(), Error> {
         if let Expect::Reply(Shape::TrackingInfo(r) | Shape::GetRedir(r)) = &mut fwd.expect {
-            r.clone_from(&self.state.redirects);
+            r.as_mut().clone_from(&self.state.redirects);
             return Ok(());
         }
         if cmd.names() != (b"client", Some(b"tracking")) {

@@ -126,7 +126,7 @@ impl Session {
                 mute,
                 write: write.is_some(),
                 meta: self.figures.current.take(),
-                _script: run,
+                _script: run.map(Box::new),
             },
             Expect::Confirm { kind, count } => Slot::Confirm {
                 kind,
@@ -381,7 +381,7 @@ impl Session {
             b"exec" => {
                 self.state.watching = false;
                 if let Some(m) = self.state.multi.take() {
-                    *expect = Expect::Reply(Shape::Exec(m.items));
+                    *expect = Expect::Reply(Shape::Exec(Box::new(m.items)));
                     *write = m.writes;
                     self.state.db_before_exec = m.db_before;
                 }
@@ -515,7 +515,7 @@ impl Session {
                         .shared(self.state.protocol, self.me.id)
                         .submit(&self.up.to_up, count, self.up.sink.clone());
                     self.up.to_up.clear();
-                    crate::wire::release_if_huge(&mut self.up.to_up, 16 * 1024);
+                    crate::wire::reuse_emptied(&mut self.up.to_up, 16 * 1024);
                 }
             }
             return;
@@ -531,7 +531,7 @@ impl Session {
             }
         }
         if self.up.to_up.is_empty() && !up.stream.unsent() {
-            crate::wire::release_if_huge(&mut self.up.to_up, 16 * 1024);
+            crate::wire::reuse_emptied(&mut self.up.to_up, 16 * 1024);
             return;
         }
         // The rest, and what TLS still holds of it.
@@ -541,7 +541,7 @@ impl Session {
             Err(_) => Err(self.ctx.upstream.timed_out()),
         };
         self.up.to_up.clear();
-        crate::wire::release_if_huge(&mut self.up.to_up, 16 * 1024);
+        crate::wire::reuse_emptied(&mut self.up.to_up, 16 * 1024);
         if let Err(e) = result {
             self.fail_upstream(e);
         }

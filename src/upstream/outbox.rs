@@ -92,7 +92,7 @@ impl Outbox {
         } else {
             out.extend_from_slice(&st.data);
             st.data.clear();
-            crate::wire::release_if_huge(&mut st.data, 0);
+            crate::wire::reuse_emptied(&mut st.data, 0);
         }
         routes.extend(st.routes.drain(..));
         Poll::Ready(true)

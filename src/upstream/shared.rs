@@ -147,7 +147,7 @@ impl State {
                     Poll::Pending => break,
                 }
             }
-            crate::wire::release_if_huge(&mut self.out, 64 * 1024);
+            crate::wire::reuse_emptied(&mut self.out, 64 * 1024);
             if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
                 conn.rbuf.reserve(64 * 1024);
             }
