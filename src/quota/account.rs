@@ -11,6 +11,13 @@ pub struct Written {
     pub(super) charged: u64,
     /// The TTL it sets; counted from its reply, which comes after Redis started it.
     pub(super) ttl: Option<Duration>,
+    /// What a transaction or another database than 0 adds. Boxed: most writes have
+    /// neither, and every write waits in its session's queue until its reply is in.
+    pub(super) rare: Option<Box<Rare>>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Rare {
     /// A transaction's queued writes' TTLs, and their keys.
     pub(super) expiring: Vec<(Duration, Vec<Bytes>)>,
     /// The prefix of its keys' database when not database 0's (the ledger's); empty when
@@ -34,38 +41,64 @@ impl Written {
             keys: cost.keys,
             charged,
             ttl: cost.expires_in,
-            expiring: Vec::new(),
-            db: cost.db,
+            rare: cost.db.map(|db| {
+                Box::new(Rare {
+                    expiring: Vec::new(),
+                    db: Some(db),
+                })
+            }),
         }
+    }
+
+    fn db(&self) -> Option<&Bytes> {
+        self.rare.as_ref().and_then(|r| r.db.as_ref())
+    }
+
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
+    /// A transaction's queued writes' TTLs and keys, taken out.
+    pub(super) fn take_expiring(&mut self) -> Vec<(Duration, Vec<Bytes>)> {
+        self.rare
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.expiring))
+            .unwrap_or_default()
     }
 
     /// Its keys by their names in Redis (`base` is database 0's prefix), so that writes
     /// of other databases can join it.
     fn name_keys(&mut self, base: &Bytes) {
-        let prefix = self.db.take().unwrap_or_else(|| base.clone());
-        self.db = Some(Bytes::new());
+        let rare = self.rare();
+        let prefix = rare
+            .db
+            .replace(Bytes::new())
+            .unwrap_or_else(|| base.clone());
         if prefix.is_empty() {
             return;
         }
         let named = |keys: &[Bytes]| keys.iter().map(|k| namespaced(&prefix, k)).collect();
-        self.keys = Keys::Many(named(&self.keys.to_vec()));
-        for (_, keys) in &mut self.expiring {
+        for (_, keys) in &mut rare.expiring {
             *keys = named(keys);
         }
+        self.keys = Keys::Many(named(&self.keys.to_vec()));
     }
 
     /// Takes `other` (keys already copied out of its request) in: a transaction's writes
     /// settle together, when EXEC's reply is in. `base` is the tenant's database 0 prefix,
     /// for writes of several databases (a SELECT inside the transaction).
     pub fn absorb(&mut self, other: &mut Written, base: &Bytes) {
-        if self.db != other.db {
+        if self.db() != other.db() {
             self.name_keys(base);
             other.name_keys(base);
         }
+        let mut expiring = other.take_expiring();
         if let Some(ttl) = other.ttl.take() {
-            self.expiring.push((ttl, other.keys.to_vec()));
+            expiring.insert(0, (ttl, other.keys.to_vec()));
         }
-        self.expiring.append(&mut other.expiring);
+        if !expiring.is_empty() {
+            self.rare().expiring.append(&mut expiring);
+        }
         self.keys.append(std::mem::take(&mut other.keys));
         self.charged += std::mem::take(&mut other.charged);
     }
@@ -138,7 +171,7 @@ impl Account {
     /// batch.
     pub fn add(&mut self, mut w: Written) {
         self.charged += std::mem::take(&mut w.charged);
-        if let Some(prefix) = w.db.take() {
+        if let Some(prefix) = w.rare.as_mut().and_then(|r| r.db.take()) {
             // Another database's keys: named in full now (rare enough to copy).
             let named = |keys: Vec<Bytes>| -> Vec<Bytes> {
                 keys.iter().map(|k| namespaced(&prefix, k)).collect()
@@ -146,7 +179,7 @@ impl Account {
             if let Some(ttl) = w.ttl.take() {
                 self.expiring_named.push((ttl, named(w.keys.to_vec())));
             }
-            for (ttl, keys) in std::mem::take(&mut w.expiring) {
+            for (ttl, keys) in w.take_expiring() {
                 self.expiring_named.push((ttl, named(keys)));
             }
             self.named
@@ -156,7 +189,7 @@ impl Account {
         if let Some(ttl) = w.ttl.take() {
             self.expiring.push((ttl, w.keys.to_vec()));
         }
-        self.expiring.append(&mut w.expiring);
+        self.expiring.append(&mut w.take_expiring());
         match std::mem::take(&mut w.keys) {
             Keys::One(k) => {
                 if self.keys.last() != Some(&k) {

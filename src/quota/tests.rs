@@ -430,3 +430,46 @@ fn offsets_redis_refuses_cost_nothing() {
         assert!(cost_of(line).is_some(), "{line}");
     }
 }
+
+#[test]
+fn a_transactions_writes_in_two_databases_settle_by_their_names_in_redis() {
+    let base = Bytes::from_static(b"tenant:t:");
+    let write = |key: &'static [u8], ttl: Option<u64>, db: Option<&'static [u8]>| {
+        Written::uncharged(WriteCost {
+            keys: Keys::One(Bytes::from_static(key)),
+            growth: Growth::None,
+            expires_in: ttl.map(Duration::from_secs),
+            db: db.map(Bytes::from_static),
+        })
+    };
+    let mut tx = write(b"a", Some(5), None);
+    tx.absorb(&mut write(b"b", None, None), &base);
+    tx.absorb(&mut write(b"c", Some(7), Some(b"tenant:t@1:")), &base);
+    tx.absorb(&mut write(b"d", Some(9), None), &base);
+    let mut account = Account::default();
+    account.add(tx);
+    let names = |keys: &[&str]| -> Vec<Bytes> {
+        keys.iter()
+            .map(|k| Bytes::copy_from_slice(k.as_bytes()))
+            .collect()
+    };
+    let all = names(&["tenant:t:a", "tenant:t:b", "tenant:t@1:c", "tenant:t:d"]);
+    assert_eq!(account.named, all);
+    assert_eq!(
+        account.expiring_named,
+        [
+            (Duration::from_secs(5), all.clone()),
+            (Duration::from_secs(7), names(&["tenant:t@1:c"])),
+            (Duration::from_secs(9), names(&["tenant:t:d"])),
+        ]
+    );
+    assert!(account.keys.is_empty() && account.expiring.is_empty());
+    // One database: the keys stay as the ledger knows them, each TTL with its own.
+    let mut tx = write(b"a", None, None);
+    tx.absorb(&mut write(b"b", Some(3), None), &base);
+    let mut account = Account::default();
+    account.add(tx);
+    assert_eq!(account.keys, names(&["a", "b"]));
+    assert_eq!(account.expiring, [(Duration::from_secs(3), names(&["b"]))]);
+    assert!(account.named.is_empty());
+}

@@ -1240,4 +1240,11 @@ mod tests {
     fn a_slot_fits_one_cache_line() {
         assert!(std::mem::size_of::<super::Slot>() <= 64);
     }
+
+    /// A write's charge waits in `writes` beside its slot, for the same reason kept small:
+    /// what transactions and other databases add is boxed (it was 120 bytes).
+    #[test]
+    fn a_charge_waiting_for_its_reply_stays_small() {
+        assert!(std::mem::size_of::<crate::quota::Written>() <= 72);
+    }
 }
