@@ -171,52 +171,72 @@ fn parse_multibulk(
         limits.max_bulk_bytes.min(UNAUTH_MAX_BULK)
     };
 
-    // First pass: check that the whole request is here and well-formed.
+    // First pass: check that the whole request is here and well-formed, noting where the
+    // first arguments are, so that most requests' headers are read once.
     let args_start = eol + 2;
+    let mut noted = [(0, 0); NOTED];
     let mut pos = args_start;
-    for _ in 0..count {
+    for i in 0..count as usize {
         match bulk(buf, pos, max_bulk, authenticated)? {
-            Some(next) => pos = next,
+            Some((data, len)) => {
+                if let Some(n) = noted.get_mut(i) {
+                    *n = (data, len);
+                }
+                pos = data + len + 2;
+            }
             None => return Ok(None),
         }
     }
-    // Second pass over the validated headers: slice the arguments out of the frame.
+    // Second pass: slice the arguments out of the frame (past the noted ones, from their
+    // validated headers).
     let mut frame = buf.split_to(pos).freeze();
     let mut args = std::mem::take(spare);
     args.clear();
     args.reserve(count as usize);
     let mut pos = args_start;
-    for i in 0..count {
-        let eol = pos
-            + 1
-            + frame[pos + 1..]
-                .iter()
-                .position(|&b| b == b'\r')
-                .unwrap_or(0);
-        let len = parse_int(&frame[pos + 1..eol]).unwrap_or(0) as usize;
-        if i + 1 == count {
+    for i in 0..count as usize {
+        let (data, len) = match noted.get(i) {
+            Some(&n) => n,
+            None => {
+                let eol = pos
+                    + 1
+                    + frame[pos + 1..]
+                        .iter()
+                        .position(|&b| b == b'\r')
+                        .unwrap_or(0);
+                (
+                    eol + 2,
+                    parse_int(&frame[pos + 1..eol]).unwrap_or(0) as usize,
+                )
+            }
+        };
+        if i + 1 == count as usize {
             // The last argument is the frame itself, cut down: one reference count less
             // to take and drop (an atomic operation each) per request.
-            frame.truncate(eol + 2 + len);
-            frame.advance(eol + 2);
+            frame.truncate(data + len);
+            frame.advance(data);
             args.push(frame);
             break;
         }
-        args.push(frame.slice(eol + 2..eol + 2 + len));
-        pos = eol + 2 + len + 2;
+        args.push(frame.slice(data..data + len));
+        pos = data + len + 2;
     }
     Ok(Some(Request { args }))
 }
 
-/// Checks the bulk string at `pos`: where the next one starts, or `None` until it is all
-/// here (room for it reserved at once, rather than growing step by step).
+/// How many arguments' places the parser's first pass keeps for the second: a request
+/// with more has the rest's headers read again.
+const NOTED: usize = 8;
+
+/// Checks the bulk string at `pos`: where its data starts and its length, or `None` until
+/// it is all here (room for it reserved at once, rather than growing step by step).
 #[inline]
 fn bulk(
     buf: &mut BytesMut,
     pos: usize,
     max_bulk: usize,
     authenticated: bool,
-) -> Result<Option<usize>, ProtocolError> {
+) -> Result<Option<(usize, usize)>, ProtocolError> {
     if pos >= buf.len() {
         return Ok(None);
     }
@@ -249,7 +269,7 @@ fn bulk(
         buf.reserve(end + 2 - buf.len());
         return Ok(None);
     }
-    Ok(Some(end + 2))
+    Ok(Some((eol + 2, len)))
 }
 
 fn parse_inline(buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
@@ -556,8 +576,9 @@ mod tests {
     }
 
     /// The last argument, cut from the frame itself, is exactly what a slice was:
-    /// empty (`$0`), a lone argument (count 1), with CR/LF inside, at the size limit, in a
-    /// pipeline and read byte by byte; the buffer is left at the next request.
+    /// empty (`$0`), a lone argument (count 1), with CR/LF inside, at the size limit, past
+    /// the arguments the first pass notes, in a pipeline and read byte by byte; the buffer
+    /// is left at the next request.
     #[test]
     fn the_last_argument_is_what_a_slice_would_be() {
         let big = "x".repeat(LIMITS.max_bulk_bytes);
@@ -569,6 +590,13 @@ mod tests {
             &["SET", "k", "a\r\nb\r\n"],
             &["ECHO", big.as_str()],
             &["\r\n"],
+            // As many as the first pass notes, one more, and more again with the empty and
+            // CR/LF arguments past the noted ones.
+            &["DEL", "a", "bb", "", "c", "dddd", "e", "f"],
+            &["DEL", "a", "bb", "", "c", "dddd", "e", "f", "g\r\n"],
+            &[
+                "MSET", "a", "1", "b", "2", "c", "3", "d", "4", "e", "", "\r\n", "x",
+            ],
         ]
         .iter()
         .map(|a| a.iter().map(|x| x.as_bytes()).collect())
