@@ -37,8 +37,13 @@ impl Session {
                 self.count(Outcome::Refused, None);
             }
             Action::Forward(fwd, top, cost) => {
-                let Some(written) = self.charge(cost, top).await else {
-                    return Ok(());
+                // The common write's lease covers it: no future is made for the quota stage.
+                let written = match self.charge_now(cost) {
+                    Ok(written) => written,
+                    Err(cost) => match self.charge_late(cost, top).await {
+                        Some(written) => Some(written),
+                        None => return Ok(()),
+                    },
                 };
                 if top == b"restore" {
                     if let Some(written) = written {
@@ -186,15 +191,27 @@ impl Session {
         cost: Option<WriteCost>,
         top: &[u8],
     ) -> Option<Option<Written>> {
-        let Some(cost) = cost else {
-            return Some(None);
-        };
-        let refused = match self.admit_now(cost) {
-            Ok(w) => return Some(Some(w)),
-            Err(cost) => match self.admit(cost).await {
-                Ok(w) => return Some(Some(w)),
-                Err(e) => e,
-            },
+        match self.charge_now(cost) {
+            Ok(written) => Some(written),
+            Err(cost) => self.charge_late(cost, top).await.map(Some),
+        }
+    }
+
+    /// The quota stage without a wait: no cost, or one the lease covers. Otherwise the cost
+    /// comes back for [`Session::charge_late`].
+    fn charge_now(&mut self, cost: Option<WriteCost>) -> Result<Option<Written>, WriteCost> {
+        match cost {
+            None => Ok(None),
+            Some(cost) => self.admit_now(cost).map(Some),
+        }
+    }
+
+    /// The quota stage with a round trip to the shared figure: the charge, or `None` when
+    /// it is refused (answered).
+    async fn charge_late(&mut self, cost: WriteCost, top: &[u8]) -> Option<Written> {
+        let refused = match self.admit(cost).await {
+            Ok(w) => return Some(w),
+            Err(e) => e,
         };
         let command = String::from_utf8_lossy(top);
         tracing::warn!(%command, error = %refused, "refused");
