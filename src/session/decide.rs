@@ -37,7 +37,8 @@ impl Session {
                 self.count(Outcome::Refused, None);
             }
             Action::Forward(fwd, top, cost) => {
-                // The common write's lease covers it: no future is made for the quota stage.
+                // The common write is covered without a wait: no future is made for the
+                // quota stage.
                 let written = match self.charge_now(cost) {
                     Ok(written) => written,
                     Err(cost) => match self.charge_late(cost, top).await {
@@ -197,8 +198,9 @@ impl Session {
         }
     }
 
-    /// The quota stage without a wait: no cost, or one the lease covers. Otherwise the cost
-    /// comes back for [`Session::charge_late`].
+    /// The quota stage without a wait: no cost, or a charge the session's allowance or the
+    /// tenant's lease covers ([`Session::admit_now`]). Otherwise the cost comes back for
+    /// [`Session::charge_late`].
     fn charge_now(&mut self, cost: Option<WriteCost>) -> Result<Option<Written>, WriteCost> {
         match cost {
             None => Ok(None),
