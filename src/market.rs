@@ -326,6 +326,19 @@ impl SharedCache {
         key: &Bytes,
         tenant: &str,
     ) -> Result<Arc<Entry>, Error> {
+        if let Some(e) = self.get_now(memo, key) {
+            return Ok(e);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let e = self.get(key, tenant).await?;
+        *memo = Some((key.clone(), e.clone(), generation));
+        Ok(e)
+    }
+
+    /// The entry when it is at hand without a wait: the session's memo, or the front. Most
+    /// reads of a hot key end here, so that a caller can keep the (large) future of
+    /// [`SharedCache::get_memo`] for the rest.
+    pub fn get_now(self: &Arc<Self>, memo: &mut Memo, key: &Bytes) -> Option<Arc<Entry>> {
         if let Some((k, e, generation)) = memo {
             if k == key
                 && *generation == self.generation.load(Ordering::Acquire)
@@ -333,13 +346,16 @@ impl SharedCache {
             {
                 self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
                 self.refresh_if_due(key, e);
-                return Ok(e.clone());
+                return Some(e.clone());
             }
         }
+        // Read before the front is, as in `get`.
         let generation = self.generation.load(Ordering::Acquire);
-        let e = self.get(key, tenant).await?;
+        let e = self.in_front(key, generation)?;
+        self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
+        self.refresh_if_due(key, &e);
         *memo = Some((key.clone(), e.clone(), generation));
-        Ok(e)
+        Some(e)
     }
 
     /// The flight's fetch: Redis, then the origin on a miss.
