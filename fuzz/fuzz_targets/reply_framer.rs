@@ -76,14 +76,14 @@ fn back_to_the_tenant(frame: &Frame) {
         Shape::FirstKey,
         Shape::Streams,
         Shape::EveryOther,
-        Shape::TrackingInfo(vec![(1, 7)]),
-        Shape::GetRedir(vec![(1, 7)]),
-        Shape::Exec(vec![
+        Shape::TrackingInfo(Box::new(vec![(1, 7)])),
+        Shape::GetRedir(Box::new(vec![(1, 7)])),
+        Shape::Exec(Box::new(vec![
             ExecItem::Upstream(Shape::Keys),
             ExecItem::Local(Bytes::from_static(b"+OK\r\n")),
             ExecItem::Hidden,
             ExecItem::Upstream(Shape::Scan),
-        ]),
+        ])),
         Shape::Script(Box::new([b'x'; 80])),
     ];
     for shape in &shapes {
