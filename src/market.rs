@@ -243,21 +243,23 @@ impl SharedCache {
         *self.tiers.write().unwrap() = Tiers::of(shared);
     }
 
-    /// The value of a shared key: from L1, or fetched once however many ask at once; an
-    /// origin fetch is charged to `tenant`, whose miss started it.
-    pub async fn get(self: &Arc<Self>, key: &Bytes, tenant: &str) -> Result<Arc<Entry>, Error> {
+    /// The value of a shared key that [`SharedCache::get_now`] did not have at hand: from
+    /// L1, or fetched once however many ask at once; an origin fetch is charged to `tenant`,
+    /// whose miss started it. The session's `memo` keeps it for its next read.
+    pub async fn get_late(
+        self: &Arc<Self>,
+        memo: &mut Memo,
+        key: &Bytes,
+        tenant: &str,
+    ) -> Result<Arc<Entry>, Error> {
         // Read before L1 is, and bumped only once a drop is done (`invalidate`): an entry
         // read here that is dropped meanwhile is kept under the generation before the drop.
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(e) = self.in_front(key, generation) {
-            self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
-            self.refresh_if_due(key, &e);
-            return Ok(e);
-        }
         if let Some(e) = self.l1.get(key).await {
             self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
             self.refresh_if_due(key, &e);
             self.to_front(key, &e, generation);
+            *memo = Some((key.clone(), e.clone(), generation));
             return Ok(e);
         }
         self.counters.l1_misses.fetch_add(1, Ordering::Relaxed);
@@ -274,6 +276,7 @@ impl SharedCache {
         }
         let e = result.map_err(|e| (*e).clone())?;
         self.refresh_if_due(key, &e);
+        *memo = Some((key.clone(), e.clone(), generation));
         Ok(e)
     }
 
@@ -317,27 +320,11 @@ impl SharedCache {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// GET through a session's memo of the last shared key it read: a session polling one
-    /// key gets it without a cache lookup, for as long as the L1 entry would live and no
-    /// entry has been dropped or replaced since.
-    pub async fn get_memo(
-        self: &Arc<Self>,
-        memo: &mut Memo,
-        key: &Bytes,
-        tenant: &str,
-    ) -> Result<Arc<Entry>, Error> {
-        if let Some(e) = self.get_now(memo, key) {
-            return Ok(e);
-        }
-        let generation = self.generation.load(Ordering::Acquire);
-        let e = self.get(key, tenant).await?;
-        *memo = Some((key.clone(), e.clone(), generation));
-        Ok(e)
-    }
-
-    /// The entry when it is at hand without a wait: the session's memo, or the front. Most
-    /// reads of a hot key end here, so that a caller can keep the (large) future of
-    /// [`SharedCache::get_memo`] for the rest.
+    /// The entry when it is at hand without a wait: the session's memo of the last shared
+    /// key it read (a session polling one key gets it without a cache lookup, for as long as
+    /// the L1 entry would live and no entry has been dropped or replaced since), or the
+    /// front. Most reads of a hot key end here, so that a caller can keep the (large) future
+    /// of [`SharedCache::get_late`] for the rest.
     pub fn get_now(self: &Arc<Self>, memo: &mut Memo, key: &Bytes) -> Option<Arc<Entry>> {
         if let Some((k, e, generation)) = memo {
             if k == key

@@ -145,7 +145,7 @@ impl Session {
             Some(e) => Ok(e),
             // Boxed: the wait for L1 or Redis is a future of many kilobytes, which would
             // otherwise be part of every request's `handle`.
-            None => Box::pin(shared.get_memo(&mut self.publishing.memo, &key, &tenant.id)).await,
+            None => Box::pin(shared.get_late(&mut self.publishing.memo, &key, &tenant.id)).await,
         };
         let (reply, outcome, hit) = match got {
             Ok(e) => (e.reply(self.state.protocol), Outcome::Ok, Some(e.found())),
